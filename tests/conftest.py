@@ -1,0 +1,42 @@
+"""Shared test set-up: the fixture folder, the `gpu` marker and float32 matmuls on CPU."""
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+_DEFAULT_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "longcat_ref"
+
+
+def _has_gpu() -> bool:
+    try:
+        return any(d.platform == "gpu" for d in jax.devices())
+    except RuntimeError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (jax.devices() has none)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The reference fixture folder; LONGCAT_FIXTURES overrides the default `../shared/fixtures/longcat_ref`.
+
+    Under CI=true a missing folder is an error, never a skip, so parity cannot silently stop being tested.
+    """
+    path = Path(os.environ.get("LONGCAT_FIXTURES", _DEFAULT_FIXTURES))
+    if not path.is_dir():
+        message = f"fixture folder {path} not found; set LONGCAT_FIXTURES to the longcat_ref folder"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
