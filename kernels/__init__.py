@@ -1,0 +1,34 @@
+"""Block-sparse attention (BSA) for LongCat-Video: selection, layout, reference and Pallas kernels.
+
+Imports nothing from `longcat_jax`; the DiT calls `bsa_attention` with a `BSAParams`.
+"""
+
+from kernels.api import BACKENDS, bsa_attention, resolve_backend, sparse_attention_chunked
+from kernels.errors import BSAConfigError, BSAInputError
+from kernels.layout import (
+    chunk_grid,
+    chunk_order_permutation,
+    from_chunk_order,
+    inverse_permutation,
+    to_chunk_order,
+)
+from kernels.params import BSAParams
+from kernels.selection import block_mask_from_indices, indices_from_block_mask, select_blocks
+
+__all__ = [
+    "BACKENDS",
+    "BSAConfigError",
+    "BSAInputError",
+    "BSAParams",
+    "block_mask_from_indices",
+    "bsa_attention",
+    "chunk_grid",
+    "chunk_order_permutation",
+    "from_chunk_order",
+    "indices_from_block_mask",
+    "inverse_permutation",
+    "resolve_backend",
+    "select_blocks",
+    "sparse_attention_chunked",
+    "to_chunk_order",
+]

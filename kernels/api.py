@@ -1,0 +1,122 @@
+"""Public entry point: block-sparse attention on (T, H, W)-ordered tokens in the DiT's layout.
+
+`bsa_attention` reorders q, k, v into 3D-chunk order, selects key blocks per query block and runs
+attention over the selected blocks only, then restores raster order. `sparse_attention_chunked`
+is the lower level: chunk-ordered tokens plus given index lists.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from kernels import layout, reference, selection
+from kernels.errors import BSAConfigError, BSAInputError
+from kernels.params import BSAParams
+
+BACKENDS = ("auto", "reference")
+_FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
+def resolve_backend(backend: str) -> str:
+    """The concrete backend for `backend` ("auto": the Pallas kernel on a GPU, the reference elsewhere)."""
+    if backend not in BACKENDS:
+        raise BSAConfigError(f"unknown BSA backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "auto":
+        return "reference"
+    return backend
+
+
+def _check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise BSAInputError(f"{name} must be [B, S, H, D], got shape {x.shape}")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise BSAInputError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+    if k.shape != v.shape:
+        raise BSAInputError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise BSAInputError(
+            f"q {q.shape} and k {k.shape} must agree in batch, heads and head_dim ([B, S, H, D] layout)"
+        )
+
+
+def sparse_attention_chunked(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    indices: jax.Array,
+    counts: jax.Array,
+    chunk_size_q: int,
+    chunk_size_k: int,
+    *,
+    backend: str = "auto",
+) -> jax.Array:
+    """Attention of chunk-ordered q [B, Sq, H, D] over the selected key blocks of k, v [B, Sk, H, D].
+
+    indices [B, H, Mq, K_max] int32 (entries past `counts` are ignored), counts [B, H, Mq] int32.
+    Softmax scale 1/sqrt(D); a query block with count 0 outputs 0. Returns [B, Sq, H, D] in q's dtype.
+    """
+    _check_qkv(q, k, v)
+    b, sq, h, _ = q.shape
+    sk = k.shape[1]
+    if sq % chunk_size_q or sk % chunk_size_k:
+        raise BSAInputError(
+            f"sequence lengths {sq} (q) and {sk} (k) must be multiples of the block sizes "
+            f"{chunk_size_q} and {chunk_size_k}"
+        )
+    mq = sq // chunk_size_q
+    if indices.ndim != 4 or indices.shape[:3] != (b, h, mq) or counts.shape != (b, h, mq):
+        raise BSAInputError(
+            f"indices must be [B, H, Mq, K_max] = [{b}, {h}, {mq}, K] and counts [{b}, {h}, {mq}], "
+            f"got {indices.shape} and {counts.shape}"
+        )
+    resolve_backend(backend)
+    return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k)
+
+
+@functools.partial(jax.jit, static_argnames=("latent_shape_q", "latent_shape_k", "params", "backend"))
+def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend):
+    q_c = layout.to_chunk_order(q, latent_shape_q, params.chunk_3d_shape_q)  # [B, Sq, H, D]
+    k_c = layout.to_chunk_order(k, latent_shape_k, params.chunk_3d_shape_k)  # [B, Sk, H, D]
+    v_c = layout.to_chunk_order(v, latent_shape_k, params.chunk_3d_shape_k)
+    indices, counts = selection.select_blocks(q_c, k_c, params)
+    out_c = sparse_attention_chunked(
+        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, backend=backend
+    )
+    return layout.from_chunk_order(out_c, latent_shape_q, params.chunk_3d_shape_q)
+
+
+def bsa_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    latent_shape_q: Sequence[int],
+    latent_shape_k: Sequence[int],
+    params: BSAParams,
+    *,
+    backend: str = "auto",
+) -> jax.Array:
+    """Block-sparse attention of q [B, Sq, H, D] over k, v [B, Sk, H, D], tokens in (T, H, W) raster order.
+
+    latent_shape_q / latent_shape_k: the (T, H, W) token grids of q and k (Sq and Sk are their
+    products; they differ when condition frames are attended to). Softmax scale 1/sqrt(D).
+    backend: "auto" (Pallas kernel on a GPU, reference elsewhere) or "reference".
+    Returns [B, Sq, H, D] in q's dtype, raster order.
+    """
+    if not isinstance(params, BSAParams):
+        raise BSAConfigError(f"params must be a BSAParams, got {type(params).__name__}")
+    _check_qkv(q, k, v)
+    latent_q = tuple(int(n) for n in latent_shape_q)
+    latent_k = tuple(int(n) for n in latent_shape_k)
+    for name, x, latent in (("q", q, latent_q), ("k", k, latent_k)):
+        layout.chunk_grid(latent, getattr(params, f"chunk_3d_shape_{name}"), what=name)
+        if x.shape[1] != math.prod(latent):
+            raise BSAInputError(
+                f"{name} has {x.shape[1]} tokens but its latent grid {latent} holds {math.prod(latent)}"
+            )
+    return _bsa_attention(q, k, v, latent_q, latent_k, params, resolve_backend(backend))

@@ -1,0 +1,109 @@
+"""Block selection: which key blocks each query block attends to.
+
+Each block of q and k (one 3D chunk of tokens, already contiguous in chunk order) is mean-pooled;
+block scores are pooled_q @ pooled_k^T. Per query block the rules of the original LongCat BSA:
+top-k keeps int((1 - sparsity) * Mk) blocks; CDF sorts softmax(scores / sqrt(D)) descending and
+keeps the blocks whose cumulative sum is at or below the threshold (searchsorted right); with both
+rules the larger count wins. Shapes stay static under `jit`: index lists are padded to a fixed
+width with the sentinel Mk, and a count per query block says how many entries are real.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kernels.errors import BSAInputError
+from kernels.params import BSAParams
+
+
+def pool_blocks(x: jax.Array, chunk_size: int) -> jax.Array:
+    """Mean of each block of `chunk_size` tokens, in float32: [B, S, H, D] -> [B, H, S // chunk_size, D]."""
+    b, s, h, d = x.shape
+    if s % chunk_size:
+        raise BSAInputError(f"sequence length {s} is not a multiple of the block size {chunk_size}")
+    pooled = x.astype(jnp.float32).reshape(b, s // chunk_size, chunk_size, h, d).mean(axis=2)
+    return pooled.transpose(0, 2, 1, 3)  # [B, H, M, D]
+
+
+def block_scores(q_chunked: jax.Array, k_chunked: jax.Array, chunk_size_q: int, chunk_size_k: int) -> jax.Array:
+    """Block scores pooled_q @ pooled_k^T in float32. [B, H, Mq, Mk]."""
+    pooled_q = pool_blocks(q_chunked, chunk_size_q)
+    pooled_k = pool_blocks(k_chunked, chunk_size_k)
+    return jnp.einsum("bhmd,bhnd->bhmn", pooled_q, pooled_k, precision=jax.lax.Precision.HIGHEST)
+
+
+def max_selected(params: BSAParams, num_k_blocks: int) -> int:
+    """Static width of the padded index lists: the most blocks any query block can select (at least 1)."""
+    if params.cdf_threshold is not None:
+        return num_k_blocks
+    return max(1, params.num_topk(num_k_blocks))
+
+
+def select_from_scores(scores: jax.Array, params: BSAParams, head_dim: int) -> tuple[jax.Array, jax.Array]:
+    """Selected key blocks per query block from block scores [B, H, Mq, Mk].
+
+    Returns (indices [B, H, Mq, K_max] int32, ascending, padded with Mk; counts [B, H, Mq] int32).
+    """
+    num_k_blocks = scores.shape[-1]
+    width = max_selected(params, num_k_blocks)
+    num_topk = params.num_topk(num_k_blocks)
+    if params.cdf_threshold is None:
+        _, order = jax.lax.top_k(scores, width)  # [B, H, Mq, K_max]
+        counts = jnp.full(scores.shape[:-1], num_topk, jnp.int32)
+    else:
+        weights = jax.nn.softmax(scores * (head_dim**-0.5), axis=-1)
+        order = jnp.argsort(-weights, axis=-1, stable=True)  # [B, H, Mq, Mk], best first
+        cdf = jnp.cumsum(jnp.take_along_axis(weights, order, axis=-1), axis=-1)
+        counts = jnp.sum(cdf <= params.cdf_threshold, axis=-1, dtype=jnp.int32)
+        counts = jnp.maximum(counts, num_topk)
+    order = order.astype(jnp.int32)
+    valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]
+    indices = jnp.sort(jnp.where(valid, order, num_k_blocks), axis=-1)
+    return indices, counts
+
+
+def select_blocks(
+    q_chunked: jax.Array, k_chunked: jax.Array, params: BSAParams
+) -> tuple[jax.Array, jax.Array]:
+    """Key blocks for each query block of chunk-ordered q [B, Sq, H, D] and k [B, Sk, H, D].
+
+    Returns (indices [B, H, Mq, K_max] int32 ascending, padded with Mk; counts [B, H, Mq] int32).
+    """
+    scores = block_scores(q_chunked, k_chunked, params.chunk_size_q, params.chunk_size_k)
+    return select_from_scores(scores, params, q_chunked.shape[-1])
+
+
+def block_mask_from_indices(indices: jax.Array, counts: jax.Array, num_k_blocks: int) -> jax.Array:
+    """Dense selection mask [B, H, Mq, Mk] bool from padded index lists and counts (a scatter)."""
+    b, h, m, width = indices.shape
+    valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]
+    columns = jnp.where(valid, indices, num_k_blocks)  # invalid entries land in a dropped column
+    rows = (
+        jnp.arange(b)[:, None, None, None],
+        jnp.arange(h)[None, :, None, None],
+        jnp.arange(m)[None, None, :, None],
+    )
+    mask = jnp.zeros((b, h, m, num_k_blocks + 1), bool).at[(*rows, columns)].set(True)
+    return mask[..., :num_k_blocks]
+
+
+def indices_from_block_mask(block_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Padded index lists (ascending, sentinel Mk) and counts from a dense mask [B, H, Mq, Mk]."""
+    num_k_blocks = block_mask.shape[-1]
+    mask = block_mask.astype(bool)
+    positions = jnp.arange(num_k_blocks, dtype=jnp.int32)
+    indices = jnp.sort(jnp.where(mask, positions, num_k_blocks), axis=-1)
+    counts = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+    return indices, counts
+
+
+def transpose_selection(
+    indices: jax.Array, counts: jax.Array, num_k_blocks: int
+) -> tuple[jax.Array, jax.Array]:
+    """Key block -> the query blocks that selected it, for the dk/dv pass.
+
+    Returns (indices [B, H, Mk, Mq] int32 ascending, padded with Mq; counts [B, H, Mk] int32).
+    """
+    mask = block_mask_from_indices(indices, counts, num_k_blocks)  # [B, H, Mq, Mk]
+    return indices_from_block_mask(jnp.swapaxes(mask, -1, -2))

@@ -1,0 +1,86 @@
+"""BSA against every `bsa_cases` fixture of the original: selection, reference and kernels.
+
+Fixtures store q, k, v as [B, H, S, D] bf16 in (T, H, W) raster order, the original's output
+(float64 math, stored float32) and its block mask [B, H, Mq, Mk]. Our layout is [B, S, H, D].
+"""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from convert.safetensors_io import SafetensorsCheckpoint
+from kernels import (
+    BSAParams,
+    bsa_attention,
+    from_chunk_order,
+    indices_from_block_mask,
+    select_blocks,
+    sparse_attention_chunked,
+    to_chunk_order,
+)
+from kernels.selection import block_mask_from_indices
+
+
+def _cases(fixtures_dir):
+    specs = json.loads((fixtures_dir / "bsa_cases.json").read_text())
+    tensors = SafetensorsCheckpoint(fixtures_dir / "bsa_cases.safetensors")
+    for spec in specs:
+        arrays = {
+            name: jnp.asarray(np.array(tensors.read(f"{spec['name']}.{name}")))
+            for name in ("q", "k", "v", "out", "block_mask")
+        }
+        for name in ("q", "k", "v", "out"):
+            arrays[name] = arrays[name].transpose(0, 2, 1, 3)  # [B, H, S, D] -> [B, S, H, D]
+        params = BSAParams.from_dict({key: spec[key] for key in (
+            "sparsity", "cdf_threshold", "chunk_3d_shape_q", "chunk_3d_shape_k")})
+        yield spec["name"], params, tuple(spec["latent_shape_q"]), tuple(spec["latent_shape_k"]), arrays
+
+
+@pytest.fixture(scope="module")
+def cases(fixtures_dir):
+    return list(_cases(fixtures_dir))
+
+
+def _rel_l2(x, ref):
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
+
+
+def _given_mask_output(name, params, latent_q, latent_k, arrays, dtype, backend):
+    q = to_chunk_order(arrays["q"].astype(dtype), latent_q, params.chunk_3d_shape_q)
+    k = to_chunk_order(arrays["k"].astype(dtype), latent_k, params.chunk_3d_shape_k)
+    v = to_chunk_order(arrays["v"].astype(dtype), latent_k, params.chunk_3d_shape_k)
+    indices, counts = indices_from_block_mask(arrays["block_mask"])
+    out = sparse_attention_chunked(
+        q, k, v, indices, counts, params.chunk_size_q, params.chunk_size_k, backend=backend
+    )
+    chex.assert_shape(out, q.shape)
+    chex.assert_type(out, dtype)
+    return from_chunk_order(out, latent_q, params.chunk_3d_shape_q)
+
+
+def test_selection_agrees_with_the_original_block_mask(cases):
+    for name, params, latent_q, latent_k, arrays in cases:
+        q = to_chunk_order(arrays["q"], latent_q, params.chunk_3d_shape_q)
+        k = to_chunk_order(arrays["k"], latent_k, params.chunk_3d_shape_k)
+        indices, counts = select_blocks(q, k, params)
+        mask = block_mask_from_indices(indices, counts, arrays["block_mask"].shape[-1])
+        agreement = float(jnp.mean(mask == arrays["block_mask"].astype(bool)))
+        assert agreement >= 0.99, f"{name}: selection agrees on {agreement:.4f} of the mask entries"
+
+
+def test_reference_given_the_mask_matches_in_float32(cases):
+    for case in cases:
+        out = _given_mask_output(*case, jnp.float32, "reference")
+        assert _rel_l2(out, case[-1]["out"]) < 1e-5, case[0]
+
+
+def test_whole_call_in_bfloat16_matches(cases):
+    for name, params, latent_q, latent_k, arrays in cases:
+        out = bsa_attention(arrays["q"], arrays["k"], arrays["v"], latent_q, latent_k, params, backend="reference")
+        chex.assert_type(out, jnp.bfloat16)
+        assert _rel_l2(out, arrays["out"]) < 2e-2, name
