@@ -1,0 +1,53 @@
+"""Loads the UMT5 encoder from an original `text_encoder/` folder (sharded or not, float32 or bfloat16)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from convert.param_tree import fill_model
+from convert.safetensors_io import SafetensorsCheckpoint
+from convert.text_encoder import text_encoder_tensors
+from longcat_jax.errors import CheckpointError
+from longcat_jax.models.text_encoder.config import UMT5Config
+from longcat_jax.models.text_encoder.umt5 import UMT5Encoder
+
+logger = logging.getLogger(__name__)
+
+
+def load_text_encoder(
+    path: str | Path,
+    *,
+    dtype=jnp.bfloat16,
+    device: jax.Device | jax.sharding.Sharding | None = None,
+) -> UMT5Encoder:
+    """Builds the UMT5 encoder from `path`, a `text_encoder/` folder with config.json and safetensors.
+
+    `dtype` is both the parameter and the compute dtype (bfloat16 for the real model, float32 for
+    parity checks); norms, softmax and the residual stream run in float32 either way. `device`
+    places the weights (default: JAX's default device), e.g. `jax.devices("cpu")[0]` to keep a
+    GPU free for the DiT. Tensors are read and placed one at a time.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"text encoder folder {path} not found; pass the checkpoint's text_encoder/ folder")
+    config = UMT5Config.from_json(path)
+    checkpoint = SafetensorsCheckpoint(path)
+    logger.info(
+        "Loading UMT5 text encoder from %s (%d layers, d_model %d) as %s",
+        path,
+        config.num_layers,
+        config.d_model,
+        jnp.dtype(dtype).name,
+    )
+    return fill_model(
+        lambda: UMT5Encoder(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype),
+        text_encoder_tensors(checkpoint, config),
+        source=str(path),
+        dtype=dtype,
+        device=device,
+    )
