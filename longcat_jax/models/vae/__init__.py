@@ -1,0 +1,8 @@
+"""The Wan 2.1 video VAE (AutoencoderKLWan) in flax.nnx: `load_vae(path)`, `WanVAE.encode` / `decode`."""
+
+from longcat_jax.models.vae.autoencoder import LatentDistribution, WanVAE
+from longcat_jax.models.vae.config import VAEConfig
+from longcat_jax.models.vae.loading import load_vae
+from longcat_jax.models.vae.tiling import TilingConfig
+
+__all__ = ["LatentDistribution", "TilingConfig", "VAEConfig", "WanVAE", "load_vae"]

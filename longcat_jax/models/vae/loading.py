@@ -1,0 +1,44 @@
+"""Loading the Wan VAE from an original `vae/` folder (config.json + safetensors)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax.numpy as jnp
+from flax import nnx
+
+from convert.param_tree import fill_model
+from convert.safetensors_io import SafetensorsCheckpoint
+from convert.vae import vae_tensors
+from longcat_jax.errors import CheckpointError
+from longcat_jax.models.vae.autoencoder import WanVAE
+from longcat_jax.models.vae.config import VAEConfig
+from longcat_jax.models.vae.tiling import TilingConfig
+
+logger = logging.getLogger(__name__)
+
+
+def load_vae(
+    path: str | Path,
+    *,
+    dtype=jnp.float32,
+    param_dtype=None,
+    tiling: TilingConfig = TilingConfig(),
+) -> WanVAE:
+    """Builds `WanVAE` from `path/config.json` and fills it strictly from the folder's weights.
+
+    `dtype` is the compute dtype; `param_dtype` (default: `dtype`) the dtype the weights are kept in.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} has no config.json; pass the checkpoint's vae/ folder")
+    config = VAEConfig.from_json(path / "config.json")
+    param_dtype = dtype if param_dtype is None else param_dtype
+    tensors = vae_tensors(SafetensorsCheckpoint(path), config)
+    logger.info("loading Wan VAE from %s (compute %s, weights %s)", path, jnp.dtype(dtype), jnp.dtype(param_dtype))
+
+    def make_model() -> WanVAE:
+        return WanVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, tiling=tiling)
+
+    return fill_model(make_model, tensors, source=str(path), dtype=param_dtype)
