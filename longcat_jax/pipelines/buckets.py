@@ -4,7 +4,7 @@ i2v, video continuation and refinement do not take a height and width: they pick
 (height / width, the table keys) is closest to the condition image's or video's, from the original's tables.
 Sides are multiples of 16 for 480p/720p generation (VAE 8x times patch 2) and of 64 for the 720p refinement bucket
 (the refinement stage also needs the 4x4 BSA chunks to tile the token grid). Frame counts must be 1 + 4k (the VAE
-compresses time 4x after the first frame); other counts are rounded down to one, with a warning, as the original does.
+compresses time 4x after the first frame); other counts become `n // 4 * 4 + 1`, with a warning, as the original does.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def refine_bucket(height: int, width: int) -> tuple[int, int]:
 
 
 def round_num_frames(num_frames: int, temporal_factor: int = VAE_TEMPORAL_FACTOR) -> int:
-    """A frame count of the form 1 + 4k: others are rounded down with a warning (94 -> 93, 92 -> 89), at least 1."""
+    """A frame count of the form 1 + 4k: others become `n // 4 * 4 + 1` with a warning (94 -> 93, 92 -> 93), >= 1."""
     if num_frames % temporal_factor != 1:
         rounded = max(num_frames // temporal_factor * temporal_factor + 1, 1)
         logger.warning(
