@@ -1,0 +1,287 @@
+"""Video and image files in and out of LongCat-Video, with the original pipeline's pre- and post-processing.
+
+Out: frames are uint8 [F, H, W, 3]; `to_uint8_frames` turns the VAE's [-1, 1] output into them as the original does
+(`(x / 2 + 0.5)` clipped, times 255, truncated). Writers (`write_mp4` H.264, `write_npz`, `write_frames` PNG folder)
+write into a temporary name in the target's folder and `os.replace` it into place, so a failure or Ctrl-C never
+leaves a half-written file at the target (an existing file there stays untouched).
+
+In: `read_image` / `read_video` give uint8 frames; `resize_frames` resizes them with PIL (Lanczos is what the
+original's diffusers preprocessing uses for i2v and continuation inputs, bicubic what its demos use to resize
+outputs back); `to_model_input` maps uint8 frames to the VAE's [-1, 1] float32 [B, 3, F, H, W] layout.
+`upsample_for_refine` is the refinement stage's input: linear (align_corners) resize in space and time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import imageio.v3 as iio
+import imageio_ffmpeg
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+
+from longcat_jax.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("mp4", "npz", "frames")
+RESIZE_METHODS = {
+    "lanczos": PIL.Image.Resampling.LANCZOS,
+    "bicubic": PIL.Image.Resampling.BICUBIC,
+    "bilinear": PIL.Image.Resampling.BILINEAR,
+}
+
+
+# ----------------------------------------------------------------------------------------------- model <-> frames
+
+
+def to_uint8_frames(video: np.ndarray | jax.Array) -> np.ndarray:
+    """VAE output in [-1, 1], [3, F, H, W] or [1, 3, F, H, W] -> uint8 [F, H, W, 3], as the original's demos."""
+    video = np.asarray(video, dtype=np.float32)
+    if video.ndim == 5:
+        if video.shape[0] != 1:
+            raise InputError(f"expected one video, got a batch of {video.shape[0]}; write each batch item separately")
+        video = video[0]
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise InputError(f"expected a video [3, F, H, W] or [1, 3, F, H, W], got shape {video.shape}")
+    unit = np.clip(video / 2 + 0.5, 0.0, 1.0)  # [3, F, H, W]
+    return (unit.transpose(1, 2, 3, 0) * 255).astype(np.uint8)  # [F, H, W, 3]
+
+
+def to_model_input(frames: np.ndarray) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] -> float32 [1, 3, F, H, W] in [-1, 1] (the VAE encoder's input layout)."""
+    frames = _check_frames(frames)
+    unit = frames.astype(np.float32) / np.float32(255.0)
+    return (2.0 * unit - 1.0).transpose(3, 0, 1, 2)[None]
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int, method: str = "lanczos") -> np.ndarray:
+    """uint8 frames [F, H, W, 3] -> [F, height, width, 3] with PIL (aspect ratio not kept, as the original)."""
+    frames = _check_frames(frames)
+    if method not in RESIZE_METHODS:
+        raise InputError(f"unknown resize method {method!r}; use one of {sorted(RESIZE_METHODS)}")
+    if frames.shape[1:3] == (height, width):
+        return frames
+    resample = RESIZE_METHODS[method]
+    return np.stack(
+        [np.asarray(PIL.Image.fromarray(f).resize((width, height), resample=resample)) for f in frames]
+    )
+
+
+def subsample_to_fps(frames: np.ndarray, fps: float, target_fps: float) -> np.ndarray:
+    """Every n-th frame, n = max(1, round(fps / target_fps)), as the continuation demo prepares its input."""
+    return frames[:: max(1, round(fps / target_fps))]
+
+
+def resize_align_corners(x: jax.Array, axis: int, size: int) -> jax.Array:
+    """Linear resize of one axis with align_corners=True (end samples map onto end samples), in float32."""
+    x = jnp.asarray(x, jnp.float32)
+    n = x.shape[axis]
+    if n == size:
+        return x
+    scale = (n - 1) / (size - 1) if size > 1 else 0.0
+    position = jnp.arange(size, dtype=jnp.float32) * scale  # [size]
+    low = jnp.clip(jnp.floor(position).astype(jnp.int32), 0, n - 1)
+    high = jnp.minimum(low + 1, n - 1)
+    frac = (position - low.astype(jnp.float32)).reshape([size if a == axis else 1 for a in range(x.ndim)])
+    return jnp.take(x, low, axis=axis) * (1 - frac) + jnp.take(x, high, axis=axis) * frac
+
+
+def upsample_for_refine(frames: np.ndarray, num_frames: int, height: int, width: int) -> jax.Array:
+    """Refinement input: uint8 stage-1 frames [F, h, w, 3] -> float32 [1, 3, num_frames, height, width] in [-1, 1].
+
+    As the original: bilinear (align_corners) to the 720p bucket, then linear in time to `num_frames` (2F unless
+    spatial-only refinement), then mapped to [-1, 1].
+    """
+    frames = _check_frames(frames)
+    video = jnp.asarray(frames, jnp.float32).transpose(3, 0, 1, 2)[None] / 255.0  # [1, 3, F, h, w]
+    video = resize_align_corners(video, axis=3, size=height)
+    video = resize_align_corners(video, axis=4, size=width)
+    video = resize_align_corners(video, axis=2, size=num_frames)
+    return video * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file (PNG, JPEG, ...) as uint8 RGB [H, W, 3], EXIF rotation applied and alpha dropped."""
+    path = _existing(path, "image")
+    try:
+        image = iio.imread(path, plugin="pillow", mode="RGB", rotate=True)
+    except Exception as err:  # imageio raises many types for unreadable files
+        raise InputError(f"cannot read image {path}: {err}; give a PNG or JPEG file") from err
+    return np.asarray(image, dtype=np.uint8)
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """A video file as (uint8 RGB frames [F, H, W, 3], frames per second)."""
+    path = _existing(path, "video")
+    reader = imageio_ffmpeg.read_frames(str(path))
+    try:
+        with _ffmpeg_subprocess():
+            meta = next(reader)
+        width, height = meta["size"]
+        frames = [np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3) for raw in reader]
+    except (OSError, RuntimeError, StopIteration, ValueError) as err:
+        raise InputError(f"cannot read video {path}: {err}; give an mp4 (or another format ffmpeg reads)") from err
+    finally:
+        reader.close()
+    if not frames:
+        raise InputError(f"video {path} has no frames")
+    return np.stack(frames), float(meta["fps"])
+
+
+# ------------------------------------------------------------------------------------------------------- writing
+
+
+def save_video(path: str | Path, frames: np.ndarray, fps: float, output_format: str = "mp4", crf: int = 18) -> Path:
+    """Writes frames [F, H, W, 3] uint8 as `output_format` (mp4, npz or frames) at `path`, atomically."""
+    if output_format == "mp4":
+        return write_mp4(path, frames, fps, crf=crf)
+    if output_format == "npz":
+        return write_npz(path, frames, fps)
+    if output_format == "frames":
+        return write_frames(path, frames)
+    raise InputError(f"unknown output format {output_format!r}; use one of {list(OUTPUT_FORMATS)}")
+
+
+def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, *, crf: int = 18) -> Path:
+    """H.264 (yuv420p) mp4 of uint8 frames [H, W, 3], given as an array [F, H, W, 3] or any iterable of frames.
+
+    Odd sizes are padded by one repeated edge row/column (yuv420p needs even sides). `crf` 18 is the original's
+    default quality (10 for its refinement outputs).
+    """
+    if fps <= 0:
+        raise InputError(f"fps must be positive, got {fps}")
+    path = Path(path)
+    with _atomic_file(path) as temp:
+        writer = None
+        shape = None
+        try:
+            for frame in frames:
+                frame = _check_frame(frame, shape)
+                if writer is None:
+                    shape = frame.shape
+                    if shape[0] % 2 or shape[1] % 2:
+                        logger.warning("frame size %dx%d is odd; padding to even for H.264", shape[0], shape[1])
+                    padded = _pad_even(frame)
+                    writer = imageio_ffmpeg.write_frames(
+                        str(temp),
+                        (padded.shape[1], padded.shape[0]),
+                        fps=fps,
+                        codec="libx264",
+                        quality=None,
+                        macro_block_size=1,
+                        output_params=["-crf", str(crf)],
+                    )
+                    with _ffmpeg_subprocess():
+                        writer.send(None)
+                writer.send(np.ascontiguousarray(_pad_even(frame)).tobytes())
+            if writer is None:
+                raise InputError(f"no frames to write to {path}")
+        except BaseException:
+            if writer is not None:
+                with contextlib.suppress(Exception):  # ffmpeg may already be gone (Ctrl-C reaches it too)
+                    writer.close()
+            raise
+        writer.close()
+    return path
+
+
+def write_npz(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """An .npz with `frames` (uint8 [F, H, W, 3]) and `fps`."""
+    frames = _check_frames(frames)
+    path = Path(path)
+    with _atomic_file(path) as temp:
+        with open(temp, "wb") as handle:
+            np.savez_compressed(handle, frames=frames, fps=np.float64(fps))
+    return path
+
+
+def write_frames(path: str | Path, frames: np.ndarray) -> Path:
+    """A folder of PNGs `frame_00000.png`, ...; an existing folder at `path` is replaced only once all are written."""
+    frames = _check_frames(frames)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path} exists and is not a folder; choose another --output-path for --output-format frames")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    try:
+        digits = max(5, len(str(len(frames) - 1)))
+        for index, frame in enumerate(frames):
+            iio.imwrite(temp / f"frame_{index:0{digits}d}.png", frame)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+            os.replace(temp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
+    """Yields a temporary path next to `path` (same suffix, so tools infer the format) and moves it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{path.suffix}")
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _ffmpeg_subprocess() -> Iterator[None]:
+    """Silences JAX's os.fork() warning while ffmpeg starts: the child execs ffmpeg at once and runs no JAX."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        yield
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} not found; check the path")
+    return path
+
+
+def _check_frame(frame: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(f"frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}; see to_uint8_frames")
+    if shape is not None and frame.shape != shape:
+        raise InputError(f"all frames must have one size; got {frame.shape} after {shape}")
+    return frame
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[0] == 0:
+        raise InputError(f"frames must be uint8 [F, H, W, 3] with F > 0, got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def _pad_even(frame: np.ndarray) -> np.ndarray:
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    if not (pad_h or pad_w):
+        return frame
+    return np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
