@@ -10,7 +10,7 @@ from flax import nnx
 
 from convert.param_tree import fill_model
 from convert.safetensors_io import SafetensorsCheckpoint
-from convert.vae import vae_tensors
+from convert import vae as vae_converter  # module import: convert.vae imports this package too
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.vae.autoencoder import WanVAE
 from longcat_jax.models.vae.config import VAEConfig
@@ -35,7 +35,7 @@ def load_vae(
         raise CheckpointError(f"{path} has no config.json; pass the checkpoint's vae/ folder")
     config = VAEConfig.from_json(path / "config.json")
     param_dtype = dtype if param_dtype is None else param_dtype
-    tensors = vae_tensors(SafetensorsCheckpoint(path), config)
+    tensors = vae_converter.vae_tensors(SafetensorsCheckpoint(path), config)
     logger.info("loading Wan VAE from %s (compute %s, weights %s)", path, jnp.dtype(dtype), jnp.dtype(param_dtype))
 
     def make_model() -> WanVAE:
