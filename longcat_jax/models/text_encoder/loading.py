@@ -1,4 +1,5 @@
-"""Loads the UMT5 encoder from an original `text_encoder/` folder (sharded or not, float32 or bfloat16)."""
+"""Builds the UMT5 encoder: from an original `text_encoder/` folder (sharded or not, float32 or
+bfloat16 on disk), or with random weights for the built-in demo model and tests."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from convert.param_tree import fill_model
+from convert.param_tree import abstract_model, fill_model
 from convert.safetensors_io import SafetensorsCheckpoint
 from convert.text_encoder import text_encoder_tensors
 from longcat_jax.errors import CheckpointError
@@ -51,3 +53,37 @@ def load_text_encoder(
         dtype=dtype,
         device=device,
     )
+
+
+def random_text_encoder(
+    config: UMT5Config,
+    *,
+    seed: int = 0,
+    dtype=jnp.float32,
+    device: jax.Device | jax.sharding.Sharding | None = None,
+) -> UMT5Encoder:
+    """A UMT5 encoder with random weights drawn on the host (no compilation; meant for small configs).
+
+    Scales follow T5's initialization so activations stay in a realistic range: embeddings N(0, 1),
+    each projection N(0, 1/fan_in), the query also divided by sqrt(d_kv) (attention is unscaled),
+    relative position biases N(0, 1/d_model), norm scales 1. Same seed, same weights.
+    """
+    def make() -> UMT5Encoder:
+        return UMT5Encoder(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype)
+
+    _, _, shapes = abstract_model(make)
+    rng = np.random.default_rng(seed)
+
+    def draw(path: tuple, shape: tuple[int, ...]) -> np.ndarray:
+        if path[-1] == "scale":
+            return np.ones(shape, np.float32)
+        if path[-1] == "kernel":
+            std = shape[0] ** -0.5 * (config.d_kv**-0.5 if path[-2] == "query" else 1.0)
+        elif path[-2] == "relative_bias":
+            std = config.d_model**-0.5
+        else:
+            std = 1.0
+        return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float32)
+
+    tensors = ((path, draw(path, value.shape)) for path, value in shapes.items())
+    return fill_model(make, tensors, source=f"random UMT5 weights (seed {seed})", dtype=dtype, device=device)
