@@ -14,6 +14,7 @@ outputs back); `to_model_input` maps uint8 frames to the VAE's [-1, 1] float32 [
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -82,6 +83,7 @@ def subsample_to_fps(frames: np.ndarray, fps: float, target_fps: float) -> np.nd
     return frames[:: max(1, round(fps / target_fps))]
 
 
+@functools.partial(jax.jit, static_argnames=("axis", "size"))
 def resize_align_corners(x: jax.Array, axis: int, size: int) -> jax.Array:
     """Linear resize of one axis with align_corners=True (end samples map onto end samples), in float32."""
     x = jnp.asarray(x, jnp.float32)
@@ -102,8 +104,12 @@ def upsample_for_refine(frames: np.ndarray, num_frames: int, height: int, width:
     As the original: bilinear (align_corners) to the 720p bucket, then linear in time to `num_frames` (2F unless
     spatial-only refinement), then mapped to [-1, 1].
     """
-    frames = _check_frames(frames)
-    video = jnp.asarray(frames, jnp.float32).transpose(3, 0, 1, 2)[None] / 255.0  # [1, 3, F, h, w]
+    return _upsample_unit_frames(_check_frames(frames), num_frames, height, width)
+
+
+@functools.partial(jax.jit, static_argnames=("num_frames", "height", "width"))
+def _upsample_unit_frames(frames: jax.Array, num_frames: int, height: int, width: int) -> jax.Array:
+    video = frames.astype(jnp.float32).transpose(3, 0, 1, 2)[None] / 255.0  # [1, 3, F, h, w]
     video = resize_align_corners(video, axis=3, size=height)
     video = resize_align_corners(video, axis=4, size=width)
     video = resize_align_corners(video, axis=2, size=num_frames)
