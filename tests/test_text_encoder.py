@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.text_encoder.loading import load_text_encoder, random_text_encoder
-from longcat_jax.models.text_encoder.umt5 import relative_position_buckets
+from longcat_jax.models.text_encoder.umt5 import relative_position_buckets, run_encoder
 
 
 def _t5_bucket(distance: int) -> int:
@@ -47,18 +47,14 @@ def _fixture_case(fixtures_dir):
 def test_matches_original_on_fixture(fixtures_dir, dtype, tol):
     input_ids, mask, expected = _fixture_case(fixtures_dir)
     encoder = load_text_encoder(fixtures_dir / "text_encoder", dtype=dtype)
-    out = np.asarray(_forward(encoder, jnp.asarray(input_ids, jnp.int32), jnp.asarray(mask, jnp.int32)), np.float32)
+    out = run_encoder(encoder, jnp.asarray(input_ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+    out = np.asarray(out, np.float32)
     assert out.shape == expected.shape
     keep = mask.astype(bool)
     assert keep.sum() < keep.size, "the fixture should contain padding"
     rel = np.linalg.norm(out[keep] - expected[keep]) / np.linalg.norm(expected[keep])
     assert rel <= tol, rel
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
-
-
-@nnx.jit
-def _forward(encoder, input_ids, attention_mask):
-    return encoder(input_ids, attention_mask)
 
 
 def _tiny_encoder(dtype=jnp.float32):
@@ -71,22 +67,22 @@ def test_padding_does_not_affect_tokens():
     encoder = _tiny_encoder()
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, 50, size=(1, 7))
-    short = _forward(encoder, jnp.asarray(tokens), jnp.ones((1, 7), jnp.int32))
+    short = run_encoder(encoder, jnp.asarray(tokens), jnp.ones((1, 7), jnp.int32))
     padded_ids = np.concatenate([np.repeat(tokens, 2, axis=0), rng.integers(0, 50, size=(2, 13))], axis=1)
     padded_ids[1, 7:] = 0
     mask = np.zeros((2, 20), np.int32)
     mask[:, :7] = 1
-    padded = _forward(encoder, jnp.asarray(padded_ids), jnp.asarray(mask))
+    padded = run_encoder(encoder, jnp.asarray(padded_ids), jnp.asarray(mask))
     chex.assert_trees_all_close(padded[:, :7], jnp.broadcast_to(short, (2, 7, 32)), atol=1e-5, rtol=1e-5)
 
 
 def test_each_layer_has_its_own_position_bias():
     encoder = _tiny_encoder()
     tokens, mask = jnp.asarray([[5, 6, 7, 8]]), jnp.ones((1, 4), jnp.int32)
-    before = _forward(encoder, tokens, mask)
+    before = run_encoder(encoder, tokens, mask)
     table = encoder.layers[1].attention.relative_bias.embedding
     table.set_value(table.get_value() + jnp.arange(table.get_value().shape[0], dtype=jnp.float32)[:, None])
-    after = _forward(encoder, tokens, mask)
+    after = run_encoder(encoder, tokens, mask)
     assert float(jnp.max(jnp.abs(after - before))) > 1e-3
 
 
@@ -101,9 +97,17 @@ def test_bfloat16_output_is_close_to_float32():
     encoder16 = _tiny_encoder(jnp.bfloat16)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 50, size=(2, 16)))
     mask = jnp.ones((2, 16), jnp.int32)
-    out16 = _forward(encoder16, tokens, mask)
+    out16 = run_encoder(encoder16, tokens, mask)
     assert out16.dtype == jnp.bfloat16
-    out32 = _forward(encoder32, tokens, mask)
+    out32 = run_encoder(encoder32, tokens, mask)
     rel = jnp.linalg.norm(out16.astype(jnp.float32) - out32) / jnp.linalg.norm(out32)
     assert float(rel) < 2e-2
 
+
+
+def test_run_encoder_matches_eager_and_keeps_parameters():
+    encoder = _tiny_encoder()
+    kernel = encoder.layers[0].ffn.down.kernel.get_value()
+    tokens, mask = jnp.asarray([[1, 2, 3, 0]]), jnp.asarray([[1, 1, 1, 0]])
+    chex.assert_trees_all_close(run_encoder(encoder, tokens, mask), encoder(tokens, mask), atol=1e-5, rtol=1e-5)
+    assert encoder.layers[0].ffn.down.kernel.get_value() is kernel

@@ -22,7 +22,7 @@ from flax import nnx
 
 from longcat_jax.errors import InputError, LongCatError
 from longcat_jax.models.text_encoder.tokenizer import DEFAULT_MAX_LENGTH, PromptTokenizer
-from longcat_jax.models.text_encoder.umt5 import UMT5Encoder
+from longcat_jax.models.text_encoder.umt5 import UMT5Encoder, run_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,6 @@ class EncodedPrompts:
     mask: jax.Array  # int32 [B, L]
     negative_embeddings: jax.Array | None = None  # [B, 1, L, C]
     negative_mask: jax.Array | None = None  # int32 [B, L]
-
-
-@nnx.jit
-def _run_encoder(encoder: UMT5Encoder, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    return encoder(input_ids, attention_mask)
 
 
 def _as_list(prompts: str | Sequence[str], what: str) -> list[str]:
@@ -88,7 +83,7 @@ def encode_prompt(
             f"the tokenizer ({tokenizer.source}) produced token id {int(tokens.input_ids.max())}, "
             f"outside the text encoder's vocabulary of {vocab}; do the tokenizer and text_encoder belong together?"
         )
-    hidden = _run_encoder(encoder, jnp.asarray(tokens.input_ids), jnp.asarray(tokens.attention_mask))
+    hidden = run_encoder(encoder, jnp.asarray(tokens.input_ids), jnp.asarray(tokens.attention_mask))
     hidden = hidden.astype(dtype or encoder.dtype)[:, None]  # [2B or B, 1, L, C]
     mask = jnp.asarray(tokens.attention_mask)
     if release_encoder:
