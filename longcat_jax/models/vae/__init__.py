@@ -2,7 +2,7 @@
 
 from longcat_jax.models.vae.autoencoder import LatentDistribution, WanVAE
 from longcat_jax.models.vae.config import VAEConfig
-from longcat_jax.models.vae.loading import load_vae
+from longcat_jax.models.vae.loading import load_vae, random_vae
 from longcat_jax.models.vae.tiling import TilingConfig
 
-__all__ = ["LatentDistribution", "TilingConfig", "VAEConfig", "WanVAE", "load_vae"]
+__all__ = ["LatentDistribution", "TilingConfig", "VAEConfig", "WanVAE", "load_vae", "random_vae"]

@@ -1,4 +1,4 @@
-"""Loading the Wan VAE from an original `vae/` folder (config.json + safetensors)."""
+"""Building the Wan VAE with weights: from an original `vae/` folder (config.json + safetensors), or random."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from convert.param_tree import fill_model
@@ -42,3 +43,35 @@ def load_vae(
         return WanVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, tiling=tiling)
 
     return fill_model(make_model, tensors, source=str(path), dtype=param_dtype)
+
+
+def random_vae(
+    config: VAEConfig,
+    *,
+    seed: int = 0,
+    dtype=jnp.float32,
+    param_dtype=None,
+    tiling: TilingConfig = TilingConfig(),
+) -> WanVAE:
+    """A `WanVAE` with random weights (kernels ~ N(0, 1/fan_in), zero biases, unit norm scales).
+
+    Built from host-side random numbers into an abstract model, which is much faster than running
+    the per-layer initialisers eagerly; for tests and benchmarks of the real architecture.
+    """
+    param_dtype = dtype if param_dtype is None else param_dtype
+    rng = np.random.default_rng(seed)
+
+    def make_model() -> WanVAE:
+        return WanVAE(config, rngs=nnx.Rngs(seed), dtype=dtype, param_dtype=param_dtype, tiling=tiling)
+
+    def tensors():
+        for path, shape in vae_converter.expected_shapes(config).items():
+            if path[-1] == "kernel":
+                fan_in = int(np.prod(shape[:-1]))
+                yield path, rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)
+            elif path[-1] == "scale":
+                yield path, np.ones(shape, np.float32)
+            else:
+                yield path, np.zeros(shape, np.float32)
+
+    return fill_model(make_model, tensors(), source=f"random weights (seed {seed})", dtype=param_dtype)
