@@ -3,7 +3,8 @@
 Original name (per block i)                                   -> our parameter path
 `shared.weight` [V, C]                                        -> token_embedding.embedding
 `encoder.block.i.layer.0.layer_norm.weight`                   -> layers.i.attention_norm.scale
-`encoder.block.i.layer.0.SelfAttention.{q,k,v,o}.weight`      -> layers.i.attention.{query,key,value,out}.kernel (transposed)
+`encoder.block.i.layer.0.SelfAttention.{q,k,v,o}.weight`      -> layers.i.attention.{query,key,value,out}.kernel
+                                                                 (transposed to [in, out])
 `encoder.block.i.layer.0.SelfAttention.relative_attention_bias.weight` [buckets, H]
                                                               -> layers.i.attention.relative_bias.embedding
 `encoder.block.i.layer.1.layer_norm.weight`                   -> layers.i.ffn_norm.scale

@@ -47,7 +47,7 @@ def spiece_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def json_folder(spiece_folder, tmp_path_factory):
-    """The same vocabulary as a Hugging Face tokenizer.json (unigram, metaspace, `$A </s>`), as T5TokenizerFast saves."""
+    """The same vocabulary as a tokenizer.json (unigram, metaspace, `$A </s>`), like T5TokenizerFast's."""
     processor = sentencepiece.SentencePieceProcessor(model_file=str(spiece_folder / "spiece.model"))
     vocab = [(processor.IdToPiece(i), processor.GetScore(i)) for i in range(processor.GetPieceSize())]
     tokenizer = Tokenizer(models.Unigram(vocab, unk_id=processor.unk_id()))

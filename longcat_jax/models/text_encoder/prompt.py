@@ -60,8 +60,10 @@ def encode_prompt(
 
     Returns embeddings [B, 1, max_length, C] (in `dtype`, default: the encoder's dtype) and int32
     masks [B, max_length]. Pass `negative_prompts=""` for classifier-free guidance with the
-    original's default empty negative prompt. With `release_encoder=True` the encoder's device
-    memory is freed once the embeddings are computed (the encoder cannot be used again).
+    original's default empty negative prompt. The results live where the encoder's weights do
+    (move them with `jax.device_put` if the encoder ran on the CPU). With `release_encoder=True`
+    the encoder's device memory is freed once the embeddings are computed (the encoder cannot be
+    used again).
     """
     if is_released(encoder):
         raise LongCatError("this text encoder was released; load it again to encode more prompts")
