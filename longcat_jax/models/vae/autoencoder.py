@@ -78,7 +78,6 @@ def _causal_chunks(
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "latent_chunk"))
 def _encode_moments(graphdef, state, video: jax.Array, latent_chunk: int) -> jax.Array:
-    """video `[B, F, H, W, C]` -> float32 moments `[B, 1 + (F-1)/4, H/8, W/8, 2 z_dim]` (after quant)."""
     model = nnx.merge(graphdef, state)
     moments = _causal_chunks(model.encoder, video.astype(model.dtype), FRAMES_PER_CHUNK * latent_chunk)
     return model.quant(moments).astype(jnp.float32)
@@ -86,10 +85,28 @@ def _encode_moments(graphdef, state, video: jax.Array, latent_chunk: int) -> jax
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "latent_chunk"))
 def _decode_frames(graphdef, state, latents: jax.Array, latent_chunk: int) -> jax.Array:
-    """latents `[B, T, h, w, z_dim]` -> unclamped video `[B, 1 + 4 (T-1), 8h, 8w, C]` in the model dtype."""
     model = nnx.merge(graphdef, state)
     x = model.post_quant(latents.astype(model.dtype))
     return _causal_chunks(model.decoder, x, latent_chunk)
+
+
+def encode_moments(model: WanVAE, video: jax.Array, *, latent_chunk: int = 1) -> jax.Array:
+    """Untiled, channels-last encode: video `[B, F, H, W, C]` -> float32 moments `[B, 1 + (F-1)/4, H/8, W/8, 2 z_dim]`.
+
+    The moments are (mean, logvar) concatenated on the last axis, before the logvar clamp. This is
+    what one spatial tile goes through; `WanVAE.encode` adds checks, tiling and the public layout.
+    """
+    graphdef, state = nnx.split(model)
+    return _encode_moments(graphdef, state, video, latent_chunk=_check_chunk(latent_chunk))
+
+
+def decode_frames(model: WanVAE, latents: jax.Array, *, latent_chunk: int = 1) -> jax.Array:
+    """Untiled, channels-last decode: latents `[B, T, h, w, z_dim]` -> unclamped video `[B, 1 + 4 (T-1), 8h, 8w, C]`.
+
+    In the model dtype; what one spatial tile goes through (`WanVAE.decode` blends and clamps).
+    """
+    graphdef, state = nnx.split(model)
+    return _decode_frames(graphdef, state, latents, latent_chunk=_check_chunk(latent_chunk))
 
 
 class WanVAE(nnx.Module):
@@ -131,8 +148,7 @@ class WanVAE(nnx.Module):
         self._check_video(video)
         height, width = video.shape[3], video.shape[4]
         video = jnp.moveaxis(jnp.asarray(video), 1, -1)  # [B, F, H, W, C]
-        graphdef, state = nnx.split(self)
-        encode = functools.partial(_encode_moments, graphdef, state, latent_chunk=_check_chunk(latent_chunk))
+        encode = functools.partial(encode_moments, self, latent_chunk=_check_chunk(latent_chunk))
         if self.tiling.use_tiling(tiling, height, width):
             t, f = self.tiling, self.spatial_factor
             moments = tiled_apply(
@@ -160,8 +176,7 @@ class WanVAE(nnx.Module):
         f = self.spatial_factor
         height, width = latents.shape[3] * f, latents.shape[4] * f
         latents = jnp.moveaxis(jnp.asarray(latents), 1, -1)  # [B, T, h, w, z]
-        graphdef, state = nnx.split(self)
-        decode = functools.partial(_decode_frames, graphdef, state, latent_chunk=_check_chunk(latent_chunk))
+        decode = functools.partial(decode_frames, self, latent_chunk=_check_chunk(latent_chunk))
         if self.tiling.use_tiling(tiling, height, width):
             t = self.tiling
             video = tiled_apply(
