@@ -111,3 +111,12 @@ def test_run_encoder_matches_eager_and_keeps_parameters():
     tokens, mask = jnp.asarray([[1, 2, 3, 0]]), jnp.asarray([[1, 1, 1, 0]])
     chex.assert_trees_all_close(run_encoder(encoder, tokens, mask), encoder(tokens, mask), atol=1e-5, rtol=1e-5)
     assert encoder.layers[0].ffn.down.kernel.get_value() is kernel
+
+
+def test_float16_saturates_instead_of_overflowing():
+    encoder = _tiny_encoder(jnp.float16)
+    up = encoder.layers[0].ffn.up.kernel
+    up.set_value(up.get_value() * 3e4)  # feed-forward activations far beyond float16's 65504
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 50, size=(1, 8)))
+    out = run_encoder(encoder, tokens, jnp.ones((1, 8), jnp.int32))
+    assert out.dtype == jnp.float16 and bool(jnp.all(jnp.isfinite(out)))

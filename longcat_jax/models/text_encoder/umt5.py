@@ -48,6 +48,18 @@ def relative_position_buckets(
     return buckets.astype(np.int32)
 
 
+def to_compute_dtype(x: jax.Array, dtype) -> jax.Array:
+    """Casts float32 activations to the matmul dtype; for float16 it saturates instead of overflowing.
+
+    T5-XXL's feed-forward activations exceed float16's range (the original clamps infinities in
+    float16 for that reason); bfloat16 and float32 share float32's range and need no clamp.
+    """
+    if jnp.dtype(dtype) == jnp.float16:
+        limit = float(jnp.finfo(jnp.float16).max)
+        x = jnp.clip(x, -limit, limit)
+    return x.astype(dtype)
+
+
 class T5RMSNorm(nnx.Module):
     """Scale-only RMS normalization (no mean subtraction, no bias), statistics in float32."""
 
@@ -60,7 +72,7 @@ class T5RMSNorm(nnx.Module):
         x = x.astype(jnp.float32)
         variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
         normed = x * jax.lax.rsqrt(variance + self.eps)
-        return (normed * self.scale.get_value().astype(jnp.float32)).astype(self.dtype)
+        return to_compute_dtype(normed * self.scale.get_value().astype(jnp.float32), self.dtype)
 
 
 class UMT5SelfAttention(nnx.Module):
@@ -114,7 +126,8 @@ class UMT5SelfAttention(nnx.Module):
         logits = logits + self.position_bias(length)[None] + mask_bias
         weights = jax.nn.softmax(logits, axis=-1)
         context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, L, H, D]
-        return self.out(context.astype(self.dtype).reshape(batch, length, heads * head_dim))  # [B, L, C] f32
+        context = to_compute_dtype(context, self.dtype).reshape(batch, length, heads * head_dim)
+        return self.out(context)  # [B, L, C] f32
 
 
 class GatedGeluFeedForward(nnx.Module):
@@ -141,7 +154,7 @@ class GatedGeluFeedForward(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [B, L, C] in `dtype` -> float32 [B, L, C]."""
         hidden = jax.nn.gelu(self.gate(x), approximate=True) * self.up(x)  # [B, L, F] f32
-        return self.down(hidden.astype(self.dtype))
+        return self.down(to_compute_dtype(hidden, self.dtype))
 
 
 class UMT5Layer(nnx.Module):
