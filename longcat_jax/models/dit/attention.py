@@ -1,0 +1,153 @@
+"""Self and cross attention of the DiT, behind one attention interface (dense or block-sparse).
+
+Layout everywhere: q, k, v are [B, S, H, D] (the `jax.nn.dot_product_attention` convention), tokens
+in (T, H, W) raster order of the latent grid. The dense backend is `jax.nn.dot_product_attention`
+(cuDNN on GPU, XLA elsewhere); the block-sparse backend is `kernels.bsa_attention`, used as in the
+original only when the latent has more than one frame.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kernels import BSAParams, block_mask_from_indices, bsa_attention, select_blocks, to_chunk_order
+from longcat_jax.errors import InputError
+from longcat_jax.models.dit.layers import Linear, RMSNorm
+from longcat_jax.models.dit.rope import apply_rope, rope_tables
+
+Grid = tuple[int, int, int]
+KV = tuple[jax.Array, jax.Array]
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None,
+           bsa_backend: str = "auto") -> jax.Array:
+    """Softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D].
+
+    With `bsa` set, each query chunk attends only to its selected key chunks (grids give the
+    (T, H, W) layout of q and k tokens); otherwise full dense attention.
+    """
+    if bsa is not None:
+        return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend)
+    return jax.nn.dot_product_attention(q, k, v)
+
+
+class SelfAttention(nnx.Module):
+    """Fused qkv projection, per-head RMSNorm on q and k, 3D RoPE, attention, output projection.
+
+    `bsa` (static) switches self attention to block-sparse; `LongCatDiT.set_bsa` changes it after
+    loading. With `record_selection` on, each block-sparse call also stores its selected-block mask
+    [B, H, Mq, Mk] as an `nnx.Intermediate` named `bsa_selection` (a diagnostic: it recomputes the
+    selection).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, *, bsa: BSAParams | None = None, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.bsa = bsa
+        self.bsa_backend = "auto"
+        self.record_selection = False
+        self.qkv = Linear(hidden_size, 3 * hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.q_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.k_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.proj = Linear(hidden_size, hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def _bsa_for(self, num_frames: int) -> BSAParams | None:
+        # As the original: block-sparse only for videos (more than one latent frame).
+        return self.bsa if num_frames > 1 else None
+
+    def _attend(self, q, k, v, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None) -> jax.Array:
+        if bsa is not None and self.record_selection:
+            indices, counts = select_blocks(to_chunk_order(q, grid_q, bsa.chunk_3d_shape_q),
+                                            to_chunk_order(k, grid_k, bsa.chunk_3d_shape_k), bsa)
+            num_k_blocks = k.shape[1] // bsa.chunk_size_k
+            self.sow(nnx.Intermediate, "bsa_selection", block_mask_from_indices(indices, counts, num_k_blocks))
+        return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=self.bsa_backend)
+
+    def __call__(self, x: jax.Array, grid: Grid, *, num_cond_latents: int = 0, kv_cache: KV | None = None,
+                 return_kv: bool = False) -> tuple[jax.Array, KV | None]:
+        """x: [B, N, C] with N = T*H*W of `grid`.
+
+        num_cond_latents: the first frames are conditions; their queries see only condition keys.
+        kv_cache: (k, v) [B or 1, Nc, H, D] of `num_cond_latents` condition frames from an earlier
+            call (after RMSNorm, before RoPE); x then holds only the frames after them.
+        Returns (out [B, N, C], (k, v) [B, N, H, D] after RMSNorm and before RoPE if return_kv else None).
+        """
+        b, n, c = x.shape
+        nt, nh, nw = grid
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        q = self.q_norm(qkv[:, :, 0])  # [B, N, H, D]
+        k = self.k_norm(qkv[:, :, 1])
+        v = qkv[:, :, 2]
+        new_cache = (k, v) if return_kv else None
+
+        if kv_cache is not None:
+            out = self._attend_after_cache(q, k, v, grid, num_cond_latents, kv_cache)
+        else:
+            cos, sin = rope_tables(grid, self.head_dim)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            bsa = self._bsa_for(nt)
+            if num_cond_latents > 0:
+                n_cond = num_cond_latents * nh * nw
+                cond_grid = (num_cond_latents, nh, nw)
+                out_cond = self._attend(q[:, :n_cond], k[:, :n_cond], v[:, :n_cond], cond_grid, cond_grid, bsa)
+                out_noise = self._attend(q[:, n_cond:], k, v, (nt - num_cond_latents, nh, nw), grid, bsa)
+                out = jnp.concatenate([out_cond, out_noise], axis=1)
+            else:
+                out = self._attend(q, k, v, grid, grid, bsa)
+        return self.proj(out.reshape(b, n, c)), new_cache
+
+    def _attend_after_cache(self, q, k, v, grid: Grid, num_cond_latents: int, kv_cache: KV) -> jax.Array:
+        """Queries of the new frames over [cached condition keys, new keys], RoPE over the joint grid."""
+        b = q.shape[0]
+        nt, nh, nw = grid
+        k_cache, v_cache = kv_cache
+        if num_cond_latents <= 0:
+            raise InputError("a kv_cache needs num_cond_latents > 0 (the number of cached condition frames)")
+        expected = (num_cond_latents * nh * nw, self.num_heads, self.head_dim)
+        if tuple(k_cache.shape[1:]) != expected or k_cache.shape[0] not in (1, b) or v_cache.shape != k_cache.shape:
+            raise InputError(
+                f"kv_cache k/v shapes {tuple(k_cache.shape)}/{tuple(v_cache.shape)} do not fit "
+                f"{num_cond_latents} condition frames of a {nh}x{nw} grid: expected [1 or {b}, *{expected}]"
+            )
+        k_cache = jnp.broadcast_to(k_cache.astype(k.dtype), (b, *expected))
+        v_cache = jnp.broadcast_to(v_cache.astype(v.dtype), (b, *expected))
+        full_grid = (num_cond_latents + nt, nh, nw)
+        cos, sin = rope_tables(full_grid, self.head_dim)
+        k_full = apply_rope(jnp.concatenate([k_cache, k], axis=1), cos, sin)
+        v_full = jnp.concatenate([v_cache, v], axis=1)
+        n_cond = expected[0]
+        q = apply_rope(q, cos[n_cond:], sin[n_cond:])
+        return self._attend(q, k_full, v_full, grid, full_grid, self._bsa_for(nt))
+
+
+class CrossAttention(nnx.Module):
+    """Attention of the video tokens to the text tokens of their own batch item (variable length via a mask)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.q = Linear(hidden_size, hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.kv = Linear(hidden_size, 2 * hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.q_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.k_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.proj = Linear(hidden_size, hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, x: jax.Array, text: jax.Array, text_mask: jax.Array | None) -> jax.Array:
+        """x: [B, N, C]; text: [B, L, C]; text_mask: [B, L] bool (True = a real token) or None (all real)."""
+        b, n, c = x.shape
+        length = text.shape[1]
+        q = self.q_norm(self.q(x).reshape(b, n, self.num_heads, self.head_dim))
+        kv = self.kv(text).reshape(b, length, 2, self.num_heads, self.head_dim)
+        k = self.k_norm(kv[:, :, 0])
+        v = kv[:, :, 1]
+        if text_mask is None:
+            out = jax.nn.dot_product_attention(q, k, v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=text_mask[:, None, None, :])
+            # An item without any text token gets no cross-attention update (softmax over nothing).
+            out = jnp.where(jnp.any(text_mask, axis=1)[:, None, None, None], out, jnp.zeros_like(out))
+        return self.proj(out.reshape(b, n, c))

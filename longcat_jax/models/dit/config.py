@@ -1,0 +1,119 @@
+"""The DiT hyper-parameters, parsed from the original `dit/config.json`.
+
+Only keys that change the computation are kept. Keys of the original that select a PyTorch
+attention library or a multi-GPU split (they do not change the math) are accepted and ignored; any
+other unknown key is refused, so a config from a different model never loads silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kernels import BSAParams
+from longcat_jax.errors import ConfigError
+
+# Original keys that pick an implementation (flash-attn, xformers, context parallel split) or are
+# diffusers bookkeeping: they do not change the result, so they are read and ignored.
+IGNORED_KEYS = frozenset(
+    {
+        "_class_name",
+        "_diffusers_version",
+        "_name_or_path",
+        "enable_flashattn3",
+        "enable_flashattn2",
+        "enable_xformers",
+        "cp_split_hw",
+    }
+)
+
+
+def _int_triple(name: str, value: Any) -> tuple[int, int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ConfigError(f"DiT config: {name} must be three positive ints, got {value!r}")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of the LongCat video DiT (defaults: the released 13.6B model)."""
+
+    in_channels: int = 16
+    out_channels: int = 16
+    hidden_size: int = 4096
+    depth: int = 48
+    num_heads: int = 32
+    caption_channels: int = 4096
+    mlp_ratio: int = 4
+    adaln_tembed_dim: int = 512
+    frequency_embedding_size: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    enable_bsa: bool = False
+    bsa_params: BSAParams | None = None
+    text_tokens_zero_pad: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch_size", _int_triple("patch_size", self.patch_size))
+        if isinstance(self.bsa_params, Mapping):
+            object.__setattr__(self, "bsa_params", BSAParams.from_dict(self.bsa_params))
+        for name in ("in_channels", "out_channels", "hidden_size", "depth", "num_heads", "caption_channels",
+                     "mlp_ratio", "adaln_tembed_dim", "frequency_embedding_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"DiT config: {name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"DiT config: hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        if self.head_dim % 8:
+            raise ConfigError(f"DiT config: head_dim {self.head_dim} must be a multiple of 8 for the 3D RoPE")
+        if self.patch_size[0] != 1:
+            raise ConfigError(f"DiT config: temporal patch size must be 1 (as the original), got {self.patch_size}")
+        if self.enable_bsa and self.bsa_params is None:
+            raise ConfigError("DiT config: enable_bsa is true but bsa_params is null; give bsa_params")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        """SwiGLU width: 2/3 of hidden * mlp_ratio, rounded up to a multiple of 256 (as the original)."""
+        width = int(2 * (self.hidden_size * self.mlp_ratio) / 3)
+        return 256 * ((width + 255) // 256)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> DiTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known - IGNORED_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"DiT config: unknown key(s) {unknown}; is this the config.json of a LongCat-Video dit/ folder?"
+            )
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in known})
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> DiTConfig:
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"DiT config {path} not found") from e
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"DiT config {path} is not valid JSON ({e})") from e
+        return cls.from_dict(raw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config in the original's JSON form (so our converted folder reads like an original one)."""
+        out = dataclasses.asdict(self)
+        out["patch_size"] = list(self.patch_size)
+        out["bsa_params"] = None if self.bsa_params is None else {
+            "sparsity": self.bsa_params.sparsity,
+            "cdf_threshold": self.bsa_params.cdf_threshold,
+            "chunk_3d_shape_q": list(self.bsa_params.chunk_3d_shape_q),
+            "chunk_3d_shape_k": list(self.bsa_params.chunk_3d_shape_k),
+        }
+        return out

@@ -1,0 +1,123 @@
+"""Basic layers of the LongCat DiT: Linear (with optional run-time LoRA), float32 norms, modulation.
+
+Numerics follow the original: norms are computed in float32 and cast back to the activation dtype;
+adaLN modulation (`x * (1 + scale) + shift`) happens in float32; a Linear accumulates in float32 and
+rounds once after adding the bias (as a cuBLAS bf16 GEMM with a bias epilogue does) and any LoRA
+updates.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+NORM_EPS = 1e-6
+
+
+class LoRAScale(nnx.Variable):
+    """The multiplier * alpha_scale of one run-time LoRA: a variable, so changing it does not retrace."""
+
+
+class LoRAWeight(nnx.Variable):
+    """A run-time LoRA factor; not an `nnx.Param`, so it never mixes with the model's own weights."""
+
+
+class LoRAAdapter(nnx.Module):
+    """One low-rank update `scale * up(down(x))` attached to a Linear at run time.
+
+    down_kernel: [in, rank], up_kernel: [rank, out] (the Linear kernel layout), stored in the model's
+    parameter dtype. Both matmuls run in the Linear's dtype with float32 accumulation, and the update
+    is returned in float32 so the Linear rounds its output once.
+    """
+
+    def __init__(self, down_kernel, up_kernel, scale: float, *, dtype, param_dtype):
+        self.dtype = dtype
+        self.down_kernel = LoRAWeight(jnp.asarray(down_kernel, param_dtype))
+        self.up_kernel = LoRAWeight(jnp.asarray(up_kernel, param_dtype))
+        self.scale = LoRAScale(jnp.asarray(scale, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., in] in the Linear's dtype -> float32 update [..., out]."""
+        low = jnp.dot(x, self.down_kernel.get_value().astype(self.dtype), preferred_element_type=jnp.float32)
+        delta = jnp.dot(low.astype(self.dtype), self.up_kernel.get_value().astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+        return delta * self.scale.get_value()
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel + bias, kernel [in, out]; `loras` holds the run-time LoRA adapters (none by default)."""
+
+    def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True, rngs: nnx.Rngs,
+                 dtype=jnp.float32, param_dtype=jnp.float32):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dtype = dtype
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+        self.loras = nnx.List([])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = jnp.dot(x, self.kernel.get_value().astype(self.dtype), preferred_element_type=jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias.get_value().astype(jnp.float32)
+        for adapter in self.loras:
+            y = y + adapter(x)
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nnx.Module):
+    """Per-head RMSNorm on the last axis: normalized in float32, cast back, then scaled by the weight."""
+
+    def __init__(self, dim: int, *, eps: float = NORM_EPS, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        del rngs
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return normed.astype(x.dtype) * self.scale.get_value().astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis computed in float32 (affine optional), result in the input dtype."""
+
+    def __init__(self, dim: int, *, affine: bool, eps: float = NORM_EPS, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
+        del rngs
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype)) if affine else None
+        self.bias = nnx.Param(jnp.zeros((dim,), param_dtype)) if affine else None
+
+    def normalize_f32(self, x: jax.Array) -> jax.Array:
+        """The normalized (and affine-transformed) input, in float32."""
+        xf = x.astype(jnp.float32)
+        mean = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+        out = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        if self.scale is not None:
+            out = out * self.scale.get_value().astype(jnp.float32) + self.bias.get_value().astype(jnp.float32)
+        return out
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.normalize_f32(x).astype(x.dtype)
+
+
+def modulate(norm: LayerNorm, x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """adaLN: norm(x) * (1 + scale) + shift in float32, returned in x's dtype.
+
+    x: [B, T, S, C] (tokens grouped per latent frame); shift, scale: [B, T, 1, C] float32.
+    """
+    out = norm.normalize_f32(x) * (1.0 + scale) + shift
+    return out.astype(x.dtype)
+
+
+def gated_residual(x: jax.Array, gate: jax.Array, update: jax.Array) -> jax.Array:
+    """x + gate * update in float32, rounded to x's dtype. x, update: [B, T, S, C]; gate: [B, T, 1, C] f32."""
+    return (x.astype(jnp.float32) + gate * update.astype(jnp.float32)).astype(x.dtype)

@@ -1,0 +1,135 @@
+"""The LongCat video DiT (`LongCatVideoTransformer3DModel` of the original) in flax.nnx.
+
+Call it like the original forward:
+    out = model(latents [B,C,T,H,W], timestep [B] or [B,T], text [B,1,L,C_cap], text_mask [B,L],
+                num_cond_latents=0, kv_cache=None, return_kv=False, skip_crs_attn=False)
+Everything is static-shaped and jit-compilable; the text length per item is carried by the mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kernels import BSAParams
+from longcat_jax.errors import ConfigError, InputError
+from longcat_jax.models.dit.block import DiTBlock
+from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.dit.embed import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, unpatchify
+
+# k and v of every block, each [depth, B, S_cond, H, D], after q/k RMSNorm and before RoPE.
+KVCache = tuple[jax.Array, jax.Array]
+
+
+class LongCatDiT(nnx.Module):
+    """Patch embedding, timestep/caption embedders, `depth` single-stream blocks, final layer, unpatchify.
+
+    dtype: activation dtype (bfloat16 for bf16 inference); param_dtype: weight dtype. Timestep
+    embedding, adaLN, norms and the final Linear compute in float32 as in the original.
+    """
+
+    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+        self.config = config
+        self.dtype = dtype
+        bsa = config.bsa_params if config.enable_bsa else None
+        self.patch_embed = PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size, rngs=rngs,
+                                        dtype=dtype, param_dtype=param_dtype)
+        self.timestep_embed = TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size, rngs=rngs,
+                                               param_dtype=param_dtype)
+        self.caption_embed = CaptionEmbedder(config.caption_channels, config.hidden_size, rngs=rngs, dtype=dtype,
+                                             param_dtype=param_dtype)
+        self.blocks = nnx.List(
+            [
+                DiTBlock(config.hidden_size, config.num_heads, config.ffn_hidden_size, config.adaln_tembed_dim,
+                         bsa=bsa, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                for _ in range(config.depth)
+            ]
+        )
+        self.final_layer = FinalLayer(config.hidden_size, math.prod(config.patch_size), config.out_channels,
+                                      config.adaln_tembed_dim, rngs=rngs, param_dtype=param_dtype)
+
+    def set_bsa(self, params: BSAParams | bool | None, *, backend: str = "auto") -> None:
+        """Turns block-sparse self attention on (True: the config's bsa_params, or the given BSAParams) or off.
+
+        Like the original's enable_bsa()/disable_bsa(); the next jit call retraces.
+        """
+        if params is True:
+            if self.config.bsa_params is None:
+                raise ConfigError("this DiT's config has no bsa_params; pass BSAParams to set_bsa")
+            params = self.config.bsa_params
+        elif params is False:
+            params = None
+        for block in self.blocks:
+            block.attn.bsa = params
+            block.attn.bsa_backend = backend
+
+    def record_bsa_selection(self, on: bool = True) -> None:
+        """Makes every block-sparse call store its selected-block mask as `nnx.Intermediate` `bsa_selection`
+        (read them with `nnx.pop(model, nnx.Intermediate)`); a diagnostic for parity checks."""
+        for block in self.blocks:
+            block.attn.record_selection = on
+
+    @property
+    def bsa(self) -> BSAParams | None:
+        """The block-sparse attention parameters in use (None: dense attention)."""
+        return self.blocks[0].attn.bsa if len(self.blocks) else None
+
+    def _text(self, encoder_hidden_states: jax.Array, encoder_attention_mask: jax.Array | None):
+        """Embedded text [B, L, C] and its key mask [B, L] bool (None: every token is attended)."""
+        if encoder_hidden_states.ndim != 4 or encoder_hidden_states.shape[1] != 1:
+            raise InputError(f"encoder_hidden_states must be [B, 1, L, C], got {encoder_hidden_states.shape}")
+        text = self.caption_embed(encoder_hidden_states[:, 0])  # [B, L, C]
+        if encoder_attention_mask is None:
+            return text, None
+        mask = encoder_attention_mask.reshape(encoder_attention_mask.shape[0], -1)
+        if mask.shape != text.shape[:2]:
+            raise InputError(f"encoder_attention_mask {encoder_attention_mask.shape} does not fit text {text.shape[:2]}")
+        if self.config.text_tokens_zero_pad:
+            # Padding tokens become zero vectors that every query still attends to (as the original).
+            return text * mask[:, :, None].astype(text.dtype), None
+        return text, mask != 0
+
+    def __call__(self, hidden_states: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
+                 encoder_attention_mask: jax.Array | None = None, *, num_cond_latents: int = 0,
+                 kv_cache: KVCache | None = None, return_kv: bool = False,
+                 skip_crs_attn: bool = False) -> jax.Array | tuple[jax.Array, KVCache]:
+        """Velocity prediction [B, C_out, T, H, W] float32 (and the KV cache of this call if return_kv).
+
+        hidden_states: [B, C, T, H, W]; timestep: [B] or [B, T] (per latent frame);
+        num_cond_latents: leading clean condition frames (or, with kv_cache, the cached ones);
+        kv_cache: from an earlier call with return_kv on the condition frames.
+        """
+        cfg = self.config
+        b, _, t, h, w = hidden_states.shape
+        grid = (t // cfg.patch_size[0], h // cfg.patch_size[1], w // cfg.patch_size[2])
+        if num_cond_latents < 0 or (kv_cache is None and num_cond_latents > grid[0]):
+            raise InputError(f"num_cond_latents={num_cond_latents} out of range for {grid[0]} latent frames")
+        if timestep.ndim == 1:
+            timestep = jnp.broadcast_to(timestep[:, None], (b, grid[0]))
+        if timestep.shape != (b, grid[0]):
+            raise InputError(f"timestep must be [B] or [B, T] = [{b}, {grid[0]}], got {timestep.shape}")
+
+        x = self.patch_embed(hidden_states.astype(self.dtype))  # [B, N, C]
+        # Timesteps stay float32 in every mode. (The original rounds them to the model dtype first,
+        # which in bf16 moves e.g. 999 to 1000 and changes the high-frequency sinusoids completely.)
+        t_flat = timestep.astype(jnp.float32).reshape(-1)
+        t_emb = self.timestep_embed(t_flat).reshape(b, grid[0], -1)  # [B, T, C_t] float32
+        text, text_mask = self._text(encoder_hidden_states.astype(self.dtype), encoder_attention_mask)
+
+        keys, values = [], []
+        for index, block in enumerate(self.blocks):
+            block_cache = None if kv_cache is None else (kv_cache[0][index], kv_cache[1][index])
+            x, new_cache = block(x, text, text_mask, t_emb, grid, num_cond_latents=num_cond_latents,
+                                 kv_cache=block_cache, return_kv=return_kv, skip_crs_attn=skip_crs_attn)
+            if return_kv:
+                keys.append(new_cache[0])
+                values.append(new_cache[1])
+
+        x = self.final_layer(x.reshape(b, grid[0], -1, x.shape[-1]), t_emb)  # [B, T, S, P*C_out]
+        out = unpatchify(x.reshape(b, -1, x.shape[-1]), grid, cfg.patch_size, cfg.out_channels).astype(jnp.float32)
+        if return_kv:
+            return out, (jnp.stack(keys), jnp.stack(values))
+        return out
