@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from convert.checkpoint import save_part
 from convert.safetensors_io import SafetensorsCheckpoint
 from convert.text_encoder import text_encoder_tensors
 from longcat_jax.errors import CheckpointError, ConfigError
@@ -84,9 +85,22 @@ def test_sharded_bf16_checkpoint_loads_like_the_single_float32_file(original, fi
     np.testing.assert_array_equal(_outputs(from_shards), _outputs(from_single))
 
 
+def test_converted_folder_loads_like_the_original(original, fixtures_dir, tmp_path):
+    folder = fixtures_dir / "text_encoder"
+    config = UMT5Config.from_json(folder)
+    converted = save_part(
+        text_encoder_tensors(SafetensorsCheckpoint(folder), config), tmp_path / "text_encoder", config.to_dict()
+    )
+    np.testing.assert_array_equal(
+        _outputs(load_text_encoder(converted, dtype=jnp.float32)),
+        _outputs(load_text_encoder(folder, dtype=jnp.float32)),
+    )
+
+
 def test_converter_transposes_linears_and_keeps_dtype(original, fixtures_dir):
-    _, tensors = original
-    converted = dict(text_encoder_tensors(SafetensorsCheckpoint(fixtures_dir / "text_encoder"), UMT5Config.from_dict(original[0])))
+    raw_config, tensors = original
+    checkpoint = SafetensorsCheckpoint(fixtures_dir / "text_encoder")
+    converted = dict(text_encoder_tensors(checkpoint, UMT5Config.from_dict(raw_config)))
     q = tensors["encoder.block.1.layer.0.SelfAttention.q.weight"]
     np.testing.assert_array_equal(converted[("layers", 1, "attention", "query", "kernel")], q.T)
     wi_0 = tensors["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"]
@@ -127,7 +141,8 @@ def test_refuses_block_beyond_config(original, tmp_path):
 
 def test_refuses_missing_key(original, tmp_path):
     config, tensors = original
-    folder = _write(tmp_path / "te", config, {k: v for k, v in tensors.items() if "block.1.layer.1.DenseReluDense.wo" not in k})
+    kept = {name: array for name, array in tensors.items() if "block.1.layer.1.DenseReluDense.wo" not in name}
+    folder = _write(tmp_path / "te", config, kept)
     with pytest.raises(CheckpointError, match=r"missing.*layers\.1\.ffn\.down\.kernel"):
         load_text_encoder(folder, dtype=jnp.float32)
 

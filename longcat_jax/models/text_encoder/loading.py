@@ -1,5 +1,6 @@
 """Builds the UMT5 encoder: from an original `text_encoder/` folder (sharded or not, float32 or
-bfloat16 on disk), or with random weights for the built-in demo model and tests."""
+bfloat16 on disk) or our converted one (`python -m convert`), or with random weights for the
+built-in demo model and tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from convert.checkpoint import is_converted, iter_part
 from convert.param_tree import abstract_model, fill_model
 from convert.safetensors_io import SafetensorsCheckpoint
 from convert.text_encoder import text_encoder_tensors
@@ -27,28 +29,35 @@ def load_text_encoder(
     dtype=jnp.bfloat16,
     device: jax.Device | jax.sharding.Sharding | None = None,
 ) -> UMT5Encoder:
-    """Builds the UMT5 encoder from `path`, a `text_encoder/` folder with config.json and safetensors.
+    """Builds the UMT5 encoder from `path`: an original `text_encoder/` folder (config.json and
+    safetensors, as downloaded) or the folder `python -m convert` made of it.
 
     `dtype` is both the parameter and the compute dtype (bfloat16 for the real model, float32 for
-    parity checks); norms, softmax and the residual stream run in float32 either way. `device`
-    places the weights (default: JAX's default device), e.g. `jax.devices("cpu")[0]` to keep a
-    GPU free for the DiT. Tensors are read and placed one at a time.
+    parity checks); norms, the attention core and the residual stream run in float32 either way.
+    `device` places the weights (default: JAX's default device), e.g. `jax.devices("cpu")[0]` to
+    keep a GPU free for the DiT. Tensors are read and placed one at a time.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"text encoder folder {path} not found; pass the checkpoint's text_encoder/ folder")
     config = UMT5Config.from_json(path)
-    checkpoint = SafetensorsCheckpoint(path)
+    if is_converted(path):
+        tensors = iter_part(path)
+        kind = "converted"
+    else:
+        tensors = text_encoder_tensors(SafetensorsCheckpoint(path), config)
+        kind = "original"
     logger.info(
-        "Loading UMT5 text encoder from %s (%d layers, d_model %d) as %s",
+        "Loading UMT5 text encoder from %s (%s; %d layers, d_model %d) as %s",
         path,
+        kind,
         config.num_layers,
         config.d_model,
         jnp.dtype(dtype).name,
     )
     return fill_model(
         lambda: UMT5Encoder(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype),
-        text_encoder_tensors(checkpoint, config),
+        tensors,
         source=str(path),
         dtype=dtype,
         device=device,
