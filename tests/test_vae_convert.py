@@ -1,9 +1,12 @@
 """The VAE converter: original diffusers names -> our tree, strict about keys and shapes, and the loaders."""
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import save_file
 
+from convert.checkpoint import save_part
 from convert.safetensors_io import SafetensorsCheckpoint
 from convert.vae import vae_tensors
 from longcat_jax.errors import CheckpointError
@@ -59,3 +62,11 @@ def test_wrong_shape_is_refused(tmp_path, original, config):
 def test_load_vae_needs_a_config(tmp_path):
     with pytest.raises(CheckpointError, match="config.json"):
         load_vae(tmp_path)
+
+
+def test_converted_folder_loads_the_same_weights(tmp_path, fixtures_dir, config):
+    converted = tmp_path / "vae"
+    save_part(vae_tensors(SafetensorsCheckpoint(fixtures_dir / "vae"), config), converted, config.to_dict())
+    from_converted = nnx.state(load_vae(converted))
+    from_original = nnx.state(load_vae(fixtures_dir / "vae"))
+    jax.tree.map(np.testing.assert_array_equal, from_converted, from_original)

@@ -1,4 +1,5 @@
-"""Building the Wan VAE with weights: from an original `vae/` folder (config.json + safetensors), or random."""
+"""Building the Wan VAE with weights: from an original `vae/` folder (config.json + safetensors), from
+the folder `python -m convert` made of it, or random (tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from convert.checkpoint import is_converted, iter_part
 from convert.param_tree import fill_model
 from convert.safetensors_io import SafetensorsCheckpoint
 from convert import vae as vae_converter  # module import: convert.vae imports this package too
@@ -29,6 +31,7 @@ def load_vae(
 ) -> WanVAE:
     """Builds `WanVAE` from `path/config.json` and fills it strictly from the folder's weights.
 
+    `path` is an original `vae/` folder (diffusers safetensors, as downloaded) or our converted one.
     `dtype` is the compute dtype; `param_dtype` (default: `dtype`) the dtype the weights are kept in.
     """
     path = Path(path)
@@ -36,8 +39,14 @@ def load_vae(
         raise CheckpointError(f"{path} has no config.json; pass the checkpoint's vae/ folder")
     config = VAEConfig.from_json(path / "config.json")
     param_dtype = dtype if param_dtype is None else param_dtype
-    tensors = vae_converter.vae_tensors(SafetensorsCheckpoint(path), config)
-    logger.info("loading Wan VAE from %s (compute %s, weights %s)", path, jnp.dtype(dtype), jnp.dtype(param_dtype))
+    if is_converted(path):
+        tensors, kind = iter_part(path), "converted"
+    else:
+        tensors, kind = vae_converter.vae_tensors(SafetensorsCheckpoint(path), config), "original"
+    logger.info(
+        "loading Wan VAE from %s (%s; compute %s, weights %s)",
+        path, kind, jnp.dtype(dtype).name, jnp.dtype(param_dtype).name,
+    )
 
     def make_model() -> WanVAE:
         return WanVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, tiling=tiling)
