@@ -1,0 +1,223 @@
+"""One denoising step as one compiled function, and the sampling loop around it.
+
+A step runs the DiT (on the doubled batch [unconditional; conditional] when guided), combines the two branches
+with CFG-zero*, and applies the Euler update, all inside one `jax.jit`. The DiT enters as (graphdef, state): the
+graphdef (architecture, BSA setting, attached LoRAs) is static, the weights are an argument. The timestep, the two
+sigmas and the guidance scale are traced float32 scalars, so a shape compiles once and every step and every run
+with that shape reuses it; only a change of shape, of guidance on/off, of condition frames, or of the DiT's
+graphdef (BSA on/off, LoRAs attached) compiles again.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from kernels import BSAConfigError, chunk_grid
+from longcat_jax.bsa_config import BSAConfig
+from longcat_jax.errors import InputError
+from longcat_jax.models.dit.transformer import KVCache, LongCatDiT
+from longcat_jax.pipelines.guidance import cfg_zero_star, split_uncond_cond
+from longcat_jax.pipelines.scheduler import Schedule, euler_step, frame_timesteps
+
+
+class TextCondition:
+    """The text the DiT attends to: [B, 1, L, C] embeddings and [B, L] masks, with the negative pair for CFG."""
+
+    def __init__(self, embeddings, mask, negative_embeddings=None, negative_mask=None):
+        self.embeddings = embeddings
+        self.mask = mask
+        self.negative_embeddings = negative_embeddings
+        self.negative_mask = negative_mask
+
+    def for_step(self, guided: bool) -> tuple[jax.Array, jax.Array]:
+        """(text, mask) as the step feeds them: [uncond; cond] stacked on the batch axis when guided."""
+        if not guided:
+            return self.embeddings, self.mask
+        if self.negative_embeddings is None:
+            raise ValueError("guided sampling needs negative embeddings (encode the negative prompt, '' by default)")
+        return (
+            jnp.concatenate([self.negative_embeddings, self.embeddings], axis=0),
+            jnp.concatenate([self.negative_mask, self.mask], axis=0),
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_cond_latents", "guided"))
+def _denoise_step(
+    graphdef,
+    state,
+    latents: jax.Array,
+    text: jax.Array,
+    text_mask: jax.Array,
+    timestep: jax.Array,
+    sigma: jax.Array,
+    sigma_next: jax.Array,
+    guidance_scale: jax.Array,
+    kv_cache: KVCache | None,
+    *,
+    num_cond_latents: int,
+    guided: bool,
+) -> jax.Array:
+    """latents [B, C, T, H, W] float32 -> latents after one Euler step (see `Denoiser.step`)."""
+    dit = nnx.merge(graphdef, state)
+    batch, _, frames = latents.shape[:3]
+    model_input = jnp.concatenate([latents, latents], axis=0) if guided else latents  # [B or 2B, C, T, H, W]
+    if kv_cache is None:
+        # Condition frames are part of the input: timestep 0 there, and only the frames after them are stepped.
+        timesteps = frame_timesteps(timestep, model_input.shape[0], frames, num_cond_latents)
+        step_from = num_cond_latents
+    else:
+        # Condition frames live in the cache: every input frame is noisy.
+        timesteps = frame_timesteps(timestep, model_input.shape[0], frames)
+        step_from = 0
+        if guided and kv_cache[0].shape[1] == batch and batch > 1:
+            kv_cache = tuple(jnp.concatenate([c, c], axis=1) for c in kv_cache)
+    prediction = dit(model_input, timesteps, text, text_mask, num_cond_latents=num_cond_latents, kv_cache=kv_cache)
+    if guided:
+        uncond, cond = split_uncond_cond(prediction)
+        prediction = cfg_zero_star(cond, uncond, guidance_scale)
+    return euler_step(latents, prediction, sigma, sigma_next, num_cond_latents=step_from)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "text_length"))
+def _condition_kv(graphdef, state, cond_latents: jax.Array, *, text_length: int) -> KVCache:
+    """The DiT once on clean condition latents (t = 0, no text): their per-block k, v."""
+    dit = nnx.merge(graphdef, state)
+    batch, frames = cond_latents.shape[0], cond_latents.shape[2]
+    text = jnp.zeros((batch, 1, text_length, dit.config.caption_channels), dit.dtype)
+    timesteps = jnp.zeros((batch, frames), jnp.float32)
+    _, cache = dit(cond_latents, timesteps, text, None, return_kv=True, skip_crs_attn=True)
+    return cache
+
+
+class Denoiser:
+    """A DiT split once into (graphdef, weights) for the compiled step; make a new one after changing the DiT
+    (BSA, LoRAs), which is what changes its graphdef."""
+
+    def __init__(self, dit: LongCatDiT):
+        self.graphdef, self.state = nnx.split(dit)
+
+    def step(
+        self,
+        latents: jax.Array,
+        text: TextCondition,
+        timestep: float,
+        sigma: float,
+        sigma_next: float,
+        *,
+        guidance_scale: float = 1.0,
+        guided: bool = False,
+        num_cond_latents: int = 0,
+        kv_cache: KVCache | None = None,
+    ) -> jax.Array:
+        """One step: latents [B, C, T, H, W] float32 at `sigma` -> at `sigma_next`.
+
+        guided: run both CFG branches and combine them with CFG-zero* at `guidance_scale`.
+        num_cond_latents: without `kv_cache`, the first frames of `latents` are clean conditions (timestep 0, not
+        stepped); with `kv_cache` (from `condition_kv`), the number of cached condition frames, and `latents`
+        holds only the frames to generate.
+        """
+        embeddings, mask = text.for_step(guided)
+        return _denoise_step(
+            self.graphdef,
+            self.state,
+            latents,
+            embeddings,
+            mask,
+            np.float32(timestep),
+            np.float32(sigma),
+            np.float32(sigma_next),
+            np.float32(guidance_scale),
+            kv_cache,
+            num_cond_latents=num_cond_latents,
+            guided=guided,
+        )
+
+    def condition_kv(self, cond_latents: jax.Array, text_length: int) -> KVCache:
+        """KV cache of clean condition latents [B, C, Tc, H, W] (video continuation: computed once per video)."""
+        return _condition_kv(self.graphdef, self.state, cond_latents, text_length=text_length)
+
+
+def sample(
+    denoiser: Denoiser,
+    latents: jax.Array,
+    schedule: Schedule,
+    text: TextCondition,
+    *,
+    guidance_scale: float = 1.0,
+    guided: bool = False,
+    num_cond_latents: int = 0,
+    kv_cache: KVCache | None = None,
+    desc: str = "Denoising",
+    step_times: list[float] | None = None,
+) -> jax.Array:
+    """Runs every step of `schedule` from `latents`; a progress bar per call. Appends each step's wall time (the
+    first includes compilation) to `step_times` when given."""
+    timesteps = np.asarray(schedule.timesteps, np.float32)
+    sigmas = np.asarray(schedule.sigmas, np.float32)
+    for index in tqdm(range(len(timesteps)), desc=desc, unit="step"):
+        start = time.perf_counter()
+        latents = denoiser.step(
+            latents,
+            text,
+            timesteps[index],
+            sigmas[index],
+            sigmas[index + 1],
+            guidance_scale=guidance_scale,
+            guided=guided,
+            num_cond_latents=num_cond_latents,
+            kv_cache=kv_cache,
+        )
+        if step_times is not None:
+            latents.block_until_ready()
+            step_times.append(time.perf_counter() - start)
+    return latents
+
+
+def check_bsa_grids(
+    bsa: BSAConfig,
+    token_grid: Sequence[int],
+    *,
+    num_cond_latents: int = 0,
+    kv_cache: bool = False,
+) -> None:
+    """Refuses, before any compute, BSA chunk shapes that do not tile the token grids the DiT will attend over.
+
+    token_grid: (T, H, W) tokens of the DiT input (cached condition frames not included). With condition frames in
+    the input, attention splits into condition-over-condition and noisy-over-all, each block-sparse when the input
+    has more than one frame; with a KV cache, the cache-building call (condition frames alone) and the noisy
+    frames over condition + noisy keys are checked.
+    """
+    if not bsa.enable_bsa:
+        return
+    frames, height, width = (int(v) for v in token_grid)
+    cond = (num_cond_latents, height, width)
+    if kv_cache:
+        if num_cond_latents > 1:
+            _check_chunks(bsa, cond, cond)
+        if frames > 1:
+            _check_chunks(bsa, (frames, height, width), (num_cond_latents + frames, height, width))
+    elif frames > 1 and num_cond_latents:
+        _check_chunks(bsa, cond, cond)
+        _check_chunks(bsa, (frames - num_cond_latents, height, width), (frames, height, width))
+    elif frames > 1:
+        _check_chunks(bsa, (frames, height, width), (frames, height, width))
+
+
+def _check_chunks(bsa: BSAConfig, grid_q: tuple[int, int, int], grid_k: tuple[int, int, int]) -> None:
+    try:
+        chunk_grid(grid_q, bsa.params.chunk_3d_shape_q, what="queries")
+        chunk_grid(grid_k, bsa.params.chunk_3d_shape_k, what="keys")
+    except BSAConfigError as err:
+        raise InputError(
+            f"BSA cannot run on this video size: {err}. The token grid is (latent frames, height/16, width/16); "
+            "pick a size and frame count it divides, a BSA config with other chunk shapes, or turn BSA off "
+            "(--bsa-config configs/bsa/config_480p_no_bsa.json)"
+        ) from err
