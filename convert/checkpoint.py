@@ -101,28 +101,32 @@ def save_part(
             chunk += 1
         buffer, buffer_bytes = {}, 0
 
-    with tqdm(total=total, desc=desc, unit="tensor", leave=False) as bar:
-        for path, array in tensors:
-            path = tuple(path)
-            if path in seen:
-                raise CheckpointError(f"tensor {path_str(path)} given twice while writing {dst}")
-            seen.add(path)
-            array = np.asarray(array)
-            group = group_of(path)
-            if buffer and (group != buffer_group or buffer_bytes + array.nbytes > max_chunk_bytes):
-                flush()
-            buffer_group = group
-            key = f"t{len(entries):06d}"
-            buffer[key] = array
-            buffer_bytes += array.nbytes
-            entries.append(
-                {"path": list(path), "key": key, "chunk": chunk, "shape": list(array.shape),
-                 "dtype": _dtype_name(array.dtype)}
-            )
-            bar.update(1)
-        flush()
-    if not entries:
-        raise CheckpointError(f"nothing to write to {dst}: the source gave no tensors")
+    try:
+        with tqdm(total=total, desc=desc, unit="tensor", leave=False) as bar:
+            for path, array in tensors:
+                path = tuple(path)
+                if path in seen:
+                    raise CheckpointError(f"tensor {path_str(path)} given twice while writing {dst}")
+                seen.add(path)
+                array = np.asarray(array, order="C")  # (keeps 0-d arrays 0-d)
+                group = group_of(path)
+                if buffer and (group != buffer_group or buffer_bytes + array.nbytes > max_chunk_bytes):
+                    flush()
+                buffer_group = group
+                key = f"t{len(entries):06d}"
+                buffer[key] = array
+                buffer_bytes += array.nbytes
+                entries.append(
+                    {"path": list(path), "key": key, "chunk": chunk, "shape": list(array.shape),
+                     "dtype": _dtype_name(array.dtype)}
+                )
+                bar.update(1)
+            flush()
+        if not entries:
+            raise CheckpointError(f"nothing to write to {dst}: the source gave no tensors")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / INDEX_NAME).write_text(json.dumps({"format": FORMAT, "tensors": entries}, indent=1))
     (tmp / CONFIG_NAME).write_text(json.dumps(dict(config_dict), indent=2, sort_keys=True))
     tmp.rename(dst)
