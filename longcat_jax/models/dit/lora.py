@@ -88,7 +88,7 @@ def _checked(linear: Linear, factors: LoRAFactors, module_path: ModulePath, lora
 
 def disable_loras(model: nnx.Module) -> None:
     """Removes every run-time LoRA from the model's Linears."""
-    for _, module in model.iter_modules():
+    for _, module in nnx.iter_modules(model):
         if isinstance(module, Linear) and len(module.loras):
             module.loras = nnx.List([])
 
