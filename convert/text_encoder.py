@@ -105,8 +105,9 @@ def text_encoder_tensors(ckpt: SafetensorsCheckpoint, config: UMT5Config) -> Ite
     """Yields (our parameter path, array) for every tensor of an original UMT5 encoder checkpoint.
 
     Arrays keep the checkpoint's dtype (float32 or bfloat16); linear weights come transposed to
-    the [in, out] kernel layout (a view, not a copy). Raises CheckpointError on a name it cannot
-    map, a shape the config does not give, or a tensor missing at the end.
+    the [in, out] kernel layout (a view, not a copy). Every name, shape and dtype is checked from
+    the headers before the first tensor is read: a name it cannot map, a shape the config does not
+    give or a missing tensor raises CheckpointError before anything is yielded.
     """
     block_shapes = _block_shapes(config)
     names = ckpt.names()
@@ -119,7 +120,7 @@ def text_encoder_tensors(ckpt: SafetensorsCheckpoint, config: UMT5Config) -> Ite
         for rest in block_shapes:
             path, _, _ = _mapping(f"encoder.block.{index}.{rest}", config, block_shapes)
             expected.add(path)
-    done: set[ParamPath] = set()
+    plan: list[tuple[str, ParamPath, bool]] = []
     for name in names:
         if name in skip:
             continue
@@ -130,13 +131,16 @@ def text_encoder_tensors(ckpt: SafetensorsCheckpoint, config: UMT5Config) -> Ite
                 "is config.json the one of these weights?"
             )
         if ckpt.dtype(name) not in _FLOAT_DTYPES:
-            raise CheckpointError(f"{ckpt.path}: {name} has non-float dtype {ckpt.dtype(name)}")
-        array = ckpt.read(name)
-        done.add(path)
-        yield path, (array.T if transpose else array)
-    missing = sorted(".".join(str(p) for p in path) for path in expected - done)
+            raise CheckpointError(
+                f"{ckpt.path}: {name} has dtype {ckpt.dtype(name)}; expected float32, float16 or bfloat16"
+            )
+        plan.append((name, path, transpose))
+    missing = sorted(".".join(str(p) for p in path) for path in expected - {path for _, path, _ in plan})
     if missing:
         raise CheckpointError(
             f"{ckpt.path}: {len(missing)} text encoder tensor(s) missing, e.g. {missing[:5]}; "
             "the download is incomplete or config.json has more layers than the weights"
         )
+    for name, path, transpose in plan:
+        array = ckpt.read(name)
+        yield path, (array.T if transpose else array)

@@ -163,3 +163,12 @@ def test_refuses_missing_folder_and_config(fixtures_dir, tmp_path):
     shutil.copy(fixtures_dir / "text_encoder" / "model.safetensors", folder)
     with pytest.raises(CheckpointError, match="config.json"):
         load_text_encoder(folder)
+
+
+def test_refusals_come_before_the_first_tensor(original, tmp_path):
+    """`python -m convert` primes the generator once: every check must happen before it yields."""
+    config, tensors = original
+    kept = {name: array for name, array in tensors.items() if name != "encoder.final_layer_norm.weight"}
+    folder = _write(tmp_path / "te", config, kept)
+    with pytest.raises(CheckpointError, match="final_norm.scale"):
+        next(text_encoder_tensors(SafetensorsCheckpoint(folder), UMT5Config.from_dict(config)))
