@@ -36,7 +36,6 @@ from longcat_jax.models.vae import VAEConfig, random_vae
 logger = logging.getLogger(__name__)
 
 TINY_SEED = 0
-TINY_MAX_SEQUENCE_LENGTH = 64
 TINY_LORA_RANK = 4
 RANDOM_WEIGHTS_WARNING = (
     "Using the built-in TINY model with RANDOM weights (seed %d): the video will be noise, not your prompt. "

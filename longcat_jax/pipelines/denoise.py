@@ -103,6 +103,14 @@ class Denoiser:
 
     def __init__(self, dit: LongCatDiT):
         self.graphdef, self.state = nnx.split(dit)
+        self._sharding = jax.tree.leaves(self.state)[0].sharding
+
+    def _committed(self, x: jax.Array) -> jax.Array:
+        # Step outputs are committed to the weights' device; a first input that is not (fresh noise) would make
+        # jit compile the same step a second time.
+        if isinstance(x, jax.Array) and x.committed:
+            return x
+        return jax.device_put(x, self._sharding)
 
     def step(
         self,
@@ -128,7 +136,7 @@ class Denoiser:
         return _denoise_step(
             self.graphdef,
             self.state,
-            latents,
+            self._committed(latents),
             embeddings,
             mask,
             np.float32(timestep),
@@ -142,7 +150,7 @@ class Denoiser:
 
     def condition_kv(self, cond_latents: jax.Array, text_length: int) -> KVCache:
         """KV cache of clean condition latents [B, C, Tc, H, W] (video continuation: computed once per video)."""
-        return _condition_kv(self.graphdef, self.state, cond_latents, text_length=text_length)
+        return _condition_kv(self.graphdef, self.state, self._committed(cond_latents), text_length=text_length)
 
 
 def sample(
