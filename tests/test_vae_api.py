@@ -46,6 +46,8 @@ def test_bad_video_and_latent_shapes_are_refused(vae):
         vae.decode(jnp.zeros((1, 16, 2, 4, 4)))
     with pytest.raises(InputError, match="latent_chunk"):
         vae.decode(jnp.zeros((1, 4, 2, 4, 4)), latent_chunk=0)
+    with pytest.raises(InputError, match="frame_group"):
+        vae.encode(jnp.zeros((1, 3, 5, 16, 16)), frame_group=0)
 
 
 def test_normalize_uses_config_statistics_and_inverts(vae):

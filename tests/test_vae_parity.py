@@ -48,12 +48,13 @@ def test_decode_matches_original(decoded, cases):
     assert float(jnp.max(jnp.abs(decoded))) <= 1.0
 
 
-def test_longer_time_chunks_give_the_same_result(vae, cases, posterior, decoded):
-    """Chunks of several latent frames (scan step of 8 frames; a single shorter last chunk) equal the original's 4."""
+def test_other_time_groupings_give_the_same_result(vae, cases, posterior, decoded):
+    """Chunks of several latent frames (a scan step of 8 frames; a single shorter last chunk) and other frame
+    groups in the full-resolution layers (whole chunk; 2 frames) equal the defaults (the original's chunks, 1 frame)."""
     frames = cases["vae.video"].shape[2]
     latents = (frames - 1) // 4
     assert latents >= 2, "the fixture video is too short to exercise multi-latent chunks"
-    wide = vae.encode(cases["vae.video"], tiling=False, latent_chunk=2)
+    wide = vae.encode(cases["vae.video"], tiling=False, latent_chunk=2, frame_group=None)
     np.testing.assert_allclose(wide.mean, posterior.mean, rtol=1e-5, atol=1e-5)
-    tail_only = vae.decode(cases["vae.latent_mean"], tiling=False, latent_chunk=latents + 1)
+    tail_only = vae.decode(cases["vae.latent_mean"], tiling=False, latent_chunk=latents + 1, frame_group=2)
     np.testing.assert_allclose(tail_only, decoded, rtol=1e-5, atol=1e-5)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from longcat_jax.errors import InputError
+from longcat_jax.models.vae.chunking import causal_chunks
 from longcat_jax.models.vae.config import FRAMES_PER_CHUNK, VAEConfig
 from longcat_jax.models.vae.decoder import Decoder
 from longcat_jax.models.vae.encoder import Encoder
@@ -47,66 +47,49 @@ class LatentDistribution:
         return self.mean + self.std * jax.random.normal(key, self.mean.shape, self.mean.dtype)
 
 
-def _causal_chunks(
-    step: Callable[[jax.Array, dict | None], tuple[jax.Array, dict]],
-    x: jax.Array,
-    chunk: int,
-) -> jax.Array:
-    """Runs `step` over x `[B, N, ...]` along axis 1: first element alone, then `chunk` at a time.
-
-    The cache returned by each step feeds the next; full chunks go through one `lax.scan`, a
-    shorter last chunk (if N - 1 is not a multiple of `chunk`) through one more call.
-    """
-    batch, count = x.shape[:2]
-    outputs, cache = step(x[:, :1], None)
-    outputs = [outputs]
-    rest = x[:, 1:]
-    full = (count - 1) // chunk
-    if full:
-        chunks = rest[:, : full * chunk].reshape(batch, full, chunk, *x.shape[2:]).swapaxes(0, 1)
-
-        def body(carry, chunk_in):
-            out, carry = step(chunk_in, carry)
-            return carry, out
-
-        cache, ys = jax.lax.scan(body, cache, chunks)  # ys [full, B, T', ...]
-        outputs.append(ys.swapaxes(0, 1).reshape(batch, -1, *ys.shape[3:]))
-    if full * chunk < count - 1:
-        outputs.append(step(rest[:, full * chunk :], cache)[0])
-    return jnp.concatenate(outputs, axis=1)
+_STATIC = ("graphdef", "latent_chunk", "frame_group")
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "latent_chunk"))
-def _encode_moments(graphdef, state, video: jax.Array, latent_chunk: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _encode_moments(graphdef, state, video: jax.Array, latent_chunk: int, frame_group: int | None) -> jax.Array:
     model = nnx.merge(graphdef, state)
-    moments = _causal_chunks(model.encoder, video.astype(model.dtype), FRAMES_PER_CHUNK * latent_chunk)
+    step = functools.partial(model.encoder, frame_group=frame_group)
+    moments = causal_chunks(step, video.astype(model.dtype), FRAMES_PER_CHUNK * latent_chunk)
     return model.quant(moments).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "latent_chunk"))
-def _decode_frames(graphdef, state, latents: jax.Array, latent_chunk: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _decode_frames(graphdef, state, latents: jax.Array, latent_chunk: int, frame_group: int | None) -> jax.Array:
     model = nnx.merge(graphdef, state)
-    x = model.post_quant(latents.astype(model.dtype))
-    return _causal_chunks(model.decoder, x, latent_chunk)
+    step = functools.partial(model.decoder, frame_group=frame_group)
+    return causal_chunks(step, model.post_quant(latents.astype(model.dtype)), latent_chunk)
 
 
-def encode_moments(model: WanVAE, video: jax.Array, *, latent_chunk: int = 1) -> jax.Array:
+def encode_moments(
+    model: WanVAE, video: jax.Array, *, latent_chunk: int = 1, frame_group: int | None = 1
+) -> jax.Array:
     """Untiled, channels-last encode: video `[B, F, H, W, C]` -> float32 moments `[B, 1 + (F-1)/4, H/8, W/8, 2 z_dim]`.
 
     The moments are (mean, logvar) concatenated on the last axis, before the logvar clamp. This is
     what one spatial tile goes through; `WanVAE.encode` adds checks, tiling and the public layout.
     """
     graphdef, state = nnx.split(model)
-    return _encode_moments(graphdef, state, video, latent_chunk=_check_chunk(latent_chunk))
+    return _encode_moments(
+        graphdef, state, video, latent_chunk=_check_chunk(latent_chunk), frame_group=_check_group(frame_group)
+    )
 
 
-def decode_frames(model: WanVAE, latents: jax.Array, *, latent_chunk: int = 1) -> jax.Array:
+def decode_frames(
+    model: WanVAE, latents: jax.Array, *, latent_chunk: int = 1, frame_group: int | None = 1
+) -> jax.Array:
     """Untiled, channels-last decode: latents `[B, T, h, w, z_dim]` -> unclamped video `[B, 1 + 4 (T-1), 8h, 8w, C]`.
 
     In the model dtype; what one spatial tile goes through (`WanVAE.decode` blends and clamps).
     """
     graphdef, state = nnx.split(model)
-    return _decode_frames(graphdef, state, latents, latent_chunk=_check_chunk(latent_chunk))
+    return _decode_frames(
+        graphdef, state, latents, latent_chunk=_check_chunk(latent_chunk), frame_group=_check_group(frame_group)
+    )
 
 
 class WanVAE(nnx.Module):
@@ -138,17 +121,25 @@ class WanVAE(nnx.Module):
     def spatial_factor(self) -> int:
         return self.config.scale_factor_spatial
 
-    def encode(self, video: jax.Array, *, tiling: bool | None = None, latent_chunk: int = 1) -> LatentDistribution:
+    def encode(
+        self,
+        video: jax.Array,
+        *,
+        tiling: bool | None = None,
+        latent_chunk: int = 1,
+        frame_group: int | None = 1,
+    ) -> LatentDistribution:
         """video `[B, C, F, H, W]` in [-1, 1], F = 1 + 4k, H and W multiples of 8 -> latent distribution.
 
         `tiling`: True/False forces spatial tiling on/off, None switches it on above
         `self.tiling.auto_above_pixels`. `latent_chunk`: latent frames per causal chunk (1 = the
-        original's 4 video frames; larger is faster and needs more memory, same result).
+        original's 4 video frames). `frame_group`: frames per step in the full-resolution layers
+        (None: the whole chunk). Neither changes the result; larger values need more memory.
         """
         self._check_video(video)
         height, width = video.shape[3], video.shape[4]
         video = jnp.moveaxis(jnp.asarray(video), 1, -1)  # [B, F, H, W, C]
-        encode = functools.partial(encode_moments, self, latent_chunk=_check_chunk(latent_chunk))
+        encode = functools.partial(encode_moments, self, latent_chunk=latent_chunk, frame_group=frame_group)
         if self.tiling.use_tiling(tiling, height, width):
             t, f = self.tiling, self.spatial_factor
             moments = tiled_apply(
@@ -166,17 +157,24 @@ class WanVAE(nnx.Module):
         mean, logvar = jnp.split(moments, 2, axis=1)
         return LatentDistribution(mean=mean, logvar=jnp.clip(logvar, -30.0, 20.0))
 
-    def decode(self, latents: jax.Array, *, tiling: bool | None = None, latent_chunk: int = 1) -> jax.Array:
+    def decode(
+        self,
+        latents: jax.Array,
+        *,
+        tiling: bool | None = None,
+        latent_chunk: int = 1,
+        frame_group: int | None = 1,
+    ) -> jax.Array:
         """latents `[B, z_dim, T, h, w]` -> video `[B, C, 1 + 4 (T-1), 8h, 8w]` clamped to [-1, 1] (model dtype).
 
-        `tiling` and `latent_chunk` as in `encode`. With tiling the tiles are blended before the
+        `tiling`, `latent_chunk` and `frame_group` as in `encode`. With tiling the tiles are blended before the
         clamp (the original's tiled path returns the blend unclamped).
         """
         self._check_latents(latents)
         f = self.spatial_factor
         height, width = latents.shape[3] * f, latents.shape[4] * f
         latents = jnp.moveaxis(jnp.asarray(latents), 1, -1)  # [B, T, h, w, z]
-        decode = functools.partial(decode_frames, self, latent_chunk=_check_chunk(latent_chunk))
+        decode = functools.partial(decode_frames, self, latent_chunk=latent_chunk, frame_group=frame_group)
         if self.tiling.use_tiling(tiling, height, width):
             t = self.tiling
             video = tiled_apply(
@@ -239,3 +237,9 @@ def _check_chunk(latent_chunk: int) -> int:
     if not isinstance(latent_chunk, int) or latent_chunk < 1:
         raise InputError(f"latent_chunk must be a positive integer; got {latent_chunk!r}")
     return latent_chunk
+
+
+def _check_group(frame_group: int | None) -> int | None:
+    if frame_group is not None and (not isinstance(frame_group, int) or frame_group < 1):
+        raise InputError(f"frame_group must be a positive integer or None; got {frame_group!r}")
+    return frame_group
