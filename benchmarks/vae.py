@@ -5,6 +5,8 @@ attention, temperal_downsample [False, True, True]) with random weights, bfloat1
 N(0, 1) latents, at 480x832 and 704x1280 (24 latent frames -> 93 frames). Each case runs in a fresh
 subprocess so its device peak is its own. Reported per case:
 
+- latent chunk / frame group (ours): latent frames per causal chunk, and frames per step in the
+  full-resolution layers (results are the same for all; memory and speed differ);
 - first: seconds of the first decode (for JAX: tracing + XLA compilation + one run);
 - decode: median seconds of the following decodes;
 - peak: the device's peak bytes in use in that process (weights included);
@@ -17,6 +19,7 @@ the same cases in the same invocation: its random weights are saved once and loa
 
     python benchmarks/vae.py                                  # ours, untiled and tiled (GPU)
     python benchmarks/vae.py --reference ~/LongCat-Video     # ours and the original
+    python benchmarks/vae.py --frame-group 1 none --latent-chunk 1 2   # our memory/speed knobs
     python benchmarks/vae.py --small                          # tiny config on CPU: a smoke test
 
 It prints a table and writes nothing outside a temporary folder.
@@ -25,6 +28,7 @@ It prints a table and writes nothing outside a temporary folder.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -82,7 +86,9 @@ def jax_worker(spec: dict) -> dict:
     latents = jnp.asarray(latents_for(tuple(spec["size"])), dtype)
 
     def decode():
-        return vae.decode(latents, tiling=spec["tiling"], latent_chunk=spec["latent_chunk"]).block_until_ready()
+        return vae.decode(
+            latents, tiling=spec["tiling"], latent_chunk=spec["latent_chunk"], frame_group=spec["frame_group"]
+        ).block_until_ready()
 
     start = time.perf_counter()
     video = decode()
@@ -183,6 +189,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", help="HxWxF, default 480x832x93 704x1280x93 (--small: 64x64x9 64x320x9)")
     parser.add_argument("--tiling", choices=["off", "on", "both"], default="both")
     parser.add_argument("--latent-chunk", type=int, nargs="+", default=[1], help="latent frames per causal chunk (ours)")
+    parser.add_argument("--frame-group", nargs="+", default=["1"],
+                        help="frames per step in the full-resolution layers (ours), an integer or 'none'")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -196,6 +204,7 @@ def main() -> None:
     config = SMALL if args.small else REAL
     sizes = [parse_size(s) for s in (args.sizes or (["64x64x9", "64x320x9"] if args.small else ["480x832x93", "704x1280x93"]))]
     tilings = {"off": [False], "on": [True], "both": [False, True]}[args.tiling]
+    groups = [None if g.lower() == "none" else int(g) for g in args.frame_group]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = None
@@ -215,14 +224,16 @@ def main() -> None:
                     rows.append(("original (torch)", size, tiling, "-", result, None))
                     print_row(rows[-1], header=len(rows) == 1)
                     reference_frames = frames_out if "error" not in result else None
-                for chunk in args.latent_chunk:
-                    frames_out = str(Path(tmp) / f"jax_{'x'.join(map(str, size))}_{tiling}_{chunk}.npy")
-                    result = run_worker("jax", {**base, "latent_chunk": chunk, "frames_out": frames_out})
+                for chunk, group in itertools.product(args.latent_chunk, groups):
+                    frames_out = str(Path(tmp) / f"jax_{'x'.join(map(str, size))}_{tiling}_{chunk}_{group}.npy")
+                    result = run_worker(
+                        "jax", {**base, "latent_chunk": chunk, "frame_group": group, "frames_out": frames_out}
+                    )
                     error = None
                     if reference_frames and "error" not in result:
                         ours, theirs = np.load(frames_out), np.load(reference_frames)
                         error = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
-                    rows.append(("longcat-jax", size, tiling, chunk, result, error))
+                    rows.append(("longcat-jax", size, tiling, f"{chunk} / {group or 'all'}", result, error))
                     print_row(rows[-1], header=len(rows) == 1)
     print()
     print_table(rows)
@@ -239,7 +250,7 @@ def _fmt_row(row) -> str:
             f"{result['decode']:.2f} | {peak} | {rel} |")
 
 
-HEADER = ("| implementation | HxWxF | tiling | latent chunk | first s | decode s | peak GiB | rel L2 vs original |\n"
+HEADER = ("| implementation | HxWxF | tiling | latent chunk / frame group | first s | decode s | peak GiB | rel L2 vs original |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
