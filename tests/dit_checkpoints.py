@@ -14,6 +14,7 @@ _DTYPE_NAMES = {
     np.dtype(np.float32): "F32",
     np.dtype(np.float16): "F16",
     np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
 }
 
 
