@@ -120,3 +120,13 @@ def test_float16_saturates_instead_of_overflowing():
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 50, size=(1, 8)))
     out = run_encoder(encoder, tokens, jnp.ones((1, 8), jnp.int32))
     assert out.dtype == jnp.float16 and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_parity_group_t5(fixtures_dir, tmp_path):
+    from longcat_jax.parity import t5 as parity_t5
+
+    (result,) = parity_t5.run(fixtures_dir, "float32")
+    assert result.name == "t5.last_hidden_state" and result.status == "PASS", result
+    assert result.rel_l2 <= result.tol == 1e-4
+    (missing,) = parity_t5.run(tmp_path, "bfloat16")
+    assert missing.status == "FAIL" and "not found" in missing.note
