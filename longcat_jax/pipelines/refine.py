@@ -73,9 +73,11 @@ def plan_refine(
     *,
     num_cond_frames: int = 0,
     spatial_only: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> RefinePlan:
-    """The refinement's sizes and padding, checked against BSA, before any compute."""
-    height, width = bucket_for(stage1_size[0], stage1_size[1], defaults, "720p", REFINE_SIDE_MULTIPLE)
+    """The refinement's sizes and padding, checked against BSA, before any compute. `size` (height, width)
+    replaces the bucket; it must be a multiple of 64."""
+    height, width = size or bucket_for(stage1_size[0], stage1_size[1], defaults, "720p", REFINE_SIDE_MULTIPLE)
     check_side_multiple(height, width, REFINE_SIDE_MULTIPLE)
     if stage1_frames < 1:
         raise InputError("the stage-1 video has no frames")
@@ -110,9 +112,10 @@ def generate_refine(
     t_thresh: float = T_THRESH,
     seed: int = 0,
     bsa: BSAConfig | None = None,
+    size: tuple[int, int] | None = None,
 ) -> GeneratedVideo:
-    """Refines stage-1 frames (uint8 [F, h, w, 3]) to the 720p bucket; `image` (i2v, num_cond_frames 1) or the
-    last `num_cond_frames` of `cond_video` stay as clean conditions."""
+    """Refines stage-1 frames (uint8 [F, h, w, 3]) to the 720p bucket (or `size`); `image` (i2v, num_cond_frames
+    1) or the last `num_cond_frames` of `cond_video` stay as clean conditions."""
     if image is not None and cond_video is not None:
         raise InputError("give an image or a condition video for refinement, not both")
     if image is not None:
@@ -125,7 +128,7 @@ def generate_refine(
         raise InputError("num_cond_frames > 0 needs an image or a condition video")
     bsa = bsa or pipe.refine_bsa()
     plan = plan_refine(stage1.shape[1:3], stage1.shape[0], bsa, pipe.defaults,
-                       num_cond_frames=num_cond_frames, spatial_only=spatial_only)
+                       num_cond_frames=num_cond_frames, spatial_only=spatial_only, size=size)
     text = pipe.encode_text(prompt)
     noise_key, video_key, cond_key = jax.random.split(jax.random.key(seed), 3)
     schedule = start_at(
