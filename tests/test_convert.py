@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ from convert.__main__ import main as convert_main
 from convert.api import convert_checkpoint
 from convert.checkpoint import is_converted, iter_part, read_index, save_part
 from convert.safetensors_io import SafetensorsCheckpoint
-from dit_checkpoints import dit_config, write_original_dit, write_safetensors, write_sharded
+from dit_checkpoints import dit_config, write_original_dit, write_sharded
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.dit import load_dit, load_lora
 
@@ -208,3 +209,17 @@ def test_command_line_reports_errors_without_traceback(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="LongCat-Video checkpoint folder"):
         convert_checkpoint(tmp_path / "empty", tmp_path / "dst")
+
+
+def test_damaged_converted_checkpoint_is_refused(small_src, tmp_path):
+    convert_checkpoint(small_src, tmp_path / "dst")
+    part = tmp_path / "dst" / "dit"
+    load_dit(part, dtype=jnp.float32)
+    chunk = sorted((part / "chunks").iterdir())[1]
+    for file in sorted(p for p in chunk.rglob("*") if p.is_file() and p.stat().st_size > 64):
+        file.write_bytes(file.read_bytes()[:16])
+    with pytest.raises(CheckpointError, match="chunk 00001"):
+        load_dit(part, dtype=jnp.float32)
+    shutil.rmtree(chunk)
+    with pytest.raises(CheckpointError, match="chunk 00001 is missing"):
+        load_dit(part, dtype=jnp.float32)
