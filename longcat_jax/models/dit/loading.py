@@ -50,5 +50,5 @@ def load_dit(path: str | Path, *, dtype=jnp.bfloat16, param_dtype=None,
     if bsa is not None:
         model.set_bsa(BSAParams.from_dict(bsa) if isinstance(bsa, Mapping) else bsa)
     if model.bsa is not None:
-        logger.info("Enabling Block Sparse Attention (BSA) with %s", model.bsa)
+        logger.info("DiT self attention is block-sparse: %s", model.bsa)
     return model
