@@ -61,10 +61,13 @@ def latents_for(size: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def sample_frames(video: np.ndarray) -> np.ndarray:
-    """First, middle and last frame of `[1, C, F, H, W]`, float32."""
+def sample_frames(video) -> np.ndarray:
+    """First, middle and last frame of a `[1, C, F, H, W]` jax or torch array, as float32 numpy."""
     frames = video.shape[2]
-    return np.asarray(video[:, :, [0, frames // 2, frames - 1]], np.float32)
+    picked = video[:, :, [0, frames // 2, frames - 1]]
+    if hasattr(picked, "cpu"):  # torch
+        picked = picked.float().cpu().numpy()
+    return np.asarray(picked, np.float32)
 
 
 # ----------------------------------------------------------------------------- workers (subprocesses)
@@ -98,10 +101,9 @@ def jax_worker(spec: dict) -> dict:
         start = time.perf_counter()
         video = decode()
         times.append(time.perf_counter() - start)
-    if spec.get("frames_out"):
-        np.save(spec["frames_out"], sample_frames(np.asarray(video.astype(jnp.float32))))
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
+    np.save(spec["frames_out"], sample_frames(video))
     return {"first": first, "decode": statistics.median(times), "peak": peak, "device": str(jax.devices()[0])}
 
 
@@ -159,9 +161,9 @@ def torch_worker(spec: dict) -> dict:
         start = time.perf_counter()
         video = decode()
         times.append(time.perf_counter() - start)
-    np.save(spec["frames_out"], sample_frames(video.float().cpu().numpy()))
-    return {"first": first, "decode": statistics.median(times), "peak": torch.cuda.max_memory_allocated(),
-            "device": torch.cuda.get_device_name()}
+    peak = torch.cuda.max_memory_allocated()
+    np.save(spec["frames_out"], sample_frames(video))
+    return {"first": first, "decode": statistics.median(times), "peak": peak, "device": torch.cuda.get_device_name()}
 
 
 WORKERS = {"jax": jax_worker, "torch": torch_worker, "torch-export": torch_export}
@@ -231,7 +233,8 @@ def main() -> None:
                     )
                     error = None
                     if reference_frames and "error" not in result:
-                        ours, theirs = np.load(frames_out), np.load(reference_frames)
+                        # the original's tiled decode returns its blend unclamped; ours clamps
+                        ours, theirs = np.load(frames_out), np.clip(np.load(reference_frames), -1, 1)
                         error = float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
                     rows.append(("longcat-jax", size, tiling, f"{chunk} / {group or 'all'}", result, error))
                     print_row(rows[-1], header=len(rows) == 1)
