@@ -1,0 +1,140 @@
+"""Every task end to end on the built-in tiny models (CPU): shapes, seeds, BSA on and off, one compile per shape.
+
+The pipeline is built once for the module and works at 1/10 of the real bucket sizes, so square inputs land on
+64x64 (generation) and 128x128 (refinement); the shapes are shared between tests to keep compilations few.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from kernels import BSAParams
+from longcat_jax.bsa_config import BSAConfig
+from longcat_jax.errors import InputError
+from longcat_jax.pipelines import denoise
+from longcat_jax.pipelines.continuation import generate_continuation, generate_long_video, join_continuation
+from longcat_jax.pipelines.denoise import check_bsa_grids, sample
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.refine import generate_refine, plan_refine
+from longcat_jax.pipelines.scheduler import make_schedule
+from longcat_jax.pipelines.t2v import generate_i2v, generate_t2v, plan_t2v
+
+SIZE = dict(height=64, width=64, num_frames=5, num_inference_steps=2)
+BSA_2x2x2 = BSAConfig(True, BSAParams(sparsity=0.5, chunk_3d_shape_q=(2, 2, 2), chunk_3d_shape_k=(2, 2, 2)))
+
+
+@pytest.fixture(scope="module")
+def pipe() -> LongCatPipeline:
+    pipe = LongCatPipeline.builtin()
+    pipe.defaults = dataclasses.replace(pipe.defaults, size_scale=0.1, num_cond_frames=1, refine_inference_steps=4)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def t2v_frames(pipe) -> np.ndarray:
+    return generate_t2v(pipe, "A red car drives along a road", seed=1, **SIZE).frames
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+
+
+def test_t2v_shape_and_seed_determinism(pipe, t2v_frames):
+    assert t2v_frames.shape == (5, 64, 64, 3) and t2v_frames.dtype == np.uint8
+    again = generate_t2v(pipe, "A red car drives along a road", seed=1, **SIZE).frames
+    other = generate_t2v(pipe, "A red car drives along a road", seed=2, **SIZE).frames
+    np.testing.assert_array_equal(again, t2v_frames)
+    assert np.abs(other.astype(int) - t2v_frames).mean() > 1.0
+
+
+def test_guidance_and_distill_change_the_result(pipe, t2v_frames):
+    unguided = generate_t2v(pipe, "A red car drives along a road", seed=1, guidance_scale=1.0, **SIZE).frames
+    distilled = generate_t2v(pipe, "A red car drives along a road", seed=1, distill=True, **SIZE).frames
+    assert np.abs(unguided.astype(int) - t2v_frames).mean() > 0.5
+    assert np.abs(distilled.astype(int) - unguided).mean() > 0.5
+
+
+def test_step_compiles_once_per_shape(pipe):
+    text = pipe.encode_text("A dog jumps into a lake", "")
+    denoiser = pipe.use_dit(bsa=BSAConfig(False, None))
+    latents = pipe.noise(jax.random.key(3), 3, 48, 80)  # a shape no other test uses
+    before = denoise._denoise_step._cache_size()
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, _secs, **_: compiles.append(event) if event.endswith("backend_compile_duration") else None
+    )
+    sample(denoiser, latents, make_schedule(3), text, guidance_scale=4.0, guided=True)
+    assert denoise._denoise_step._cache_size() == before + 1
+    compiles.clear()
+    sample(denoiser, latents, make_schedule(5), text, guidance_scale=6.0, guided=True)
+    assert denoise._denoise_step._cache_size() == before + 1
+    assert compiles == []
+
+
+def test_bsa_on_and_off(pipe, t2v_frames):
+    on = generate_t2v(pipe, "A red car drives along a road", seed=1, bsa=BSA_2x2x2, **SIZE).frames
+    on_again = generate_t2v(pipe, "A red car drives along a road", seed=1, bsa=BSA_2x2x2, **SIZE).frames
+    assert on.shape == t2v_frames.shape
+    np.testing.assert_array_equal(on, on_again)
+    assert np.abs(on.astype(int) - t2v_frames).mean() > 0.1
+    assert pipe.dit.bsa == BSA_2x2x2.params
+
+
+def test_i2v_bucket_shape_and_seed(pipe, image):
+    video = generate_i2v(pipe, image, "A cat walks", num_frames=5, num_inference_steps=2, seed=4)
+    again = generate_i2v(pipe, image, "A cat walks", num_frames=5, num_inference_steps=2, seed=4)
+    assert video.frames.shape == (5, 64, 64, 3) and video.fps == 15.0
+    np.testing.assert_array_equal(video.frames, again.frames)
+
+
+def test_continuation_and_join(pipe, t2v_frames):
+    result = generate_continuation(pipe, t2v_frames, "A red car", num_frames=5, num_cond_frames=1,
+                                   num_inference_steps=2, seed=5)
+    assert result.frames.shape == (5, 64, 64, 3)
+    joined = join_continuation(t2v_frames, result.frames, 1)
+    assert joined.shape == (5 + 4, 64, 64, 3)
+    np.testing.assert_array_equal(joined[:5], t2v_frames)
+
+
+def test_long_video_frame_count(pipe):
+    video = generate_long_video(pipe, "A red car", num_segments=2, height=64, width=64, num_frames=5,
+                                num_cond_frames=1, num_inference_steps=2, seed=6)
+    assert video.frames.shape == (5 + 2 * 4, 64, 64, 3)
+
+
+def test_refine_doubles_frames_with_bsa(pipe, t2v_frames):
+    # The bucket for 64x64 would be 128x128 at this scale; 64x64 (a multiple of 64) keeps the VAE cheap.
+    assert plan_refine((64, 64), 5, pipe.refine_bsa(), pipe.defaults).height == 128
+    result = generate_refine(pipe, t2v_frames, "A red car", seed=7, size=(64, 64))
+    assert result.frames.shape == (10, 64, 64, 3) and result.fps == 30.0
+    assert pipe.dit.bsa is not None  # refinement runs block-sparse
+
+
+def test_refine_spatial_only_with_image_condition(pipe, t2v_frames, image):
+    result = generate_refine(pipe, t2v_frames, "A red car", image=image, spatial_only=True, seed=8, size=(64, 64))
+    assert result.frames.shape == (5, 64, 64, 3) and result.fps == 15.0
+
+
+def test_refine_padding_matches_the_original_rule(pipe):
+    # 93 stage-1 frames doubled to 186 with a 26-frame condition (the long-video windows): 8 condition latents
+    # (3 frames added in front), 40 noisy latents for the other 160 frames; without a condition 186 frames
+    # become 48 latents after 6 padding frames.
+    plan = plan_refine((480, 832), 93, BSAConfig(False, None), pipe.defaults, num_cond_frames=26,
+                       size=(704, 1280))
+    assert (plan.cond_latents, plan.cond_frames_added, plan.noise_latents, plan.noise_frames_added) == (8, 3, 40, 0)
+    plan = plan_refine((480, 832), 93, BSAConfig(False, None), pipe.defaults, size=(704, 1280))
+    assert (plan.cond_latents, plan.noise_latents, plan.noise_frames_added, plan.num_frames) == (0, 48, 6, 186)
+
+
+def test_refusals_before_compute():
+    with pytest.raises(InputError, match="multiples of 16"):
+        plan_t2v(100, 208, 13, BSAConfig(False, None))
+    balanced = BSAConfig(True, BSAParams())
+    with pytest.raises(InputError, match="BSA cannot run"):
+        plan_t2v(128, 208, 13, balanced)  # 13 tokens wide
+    with pytest.raises(InputError, match="BSA cannot run"):
+        check_bsa_grids(balanced, (4, 8, 8), num_cond_latents=1)  # one condition frame cannot form 4-frame chunks
+    check_bsa_grids(balanced, (4, 8, 8), num_cond_latents=4, kv_cache=True)
