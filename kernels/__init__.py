@@ -12,6 +12,7 @@ from kernels.layout import (
     inverse_permutation,
     to_chunk_order,
 )
+from kernels.pallas_triton import TritonConfig
 from kernels.params import BSAParams
 from kernels.selection import block_mask_from_indices, indices_from_block_mask, select_blocks
 
@@ -31,4 +32,5 @@ __all__ = [
     "select_blocks",
     "sparse_attention_chunked",
     "to_chunk_order",
+    "TritonConfig",
 ]

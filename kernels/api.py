@@ -7,6 +7,7 @@ is the lower level: chunk-ordered tokens plus given index lists.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -14,11 +15,12 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from kernels import layout, reference, selection
+from kernels import layout, pallas_triton, reference, selection
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.params import BSAParams
 
-BACKENDS = ("auto", "reference")
+BACKENDS = ("auto", "reference", "pallas", "pallas_interpret")
+PALLAS_HEAD_DIMS = (64, 128)
 _FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
@@ -27,8 +29,22 @@ def resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise BSAConfigError(f"unknown BSA backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
-        return "reference"
+        return "pallas" if jax.default_backend() == "gpu" else "reference"
     return backend
+
+
+def _check_pallas_shapes(head_dim: int, chunk_size_q: int, chunk_size_k: int) -> None:
+    if head_dim not in PALLAS_HEAD_DIMS:
+        raise BSAInputError(
+            f"the Pallas BSA kernel supports head_dim {PALLAS_HEAD_DIMS}, got {head_dim}; "
+            "use backend='reference' for other sizes"
+        )
+    for name, size in (("q", chunk_size_q), ("k", chunk_size_k)):
+        if size < 16 or size & (size - 1):
+            raise BSAInputError(
+                f"the Pallas BSA kernel needs {name} blocks of a power-of-two size >= 16 tokens, got a "
+                f"{size}-token chunk; pick a chunk_3d_shape_{name} like (4, 4, 4) or use backend='reference'"
+            )
 
 
 def _check_qkv(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
@@ -55,11 +71,14 @@ def sparse_attention_chunked(
     chunk_size_k: int,
     *,
     backend: str = "auto",
+    kernel_config: pallas_triton.TritonConfig | None = None,
 ) -> jax.Array:
     """Attention of chunk-ordered q [B, Sq, H, D] over the selected key blocks of k, v [B, Sk, H, D].
 
     indices [B, H, Mq, K_max] int32 (entries past `counts` are ignored), counts [B, H, Mq] int32.
     Softmax scale 1/sqrt(D); a query block with count 0 outputs 0. Returns [B, Sq, H, D] in q's dtype.
+    Differentiable on every backend (the Pallas ones through their own backward kernels).
+    kernel_config: launch settings of the Pallas kernels (None: the defaults tuned on an H100).
     """
     _check_qkv(q, k, v)
     b, sq, h, _ = q.shape
@@ -75,18 +94,29 @@ def sparse_attention_chunked(
             f"indices must be [B, H, Mq, K_max] = [{b}, {h}, {mq}, K] and counts [{b}, {h}, {mq}], "
             f"got {indices.shape} and {counts.shape}"
         )
-    resolve_backend(backend)
-    return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k)
+    backend = resolve_backend(backend)
+    if backend == "reference":
+        return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k)
+    _check_pallas_shapes(q.shape[-1], chunk_size_q, chunk_size_k)
+    config = dataclasses.replace(
+        kernel_config or pallas_triton.TritonConfig(), interpret=backend == "pallas_interpret"
+    )
+    return pallas_triton.sparse_attention(
+        q, k, v, indices.astype(jnp.int32), counts.astype(jnp.int32), chunk_size_q, chunk_size_k, config
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("latent_shape_q", "latent_shape_k", "params", "backend"))
-def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend):
+@functools.partial(
+    jax.jit, static_argnames=("latent_shape_q", "latent_shape_k", "params", "backend", "kernel_config")
+)
+def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, kernel_config):
     q_c = layout.to_chunk_order(q, latent_shape_q, params.chunk_3d_shape_q)  # [B, Sq, H, D]
     k_c = layout.to_chunk_order(k, latent_shape_k, params.chunk_3d_shape_k)  # [B, Sk, H, D]
     v_c = layout.to_chunk_order(v, latent_shape_k, params.chunk_3d_shape_k)
-    indices, counts = selection.select_blocks(q_c, k_c, params)
+    indices, counts = selection.select_blocks(q_c, k_c, params, backend=backend)
     out_c = sparse_attention_chunked(
-        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, backend=backend
+        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, backend=backend,
+        kernel_config=kernel_config,
     )
     return layout.from_chunk_order(out_c, latent_shape_q, params.chunk_3d_shape_q)
 
@@ -100,12 +130,15 @@ def bsa_attention(
     params: BSAParams,
     *,
     backend: str = "auto",
+    kernel_config: pallas_triton.TritonConfig | None = None,
 ) -> jax.Array:
     """Block-sparse attention of q [B, Sq, H, D] over k, v [B, Sk, H, D], tokens in (T, H, W) raster order.
 
     latent_shape_q / latent_shape_k: the (T, H, W) token grids of q and k (Sq and Sk are their
     products; they differ when condition frames are attended to). Softmax scale 1/sqrt(D).
-    backend: "auto" (Pallas kernel on a GPU, reference elsewhere) or "reference".
+    backend: "auto" (Pallas kernel on a GPU, reference elsewhere), "reference", "pallas" (Triton
+        lowering, GPU) or "pallas_interpret" (the same kernel through the Pallas interpreter, CPU).
+    kernel_config: launch settings of the Pallas kernels (None: the defaults tuned on an H100).
     Returns [B, Sq, H, D] in q's dtype, raster order.
     """
     if not isinstance(params, BSAParams):
@@ -119,4 +152,7 @@ def bsa_attention(
             raise BSAInputError(
                 f"{name} has {x.shape[1]} tokens but its latent grid {latent} holds {math.prod(latent)}"
             )
-    return _bsa_attention(q, k, v, latent_q, latent_k, params, resolve_backend(backend))
+    backend = resolve_backend(backend)
+    if backend != "reference":
+        _check_pallas_shapes(q.shape[-1], params.chunk_size_q, params.chunk_size_k)
+    return _bsa_attention(q, k, v, latent_q, latent_k, params, backend, kernel_config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from kernels import pallas_topk
 from kernels.errors import BSAInputError
 from kernels.params import BSAParams
 
@@ -40,38 +41,48 @@ def max_selected(params: BSAParams, num_k_blocks: int) -> int:
     return max(1, params.num_topk(num_k_blocks))
 
 
-def select_from_scores(scores: jax.Array, params: BSAParams, head_dim: int) -> tuple[jax.Array, jax.Array]:
+def select_from_scores(
+    scores: jax.Array, params: BSAParams, head_dim: int, *, backend: str = "reference"
+) -> tuple[jax.Array, jax.Array]:
     """Selected key blocks per query block from block scores [B, H, Mq, Mk].
+
+    backend "pallas" / "pallas_interpret" take the top-k rule through the Pallas kernel of
+    `pallas_topk` (same result, much faster on a GPU than XLA's sort); others use `jax.lax.top_k`.
 
     Returns (indices [B, H, Mq, K_max] int32, ascending, padded with Mk; counts [B, H, Mq] int32).
     """
     num_k_blocks = scores.shape[-1]
     width = max_selected(params, num_k_blocks)
     num_topk = params.num_topk(num_k_blocks)
+    counts_shape = scores.shape[:-1]
     if params.cdf_threshold is None:
-        _, order = jax.lax.top_k(scores, width)  # [B, H, Mq, K_max]
-        counts = jnp.full(scores.shape[:-1], num_topk, jnp.int32)
-    else:
-        weights = jax.nn.softmax(scores * (head_dim**-0.5), axis=-1)
-        order = jnp.argsort(-weights, axis=-1, stable=True)  # [B, H, Mq, Mk], best first
-        cdf = jnp.cumsum(jnp.take_along_axis(weights, order, axis=-1), axis=-1)
-        counts = jnp.sum(cdf <= params.cdf_threshold, axis=-1, dtype=jnp.int32)
-        counts = jnp.maximum(counts, num_topk)
-    order = order.astype(jnp.int32)
+        if num_topk == 0:  # top-k keeps nothing: one padding entry per list, count 0
+            return jnp.full((*counts_shape, 1), num_k_blocks, jnp.int32), jnp.zeros(counts_shape, jnp.int32)
+        if backend in ("pallas", "pallas_interpret"):
+            indices = pallas_topk.top_k_indices(scores, width, interpret=backend == "pallas_interpret")
+        else:
+            indices = jnp.sort(jax.lax.top_k(scores, width)[1].astype(jnp.int32), axis=-1)
+        return indices, jnp.full(counts_shape, num_topk, jnp.int32)
+    weights = jax.nn.softmax(scores * (head_dim**-0.5), axis=-1)
+    order = jnp.argsort(-weights, axis=-1, stable=True).astype(jnp.int32)  # [B, H, Mq, Mk], best first
+    cdf = jnp.cumsum(jnp.take_along_axis(weights, order, axis=-1), axis=-1)
+    counts = jnp.maximum(jnp.sum(cdf <= params.cdf_threshold, axis=-1, dtype=jnp.int32), num_topk)
     valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]
     indices = jnp.sort(jnp.where(valid, order, num_k_blocks), axis=-1)
     return indices, counts
 
 
 def select_blocks(
-    q_chunked: jax.Array, k_chunked: jax.Array, params: BSAParams
+    q_chunked: jax.Array, k_chunked: jax.Array, params: BSAParams, *, backend: str = "reference"
 ) -> tuple[jax.Array, jax.Array]:
     """Key blocks for each query block of chunk-ordered q [B, Sq, H, D] and k [B, Sk, H, D].
+
+    backend: "reference" (XLA only) or "pallas" / "pallas_interpret" (top-k by a Pallas kernel).
 
     Returns (indices [B, H, Mq, K_max] int32 ascending, padded with Mk; counts [B, H, Mq] int32).
     """
     scores = block_scores(q_chunked, k_chunked, params.chunk_size_q, params.chunk_size_k)
-    return select_from_scores(scores, params, q_chunked.shape[-1])
+    return select_from_scores(scores, params, q_chunked.shape[-1], backend=backend)
 
 
 def block_mask_from_indices(indices: jax.Array, counts: jax.Array, num_k_blocks: int) -> jax.Array:

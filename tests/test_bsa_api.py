@@ -19,7 +19,7 @@ from kernels import (
     select_blocks,
     to_chunk_order,
 )
-from kernels import reference, selection
+from kernels import pallas_topk, reference, selection
 
 
 def test_params_defaults_match_the_original_config():
@@ -169,3 +169,28 @@ def test_bsa_attention_refuses_unknown_backend_and_non_params():
         bsa_attention(q, q, q, (1, 8, 8), (1, 8, 8), params, backend="cuda")
     with pytest.raises(BSAConfigError, match="BSAParams"):
         bsa_attention(q, q, q, (1, 8, 8), (1, 8, 8), {"sparsity": 0.5})
+
+
+def _top_k_cases():
+    scores = jax.random.normal(jax.random.key(9), (3, 2, 100))
+    yield scores, 9
+    yield jnp.round(scores * 2) / 2, 30  # many ties, negatives and zeros
+    yield scores[..., :37], 37  # every block, row shorter than its padded length
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case):
+    scores, k = list(_top_k_cases())[case]
+    expected = jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1)
+    got = pallas_topk.top_k_indices(scores, k, interpret=True)
+    chex.assert_type(got, jnp.int32)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.gpu
+def test_pallas_top_k_kernel_matches_lax_top_k_on_gpu():
+    for mk, k in ((1320, 82), (2640, 165), (5000, 300)):
+        scores = jax.random.normal(jax.random.key(mk), (4, 96, mk))
+        for x in (scores, jnp.round(scores * 4) / 4):
+            expected = jnp.sort(jax.lax.top_k(x, k)[1], axis=-1)
+            np.testing.assert_array_equal(pallas_topk.top_k_indices(x, k), expected)

@@ -63,14 +63,24 @@ def _given_mask_output(name, params, latent_q, latent_k, arrays, dtype, backend)
     return from_chunk_order(out, latent_q, params.chunk_3d_shape_q)
 
 
-def test_selection_agrees_with_the_original_block_mask(cases):
+def _check_selection(cases, backend):
     for name, params, latent_q, latent_k, arrays in cases:
         q = to_chunk_order(arrays["q"], latent_q, params.chunk_3d_shape_q)
         k = to_chunk_order(arrays["k"], latent_k, params.chunk_3d_shape_k)
-        indices, counts = select_blocks(q, k, params)
+        indices, counts = select_blocks(q, k, params, backend=backend)
         mask = block_mask_from_indices(indices, counts, arrays["block_mask"].shape[-1])
         agreement = float(jnp.mean(mask == arrays["block_mask"].astype(bool)))
         assert agreement >= 0.99, f"{name}: selection agrees on {agreement:.4f} of the mask entries"
+
+
+@pytest.mark.parametrize("backend", ["reference", "pallas_interpret"])
+def test_selection_agrees_with_the_original_block_mask(cases, backend):
+    _check_selection(cases, backend)
+
+
+@pytest.mark.gpu
+def test_selection_on_gpu_agrees_with_the_original_block_mask(cases):
+    _check_selection(cases, "pallas")
 
 
 def test_reference_given_the_mask_matches_in_float32(cases):
@@ -82,5 +92,26 @@ def test_reference_given_the_mask_matches_in_float32(cases):
 def test_whole_call_in_bfloat16_matches(cases):
     for name, params, latent_q, latent_k, arrays in cases:
         out = bsa_attention(arrays["q"], arrays["k"], arrays["v"], latent_q, latent_k, params, backend="reference")
+        chex.assert_type(out, jnp.bfloat16)
+        assert _rel_l2(out, arrays["out"]) < 2e-2, name
+
+
+def test_pallas_kernel_in_interpret_mode_given_the_mask_matches_in_bfloat16(cases):
+    for case in cases:
+        out = _given_mask_output(*case, jnp.bfloat16, "pallas_interpret")
+        assert _rel_l2(out, case[-1]["out"]) < 2e-2, case[0]
+
+
+@pytest.mark.gpu
+def test_pallas_kernel_on_gpu_given_the_mask_matches_in_bfloat16(cases):
+    for case in cases:
+        out = _given_mask_output(*case, jnp.bfloat16, "pallas")
+        assert _rel_l2(out, case[-1]["out"]) < 2e-2, case[0]
+
+
+@pytest.mark.gpu
+def test_whole_call_on_gpu_matches(cases):
+    for name, params, latent_q, latent_k, arrays in cases:
+        out = bsa_attention(arrays["q"], arrays["k"], arrays["v"], latent_q, latent_k, params, backend="pallas")
         chex.assert_type(out, jnp.bfloat16)
         assert _rel_l2(out, arrays["out"]) < 2e-2, name
