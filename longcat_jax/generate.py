@@ -289,10 +289,22 @@ def _refine(args, plan: RunPlan, pipe: LongCatPipeline, stage1: np.ndarray) -> t
     return result.frames, result.fps
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+def _setup_logging() -> None:
+    """INFO to stderr with times. Libraries may have set up the root logger already (absl does, on import of
+    orbax): its plain console handlers get our format rather than a second handler."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig()
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(formatter)
+    root.setLevel(logging.INFO)
     logging.getLogger("jax").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     try:

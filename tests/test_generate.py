@@ -1,0 +1,125 @@
+"""The CLI: a real mp4 from no arguments, a run on a checkpoint folder, and every refusal before compute."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longcat_jax import generate
+from longcat_jax.errors import CheckpointError, InputError
+from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
+from longcat_jax.video_io import read_video, write_mp4
+
+
+BALANCED = str(Path(__file__).resolve().parents[1] / "configs" / "bsa" / "config_720p_balanced.json")
+
+
+def _plan(*argv: str) -> generate.RunPlan:
+    return generate.plan_run(generate.build_parser().parse_args(list(argv)))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, fixtures_dir) -> Path:
+    """A checkpoint folder laid out like the download: the fixture parts, a tokenizer and a cfg_step_lora."""
+    root = tmp_path_factory.mktemp("checkpoint")
+    for part in ("dit", "vae", "text_encoder"):
+        (root / part).symlink_to(fixtures_dir / part)
+    build_tiny_tokenizer(root / "tokenizer")
+    (root / "lora").mkdir()
+    (root / "lora" / "cfg_step_lora.safetensors").symlink_to(fixtures_dir / "lora_rank8.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inputs") / "clip.mp4"
+    frames = np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
+    return write_mp4(path, frames, fps=15)
+
+
+def test_no_arguments_writes_an_mp4_of_the_builtin_model(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        assert generate.main([]) == 0
+    assert "RANDOM weights" in caplog.text
+    frames, fps = read_video(tmp_path / "outputs" / "longcat_t2v.mp4")
+    assert frames.shape == (13, 128, 208, 3) and fps == 15.0
+
+
+def test_checkpoint_folder_distilled_run(checkpoint, tmp_path):
+    output = tmp_path / "distilled.mp4"
+    argv = ["--model-path", str(checkpoint), "--distill", "--height", "64", "--width", "64", "--num-frames", "5",
+            "--num-inference-steps", "2", "--dtype", "float32", "--output-path", str(output)]
+    assert generate.main(argv) == 0
+    frames, fps = read_video(output)
+    assert frames.shape == (5, 64, 64, 3) and fps == 15.0
+
+
+def test_npz_output(tmp_path):
+    output = tmp_path / "clip.npz"
+    argv = ["--height", "64", "--width", "64", "--num-frames", "5", "--num-inference-steps", "1",
+            "--output-format", "npz", "--output-path", str(output)]
+    assert generate.main(argv) == 0
+    with np.load(output) as data:
+        assert data["frames"].shape == (5, 64, 64, 3) and float(data["fps"]) == 15.0
+
+
+def test_interrupted_run_leaves_no_output(tmp_path, monkeypatch):
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate, "run", interrupted)
+    output = tmp_path / "never.mp4"
+    assert generate.main(["--output-path", str(output)]) == 130
+    assert not output.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_frame_count_is_rounded_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        plan = _plan("--num-frames", "10")
+    assert plan.num_frames == 9
+    assert "rounding 10 frames to 9" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--height", "100"], "multiples of 16"),
+        (["--task", "i2v"], "needs --image"),
+        (["--task", "i2v", "--image", "/no/such/image.png"], "not found"),
+        (["--task", "continuation"], "needs --video"),
+        (["--task", "continuation", "--video", "/no/such/video.mp4"], "not found"),
+        (["--task", "refine"], "needs --refine-from"),
+        (["--refine-from", "/no/such/video.mp4"], "not found"),
+        (["--height", "128", "--width", "208", "--bsa-config", BALANCED],
+         "BSA cannot run"),
+        (["--lora", "/no/such/lora.safetensors:0.5"], "LoRA /no/such/lora.safetensors not found"),
+        (["--model-path", "/no/such/folder"], "not found"),
+    ],
+)
+def test_refusals(argv, message, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert generate.main(argv) == 2
+    assert message in caplog.text
+
+
+def test_refine_size_must_be_a_multiple_of_64(small_video):
+    with pytest.raises(InputError, match="multiples of 64"):
+        _plan("--refine-from", str(small_video), "--height", "96", "--width", "128")
+    assert _plan("--refine-from", str(small_video), "--height", "128", "--width", "128").task == "refine"
+
+
+def test_continuation_video_too_short(small_video):
+    with pytest.raises(InputError, match="at least 13"):
+        _plan("--task", "continuation", "--video", str(small_video), "--num-cond-frames", "13", "--num-frames", "17")
+
+
+def test_checkpoint_missing_parts_are_named(checkpoint, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "dit").symlink_to(checkpoint / "dit")
+    with pytest.raises(CheckpointError, match="lacks vae, text_encoder, tokenizer"):
+        _plan("--model-path", str(partial))
+    with pytest.raises(CheckpointError, match="lora/refinement_lora.safetensors"):
+        _plan("--model-path", str(checkpoint), "--refine")
