@@ -8,6 +8,8 @@ original only when the latent has more than one frame.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -22,12 +24,16 @@ KV = tuple[jax.Array, jax.Array]
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None,
-           bsa_backend: str = "auto") -> jax.Array:
+           bsa_backend: str = "auto", context_parallel=None) -> jax.Array:
     """Softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D].
 
     With `bsa` set, each query chunk attends only to its selected key chunks (grids give the
-    (T, H, W) layout of q and k tokens); otherwise full dense attention.
+    (T, H, W) layout of q and k tokens); otherwise full dense attention. With `context_parallel`
+    (a `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads.
     """
+    if context_parallel is not None:
+        local = functools.partial(attend, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend)
+        return context_parallel.head_parallel(local, q, k, v)
     if bsa is not None:
         return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend)
     return jax.nn.dot_product_attention(q, k, v)
@@ -39,7 +45,8 @@ class SelfAttention(nnx.Module):
     `bsa` (static) switches self attention to block-sparse; `LongCatDiT.set_bsa` changes it after
     loading. With `record_selection` on, each block-sparse call also stores its selected-block mask
     [B, H, Mq, Mk] as an `nnx.Intermediate` named `bsa_selection` (a diagnostic: it recomputes the
-    selection).
+    selection). `context_parallel` (set by `LongCatDiT.set_context_parallel`) splits the heads over
+    devices for the attention itself (Ulysses).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, *, bsa: BSAParams | None = None, rngs: nnx.Rngs,
@@ -49,6 +56,7 @@ class SelfAttention(nnx.Module):
         self.bsa = bsa
         self.bsa_backend = "auto"
         self.record_selection = False
+        self.context_parallel = None
         self.qkv = Linear(hidden_size, 3 * hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.q_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.k_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
@@ -64,7 +72,8 @@ class SelfAttention(nnx.Module):
                                             to_chunk_order(k, grid_k, bsa.chunk_3d_shape_k), bsa)
             num_k_blocks = k.shape[1] // bsa.chunk_size_k
             self.sow(nnx.Intermediate, "bsa_selection", block_mask_from_indices(indices, counts, num_k_blocks))
-        return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=self.bsa_backend)
+        return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=self.bsa_backend,
+                      context_parallel=self.context_parallel)
 
     def __call__(self, x: jax.Array, grid: Grid, *, num_cond_latents: int = 0, kv_cache: KV | None = None,
                  return_kv: bool = False) -> tuple[jax.Array, KV | None]:
@@ -81,6 +90,9 @@ class SelfAttention(nnx.Module):
         q = self.q_norm(qkv[:, :, 0])  # [B, N, H, D]
         k = self.k_norm(qkv[:, :, 1])
         v = qkv[:, :, 2]
+        if self.context_parallel is not None:
+            # Token-split -> head-split (all-to-all), so the condition/noise split below is local.
+            q, k, v = (self.context_parallel.shard_heads(t) for t in (q, k, v))
         new_cache = (k, v) if return_kv else None
 
         if kv_cache is not None:
@@ -97,6 +109,8 @@ class SelfAttention(nnx.Module):
                 out = jnp.concatenate([out_cond, out_noise], axis=1)
             else:
                 out = self._attend(q, k, v, grid, grid, bsa)
+        if self.context_parallel is not None:
+            out = self.context_parallel.shard_tokens(out)  # back to token-split: all-to-all
         return self.proj(out.reshape(b, n, c)), new_cache
 
     def _attend_after_cache(self, q, k, v, grid: Grid, num_cond_latents: int, kv_cache: KV) -> jax.Array:

@@ -50,6 +50,7 @@ class LongCatDiT(nnx.Module):
         )
         self.final_layer = FinalLayer(config.hidden_size, math.prod(config.patch_size), config.out_channels,
                                       config.adaln_tembed_dim, rngs=rngs, param_dtype=param_dtype)
+        self.context_parallel = None
 
     def set_bsa(self, params: BSAParams | bool | None, *, backend: str = "auto") -> None:
         """Turns block-sparse self attention on (True: the config's bsa_params, or the given BSAParams) or off.
@@ -65,6 +66,15 @@ class LongCatDiT(nnx.Module):
         for block in self.blocks:
             block.attn.bsa = params
             block.attn.bsa_backend = backend
+
+    def set_context_parallel(self, plan) -> None:
+        """Runs the blocks sequence-parallel by `plan` (a `longcat_jax.sharding.ContextParallel`; None: off).
+
+        Use `longcat_jax.sharding.shard_dit`, which also places the weights; the next jit call retraces.
+        """
+        self.context_parallel = plan
+        for block in self.blocks:
+            block.attn.context_parallel = plan
 
     def record_bsa_selection(self, on: bool = True) -> None:
         """Makes every block-sparse call store its selected-block mask as `nnx.Intermediate` `bsa_selection`
@@ -119,8 +129,13 @@ class LongCatDiT(nnx.Module):
         t_emb = self.timestep_embed(t_flat).reshape(b, grid[0], -1)  # [B, T, C_t] float32
         text, text_mask = self._text(encoder_hidden_states.astype(self.dtype), encoder_attention_mask)
 
+        cp = self.context_parallel
+        if cp is not None:
+            x = cp.shard_tokens(x)
         keys, values = [], []
         for index, block in enumerate(self.blocks):
+            if cp is not None:
+                block, x = cp.gather_block(block, x)
             block_cache = None if kv_cache is None else (kv_cache[0][index], kv_cache[1][index])
             x, new_cache = block(x, text, text_mask, t_emb, grid, num_cond_latents=num_cond_latents,
                                  kv_cache=block_cache, return_kv=return_kv, skip_crs_attn=skip_crs_attn)
