@@ -103,12 +103,19 @@ class Denoiser:
 
     def __init__(self, dit: LongCatDiT):
         self.graphdef, self.state = nnx.split(dit)
-        self._sharding = jax.tree.leaves(self.state)[0].sharding
+        plan = dit.context_parallel
+        if plan is None:
+            self._sharding = jax.tree.leaves(self.state)[0].sharding
+        else:
+            # Context parallel (longcat_jax.sharding): the weights, with any LoRA attached since, on the mesh;
+            # inputs replicated over it.
+            self.state = plan.place(self.state)
+            self._sharding = plan.replicated
 
     def _committed(self, x: jax.Array) -> jax.Array:
-        # Step outputs are committed to the weights' device; a first input that is not (fresh noise) would make
-        # jit compile the same step a second time.
-        if isinstance(x, jax.Array) and x.committed:
+        # Step outputs are committed to the weights' device(s); a first input that is not (fresh noise) would make
+        # jit compile the same step a second time, and one committed elsewhere would not run at all.
+        if isinstance(x, jax.Array) and x.committed and x.sharding.device_set == self._sharding.device_set:
             return x
         return jax.device_put(x, self._sharding)
 
@@ -137,8 +144,8 @@ class Denoiser:
             self.graphdef,
             self.state,
             self._committed(latents),
-            embeddings,
-            mask,
+            self._committed(embeddings),
+            self._committed(mask),
             np.float32(timestep),
             np.float32(sigma),
             np.float32(sigma_next),

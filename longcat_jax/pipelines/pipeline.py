@@ -33,6 +33,7 @@ from longcat_jax.pipelines.buckets import nearest_bucket
 from longcat_jax.pipelines.denoise import Denoiser, TextCondition
 from longcat_jax.pipelines.scheduler import SchedulerConfig
 from longcat_jax.pipelines.stats import RunStats
+from longcat_jax.sharding.spatial import split_spatially, to_host
 from longcat_jax.tiny import TINY_DIT_CONFIG, build_tiny_models
 from longcat_jax.video_io import to_uint8_frames
 
@@ -175,6 +176,7 @@ class LongCatPipeline:
         self._dit_setting: tuple | None = None
         self._denoiser: Denoiser | None = None
         self._tiny_resources = None
+        self.mesh = None  # set by longcat_jax.sharding.shard_pipeline: the VAE then works in strips over it
 
     # ------------------------------------------------------------------------------------------------ loading
 
@@ -308,13 +310,19 @@ class LongCatPipeline:
         usable = 1 + (frames - 1) // 4 * 4
         if usable != frames:
             video = video[:, :, :usable]
-        distribution = self.vae.encode(jnp.asarray(video, self.vae.dtype))
+        video = jnp.asarray(video, self.vae.dtype)
+        if self.mesh is not None:
+            video = split_spatially(video, self.mesh)
+        distribution = self.vae.encode(video)
         return self.vae.normalize(distribution.sample(key).astype(jnp.float32))
 
     def decode_latents(self, latents: jax.Array) -> np.ndarray:
         """Normalised latents [1, C, T, h, w] -> uint8 frames [1 + 4 (T - 1), 8h, 8w, 3]."""
-        video = self.vae.decode(self.vae.denormalize(latents).astype(self.vae.dtype))
-        return to_uint8_frames(np.asarray(video.astype(jnp.float32)))
+        latents = self.vae.denormalize(latents).astype(self.vae.dtype)
+        if self.mesh is not None:
+            latents = split_spatially(latents, self.mesh)
+        video = self.vae.decode(latents)
+        return to_uint8_frames(to_host(video.astype(jnp.float32)))
 
     # ------------------------------------------------------------------------------------------------ sizes
 
