@@ -24,7 +24,7 @@ from longcat_jax.pipelines.denoise import Denoiser, TextCondition, sample
 from longcat_jax.pipelines.guidance import uses_guidance
 from longcat_jax.pipelines.scheduler import SchedulerConfig, make_schedule
 
-TOLERANCES = {"float32": 1e-4, "bfloat16": 3e-2}
+TOLERANCES = {"float32": 1e-4, "bfloat16": 1e-2}  # bf16: the fixture README's bound for a bf16 port
 CASES = ("t2v", "i2v")
 _CASE_NAME = re.compile(r"sample\.(?P<task>t2v|i2v)(?:_cfg(?P<guidance>[0-9.]+))?_(?P<steps>\d+)steps")
 
