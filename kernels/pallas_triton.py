@@ -123,7 +123,7 @@ def _dkdv_kernel(
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _block_grid_specs(b, h, m, block, head_dim, width):
+def _block_grid_specs(m, block, head_dim, width):
     """BlockSpecs shared by the kernels, for a grid (blocks, B, H) over m blocks of `block` tokens."""
     return dict(
         tile=pl.BlockSpec((None, block, None, head_dim), lambda i, bi, hi: (bi, i, hi, 0)),
@@ -146,7 +146,7 @@ def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config)
     b, sq, h, d = q.shape
     sk = k.shape[1]
     mq = sq // block_q
-    specs = _block_grid_specs(b, h, mq, block_q, d, indices.shape[-1])
+    specs = _block_grid_specs(mq, block_q, d, indices.shape[-1])
     return pl.pallas_call(
         functools.partial(_forward_kernel, block_k=block_k, scale=d**-0.5),
         grid=(mq, b, h),
@@ -172,7 +172,7 @@ def sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, b
     delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1).transpose(0, 2, 1)  # [B, H, Sq]
     do = do.astype(q.dtype)
 
-    q_specs = _block_grid_specs(b, h, mq, block_q, d, indices.shape[-1])
+    q_specs = _block_grid_specs(mq, block_q, d, indices.shape[-1])
     dq = pl.pallas_call(
         functools.partial(_dq_kernel, block_k=block_k, scale=scale),
         grid=(mq, b, h),
@@ -188,7 +188,7 @@ def sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, b
     )(indices, counts, q, do, lse, delta, k, v)
 
     k_indices, k_counts = transpose_selection(indices, counts, mk)  # [B, H, Mk, Mq], [B, H, Mk]
-    k_specs = _block_grid_specs(b, h, mk, block_k, d, k_indices.shape[-1])
+    k_specs = _block_grid_specs(mk, block_k, d, k_indices.shape[-1])
     dk, dv = pl.pallas_call(
         functools.partial(_dkdv_kernel, block_q=block_q, scale=scale),
         grid=(mk, b, h),
