@@ -36,7 +36,19 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Gr
         return context_parallel.head_parallel(local, q, k, v)
     if bsa is not None:
         return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend)
-    return jax.nn.dot_product_attention(q, k, v)
+    return dense_attention(q, k, v)
+
+
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Full softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D].
+
+    On a GPU with 16-bit inputs this is cuDNN's fused flash attention (the original calls
+    flash-attn there): `jax.nn.dot_product_attention` left to itself takes the XLA path, which
+    materialises the [B, H, Sq, Sk] scores, 457 GB at 84,480 tokens. Elsewhere (CPU, float32) XLA.
+    """
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0:
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
 class SelfAttention(nnx.Module):
@@ -159,7 +171,7 @@ class CrossAttention(nnx.Module):
         k = self.k_norm(kv[:, :, 0])
         v = kv[:, :, 1]
         if text_mask is None:
-            out = jax.nn.dot_product_attention(q, k, v)
+            out = dense_attention(q, k, v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, mask=text_mask[:, None, None, :])
             # An item without any text token gets no cross-attention update (softmax over nothing).
