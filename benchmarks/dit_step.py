@@ -26,8 +26,8 @@ import sys
 import time
 
 CASES = {
-    "refine168k_bsa": dict(grid=(48, 44, 80), batch=1, bsa=True),
     "refine84k_bsa": dict(grid=(24, 44, 80), batch=1, bsa=True),
+    "refine168k_bsa": dict(grid=(48, 44, 80), batch=1, bsa=True),
     "refine84k_dense": dict(grid=(24, 44, 80), batch=1, bsa=False),
     "t2v480p_dense": dict(grid=(24, 30, 52), batch=2, bsa=False),
 }
