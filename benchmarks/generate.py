@@ -1,0 +1,171 @@
+"""Seconds per denoising step and peak memory of the sampling pipelines with the real DiT size (random weights).
+
+One step is what `longcat_jax.pipelines.denoise` compiles: the DiT (both CFG branches when guided), CFG-zero* and
+the Euler update. Cases (latent grids before the 1x2x2 patching):
+
+  t2v480p_distill      480x832, 93 frames: latents 24x60x104, 16 distill steps, guidance 1 (cfg_step_lora)
+  t2v480p_cfg          the same, guidance 4: both branches in one batch of 2
+  refine720p           704x1280, 186 frames: latents 48x88x160, 26 steps from t=0.5 (refinement_lora)
+  refine720p_spatial   704x1280, 93 frames (spatial-only): latents 24x88x160
+
+The refinement cases run with no BSA and with each preset of configs/bsa (the 480p ones only without: their
+30x52 token grid is not divisible by 4x4 chunks). Every (case, BSA) runs in its own subprocess so its peak device
+memory is its own. Weights are random and drawn on the device; the LoRA stand-ins are random too (`--lora-rank`,
+0 for none). Results print as a markdown table (and JSON with --json) with the speed-up over no BSA.
+
+    python benchmarks/generate.py                          # on the GPU: every case, every preset
+    python benchmarks/generate.py --cases refine720p --presets balanced --steps 3
+    python benchmarks/generate.py --small                  # smoke test: tiny DiT on the CPU
+
+The original PyTorch DiT step on the same GPU is measured by benchmarks/dit_step.py --reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ("quality", "balanced", "fast", "adaptive", "long_video")
+# steps: the schedule's base step count; t_thresh: refinement starts there (50 steps from 0.5 leave 26).
+CASES = {
+    "t2v480p_distill": dict(latents=(24, 60, 104), guidance=1.0, distill=True, steps=16, t_thresh=0.0, bsa=False,
+                            lora="cfg_step_lora"),
+    "t2v480p_cfg": dict(latents=(24, 60, 104), guidance=4.0, distill=False, steps=50, t_thresh=0.0, bsa=False,
+                        lora=None),
+    "refine720p": dict(latents=(48, 88, 160), guidance=1.0, distill=False, steps=50, t_thresh=0.5, bsa=True,
+                       lora="refinement_lora"),
+    "refine720p_spatial": dict(latents=(24, 88, 160), guidance=1.0, distill=False, steps=50, t_thresh=0.5, bsa=True,
+                               lora="refinement_lora"),
+}
+SMALL_CASES = {
+    "t2v_small": dict(latents=(4, 16, 16), guidance=4.0, distill=False, steps=4, t_thresh=0.0, bsa=False, lora=None),
+    "refine_small": dict(latents=(8, 32, 32), guidance=1.0, distill=False, steps=8, t_thresh=0.5, bsa=True,
+                         lora="refinement_lora"),
+}
+TEXT_LENGTH = 512
+
+
+def preset_path(name: str) -> Path:
+    return ROOT / "configs" / "bsa" / ("config_long_video.json" if name == "long_video" else f"config_720p_{name}.json")
+
+
+def run_case(name: str, case: dict, preset: str | None, args: argparse.Namespace) -> dict:
+    """Runs one (case, BSA) in this process and returns its measurements."""
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from longcat_jax.bsa_config import BSAConfig, load_bsa_config, log_bsa
+    from longcat_jax.models.dit import DiTConfig, enable_loras
+    from longcat_jax.pipelines.denoise import Denoiser, TextCondition
+    from longcat_jax.pipelines.scheduler import make_schedule, start_at
+    from longcat_jax.tiny import TINY_DIT_CONFIG, random_dit, random_lora
+
+    config = TINY_DIT_CONFIG if args.small else DiTConfig(depth=args.depth, text_tokens_zero_pad=True)
+    dtype = jnp.float32 if args.small else jnp.bfloat16
+    start = time.perf_counter()
+    dit = random_dit(config, seed=0, dtype=dtype, draw_on_device=not args.small)
+    jax.block_until_ready(jax.tree.leaves(dit))
+    build_seconds = time.perf_counter() - start
+    if case["lora"] and args.lora_rank:
+        enable_loras(dit, [random_lora(config, case["lora"], seed=1, rank=args.lora_rank)])
+    bsa = load_bsa_config(preset_path(preset)) if preset else BSAConfig(False, None)
+    dit.set_bsa(bsa.params if bsa.enable_bsa else False)
+    log_bsa(bsa)
+    denoiser = Denoiser(dit)
+
+    guided = case["guidance"] > 1
+    key = jax.random.key(0)
+    latents = jax.random.normal(key, (1, config.in_channels, *case["latents"]), jnp.float32)
+    text = jax.random.normal(key, (1, 1, TEXT_LENGTH, config.caption_channels), dtype)
+    mask = jnp.zeros((1, TEXT_LENGTH), jnp.int32).at[:, :128].set(1)
+    condition = TextCondition(text, mask, text, mask)
+    schedule = start_at(make_schedule(case["steps"], distill=case["distill"]), case["t_thresh"])
+    timesteps, sigmas = np.asarray(schedule.timesteps), np.asarray(schedule.sigmas)
+
+    def step(i: int, x):
+        return denoiser.step(x, condition, timesteps[i], sigmas[i], sigmas[i + 1],
+                             guidance_scale=case["guidance"], guided=guided)
+
+    start = time.perf_counter()
+    latents = step(0, latents).block_until_ready()
+    compile_seconds = time.perf_counter() - start
+    times = []
+    for i in range(1, 1 + args.steps):
+        start = time.perf_counter()
+        latents = step(i % len(timesteps), latents).block_until_ready()
+        times.append(time.perf_counter() - start)
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "case": name,
+        "bsa": preset or "none",
+        "tokens": int(np.prod(case["latents"])) // 4,
+        "batch": 2 if guided else 1,
+        "seconds_per_step": float(np.median(times)),
+        "first_step_seconds": compile_seconds,
+        "steps_in_schedule": len(timesteps),
+        "peak_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+        "weights_build_seconds": build_seconds,
+        "device": jax.devices()[0].device_kind,
+        "finite": bool(np.isfinite(np.asarray(latents)).all()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="*", help="default: all (all small ones with --small)")
+    parser.add_argument("--presets", nargs="*", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per case after the compiling one")
+    parser.add_argument("--depth", type=int, default=48, help="DiT blocks (48 = the real model)")
+    parser.add_argument("--lora-rank", type=int, default=128, help="rank of the random LoRA stand-ins (0: none)")
+    parser.add_argument("--small", action="store_true", help="tiny DiT on the CPU, a smoke test of this script")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--one", nargs=2, metavar=("CASE", "PRESET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    table = SMALL_CASES if args.small else CASES
+    if args.one:
+        name, preset = args.one
+        print("RESULT " + json.dumps(run_case(name, table[name], None if preset == "none" else preset, args)))
+        return
+    results = []
+    for name in args.cases or list(table):
+        for preset in ["none"] + (args.presets if table[name]["bsa"] else []):
+            command = [sys.executable, __file__, "--one", name, preset, "--steps", str(args.steps),
+                       "--depth", str(args.depth), "--lora-rank", str(args.lora_rank)]
+            command += ["--small"] if args.small else []
+            done = subprocess.run(command, capture_output=True, text=True)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+            if done.returncode or not lines:
+                print(f"{name} / {preset} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+                continue
+            results.append(json.loads(lines[-1][len("RESULT "):]))
+            print(f"{name} / {preset}: {results[-1]['seconds_per_step']:.3f} s/step", file=sys.stderr)
+    print(markdown(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+def markdown(results: list[dict]) -> str:
+    dense = {r["case"]: r["seconds_per_step"] for r in results if r["bsa"] == "none"}
+    lines = [
+        "| case | tokens | batch | BSA | s/step | speed-up | first step (compile) s | peak GiB |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        speedup = dense.get(r["case"], float("nan")) / r["seconds_per_step"]
+        peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+        lines.append(f"| {r['case']} | {r['tokens']:,} | {r['batch']} | {r['bsa']} | {r['seconds_per_step']:.3f} | "
+                     f"{speedup:.2f}x | {r['first_step_seconds']:.1f} | {peak} |")
+    if results:
+        lines.append(f"\nDevice: {results[0]['device']}; random weights; median of the timed steps.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
