@@ -3,7 +3,10 @@
 import os
 from pathlib import Path
 
-import jax
+# Eight CPU devices for the multi-device (context parallel) tests; must be set before JAX starts its backends.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
