@@ -13,6 +13,9 @@ _EXPORTS = {
     "initialize_distributed": "mesh",
     "ContextParallel": "plan",
     "shard_dit": "context_parallel",
+    "shard_pipeline": "pipeline",
+    "split_spatially": "spatial",
+    "to_host": "spatial",
     "param_shardings": "params",
     "bytes_per_device": "params",
 }
