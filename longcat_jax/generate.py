@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--model-path", type=Path, help="checkpoint folder (original download or `python -m convert` output)")
     add("--task", choices=TASKS, help="default t2v (refine when --refine-from is given)")
-    add("--prompt", default=DEFAULT_PROMPT)
+    add("--prompt", help="default: a built-in example prompt (empty for --task refine)")
     add("--negative-prompt", default=None, help="used when guidance > 1 (default: empty)")
     add("--image", type=Path, help="i2v: the first frame; refine: an image condition")
     add("--video", type=Path, help="continuation: the video to continue; refine: a condition video")
@@ -100,6 +100,7 @@ class RunPlan:
     """A validated run: what to read, which stages, with which BSA, sizes already checked."""
 
     task: str
+    prompt: str
     refine: bool
     defaults: PipelineDefaults
     generation_bsa: BSAConfig
@@ -122,6 +123,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if args.refine and task == "refine":
         raise InputError("--refine runs stage 2 after a generation task; --task refine is stage 2 alone")
     refine = args.refine or task == "refine"
+    prompt = args.prompt if args.prompt is not None else ("" if task == "refine" else DEFAULT_PROMPT)
     if args.model_path is None:
         defaults, base_bsa = TINY_DEFAULTS, builtin_bsa()
     else:
@@ -168,8 +170,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     output = args.output_path or Path("outputs") / f"longcat_{task}{'_refined' if args.refine else ''}"
     if args.output_path is None and args.output_format != "frames":
         output = output.with_suffix(f".{args.output_format}")
-    return RunPlan(task, refine, defaults, generation_bsa, refine_bsa, image, video, video_30fps, stage1, frames,
-                   output)
+    return RunPlan(task, prompt, refine, defaults, generation_bsa, refine_bsa, image, video, video_30fps, stage1,
+                   frames, output)
 
 
 def _stage_bsa(base: BSAConfig, override: BSAConfig | None, refine: bool) -> tuple[BSAConfig, BSAConfig]:
@@ -230,17 +232,17 @@ def run(args: argparse.Namespace, plan: RunPlan) -> tuple[np.ndarray, float, Run
                   distill=args.distill, seed=args.seed, bsa=plan.generation_bsa)
     task, fps = plan.task, GENERATION_FPS
     if task == "t2v":
-        frames = generate_t2v(pipe, args.prompt, negative_prompt=args.negative_prompt, height=args.height,
+        frames = generate_t2v(pipe, plan.prompt, negative_prompt=args.negative_prompt, height=args.height,
                               width=args.width, num_frames=plan.num_frames, **common).frames
     elif task == "i2v":
-        frames = generate_i2v(pipe, plan.image, args.prompt, negative_prompt=args.negative_prompt,
+        frames = generate_i2v(pipe, plan.image, plan.prompt, negative_prompt=args.negative_prompt,
                               num_frames=plan.num_frames, resolution=args.resolution, **common).frames
     elif task == "continuation":
-        frames = generate_continuation(pipe, plan.video, args.prompt, negative_prompt=args.negative_prompt,
+        frames = generate_continuation(pipe, plan.video, plan.prompt, negative_prompt=args.negative_prompt,
                                        num_frames=plan.num_frames, num_cond_frames=args.num_cond_frames,
                                        resolution=args.resolution, **common).frames
     elif task == "long":
-        frames = generate_long_video(pipe, args.prompt, num_segments=args.num_segments,
+        frames = generate_long_video(pipe, plan.prompt, num_segments=args.num_segments,
                                      negative_prompt=args.negative_prompt, height=args.height, width=args.width,
                                      num_frames=plan.num_frames, num_cond_frames=args.num_cond_frames,
                                      **common).frames
@@ -256,10 +258,11 @@ def run(args: argparse.Namespace, plan: RunPlan) -> tuple[np.ndarray, float, Run
 def _encode_prompts(args, plan: RunPlan, pipe: LongCatPipeline) -> None:
     """Encodes every prompt the stages will use, then frees the text encoder's memory for the DiT."""
     if plan.task != "refine":
-        guided = (args.guidance_scale if args.guidance_scale is not None else (1.0 if args.distill else 4.0)) > 1
-        pipe.encode_text(args.prompt, (args.negative_prompt or "") if guided else None)
+        default_guidance = 1.0 if args.distill else plan.defaults.guidance_scale
+        guided = (args.guidance_scale if args.guidance_scale is not None else default_guidance) > 1
+        pipe.encode_text(plan.prompt, (args.negative_prompt or "") if guided else None)
     if plan.refine:
-        pipe.encode_text("" if plan.task == "long" else args.prompt)
+        pipe.encode_text("" if plan.task == "long" else plan.prompt)
     pipe.release_text_encoder()
 
 
@@ -274,7 +277,7 @@ def _refine(args, plan: RunPlan, pipe: LongCatPipeline, stage1: np.ndarray) -> t
         return result.frames, result.fps
     if plan.task == "continuation":
         source = plan.video_30fps if doubling == 2 else plan.video
-        result = generate_refine(pipe, stage1, args.prompt, cond_video=source,
+        result = generate_refine(pipe, stage1, plan.prompt, cond_video=source,
                                  num_cond_frames=cond_frames * doubling, **options)
         return join_continuation(source, result.frames, cond_frames * doubling), result.fps
     size = (args.height, args.width) if plan.task == "refine" and (args.height or args.width) else None
@@ -284,7 +287,7 @@ def _refine(args, plan: RunPlan, pipe: LongCatPipeline, stage1: np.ndarray) -> t
     if plan.task == "refine" and plan.video is not None:
         cond_video = plan.video
         num_cond = min(len(cond_video), cond_frames * doubling)
-    result = generate_refine(pipe, stage1, args.prompt, image=plan.image, cond_video=cond_video,
+    result = generate_refine(pipe, stage1, plan.prompt, image=plan.image, cond_video=cond_video,
                              num_cond_frames=num_cond, size=size, **options)
     return result.frames, result.fps
 

@@ -10,6 +10,7 @@ graphdef (BSA on/off, LoRAs attached) compiles again.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -28,21 +29,21 @@ from longcat_jax.pipelines.guidance import cfg_zero_star, split_uncond_cond
 from longcat_jax.pipelines.scheduler import Schedule, euler_step, frame_timesteps
 
 
+@dataclasses.dataclass(frozen=True)
 class TextCondition:
     """The text the DiT attends to: [B, 1, L, C] embeddings and [B, L] masks, with the negative pair for CFG."""
 
-    def __init__(self, embeddings, mask, negative_embeddings=None, negative_mask=None):
-        self.embeddings = embeddings
-        self.mask = mask
-        self.negative_embeddings = negative_embeddings
-        self.negative_mask = negative_mask
+    embeddings: jax.Array
+    mask: jax.Array
+    negative_embeddings: jax.Array | None = None
+    negative_mask: jax.Array | None = None
 
     def for_step(self, guided: bool) -> tuple[jax.Array, jax.Array]:
         """(text, mask) as the step feeds them: [uncond; cond] stacked on the batch axis when guided."""
         if not guided:
             return self.embeddings, self.mask
         if self.negative_embeddings is None:
-            raise ValueError("guided sampling needs negative embeddings (encode the negative prompt, '' by default)")
+            raise InputError("guided sampling needs negative embeddings (encode the negative prompt, '' by default)")
         return (
             jnp.concatenate([self.negative_embeddings, self.embeddings], axis=0),
             jnp.concatenate([self.negative_mask, self.mask], axis=0),
