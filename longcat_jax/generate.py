@@ -123,6 +123,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if args.refine and task == "refine":
         raise InputError("--refine runs stage 2 after a generation task; --task refine is stage 2 alone")
     refine = args.refine or task == "refine"
+    if task == "refine" and args.image is not None and args.video is not None:
+        raise InputError("refinement takes one condition: --image or --video, not both")
     prompt = args.prompt if args.prompt is not None else ("" if task == "refine" else DEFAULT_PROMPT)
     if args.model_path is None:
         defaults, base_bsa = TINY_DEFAULTS, builtin_bsa()

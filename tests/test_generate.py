@@ -92,6 +92,7 @@ def test_frame_count_is_rounded_with_a_warning(caplog):
         (["--task", "continuation", "--video", "/no/such/video.mp4"], "not found"),
         (["--task", "refine"], "needs --refine-from"),
         (["--refine-from", "/no/such/video.mp4"], "not found"),
+        (["--refine-from", "a.mp4", "--image", "b.png", "--video", "c.mp4"], "not both"),
         (["--height", "128", "--width", "208", "--bsa-config", BALANCED],
          "BSA cannot run"),
         (["--lora", "/no/such/lora.safetensors:0.5"], "LoRA /no/such/lora.safetensors not found"),
