@@ -17,7 +17,9 @@ memory is its own. Weights are random and drawn on the device; the LoRA stand-in
     python benchmarks/generate.py --cases refine720p --presets balanced --steps 3
     python benchmarks/generate.py --small                  # smoke test: tiny DiT on the CPU
 
-The original PyTorch DiT step on the same GPU is measured by benchmarks/dit_step.py --reference.
+With `--reference PATH` (a checkout of the original LongCat-Video repository, never committed here) each case also
+runs the original PyTorch DiT forward with the same grid, batch and BSA parameters on the same GPU, through
+benchmarks/dit_step.py (its Triton BSA; its CDF mode may fail to compile, which is then reported as missing).
 """
 
 from __future__ import annotations
@@ -117,6 +119,35 @@ def run_case(name: str, case: dict, preset: str | None, args: argparse.Namespace
     }
 
 
+def run_original_case(name: str, case: dict, preset: str | None, args: argparse.Namespace) -> dict:
+    """The original DiT forward (what dominates its step) for this case, via benchmarks/dit_step.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dit_step", ROOT / "benchmarks" / "dit_step.py")
+    dit_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dit_step)
+    if preset:
+        dit_step.BSA_PARAMS = json.loads(preset_path(preset).read_text())["bsa_params"]
+    t, h, w = case["latents"]
+    grid_case = dict(grid=(t, h // 2, w // 2), batch=2 if case["guidance"] > 1 else 1, bsa=preset is not None)
+    result = dit_step.run_original(grid_case, args.depth, 1, args.steps, args.reference)
+    return {"case": name, "bsa": preset or "none", "original_seconds": result["seconds"],
+            "original_peak_gib": result["peak_gib"]}
+
+
+def _spawn(name: str, preset: str, args: argparse.Namespace, impl: str) -> dict | None:
+    command = [sys.executable, __file__, "--one", name, preset, "--impl", impl, "--steps", str(args.steps),
+               "--depth", str(args.depth), "--lora-rank", str(args.lora_rank)]
+    command += ["--small"] if args.small else []
+    command += ["--reference", args.reference] if args.reference else []
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        print(f"{name} / {preset} ({impl}) failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", help="default: all (all small ones with --small)")
@@ -126,26 +157,28 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=128, help="rank of the random LoRA stand-ins (0: none)")
     parser.add_argument("--small", action="store_true", help="tiny DiT on the CPU, a smoke test of this script")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--reference", help="checkout of the original LongCat-Video repository (GPU, PyTorch)")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "PRESET"), help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=("ours", "original"), default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
     table = SMALL_CASES if args.small else CASES
     if args.one:
         name, preset = args.one
-        print("RESULT " + json.dumps(run_case(name, table[name], None if preset == "none" else preset, args)))
+        run = run_case if args.impl == "ours" else run_original_case
+        print("RESULT " + json.dumps(run(name, table[name], None if preset == "none" else preset, args)))
         return
     results = []
     for name in args.cases or list(table):
         for preset in ["none"] + (args.presets if table[name]["bsa"] else []):
-            command = [sys.executable, __file__, "--one", name, preset, "--steps", str(args.steps),
-                       "--depth", str(args.depth), "--lora-rank", str(args.lora_rank)]
-            command += ["--small"] if args.small else []
-            done = subprocess.run(command, capture_output=True, text=True)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode or not lines:
-                print(f"{name} / {preset} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+            result = _spawn(name, preset, args, "ours")
+            if result is None:
                 continue
-            results.append(json.loads(lines[-1][len("RESULT "):]))
-            print(f"{name} / {preset}: {results[-1]['seconds_per_step']:.3f} s/step", file=sys.stderr)
+            if args.reference:
+                original = _spawn(name, preset, args, "original") or {}
+                result.update(original_seconds=original.get("original_seconds"),
+                              original_peak_gib=original.get("original_peak_gib"))
+            results.append(result)
+            print(f"{name} / {preset}: {result['seconds_per_step']:.3f} s/step", file=sys.stderr)
     print(markdown(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
@@ -154,14 +187,19 @@ def main() -> None:
 def markdown(results: list[dict]) -> str:
     dense = {r["case"]: r["seconds_per_step"] for r in results if r["bsa"] == "none"}
     lines = [
-        "| case | tokens | batch | BSA | s/step | speed-up | first step (compile) s | peak GiB |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| case | tokens | batch | BSA | s/step | speed-up | first step (compile) s | peak GiB "
+        "| original s/forward | original peak GiB |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+
+    def number(value, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     for r in results:
         speedup = dense.get(r["case"], float("nan")) / r["seconds_per_step"]
-        peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
         lines.append(f"| {r['case']} | {r['tokens']:,} | {r['batch']} | {r['bsa']} | {r['seconds_per_step']:.3f} | "
-                     f"{speedup:.2f}x | {r['first_step_seconds']:.1f} | {peak} |")
+                     f"{speedup:.2f}x | {r['first_step_seconds']:.1f} | {number(r['peak_gib'], 1)} "
+                     f"| {number(r.get('original_seconds'), 3)} | {number(r.get('original_peak_gib'), 1)} |")
     if results:
         lines.append(f"\nDevice: {results[0]['device']}; random weights; median of the timed steps.")
     return "\n".join(lines)
