@@ -132,21 +132,21 @@ def random_lora(config: DiTConfig, name: str, *, seed: int, rank: int = TINY_LOR
 
 @dataclasses.dataclass
 class TinyModels:
-    """Everything `LongCatPipeline` needs, at toy sizes; `tokenizer_dir` must outlive the tokenizer's use."""
+    """Everything `LongCatPipeline` needs, at toy sizes."""
 
     dit: LongCatDiT
     vae: object
     text_encoder: object
     tokenizer: object
     loras: dict[str, LoRA]
-    tokenizer_dir: tempfile.TemporaryDirectory
 
 
 def build_tiny_models(*, dtype=jnp.float32, seed: int = TINY_SEED) -> TinyModels:
     """The built-in model: tiny DiT, VAE and UMT5 with random weights from `seed`, a tokenizer trained now."""
     logger.warning(RANDOM_WEIGHTS_WARNING, seed)
-    tokenizer_dir = tempfile.TemporaryDirectory(prefix="longcat_tiny_tokenizer_")
-    tokenizer = build_tiny_tokenizer(tokenizer_dir.name, vocab_size=TINY_TEXT_CONFIG.vocab_size)
+    with tempfile.TemporaryDirectory(prefix="longcat_tiny_tokenizer_") as folder:
+        # The sentencepiece model is read into memory; the folder is not needed afterwards.
+        tokenizer = build_tiny_tokenizer(folder, vocab_size=TINY_TEXT_CONFIG.vocab_size)
     return TinyModels(
         dit=random_dit(TINY_DIT_CONFIG, seed=seed, dtype=dtype),
         vae=random_vae(TINY_VAE_CONFIG, seed=seed + 1, dtype=jnp.float32),
@@ -156,5 +156,4 @@ def build_tiny_models(*, dtype=jnp.float32, seed: int = TINY_SEED) -> TinyModels
             "cfg_step_lora": random_lora(TINY_DIT_CONFIG, "cfg_step_lora", seed=seed + 3),
             "refinement_lora": random_lora(TINY_DIT_CONFIG, "refinement_lora", seed=seed + 4),
         },
-        tokenizer_dir=tokenizer_dir,
     )

@@ -175,7 +175,6 @@ class LongCatPipeline:
         self._texts: dict[str, tuple[jax.Array, jax.Array]] = {}
         self._dit_setting: tuple | None = None
         self._denoiser: Denoiser | None = None
-        self._tiny_resources = None
         self.mesh = None  # set by longcat_jax.sharding.shard_pipeline: the VAE then works in strips over it
 
     # ------------------------------------------------------------------------------------------------ loading
@@ -224,7 +223,7 @@ class LongCatPipeline:
         models = build_tiny_models(dtype=dtype)
         bsa = builtin_bsa(bsa_config)
         models.dit.set_bsa(bsa.params if bsa.enable_bsa else False)
-        pipe = cls(
+        return cls(
             models.dit,
             models.vae,
             models.text_encoder,
@@ -235,8 +234,6 @@ class LongCatPipeline:
             defaults=TINY_DEFAULTS,
             builtin=True,
         )
-        pipe._tiny_resources = models.tokenizer_dir
-        return pipe
 
     def named_lora(self, name: str) -> LoRA:
         """The checkpoint's `cfg_step_lora` or `refinement_lora`, read on first use."""
@@ -247,9 +244,6 @@ class LongCatPipeline:
             entry = load_lora(entry, name=name)
             self._named_loras[name] = entry
         return entry
-
-    def has_lora(self, name: str) -> bool:
-        return name in self._named_loras
 
     # ------------------------------------------------------------------------------------------------- the DiT
 
