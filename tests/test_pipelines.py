@@ -63,13 +63,19 @@ def test_step_compiles_once_per_shape(pipe):
     latents = pipe.noise(jax.random.key(3), 3, 48, 80)  # a shape no other test uses
     before = denoise._denoise_step._cache_size()
     compiles = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, _secs, **_: compiles.append(event) if event.endswith("backend_compile_duration") else None
-    )
-    sample(denoiser, latents, make_schedule(3), text, guidance_scale=4.0, guided=True)
-    assert denoise._denoise_step._cache_size() == before + 1
-    compiles.clear()
-    sample(denoiser, latents, make_schedule(5), text, guidance_scale=6.0, guided=True)
+
+    def on_event(event, _seconds, **_):
+        if event.endswith("backend_compile_duration"):
+            compiles.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        sample(denoiser, latents, make_schedule(3), text, guidance_scale=4.0, guided=True)
+        assert denoise._denoise_step._cache_size() == before + 1
+        compiles.clear()
+        sample(denoiser, latents, make_schedule(5), text, guidance_scale=6.0, guided=True)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
     assert denoise._denoise_step._cache_size() == before + 1
     assert compiles == []
 
