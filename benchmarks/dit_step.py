@@ -14,6 +14,7 @@ same GPU: its Triton BSA, and cuDNN SDPA where it would call flash-attn. Prints 
 
     python benchmarks/dit_step.py --reference /path/to/LongCat-Video
     python benchmarks/dit_step.py --cases refine84k_bsa --depth 4        # quick look
+    python benchmarks/dit_step.py --cases refine168k_bsa --context-parallel 1,2,4   # scaling over GPUs
 """
 
 from __future__ import annotations
@@ -62,44 +63,52 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
 
     from longcat_jax.models.dit.config import DiTConfig
     from longcat_jax.models.dit.transformer import LongCatDiT
+    from longcat_jax.sharding import ContextParallel, make_mesh
 
     config = DiTConfig.from_dict(_real_config(depth, case["bsa"]))
     t, h, w = case["grid"]
     b = case["batch"]
+    # Tokens split over `context_parallel` devices (Ulysses all-to-all around self attention), weights replicated.
+    plan = ContextParallel(make_mesh(context_parallel)) if context_parallel > 1 else None
+    devices = list(plan.mesh.devices.flat) if plan else jax.devices()[:1]
 
-    @nnx.jit
-    def make_model():
-        model = LongCatDiT(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-        graphdef, state = nnx.split(model)
-        leaves, treedef = jax.tree.flatten(state)
+    def new_model():
+        return LongCatDiT(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(new_model))
+
+    def random_state():
+        leaves, treedef = jax.tree.flatten(abstract)
         keys = jax.random.split(jax.random.key(1), len(leaves))
         leaves = [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype) for k, x in zip(keys, leaves)]
-        return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        return jax.tree.unflatten(treedef, leaves)
 
-    model = make_model()
+    # The weights are drawn where they will live (every device of the mesh), never copied there.
+    state = jax.jit(random_state, out_shardings=plan.state_shardings(abstract) if plan else None)()
+    model = nnx.merge(graphdef, state)
+    if plan:
+        model.set_context_parallel(plan)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
     keys = jax.random.split(jax.random.key(2), 2)
     latents = jax.random.normal(keys[0], (b, 16, t, 2 * h, 2 * w), jnp.bfloat16)
     text = jax.random.normal(keys[1], (b, 1, TEXT_LEN, 4096), jnp.bfloat16)
     mask = (jnp.arange(TEXT_LEN)[None, :] < jnp.array([200, 120][:b])[:, None]).astype(jnp.int32)
     timestep = jnp.full((b,), 700.0, jnp.float32)
+    if plan:
+        latents, text, mask, timestep = jax.device_put((latents, text, mask, timestep), plan.replicated)
 
     graphdef, state = nnx.split(model)
 
     def step(state, latents, timestep, text, mask):
         return nnx.merge(graphdef, state)(latents, timestep, text, mask)
 
-    if context_parallel > 1:
-        from longcat_jax.sharding import context_parallel_forward
-
-        step = context_parallel_forward(step, context_parallel)
     start = time.perf_counter()
     compiled = jax.jit(step).lower(state, latents, timestep, text, mask).compile()
     compile_s = time.perf_counter() - start
     seconds = _median_time(lambda: compiled(state, latents, timestep, text, mask).block_until_ready(), warmup, iters)
-    stats = jax.devices()[0].memory_stats() or {}
-    return {"seconds": seconds, "compile_s": compile_s, "peak_gib": stats.get("peak_bytes_in_use", 0) / 2**30,
-            "params_b": num_params / 1e9, "device": str(jax.devices()[0].device_kind)}
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices]
+    return {"seconds": seconds, "compile_s": compile_s, "peak_gib": max(peaks) / 2**30,
+            "params_b": num_params / 1e9, "device": str(devices[0].device_kind), "devices": len(devices)}
 
 
 def _install_flash_attn_shim():
@@ -193,31 +202,45 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--reference", help="path of a checkout of the original LongCat-Video repository")
-    parser.add_argument("--context-parallel", type=int, default=1, help="GPUs to shard the tokens over")
+    parser.add_argument("--context-parallel", default="1",
+                        help="GPUs to shard the tokens over; a comma-separated list (e.g. 1,2,4,8) runs each count "
+                        "and reports the scaling efficiency (speed-up over the first count / count ratio)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["ours", "original"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    try:
+        counts = [int(n) for n in args.context_parallel.split(",")]
+    except ValueError:
+        parser.error(f"--context-parallel takes device counts like 1,2,4; got {args.context_parallel!r}")
     if args.child:
+        args.context_parallel = counts[0]
         _child(args)
         return
     rows = []
     for case in args.cases.split(","):
         if case not in CASES:
             parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
-        ours = _spawn(case, "ours", args)
         original = _spawn(case, "original", args) if args.reference else None
-        rows.append((case, ours, original))
-        print(f"{case}: ours={ours} original={original}", flush=True)
-    print(f"\ndepth {args.depth}, context parallel {args.context_parallel}, median of {args.iters} after {args.warmup} warm-up")
-    print(f"{'case':<17} {'ours s/step':>11} {'compile s':>9} {'peak GiB':>8} {'orig s/step':>11} {'orig GiB':>8} {'speed-up':>8}")
-    for case, ours, original in rows:
+        for count in counts:
+            ours = _spawn(case, "ours", argparse.Namespace(**{**vars(args), "context_parallel": count}))
+            rows.append((case, count, ours, original))
+            print(f"{case} x{count}: ours={ours} original={original}", flush=True)
+    nan = float("nan")
+    print(f"\ndepth {args.depth}, median of {args.iters} after {args.warmup} warm-up; peak GiB: the largest of the "
+          f"devices; scaling: speed-up over {counts[0]} device(s) and that divided by the device ratio")
+    print(f"{'case':<17} {'GPUs':>4} {'ours s/step':>11} {'compile s':>9} {'peak GiB':>8} {'scaling':>7} "
+          f"{'efficiency':>10} {'orig s/step':>11} {'orig GiB':>8} {'vs orig':>7}")
+    for case, count, ours, original in rows:
         o = ours or {}
         r = original or {}
-        speedup = r["seconds"] / o["seconds"] if ours and original else float("nan")
-        print(f"{case:<17} {o.get('seconds', float('nan')):>11.3f} {o.get('compile_s', float('nan')):>9.1f} "
-              f"{o.get('peak_gib', float('nan')):>8.1f} {r.get('seconds', float('nan')):>11.3f} "
-              f"{r.get('peak_gib', float('nan')):>8.1f} {speedup:>8.2f}")
+        base = next((b for c, n, b, _ in rows if c == case and n == counts[0]), None)
+        scaling = base["seconds"] / o["seconds"] if ours and base else nan
+        efficiency = scaling * counts[0] / count
+        speedup = r["seconds"] / o["seconds"] if ours and original else nan
+        print(f"{case:<17} {count:>4} {o.get('seconds', nan):>11.3f} {o.get('compile_s', nan):>9.1f} "
+              f"{o.get('peak_gib', nan):>8.1f} {scaling:>7.2f} {efficiency:>10.2f} {r.get('seconds', nan):>11.3f} "
+              f"{r.get('peak_gib', nan):>8.1f} {speedup:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,12 @@ class ContextParallel:
         and final layer, ~0.3% of the weights, stay whole so that nothing outside the blocks needs a gather).
         Arrays already placed so are returned as they are, so this is cheap to repeat (e.g. after LoRAs are
         attached)."""
-        shardings = param_shardings(state, self.mesh, self.axis, fsdp=self.fsdp and _in_blocks)
-        return jax.device_put(state, shardings)
+        return jax.device_put(state, self.state_shardings(state))
+
+    def state_shardings(self, state: nnx.State) -> nnx.State:
+        """The NamedShardings `place` gives the DiT's `state` (arrays or abstract shapes), e.g. as the
+        `out_shardings` of a jitted function that creates the weights directly on the mesh."""
+        return param_shardings(state, self.mesh, self.axis, fsdp=self.fsdp and _in_blocks)
 
     def shard_tokens(self, x: jax.Array) -> jax.Array:
         """x [B, N, ...] split over the token axis."""
