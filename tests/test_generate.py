@@ -124,3 +124,12 @@ def test_checkpoint_missing_parts_are_named(checkpoint, tmp_path):
         _plan("--model-path", str(partial))
     with pytest.raises(CheckpointError, match="lora/refinement_lora.safetensors"):
         _plan("--model-path", str(checkpoint), "--refine")
+
+
+def test_refine_from_video_with_a_condition_video(small_video, tmp_path):
+    output = tmp_path / "refined.mp4"
+    argv = ["--refine-from", str(small_video), "--video", str(small_video), "--num-cond-frames", "1",
+            "--height", "64", "--width", "64", "--refine-inference-steps", "2", "--output-path", str(output)]
+    assert generate.main(argv) == 0
+    frames, fps = read_video(output)
+    assert frames.shape == (18, 64, 64, 3) and fps == 30.0  # frames doubled, 30 fps
