@@ -15,7 +15,7 @@ from longcat_jax.pipelines.scheduler import make_schedule
 from longcat_jax.pipelines.t2v import generate_i2v
 from longcat_jax.sharding import make_mesh, shard_dit, shard_pipeline
 from longcat_jax.tiny import random_dit
-from test_sharding_dit import assert_close, tiny_config
+from test_sharding_dit import GPU_CONFIG, GPU_TOL, assert_close, gpu_count, tiny_config
 
 needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (conftest sets 8 CPU devices)")
 
@@ -82,3 +82,17 @@ def test_one_device_leaves_the_pipeline_alone():
     pipe = LongCatPipeline.builtin()
     assert shard_pipeline(pipe, make_mesh(1)) is None
     assert pipe.mesh is None and pipe.dit.context_parallel is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_count() < 2, reason="needs at least 2 GPUs")
+def test_gpus_guided_sampling_with_condition_frames_gives_the_same_latents():
+    single, sharded = random_dit(GPU_CONFIG), random_dit(GPU_CONFIG)
+    shard_dit(sharded, make_mesh(gpu_count()))
+    latents = np.random.default_rng(7).standard_normal((1, 16, 12, 16, 16)).astype(np.float32)
+    text = text_condition(8)
+    results = [
+        sample(Denoiser(dit), latents, make_schedule(3), text, guidance_scale=4.0, guided=True, num_cond_latents=4)
+        for dit in (single, sharded)
+    ]
+    assert_close(results[1], results[0], GPU_TOL)
