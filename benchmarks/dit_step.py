@@ -45,14 +45,25 @@ def _real_config(depth: int, bsa: bool) -> dict:
     }
 
 
+_START = time.perf_counter()
+
+
+def _log(message: str) -> None:
+    """A progress line with the seconds since the process started (streamed by the parent)."""
+    print(f"  [{time.perf_counter() - _START:7.1f} s] {message}", flush=True)
+
+
 def _median_time(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
+    for i in range(warmup):
+        start = time.perf_counter()
         fn()
+        _log(f"warm-up {i + 1}: {time.perf_counter() - start:.3f} s")
     times = []
-    for _ in range(iters):
+    for i in range(iters):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        _log(f"step {i + 1}: {times[-1]:.3f} s")
     return sorted(times)[len(times) // 2]
 
 
@@ -85,6 +96,8 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
 
     # The weights are drawn where they will live (every device of the mesh), never copied there.
     state = jax.jit(random_state, out_shardings=plan.state_shardings(abstract) if plan else None)()
+    jax.block_until_ready(state)
+    _log("random weights made on the device")
     model = nnx.merge(graphdef, state)
     if plan:
         model.set_context_parallel(plan)
@@ -103,8 +116,11 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
         return nnx.merge(graphdef, state)(latents, timestep, text, mask)
 
     start = time.perf_counter()
-    compiled = jax.jit(step).lower(state, latents, timestep, text, mask).compile()
+    lowered = jax.jit(step).lower(state, latents, timestep, text, mask)
+    _log(f"lowered in {time.perf_counter() - start:.1f} s")
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    _log(f"compiled in {compile_s:.1f} s (lowering included)")
     seconds = _median_time(lambda: compiled(state, latents, timestep, text, mask).block_until_ready(), warmup, iters)
     peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices]
     return {"seconds": seconds, "compile_s": compile_s, "peak_gib": max(peaks) / 2**30,
@@ -154,6 +170,8 @@ def run_original(case: dict, depth: int, warmup: int, iters: int, reference: str
         for p in model.parameters():
             p.normal_(0.0, 0.02)
     num_params = sum(p.numel() for p in model.parameters())
+    torch.cuda.synchronize()
+    _log("original model made on the device")
     t, h, w = case["grid"]
     b = case["batch"]
     latents = torch.randn(b, 16, t, 2 * h, 2 * w, device="cuda", dtype=torch.bfloat16)
@@ -187,12 +205,23 @@ def _spawn(case: str, impl: str, args) -> dict | None:
     if args.reference:
         cmd += ["--reference", args.reference]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    print(f"[{impl} {case}] failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}", file=sys.stderr)
-    return None
+    print(f"{impl} {case}:", flush=True)
+    result, tail = None, []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        try:
+            for line in proc.stdout:
+                if line.startswith("RESULT "):
+                    result = json.loads(line[len("RESULT "):])
+                elif line.startswith("  ["):
+                    print(line, end="", flush=True)
+                else:
+                    tail = (tail + [line])[-40:]
+            proc.wait(timeout=args.case_timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if result is None:
+        print(f"[{impl} {case}] failed:\n{''.join(tail)}", flush=True)
+    return result
 
 
 def main() -> None:
@@ -201,6 +230,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=48, help="number of DiT blocks (48 = the real model)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--case-timeout", type=float, default=None, help="seconds before a case's process is killed")
     parser.add_argument("--reference", help="path of a checkout of the original LongCat-Video repository")
     parser.add_argument("--context-parallel", default="1",
                         help="GPUs to shard the tokens over; a comma-separated list (e.g. 1,2,4,8) runs each count "
