@@ -27,6 +27,7 @@ from longcat_jax.errors import InputError
 from longcat_jax.models.dit.transformer import KVCache, LongCatDiT
 from longcat_jax.pipelines.guidance import cfg_zero_star, split_uncond_cond
 from longcat_jax.pipelines.scheduler import Schedule, euler_step, frame_timesteps
+from longcat_jax.sharding.params import put
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Denoiser:
         # jit compile the same step a second time, and one committed elsewhere would not run at all.
         if isinstance(x, jax.Array) and x.committed and x.sharding.device_set == self._sharding.device_set:
             return x
-        return jax.device_put(x, self._sharding)
+        return put(x, self._sharding)
 
     def step(
         self,

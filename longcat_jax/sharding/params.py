@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -44,11 +45,25 @@ def param_shardings(state: nnx.State, mesh, axis: str, *, fsdp: Split) -> nnx.St
     return jax.tree_util.tree_map_with_path(sharding, state)
 
 
+def put(tree, shardings):
+    """`jax.device_put(tree, shardings)`, also when the mesh spans several processes and the arrays are this
+    process's own copies (a checkpoint every process loaded, noise every process drew from the same seed): each
+    process then fills its devices' pieces from its copy, and no data crosses hosts."""
+
+    def put_one(x, sharding):
+        local = isinstance(x, np.ndarray) or (isinstance(x, jax.Array) and x.is_fully_addressable)
+        if local and not sharding.is_fully_addressable:
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(put_one, tree, shardings)
+
+
 def place_module(module: nnx.Module, mesh, axis: str, *, fsdp: Split) -> None:
     """Moves every array of `module` (parameters, LoRA factors, ...) onto the mesh, in place; `fsdp` as in
     `param_shardings`."""
     state = nnx.state(module)
-    nnx.update(module, jax.device_put(state, param_shardings(state, mesh, axis, fsdp=fsdp)))
+    nnx.update(module, put(state, param_shardings(state, mesh, axis, fsdp=fsdp)))
 
 
 def bytes_per_device(module: nnx.Module) -> dict[int, int]:

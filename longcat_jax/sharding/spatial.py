@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from longcat_jax.sharding.mesh import CONTEXT_AXIS
+from longcat_jax.sharding.params import put
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +31,9 @@ def split_spatially(x: jax.Array | np.ndarray, mesh: Mesh, axis: str = CONTEXT_A
         if x.shape[dim] % size == 0:
             spec = [None] * x.ndim
             spec[dim] = axis
-            return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+            return put(x, NamedSharding(mesh, P(*spec)))
     logger.info("%d devices divide neither side of %s: the VAE runs unsplit on each", size, tuple(x.shape))
-    return jax.device_put(x, NamedSharding(mesh, P()))
+    return put(x, NamedSharding(mesh, P()))
 
 
 def to_host(x: jax.Array) -> np.ndarray:
