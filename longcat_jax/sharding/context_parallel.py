@@ -6,7 +6,7 @@
 
 The DiT's tokens are split over the mesh; self attention swaps to a split over heads (all-to-all) so that BSA
 selection and the attention kernel see every token of their heads, exactly as on one device; see `plan.py`.
-Inputs may live anywhere (they are replicated onto the mesh); outputs come back as mesh arrays.
+Inputs may be numpy, uncommitted arrays or arrays already on the mesh (jit moves them); outputs are mesh arrays.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ left to XLA's sharding propagation inside the same `jax.jit`:
   the per-token work (projections, norms, per-frame modulation, cross attention to the replicated text, FFN)
   runs on local tokens without communication.
 - `shard_heads` on q, k, v [B, N, H, D] before self attention: the change from token- to head-sharding is one
-  all-to-all per tensor, after which every device holds all N tokens for H/n heads. `head_parallel` then runs
-  the attention function (dense, or BSA selection + kernel) per device under `shard_map`, unchanged, on its
-  heads; its output goes back to token-sharding with one more all-to-all (`shard_tokens`).
+  all-to-all (XLA moves q, k and v together), after which every device holds all N tokens for H/n heads, so the
+  condition/noise split and the KV cache concatenation are local. `head_parallel` then runs the attention
+  function (dense, or BSA selection + kernel) per device under `shard_map`, unchanged, on its heads; its output
+  goes back to token-sharding with one more all-to-all (`shard_tokens`). With condition frames in the input,
+  the block's cross attention of the noisy tokens alone also shifts tokens between neighbouring devices.
 - `gather_block` (FSDP only): a block's parameters, stored split over the mesh, are all-gathered just before
   the block runs and dropped after it, so only one block's full weights are live at a time.
 
@@ -29,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from longcat_jax.sharding.mesh import CONTEXT_AXIS
-from longcat_jax.sharding.params import param_shardings
+from longcat_jax.sharding.params import param_shardings, put
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,7 @@ class ContextParallel:
         and final layer, ~0.3% of the weights, stay whole so that nothing outside the blocks needs a gather).
         Arrays already placed so are returned as they are, so this is cheap to repeat (e.g. after LoRAs are
         attached)."""
-        return jax.device_put(state, self.state_shardings(state))
+        return put(state, self.state_shardings(state))
 
     def state_shardings(self, state: nnx.State) -> nnx.State:
         """The NamedShardings `place` gives the DiT's `state` (arrays or abstract shapes), e.g. as the
