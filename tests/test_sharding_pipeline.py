@@ -5,7 +5,6 @@ conftest.py asks XLA for 8 host devices.
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 
@@ -15,9 +14,7 @@ from longcat_jax.pipelines.scheduler import make_schedule
 from longcat_jax.pipelines.t2v import generate_i2v
 from longcat_jax.sharding import make_mesh, shard_dit, shard_pipeline
 from longcat_jax.tiny import random_dit
-from test_sharding_dit import GPU_CONFIG, GPU_TOL, assert_close, gpu_count, tiny_config
-
-needs_8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices (conftest sets 8 CPU devices)")
+from test_sharding_dit import GPU_CONFIG, GPU_TOL, assert_close, gpu_count, needs_8, tiny_config
 
 
 def text_condition(seed: int) -> TextCondition:
