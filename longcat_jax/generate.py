@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -49,6 +51,7 @@ from longcat_jax.pipelines.pipeline import (
 from longcat_jax.pipelines.refine import generate_refine, plan_refine, refine_long_video
 from longcat_jax.pipelines.t2v import generate_i2v, generate_t2v, plan_i2v, plan_t2v
 from longcat_jax.pipelines.stats import RunStats
+from longcat_jax.sharding import initialize_distributed, make_mesh, shard_pipeline
 from longcat_jax.video_io import OUTPUT_FORMATS, read_image, read_video, save_video, subsample_to_fps
 
 logger = logging.getLogger("longcat_jax.generate")
@@ -92,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output-format", choices=OUTPUT_FORMATS, default="mp4")
     add("--fps", type=float, help="default 15 (30 after refinement)")
     add("--dtype", choices=tuple(DTYPES), help="default bfloat16 (float32 for the built-in model)")
+    add("--context-parallel", type=int, metavar="N",
+        help="split each video's tokens over N devices (default: all visible devices; 1: off)")
+    add("--fsdp", action="store_true", help="with several devices: store the DiT and text encoder split over them")
     return parser
 
 
@@ -116,6 +122,7 @@ class RunPlan:
 def plan_run(args: argparse.Namespace) -> RunPlan:
     """Every check that needs no model: task and flags, input files, sizes, frames, BSA chunks, checkpoint parts."""
     task = args.task or ("refine" if args.refine_from else "t2v")
+    make_mesh(args.context_parallel)  # refuses a device count that does not fit, before any model is loaded
     if task == "refine" and args.refine_from is None:
         raise InputError("--task refine needs --refine-from VIDEO (the stage-1 video to refine)")
     if args.refine_from is not None and task != "refine":
@@ -228,6 +235,7 @@ def run(args: argparse.Namespace, plan: RunPlan) -> tuple[np.ndarray, float, Run
             pipe = LongCatPipeline.builtin(dtype=dtype, loras=args.lora)
         else:
             pipe = LongCatPipeline.from_pretrained(args.model_path, dtype=dtype, loras=args.lora)
+        shard_pipeline(pipe, make_mesh(args.context_parallel), fsdp=args.fsdp)
     pipe.stats = stats
     _encode_prompts(args, plan, pipe)
     common = dict(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
@@ -311,10 +319,14 @@ def _setup_logging() -> None:
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     args = build_parser().parse_args(argv)
+    if os.environ.get("LONGCAT_COORDINATOR"):
+        initialize_distributed()  # one process per host; before anything else touches JAX
     start = time.perf_counter()
     try:
         plan = plan_run(args)
         frames, fps, stats = run(args, plan)
+        if jax.process_index() != 0:
+            return 0  # with several hosts, process 0 writes the video
         with stats.stage("write output"):
             path = save_video(plan.output_path, frames, fps, args.output_format)
     except LongCatError as err:

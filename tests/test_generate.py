@@ -76,6 +76,30 @@ def test_npz_output(tmp_path):
         assert data["frames"].shape == (5, 64, 64, 3) and float(data["fps"]) == 15.0
 
 
+def test_context_parallel_run_equals_one_device(tmp_path):
+    """The CLI over 2 of the test's 8 CPU devices gives the frames of a one-device run."""
+    import jax
+
+    if jax.device_count() < 2:
+        pytest.skip("needs several devices (tests/conftest.py asks XLA for 8 CPU devices)")
+    frames = {}
+    for n in (1, 2):
+        output = tmp_path / f"cp{n}.npz"
+        argv = ["--height", "64", "--width", "64", "--num-frames", "5", "--num-inference-steps", "2",
+                "--output-format", "npz", "--output-path", str(output), "--context-parallel", str(n)]
+        assert generate.main(argv) == 0
+        with np.load(output) as data:
+            frames[n] = data["frames"].astype(np.int16)
+    assert np.abs(frames[1] - frames[2]).max() <= 1
+
+
+def test_context_parallel_beyond_the_devices_is_refused(caplog):
+    import jax
+
+    assert generate.main(["--context-parallel", str(jax.device_count() + 1)]) == 2
+    assert "device" in caplog.text
+
+
 def test_interrupted_run_leaves_no_output(tmp_path, monkeypatch):
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
