@@ -239,6 +239,12 @@ def write_frames(path: str | Path, frames: np.ndarray) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _atomic_file(path: Path) -> Iterator[Path]:
     """Yields a temporary path next to `path` (same suffix, so tools infer the format) and moves it into place."""
@@ -248,6 +254,7 @@ def _atomic_file(path: Path) -> Iterator[Path]:
     temp = Path(name)
     try:
         yield temp
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes the file private; outputs get the usual permissions
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):

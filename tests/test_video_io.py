@@ -1,5 +1,6 @@
 """Video and image files: mp4 round trip, atomic writes, npz / frames outputs, readers, pre- and post-processing."""
 
+import os
 import numpy as np
 import PIL.Image
 import pytest
@@ -176,3 +177,10 @@ def test_align_corners_resize_and_refine_upsampling():
     np.testing.assert_allclose(up[0, :, 0, ::15, ::23], first[:, ::7, ::11], atol=1e-5)  # corners map to corners
     flat = np.full((2, 8, 8, 3), 51, np.uint8)
     np.testing.assert_allclose(upsample_for_refine(flat, 4, 16, 16), -0.6, atol=1e-6)
+
+
+def test_written_file_has_the_usual_permissions(tmp_path):
+    path = write_npz(tmp_path / "clip.npz", np.zeros((1, 8, 8, 3), np.uint8), fps=15)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
