@@ -75,6 +75,12 @@ class T5RMSNorm(nnx.Module):
         return to_compute_dtype(normed * self.scale.get_value().astype(jnp.float32), self.dtype)
 
 
+def _projection(fan_in: int, fan_out: int, *, rngs: nnx.Rngs, dtype, param_dtype) -> nnx.Linear:
+    """A bias-free Linear (T5 has no biases) accumulating in float32 whatever the weight dtype."""
+    return nnx.Linear(fan_in, fan_out, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                      preferred_element_type=jnp.float32, rngs=rngs)
+
+
 class UMT5SelfAttention(nnx.Module):
     """Multi-head self-attention with this layer's own relative position bias; no logit scaling."""
 
@@ -82,16 +88,7 @@ class UMT5SelfAttention(nnx.Module):
         self.config = config
         self.dtype = dtype
 
-        def projection(fan_in: int, fan_out: int) -> nnx.Linear:
-            return nnx.Linear(
-                fan_in,
-                fan_out,
-                use_bias=False,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                preferred_element_type=jnp.float32,
-                rngs=rngs,
-            )
+        projection = functools.partial(_projection, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
         self.query = projection(config.d_model, config.inner_dim)
         self.key = projection(config.d_model, config.inner_dim)
@@ -136,16 +133,7 @@ class GatedGeluFeedForward(nnx.Module):
     def __init__(self, config: UMT5Config, *, rngs: nnx.Rngs, dtype, param_dtype):
         self.dtype = dtype
 
-        def projection(fan_in: int, fan_out: int) -> nnx.Linear:
-            return nnx.Linear(
-                fan_in,
-                fan_out,
-                use_bias=False,
-                dtype=dtype,
-                param_dtype=param_dtype,
-                preferred_element_type=jnp.float32,
-                rngs=rngs,
-            )
+        projection = functools.partial(_projection, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
         self.gate = projection(config.d_model, config.d_ff)
         self.up = projection(config.d_model, config.d_ff)
