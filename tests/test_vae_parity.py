@@ -7,13 +7,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from longcat_jax.models.vae import load_vae
+from longcat_jax.parity.report import rel_l2 as _rel_l2
 
 TOL = 1e-4
-
-
-def _rel_l2(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +54,14 @@ def test_other_time_groupings_give_the_same_result(vae, cases, posterior, decode
     np.testing.assert_allclose(wide.mean, posterior.mean, rtol=1e-5, atol=1e-5)
     tail_only = vae.decode(cases["vae.latent_mean"], tiling=False, latent_chunk=latents + 1, frame_group=2)
     np.testing.assert_allclose(tail_only, decoded, rtol=1e-5, atol=1e-5)
+
+
+def test_parity_group_vae(fixtures_dir, tmp_path):
+    from longcat_jax.parity import vae as parity_vae
+
+    results = parity_vae.run(fixtures_dir, "float32")
+    assert [r.name for r in results] == list(parity_vae.CASES)
+    assert all(r.status == "PASS" and r.rel_l2 <= r.tol == TOL for r in results), results
+    missing = parity_vae.run(tmp_path, "float32")
+    assert len(missing) == len(parity_vae.CASES)
+    assert all(r.status == "FAIL" and "not found" in r.note for r in missing)

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 from longcat_jax.models.text_encoder.loading import load_text_encoder
 from longcat_jax.models.text_encoder.umt5 import run_encoder
-from longcat_jax.parity.report import CaseResult
+from longcat_jax.parity.report import CaseResult, rel_l2, verdict
 
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 CASE = "t5.last_hidden_state"
@@ -43,10 +43,10 @@ def run(fixtures: Path, dtype: str) -> list[CaseResult]:
     with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
         encoder = load_text_encoder(fixtures / "text_encoder", dtype=jnp.dtype(dtype))
         got = run_encoder(encoder, jnp.asarray(input_ids, jnp.int32), jnp.asarray(mask, jnp.int32))
-    got, want = np.asarray(got, np.float64), expected[CASE].astype(np.float64)
+    got, want = np.asarray(got), expected[CASE]
     if got.shape != want.shape:
         return [CaseResult(CASE, float("nan"), tol, "FAIL", note=f"shape {got.shape} != expected {want.shape}")]
     keep = mask.astype(bool)  # [B, L]
-    rel_l2 = float(np.linalg.norm(got[keep] - want[keep]) / max(np.linalg.norm(want[keep]), 1e-30))
+    error = rel_l2(got[keep], want[keep])
     note = f"{int(keep.sum())} of {keep.size} positions compared (mask == 1)"
-    return [CaseResult(CASE, rel_l2, tol, "PASS" if rel_l2 <= tol else "FAIL", note=note)]
+    return [CaseResult(CASE, error, tol, verdict(error, tol), note=note)]

@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from longcat_jax.models.vae import load_vae
-from longcat_jax.parity.report import CaseResult
+from longcat_jax.parity.report import CaseResult, rel_l2, verdict
 
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 CASES = ("vae.latent_mean", "vae.latent_logvar", "vae.decoded")
@@ -42,12 +42,11 @@ def run(fixtures: Path, dtype: str) -> list[CaseResult]:
         posterior = model.encode(jnp.asarray(expected["vae.video"]), tiling=False)
         decoded = model.decode(jnp.asarray(expected["vae.latent_mean"]), tiling=False)
     got = {"vae.latent_mean": posterior.mean, "vae.latent_logvar": posterior.logvar, "vae.decoded": decoded}
-    return [_compare(name, np.asarray(got[name], np.float64), expected[name], tol) for name in CASES]
+    return [_compare(name, np.asarray(got[name]), expected[name], tol) for name in CASES]
 
 
 def _compare(name: str, got: np.ndarray, want: np.ndarray, tol: float) -> CaseResult:
     if got.shape != want.shape:
         return CaseResult(name, float("nan"), tol, "FAIL", note=f"shape {got.shape} != expected {want.shape}")
-    want = want.astype(np.float64)
-    rel_l2 = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
-    return CaseResult(name, rel_l2, tol, "PASS" if rel_l2 <= tol else "FAIL")
+    error = rel_l2(got, want)
+    return CaseResult(name, error, tol, verdict(error, tol))
