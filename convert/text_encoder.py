@@ -25,11 +25,11 @@ from collections.abc import Iterator
 import ml_dtypes
 import numpy as np
 
+from convert.param_tree import ParamPath
 from convert.safetensors_io import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.text_encoder.config import UMT5Config
 
-ParamPath = tuple[str | int, ...]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 _EMBEDDING = "shared.weight"

@@ -160,6 +160,17 @@ def test_missing_or_broken_tokenizer_is_a_checkpoint_error(tmp_path):
         load_tokenizer(broken)
 
 
+def test_tokenizer_json_without_end_token_is_refused(json_folder, tmp_path):
+    """A tokenizer.json whose post-processor is gone would silently drop the </s> every prompt ends with."""
+    tokenizer = Tokenizer.from_file(str(json_folder / "tokenizer.json"))
+    tokenizer.post_processor = None
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    with pytest.raises(CheckpointError, match="no end-of-sequence token"):
+        load_tokenizer(folder)
+
+
 def test_bad_arguments(spiece_folder):
     tokenizer = load_tokenizer(spiece_folder)
     with pytest.raises(InputError):

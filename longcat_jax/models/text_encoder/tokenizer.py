@@ -63,6 +63,11 @@ class _TokenizersBackend:
         self.pad_id = pad_id
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.num_special = self._tokenizer.num_special_tokens_to_add(is_pair=False)
+        if self.num_special < 1:
+            raise CheckpointError(
+                f"{path} appends no end-of-sequence token (no post_processor), so prompts would lack the "
+                f"</s> the text encoder was trained with; use the checkpoint's own tokenizer.json or {SENTENCEPIECE_MODEL}"
+            )
 
     def encode(self, text: str, max_length: int) -> tuple[list[int], str]:
         encoding = self._tokenizer.encode(text, add_special_tokens=False)
