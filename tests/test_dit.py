@@ -1,6 +1,7 @@
 """The flax DiT against the original's outputs (fixtures), in every mode of the original forward."""
 
 import dataclasses
+import warnings
 
 import chex
 import jax.numpy as jnp
@@ -104,6 +105,27 @@ def test_bsa_matches_original(fixtures_dir, model, cases):
     sparse.set_bsa(False)
     assert sparse.bsa is None
     np.testing.assert_allclose(forward(sparse, hidden, jnp.asarray([700.0]), text, mask), dense, rtol=0, atol=1e-6)
+
+
+def test_recorded_bsa_selection_is_captured_without_deprecated_sow(fixtures_dir, cases):
+    bsa = BSAParams(sparsity=0.75, cdf_threshold=None, chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(4, 4, 4))
+    sparse = load_dit(fixtures_dir / "dit", dtype=jnp.float32, bsa=bsa)
+    hidden = cases["bsa.hidden_states"]
+    text, mask = cases["t2v.encoder_hidden_states"][:1], cases["t2v.encoder_attention_mask"][:1]
+    sparse.record_bsa_selection(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        out, sown = nnx.capture(sparse, nnx.Intermediate)(hidden, jnp.asarray([700.0]), text, mask)
+    assert rel_l2(out, cases["bsa.out"]) < TOL_F32  # recording does not change the output
+    assert not nnx.state(sparse, nnx.Intermediate)  # nothing is left on the model
+    for index in range(len(sparse.blocks)):
+        (selection,) = sown["blocks"][index]["attn"]["bsa_selection"].get_value()  # one call per block
+        num_k_blocks = selection.shape[-1]
+        chex.assert_shape(selection, (hidden.shape[0], sparse.config.num_heads, num_k_blocks, num_k_blocks))
+        np.testing.assert_array_equal(selection.sum(-1), bsa.num_topk(num_k_blocks))
+    sparse.record_bsa_selection(False)
+    _, sown = nnx.capture(sparse, nnx.Intermediate)(hidden, jnp.asarray([700.0]), text, mask)
+    assert not sown
 
 
 def test_bfloat16_t2v_within_tolerance(fixtures_dir, cases):

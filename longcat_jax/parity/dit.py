@@ -28,6 +28,9 @@ from longcat_jax.parity.report import CaseResult, rel_l2, verdict
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 _FLAGS = ("num_cond_latents", "return_kv", "skip_crs_attn")
 _forward = nnx.jit(lambda model, *args, **kwargs: model(*args, **kwargs), static_argnames=_FLAGS)
+# The same forward, also returning what the modules sowed as `nnx.Intermediate` (the BSA selections).
+_forward_capturing = nnx.jit(nnx.capture(lambda model, *args, **kwargs: model(*args, **kwargs), nnx.Intermediate),
+                             static_argnames=_FLAGS)
 
 
 class FixtureFormatError(LongCatError):
@@ -127,12 +130,13 @@ def _lora(ctx: _Context, call: str) -> tuple[float, str]:
 def _selections(model: LongCatDiT, args) -> list[np.ndarray]:
     """The selected-block masks [B, H, Mq, Mk] of every block-sparse call, in call order."""
     model.record_bsa_selection(True)
-    _forward(model, *args)
-    model.record_bsa_selection(False)
+    try:
+        _, sown = _forward_capturing(model, *args)
+    finally:
+        model.record_bsa_selection(False)
     masks = []
-    for block in model.blocks:
-        sown = nnx.pop(block.attn, nnx.Intermediate)
-        masks.extend(np.asarray(m) for m in sown["bsa_selection"].get_value())
+    for index in range(len(model.blocks)):
+        masks.extend(np.asarray(m) for m in sown["blocks"][index]["attn"]["bsa_selection"].get_value())
     return masks
 
 

@@ -55,9 +55,9 @@ class SelfAttention(nnx.Module):
     """Fused qkv projection, per-head RMSNorm on q and k, 3D RoPE, attention, output projection.
 
     `bsa` (static) switches self attention to block-sparse; `LongCatDiT.set_bsa` changes it after
-    loading. With `record_selection` on, each block-sparse call also stores its selected-block mask
-    [B, H, Mq, Mk] as an `nnx.Intermediate` named `bsa_selection` (a diagnostic: it recomputes the
-    selection). `context_parallel` (set by `LongCatDiT.set_context_parallel`) splits the heads over
+    loading. With `record_selection` on, each block-sparse call also sows its selected-block mask
+    [B, H, Mq, Mk] as an `nnx.Intermediate` named `bsa_selection`, to be collected with `nnx.capture`
+    (a diagnostic: it recomputes the selection). `context_parallel` (set by `LongCatDiT.set_context_parallel`) splits the heads over
     devices for the attention itself (Ulysses).
     """
 

@@ -77,8 +77,10 @@ class LongCatDiT(nnx.Module):
             block.attn.context_parallel = plan
 
     def record_bsa_selection(self, on: bool = True) -> None:
-        """Makes every block-sparse call store its selected-block mask as `nnx.Intermediate` `bsa_selection`
-        (read them with `nnx.pop(model, nnx.Intermediate)`); a diagnostic for parity checks."""
+        """Makes every block-sparse call sow its selected-block mask [B, H, Mq, Mk] as `nnx.Intermediate`
+        `bsa_selection`, a diagnostic for parity checks. Collect them by calling the model through
+        `nnx.capture(model, nnx.Intermediate)` (or jit a function wrapped in `nnx.capture`): it returns
+        (output, State) with the masks of block i under ["blocks"][i]["attn"]["bsa_selection"]."""
         for block in self.blocks:
             block.attn.record_selection = on
 
