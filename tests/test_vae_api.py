@@ -31,9 +31,9 @@ def test_frame_count_rule_round_trip(vae, frames):
     assert float(jnp.max(jnp.abs(decoded))) <= 1.0
 
 
-@pytest.mark.parametrize("frames", [2, 4, 8, 94])
-def test_other_frame_counts_are_refused_naming_the_rule(vae, frames):
-    with pytest.raises(InputError, match=r"1 \+ 4k"):
+@pytest.mark.parametrize(("frames", "nearest"), [(0, "1 or 5"), (2, "1 or 5"), (4, "1 or 5"), (8, "5 or 9"), (94, "93 or 97")])
+def test_other_frame_counts_are_refused_naming_the_rule(vae, frames, nearest):
+    with pytest.raises(InputError, match=rf"1 \+ 4k.*got {frames}: use {nearest} frames"):
         vae.encode(jnp.zeros((1, 3, frames, 16, 16)))
 
 

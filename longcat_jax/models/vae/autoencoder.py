@@ -215,8 +215,8 @@ class WanVAE(nnx.Module):
                 f"got shape {tuple(video.shape)}"
             )
         frames, height, width = video.shape[2:]
-        if (frames - 1) % FRAMES_PER_CHUNK:
-            lower = 1 + (frames - 1) // FRAMES_PER_CHUNK * FRAMES_PER_CHUNK
+        if frames < 1 or (frames - 1) % FRAMES_PER_CHUNK:
+            lower = 1 + max(frames - 1, 0) // FRAMES_PER_CHUNK * FRAMES_PER_CHUNK
             raise InputError(
                 f"the VAE encodes 1 + 4k frames (1, 5, 9, ..., 93); got {frames}: use {lower} or "
                 f"{lower + FRAMES_PER_CHUNK} frames"
