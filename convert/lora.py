@@ -86,7 +86,11 @@ def lora_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig | None = None) -
             raise CheckpointError(f"{ckpt.path}: LoRA {lora!r} has down {ckpt.shape(names[DOWN])} and up {up_shapes}, "
                                   "whose ranks do not agree")
         if expected is not None:
-            kernel = expected[(*mapped[0], "kernel")]
+            kernel = expected.get((*mapped[0], "kernel"))
+            if kernel is None:
+                raise CheckpointError(
+                    f"{ckpt.path}: LoRA {lora!r} targets {original!r}, which this DiT of depth {config.depth} lacks"
+                )
             if kernel != (in_features, out_features):
                 raise CheckpointError(
                     f"{ckpt.path}: LoRA {lora!r} maps {in_features} -> {out_features} features but "

@@ -25,7 +25,9 @@ def path_str(path: ParamPath) -> str:
 
 
 def abstract_model(make_model: Callable[[], nnx.Module]):
-    """Returns (graphdef, {path: ShapeDtypeStruct}) of the module `make_model` would build, allocating nothing."""
+    """(graphdef, abstract state, {path: ShapeDtypeStruct}) of the module `make_model` would build.
+
+    Allocates nothing: the module is traced with `nnx.eval_shape`."""
     graphdef, state = nnx.split(nnx.eval_shape(make_model))
     flat = {tuple(p): v.get_value() for p, v in nnx.to_flat_state(state)}
     return graphdef, state, flat

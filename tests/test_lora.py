@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from convert.lora import lora_tensors
 from convert.safetensors_io import SafetensorsCheckpoint
 from dit_checkpoints import write_safetensors
 from longcat_jax.errors import CheckpointError
@@ -120,6 +121,8 @@ def test_refusals(tmp_path, model):
         load_lora(_single(tmp_path, "blocks.0.attn.qkv", alpha=False))
     with pytest.raises(CheckpointError, match="lacks this DiT|which this DiT lacks"):
         enable_loras(model, [load_lora(_single(tmp_path, "blocks.7.attn.qkv"))])
+    with pytest.raises(CheckpointError, match=f"which this DiT of depth {model.config.depth} lacks"):  # converting
+        list(lora_tensors(SafetensorsCheckpoint(_single(tmp_path, "blocks.7.attn.qkv")), model.config))
     with pytest.raises(CheckpointError, match="features"):
         merge_loras(model, [load_lora(_single(tmp_path, "blocks.0.attn.qkv", up_shape=(512, 8)))])
     write_safetensors(tmp_path / "odd.safetensors", {"something.weight": np.zeros((2,), np.float32)})

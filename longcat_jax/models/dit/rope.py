@@ -28,11 +28,11 @@ def _inverse_frequencies(dim: int) -> np.ndarray:
     return np.repeat(inv.astype(np.float32), 2)
 
 
-def rope_tables(grid: tuple[int, int, int], head_dim: int, frame_offset: int = 0) -> tuple[jax.Array, jax.Array]:
-    """cos, sin tables [T*H*W, D] float32 for frames frame_offset .. frame_offset+T-1 of the grid."""
+def rope_tables(grid: tuple[int, int, int], head_dim: int) -> tuple[jax.Array, jax.Array]:
+    """cos, sin tables [T*H*W, D] float32 for the tokens of the grid in (T, H, W) raster order."""
     nt, nh, nw = grid
     dim_t, dim_h, dim_w = axis_dims(head_dim)
-    pos_t = jnp.arange(frame_offset, frame_offset + nt, dtype=jnp.float32)
+    pos_t = jnp.arange(nt, dtype=jnp.float32)
     pos_h = jnp.arange(nh, dtype=jnp.float32)
     pos_w = jnp.arange(nw, dtype=jnp.float32)
     ang_t = pos_t[:, None] * _inverse_frequencies(dim_t)[None]  # [T, dim_t]
