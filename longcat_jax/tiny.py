@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from convert.dit import expected_parameters
+from convert.param_tree import abstract_model, fill_model
 from kernels import BSAParams
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.lora import LoRA, LoRAFactors
 from longcat_jax.models.dit.transformer import LongCatDiT
-from convert.dit import expected_parameters  # after the DiT package, which imports convert.dit itself
-from convert.param_tree import abstract_model, fill_model
 from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.text_encoder.loading import random_text_encoder
 from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
@@ -74,9 +74,11 @@ def random_dit(
     `draw_on_device=False` draws on the host with numpy (instant for small models: no compilation);
     `draw_on_device=True` draws each parameter on `device` with `jax.random` (one compilation per distinct shape),
     so the real 13.6B size builds on a GPU in seconds without passing 27 GB through host memory.
+    `device` defaults to this process's first local device (in a multi-host run `jax.devices()[0]` belongs to
+    process 0).
     """
     param_dtype = dtype if param_dtype is None else param_dtype
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
 
     def make() -> LongCatDiT:
         return LongCatDiT(config, rngs=nnx.Rngs(seed), dtype=dtype, param_dtype=param_dtype)

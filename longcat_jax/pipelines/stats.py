@@ -60,11 +60,14 @@ class RunStats:
 
 
 def peak_memory_line() -> str:
-    """Peak memory of the first device as its allocator reports it; the process's peak RSS where none does (CPU)."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if stats and "peak_bytes_in_use" in stats:
-        return f"peak device memory ({device.device_kind}): {stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+    """The largest peak memory of this process's devices as their allocators report it; the process's peak RSS
+    where none does (CPU). Local devices only: another process's devices report nothing here."""
+    devices = jax.local_devices()
+    peaks = [(device.memory_stats() or {}).get("peak_bytes_in_use") for device in devices]
+    if all(peak is not None for peak in peaks):
+        where = devices[0].device_kind + (f", largest of {len(devices)}" if len(devices) > 1 else "")
+        return f"peak device memory ({where}): {max(peaks) / 2**30:.2f} GiB"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rss_bytes = rss if sys.platform == "darwin" else rss * 1024
-    return f"peak memory (host process, {device.platform} has no device allocator stats): {rss_bytes / 2**30:.2f} GiB"
+    platform = devices[0].platform
+    return f"peak memory (host process, {platform} has no device allocator stats): {rss_bytes / 2**30:.2f} GiB"
