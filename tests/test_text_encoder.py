@@ -104,7 +104,6 @@ def test_bfloat16_output_is_close_to_float32():
     assert float(rel) < 2e-2
 
 
-
 def test_run_encoder_matches_eager_and_keeps_parameters():
     encoder = _tiny_encoder()
     kernel = encoder.layers[0].ffn.down.kernel.get_value()
