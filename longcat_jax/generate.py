@@ -37,6 +37,7 @@ from longcat_jax.pipelines.continuation import (
     join_continuation,
     plan_continuation,
 )
+from longcat_jax.pipelines.guidance import uses_guidance
 from longcat_jax.pipelines.pipeline import (
     DISTILL_LORA,
     REFINE_LORA,
@@ -130,6 +131,13 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if args.refine and task == "refine":
         raise InputError("--refine runs stage 2 after a generation task; --task refine is stage 2 alone")
     refine = args.refine or task == "refine"
+    # Inputs a task does not read would be ignored without a word; refuse them instead.
+    for flag, value, readers in (("--image", args.image, ("i2v", "refine")),
+                                 ("--video", args.video, ("continuation", "refine"))):
+        if value is not None and task not in readers:
+            raise InputError(f"{flag} is read by --task {' or '.join(readers)}, not by --task {task}")
+    if args.num_segments < 0:
+        raise InputError(f"--num-segments must be 0 or more, got {args.num_segments}")
     if task == "refine" and args.image is not None and args.video is not None:
         raise InputError("refinement takes one condition: --image or --video, not both")
     prompt = args.prompt if args.prompt is not None else ("" if task == "refine" else DEFAULT_PROMPT)
@@ -269,7 +277,7 @@ def _encode_prompts(args, plan: RunPlan, pipe: LongCatPipeline) -> None:
     """Encodes every prompt the stages will use, then frees the text encoder's memory for the DiT."""
     if plan.task != "refine":
         default_guidance = 1.0 if args.distill else plan.defaults.guidance_scale
-        guided = (args.guidance_scale if args.guidance_scale is not None else default_guidance) > 1
+        guided = uses_guidance(args.guidance_scale if args.guidance_scale is not None else default_guidance)
         pipe.encode_text(plan.prompt, (args.negative_prompt or "") if guided else None)
     if plan.refine:
         pipe.encode_text("" if plan.task == "long" else plan.prompt)

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from longcat_jax.pipelines.guidance import (
-    classifier_free_guidance,
     cfg_zero_star,
     optimized_scale,
     split_uncond_cond,
@@ -47,12 +46,6 @@ def test_limits():
     chex.assert_trees_all_close(guided(cond, cond, 4.0), cond, atol=1e-5)  # s = 1 and c = u
     chex.assert_trees_all_close(guided(cond, np.zeros_like(cond), 4.0), 4.0 * cond, atol=1e-6)  # s = 0
     chex.assert_trees_all_close(guided(cond, 2.0 * cond, 4.0), cond, atol=1e-5)  # s = 1/2: u*s = c
-
-
-def test_plain_cfg():
-    cond, uncond = _pair((2, 4, 1, 2, 2), 2)
-    got = jax.jit(classifier_free_guidance)(cond, uncond, 4.0)
-    chex.assert_trees_all_close(got, uncond + 4.0 * (cond - uncond), atol=1e-6)
 
 
 def test_bf16_inputs_reduce_in_float32():

@@ -44,8 +44,3 @@ def cfg_zero_star(cond: jax.Array, uncond: jax.Array, guidance_scale: float | ja
     u_scaled = uncond.astype(jnp.float32) * scale
     return u_scaled + guidance_scale * (c - u_scaled)
 
-
-def classifier_free_guidance(cond: jax.Array, uncond: jax.Array, guidance_scale: float | jax.Array) -> jax.Array:
-    """Plain CFG `u + g * (c - u)`; [B, ...] float32. The original pipelines use `cfg_zero_star` instead."""
-    u = uncond.astype(jnp.float32)
-    return u + guidance_scale * (cond.astype(jnp.float32) - u)
