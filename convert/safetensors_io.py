@@ -9,6 +9,7 @@ header readable, file long enough for its tensors) so a truncated download fails
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,8 +59,14 @@ class _Shard:
         for name, info in header.items():
             if info["dtype"] not in _DTYPES:
                 raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+            dtype, shape = _DTYPES[info["dtype"]], tuple(info["shape"])
             begin, end = info["data_offsets"]
-            self.entries[name] = (_DTYPES[info["dtype"]], tuple(info["shape"]), begin, end)
+            if not 0 <= begin <= end or end - begin != dtype.itemsize * math.prod(shape):
+                raise CheckpointError(
+                    f"{path}: tensor {name} of shape {shape} and dtype {info['dtype']} cannot span bytes "
+                    f"{begin}..{end}; the header is damaged, download the file again"
+                )
+            self.entries[name] = (dtype, shape, begin, end)
             end_max = max(end_max, end)
         if self.data_start + end_max > size:
             raise CheckpointError(

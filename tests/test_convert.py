@@ -19,7 +19,7 @@ from convert.__main__ import main as convert_main
 from convert.api import convert_checkpoint
 from convert.checkpoint import is_converted, iter_part, read_index, save_part
 from convert.safetensors_io import SafetensorsCheckpoint
-from dit_checkpoints import dit_config, write_original_dit, write_sharded
+from dit_checkpoints import dit_config, write_original_dit, write_safetensors, write_sharded
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.dit import load_dit, load_lora
 
@@ -187,6 +187,12 @@ def test_refuses_truncated_shard(small_src, tmp_path):
     shard = sorted((small_src / "dit").glob("*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes()[:-100])
     _refused(small_src, tmp_path / "dst", "truncated")
+
+
+def test_refuses_header_whose_shape_does_not_fit_its_bytes(tmp_path):
+    write_safetensors(tmp_path / "forged.safetensors", {"a": np.zeros((4,), np.float32)}, shapes={"a": (5,)})
+    with pytest.raises(CheckpointError, match="tensor a of shape \\(5,\\).*header is damaged"):
+        SafetensorsCheckpoint(tmp_path / "forged.safetensors")
 
 
 def test_refuses_missing_shard(small_src, tmp_path):
