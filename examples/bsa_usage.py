@@ -124,8 +124,7 @@ def example_5_adaptive(args: argparse.Namespace) -> None:
     latents = _token_latents(pipe, 4 if pipe.builtin else 24)
     text = pipe.encode_text(PROMPT)
     timestep = jnp.full((1,), 500.0)
-    pipe.dit(latents, timestep, text.embeddings, text.mask)
-    masks = nnx.pop(pipe.dit, nnx.Intermediate)
+    _, masks = nnx.capture(pipe.dit, nnx.Intermediate)(latents, timestep, text.embeddings, text.mask)
     pipe.dit.record_bsa_selection(False)
     print(f"\n{'layer':<8}{'kept blocks / query block':>28}{'of':>6}{'density':>10}")
     for path, value in sorted(nnx.to_flat_state(masks), key=lambda item: item[0][1]):
