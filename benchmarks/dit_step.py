@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 CASES = {
@@ -206,15 +207,19 @@ def _child(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def _spawn(case: str, impl: str, args) -> dict | None:
-    cmd = [sys.executable, __file__, "--child", "--case", case, "--impl", impl, "--depth", str(args.depth),
-           "--warmup", str(args.warmup), "--iters", str(args.iters), "--context-parallel", str(args.context_parallel)]
-    if args.reference:
-        cmd += ["--reference", args.reference]
+def run_child(cmd: list[str], label: str, timeout: float | None = None) -> dict | None:
+    """Runs one benchmark case in its own process (so its device peak is its own), echoing its progress lines.
+
+    Returns the dict of the child's `RESULT {...}` line, or None, printing the child's last output, when it
+    failed or ran past `timeout` seconds (it is then killed, also while it prints nothing).
+    """
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    print(f"{impl} {case}:", flush=True)
+    print(f"{label}:", flush=True)
     result, tail = None, []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer:
+            timer.start()
         try:
             for line in proc.stdout:
                 if line.startswith("RESULT "):
@@ -223,12 +228,22 @@ def _spawn(case: str, impl: str, args) -> dict | None:
                     print(line, end="", flush=True)
                 else:
                     tail = (tail + [line])[-40:]
-            proc.wait(timeout=args.case_timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
     if result is None:
-        print(f"[{impl} {case}] failed:\n{''.join(tail)}", flush=True)
+        killed = " (killed after %g s)" % timeout if timeout and proc.returncode == -9 else ""
+        print(f"[{label}] failed{killed}:\n{''.join(tail)}", flush=True)
     return result
+
+
+def _spawn(case: str, impl: str, args) -> dict | None:
+    cmd = [sys.executable, __file__, "--child", "--case", case, "--impl", impl, "--depth", str(args.depth),
+           "--warmup", str(args.warmup), "--iters", str(args.iters), "--context-parallel", str(args.context_parallel)]
+    if args.reference:
+        cmd += ["--reference", args.reference]
+    return run_child(cmd, f"{impl} {case}", args.case_timeout)
 
 
 def main() -> None:

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,13 +118,19 @@ def run_case(name: str, case: dict, preset: str | None, args: argparse.Namespace
     }
 
 
-def run_original_case(name: str, case: dict, preset: str | None, args: argparse.Namespace) -> dict:
-    """The original DiT forward (what dominates its step) for this case, via benchmarks/dit_step.py."""
+def _dit_step():
+    """benchmarks/dit_step.py as a module (this script's sibling; benchmarks/ is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("dit_step", ROOT / "benchmarks" / "dit_step.py")
-    dit_step = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dit_step)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_original_case(name: str, case: dict, preset: str | None, args: argparse.Namespace) -> dict:
+    """The original DiT forward (what dominates its step) for this case, via benchmarks/dit_step.py."""
+    dit_step = _dit_step()
     if preset:
         dit_step.BSA_PARAMS = json.loads(preset_path(preset).read_text())["bsa_params"]
     t, h, w = case["latents"]
@@ -141,14 +145,7 @@ def _spawn(name: str, preset: str, args: argparse.Namespace, impl: str) -> dict 
                "--depth", str(args.depth), "--lora-rank", str(args.lora_rank)]
     command += ["--small"] if args.small else []
     command += ["--reference", args.reference] if args.reference else []
-    # Memory on demand, as benchmarks/dit_step.py runs: not 75% of the GPU reserved up front.
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        print(f"{name} / {preset} ({impl}) failed:\n{done.stderr[-3000:]}", file=sys.stderr)
-        return None
-    return json.loads(lines[-1][len("RESULT "):])
+    return _dit_step().run_child(command, f"{name} / {preset} ({impl})", args.case_timeout)
 
 
 def main() -> None:
@@ -161,6 +158,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny DiT on the CPU, a smoke test of this script")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--reference", help="checkout of the original LongCat-Video repository (GPU, PyTorch)")
+    parser.add_argument("--case-timeout", type=float, help="seconds before a case's process is killed")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "PRESET"), help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=("ours", "original"), default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
