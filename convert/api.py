@@ -10,7 +10,6 @@ stream one group at a time, and dtypes are kept (bf16 stays bf16).
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -19,7 +18,8 @@ from typing import Any
 
 from convert.checkpoint import save_part
 from convert.safetensors_io import SafetensorsCheckpoint
-from longcat_jax.errors import CheckpointError, ConfigError
+from longcat_jax.errors import CheckpointError
+from longcat_jax.json_io import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +28,8 @@ LORA_CONFIG = {"format": "longcat-dit-lora"}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path} not found; every model part needs its config.json") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e})") from e
+    return read_json_object(path, "config", missing_error=CheckpointError,
+                            hint="every model part needs its config.json")
 
 
 def _dit_part(folder: Path):

@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 from kernels import BSAConfigError, BSAParams, chunk_grid
 from longcat_jax.errors import ConfigError, InputError
+from longcat_jax.json_io import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +72,7 @@ def bsa_from_dit_config(dit_config: Mapping[str, Any], *, source: str = "dit/con
 
 def load_bsa_config(path: str | Path) -> BSAConfig:
     """Reads and validates a `--bsa-config` JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"BSA config {path} not found; pass a file such as configs/bsa/config_720p_balanced.json")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err})") from err
+    config = read_json_object(path, "BSA config", hint="pass a file such as configs/bsa/config_720p_balanced.json")
     return parse_bsa_config(config, source=str(path))
 
 

@@ -12,7 +12,6 @@ moves between pixels and normalised latents (`encode_frames`, `decode_latents`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from kernels import BSAParams
 from longcat_jax.bsa_config import BSAConfig, bsa_from_dit_config, load_bsa_config, log_bsa, merge_into_dit_config
 from longcat_jax.errors import CheckpointError, InputError
+from longcat_jax.json_io import read_json_object
 from longcat_jax.models.dit import LoRA, LongCatDiT, disable_loras, enable_loras, load_dit, load_lora
 from longcat_jax.models.text_encoder.loading import load_text_encoder
 from longcat_jax.models.text_encoder.prompt import encode_prompt, is_released, release_text_encoder
@@ -346,10 +346,8 @@ def builtin_bsa(override: str | Path | BSAConfig | None = None) -> BSAConfig:
 
 
 def _resolve_bsa(dit_dir: Path, override: str | Path | BSAConfig | None) -> BSAConfig:
-    try:
-        dit_config = json.loads((dit_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{dit_dir / 'config.json'} is missing or unreadable ({err})") from err
+    dit_config = read_json_object(dit_dir / "config.json", "DiT config", missing_error=CheckpointError,
+                                  hint="the dit/ folder of the checkpoint needs its config.json")
     return _merge_bsa(bsa_from_dit_config(dit_config, source=str(dit_dir / "config.json")), override, dit_config)
 
 

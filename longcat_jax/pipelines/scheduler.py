@@ -11,7 +11,6 @@ are pure `jnp` so they can sit inside one jitted denoising step.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longcat_jax.errors import ConfigError
+from longcat_jax.json_io import read_json_object
 
 NUM_TRAIN_TIMESTEPS = 1000
 # The distilled model (cfg_step_lora) was trained on 50 evenly spaced timesteps: 20, 40, ..., 1000.
@@ -97,13 +97,7 @@ class SchedulerConfig:
         path = Path(model_path) / "scheduler" / "scheduler_config.json"
         if not path.is_file():
             return cls()
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}: not valid JSON ({err}); restore the file from the checkpoint") from err
-        if not isinstance(config, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(config).__name__}")
-        return cls.from_dict(config, source=str(path))
+        return cls.from_dict(read_json_object(path, "scheduler config"), source=str(path))
 
 
 class Schedule(NamedTuple):

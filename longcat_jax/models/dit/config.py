@@ -8,13 +8,13 @@ other unknown key is refused, so a config from a different model never loads sil
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kernels import BSAParams
 from longcat_jax.errors import ConfigError
+from longcat_jax.json_io import read_json_object
 
 # Original keys that pick an implementation (flash-attn, xformers, context parallel split) or are
 # diffusers bookkeeping: they do not change the result, so they are read and ignored.
@@ -97,14 +97,7 @@ class DiTConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> DiTConfig:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"DiT config {path} not found") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"DiT config {path} is not valid JSON ({e})") from e
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json_object(path, "DiT config"))
 
     def to_dict(self) -> dict[str, Any]:
         """The config in the original's JSON form (so our converted folder reads like an original one)."""

@@ -9,11 +9,11 @@ loads silently into a wrong model.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from longcat_jax.errors import CheckpointError, ConfigError
+from longcat_jax.json_io import read_json_object
 
 # Keys of a transformers UMT5/T5 config that do not change the encoder's forward pass.
 _IGNORED_KEYS = frozenset(
@@ -122,16 +122,8 @@ class UMT5Config:
         path = Path(path)
         if path.is_dir():
             path = path / "config.json"
-        if not path.is_file():
-            raise CheckpointError(
-                f"text encoder config {path} not found; the text_encoder/ folder needs its config.json"
-            )
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
+        raw = read_json_object(path, "text encoder config", missing_error=CheckpointError,
+                               hint="the text_encoder/ folder needs its config.json")
         return cls.from_dict(raw, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

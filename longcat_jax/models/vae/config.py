@@ -7,11 +7,11 @@ checkpoint converter agree on which original module sits at which index.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from longcat_jax.errors import ConfigError
+from longcat_jax.json_io import read_json_object
 
 # Keys of the original config that describe the file, not the model.
 _IGNORED_KEYS = frozenset({"_class_name", "_diffusers_version", "_name_or_path", "dropout"})
@@ -109,14 +109,7 @@ class VAEConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> VAEConfig:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"VAE config {path} not found") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"VAE config {path} is not valid JSON ({e})") from e
-        return cls.from_dict(raw)
+        return cls.from_dict(read_json_object(path, "VAE config"))
 
     def to_dict(self) -> dict[str, Any]:
         """The original-format dict (round-trips through `from_dict`)."""
