@@ -74,38 +74,20 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     from flax import nnx
 
     from longcat_jax.models.dit.config import DiTConfig
-    from longcat_jax.models.dit.transformer import LongCatDiT
-    from longcat_jax.sharding import ContextParallel, make_mesh
+    from longcat_jax.sharding import shard_dit
+    from longcat_jax.tiny import random_dit
 
     config = DiTConfig.from_dict(_real_config(depth, case["bsa"]))
     t, h, w = case["grid"]
     b = case["batch"]
-    # Tokens split over `context_parallel` devices (Ulysses all-to-all around self attention), weights replicated.
-    plan = ContextParallel(make_mesh(context_parallel)) if context_parallel > 1 else None
-    devices = list(plan.mesh.devices.flat) if plan else jax.devices()[:1]
-
-    def new_model():
-        return LongCatDiT(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-
-    graphdef, abstract = nnx.split(nnx.eval_shape(new_model))
-
-    # The weights are drawn where they will live (every device of the mesh), never copied there, one
-    # parameter at a time through one small compiled program per distinct shape. (One program drawing
-    # all 13.6B values at once took 320 s before its first step on an H200.)
-    shardings = plan.state_shardings(abstract) if plan else jax.tree.map(lambda _: None, abstract)
-    leaves, treedef = jax.tree.flatten(abstract)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    draw = jax.jit(lambda key, shape, dtype: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
-                   static_argnums=(1, 2))
-    state = jax.tree.unflatten(treedef, [
-        jax.device_put(draw(k, x.shape, x.dtype), sharding)
-        for k, x, sharding in zip(keys, leaves, jax.tree.leaves(shardings, is_leaf=lambda s: s is None))
-    ])
-    jax.block_until_ready(state)
+    # Drawn on the device one parameter at a time (one small program per distinct shape; one program drawing
+    # all 13.6B values at once took 320 s on an H200), then, for several devices, replicated over the mesh with
+    # the tokens split over it (Ulysses all-to-all around self attention).
+    model = random_dit(config, dtype=jnp.bfloat16, draw_on_device=True)
+    plan = shard_dit(model, context_parallel) if context_parallel > 1 else None
+    devices = list(plan.mesh.devices.flat) if plan else jax.local_devices()[:1]
+    jax.block_until_ready(nnx.state(model))
     _log("random weights made on the device")
-    model = nnx.merge(graphdef, state)
-    if plan:
-        model.set_context_parallel(plan)
     num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
     keys = jax.random.split(jax.random.key(2), 2)
     latents = jax.random.normal(keys[0], (b, 16, t, 2 * h, 2 * w), jnp.bfloat16)
