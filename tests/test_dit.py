@@ -161,6 +161,8 @@ def test_config_refuses_unknown_keys_and_ignores_implementation_switches(fixture
         DiTConfig.from_dict({**raw, "num_layers": 3})
     with pytest.raises(ConfigError, match="bsa_params"):
         DiTConfig.from_dict({**raw, "enable_bsa": True})
+    with pytest.raises(ConfigError, match="patch_size must be three positive ints"):
+        DiTConfig.from_dict({**raw, "patch_size": [True, 2, 2]})
     config = DiTConfig.from_json(fixtures_dir / "dit" / "config.json")
     assert DiTConfig.from_dict(config.to_dict()) == config
     assert DiTConfig().ffn_hidden_size == 11008  # the released 13.6B model

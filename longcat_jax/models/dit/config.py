@@ -32,7 +32,9 @@ IGNORED_KEYS = frozenset(
 
 
 def _int_triple(name: str, value: Any) -> tuple[int, int, int]:
-    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, int) and v > 0 for v in value):
+    if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    ):
         raise ConfigError(f"DiT config: {name} must be three positive ints, got {value!r}")
     return (int(value[0]), int(value[1]), int(value[2]))
 
