@@ -12,8 +12,10 @@ from kernels.layout import (
     inverse_permutation,
     to_chunk_order,
 )
+from kernels.pallas_mosaic import MosaicConfig
 from kernels.pallas_triton import TritonConfig
 from kernels.params import BSAParams
+from kernels.sparse_attention import KernelConfig
 from kernels.selection import block_mask_from_indices, indices_from_block_mask, select_blocks
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "from_chunk_order",
     "indices_from_block_mask",
     "inverse_permutation",
+    "KernelConfig",
+    "MosaicConfig",
     "resolve_backend",
     "select_blocks",
     "sparse_attention_chunked",

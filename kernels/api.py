@@ -7,7 +7,6 @@ is the lower level: chunk-ordered tokens plus given index lists.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -15,7 +14,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from kernels import layout, pallas_triton, reference, selection
+from kernels import layout, reference, selection
+from kernels.sparse_attention import KernelConfig, sparse_attention
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.params import BSAParams
 
@@ -71,14 +71,14 @@ def sparse_attention_chunked(
     chunk_size_k: int,
     *,
     backend: str = "auto",
-    kernel_config: pallas_triton.TritonConfig | None = None,
+    kernel_config: KernelConfig | None = None,
 ) -> jax.Array:
     """Attention of chunk-ordered q [B, Sq, H, D] over the selected key blocks of k, v [B, Sk, H, D].
 
     indices [B, H, Mq, K_max] int32 (entries past `counts` are ignored), counts [B, H, Mq] int32.
     Softmax scale 1/sqrt(D); a query block with count 0 outputs 0. Returns [B, Sq, H, D] in q's dtype.
     Differentiable on every backend (the Pallas ones through their own backward kernels).
-    kernel_config: launch settings of the Pallas kernels (None: the defaults tuned on an H100).
+    kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100).
     """
     _check_qkv(q, k, v)
     b, sq, h, _ = q.shape
@@ -98,10 +98,10 @@ def sparse_attention_chunked(
     if backend == "reference":
         return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k)
     _check_pallas_shapes(q.shape[-1], chunk_size_q, chunk_size_k)
-    config = dataclasses.replace(
-        kernel_config or pallas_triton.TritonConfig(), interpret=backend == "pallas_interpret"
-    )
-    return pallas_triton.sparse_attention(
+    config = kernel_config or KernelConfig()
+    if backend == "pallas_interpret":
+        config = config.interpreted()
+    return sparse_attention(
         q, k, v, indices.astype(jnp.int32), counts.astype(jnp.int32), chunk_size_q, chunk_size_k, config
     )
 
@@ -130,15 +130,16 @@ def bsa_attention(
     params: BSAParams,
     *,
     backend: str = "auto",
-    kernel_config: pallas_triton.TritonConfig | None = None,
+    kernel_config: KernelConfig | None = None,
 ) -> jax.Array:
     """Block-sparse attention of q [B, Sq, H, D] over k, v [B, Sk, H, D], tokens in (T, H, W) raster order.
 
     latent_shape_q / latent_shape_k: the (T, H, W) token grids of q and k (Sq and Sk are their
     products; they differ when condition frames are attended to). Softmax scale 1/sqrt(D).
-    backend: "auto" (Pallas kernel on a GPU, reference elsewhere), "reference", "pallas" (Triton
-        lowering, GPU) or "pallas_interpret" (the same kernel through the Pallas interpreter, CPU).
-    kernel_config: launch settings of the Pallas kernels (None: the defaults tuned on an H100).
+    backend: "auto" (Pallas kernels on a GPU, reference elsewhere), "reference", "pallas" (GPU: the Mosaic GPU
+        forward on Hopper, the Triton-lowered one elsewhere, see `KernelConfig`) or "pallas_interpret" (the same
+        kernels through the Pallas interpreters, CPU).
+    kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100).
     Returns [B, Sq, H, D] in q's dtype, raster order.
     """
     if not isinstance(params, BSAParams):

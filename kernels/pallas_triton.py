@@ -3,8 +3,8 @@
 Forward: one program per (query block, batch, head); it loops over that query block's selected key
 blocks only (the index list is read inside the kernel), with an online softmax in float32 and base-2
 exponentials, and writes the output and the log-sum-exp (base 2) kept for the backward pass.
-Backward (`jax.custom_vjp`): a dq kernel over the same lists, and a dk/dv kernel per key block over
-the transposed lists (the query blocks that selected that key block).
+Backward: a dq kernel over the same lists, and a dk/dv kernel per key block over the transposed lists
+(the query blocks that selected that key block); `sparse_attention` ties them together with `jax.custom_vjp`.
 """
 
 from __future__ import annotations
@@ -203,28 +203,3 @@ def sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, b
         name="bsa_backward_dkdv",
     )(k_indices, k_counts, k, v, q, do, lse, delta)
     return dq, dk, dv
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def sparse_attention(q, k, v, indices, counts, block_q, block_k, config):
-    """Block-sparse attention of chunk-ordered q [B, Sq, H, D] over k, v [B, Sk, H, D] (differentiable).
-
-    indices [B, H, Mq, K_max] int32 key blocks per query block (entries past counts ignored), counts
-    [B, H, Mq] int32; block_q / block_k tokens per block; config: a TritonConfig. Scale 1/sqrt(D).
-    """
-    out, _ = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config)
-    return out
-
-
-def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config):
-    out, lse = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config)
-    return out, (q, k, v, indices, counts, out, lse)
-
-
-def _sparse_attention_bwd(block_q, block_k, config, residuals, do):
-    q, k, v, indices, counts, out, lse = residuals
-    dq, dk, dv = sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config)
-    return dq, dk, dv, None, None
-
-
-sparse_attention.defvjp(_sparse_attention_fwd, _sparse_attention_bwd)

@@ -1,20 +1,15 @@
 """BSA against every `bsa_cases` fixture of the original: selection, reference and kernels.
 
-Fixtures store q, k, v as [B, H, S, D] bf16 in (T, H, W) raster order, the original's output
-(float64 math, stored float32) and its block mask [B, H, Mq, Mk]. Our layout is [B, S, H, D].
+The fixtures (see `bsa_fixture_cases` in conftest.py) hold q, k, v, the original's output (float64 math, stored
+float32) and its block mask; the Mosaic GPU forward has its own fixture tests in test_bsa_mosaic.py.
 """
-
-import json
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from convert.safetensors_io import SafetensorsCheckpoint
 from kernels import (
-    BSAParams,
     bsa_attention,
     from_chunk_order,
     indices_from_block_mask,
@@ -25,24 +20,9 @@ from kernels import (
 from kernels.selection import block_mask_from_indices
 
 
-def _cases(fixtures_dir):
-    specs = json.loads((fixtures_dir / "bsa_cases.json").read_text())
-    tensors = SafetensorsCheckpoint(fixtures_dir / "bsa_cases.safetensors")
-    for spec in specs:
-        arrays = {
-            name: jnp.asarray(np.array(tensors.read(f"{spec['name']}.{name}")))
-            for name in ("q", "k", "v", "out", "block_mask")
-        }
-        for name in ("q", "k", "v", "out"):
-            arrays[name] = arrays[name].transpose(0, 2, 1, 3)  # [B, H, S, D] -> [B, S, H, D]
-        params = BSAParams.from_dict({key: spec[key] for key in (
-            "sparsity", "cdf_threshold", "chunk_3d_shape_q", "chunk_3d_shape_k")})
-        yield spec["name"], params, tuple(spec["latent_shape_q"]), tuple(spec["latent_shape_k"]), arrays
-
-
 @pytest.fixture(scope="module")
-def cases(fixtures_dir):
-    return list(_cases(fixtures_dir))
+def cases(bsa_fixture_cases):
+    return bsa_fixture_cases
 
 
 def _rel_l2(x, ref):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import TritonConfig, sparse_attention_chunked
+from kernels import KernelConfig, TritonConfig, sparse_attention_chunked
 
 
 def _problem(key, *, b, h, d, block_q, block_k, mq, mk, dtype):
@@ -60,10 +60,14 @@ def _check(backend, dtype, tol, *, b, h, d, block_q, block_k, mq, mk, config=Non
 
 def test_pallas_interpret_gradients_match_reference_float32():
     _check("pallas_interpret", jnp.float32, 1e-4, b=2, h=2, d=64, block_q=16, block_k=32, mq=4, mk=6,
-           config=TritonConfig(num_stages=3))
+           config=KernelConfig(triton=TritonConfig(num_stages=3)))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("d, block_q, block_k", [(64, 64, 64), (128, 128, 64), (128, 64, 64)])
-def test_pallas_gpu_gradients_match_reference_bfloat16(d, block_q, block_k):
-    _check("pallas", jnp.bfloat16, 2e-2, b=2, h=3, d=d, block_q=block_q, block_k=block_k, mq=12, mk=20)
+@pytest.mark.parametrize(
+    "d, block_q, block_k, forward",
+    [(64, 64, 64, "triton"), (128, 128, 64, "triton"), (128, 64, 64, "triton"), (128, 64, 64, "mosaic")],
+)
+def test_pallas_gpu_gradients_match_reference_bfloat16(d, block_q, block_k, forward):
+    _check("pallas", jnp.bfloat16, 2e-2, b=2, h=3, d=d, block_q=block_q, block_k=block_k, mq=12, mk=20,
+           config=KernelConfig(forward=forward))

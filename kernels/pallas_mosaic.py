@@ -1,0 +1,285 @@
+"""Block-sparse attention forward as a Pallas Mosaic GPU kernel for Hopper (wgmma + TMA, warp-specialised).
+
+Why a second forward: the Triton lowering runs one warpgroup per query block with no warp specialisation,
+so the softmax of a 64x64 tile cannot hide behind the tensor cores. Here each CTA holds two consumer
+warpgroups, each on its own 64-token query block with its own key-block list, and a producer warpgroup
+that gathers the selected K and V blocks into shared memory by TMA, a few steps ahead. The consumers
+take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3.
+
+Same contract and outputs as `pallas_triton.sparse_attention_forward` (out and a base-2 log-sum-exp), so the
+Triton backward kernels serve both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+_LOG2E = math.log2(math.e)
+BLOCK = 64  # tokens per query block and per key block
+_CONSUMERS = 2  # consumer warpgroups (query blocks) per CTA
+_INDEX_ALIGN = 32  # int32 entries per 128 bytes: TMA wants 128-byte aligned shared-memory rows
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicConfig:
+    """Launch settings of the Hopper kernel.
+
+    stages: K/V blocks in flight per consumer; schedule_barrier: make the two consumers alternate on the
+    tensor cores; interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
+    wgmma on a transposed operand, no in-place accumulator and no register layouts, so there the two products
+    are plain dots; the pipeline, barriers, index gathering and softmax are the GPU's.
+    """
+
+    stages: int = 2
+    schedule_barrier: bool = True
+    interpret: bool = False
+
+    def __post_init__(self):
+        if self.stages < 2:
+            raise ValueError(f"MosaicConfig.stages must be at least 2, got {self.stages}")
+
+
+def _dot(a, b, *, transpose_b=False):
+    """a @ b (or a @ b.T) accumulated in float32."""
+    return lax.dot_general(a, b, (((1,), (1 if transpose_b else 0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def supports(q: jax.Array, block_q: int, block_k: int) -> bool:
+    """Whether this kernel handles these inputs (otherwise the Triton kernel does)."""
+    return (
+        block_q == BLOCK
+        and block_k == BLOCK
+        and q.shape[-1] in (64, 128)
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+    )
+
+
+def is_hopper() -> bool:
+    """True when the default device is an NVIDIA GPU of compute capability 9.x."""
+    device = jax.devices()[0]
+    return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9")
+
+
+def _pad_indices(indices: jax.Array) -> jax.Array:
+    """Pads the index lists to a multiple of 32 entries so each list starts 128-byte aligned in shared memory."""
+    k_max = indices.shape[-1]
+    padded = -(-k_max // _INDEX_ALIGN) * _INDEX_ALIGN
+    if padded == k_max:
+        return indices
+    return jnp.pad(indices, ((0, 0), (0, 0), (0, 0), (0, padded - k_max)))
+
+
+def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
+    """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
+
+    q [B, Sq, H, D], k / v [B, Sk, H, D] chunk-ordered with 64-token blocks; indices [B, H, Mq, K_max]
+    int32 (entries past counts ignored), counts [B, H, Mq] int32.
+    """
+    b, sq, h, d = q.shape
+    mq = sq // BLOCK
+    dtype = q.dtype
+    stages = config.stages
+    indices = _pad_indices(indices)
+    k_max = indices.shape[-1]
+    num_tiles = -(-mq // _CONSUMERS)
+    logit_scale = d**-0.5 * _LOG2E  # logits in base-2 units
+
+    def fragment(x, layout):
+        # the interpreter has no register layouts
+        return x if config.interpret else plgpu.layout_cast(x, layout)
+
+    def kernel(idx_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, scoped):
+        bi = lax.axis_index("batch")
+        hi = lax.axis_index("heads")
+        tile = lax.axis_index("tiles")
+        wg = lax.axis_index("wg")
+        (qo_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2), barriers = scoped
+        q_barriers, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers
+
+        def query_block(w):
+            return jnp.minimum(tile * _CONSUMERS + w, mq - 1)
+
+        def count_of(w):
+            valid = tile * _CONSUMERS + w < mq
+            return jnp.where(valid, counts_ref[bi, hi, query_block(w)], 0)
+
+        counts = [count_of(w) for w in range(_CONSUMERS)]
+        max_count = functools.reduce(jnp.maximum, counts)
+
+        def schedule_sync():
+            if config.schedule_barrier:
+                plgpu.barrier_arrive(schedule)
+                plgpu.barrier_wait(schedule)
+
+        @pl.when(wg < _CONSUMERS)
+        def _consumer():
+            plgpu.set_max_registers(232, action="increase")
+            qo_smem = qo_smem2.at[wg]
+            lse_smem = lse_smem2.at[wg]
+            k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
+            count = jnp.where(wg == 0, counts[0], counts[1])
+            q_start = query_block(wg) * BLOCK
+            plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(q_start, BLOCK), hi], qo_smem, q_barriers.at[wg])
+            plgpu.barrier_wait(q_barriers.at[wg])
+
+            row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+            row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+            acc = fragment(jnp.full((BLOCK, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+
+            pl.when(wg == 1)(schedule_sync)
+
+            def visit_key_block(step, carry):
+                acc, row_max, row_sum = carry
+                slot = lax.rem(step, jnp.int32(stages))
+                barrier = wg * stages + slot
+                plgpu.barrier_wait(k_barriers.at[barrier])
+
+                if config.interpret:
+                    logits = _dot(qo_smem[...], k_smem[slot], transpose_b=True)
+                    schedule_sync()
+                else:
+                    def logits_scope(acc_ref):
+                        plgpu.wgmma(acc_ref, qo_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+                        schedule_sync()
+                        return acc_ref[...]
+
+                    logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
+                plgpu.barrier_arrive(k_consumed.at[barrier])
+                new_max = jnp.maximum(row_max, logits.max(axis=1) * logit_scale)
+                correction = jnp.exp2(row_max - new_max)
+                weights = jnp.exp2(logits * logit_scale - lax.broadcast_in_dim(new_max, logits.shape, [0]))
+                acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
+                row_sum = row_sum * correction + weights.sum(axis=1)
+                weights = weights.astype(dtype)
+                acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
+                if config.schedule_barrier:
+                    plgpu.barrier_arrive(schedule)
+                plgpu.barrier_wait(v_barriers.at[barrier])
+                if config.schedule_barrier:
+                    plgpu.barrier_wait(schedule)
+
+                if config.interpret:
+                    acc = acc + _dot(weights, v_smem[slot])
+                else:
+                    def values_state(acc_ref):
+                        plgpu.wgmma(acc_ref, weights, v_smem.at[slot])
+
+                    acc = pl.run_state(values_state)(plgpu.ACC.init(acc))
+                plgpu.barrier_arrive(v_consumed.at[barrier])
+                return acc, new_max, row_sum
+
+            acc, row_max, row_sum = lax.fori_loop(0, count, visit_key_block, (acc, row_max, row_sum))
+
+            def idle_step(_, carry):
+                # keeps the turn-taking in step when the other consumer has more key blocks
+                schedule_sync()
+                schedule_sync()
+                return carry
+
+            if config.schedule_barrier:
+                lax.fori_loop(count, max_count, idle_step, 0)
+            pl.when(wg == 0)(schedule_sync)
+
+            # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
+            safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
+            acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
+            qo_smem[...] = acc.astype(dtype)
+            lse_smem[...] = row_max + jnp.log2(row_sum)
+            plgpu.commit_smem()
+
+            @pl.when(tile * _CONSUMERS + wg < mq)
+            def _store():
+                plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[bi, pl.ds(q_start, BLOCK), hi])
+                plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, hi, pl.ds(q_start, BLOCK)])
+
+            plgpu.wait_smem_to_gmem(0)
+
+        @pl.when(wg == _CONSUMERS)
+        def _producer():
+            plgpu.set_max_registers(40, action="decrease")
+            for w in range(_CONSUMERS):
+                plgpu.copy_gmem_to_smem(idx_ref.at[bi, hi, query_block(w)], idx_smem2.at[w], idx_barriers.at[w])
+            for w in range(_CONSUMERS):
+                plgpu.barrier_wait(idx_barriers.at[w])
+
+            @pl.loop(0, max_count)
+            def _gather(step):
+                slot = lax.rem(step, jnp.int32(stages))
+                for w in range(_CONSUMERS):
+                    @pl.when(step < counts[w])
+                    def _fetch():
+                        barrier = w * stages + slot
+                        rows = pl.ds(idx_smem2[w, step] * BLOCK, BLOCK)
+
+                        @pl.when(step >= stages)
+                        def _wait_k():
+                            plgpu.barrier_wait(k_consumed.at[barrier])
+
+                        plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, hi], k_smem2.at[w, slot], k_barriers.at[barrier])
+
+                        @pl.when(step >= stages)
+                        def _wait_v():
+                            plgpu.barrier_wait(v_consumed.at[barrier])
+
+                        plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, hi], v_smem2.at[w, slot], v_barriers.at[barrier])
+
+            for w in range(_CONSUMERS):
+                # wait out the last blocks' releases, so every barrier phase is observed before the CTA ends
+                @pl.loop(jnp.maximum(counts[w] - stages, 0), counts[w])
+                def _drain(step):
+                    barrier = w * stages + lax.rem(step, jnp.int32(stages))
+                    plgpu.barrier_wait(k_consumed.at[barrier])
+                    plgpu.barrier_wait(v_consumed.at[barrier])
+
+    def entry(idx_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref):
+        transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+        scratch = (
+            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, stages, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, stages, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
+            plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
+        )
+        slots = _CONSUMERS * stages
+        barriers = (
+            plgpu.Barrier(num_barriers=_CONSUMERS),
+            plgpu.Barrier(num_barriers=_CONSUMERS),
+            plgpu.Barrier(num_barriers=slots),
+            plgpu.Barrier(num_barriers=slots),
+            plgpu.Barrier(num_barriers=slots),
+            plgpu.Barrier(num_barriers=slots),
+            plgpu.Barrier(num_arrivals=_CONSUMERS),
+        )
+        pl.run_scoped(
+            lambda *args: kernel(idx_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, (args[:5], args[5:])),
+            *scratch,
+            *barriers,
+            collective_axes="wg",
+        )
+
+    extra = {}
+    if config.interpret:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+
+        extra["interpret"] = InterpretGPUParams()
+    return plgpu.kernel(
+        entry,
+        out_type=(
+            jax.ShapeDtypeStruct(q.shape, dtype),
+            jax.ShapeDtypeStruct((b, h, sq), jnp.float32),
+        ),
+        grid=(num_tiles, h, b),
+        grid_names=("tiles", "heads", "batch"),
+        num_threads=_CONSUMERS + 1,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        **extra,
+    )(indices, counts, q, k, v)

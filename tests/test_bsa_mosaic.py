@@ -1,0 +1,135 @@
+"""The Mosaic GPU (Hopper) forward kernel: in the Mosaic GPU interpreter on the CPU, natively on a GPU (`gpu`).
+
+The interpreter runs the kernel's pipeline (producer warpgroup gathering the selected K/V blocks by TMA,
+barriers, two consumer warpgroups taking turns, per-block online softmax, stores); see `MosaicConfig` for
+what it replaces. Cases: uneven and empty selections, an odd number of query blocks (one consumer idle),
+Sq != Sk, head_dim 64 and 128, the original's fixtures, gradients through the shared Triton backward.
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import (
+    BSAInputError,
+    BSAConfigError,
+    KernelConfig,
+    MosaicConfig,
+    from_chunk_order,
+    indices_from_block_mask,
+    sparse_attention_chunked,
+    to_chunk_order,
+)
+from kernels.reference import blocked_attention
+
+MOSAIC = KernelConfig(forward="mosaic")
+BLOCK = 64
+
+
+def _rel_l2(x, ref):
+    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
+
+
+def _random_case(seed, *, b, h, d, mq, mk, width):
+    keys = jax.random.split(jax.random.key(seed), 5)
+    q = jax.random.normal(keys[0], (b, mq * BLOCK, h, d), jnp.float32).astype(jnp.bfloat16)
+    k = jax.random.normal(keys[1], (b, mk * BLOCK, h, d), jnp.float32).astype(jnp.bfloat16)
+    v = jax.random.normal(keys[2], (b, mk * BLOCK, h, d), jnp.float32).astype(jnp.bfloat16)
+    indices = jnp.argsort(jax.random.uniform(keys[3], (b, h, mq, mk)), axis=-1)[..., :width].astype(jnp.int32)
+    counts = jax.random.randint(keys[4], (b, h, mq), 1, width + 1).at[0, 0, 0].set(0).astype(jnp.int32)
+    return q, k, v, indices, counts
+
+
+def _check_against_reference(backend, config, **shape):
+    q, k, v, indices, counts = _random_case(3, **shape)
+    out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend=backend, kernel_config=config)
+    chex.assert_shape(out, q.shape)
+    chex.assert_type(out, jnp.bfloat16)
+    want = blocked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), indices, counts, BLOCK, BLOCK)
+    assert _rel_l2(out, want) < 2e-2
+    np.testing.assert_array_equal(np.asarray(out[0, :BLOCK, 0], np.float32), 0.0)  # the empty selection
+
+
+@pytest.mark.parametrize("schedule_barrier", [True, False])
+def test_interpret_uneven_and_empty_selections_odd_query_blocks(schedule_barrier):
+    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(schedule_barrier=schedule_barrier))
+    _check_against_reference("pallas_interpret", config, b=1, h=2, d=64, mq=3, mk=5, width=4)
+
+
+def test_interpret_head_dim_128_more_key_blocks_than_query_blocks_three_stages():
+    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(stages=3))
+    _check_against_reference("pallas_interpret", config, b=2, h=1, d=128, mq=2, mk=6, width=5)
+
+
+def _fixture_output(case, backend):
+    name, params, latent_q, latent_k, arrays = case
+    q = to_chunk_order(arrays["q"].astype(jnp.bfloat16), latent_q, params.chunk_3d_shape_q)
+    k = to_chunk_order(arrays["k"].astype(jnp.bfloat16), latent_k, params.chunk_3d_shape_k)
+    v = to_chunk_order(arrays["v"].astype(jnp.bfloat16), latent_k, params.chunk_3d_shape_k)
+    indices, counts = indices_from_block_mask(arrays["block_mask"])
+    out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend=backend, kernel_config=MOSAIC)
+    return from_chunk_order(out, latent_q, params.chunk_3d_shape_q)
+
+
+def _mosaic_cases(cases, names=None):
+    selected = [c for c in cases if c[1].chunk_size_q == BLOCK and c[1].chunk_size_k == BLOCK]
+    return [c for c in selected if names is None or c[0] in names]
+
+
+def test_interpret_fixtures_given_the_mask_match_in_bfloat16(bsa_fixture_cases):
+    # the two smallest 64-token-block fixtures: head_dim 128, and q shorter than k (condition frames)
+    cases = _mosaic_cases(bsa_fixture_cases, {"topk_0.75_d128", "cond_q_shorter_than_k"})
+    assert len(cases) == 2
+    for case in cases:
+        assert _rel_l2(_fixture_output(case, "pallas_interpret"), case[-1]["out"]) < 2e-2, case[0]
+
+
+@pytest.mark.gpu
+def test_gpu_fixtures_given_the_mask_match_in_bfloat16(bsa_fixture_cases):
+    cases = _mosaic_cases(bsa_fixture_cases)
+    assert len(cases) >= 6
+    for case in cases:
+        assert _rel_l2(_fixture_output(case, "pallas"), case[-1]["out"]) < 2e-2, case[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("schedule_barrier", [True, False])
+def test_gpu_uneven_and_empty_selections(schedule_barrier):
+    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(schedule_barrier=schedule_barrier))
+    _check_against_reference("pallas", config, b=2, h=3, d=128, mq=9, mk=12, width=7)
+
+
+def test_interpret_gradients_through_the_mosaic_forward_match_reference():
+    q, k, v, indices, counts = _random_case(5, b=1, h=1, d=64, mq=2, mk=3, width=2)
+    do = jax.random.normal(jax.random.key(6), q.shape, jnp.float32)
+
+    def grads(backend, config, *xs):
+        def loss(q, k, v):
+            out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend=backend,
+                                           kernel_config=config)
+            return jnp.sum(out.astype(jnp.float32) * do)
+
+        return jax.grad(loss, argnums=(0, 1, 2))(*xs)
+
+    got = grads("pallas_interpret", MOSAIC, q, k, v)
+    want = grads("reference", None, *(x.astype(jnp.float32) for x in (q, k, v)))
+    for name, g, w in zip(("dq", "dk", "dv"), got, want):
+        assert _rel_l2(g, w) < 2e-2, name
+
+
+def test_mosaic_forward_refuses_what_it_cannot_run():
+    q = jnp.zeros((1, 256, 1, 64), jnp.bfloat16)
+    indices, counts = jnp.zeros((1, 1, 2, 1), jnp.int32), jnp.ones((1, 1, 2), jnp.int32)
+    with pytest.raises(BSAInputError, match="Mosaic GPU BSA forward needs 64-token"):
+        sparse_attention_chunked(q, q, q, indices, counts, 128, 128, backend="pallas_interpret", kernel_config=MOSAIC)
+    with pytest.raises(BSAInputError, match="bf16/f16"):
+        q32 = q.astype(jnp.float32)
+        sparse_attention_chunked(q32, q32, q32, jnp.zeros((1, 1, 4, 1), jnp.int32), jnp.ones((1, 1, 4), jnp.int32),
+                                 BLOCK, BLOCK, backend="pallas_interpret", kernel_config=MOSAIC)
+    with pytest.raises(BSAConfigError, match="unknown BSA forward kernel"):
+        KernelConfig(forward="cutlass")
+    with pytest.raises(ValueError, match="stages must be at least 2"):
+        MosaicConfig(stages=1)
