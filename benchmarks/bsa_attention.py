@@ -32,7 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import BSAParams, bsa_attention, select_blocks, to_chunk_order  # noqa: E402
-from kernels import pallas_triton, reference  # noqa: E402
+from kernels import KernelConfig, pallas_triton, reference  # noqa: E402
+from kernels.sparse_attention import sparse_attention_forward  # noqa: E402
 
 log = logging.getLogger("bsa_benchmark")
 
@@ -154,6 +155,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--forward", default="triton", choices=("triton", "mosaic"),
+                        help="our forward kernel (mosaic: the Hopper kernel, see kernels/pallas_mosaic.py)")
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
@@ -166,7 +169,7 @@ def main() -> None:
     device = jax.devices()[0].device_kind
     log.info("device %s, jax %s", device, jax.__version__)
     rows, records = [], []
-    config = pallas_triton.TritonConfig()
+    config = KernelConfig(forward=args.forward)
     for size in args.sizes.split(","):
         latent = tuple(int(n) for n in size.split("x"))
         tokens = latent[0] * latent[1] * latent[2]
@@ -184,7 +187,8 @@ def main() -> None:
             chunk = jax.jit(lambda x, p=params: to_chunk_order(x, latent, p.chunk_3d_shape_q))
             qc, kc, vc, doc = (chunk(x) for x in (q, k, v, do))
             indices, counts = jax.jit(lambda a, b, p=params: select_blocks(a, b, p))(qc, kc)
-            config, lines = sweep(qc, kc, vc, indices, counts, block, doc, backward)
+            triton_config, lines = sweep(qc, kc, vc, indices, counts, block, doc, backward)
+            config = dataclasses.replace(config, triton=triton_config)
             for line in lines:
                 log.info("sweep %s", line)
             log.info("sweep picked %s", config)
@@ -201,7 +205,7 @@ def main() -> None:
             flops = 4 * args.head_dim * block * block * pairs
             whole = jax.jit(lambda q, k, v, p=params, c=config: bsa_attention(
                 q, k, v, latent, latent, p, backend="pallas", kernel_config=c))
-            fwd = jax.jit(lambda *a: pallas_triton.sparse_attention_forward(*a, block, block, config))
+            fwd = jax.jit(lambda *a: sparse_attention_forward(*a, block, block, config))
             record = {"size": size, "mode": mode, "pairs": pairs, "flops_fwd": flops}
             record["whole_ms"] = time_jax(whole, q, k, v)
             record["kernel_ms"] = time_jax(fwd, qc, kc, vc, indices, counts)
@@ -213,7 +217,7 @@ def main() -> None:
                 record["selection_matches_xla"] = bool(jnp.all(select_xla(qc, kc)[0] == indices))
             if backward:
                 out, lse = fwd(qc, kc, vc, indices, counts)
-                bwd = jax.jit(lambda *a: pallas_triton.sparse_attention_backward(*a, block, block, config))
+                bwd = jax.jit(lambda *a: pallas_triton.sparse_attention_backward(*a, block, block, config.triton))
                 record["kernel_bwd_ms"] = time_jax(bwd, qc, kc, vc, indices, counts, out, lse, doc)
                 train = jax.jit(lambda q, k, v, do: jax.vjp(whole, q, k, v)[1](do))
                 record["whole_fwd_bwd_ms"] = time_jax(train, q, k, v, do)

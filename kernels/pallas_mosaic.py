@@ -26,25 +26,52 @@ _LOG2E = math.log2(math.e)
 BLOCK = 64  # tokens per query block and per key block
 _CONSUMERS = 2  # consumer warpgroups (query blocks) per CTA
 _INDEX_ALIGN = 32  # int32 entries per 128 bytes: TMA wants 128-byte aligned shared-memory rows
+_INDEX_CHUNK = 256  # the most entries one TMA copies along a dimension
+_SMEM_BYTES = 232_448  # shared memory one CTA may use on Hopper
+_SMEM_ALIGN = 1024  # Pallas Mosaic GPU aligns each scratch buffer to this
 
 
 @dataclasses.dataclass(frozen=True)
 class MosaicConfig:
     """Launch settings of the Hopper kernel.
 
-    stages: K/V blocks in flight per consumer; schedule_barrier: make the two consumers alternate on the
-    tensor cores; interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
+    k_stages / v_stages: K / V blocks in flight per consumer (shared memory allows 5 in all with head_dim 128);
+    producers: 1 (one producer warpgroup gathers for both consumers) or 2 (one each, so a consumer waiting on
+    its V does not hold up the other's K); schedule_barrier: make the two consumers alternate on the tensor
+    cores; interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
     wgmma on a transposed operand, no in-place accumulator and no register layouts, so there the two products
     are plain dots; the pipeline, barriers, index gathering and softmax are the GPU's.
     """
 
-    stages: int = 2
+    k_stages: int = 2
+    v_stages: int = 2
+    producers: int = 1
     schedule_barrier: bool = True
     interpret: bool = False
 
     def __post_init__(self):
-        if self.stages < 2:
-            raise ValueError(f"MosaicConfig.stages must be at least 2, got {self.stages}")
+        for name in ("k_stages", "v_stages"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
+        if self.producers not in (1, 2):
+            raise ValueError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
+
+
+def _aligned(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig) -> int:
+    """Shared memory the kernel asks for: q/out tiles, K and V stages, index lists, lse rows (barriers aside)."""
+    tile = BLOCK * head_dim * 2
+    buffers = (
+        _CONSUMERS * tile,
+        _CONSUMERS * config.k_stages * tile,
+        _CONSUMERS * config.v_stages * tile,
+        _CONSUMERS * _aligned(k_max, _INDEX_ALIGN) * 4,
+        _CONSUMERS * BLOCK * 4,
+    )
+    return sum(_aligned(n, _SMEM_ALIGN) for n in buffers)
 
 
 def _dot(a, b, *, transpose_b=False):
@@ -86,9 +113,17 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
     b, sq, h, d = q.shape
     mq = sq // BLOCK
     dtype = q.dtype
-    stages = config.stages
+    k_stages, v_stages = config.k_stages, config.v_stages
     indices = _pad_indices(indices)
     k_max = indices.shape[-1]
+    needed = smem_bytes(d, k_max, config) + 3 * _SMEM_ALIGN  # barriers and what Mosaic GPU reserves
+    if needed > _SMEM_BYTES:
+        raise ValueError(
+            f"the Mosaic BSA kernel needs {needed} bytes of shared memory with k_stages={k_stages}, "
+            f"v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA has {_SMEM_BYTES}: "
+            "lower k_stages or v_stages"
+        )
+    index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
     num_tiles = -(-mq // _CONSUMERS)
     logit_scale = d**-0.5 * _LOG2E  # logits in base-2 units
 
@@ -114,6 +149,51 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
         counts = [count_of(w) for w in range(_CONSUMERS)]
         max_count = functools.reduce(jnp.maximum, counts)
 
+        def fetch_blocks(w, step):
+            """Gathers key block `step` of consumer w's list into its K and V slots, once they are released."""
+            k_slot = lax.rem(step, jnp.int32(k_stages))
+            v_slot = lax.rem(step, jnp.int32(v_stages))
+            k_barrier = w * k_stages + k_slot
+            v_barrier = w * v_stages + v_slot
+            rows = pl.ds(idx_smem2[w, step] * BLOCK, BLOCK)
+
+            @pl.when(step >= k_stages)
+            def _wait_k():
+                plgpu.barrier_wait(k_consumed.at[k_barrier])
+
+            plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, hi], k_smem2.at[w, k_slot], k_barriers.at[k_barrier])
+
+            @pl.when(step >= v_stages)
+            def _wait_v():
+                plgpu.barrier_wait(v_consumed.at[v_barrier])
+
+            plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, hi], v_smem2.at[w, v_slot], v_barriers.at[v_barrier])
+
+        def produce(consumers):
+            """The producer warpgroup's work for these consumers: their index lists, then their K/V blocks."""
+            for w in consumers:
+                for c, (start, size) in enumerate(index_chunks):
+                    plgpu.copy_gmem_to_smem(
+                        idx_ref.at[bi, hi, query_block(w), pl.ds(start, size)],
+                        idx_smem2.at[w, pl.ds(start, size)],
+                        idx_barriers.at[w * len(index_chunks) + c],
+                    )
+            for w in consumers:
+                for c in range(len(index_chunks)):
+                    plgpu.barrier_wait(idx_barriers.at[w * len(index_chunks) + c])
+
+            @pl.loop(0, functools.reduce(jnp.maximum, [counts[w] for w in consumers]))
+            def _gather(step):
+                for w in consumers:
+                    pl.when(step < counts[w])(lambda: fetch_blocks(w, step))
+
+            for w in consumers:
+                # wait out the last blocks' releases, so every barrier phase is observed before the CTA ends
+                for stages, consumed in ((k_stages, k_consumed), (v_stages, v_consumed)):
+                    @pl.loop(jnp.maximum(counts[w] - stages, 0), counts[w])
+                    def _drain(step):
+                        plgpu.barrier_wait(consumed.at[w * stages + lax.rem(step, jnp.int32(stages))])
+
         def schedule_sync():
             if config.schedule_barrier:
                 plgpu.barrier_arrive(schedule)
@@ -121,7 +201,7 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
 
         @pl.when(wg < _CONSUMERS)
         def _consumer():
-            plgpu.set_max_registers(232, action="increase")
+            plgpu.set_max_registers(232 if config.producers == 1 else 216, action="increase")
             qo_smem = qo_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
@@ -138,21 +218,23 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
 
             def visit_key_block(step, carry):
                 acc, row_max, row_sum = carry
-                slot = lax.rem(step, jnp.int32(stages))
-                barrier = wg * stages + slot
-                plgpu.barrier_wait(k_barriers.at[barrier])
+                k_slot = lax.rem(step, jnp.int32(k_stages))
+                v_slot = lax.rem(step, jnp.int32(v_stages))
+                k_barrier = wg * k_stages + k_slot
+                v_barrier = wg * v_stages + v_slot
+                plgpu.barrier_wait(k_barriers.at[k_barrier])
 
                 if config.interpret:
-                    logits = _dot(qo_smem[...], k_smem[slot], transpose_b=True)
+                    logits = _dot(qo_smem[...], k_smem[k_slot], transpose_b=True)
                     schedule_sync()
                 else:
                     def logits_scope(acc_ref):
-                        plgpu.wgmma(acc_ref, qo_smem, plgpu.transpose_ref(k_smem.at[slot], (1, 0)))
+                        plgpu.wgmma(acc_ref, qo_smem, plgpu.transpose_ref(k_smem.at[k_slot], (1, 0)))
                         schedule_sync()
                         return acc_ref[...]
 
                     logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
-                plgpu.barrier_arrive(k_consumed.at[barrier])
+                plgpu.barrier_arrive(k_consumed.at[k_barrier])
                 new_max = jnp.maximum(row_max, logits.max(axis=1) * logit_scale)
                 correction = jnp.exp2(row_max - new_max)
                 weights = jnp.exp2(logits * logit_scale - lax.broadcast_in_dim(new_max, logits.shape, [0]))
@@ -162,18 +244,18 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
                 acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
                 if config.schedule_barrier:
                     plgpu.barrier_arrive(schedule)
-                plgpu.barrier_wait(v_barriers.at[barrier])
+                plgpu.barrier_wait(v_barriers.at[v_barrier])
                 if config.schedule_barrier:
                     plgpu.barrier_wait(schedule)
 
                 if config.interpret:
-                    acc = acc + _dot(weights, v_smem[slot])
+                    acc = acc + _dot(weights, v_smem[v_slot])
                 else:
                     def values_state(acc_ref):
-                        plgpu.wgmma(acc_ref, weights, v_smem.at[slot])
+                        plgpu.wgmma(acc_ref, weights, v_smem.at[v_slot])
 
                     acc = pl.run_state(values_state)(plgpu.ACC.init(acc))
-                plgpu.barrier_arrive(v_consumed.at[barrier])
+                plgpu.barrier_arrive(v_consumed.at[v_barrier])
                 return acc, new_max, row_sum
 
             acc, row_max, row_sum = lax.fori_loop(0, count, visit_key_block, (acc, row_max, row_sum))
@@ -202,60 +284,34 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
 
             plgpu.wait_smem_to_gmem(0)
 
-        @pl.when(wg == _CONSUMERS)
-        def _producer():
-            plgpu.set_max_registers(40, action="decrease")
+        if config.producers == 1:
+            @pl.when(wg == _CONSUMERS)
+            def _producer():
+                plgpu.set_max_registers(40, action="decrease")
+                produce(range(_CONSUMERS))
+        else:
             for w in range(_CONSUMERS):
-                plgpu.copy_gmem_to_smem(idx_ref.at[bi, hi, query_block(w)], idx_smem2.at[w], idx_barriers.at[w])
-            for w in range(_CONSUMERS):
-                plgpu.barrier_wait(idx_barriers.at[w])
-
-            @pl.loop(0, max_count)
-            def _gather(step):
-                slot = lax.rem(step, jnp.int32(stages))
-                for w in range(_CONSUMERS):
-                    @pl.when(step < counts[w])
-                    def _fetch():
-                        barrier = w * stages + slot
-                        rows = pl.ds(idx_smem2[w, step] * BLOCK, BLOCK)
-
-                        @pl.when(step >= stages)
-                        def _wait_k():
-                            plgpu.barrier_wait(k_consumed.at[barrier])
-
-                        plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, hi], k_smem2.at[w, slot], k_barriers.at[barrier])
-
-                        @pl.when(step >= stages)
-                        def _wait_v():
-                            plgpu.barrier_wait(v_consumed.at[barrier])
-
-                        plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, hi], v_smem2.at[w, slot], v_barriers.at[barrier])
-
-            for w in range(_CONSUMERS):
-                # wait out the last blocks' releases, so every barrier phase is observed before the CTA ends
-                @pl.loop(jnp.maximum(counts[w] - stages, 0), counts[w])
-                def _drain(step):
-                    barrier = w * stages + lax.rem(step, jnp.int32(stages))
-                    plgpu.barrier_wait(k_consumed.at[barrier])
-                    plgpu.barrier_wait(v_consumed.at[barrier])
+                @pl.when(wg == _CONSUMERS + w)
+                def _producer():
+                    plgpu.set_max_registers(40, action="decrease")
+                    produce([w])
 
     def entry(idx_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref):
         transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
         scratch = (
             plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=transforms),
-            plgpu.SMEM((_CONSUMERS, stages, BLOCK, d), dtype, transforms=transforms),
-            plgpu.SMEM((_CONSUMERS, stages, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, k_stages, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, v_stages, BLOCK, d), dtype, transforms=transforms),
             plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
             plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
         )
-        slots = _CONSUMERS * stages
         barriers = (
             plgpu.Barrier(num_barriers=_CONSUMERS),
-            plgpu.Barrier(num_barriers=_CONSUMERS),
-            plgpu.Barrier(num_barriers=slots),
-            plgpu.Barrier(num_barriers=slots),
-            plgpu.Barrier(num_barriers=slots),
-            plgpu.Barrier(num_barriers=slots),
+            plgpu.Barrier(num_barriers=_CONSUMERS * len(index_chunks)),
+            plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
+            plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
+            plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
+            plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
             plgpu.Barrier(num_arrivals=_CONSUMERS),
         )
         pl.run_scoped(
@@ -278,7 +334,7 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
         ),
         grid=(num_tiles, h, b),
         grid_names=("tiles", "heads", "batch"),
-        num_threads=_CONSUMERS + 1,
+        num_threads=_CONSUMERS + config.producers,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **extra,

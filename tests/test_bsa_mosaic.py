@@ -43,8 +43,10 @@ def _random_case(seed, *, b, h, d, mq, mk, width):
     return q, k, v, indices, counts
 
 
-def _check_against_reference(backend, config, **shape):
+def _check_against_reference(backend, config, list_width=None, **shape):
     q, k, v, indices, counts = _random_case(3, **shape)
+    if list_width:  # longer (padded) lists: more than one TMA copy per list
+        indices = jnp.pad(indices, ((0, 0), (0, 0), (0, 0), (0, list_width - indices.shape[-1])))
     out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend=backend, kernel_config=config)
     chex.assert_shape(out, q.shape)
     chex.assert_type(out, jnp.bfloat16)
@@ -59,9 +61,9 @@ def test_interpret_uneven_and_empty_selections_odd_query_blocks(schedule_barrier
     _check_against_reference("pallas_interpret", config, b=1, h=2, d=64, mq=3, mk=5, width=4)
 
 
-def test_interpret_head_dim_128_more_key_blocks_than_query_blocks_three_stages():
-    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(stages=3))
-    _check_against_reference("pallas_interpret", config, b=2, h=1, d=128, mq=2, mk=6, width=5)
+def test_interpret_head_dim_128_three_k_stages_two_producers_long_lists():
+    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(k_stages=3, producers=2))
+    _check_against_reference("pallas_interpret", config, list_width=300, b=2, h=1, d=128, mq=2, mk=6, width=5)
 
 
 def _fixture_output(case, backend):
@@ -131,5 +133,5 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
                                  BLOCK, BLOCK, backend="pallas_interpret", kernel_config=MOSAIC)
     with pytest.raises(BSAConfigError, match="unknown BSA forward kernel"):
         KernelConfig(forward="cutlass")
-    with pytest.raises(ValueError, match="stages must be at least 2"):
-        MosaicConfig(stages=1)
+    with pytest.raises(ValueError, match="k_stages must be at least 2"):
+        MosaicConfig(k_stages=1)
