@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -26,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import BSAParams, MosaicConfig, TritonConfig, select_blocks  # noqa: E402
 from kernels import pallas_mosaic, pallas_triton  # noqa: E402
 
+from bsa_attention import rel_l2, time_jax  # noqa: E402  (this script's sibling)
+
 VARIANTS = {
     "mosaic k2v2p1": MosaicConfig(k_stages=2, v_stages=2, producers=1),
     "mosaic k3v2p1": MosaicConfig(k_stages=3, v_stages=2, producers=1),
@@ -34,25 +34,6 @@ VARIANTS = {
     "mosaic k2v3p2": MosaicConfig(k_stages=2, v_stages=3, producers=2),
     "mosaic k3v2p2 no schedule barrier": MosaicConfig(k_stages=3, v_stages=2, producers=2, schedule_barrier=False),
 }
-
-
-def median_ms(fn, *args, trials: int = 7, calls: int = 3) -> float:
-    """Median milliseconds per call over synchronised trials of back-to-back calls, after two warm-up calls."""
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(calls):
-            result = fn(*args)
-        jax.block_until_ready(result)
-        samples.append((time.perf_counter() - start) / calls * 1e3)
-    return statistics.median(samples)
-
-
-def rel_l2(x, ref) -> float:
-    x, ref = x.astype(jnp.float32), ref.astype(jnp.float32)
-    return float(jnp.linalg.norm(x - ref) / jnp.linalg.norm(ref))
 
 
 def main() -> None:
@@ -74,12 +55,12 @@ def main() -> None:
             flops = 4 * shape[-1] * 64 * 64 * int(jnp.sum(counts))
             triton = jax.jit(lambda *a: pallas_triton.sparse_attention_forward(*a, 64, 64, TritonConfig())[0])
             expected = triton(q, k, v, indices, counts)
-            ms = median_ms(triton, q, k, v, indices, counts)
+            ms = time_jax(triton, q, k, v, indices, counts)
             print(f"| {size} | {sparsity} | triton | {ms:.2f} | {flops / ms / 1e9:.0f} | |", flush=True)
             for name in args.variants.split(","):
                 kernel = jax.jit(lambda *a, c=VARIANTS[name]: pallas_mosaic.sparse_attention_forward(*a, c)[0])
                 error = rel_l2(kernel(q, k, v, indices, counts), expected)
-                ms = median_ms(kernel, q, k, v, indices, counts)
+                ms = time_jax(kernel, q, k, v, indices, counts)
                 print(f"| {size} | {sparsity} | {name} | {ms:.2f} | {flops / ms / 1e9:.0f} | {error:.1e} |", flush=True)
 
 
