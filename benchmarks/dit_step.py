@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -65,7 +66,7 @@ def _median_time(fn, warmup: int, iters: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
         _log(f"step {i + 1}: {times[-1]:.3f} s")
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int) -> dict:

@@ -73,6 +73,19 @@ def sample_frames(video) -> np.ndarray:
 # ----------------------------------------------------------------------------- workers (subprocesses)
 
 
+def time_decode(decode, repeats: int):
+    """(last video, seconds of the first call, median seconds of `repeats` more calls); `decode` synchronises."""
+    start = time.perf_counter()
+    video = decode()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        video = decode()
+        times.append(time.perf_counter() - start)
+    return video, first, statistics.median(times)
+
+
 def jax_worker(spec: dict) -> dict:
     """Decodes one case with our VAE; returns timings and peak memory, saves sample frames."""
     sys.path.insert(0, str(ROOT))
@@ -93,18 +106,11 @@ def jax_worker(spec: dict) -> dict:
             latents, tiling=spec["tiling"], latent_chunk=spec["latent_chunk"], frame_group=spec["frame_group"]
         ).block_until_ready()
 
-    start = time.perf_counter()
-    video = decode()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(spec["repeats"]):
-        start = time.perf_counter()
-        video = decode()
-        times.append(time.perf_counter() - start)
+    video, first, median = time_decode(decode, spec["repeats"])
     stats = jax.devices()[0].memory_stats() or {}
     peak = stats.get("peak_bytes_in_use")
     np.save(spec["frames_out"], sample_frames(video))
-    return {"first": first, "decode": statistics.median(times), "peak": peak, "device": str(jax.devices()[0])}
+    return {"first": first, "decode": median, "peak": peak, "device": str(jax.devices()[0])}
 
 
 def _original_class(reference: str):
@@ -153,17 +159,10 @@ def torch_worker(spec: dict) -> dict:
         torch.cuda.synchronize()
         return video
 
-    start = time.perf_counter()
-    video = decode()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(spec["repeats"]):
-        start = time.perf_counter()
-        video = decode()
-        times.append(time.perf_counter() - start)
+    video, first, median = time_decode(decode, spec["repeats"])
     peak = torch.cuda.max_memory_allocated()
     np.save(spec["frames_out"], sample_frames(video))
-    return {"first": first, "decode": statistics.median(times), "peak": peak, "device": torch.cuda.get_device_name()}
+    return {"first": first, "decode": median, "peak": peak, "device": torch.cuda.get_device_name()}
 
 
 WORKERS = {"jax": jax_worker, "torch": torch_worker, "torch-export": torch_export}

@@ -136,9 +136,9 @@ def bsa_attention(
 
     latent_shape_q / latent_shape_k: the (T, H, W) token grids of q and k (Sq and Sk are their
     products; they differ when condition frames are attended to). Softmax scale 1/sqrt(D).
-    backend: "auto" (Pallas kernels on a GPU, reference elsewhere), "reference", "pallas" (GPU: the Mosaic GPU
-        forward on Hopper, the Triton-lowered one elsewhere, see `KernelConfig`) or "pallas_interpret" (the same
-        kernels through the Pallas interpreters, CPU).
+    backend: "auto" (Pallas kernels on a GPU, reference elsewhere), "reference", "pallas" (GPU: the Triton-lowered
+        forward, or the Mosaic GPU one for Hopper if `kernel_config` asks for it, and the Triton backward) or
+        "pallas_interpret" (the same kernels through the Pallas interpreters, CPU).
     kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100).
     Returns [B, Sq, H, D] in q's dtype, raster order.
     """

@@ -22,6 +22,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from kernels.errors import BSAConfigError
+
 _LOG2E = math.log2(math.e)
 BLOCK = 64  # tokens per query block and per key block
 _CONSUMERS = 2  # consumer warpgroups (query blocks) per CTA
@@ -52,9 +54,9 @@ class MosaicConfig:
     def __post_init__(self):
         for name in ("k_stages", "v_stages"):
             if getattr(self, name) < 2:
-                raise ValueError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
+                raise BSAConfigError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
         if self.producers not in (1, 2):
-            raise ValueError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
+            raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
 
 
 def _aligned(n: int, to: int) -> int:
@@ -80,19 +82,13 @@ def _dot(a, b, *, transpose_b=False):
 
 
 def supports(q: jax.Array, block_q: int, block_k: int) -> bool:
-    """Whether this kernel handles these inputs (otherwise the Triton kernel does)."""
+    """Whether this kernel can run on these inputs: 64-token q and k blocks, head_dim 64 or 128, bf16/f16."""
     return (
         block_q == BLOCK
         and block_k == BLOCK
         and q.shape[-1] in (64, 128)
         and q.dtype in (jnp.bfloat16, jnp.float16)
     )
-
-
-def is_hopper() -> bool:
-    """True when the default device is an NVIDIA GPU of compute capability 9.x."""
-    device = jax.devices()[0]
-    return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9")
 
 
 def _pad_indices(indices: jax.Array) -> jax.Array:
@@ -118,10 +114,10 @@ def sparse_attention_forward(q, k, v, indices, counts, config: MosaicConfig):
     k_max = indices.shape[-1]
     needed = smem_bytes(d, k_max, config) + 3 * _SMEM_ALIGN  # barriers and what Mosaic GPU reserves
     if needed > _SMEM_BYTES:
-        raise ValueError(
+        raise BSAConfigError(
             f"the Mosaic BSA kernel needs {needed} bytes of shared memory with k_stages={k_stages}, "
             f"v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA has {_SMEM_BYTES}: "
-            "lower k_stages or v_stages"
+            "lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 5 fits head_dim 128)"
         )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
     num_tiles = -(-mq // _CONSUMERS)

@@ -133,5 +133,12 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
                                  BLOCK, BLOCK, backend="pallas_interpret", kernel_config=MOSAIC)
     with pytest.raises(BSAConfigError, match="unknown BSA forward kernel"):
         KernelConfig(forward="cutlass")
-    with pytest.raises(ValueError, match="k_stages must be at least 2"):
+    with pytest.raises(BSAConfigError, match="k_stages must be at least 2"):
         MosaicConfig(k_stages=1)
+    with pytest.raises(BSAConfigError, match="producers must be 1 or 2"):
+        MosaicConfig(producers=3)
+    q = jnp.zeros((1, 256, 1, 128), jnp.bfloat16)
+    with pytest.raises(BSAConfigError, match="lower MosaicConfig.k_stages"):
+        sparse_attention_chunked(q, q, q, jnp.zeros((1, 1, 4, 1), jnp.int32), jnp.ones((1, 1, 4), jnp.int32),
+                                 BLOCK, BLOCK, backend="pallas_interpret",
+                                 kernel_config=KernelConfig(forward="mosaic", mosaic=MosaicConfig(k_stages=4, v_stages=3)))

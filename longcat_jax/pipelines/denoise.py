@@ -45,6 +45,11 @@ class TextCondition:
             return self.embeddings, self.mask
         if self.negative_embeddings is None:
             raise InputError("guided sampling needs negative embeddings (encode the negative prompt, '' by default)")
+        return self._stacked
+
+    @functools.cached_property
+    def _stacked(self) -> tuple[jax.Array, jax.Array]:
+        # made once per condition, not once per denoising step
         return (
             jnp.concatenate([self.negative_embeddings, self.embeddings], axis=0),
             jnp.concatenate([self.negative_mask, self.mask], axis=0),
