@@ -61,7 +61,10 @@ def fill_model(
                 f"the model config needs {tuple(want.shape)}; is config.json the one of these weights?"
             )
         target = want.dtype if dtype is None or not jnp.issubdtype(want.dtype, jnp.floating) else dtype
-        filled[path] = jax.device_put(jnp.asarray(np.asarray(array), dtype=target), device)
+        host = np.asarray(array)
+        if host.dtype != np.dtype(target):
+            host = host.astype(target)  # on the host: the tensor goes straight to `device`, not via the default one
+        filled[path] = jax.device_put(host, device)
     missing = sorted(path_str(p) for p in expected if p not in filled)
     if missing:
         raise CheckpointError(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import ml_dtypes
@@ -147,10 +146,6 @@ class SafetensorsCheckpoint:
     def read(self, name: str) -> np.ndarray:
         self._entry(name)
         return self._where[name].read(name)
-
-    def items(self) -> Iterator[tuple[str, np.ndarray]]:
-        for name in self.names():
-            yield name, self.read(name)
 
     def _entry(self, name: str):
         if name not in self._where:

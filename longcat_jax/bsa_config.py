@@ -13,10 +13,10 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from kernels import BSAConfigError, BSAParams, chunk_grid
-from longcat_jax.errors import ConfigError, InputError
+from kernels import BSAConfigError, BSAParams
+from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ class BSAConfig:
     def to_json_dict(self) -> dict[str, Any]:
         """The config as a `--bsa-config` file holds it."""
         return {"enable_bsa": self.enable_bsa, "bsa_params": self.params_dict()}
-
-    def applies_to(self, num_latent_frames: int) -> bool:
-        """BSA runs only when on and the latent has more than one frame (images use dense attention)."""
-        return self.enable_bsa and num_latent_frames > 1
 
 
 def parse_bsa_config(config: Mapping[str, Any], *, source: str = "BSA config") -> BSAConfig:
@@ -90,35 +86,11 @@ def merge_into_dit_config(dit_config: Mapping[str, Any], override: BSAConfig) ->
     return merged
 
 
-def resolve_bsa(dit_config: Mapping[str, Any], bsa_config_path: str | Path | None) -> BSAConfig:
-    """The BSA settings a run uses: the DiT config's, overridden by `--bsa-config` when given."""
-    if bsa_config_path is None:
-        return bsa_from_dit_config(dit_config)
-    return bsa_from_dit_config(merge_into_dit_config(dit_config, load_bsa_config(bsa_config_path)))
-
-
 def log_bsa(config: BSAConfig, log: logging.Logger = logger) -> None:
     """Logs the two lines users grep for when BSA is on: the enable message and `BSA parameters: {...}`."""
     if config.enable_bsa:
         log.info(ENABLE_MESSAGE)
         log.info("BSA parameters: %s", json.dumps(config.params_dict()))
-
-
-def check_token_grid(
-    config: BSAConfig, grid_q: Sequence[int], grid_k: Sequence[int] | None = None
-) -> None:
-    """Refuses, before any compute, a chunk shape that does not divide the (T, H, W) token grid BSA will see.
-
-    grid_q: the queries' token grid; grid_k: the keys' grid when it differs (condition frames prepended from a KV
-    cache). Nothing to check when BSA does not apply (off, or a single latent frame).
-    """
-    if not config.applies_to(int(grid_q[0])):
-        return
-    try:
-        chunk_grid(grid_q, config.params.chunk_3d_shape_q, what="queries")
-        chunk_grid(grid_k if grid_k is not None else grid_q, config.params.chunk_3d_shape_k, what="keys")
-    except BSAConfigError as err:
-        raise InputError(f"BSA cannot run on this video size: {err}") from err
 
 
 def _parse_pair(enable: Any, params: Any, *, source: str) -> BSAConfig:

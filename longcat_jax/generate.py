@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--refine-inference-steps", type=int, help="schedule of the refinement, started at t=0.5 (default 50)")
     add("--guidance-scale", type=float, help="default 4.0 (1.0 with --distill)")
     add("--seed", type=int, default=42)
-    add("--resolution", choices=("480p", "720p"), default="480p", help="i2v/continuation bucket table")
+    add("--resolution", choices=("480p", "720p"), default="480p", help="i2v/continuation/long bucket table (long: of its continuation segments)")
     add("--bsa-config", type=Path, help="JSON BSA config, e.g. configs/bsa/config_720p_balanced.json")
     add("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="extra LoRA, repeatable")
     add("--distill", action="store_true", help="cfg_step_lora, 16 steps, guidance 1")
@@ -138,6 +138,13 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             raise InputError(f"{flag} is read by --task {' or '.join(readers)}, not by --task {task}")
     if args.num_segments < 0:
         raise InputError(f"--num-segments must be 0 or more, got {args.num_segments}")
+    # 0 would otherwise fall back to the default without a word (the defaults are filled in with `or`)
+    for flag, value in (("--height", args.height), ("--width", args.width), ("--num-frames", args.num_frames),
+                        ("--num-cond-frames", args.num_cond_frames), ("--fps", args.fps),
+                        ("--num-inference-steps", args.num_inference_steps),
+                        ("--refine-inference-steps", args.refine_inference_steps)):
+        if value is not None and not value > 0:
+            raise InputError(f"{flag} must be positive, got {value}; leave it out for the default")
     if task == "refine" and args.image is not None and args.video is not None:
         raise InputError("refinement takes one condition: --image or --video, not both")
     prompt = args.prompt if args.prompt is not None else ("" if task == "refine" else DEFAULT_PROMPT)
@@ -173,7 +180,8 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if task in ("t2v", "long"):
         stage1_frames = plan_t2v(height, width, frames, generation_bsa).num_frames
         if task == "long":
-            plan_continuation((height, width), stage1_frames, frames, cond_frames, generation_bsa, defaults)
+            plan_continuation((height, width), stage1_frames, frames, cond_frames, generation_bsa, defaults,
+                              args.resolution)
     elif task == "i2v":
         plan = plan_i2v(image.shape[:2], frames, generation_bsa, defaults, args.resolution)
         stage1_size, stage1_frames = (plan.height, plan.width), plan.num_frames
@@ -263,7 +271,7 @@ def run(args: argparse.Namespace, plan: RunPlan) -> tuple[np.ndarray, float, Run
         frames = generate_long_video(pipe, plan.prompt, num_segments=args.num_segments,
                                      negative_prompt=args.negative_prompt, height=args.height, width=args.width,
                                      num_frames=plan.num_frames, num_cond_frames=args.num_cond_frames,
-                                     **common).frames
+                                     resolution=args.resolution, **common).frames
     else:
         frames = plan.stage1
     if plan.refine:

@@ -45,17 +45,21 @@ RESIZE_METHODS = {
 # ----------------------------------------------------------------------------------------------- model <-> frames
 
 
-def to_uint8_frames(video: np.ndarray | jax.Array) -> np.ndarray:
-    """VAE output in [-1, 1], [3, F, H, W] or [1, 3, F, H, W] -> uint8 [F, H, W, 3], as the original's demos."""
-    video = np.asarray(video, dtype=np.float32)
+def to_uint8_frames(video: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
+    """VAE output in [-1, 1], [3, F, H, W] or [1, 3, F, H, W] -> uint8 [F, H, W, 3], as the original's demos.
+
+    A jax array stays on its device (a quarter of the bytes to copy to the host afterwards); numpy stays numpy.
+    """
+    xp = jnp if isinstance(video, jax.Array) else np
+    video = xp.asarray(video, dtype=xp.float32)
     if video.ndim == 5:
         if video.shape[0] != 1:
             raise InputError(f"expected one video, got a batch of {video.shape[0]}; write each batch item separately")
         video = video[0]
     if video.ndim != 4 or video.shape[0] != 3:
         raise InputError(f"expected a video [3, F, H, W] or [1, 3, F, H, W], got shape {video.shape}")
-    unit = np.clip(video / 2 + 0.5, 0.0, 1.0)  # [3, F, H, W]
-    return (unit.transpose(1, 2, 3, 0) * 255).astype(np.uint8)  # [F, H, W, 3]
+    unit = xp.clip(video / 2 + 0.5, 0.0, 1.0)  # [3, F, H, W]
+    return (unit.transpose(1, 2, 3, 0) * 255).astype(xp.uint8)  # [F, H, W, 3]
 
 
 def to_model_input(frames: np.ndarray) -> np.ndarray:

@@ -11,14 +11,14 @@ from longcat_jax.bsa_config import (
     ENABLE_MESSAGE,
     BSAConfig,
     bsa_from_dit_config,
-    check_token_grid,
     load_bsa_config,
     log_bsa,
     merge_into_dit_config,
     parse_bsa_config,
-    resolve_bsa,
 )
 from longcat_jax.errors import ConfigError, InputError
+from longcat_jax.pipelines.denoise import check_bsa_grids
+from longcat_jax.pipelines.pipeline import checkpoint_bsa
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "bsa"
 BALANCED = {"sparsity": 0.9375, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}
@@ -68,9 +68,11 @@ def test_presets_merge_into_a_dit_config(dit_config):
         assert bsa_from_dit_config(literal).enable_bsa == preset.enable_bsa
 
 
-def test_resolve_prefers_the_file(dit_config, tmp_path):
-    assert resolve_bsa(dit_config, None) == BSAConfig(enable_bsa=False, params=None)
-    fast = resolve_bsa(dit_config, PRESETS / "config_720p_fast.json")
+def test_checkpoint_settings_are_overridden_by_the_file(dit_config, tmp_path):
+    (tmp_path / "dit").mkdir()
+    (tmp_path / "dit" / "config.json").write_text(json.dumps(dit_config))
+    assert checkpoint_bsa(tmp_path) == bsa_from_dit_config(dit_config)
+    fast = checkpoint_bsa(tmp_path, PRESETS / "config_720p_fast.json")
     assert fast.enable_bsa and fast.params.sparsity == 0.96875
 
 
@@ -146,15 +148,15 @@ def test_log_lines(caplog):
     assert not caplog.records
 
 
-def test_token_grid_checks():
+def test_token_grid_checks_of_the_presets():
     balanced = load_bsa_config(PRESETS / "config_720p_balanced.json")
     long_video = load_bsa_config(PRESETS / "config_long_video.json")
-    check_token_grid(balanced, (48, 44, 80))  # refinement 720p, frames doubled
-    check_token_grid(long_video, (24, 44, 80))
-    check_token_grid(balanced, (1, 30, 52))  # one latent frame: BSA does not apply
-    check_token_grid(load_bsa_config(PRESETS / "config_480p_no_bsa.json"), (24, 30, 52))
+    check_bsa_grids(balanced, (48, 44, 80))  # refinement 720p, frames doubled
+    check_bsa_grids(long_video, (24, 44, 80))
+    check_bsa_grids(balanced, (1, 30, 52))  # one latent frame: BSA does not apply
+    check_bsa_grids(load_bsa_config(PRESETS / "config_480p_no_bsa.json"), (24, 30, 52))
     with pytest.raises(InputError, match="does not divide"):
-        check_token_grid(balanced, (24, 30, 52))  # 480p tokens: 30 rows do not split into 4s
-    with pytest.raises(InputError, match="keys"):
-        check_token_grid(long_video, (24, 44, 80), (28, 44, 80))  # condition frames prepended from a KV cache
-    assert balanced.applies_to(2) and not balanced.applies_to(1)
+        check_bsa_grids(balanced, (24, 30, 52))  # 480p tokens: 30 rows do not split into 4s
+    longer_keys = BSAConfig(True, BSAParams(chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(8, 4, 4)))
+    with pytest.raises(InputError, match="for keys"):  # the cached 4 condition frames: no 8-frame key chunk
+        check_bsa_grids(longer_keys, (24, 44, 80), num_cond_latents=4, kv_cache=True)

@@ -4,7 +4,6 @@ The fixtures (see `bsa_fixture_cases` in conftest.py) hold q, k, v, the original
 float32) and its block mask; the Mosaic GPU forward has its own fixture tests in test_bsa_mosaic.py.
 """
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

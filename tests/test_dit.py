@@ -163,6 +163,12 @@ def test_config_refuses_unknown_keys_and_ignores_implementation_switches(fixture
         DiTConfig.from_dict({**raw, "enable_bsa": True})
     with pytest.raises(ConfigError, match="patch_size must be three positive ints"):
         DiTConfig.from_dict({**raw, "patch_size": [True, 2, 2]})
+    with pytest.raises(ConfigError, match="enable_bsa must be true or false, got 'false'"):
+        DiTConfig.from_dict({**raw, "enable_bsa": "false"})
+    with pytest.raises(ConfigError, match="text_tokens_zero_pad must be true or false"):
+        DiTConfig.from_dict({**raw, "text_tokens_zero_pad": 1})
+    with pytest.raises(ConfigError, match="DiT config: sparsity must be in"):
+        DiTConfig.from_dict({**raw, "bsa_params": {"sparsity": 1.5}})
     config = DiTConfig.from_json(fixtures_dir / "dit" / "config.json")
     assert DiTConfig.from_dict(config.to_dict()) == config
     assert DiTConfig().ffn_hidden_size == 11008  # the released 13.6B model

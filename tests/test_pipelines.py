@@ -13,10 +13,10 @@ import pytest
 from kernels import BSAParams
 from longcat_jax.bsa_config import BSAConfig
 from longcat_jax.errors import InputError
-from longcat_jax.pipelines import denoise
+from longcat_jax.pipelines import continuation, denoise
 from longcat_jax.pipelines.continuation import generate_continuation, generate_long_video, join_continuation
 from longcat_jax.pipelines.denoise import check_bsa_grids, sample
-from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.pipeline import GeneratedVideo, LongCatPipeline
 from longcat_jax.pipelines.refine import generate_refine, plan_refine
 from longcat_jax.pipelines.scheduler import make_schedule
 from longcat_jax.pipelines.t2v import generate_i2v, generate_t2v, plan_t2v
@@ -103,6 +103,20 @@ def test_continuation_and_join(pipe, t2v_frames):
     joined = join_continuation(t2v_frames, result.frames, 1)
     assert joined.shape == (5 + 4, 64, 64, 3)
     np.testing.assert_array_equal(joined[:5], t2v_frames)
+
+
+def test_long_video_makes_its_segments_at_the_asked_resolution(pipe, monkeypatch):
+    seen = []
+
+    def continuation_spy(pipe, video, prompt, **kwargs):
+        seen.append(kwargs["resolution"])
+        return GeneratedVideo(np.zeros((5, 32, 32, 3), np.uint8), 15.0)
+
+    monkeypatch.setattr(continuation, "generate_continuation", continuation_spy)
+    video = generate_long_video(pipe, "A red car", num_segments=2, height=64, width=64, num_frames=5,
+                                num_cond_frames=1, num_inference_steps=2, seed=6, resolution="720p")
+    assert seen == ["720p", "720p"]
+    assert video.frames.shape == (5 + 2 * 4, 64, 64, 3)
 
 
 def test_long_video_frame_count(pipe):

@@ -1,7 +1,6 @@
 """UMT5 encoder: relative position buckets, masking, and parity with the original on the fixture model."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,6 +1,8 @@
 """Video and image files: mp4 round trip, atomic writes, npz / frames outputs, readers, pre- and post-processing."""
 
 import os
+import jax
+import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 import pytest
@@ -146,6 +148,9 @@ def test_model_range_conversions():
     assert frames.shape == (1, 1, 5, 3)
     np.testing.assert_array_equal(frames[0, 0, :, 0], [0, 0, 127, 255, 255])  # truncation, as the original demos
     np.testing.assert_array_equal(to_uint8_frames(video[None]), frames)
+    on_device = to_uint8_frames(jnp.asarray(video))  # converted where it lies, before the copy to the host
+    assert isinstance(on_device, jax.Array) and on_device.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(on_device), frames)
     with pytest.raises(InputError, match="batch"):
         to_uint8_frames(np.zeros((2, 3, 1, 2, 2), np.float32))
     model = to_model_input(_gradient_frames(3, 8, 8))

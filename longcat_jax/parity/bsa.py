@@ -30,12 +30,12 @@ from kernels import (
     sparse_attention_chunked,
     to_chunk_order,
 )
+from longcat_jax.bsa_config import PARAM_KEYS
 from longcat_jax.parity.report import CaseResult, rel_l2, verdict
 
 SELECTION_TOLERANCE = 0.01  # fraction of block-mask entries allowed to differ
 OUTPUT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 WHOLE_CALL_TOLERANCE = 2e-2  # our own selection; a flipped near-tied block can cost more
-_PARAM_KEYS = ("sparsity", "cdf_threshold", "chunk_3d_shape_q", "chunk_3d_shape_k")
 
 
 def run(fixtures: Path, dtype: str) -> list[CaseResult]:
@@ -55,7 +55,7 @@ def run(fixtures: Path, dtype: str) -> list[CaseResult]:
         arrays = {key: np.array(tensors.read(f"{name}.{key}")) for key in ("q", "k", "v", "out", "block_mask")}
         q, k, v = (jnp.asarray(arrays[key]).transpose(0, 2, 1, 3).astype(compute_dtype) for key in "qkv")
         want = arrays["out"].transpose(0, 2, 1, 3)  # [B, Sq, H, D]
-        params = BSAParams.from_dict({key: spec[key] for key in _PARAM_KEYS})
+        params = BSAParams.from_dict({key: spec[key] for key in PARAM_KEYS})
         latent_q, latent_k = tuple(spec["latent_shape_q"]), tuple(spec["latent_shape_k"])
         q_c = to_chunk_order(q, latent_q, params.chunk_3d_shape_q)
         k_c = to_chunk_order(k, latent_k, params.chunk_3d_shape_k)

@@ -19,7 +19,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from longcat_jax.models.dit import load_dit
-from longcat_jax.parity.report import CaseResult
+from longcat_jax.parity.report import CaseResult, rel_l2, verdict
 from longcat_jax.pipelines.denoise import Denoiser, TextCondition, sample
 from longcat_jax.pipelines.guidance import uses_guidance
 from longcat_jax.pipelines.scheduler import SchedulerConfig, make_schedule
@@ -51,10 +51,8 @@ def run(fixtures: Path, dtype: str) -> list[CaseResult]:
         name, match = cases[task]
         got = sample_case(denoiser, tensors, task, int(match.group("steps")), float(match.group("guidance") or 1.0),
                           scheduler=scheduler)
-        want = tensors[name].astype(np.float64)
-        rel = float(np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
-        note = notes.get(task, "")[:60]
-        results.append(CaseResult(name, rel, tol, "PASS" if rel <= tol else "FAIL", note=note))
+        rel = rel_l2(got, tensors[name])  # nan (FAIL) on a shape mismatch
+        results.append(CaseResult(name, rel, tol, verdict(rel, tol), note=notes.get(task, "")[:60]))
     return results
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from longcat_jax.parity.report import CaseResult
+from longcat_jax.parity.report import CaseResult, rel_l2, verdict
 from longcat_jax.pipelines.scheduler import SchedulerConfig, make_schedule
 
 TOLERANCE = 1e-6
@@ -44,6 +44,5 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray | None) -> CaseResult:
         return CaseResult(name, float("nan"), TOLERANCE, "FAIL", note="expected table missing from the fixtures")
     if got.shape != want.shape:
         return CaseResult(name, float("nan"), TOLERANCE, "FAIL", note=f"shape {got.shape} != expected {want.shape}")
-    want = want.astype(np.float64)
-    rel_l2 = float(np.linalg.norm(got.astype(np.float64) - want) / max(np.linalg.norm(want), 1e-30))
-    return CaseResult(name, rel_l2, TOLERANCE, "PASS" if rel_l2 <= TOLERANCE else "FAIL")
+    error = rel_l2(got, want)
+    return CaseResult(name, error, TOLERANCE, verdict(error, TOLERANCE))

@@ -169,10 +169,12 @@ def generate_long_video(
     guidance_scale: float | None = None,
     distill: bool = False,
     seed: int = 0,
+    resolution: str = "480p",
     bsa: BSAConfig | None = None,
 ) -> GeneratedVideo:
     """A t2v clip extended by `num_segments` continuations: num_frames + num_segments * (num_frames -
-    num_cond_frames) frames at 15 fps."""
+    num_cond_frames) frames at 15 fps. Each continuation is made at the `resolution` bucket nearest the clip's
+    aspect ratio (480p, as the original's long-video demo) and resized to the first clip's size."""
     defaults = pipe.defaults
     num_cond_frames = num_cond_frames or defaults.num_cond_frames
     if num_segments < 0:
@@ -191,7 +193,8 @@ def generate_long_video(
     for segment in range(num_segments):
         logger.info("Generating segment %d/%d", segment + 1, num_segments)
         clip = generate_continuation(
-            pipe, current, prompt, num_cond_frames=num_cond_frames, seed=seed + segment + 1, **options
+            pipe, current, prompt, num_cond_frames=num_cond_frames, seed=seed + segment + 1, resolution=resolution,
+            **options
         ).frames
         clip = resize_frames(clip, current.shape[1], current.shape[2], "bicubic")
         frames.append(clip[num_cond_frames:])

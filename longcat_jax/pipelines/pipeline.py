@@ -316,7 +316,7 @@ class LongCatPipeline:
         if self.mesh is not None:
             latents = split_spatially(latents, self.mesh)
         video = self.vae.decode(latents)
-        return to_uint8_frames(to_host(video.astype(jnp.float32)))
+        return to_host(to_uint8_frames(video))
 
     # ------------------------------------------------------------------------------------------------ sizes
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kernels import BSAParams
+from kernels import BSAConfigError, BSAParams
 from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
 
@@ -60,7 +60,15 @@ class DiTConfig:
     def __post_init__(self):
         object.__setattr__(self, "patch_size", _int_triple("patch_size", self.patch_size))
         if isinstance(self.bsa_params, Mapping):
-            object.__setattr__(self, "bsa_params", BSAParams.from_dict(self.bsa_params))
+            try:
+                object.__setattr__(self, "bsa_params", BSAParams.from_dict(self.bsa_params))
+            except BSAConfigError as e:
+                raise ConfigError(f"DiT config: {e}") from e
+        if self.bsa_params is not None and not isinstance(self.bsa_params, BSAParams):
+            raise ConfigError(f"DiT config: bsa_params must be a mapping or null, got {self.bsa_params!r}")
+        for name in ("enable_bsa", "text_tokens_zero_pad"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"DiT config: {name} must be true or false, got {getattr(self, name)!r}")
         for name in ("in_channels", "out_channels", "hidden_size", "depth", "num_heads", "caption_channels",
                      "mlp_ratio", "adaln_tembed_dim", "frequency_embedding_size"):
             value = getattr(self, name)
