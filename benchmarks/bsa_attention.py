@@ -33,7 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kernels import BSAParams, bsa_attention, select_blocks, to_chunk_order  # noqa: E402
 from kernels import KernelConfig, pallas_triton, reference  # noqa: E402
-from kernels.sparse_attention import sparse_attention_forward  # noqa: E402
+from kernels.sparse_attention import FORWARDS, sparse_attention_forward  # noqa: E402
 
 log = logging.getLogger("bsa_benchmark")
 
@@ -126,14 +126,14 @@ def sweep(q, k, v, indices, counts, block, do, backward) -> tuple[pallas_triton.
     lines, best_fwd, best_bwd = [], None, None
     for warps, stages in ((4, 2), (4, 3), (8, 2)):
         config = pallas_triton.TritonConfig(num_warps=warps, num_stages=stages)
-        fwd = jax.jit(lambda *a, c=config: pallas_triton.sparse_attention_forward(*a, block, block, c))
+        fwd = jax.jit(lambda *a, c=config: sparse_attention_forward(*a, block, block, KernelConfig(triton=c)))
         ms = time_jax(fwd, q, k, v, indices, counts)
         lines.append(f"fwd warps={warps} stages={stages}: {ms:.3f} ms")
         best_fwd = min(best_fwd or (ms, config), (ms, config), key=lambda t: t[0])
     if not backward:
         return best_fwd[1], lines
-    out, lse = jax.jit(lambda *a: pallas_triton.sparse_attention_forward(*a, block, block, best_fwd[1]))(
-        q, k, v, indices, counts)
+    best = KernelConfig(triton=best_fwd[1])
+    out, lse = jax.jit(lambda *a: sparse_attention_forward(*a, block, block, best))(q, k, v, indices, counts)
     for warps, stages in ((4, 2), (4, 3)):
         config = dataclasses.replace(best_fwd[1], bwd_num_warps=warps, bwd_num_stages=stages)
         bwd = jax.jit(lambda *a, c=config: pallas_triton.sparse_attention_backward(*a, block, block, c))
@@ -155,8 +155,8 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--forward", default="triton", choices=("triton", "mosaic"),
-                        help="our forward kernel (mosaic: the Hopper kernel, see kernels/pallas_mosaic.py)")
+    parser.add_argument("--forward", default="auto", choices=FORWARDS,
+                        help="our forward kernel (auto: the Mosaic GPU one on Hopper, else the Triton one)")
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")

@@ -40,8 +40,10 @@ def _dot(a: jax.Array, b: jax.Array, *, transpose_a: bool = False, transpose_b: 
     return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _forward_kernel(indices_ref, counts_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, block_k, scale):
-    # indices_ref [K_max], counts_ref [Mq], q_ref [cq, D], k_ref / v_ref [Sk, D], o_ref [cq, D], lse_ref [cq]
+def _forward_kernel(indices_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, block_k, scale):
+    # indices_ref [K_max], starts_ref / counts_ref [Mq], q_ref [cq, D], k_ref / v_ref [Sk, D], o_ref [cq, D],
+    # lse_ref [cq]; this query block visits list entries [start, start + count)
+    first = starts_ref[pl.program_id(0)]
     count = counts_ref[pl.program_id(0)]
     q = q_ref[...]
     block_q, head_dim = q.shape
@@ -49,7 +51,7 @@ def _forward_kernel(indices_ref, counts_ref, q_ref, k_ref, v_ref, o_ref, lse_ref
 
     def visit_key_block(j, carry):
         acc, row_max, row_sum = carry
-        start = pl.multiple_of(indices_ref[j] * block_k, block_k)
+        start = pl.multiple_of(indices_ref[first + j] * block_k, block_k)
         k = k_ref[pl.ds(start, block_k), :]  # [ck, D]
         logits = _dot(q, k, transpose_b=True) * logit_scale  # [cq, ck]
         new_max = jnp.maximum(row_max, jnp.max(logits, axis=1))
@@ -141,8 +143,11 @@ def _full_rows(seq):
     return pl.BlockSpec((None, None, seq), lambda i, bi, hi: (bi, hi, 0))
 
 
-def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config):
-    """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2)."""
+def sparse_attention_forward(q, k, v, indices, starts, counts, block_q, block_k, config):
+    """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
+
+    Each query block visits entries [starts, starts + counts) of its index list (starts, counts [B, H, Mq]).
+    """
     b, sq, h, d = q.shape
     sk = k.shape[1]
     mq = sq // block_q
@@ -150,7 +155,10 @@ def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config)
     return pl.pallas_call(
         functools.partial(_forward_kernel, block_k=block_k, scale=d**-0.5),
         grid=(mq, b, h),
-        in_specs=[specs["list"], specs["counts"], specs["tile"], _full_sequence(sk, d), _full_sequence(sk, d)],
+        in_specs=[
+            specs["list"], specs["counts"], specs["counts"], specs["tile"], _full_sequence(sk, d),
+            _full_sequence(sk, d),
+        ],
         out_specs=[specs["tile"], specs["rows"]],
         out_shape=[
             jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -159,7 +167,7 @@ def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config)
         compiler_params=plgpu.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
         interpret=config.interpret,
         name="bsa_forward",
-    )(indices, counts, q, k, v)
+    )(indices, starts, counts, q, k, v)
 
 
 def sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config):

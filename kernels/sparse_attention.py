@@ -1,8 +1,9 @@
 """The differentiable block-sparse kernel on chunk-ordered tokens: picks the forward kernel, shares one backward.
 
-Forward: the Triton-lowered kernel (`pallas_triton`, any CUDA GPU) or, on request, the Mosaic GPU kernel for
-Hopper (`pallas_mosaic`). Both return the output and the base-2 log-sum-exp, so the Triton backward
-kernels (dq over the selection lists, dk/dv over the transposed lists) serve either through `jax.custom_vjp`.
+Forward: the Triton-lowered kernel (`pallas_triton`, any CUDA GPU) or the Mosaic GPU kernel for Hopper
+(`pallas_mosaic`), once per key range where one head's K and V outgrow the L2 cache (`key_ranges`). Both
+return the output and the base-2 log-sum-exp, so the Triton backward kernels (dq over the selection lists,
+dk/dv over the transposed lists) serve either through `jax.custom_vjp`.
 """
 
 from __future__ import annotations
@@ -11,28 +12,36 @@ import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 
-from kernels import pallas_mosaic, pallas_triton
+from kernels import key_ranges, pallas_mosaic, pallas_triton
 from kernels.errors import BSAConfigError, BSAInputError
 
-FORWARDS = ("triton", "mosaic")
+FORWARDS = ("auto", "triton", "mosaic")
 
 
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
     """Which forward kernel runs and the launch settings of each.
 
-    forward: "triton" (the default: on an H100 it measured faster than the Mosaic kernel, see BENCHMARKS.md) or
-    "mosaic" (the Hopper kernel where it supports the shapes; refused where it cannot run).
+    forward: "auto" (the default: the Mosaic kernel on a Hopper GPU where it supports the shapes, 1.2-1.4x the
+    Triton one on an H100, see BENCHMARKS.md; the Triton kernel elsewhere), "triton" (any CUDA GPU) or "mosaic"
+    (refused where it cannot run).
+    key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
+    one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
+    H100; for the Mosaic kernel one, as splitting measured no faster there).
     """
 
-    forward: str = "triton"
+    forward: str = "auto"
     triton: pallas_triton.TritonConfig = pallas_triton.TritonConfig()
     mosaic: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig()
+    key_ranges: int | None = None
 
     def __post_init__(self):
         if self.forward not in FORWARDS:
             raise BSAConfigError(f"unknown BSA forward kernel {self.forward!r}; choose one of {FORWARDS}")
+        if self.key_ranges is not None and (not isinstance(self.key_ranges, int) or self.key_ranges < 1):
+            raise BSAConfigError(f"KernelConfig.key_ranges must be None or an int >= 1, got {self.key_ranges!r}")
 
     def interpreted(self) -> KernelConfig:
         """The same settings run through the Pallas interpreters on the CPU."""
@@ -51,14 +60,38 @@ class KernelConfig:
                 f"head_dim 64 or 128 and bf16/f16 inputs; got blocks {block_q}/{block_k}, head_dim {q.shape[-1]}, "
                 f"{q.dtype}; use forward='triton' or 'auto'"
             )
+        if self.forward == "auto":
+            return supported and not self.mosaic.interpret and _on_hopper()
         return self.forward == "mosaic"
+
+
+def _on_hopper() -> bool:
+    """Whether the default device is a Hopper GPU (compute capability 9.x), where the Mosaic kernel runs."""
+    device = jax.devices()[0]
+    return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
 def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config: KernelConfig):
     """(out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32 base 2) from the kernel `config` picks."""
-    if config.uses_mosaic(q, block_q, block_k):
-        return pallas_mosaic.sparse_attention_forward(q, k, v, indices, counts, config.mosaic)
-    return pallas_triton.sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config.triton)
+    mosaic = config.uses_mosaic(q, block_q, block_k)
+    if mosaic:
+        def forward(indices, starts, counts):
+            return pallas_mosaic.sparse_attention_forward(q, k, v, indices, starts, counts, config.mosaic)
+    else:
+        def forward(indices, starts, counts):
+            return pallas_triton.sparse_attention_forward(
+                q, k, v, indices, starts, counts, block_q, block_k, config.triton
+            )
+    num_k_blocks = k.shape[1] // block_k
+    ranges = config.key_ranges
+    if ranges is None:
+        ranges = 1 if mosaic else key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
+    ranges = min(ranges, num_k_blocks)
+    if ranges == 1:
+        return forward(indices, jnp.zeros_like(counts), counts)
+    indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
+    outs, lses = zip(*(forward(indices, starts[r], range_counts[r]) for r in range(ranges)), strict=True)
+    return key_ranges.merge_partial_attention(list(outs), list(lses))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))

@@ -1,0 +1,58 @@
+"""Running the forward kernel once per range of key blocks, and merging the partial attentions.
+
+Why: the kernels gather each query block's selected K/V blocks from anywhere in its head, so the CTAs
+running together touch the whole head's K and V. Where that is larger than the L2 cache (one head at
+168,960 tokens: 86 MB against the H100's 50 MB), most gathers go to HBM. One launch per key range keeps
+the working set to that range; the partial outputs are merged by their log-sum-exps (flash-decoding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+L2_WORKING_SET_BYTES = 48 * 2**20  # K+V bytes of one head that still gather from the H100's L2
+
+
+def auto_key_ranges(num_k_tokens: int, head_dim: int, itemsize: int) -> int:
+    """How many key ranges keep one head's K and V of each range under `L2_WORKING_SET_BYTES`."""
+    return max(1, math.ceil(2 * num_k_tokens * head_dim * itemsize / L2_WORKING_SET_BYTES))
+
+
+def split_by_key_range(
+    indices: jax.Array, counts: jax.Array, num_k_blocks: int, ranges: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Each list's entries per key range, as slices of the list sorted ascending.
+
+    indices [B, H, Mq, K_max] (entries past counts ignored), counts [B, H, Mq]. Range r covers key blocks
+    [r * w, (r + 1) * w) with w = ceil(Mk / ranges). Returns (sorted indices, starts [R, B, H, Mq],
+    counts [R, B, H, Mq]): range r of a list is entries [starts[r], starts[r] + counts[r]).
+    """
+    valid = jnp.arange(indices.shape[-1], dtype=jnp.int32) < counts[..., None]
+    indices = jnp.sort(jnp.where(valid, indices, num_k_blocks), axis=-1)
+    width = -(-num_k_blocks // ranges)
+    bounds = jnp.arange(1, ranges, dtype=jnp.int32) * width  # [R - 1]
+    below = jnp.sum(indices[None] < bounds[:, None, None, None, None], axis=-1, dtype=jnp.int32)
+    ends = jnp.concatenate([below, counts[None]], axis=0)  # [R, B, H, Mq]
+    starts = jnp.concatenate([jnp.zeros_like(counts)[None], ends[:-1]], axis=0)
+    return indices, starts, ends - starts
+
+
+def merge_partial_attention(outs: list[jax.Array], lses: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """One attention from its parts over disjoint key sets.
+
+    outs: [B, S, H, D] each, normalised within its part; lses: [B, H, S] float32 base 2 (-inf where a part
+    saw no key). Returns (out [B, S, H, D] in the outs' dtype, lse [B, H, S]); rows no part saw stay 0, -inf.
+    """
+    lse = jnp.stack(lses)  # [R, B, H, S]
+    top = jnp.max(lse, axis=0)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    weights = jnp.exp2(lse - top)  # 0 where a part saw nothing
+    total = jnp.sum(weights, axis=0)
+    weights = weights / jnp.where(total > 0, total, 1.0)
+    out = sum(
+        o.astype(jnp.float32) * jnp.swapaxes(w, 1, 2)[..., None] for o, w in zip(outs, weights, strict=True)
+    )
+    return out.astype(outs[0].dtype), top + jnp.log2(total)
