@@ -3,7 +3,8 @@
 Kernel alone (with its key-range split and merge where a variant asks for one), on chunk-ordered random
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
-(relative L2) before it is timed.
+(relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
+(`MosaicConfig.rounds`), p2 = two producer warpgroups.
 
     python3 benchmarks/bsa_forward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -33,16 +34,15 @@ def _mosaic(ranges, **settings) -> KernelConfig:
 
 
 VARIANTS = {
-    "triton r1": KernelConfig(key_ranges=1),
-    "triton r2": KernelConfig(key_ranges=2),
-    "mosaic k2v2p1 r1": _mosaic(1),
-    "mosaic k2v2p1 r2": _mosaic(2),
-    "mosaic k2v2p1 r4": _mosaic(4),
-    "mosaic k3v2p1 r1": _mosaic(1, k_stages=3),
-    "mosaic k2v2p2 r1": _mosaic(1, producers=2),
-    "mosaic k3v2p2 r1": _mosaic(1, k_stages=3, producers=2),
-    "mosaic k2v3p2 r1": _mosaic(1, v_stages=3, producers=2),
-    "mosaic k2v2p1 r1 no schedule barrier": _mosaic(1, schedule_barrier=False),
+    "triton": KernelConfig(forward="triton", key_ranges=1),
+    "triton r2": KernelConfig(forward="triton", key_ranges=2),
+    "mosaic n1": _mosaic(1, rounds=1),
+    "mosaic n2": _mosaic(1, rounds=2),
+    "mosaic n4": _mosaic(1, rounds=4),
+    "mosaic n8": _mosaic(1, rounds=8),
+    "mosaic n4 r2": _mosaic(2, rounds=4),
+    "mosaic n4 p2": _mosaic(1, rounds=4, producers=2),
+    "mosaic n4 no schedule barrier": _mosaic(1, rounds=4, schedule_barrier=False),
 }
 
 

@@ -37,10 +37,12 @@ _SMEM_ALIGN = 1024  # Pallas Mosaic GPU aligns each scratch buffer to this
 class MosaicConfig:
     """Launch settings of the Hopper kernel.
 
-    k_stages / v_stages: K / V blocks in flight per consumer (shared memory allows 5 in all with head_dim 128);
+    k_stages / v_stages: K / V blocks in flight per consumer (shared memory allows 4 in all with head_dim 128);
     producers: 1 (one producer warpgroup gathers for both consumers) or 2 (one each, so a consumer waiting on
     its V does not hold up the other's K); schedule_barrier: make the two consumers alternate on the tensor
-    cores; interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
+    cores; rounds: pairs of query blocks each CTA works through in turn, so that its producer gathers the next
+    pair's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
+    interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
     wgmma on a transposed operand, no in-place accumulator and no register layouts, so there the two products
     are plain dots; the pipeline, barriers, index gathering and softmax are the GPU's.
     """
@@ -49,9 +51,12 @@ class MosaicConfig:
     v_stages: int = 2
     producers: int = 1
     schedule_barrier: bool = True
+    rounds: int = 4
     interpret: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise BSAConfigError(f"MosaicConfig.rounds must be an int >= 1, got {self.rounds!r}")
         for name in ("k_stages", "v_stages"):
             if getattr(self, name) < 2:
                 raise BSAConfigError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
@@ -64,10 +69,11 @@ def _aligned(n: int, to: int) -> int:
 
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig) -> int:
-    """Shared memory the kernel asks for: q/out tiles, K and V stages, index lists, lse rows (barriers aside)."""
+    """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows (barriers aside)."""
     tile = BLOCK * head_dim * 2
     buffers = (
-        _CONSUMERS * tile,
+        _CONSUMERS * tile,  # q
+        _CONSUMERS * tile,  # out
         _CONSUMERS * config.k_stages * tile,
         _CONSUMERS * config.v_stages * tile,
         _CONSUMERS * _aligned(k_max, _INDEX_ALIGN) * 4,
@@ -117,10 +123,11 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
         raise BSAConfigError(
             f"the Mosaic BSA kernel needs {needed} bytes of shared memory with k_stages={k_stages}, "
             f"v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA has {_SMEM_BYTES}: "
-            "lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 5 fits head_dim 128)"
+            "lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim 128)"
         )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
-    num_tiles = -(-mq // _CONSUMERS)
+    rounds = config.rounds
+    num_ctas = -(-mq // (_CONSUMERS * rounds))  # per (batch, head)
     logit_scale = d**-0.5 * _LOG2E  # logits in base-2 units
 
     def fragment(x, layout):
@@ -130,29 +137,28 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
     def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, scoped):
         bi = lax.axis_index("batch")
         hi = lax.axis_index("heads")
-        tile = lax.axis_index("tiles")
+        cta = lax.axis_index("ctas")
         wg = lax.axis_index("wg")
-        (qo_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2), barriers = scoped
-        q_barriers, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers
+        (q_smem2, o_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2), barriers = scoped
+        q_barriers, q_consumed, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers
 
-        def query_block(w):
-            return jnp.minimum(tile * _CONSUMERS + w, mq - 1)
+        def query_block(r, w):
+            """Consumer w's query block in round r (clamped; `valid` says whether it exists)."""
+            return jnp.minimum((cta * rounds + r) * _CONSUMERS + w, mq - 1)
 
-        def count_of(w):
-            valid = tile * _CONSUMERS + w < mq
-            return jnp.where(valid, counts_ref[bi, hi, query_block(w)], 0)
+        def valid(r, w):
+            return (cta * rounds + r) * _CONSUMERS + w < mq
 
-        counts = [count_of(w) for w in range(_CONSUMERS)]
-        starts = [starts_ref[bi, hi, query_block(w)] for w in range(_CONSUMERS)]
-        max_count = functools.reduce(jnp.maximum, counts)
+        def count_of(r, w):
+            return jnp.where(valid(r, w), counts_ref[bi, hi, query_block(r, w)], 0)
 
-        def fetch_blocks(w, step):
-            """Gathers key block `step` of consumer w's list into its K and V slots, once they are released."""
+        def fetch_blocks(w, step, block):
+            """Gathers key block `block` into consumer w's K and V slots of its `step`-th block overall."""
             k_slot = lax.rem(step, jnp.int32(k_stages))
             v_slot = lax.rem(step, jnp.int32(v_stages))
             k_barrier = w * k_stages + k_slot
             v_barrier = w * v_stages + v_slot
-            rows = pl.ds(idx_smem2[w, starts[w] + step] * BLOCK, BLOCK)
+            rows = pl.ds(block * BLOCK, BLOCK)
 
             @pl.when(step >= k_stages)
             def _wait_k():
@@ -167,27 +173,42 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
             plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, hi], v_smem2.at[w, v_slot], v_barriers.at[v_barrier])
 
         def produce(consumers):
-            """The producer warpgroup's work for these consumers: their index lists, then their K/V blocks."""
-            for w in consumers:
-                for c, (start, size) in enumerate(index_chunks):
-                    plgpu.copy_gmem_to_smem(
-                        idx_ref.at[bi, hi, query_block(w), pl.ds(start, size)],
-                        idx_smem2.at[w, pl.ds(start, size)],
-                        idx_barriers.at[w * len(index_chunks) + c],
-                    )
-            for w in consumers:
-                for c in range(len(index_chunks)):
-                    plgpu.barrier_wait(idx_barriers.at[w * len(index_chunks) + c])
+            """The producer warpgroup's work for these consumers, round by round: index lists, q, K/V blocks."""
 
-            @pl.loop(0, functools.reduce(jnp.maximum, [counts[w] for w in consumers]))
-            def _gather(step):
+            def produce_round(r, done):
+                # done[i]: blocks gathered so far for consumers[i], over all rounds (their stage slots run on)
                 for w in consumers:
-                    pl.when(step < counts[w])(lambda: fetch_blocks(w, step))
+                    for c, (start, size) in enumerate(index_chunks):
+                        plgpu.copy_gmem_to_smem(
+                            idx_ref.at[bi, hi, query_block(r, w), pl.ds(start, size)],
+                            idx_smem2.at[w, pl.ds(start, size)],
+                            idx_barriers.at[w * len(index_chunks) + c],
+                        )
+                for w in consumers:
+                    pl.when(r > 0)(lambda: plgpu.barrier_wait(q_consumed.at[w]))  # last round's q is read
+                    rows = pl.ds(query_block(r, w) * BLOCK, BLOCK)
+                    plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, hi], q_smem2.at[w], q_barriers.at[w])
+                for w in consumers:
+                    for c in range(len(index_chunks)):
+                        plgpu.barrier_wait(idx_barriers.at[w * len(index_chunks) + c])
+                counts = [count_of(r, w) for w in consumers]
+                firsts = [starts_ref[bi, hi, query_block(r, w)] for w in consumers]
 
-            for w in consumers:
-                # wait out the last blocks' releases, so every barrier phase is observed before the CTA ends
+                @pl.loop(0, functools.reduce(jnp.maximum, counts))
+                def _gather(step):
+                    for i, w in enumerate(consumers):
+                        @pl.when(step < counts[i])
+                        def _fetch(i=i, w=w):
+                            fetch_blocks(w, done[i] + step, idx_smem2[w, firsts[i] + step])
+
+                return tuple(n + c for n, c in zip(done, counts, strict=True))
+
+            done = lax.fori_loop(0, rounds, produce_round, tuple(jnp.int32(0) for _ in consumers))
+            for i, w in enumerate(consumers):
+                # wait out the last releases, so every barrier phase is observed before the CTA ends
+                plgpu.barrier_wait(q_consumed.at[w])
                 for stages, consumed in ((k_stages, k_consumed), (v_stages, v_consumed)):
-                    @pl.loop(jnp.maximum(counts[w] - stages, 0), counts[w])
+                    @pl.loop(jnp.maximum(done[i] - stages, 0), done[i])
                     def _drain(step):
                         plgpu.barrier_wait(consumed.at[w * stages + lax.rem(step, jnp.int32(stages))])
 
@@ -199,86 +220,94 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
         @pl.when(wg < _CONSUMERS)
         def _consumer():
             plgpu.set_max_registers(232 if config.producers == 1 else 216, action="increase")
-            qo_smem = qo_smem2.at[wg]
+            q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
-            count = jnp.where(wg == 0, counts[0], counts[1])
-            q_start = query_block(wg) * BLOCK
-            plgpu.copy_gmem_to_smem(q_ref.at[bi, pl.ds(q_start, BLOCK), hi], qo_smem, q_barriers.at[wg])
-            plgpu.barrier_wait(q_barriers.at[wg])
 
-            row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-            row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-            acc = fragment(jnp.full((BLOCK, d), 0, jnp.float32), plgpu.Layout.WGMMA)
+            def consume_round(r, done):
+                # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
+                counts = [count_of(r, w) for w in range(_CONSUMERS)]
+                count = jnp.where(wg == 0, counts[0], counts[1])
+                plgpu.barrier_wait(q_barriers.at[wg])
+                row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+                row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+                acc = fragment(jnp.full((BLOCK, d), 0, jnp.float32), plgpu.Layout.WGMMA)
 
-            pl.when(wg == 1)(schedule_sync)
+                pl.when(wg == 1)(schedule_sync)
 
-            def visit_key_block(step, carry):
-                acc, row_max, row_sum = carry
-                k_slot = lax.rem(step, jnp.int32(k_stages))
-                v_slot = lax.rem(step, jnp.int32(v_stages))
-                k_barrier = wg * k_stages + k_slot
-                v_barrier = wg * v_stages + v_slot
-                plgpu.barrier_wait(k_barriers.at[k_barrier])
+                def visit_key_block(j, carry):
+                    acc, row_max, row_sum = carry
+                    step = done + j
+                    k_slot = lax.rem(step, jnp.int32(k_stages))
+                    v_slot = lax.rem(step, jnp.int32(v_stages))
+                    k_barrier = wg * k_stages + k_slot
+                    v_barrier = wg * v_stages + v_slot
+                    plgpu.barrier_wait(k_barriers.at[k_barrier])
 
-                if config.interpret:
-                    logits = _dot(qo_smem[...], k_smem[k_slot], transpose_b=True)
-                    schedule_sync()
-                else:
-                    def logits_scope(acc_ref):
-                        plgpu.wgmma(acc_ref, qo_smem, plgpu.transpose_ref(k_smem.at[k_slot], (1, 0)))
+                    if config.interpret:
+                        logits = _dot(q_smem[...], k_smem[k_slot], transpose_b=True)
                         schedule_sync()
-                        return acc_ref[...]
+                    else:
+                        def logits_scope(acc_ref):
+                            plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[k_slot], (1, 0)))
+                            schedule_sync()
+                            return acc_ref[...]
 
-                    logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
-                plgpu.barrier_arrive(k_consumed.at[k_barrier])
-                new_max = jnp.maximum(row_max, logits.max(axis=1) * logit_scale)
-                correction = jnp.exp2(row_max - new_max)
-                weights = jnp.exp2(logits * logit_scale - lax.broadcast_in_dim(new_max, logits.shape, [0]))
-                acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
-                row_sum = row_sum * correction + weights.sum(axis=1)
-                weights = weights.astype(dtype)
-                acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
+                        logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
+                    plgpu.barrier_arrive(k_consumed.at[k_barrier])
+                    new_max = jnp.maximum(row_max, logits.max(axis=1) * logit_scale)
+                    correction = jnp.exp2(row_max - new_max)
+                    weights = jnp.exp2(logits * logit_scale - lax.broadcast_in_dim(new_max, logits.shape, [0]))
+                    acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
+                    row_sum = row_sum * correction + weights.sum(axis=1)
+                    weights = weights.astype(dtype)
+                    acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
+                    if config.schedule_barrier:
+                        plgpu.barrier_arrive(schedule)
+                    plgpu.barrier_wait(v_barriers.at[v_barrier])
+                    if config.schedule_barrier:
+                        plgpu.barrier_wait(schedule)
+
+                    if config.interpret:
+                        acc = acc + _dot(weights, v_smem[v_slot])
+                    else:
+                        def values_state(acc_ref):
+                            plgpu.wgmma(acc_ref, weights, v_smem.at[v_slot])
+
+                        acc = pl.run_state(values_state)(plgpu.ACC.init(acc))
+                    plgpu.barrier_arrive(v_consumed.at[v_barrier])
+                    return acc, new_max, row_sum
+
+                acc, row_max, row_sum = lax.fori_loop(0, count, visit_key_block, (acc, row_max, row_sum))
+                plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
+
+                def idle_step(_, carry):
+                    # keeps the turn-taking in step when the other consumer has more key blocks
+                    schedule_sync()
+                    schedule_sync()
+                    return carry
+
                 if config.schedule_barrier:
-                    plgpu.barrier_arrive(schedule)
-                plgpu.barrier_wait(v_barriers.at[v_barrier])
-                if config.schedule_barrier:
-                    plgpu.barrier_wait(schedule)
+                    lax.fori_loop(count, functools.reduce(jnp.maximum, counts), idle_step, 0)
+                pl.when(wg == 0)(schedule_sync)
 
-                if config.interpret:
-                    acc = acc + _dot(weights, v_smem[v_slot])
-                else:
-                    def values_state(acc_ref):
-                        plgpu.wgmma(acc_ref, weights, v_smem.at[v_slot])
+                # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
+                safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
+                acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
+                plgpu.wait_smem_to_gmem(0)  # the last round's stores have read o_smem and lse_smem
+                o_smem[...] = acc.astype(dtype)
+                lse_smem[...] = row_max + jnp.log2(row_sum)
+                plgpu.commit_smem()
 
-                    acc = pl.run_state(values_state)(plgpu.ACC.init(acc))
-                plgpu.barrier_arrive(v_consumed.at[v_barrier])
-                return acc, new_max, row_sum
+                @pl.when(valid(r, wg))
+                def _store():
+                    q_start = query_block(r, wg) * BLOCK
+                    plgpu.copy_smem_to_gmem(o_smem, out_ref.at[bi, pl.ds(q_start, BLOCK), hi])
+                    plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, hi, pl.ds(q_start, BLOCK)])
 
-            acc, row_max, row_sum = lax.fori_loop(0, count, visit_key_block, (acc, row_max, row_sum))
+                return done + count
 
-            def idle_step(_, carry):
-                # keeps the turn-taking in step when the other consumer has more key blocks
-                schedule_sync()
-                schedule_sync()
-                return carry
-
-            if config.schedule_barrier:
-                lax.fori_loop(count, max_count, idle_step, 0)
-            pl.when(wg == 0)(schedule_sync)
-
-            # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
-            safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
-            acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
-            qo_smem[...] = acc.astype(dtype)
-            lse_smem[...] = row_max + jnp.log2(row_sum)
-            plgpu.commit_smem()
-
-            @pl.when(tile * _CONSUMERS + wg < mq)
-            def _store():
-                plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[bi, pl.ds(q_start, BLOCK), hi])
-                plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, hi, pl.ds(q_start, BLOCK)])
-
+            lax.fori_loop(0, rounds, consume_round, jnp.int32(0))
             plgpu.wait_smem_to_gmem(0)
 
         if config.producers == 1:
@@ -297,12 +326,14 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
         transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
         scratch = (
             plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=transforms),
             plgpu.SMEM((_CONSUMERS, k_stages, BLOCK, d), dtype, transforms=transforms),
             plgpu.SMEM((_CONSUMERS, v_stages, BLOCK, d), dtype, transforms=transforms),
             plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
             plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
         )
         barriers = (
+            plgpu.Barrier(num_barriers=_CONSUMERS),
             plgpu.Barrier(num_barriers=_CONSUMERS),
             plgpu.Barrier(num_barriers=_CONSUMERS * len(index_chunks)),
             plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
@@ -312,7 +343,9 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
             plgpu.Barrier(num_arrivals=_CONSUMERS),
         )
         pl.run_scoped(
-            lambda *args: kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, (args[:5], args[5:])),
+            lambda *args: kernel(
+                idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, (args[:6], args[6:])
+            ),
             *scratch,
             *barriers,
             collective_axes="wg",
@@ -331,8 +364,8 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
         ),
         # Pallas Mosaic GPU launches the last grid axis fastest: the CTAs running together share one head, so
         # its selected K/V blocks stay in L2 (heads fastest missed L2 on 96% of the gathers on an H100)
-        grid=(b, h, num_tiles),
-        grid_names=("batch", "heads", "tiles"),
+        grid=(b, h, num_ctas),
+        grid_names=("batch", "heads", "ctas"),
         num_threads=_CONSUMERS + config.producers,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),

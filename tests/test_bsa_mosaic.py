@@ -61,9 +61,15 @@ def test_interpret_uneven_and_empty_selections_odd_query_blocks(schedule_barrier
     _check_against_reference("pallas_interpret", config, b=1, h=2, d=64, mq=3, mk=5, width=4)
 
 
-def test_interpret_head_dim_128_three_k_stages_two_producers_long_lists():
-    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(k_stages=3, producers=2))
-    _check_against_reference("pallas_interpret", config, list_width=300, b=2, h=1, d=128, mq=2, mk=6, width=5)
+def test_interpret_head_dim_128_two_producers_long_lists_rounds():
+    # 7 query blocks over 2 rounds of 2 pairs: the second CTA's last round is half empty
+    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(producers=2, rounds=2))
+    _check_against_reference("pallas_interpret", config, list_width=300, b=2, h=1, d=128, mq=7, mk=6, width=5)
+
+
+def test_interpret_three_k_stages_one_round_per_cta():
+    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(k_stages=3, rounds=1))
+    _check_against_reference("pallas_interpret", config, b=1, h=2, d=64, mq=4, mk=5, width=4)
 
 
 def _fixture_output(case, backend):
@@ -137,6 +143,8 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         MosaicConfig(k_stages=1)
     with pytest.raises(BSAConfigError, match="producers must be 1 or 2"):
         MosaicConfig(producers=3)
+    with pytest.raises(BSAConfigError, match="rounds must be an int >= 1"):
+        MosaicConfig(rounds=0)
     q = jnp.zeros((1, 256, 1, 128), jnp.bfloat16)
     with pytest.raises(BSAConfigError, match="lower MosaicConfig.k_stages"):
         sparse_attention_chunked(q, q, q, jnp.zeros((1, 1, 4, 1), jnp.int32), jnp.ones((1, 1, 4), jnp.int32),
