@@ -51,7 +51,7 @@ class MosaicConfig:
     v_stages: int = 2
     producers: int = 1
     schedule_barrier: bool = True
-    rounds: int = 4
+    rounds: int = 2
     interpret: bool = False
 
     def __post_init__(self):
