@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from kernels import layout, reference, selection
+from kernels import layout, pallas_chunking, reference, selection
 from kernels.sparse_attention import KernelConfig, sparse_attention
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.params import BSAParams
@@ -110,10 +110,17 @@ def sparse_attention_chunked(
     jax.jit, static_argnames=("latent_shape_q", "latent_shape_k", "params", "backend", "kernel_config")
 )
 def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, kernel_config):
-    q_c = layout.to_chunk_order(q, latent_shape_q, params.chunk_3d_shape_q)  # [B, Sq, H, D]
-    k_c = layout.to_chunk_order(k, latent_shape_k, params.chunk_3d_shape_k)  # [B, Sk, H, D]
+    if backend == "reference":
+        q_c = layout.to_chunk_order(q, latent_shape_q, params.chunk_3d_shape_q)  # [B, Sq, H, D]
+        k_c = layout.to_chunk_order(k, latent_shape_k, params.chunk_3d_shape_k)  # [B, Sk, H, D]
+        scores = selection.block_scores(q_c, k_c, params.chunk_size_q, params.chunk_size_k)  # [B, H, Mq, Mk]
+    else:  # reorder and block means in one pass
+        interpret = backend == "pallas_interpret"
+        q_c, pooled_q = pallas_chunking.chunk_and_pool(q, latent_shape_q, params.chunk_3d_shape_q, interpret=interpret)
+        k_c, pooled_k = pallas_chunking.chunk_and_pool(k, latent_shape_k, params.chunk_3d_shape_k, interpret=interpret)
+        scores = selection.pooled_scores(pooled_q, pooled_k)
     v_c = layout.to_chunk_order(v, latent_shape_k, params.chunk_3d_shape_k)
-    indices, counts = selection.select_blocks(q_c, k_c, params, backend=backend)
+    indices, counts = selection.select_from_scores(scores, params, q.shape[-1], backend=backend)
     out_c = sparse_attention_chunked(
         q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, backend=backend,
         kernel_config=kernel_config,

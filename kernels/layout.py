@@ -38,7 +38,7 @@ def chunk_grid(latent_shape: Sequence[int], chunk_shape: Sequence[int], *, what:
     return (latent[0] // chunk[0], latent[1] // chunk[1], latent[2] // chunk[2])
 
 
-def _check_tokens(x: jax.Array, latent_shape: Sequence[int]) -> None:
+def check_tokens(x: jax.Array, latent_shape: Sequence[int]) -> None:
     if x.ndim != 4:
         raise BSAInputError(f"expected a [B, S, H, D] array, got shape {x.shape}")
     if x.shape[1] != math.prod(latent_shape):
@@ -50,7 +50,7 @@ def _check_tokens(x: jax.Array, latent_shape: Sequence[int]) -> None:
 
 def to_chunk_order(x: jax.Array, latent_shape: Sequence[int], chunk_shape: Sequence[int]) -> jax.Array:
     """[B, S, H, D] tokens in (T, H, W) raster order -> the same tokens in 3D-chunk order."""
-    _check_tokens(x, latent_shape)
+    check_tokens(x, latent_shape)
     nt, nh, nw = chunk_grid(latent_shape, chunk_shape)
     t, h, w = chunk_shape
     b, s, heads, d = x.shape
@@ -61,7 +61,7 @@ def to_chunk_order(x: jax.Array, latent_shape: Sequence[int], chunk_shape: Seque
 
 def from_chunk_order(x: jax.Array, latent_shape: Sequence[int], chunk_shape: Sequence[int]) -> jax.Array:
     """[B, S, H, D] tokens in 3D-chunk order -> the same tokens in (T, H, W) raster order."""
-    _check_tokens(x, latent_shape)
+    check_tokens(x, latent_shape)
     nt, nh, nw = chunk_grid(latent_shape, chunk_shape)
     t, h, w = chunk_shape
     b, s, heads, d = x.shape

@@ -233,6 +233,14 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
                 row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 acc = fragment(jnp.full((BLOCK, d), 0, jnp.float32), plgpu.Layout.WGMMA)
 
+                def k_barrier_of(step):
+                    return wg * k_stages + lax.rem(step, jnp.int32(k_stages))
+
+                def wait_k(j):
+                    # each block's K is waited for while the tensor cores still work on the block before it
+                    pl.when(j < count)(lambda: plgpu.barrier_wait(k_barriers.at[k_barrier_of(done + j)]))
+
+                wait_k(0)
                 pl.when(wg == 1)(schedule_sync)
 
                 def visit_key_block(j, carry):
@@ -240,9 +248,8 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
                     step = done + j
                     k_slot = lax.rem(step, jnp.int32(k_stages))
                     v_slot = lax.rem(step, jnp.int32(v_stages))
-                    k_barrier = wg * k_stages + k_slot
+                    k_barrier = k_barrier_of(step)
                     v_barrier = wg * v_stages + v_slot
-                    plgpu.barrier_wait(k_barriers.at[k_barrier])
 
                     if config.interpret:
                         logits = _dot(q_smem[...], k_smem[k_slot], transpose_b=True)
@@ -270,9 +277,11 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
 
                     if config.interpret:
                         acc = acc + _dot(weights, v_smem[v_slot])
+                        wait_k(j + 1)
                     else:
                         def values_state(acc_ref):
                             plgpu.wgmma(acc_ref, weights, v_smem.at[v_slot])
+                            wait_k(j + 1)
 
                         acc = pl.run_state(values_state)(plgpu.ACC.init(acc))
                     plgpu.barrier_arrive(v_consumed.at[v_barrier])

@@ -10,6 +10,7 @@ prefix sum. Ties at the threshold go to the lower index, as with `jax.lax.top_k`
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +26,13 @@ def _sortable_keys(scores: jax.Array) -> jax.Array:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def _top_k_kernel(scores_ref, indices_ref, *, k):
-    # scores_ref [P] float32 (row padded with -inf), indices_ref [P] int32 (slots past k stay unwritten)
-    keys = _sortable_keys(scores_ref[...])
+def _top_k_kernel(scores_ref, indices_ref, *, k, num):
+    # scores_ref [R * num] float32 (all rows, flat), indices_ref [P] int32 (slots past k stay unwritten)
+    columns = jnp.arange(indices_ref.shape[0], dtype=jnp.int32)
+    row = plgpu.load(
+        scores_ref.at[pl.ds(pl.program_id(0) * num, indices_ref.shape[0])], mask=columns < num, other=-jnp.inf
+    )  # [P], padded with -inf
+    keys = _sortable_keys(row)
 
     def count_at_least(threshold):
         return jnp.sum((keys >= threshold).astype(jnp.int32))
@@ -48,7 +53,6 @@ def _top_k_kernel(scores_ref, indices_ref, *, k):
     # masked out, so that no two stores share a slot (the interpreter emulates masked stores)
     kept = jax.lax.cumsum(selected.astype(jnp.int32), axis=0) - 1
     dropped = k + jax.lax.cumsum((~selected).astype(jnp.int32), axis=0) - 1
-    columns = jnp.arange(keys.shape[0], dtype=jnp.int32)
     plgpu.store(indices_ref.at[jnp.where(selected, kept, dropped)], columns, mask=selected)
 
 
@@ -61,16 +65,18 @@ def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False) -> jax.
     padded = pl.next_power_of_2(num)
     if padded > MAX_ROW:
         return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
-    rows = scores.reshape(-1, num).astype(jnp.float32)
-    rows = jnp.pad(rows, ((0, 0), (0, padded - num)), constant_values=-jnp.inf)
+    rows = math.prod(batch)
+    flat = scores.reshape(rows * num).astype(jnp.float32)
+    if interpret:  # the kernel reads each row's padding from the next row, masked; the interpreter needs it in bounds
+        flat = jnp.pad(flat, (0, padded - num))
     out = pl.pallas_call(
-        functools.partial(_top_k_kernel, k=k),
-        grid=(rows.shape[0],),
-        in_specs=[pl.BlockSpec((None, padded), lambda r: (r, 0))],
+        functools.partial(_top_k_kernel, k=k, num=num),
+        grid=(rows,),
+        in_specs=[pl.BlockSpec()],
         out_specs=pl.BlockSpec((None, padded), lambda r: (r, 0)),
-        out_shape=jax.ShapeDtypeStruct((rows.shape[0], padded), jnp.int32),
+        out_shape=jax.ShapeDtypeStruct((rows, padded), jnp.int32),
         compiler_params=plgpu.CompilerParams(num_warps=4 if padded <= 4096 else 8, num_stages=1),
         interpret=interpret,
         name="bsa_top_k",
-    )(rows)
+    )(flat)
     return out[:, :k].reshape(*batch, k)

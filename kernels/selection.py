@@ -27,11 +27,22 @@ def pool_blocks(x: jax.Array, chunk_size: int) -> jax.Array:
     return pooled.transpose(0, 2, 1, 3)  # [B, H, M, D]
 
 
+def pooled_scores(pooled_q: jax.Array, pooled_k: jax.Array) -> jax.Array:
+    """Block scores pooled_q @ pooled_k^T in float32: [B, H, Mq, D], [B, H, Mk, D] -> [B, H, Mq, Mk].
+
+    Near float32 accuracy everywhere: float32 on the CPU, three bf16 passes on a GPU (float32 there took
+    0.73 ms of a 19 ms BSA call at 84,480 tokens on an H100).
+    """
+    if jax.default_backend() == "gpu":
+        precision = jax.lax.DotAlgorithmPreset.BF16_BF16_F32_X3
+    else:
+        precision = jax.lax.Precision.HIGHEST
+    return jnp.einsum("bhmd,bhnd->bhmn", pooled_q, pooled_k, precision=precision, preferred_element_type=jnp.float32)
+
+
 def block_scores(q_chunked: jax.Array, k_chunked: jax.Array, chunk_size_q: int, chunk_size_k: int) -> jax.Array:
-    """Block scores pooled_q @ pooled_k^T in float32. [B, H, Mq, Mk]."""
-    pooled_q = pool_blocks(q_chunked, chunk_size_q)
-    pooled_k = pool_blocks(k_chunked, chunk_size_k)
-    return jnp.einsum("bhmd,bhnd->bhmn", pooled_q, pooled_k, precision=jax.lax.Precision.HIGHEST)
+    """Block scores pooled_q @ pooled_k^T of chunk-ordered q and k, in float32. [B, H, Mq, Mk]."""
+    return pooled_scores(pool_blocks(q_chunked, chunk_size_q), pool_blocks(k_chunked, chunk_size_k))
 
 
 def max_selected(params: BSAParams, num_k_blocks: int) -> int:

@@ -1,0 +1,39 @@
+"""The one-pass reorder + block means (`pallas_chunking.chunk_and_pool`) against the two XLA steps it replaces."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import to_chunk_order
+from kernels.pallas_chunking import chunk_and_pool
+from kernels.selection import pool_blocks
+
+CASES = [  # (latent, chunk, batch, heads, head_dim)
+    ((4, 8, 12), (4, 4, 4), 2, 3, 64),
+    ((8, 4, 8), (8, 4, 4), 1, 2, 128),
+    ((2, 4, 6), (1, 2, 2), 1, 1, 64),
+]
+
+
+def _check(latent, chunk, b, h, d, interpret):
+    x = jax.random.normal(jax.random.key(0), (b, int(np.prod(latent)), h, d), jnp.float32).astype(jnp.bfloat16)
+    chunked, pooled = chunk_and_pool(x, latent, chunk, interpret=interpret)
+    size = int(np.prod(chunk))
+    chex.assert_shape(pooled, (b, h, x.shape[1] // size, d))
+    chex.assert_type((chunked, pooled), (jnp.bfloat16, jnp.float32))
+    want = to_chunk_order(x, latent, chunk)
+    np.testing.assert_array_equal(np.asarray(chunked, np.float32), np.asarray(want, np.float32))
+    np.testing.assert_allclose(pooled, pool_blocks(want, size), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("latent, chunk, b, h, d", CASES)
+def test_interpret_matches_reorder_then_pool(latent, chunk, b, h, d):
+    _check(latent, chunk, b, h, d, interpret=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("latent, chunk, b, h, d", CASES[:2])
+def test_gpu_matches_reorder_then_pool(latent, chunk, b, h, d):
+    _check(latent, chunk, b, h, d, interpret=False)
