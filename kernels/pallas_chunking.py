@@ -9,6 +9,7 @@ writes their float32 mean.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels.layout import check_tokens, chunk_grid
+from kernels.layout import check_tokens, chunk_grid, from_chunk_order
 
 
 def _chunk_kernel(x_ref, out_ref, pooled_ref):
@@ -33,9 +34,16 @@ def chunk_and_pool(
 ) -> tuple[jax.Array, jax.Array]:
     """[B, S, H, D] raster-ordered tokens -> (the same in chunk order, block means [B, H, M, D] float32).
 
-    Equals `(layout.to_chunk_order(x), selection.pool_blocks(...))`; chunk sides must be powers of two.
+    Equals `(layout.to_chunk_order(x), selection.pool_blocks(...))`, gradients included; chunk sides must be
+    powers of two.
     """
     check_tokens(x, latent_shape)
+    chunk_grid(latent_shape, chunk_shape)
+    return _chunk_and_pool(x, tuple(latent_shape), tuple(chunk_shape), interpret)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _chunk_and_pool(x, latent_shape, chunk_shape, interpret):
     nt, nh, nw = chunk_grid(latent_shape, chunk_shape)
     t, h, w = chunk_shape
     b, s, heads, d = x.shape
@@ -60,3 +68,19 @@ def chunk_and_pool(
         interpret=interpret,
         name="bsa_chunk_and_pool",
     )(grid_x)
+
+
+def _chunk_and_pool_fwd(x, latent_shape, chunk_shape, interpret):
+    return _chunk_and_pool(x, latent_shape, chunk_shape, interpret), None
+
+
+def _chunk_and_pool_bwd(latent_shape, chunk_shape, interpret, _, cotangents):
+    d_chunked, d_pooled = cotangents  # [B, S, H, D], [B, H, M, D]
+    b, s, heads, d = d_chunked.shape
+    size = math.prod(chunk_shape)
+    d_means = jnp.repeat(jnp.swapaxes(d_pooled, 1, 2) / size, size, axis=1)  # [B, S, H, D], chunk order
+    d_x = from_chunk_order(d_chunked.astype(jnp.float32) + d_means, latent_shape, chunk_shape)
+    return (d_x.astype(d_chunked.dtype),)
+
+
+_chunk_and_pool.defvjp(_chunk_and_pool_fwd, _chunk_and_pool_bwd)

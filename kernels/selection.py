@@ -62,6 +62,7 @@ def select_from_scores(
 
     Returns (indices [B, H, Mq, K_max] int32, ascending, padded with Mk; counts [B, H, Mq] int32).
     """
+    scores = jax.lax.stop_gradient(scores)  # the selection is integer-valued: no gradient flows through it
     num_k_blocks = scores.shape[-1]
     width = max_selected(params, num_k_blocks)
     num_topk = params.num_topk(num_k_blocks)

@@ -37,3 +37,20 @@ def test_interpret_matches_reorder_then_pool(latent, chunk, b, h, d):
 @pytest.mark.parametrize("latent, chunk, b, h, d", CASES[:2])
 def test_gpu_matches_reorder_then_pool(latent, chunk, b, h, d):
     _check(latent, chunk, b, h, d, interpret=False)
+
+
+def test_gradients_are_those_of_reorder_then_pool():
+    latent, chunk = (4, 4, 8), (2, 2, 4)
+    x = jax.random.normal(jax.random.key(1), (1, 128, 2, 64), jnp.float32)
+    weights = [jax.random.normal(key, shape) for key, shape in
+               zip(jax.random.split(jax.random.key(2)), ((1, 128, 2, 64), (1, 2, 8, 64)))]
+
+    def loss(fn):
+        def value(x):
+            chunked, pooled = fn(x)
+            return jnp.sum(chunked * weights[0]) + jnp.sum(pooled * weights[1])
+        return jax.grad(value)(x)
+
+    got = loss(lambda x: chunk_and_pool(x, latent, chunk, interpret=True))
+    want = loss(lambda x: (to_chunk_order(x, latent, chunk), pool_blocks(to_chunk_order(x, latent, chunk), 16)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

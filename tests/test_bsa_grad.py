@@ -71,3 +71,22 @@ def test_pallas_interpret_gradients_match_reference_float32():
 def test_pallas_gpu_gradients_match_reference_bfloat16(d, block_q, block_k, forward):
     _check("pallas", jnp.bfloat16, 2e-2, b=2, h=3, d=d, block_q=block_q, block_k=block_k, mq=12, mk=20,
            config=KernelConfig(forward=forward))
+
+
+def test_whole_call_gradients_through_the_pallas_path_match_reference():
+    # bsa_attention's Pallas path: one-pass reorder + block means, Pallas top-k, kernel, inverse reorder
+    from kernels import BSAParams, bsa_attention
+
+    latent = (4, 8, 8)
+    params = BSAParams(sparsity=0.5)
+    q, k, v, do = _problem(jax.random.key(11), b=1, h=2, d=64, block_q=64, block_k=64, mq=4, mk=4,
+                           dtype=jnp.float32)
+
+    def grads(backend):
+        def loss(q, k, v):
+            return jnp.sum(bsa_attention(q, k, v, latent, latent, params, backend=backend) * do)
+
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    for name, got, want in zip(("dq", "dk", "dv"), grads("pallas_interpret"), grads("reference")):
+        assert _rel_l2(got, want) < 1e-4, name
