@@ -110,22 +110,28 @@ def sparse_attention_chunked(
     jax.jit, static_argnames=("latent_shape_q", "latent_shape_k", "params", "backend", "kernel_config")
 )
 def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, kernel_config):
+    chunk_q, chunk_k = params.chunk_3d_shape_q, params.chunk_3d_shape_k
+    v_c = layout.to_chunk_order(v, latent_shape_k, chunk_k)  # [B, Sk, H, D]
     if backend == "reference":
-        q_c = layout.to_chunk_order(q, latent_shape_q, params.chunk_3d_shape_q)  # [B, Sq, H, D]
-        k_c = layout.to_chunk_order(k, latent_shape_k, params.chunk_3d_shape_k)  # [B, Sk, H, D]
+        q_c = layout.to_chunk_order(q, latent_shape_q, chunk_q)  # [B, Sq, H, D]
+        k_c = layout.to_chunk_order(k, latent_shape_k, chunk_k)
         scores = selection.block_scores(q_c, k_c, params.chunk_size_q, params.chunk_size_k)  # [B, H, Mq, Mk]
-    else:  # reorder and block means in one pass
-        interpret = backend == "pallas_interpret"
-        q_c, pooled_q = pallas_chunking.chunk_and_pool(q, latent_shape_q, params.chunk_3d_shape_q, interpret=interpret)
-        k_c, pooled_k = pallas_chunking.chunk_and_pool(k, latent_shape_k, params.chunk_3d_shape_k, interpret=interpret)
-        scores = selection.pooled_scores(pooled_q, pooled_k)
-    v_c = layout.to_chunk_order(v, latent_shape_k, params.chunk_3d_shape_k)
-    indices, counts = selection.select_from_scores(scores, params, q.shape[-1], backend=backend)
-    out_c = sparse_attention_chunked(
-        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, backend=backend,
-        kernel_config=kernel_config,
+        indices, counts = selection.select_from_scores(scores, params, q.shape[-1], backend=backend)
+        out_c = reference.blocked_attention(q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k)
+        return layout.from_chunk_order(out_c, latent_shape_q, chunk_q)
+    # Pallas: reorder and block means in one pass; the kernel returns raster order itself
+    interpret = backend == "pallas_interpret"
+    q_c, pooled_q = pallas_chunking.chunk_and_pool(q, latent_shape_q, chunk_q, interpret=interpret)
+    k_c, pooled_k = pallas_chunking.chunk_and_pool(k, latent_shape_k, chunk_k, interpret=interpret)
+    indices, counts = selection.select_from_scores(
+        selection.pooled_scores(pooled_q, pooled_k), params, q.shape[-1], backend=backend
     )
-    return layout.from_chunk_order(out_c, latent_shape_q, params.chunk_3d_shape_q)
+    config = kernel_config or KernelConfig()
+    if interpret:
+        config = config.interpreted()
+    return sparse_attention(
+        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, config, (latent_shape_q, chunk_q)
+    )
 
 
 def bsa_attention(

@@ -106,11 +106,14 @@ def _pad_indices(indices: jax.Array) -> jax.Array:
     return jnp.pad(indices, ((0, 0), (0, 0), (0, 0), (0, padded - k_max)))
 
 
-def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicConfig):
+def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raster_out=None):
     """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
 
     q [B, Sq, H, D], k / v [B, Sk, H, D] chunk-ordered with 64-token blocks; indices [B, H, Mq, K_max]
     int32; each query block visits entries [starts, starts + counts) of its list (starts, counts [B, H, Mq]).
+    raster_out: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out is then written
+    straight to (T, H, W) raster order, one copy per run of a chunk's consecutive tokens, which saves the
+    reorder pass after the kernel; lse stays in chunk order.
     """
     b, sq, h, d = q.shape
     mq = sq // BLOCK
@@ -308,11 +311,29 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
                 lse_smem[...] = row_max + jnp.log2(row_sum)
                 plgpu.commit_smem()
 
+                def store_raster(o_smem, block):
+                    # the chunk's tokens in raster order: ct * ch runs of cw consecutive tokens
+                    (_, height, width), (ct, ch, cw) = raster_out
+                    per_frame = (height // ch) * (width // cw)
+                    t0 = block // per_frame * ct
+                    h0 = block % per_frame // (width // cw) * ch
+                    w0 = block % (width // cw) * cw
+                    for it in range(ct):
+                        for ih in range(ch):
+                            token = ((t0 + it) * height + h0 + ih) * width + w0
+                            plgpu.copy_smem_to_gmem(
+                                o_smem.at[pl.ds((it * ch + ih) * cw, cw)], out_ref.at[bi, pl.ds(token, cw), hi]
+                            )
+
                 @pl.when(valid(r, wg))
                 def _store():
-                    q_start = query_block(r, wg) * BLOCK
-                    plgpu.copy_smem_to_gmem(o_smem, out_ref.at[bi, pl.ds(q_start, BLOCK), hi])
-                    plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, hi, pl.ds(q_start, BLOCK)])
+                    block = query_block(r, wg)
+                    if raster_out is None:
+                        plgpu.copy_smem_to_gmem(o_smem, out_ref.at[bi, pl.ds(block * BLOCK, BLOCK), hi])
+                    else:
+                        store_raster(o_smem, block)
+                    plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[bi, hi, pl.ds(block * BLOCK, BLOCK)])
+
 
                 return done + count
 
@@ -335,7 +356,8 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
         transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
         scratch = (
             plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=transforms),
-            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=transforms),
+            # raster stores copy a few rows at a time: those need the out tiles untiled and unswizzled
+            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=() if raster_out else transforms),
             plgpu.SMEM((_CONSUMERS, k_stages, BLOCK, d), dtype, transforms=transforms),
             plgpu.SMEM((_CONSUMERS, v_stages, BLOCK, d), dtype, transforms=transforms),
             plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),

@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from kernels import key_ranges, pallas_mosaic, pallas_triton
+from kernels import key_ranges, layout, pallas_mosaic, pallas_triton
 from kernels.errors import BSAConfigError, BSAInputError
 
 FORWARDS = ("auto", "triton", "mosaic")
@@ -71,12 +71,26 @@ def _on_hopper() -> bool:
     return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
-def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config: KernelConfig):
-    """(out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32 base 2) from the kernel `config` picks."""
+def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None):
+    """(out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32 base 2) from the kernel `config` picks.
+
+    raster: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out in raster order (the
+    Mosaic kernel writes it so directly; otherwise it is reordered here). lse stays in chunk order.
+    """
+    out, lse, in_raster = _forward(q, k, v, indices, counts, block_q, block_k, config, raster)
+    if raster is not None and not in_raster:
+        out = layout.from_chunk_order(out, *raster)
+    return out, lse
+
+
+def _forward(q, k, v, indices, counts, block_q, block_k, config, raster):
+    """(out, lse, whether out is in raster order already)."""
     mosaic = config.uses_mosaic(q, block_q, block_k)
     if mosaic:
-        def forward(indices, starts, counts):
-            return pallas_mosaic.sparse_attention_forward(q, k, v, indices, starts, counts, config.mosaic)
+        def forward(indices, starts, counts, raster_out=None):
+            return pallas_mosaic.sparse_attention_forward(
+                q, k, v, indices, starts, counts, config.mosaic, raster_out=raster_out
+            )
     else:
         def forward(indices, starts, counts):
             return pallas_triton.sparse_attention_forward(
@@ -87,31 +101,36 @@ def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config:
     if ranges is None:
         ranges = 1 if mosaic else key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
     ranges = min(ranges, num_k_blocks)
+    if ranges == 1 and mosaic:
+        return *forward(indices, jnp.zeros_like(counts), counts, raster_out=raster), raster is not None
     if ranges == 1:
-        return forward(indices, jnp.zeros_like(counts), counts)
+        return *forward(indices, jnp.zeros_like(counts), counts), False
     indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
     outs, lses = zip(*(forward(indices, starts[r], range_counts[r]) for r in range(ranges)), strict=True)
-    return key_ranges.merge_partial_attention(list(outs), list(lses))
+    return *key_ranges.merge_partial_attention(list(outs), list(lses)), False
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelConfig):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None):
     """Block-sparse attention of chunk-ordered q [B, Sq, H, D] over k, v [B, Sk, H, D] (differentiable).
 
     indices [B, H, Mq, K_max] int32 key blocks per query block (entries past counts ignored), counts
-    [B, H, Mq] int32; block_q / block_k tokens per block. Scale 1/sqrt(D).
+    [B, H, Mq] int32; block_q / block_k tokens per block. Scale 1/sqrt(D). raster: None (out in chunk
+    order) or q's (latent_shape, chunk_shape), for out in raster order.
     """
-    out, _ = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config)
+    out, _ = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config, raster)
     return out
 
 
-def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config):
-    out, lse = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config)
+def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster):
+    out, lse = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config, raster)
     return out, (q, k, v, indices, counts, out, lse)
 
 
-def _sparse_attention_bwd(block_q, block_k, config, residuals, do):
+def _sparse_attention_bwd(block_q, block_k, config, raster, residuals, do):
     q, k, v, indices, counts, out, lse = residuals
+    if raster is not None:  # the backward kernels work in chunk order
+        out, do = layout.to_chunk_order(out, *raster), layout.to_chunk_order(do, *raster)
     dq, dk, dv = pallas_triton.sparse_attention_backward(
         q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton
     )

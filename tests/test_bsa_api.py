@@ -176,9 +176,10 @@ def _top_k_cases():
     yield scores, 9
     yield jnp.round(scores * 2) / 2, 30  # many ties, negatives and zeros
     yield scores[..., :37], 37  # every block, row shorter than its padded length
+    yield jnp.full((2, 3, 50), 1.5), 7  # all tied: the radix search never stops early
 
 
-@pytest.mark.parametrize("case", range(3))
+@pytest.mark.parametrize("case", range(4))
 def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case):
     scores, k = list(_top_k_cases())[case]
     expected = jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1)
