@@ -6,7 +6,6 @@ where a query block selected nothing, or nothing in some range.
 """
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,27 +14,12 @@ from kernels import BSAConfigError, KernelConfig, MosaicConfig, sparse_attention
 from kernels.key_ranges import auto_key_ranges, split_by_key_range
 from kernels.reference import blocked_attention
 
-BLOCK = 64
-
-
-def _rel_l2(x, ref):
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
-
-
-def _random_case(seed, *, b, h, d, mq, mk, width):
-    """Unsorted lists of distinct key blocks, uneven counts; query block 0 of (batch 0, head 0) selects nothing."""
-    keys = jax.random.split(jax.random.key(seed), 5)
-    q, k, v = (jax.random.normal(key, (b, m * BLOCK, h, d), jnp.float32).astype(jnp.bfloat16)
-               for key, m in zip(keys[:3], (mq, mk, mk)))
-    indices = jnp.argsort(jax.random.uniform(keys[3], (b, h, mq, mk)), axis=-1)[..., :width].astype(jnp.int32)
-    counts = jax.random.randint(keys[4], (b, h, mq), 1, width + 1).at[0, 0, 0].set(0).astype(jnp.int32)
-    return q, k, v, indices, counts
+from bsa_cases import BLOCK, check_gradients_match_reference, random_case, rel_l2
 
 
 @pytest.mark.parametrize("ranges", [2, 3, 7])
 def test_split_gives_each_range_exactly_its_entries(ranges):
-    *_, indices, counts = _random_case(0, b=2, h=3, d=64, mq=5, mk=7, width=6)
+    *_, indices, counts = random_case(0, b=2, h=3, d=64, mq=5, mk=7, width=6)
     sorted_indices, starts, range_counts = split_by_key_range(indices, counts, 7, ranges)
     chex.assert_shape((starts, range_counts), (ranges, 2, 3, 5))
     np.testing.assert_array_equal(np.sum(range_counts, axis=0), counts)
@@ -49,13 +33,13 @@ def test_split_gives_each_range_exactly_its_entries(ranges):
 
 
 def _check_against_reference(config, seed=3, **shape):
-    q, k, v, indices, counts = _random_case(seed, **shape)
+    q, k, v, indices, counts = random_case(seed, **shape)
     out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend="pallas_interpret",
                                    kernel_config=config)
     chex.assert_shape(out, q.shape)
     chex.assert_type(out, jnp.bfloat16)
     want = blocked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), indices, counts, BLOCK, BLOCK)
-    assert _rel_l2(out, want) < 2e-2
+    assert rel_l2(out, want) < 2e-2
     np.testing.assert_array_equal(np.asarray(out[0, :BLOCK, 0], np.float32), 0.0)  # the empty selection
 
 
@@ -71,21 +55,7 @@ def test_interpret_mosaic_forward_over_key_ranges_matches_reference():
 
 
 def test_interpret_gradients_through_key_ranges_match_reference():
-    q, k, v, indices, counts = _random_case(5, b=1, h=2, d=64, mq=2, mk=4, width=3)
-    do = jax.random.normal(jax.random.key(6), q.shape, jnp.float32)
-
-    def grads(backend, config, *xs):
-        def loss(q, k, v):
-            out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend=backend,
-                                           kernel_config=config)
-            return jnp.sum(out.astype(jnp.float32) * do)
-
-        return jax.grad(loss, argnums=(0, 1, 2))(*xs)
-
-    got = grads("pallas_interpret", KernelConfig(key_ranges=2), q, k, v)
-    want = grads("reference", None, *(x.astype(jnp.float32) for x in (q, k, v)))
-    for name, g, w in zip(("dq", "dk", "dv"), got, want):
-        assert _rel_l2(g, w) < 2e-2, name
+    check_gradients_match_reference(KernelConfig(key_ranges=2), b=1, h=2, d=64, mq=2, mk=4, width=3)
 
 
 def test_auto_key_ranges_follow_one_heads_kv_bytes():
@@ -104,9 +74,9 @@ def test_key_ranges_must_be_a_positive_int(bad):
 @pytest.mark.gpu
 @pytest.mark.parametrize("forward", ["triton", "mosaic"])
 def test_gpu_key_ranges_match_one_pass(forward):
-    q, k, v, indices, counts = _random_case(7, b=2, h=3, d=128, mq=9, mk=24, width=10)
+    q, k, v, indices, counts = random_case(7, b=2, h=3, d=128, mq=9, mk=24, width=10)
     outs = [sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend="pallas",
                                      kernel_config=KernelConfig(forward=forward, key_ranges=r)) for r in (1, 2, 5)]
     want = blocked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), indices, counts, BLOCK, BLOCK)
     for out in outs:
-        assert _rel_l2(out, want) < 2e-2
+        assert rel_l2(out, want) < 2e-2

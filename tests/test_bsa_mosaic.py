@@ -24,34 +24,20 @@ from kernels import (
 )
 from kernels.reference import blocked_attention
 
+from bsa_cases import BLOCK, check_gradients_match_reference, random_case, rel_l2
+
 MOSAIC = KernelConfig(forward="mosaic")
-BLOCK = 64
-
-
-def _rel_l2(x, ref):
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
-
-
-def _random_case(seed, *, b, h, d, mq, mk, width):
-    keys = jax.random.split(jax.random.key(seed), 5)
-    q = jax.random.normal(keys[0], (b, mq * BLOCK, h, d), jnp.float32).astype(jnp.bfloat16)
-    k = jax.random.normal(keys[1], (b, mk * BLOCK, h, d), jnp.float32).astype(jnp.bfloat16)
-    v = jax.random.normal(keys[2], (b, mk * BLOCK, h, d), jnp.float32).astype(jnp.bfloat16)
-    indices = jnp.argsort(jax.random.uniform(keys[3], (b, h, mq, mk)), axis=-1)[..., :width].astype(jnp.int32)
-    counts = jax.random.randint(keys[4], (b, h, mq), 1, width + 1).at[0, 0, 0].set(0).astype(jnp.int32)
-    return q, k, v, indices, counts
 
 
 def _check_against_reference(backend, config, list_width=None, **shape):
-    q, k, v, indices, counts = _random_case(3, **shape)
+    q, k, v, indices, counts = random_case(3, **shape)
     if list_width:  # longer (padded) lists: more than one TMA copy per list
         indices = jnp.pad(indices, ((0, 0), (0, 0), (0, 0), (0, list_width - indices.shape[-1])))
     out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend=backend, kernel_config=config)
     chex.assert_shape(out, q.shape)
     chex.assert_type(out, jnp.bfloat16)
     want = blocked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), indices, counts, BLOCK, BLOCK)
-    assert _rel_l2(out, want) < 2e-2
+    assert rel_l2(out, want) < 2e-2
     np.testing.assert_array_equal(np.asarray(out[0, :BLOCK, 0], np.float32), 0.0)  # the empty selection
 
 
@@ -92,7 +78,7 @@ def test_interpret_fixtures_given_the_mask_match_in_bfloat16(bsa_fixture_cases):
     cases = _mosaic_cases(bsa_fixture_cases, {"topk_0.75_d128", "cond_q_shorter_than_k"})
     assert len(cases) == 2
     for case in cases:
-        assert _rel_l2(_fixture_output(case, "pallas_interpret"), case[-1]["out"]) < 2e-2, case[0]
+        assert rel_l2(_fixture_output(case, "pallas_interpret"), case[-1]["out"]) < 2e-2, case[0]
 
 
 @pytest.mark.gpu
@@ -100,7 +86,7 @@ def test_gpu_fixtures_given_the_mask_match_in_bfloat16(bsa_fixture_cases):
     cases = _mosaic_cases(bsa_fixture_cases)
     assert len(cases) >= 6
     for case in cases:
-        assert _rel_l2(_fixture_output(case, "pallas"), case[-1]["out"]) < 2e-2, case[0]
+        assert rel_l2(_fixture_output(case, "pallas"), case[-1]["out"]) < 2e-2, case[0]
 
 
 @pytest.mark.gpu
@@ -111,21 +97,7 @@ def test_gpu_uneven_and_empty_selections(schedule_barrier):
 
 
 def test_interpret_gradients_through_the_mosaic_forward_match_reference():
-    q, k, v, indices, counts = _random_case(5, b=1, h=1, d=64, mq=2, mk=3, width=2)
-    do = jax.random.normal(jax.random.key(6), q.shape, jnp.float32)
-
-    def grads(backend, config, *xs):
-        def loss(q, k, v):
-            out = sparse_attention_chunked(q, k, v, indices, counts, BLOCK, BLOCK, backend=backend,
-                                           kernel_config=config)
-            return jnp.sum(out.astype(jnp.float32) * do)
-
-        return jax.grad(loss, argnums=(0, 1, 2))(*xs)
-
-    got = grads("pallas_interpret", MOSAIC, q, k, v)
-    want = grads("reference", None, *(x.astype(jnp.float32) for x in (q, k, v)))
-    for name, g, w in zip(("dq", "dk", "dv"), got, want):
-        assert _rel_l2(g, w) < 2e-2, name
+    check_gradients_match_reference(MOSAIC, b=1, h=1, d=64, mq=2, mk=3, width=2)
 
 
 def test_mosaic_forward_refuses_what_it_cannot_run():
@@ -177,9 +149,9 @@ def _check_whole_call(latent, chunk, backend):
     grad = jax.grad(loss, argnums=(2, 3, 4), has_aux=True)
     got, out = grad(backend, MOSAIC, *(x.astype(jnp.bfloat16) for x in (q, k, v)))
     want, want_out = grad("reference", None, q, k, v)
-    assert _rel_l2(out, want_out) < 2e-2
+    assert rel_l2(out, want_out) < 2e-2
     for name, g, w in zip(("dq", "dk", "dv"), got, want):
-        assert _rel_l2(g, w) < 2e-2, name
+        assert rel_l2(g, w) < 2e-2, name
 
 
 @pytest.mark.parametrize("latent, chunk", RASTER_CASES)
