@@ -38,7 +38,7 @@ def _top_k_kernel(scores_ref, indices_ref, *, k, num):
         return jnp.sum((keys >= threshold).astype(jnp.int32))
 
     # a threshold t with count(keys >= t) >= k, raised bit by bit from the sign bit down: it ends as the k-th
-    # largest key, or earlier once exactly k keys reach it (after ~12 of the 31 bits on typical scores)
+    # largest key, or earlier once exactly k keys reach it (then those k are the selection)
     start = jnp.where(count_at_least(0) >= k, 0, jnp.int32(-(2**31)))
 
     def undecided(state):

@@ -24,7 +24,7 @@ FORWARDS = ("auto", "triton", "mosaic")
 class KernelConfig:
     """Which forward kernel runs and the launch settings of each.
 
-    forward: "auto" (the default: the Mosaic kernel on a Hopper GPU where it supports the shapes, 1.2-1.4x the
+    forward: "auto" (the default: the Mosaic kernel on a Hopper GPU where it supports the shapes, 1.2-1.6x the
     Triton one on an H100, see BENCHMARKS.md; the Triton kernel elsewhere), "triton" (any CUDA GPU) or "mosaic"
     (refused where it cannot run).
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
