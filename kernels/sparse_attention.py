@@ -77,37 +77,34 @@ def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config:
     raster: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out in raster order (the
     Mosaic kernel writes it so directly; otherwise it is reordered here). lse stays in chunk order.
     """
-    out, lse, in_raster = _forward(q, k, v, indices, counts, block_q, block_k, config, raster)
-    if raster is not None and not in_raster:
-        out = layout.from_chunk_order(out, *raster)
-    return out, lse
-
-
-def _forward(q, k, v, indices, counts, block_q, block_k, config, raster):
-    """(out, lse, whether out is in raster order already)."""
     mosaic = config.uses_mosaic(q, block_q, block_k)
-    if mosaic:
-        def forward(indices, starts, counts, raster_out=None):
-            return pallas_mosaic.sparse_attention_forward(
-                q, k, v, indices, starts, counts, config.mosaic, raster_out=raster_out
-            )
-    else:
-        def forward(indices, starts, counts):
-            return pallas_triton.sparse_attention_forward(
-                q, k, v, indices, starts, counts, block_q, block_k, config.triton
-            )
     num_k_blocks = k.shape[1] // block_k
     ranges = config.key_ranges
     if ranges is None:
         ranges = 1 if mosaic else key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
     ranges = min(ranges, num_k_blocks)
-    if ranges == 1 and mosaic:
-        return *forward(indices, jnp.zeros_like(counts), counts, raster_out=raster), raster is not None
+    starts = jnp.zeros_like(counts)
+    if mosaic and ranges == 1:
+        return pallas_mosaic.sparse_attention_forward(
+            q, k, v, indices, starts, counts, config.mosaic, raster_out=raster
+        )
+    if mosaic:
+        def forward(indices, starts, counts):
+            return pallas_mosaic.sparse_attention_forward(q, k, v, indices, starts, counts, config.mosaic)
+    else:
+        def forward(indices, starts, counts):
+            return pallas_triton.sparse_attention_forward(
+                q, k, v, indices, starts, counts, block_q, block_k, config.triton
+            )
     if ranges == 1:
-        return *forward(indices, jnp.zeros_like(counts), counts), False
-    indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
-    outs, lses = zip(*(forward(indices, starts[r], range_counts[r]) for r in range(ranges)), strict=True)
-    return *key_ranges.merge_partial_attention(list(outs), list(lses)), False
+        out, lse = forward(indices, starts, counts)
+    else:
+        indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
+        parts = [forward(indices, starts[r], range_counts[r]) for r in range(ranges)]
+        out, lse = key_ranges.merge_partial_attention([o for o, _ in parts], [lse for _, lse in parts])
+    if raster is not None:
+        out = layout.from_chunk_order(out, *raster)
+    return out, lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
