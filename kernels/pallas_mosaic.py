@@ -259,7 +259,7 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
                         schedule_sync()
                     else:
                         def logits_scope(acc_ref):
-                            plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem.at[k_slot], (1, 0)))
+                            plgpu.wgmma(acc_ref, q_smem, k_smem.at[k_slot].transpose((1, 0)))
                             schedule_sync()
                             return acc_ref[...]
 

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import imageio.v3 as iio
-import imageio_ffmpeg
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,6 +134,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """A video file as (uint8 RGB frames [F, H, W, 3], frames per second)."""
+    import imageio_ffmpeg  # here, not at import: the rest of the package runs without ffmpeg
+
     path = _existing(path, "video")
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
@@ -171,6 +172,8 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, *, crf
     Odd sizes are padded by one repeated edge row/column (yuv420p needs even sides). `crf` 18 is the original's
     default quality (10 for its refinement outputs).
     """
+    import imageio_ffmpeg  # here, not at import: the rest of the package runs without ffmpeg
+
     if fps <= 0:
         raise InputError(f"fps must be positive, got {fps}")
     path = Path(path)
