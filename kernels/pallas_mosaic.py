@@ -4,7 +4,9 @@ Why a second forward: the Triton lowering runs one warpgroup per query block wit
 so the softmax of a 64x64 tile cannot hide behind the tensor cores. Here each CTA holds two consumer
 warpgroups, each on its own 64-token query block with its own key-block list, and a producer warpgroup
 that gathers the selected K and V blocks into shared memory by TMA, a few steps ahead. The consumers
-take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3.
+take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are launched head
+by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` pairs of query
+blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
 
 Same contract and outputs as `pallas_triton.sparse_attention_forward` (out and a base-2 log-sum-exp), so the
 Triton backward kernels serve both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16.
