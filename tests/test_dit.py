@@ -105,6 +105,11 @@ def test_bsa_matches_original(fixtures_dir, model, cases):
     sparse.set_bsa(False)
     assert sparse.bsa is None
     np.testing.assert_allclose(forward(sparse, hidden, jnp.asarray([700.0]), text, mask), dense, rtol=0, atol=1e-6)
+    with pytest.raises(ConfigError, match="set_bsa takes True, False, None or a kernels.BSAParams, got dict"):
+        sparse.set_bsa({"sparsity": 0.9})
+    with pytest.raises(ConfigError, match="unknown BSA backend 'cuda'"):
+        sparse.set_bsa(bsa, backend="cuda")
+    assert sparse.bsa is None  # a refused call changes nothing
 
 
 def test_recorded_bsa_selection_is_captured_without_deprecated_sow(fixtures_dir, cases):

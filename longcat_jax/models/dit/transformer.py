@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import BSAParams
+from kernels import BACKENDS, BSAParams
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.models.dit.block import DiTBlock
 from longcat_jax.models.dit.config import DiTConfig
@@ -63,6 +63,13 @@ class LongCatDiT(nnx.Module):
             params = self.config.bsa_params
         elif params is False:
             params = None
+        if params is not None and not isinstance(params, BSAParams):
+            raise ConfigError(
+                f"set_bsa takes True, False, None or a kernels.BSAParams, got {type(params).__name__}; "
+                "build one with BSAParams.from_dict(...) for a JSON preset"
+            )
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown BSA backend {backend!r}; choose one of {BACKENDS}")
         for block in self.blocks:
             block.attn.bsa = params
             block.attn.bsa_backend = backend
