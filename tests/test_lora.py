@@ -128,3 +128,15 @@ def test_refusals(tmp_path, model):
     write_safetensors(tmp_path / "odd.safetensors", {"something.weight": np.zeros((2,), np.float32)})
     with pytest.raises(CheckpointError, match="not a LongCat LoRA"):
         load_lora(tmp_path / "odd.safetensors")
+
+
+def test_folder_of_several_loras_is_refused_by_name(fixtures_dir, tmp_path):
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    for name in ("cfg_step_lora.safetensors", "refinement_lora.safetensors"):
+        (folder / name).write_bytes((fixtures_dir / "lora_rank8.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"several LoRA files \['cfg_step_lora.safetensors', "
+                                              r"'refinement_lora.safetensors'\]; pass the path of one"):
+        load_lora(folder)
+    (folder / "refinement_lora.safetensors").unlink()
+    assert len(load_lora(folder).modules) == 18  # a folder with one LoRA file still loads

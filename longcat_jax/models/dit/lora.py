@@ -51,6 +51,10 @@ class LoRA:
 def load_lora(path: str | Path, *, multiplier: float = 1.0, name: str | None = None) -> LoRA:
     """Reads a LoRA from an original LongCat `.safetensors` file or from our converted folder."""
     path = Path(path)
+    if path.is_dir() and not is_converted(path):
+        files = sorted(p.name for p in path.glob("*.safetensors"))
+        if len(files) > 1:  # the original's lora/ folder holds one file per LoRA, not shards of one
+            raise CheckpointError(f"{path} holds several LoRA files {files}; pass the path of one of them")
     tensors = iter_part(path) if path.is_dir() and is_converted(path) else lora_tensors(SafetensorsCheckpoint(path))
     parts: dict[ModulePath, dict[str, np.ndarray]] = {}
     for tensor_path, array in tensors:
