@@ -183,3 +183,14 @@ def test_patch_grid_must_divide(model, cases):
     hidden, timestep, text, mask = t2v_inputs(cases)
     with pytest.raises(InputError, match="patch size"):
         model(hidden[..., :-1], timestep, text, mask)
+
+
+def test_wrong_latent_or_text_width_is_named(model, cases):
+    hidden, timestep, text, mask = t2v_inputs(cases)
+    channels, width = model.config.in_channels, model.config.caption_channels
+    with pytest.raises(InputError, match=rf"latents \[B, {channels}, T, H, W\] \(this DiT's in_channels\)"):
+        model(hidden[:, :-1], timestep, text, mask)
+    with pytest.raises(InputError, match=rf"latents \[B, {channels}, T, H, W\]"):
+        model(hidden[:, :, 0], timestep, text, mask)
+    with pytest.raises(InputError, match=f"caption_channels {width}"):
+        model(hidden, timestep, text[..., :-1], mask)

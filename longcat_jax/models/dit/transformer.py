@@ -122,6 +122,16 @@ class LongCatDiT(nnx.Module):
         kv_cache: from an earlier call with return_kv on the condition frames.
         """
         cfg = self.config
+        if hidden_states.ndim != 5 or hidden_states.shape[1] != cfg.in_channels:
+            raise InputError(
+                f"hidden_states must be latents [B, {cfg.in_channels}, T, H, W] (this DiT's in_channels), got "
+                f"{hidden_states.shape}"
+            )
+        if encoder_hidden_states.shape[-1] != cfg.caption_channels:
+            raise InputError(
+                f"encoder_hidden_states must end in this DiT's caption_channels {cfg.caption_channels} (the text "
+                f"encoder's width), got {encoder_hidden_states.shape}"
+            )
         b, _, t, h, w = hidden_states.shape
         grid = (t // cfg.patch_size[0], h // cfg.patch_size[1], w // cfg.patch_size[2])
         if num_cond_latents < 0 or (kv_cache is None and num_cond_latents > grid[0]):
