@@ -169,9 +169,10 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         raw, fps = read_video(args.video)
         video, video_30fps = subsample_to_fps(raw, fps, GENERATION_FPS), subsample_to_fps(raw, fps, 30.0)
     elif task == "refine":
-        stage1, _ = read_video(args.refine_from)
-        if args.video is not None:
-            video, _ = read_video(args.video)
+        stage1 = _stage1_video(args.refine_from)
+        if args.video is not None:  # condition frames at the refined frame rate
+            raw, fps = read_video(args.video)
+            video = subsample_to_fps(raw, fps, GENERATION_FPS * (1 if args.spatial_refine_only else 2))
 
     frames = round_num_frames(args.num_frames or defaults.num_frames)
     cond_frames = args.num_cond_frames or defaults.num_cond_frames
@@ -212,6 +213,15 @@ def _stage_bsa(base: BSAConfig, override: BSAConfig | None, refine: bool) -> tup
 
 def _merged(base: BSAConfig, override: BSAConfig) -> BSAConfig:
     return BSAConfig(override.enable_bsa, override.params or base.params)
+
+
+def _stage1_video(path) -> np.ndarray:
+    """A video to refine, at the 15 fps of LongCat's first stage (every n-th frame of a faster one)."""
+    raw, fps = read_video(path)
+    if fps < 0.75 * GENERATION_FPS:
+        logger.warning("refinement takes %g fps input (LongCat's first stage); %s is %g fps, so the output plays "
+                       "faster than the input; --fps sets the frame rate written", GENERATION_FPS, path, fps)
+    return subsample_to_fps(raw, fps, GENERATION_FPS)
 
 
 def _plan_refinement(args, task, bsa, defaults, stage1_size, stage1_frames, stage1, image, video, video_30fps,

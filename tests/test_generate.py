@@ -175,3 +175,14 @@ def test_refine_from_video_with_a_condition_video(small_video, tmp_path):
     assert generate.main(argv) == 0
     frames, fps = read_video(output)
     assert frames.shape == (18, 64, 64, 3) and fps == 30.0  # frames doubled, 30 fps
+
+
+def test_refine_input_at_30_fps_is_taken_at_15(tmp_path, caplog):
+    frames = np.random.default_rng(1).integers(0, 256, (18, 64, 64, 3), dtype=np.uint8)
+    fast, slow = write_mp4(tmp_path / "fast.mp4", frames, fps=30), write_mp4(tmp_path / "slow.mp4", frames, fps=5)
+    plan = _plan("--refine-from", str(fast), "--video", str(fast), "--height", "64", "--width", "64")
+    assert len(plan.stage1) == 9  # every second frame: the refinement doubles 15 fps to 30
+    assert len(plan.video) == 18  # the condition frames are taken at the refined 30 fps
+    with caplog.at_level(logging.WARNING):
+        plan = _plan("--refine-from", str(slow), "--height", "64", "--width", "64")
+    assert len(plan.stage1) == 18 and "slow.mp4 is 5 fps" in caplog.text
