@@ -158,3 +158,25 @@ def test_refusals_before_compute():
     with pytest.raises(InputError, match="BSA cannot run"):
         check_bsa_grids(balanced, (4, 8, 8), num_cond_latents=1)  # one condition frame cannot form 4-frame chunks
     check_bsa_grids(balanced, (4, 8, 8), num_cond_latents=4, kv_cache=True)
+
+
+def test_guided_condition_cache_of_a_batch_is_doubled_once_for_all_steps():
+    class RecordingDenoiser:
+        def __init__(self):
+            self.caches = []
+
+        def step(self, latents, *_, kv_cache, **__):
+            self.caches.append(kv_cache)
+            return latents
+
+    latents = jax.numpy.zeros((2, 4, 3, 8, 8))  # two videos
+    cache = tuple(jax.random.normal(key, (2, 2, 5, 6)) for key in jax.random.split(jax.random.key(0)))  # [depth, B, ..]
+    for guided, batch in ((True, 4), (False, 2)):
+        denoiser = RecordingDenoiser()
+        sample(denoiser, latents, make_schedule(3), None, guided=guided, kv_cache=cache)
+        assert len(denoiser.caches) == 3
+        assert all(c is denoiser.caches[0] for c in denoiser.caches)  # the same arrays in every step
+        for got, given in zip(denoiser.caches[0], cache):
+            assert got.shape[1] == batch
+            np.testing.assert_array_equal(got[:, :2], given)  # unconditional branch first, as the step stacks them
+            np.testing.assert_array_equal(got[:, batch - 2:], given)

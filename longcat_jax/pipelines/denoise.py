@@ -184,6 +184,9 @@ def sample(
     first includes compilation) to `step_times` when given."""
     timesteps = np.asarray(schedule.timesteps, np.float32)
     sigmas = np.asarray(schedule.sigmas, np.float32)
+    if guided and kv_cache is not None and kv_cache[0].shape[1] == latents.shape[0] > 1:
+        # both guidance branches of every video share its condition cache: double it once, not in every step
+        kv_cache = tuple(jnp.concatenate([c, c], axis=1) for c in kv_cache)
     for index in tqdm(range(len(timesteps)), desc=desc, unit="step"):
         start = time.perf_counter()
         latents = denoiser.step(
