@@ -126,13 +126,14 @@ def sweep(q, k, v, indices, counts, block, do, backward) -> tuple[pallas_triton.
     lines, best_fwd, best_bwd = [], None, None
     for warps, stages in ((4, 2), (4, 3), (8, 2)):
         config = pallas_triton.TritonConfig(num_warps=warps, num_stages=stages)
-        fwd = jax.jit(lambda *a, c=config: sparse_attention_forward(*a, block, block, KernelConfig(triton=c)))
+        triton = KernelConfig(forward="triton", triton=config)
+        fwd = jax.jit(lambda *a, c=triton: sparse_attention_forward(*a, block, block, c))
         ms = time_jax(fwd, q, k, v, indices, counts)
         lines.append(f"fwd warps={warps} stages={stages}: {ms:.3f} ms")
         best_fwd = min(best_fwd or (ms, config), (ms, config), key=lambda t: t[0])
     if not backward:
         return best_fwd[1], lines
-    best = KernelConfig(triton=best_fwd[1])
+    best = KernelConfig(forward="triton", triton=best_fwd[1])
     out, lse = jax.jit(lambda *a: sparse_attention_forward(*a, block, block, best))(q, k, v, indices, counts)
     for warps, stages in ((4, 2), (4, 3)):
         config = dataclasses.replace(best_fwd[1], bwd_num_warps=warps, bwd_num_stages=stages)

@@ -98,12 +98,16 @@ def sparse_attention_chunked(
     if backend == "reference":
         return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k)
     _check_pallas_shapes(q.shape[-1], chunk_size_q, chunk_size_k)
-    config = kernel_config or KernelConfig()
-    if backend == "pallas_interpret":
-        config = config.interpreted()
     return sparse_attention(
-        q, k, v, indices.astype(jnp.int32), counts.astype(jnp.int32), chunk_size_q, chunk_size_k, config
+        q, k, v, indices.astype(jnp.int32), counts.astype(jnp.int32), chunk_size_q, chunk_size_k,
+        _kernel_config(kernel_config, backend),
     )
+
+
+def _kernel_config(kernel_config: KernelConfig | None, backend: str) -> KernelConfig:
+    """The kernel settings of a Pallas backend: the given ones or the defaults, interpreted on "pallas_interpret"."""
+    config = kernel_config or KernelConfig()
+    return config.interpreted() if backend == "pallas_interpret" else config
 
 
 @functools.partial(
@@ -126,11 +130,9 @@ def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, ker
     indices, counts = selection.select_from_scores(
         selection.pooled_scores(pooled_q, pooled_k), params, q.shape[-1], backend=backend
     )
-    config = kernel_config or KernelConfig()
-    if interpret:
-        config = config.interpreted()
     return sparse_attention(
-        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, config, (latent_shape_q, chunk_q)
+        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k,
+        _kernel_config(kernel_config, backend), (latent_shape_q, chunk_q),
     )
 
 

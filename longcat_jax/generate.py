@@ -60,6 +60,7 @@ logger = logging.getLogger("longcat_jax.generate")
 TASKS = ("t2v", "i2v", "continuation", "long", "refine")
 DEFAULT_PROMPT = "A cat walks slowly across a sunny kitchen floor and stops to look at the camera."
 GENERATION_FPS = 15.0
+REFINED_FPS = 2 * GENERATION_FPS  # refinement doubles the frames
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
@@ -167,12 +168,12 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if args.video is None:
             raise InputError("--task continuation needs --video PATH (the video to continue)")
         raw, fps = read_video(args.video)
-        video, video_30fps = subsample_to_fps(raw, fps, GENERATION_FPS), subsample_to_fps(raw, fps, 30.0)
+        video, video_30fps = subsample_to_fps(raw, fps, GENERATION_FPS), subsample_to_fps(raw, fps, REFINED_FPS)
     elif task == "refine":
         stage1 = _stage1_video(args.refine_from)
         if args.video is not None:  # condition frames at the refined frame rate
             raw, fps = read_video(args.video)
-            video = subsample_to_fps(raw, fps, GENERATION_FPS * (1 if args.spatial_refine_only else 2))
+            video = subsample_to_fps(raw, fps, GENERATION_FPS if args.spatial_refine_only else REFINED_FPS)
 
     frames = round_num_frames(args.num_frames or defaults.num_frames)
     cond_frames = args.num_cond_frames or defaults.num_cond_frames

@@ -1,6 +1,5 @@
 """Shared test set-up: the fixture folder, the BSA fixture cases, the `gpu` marker and float32 matmuls on CPU."""
 
-import json
 import os
 from pathlib import Path
 
@@ -48,28 +47,9 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def bsa_fixture_cases(fixtures_dir) -> list:
-    """The original's `bsa_cases`: (name, BSAParams, latent_q, latent_k, arrays), q/k/v/out as [B, S, H, D].
-
-    The fixtures store q, k, v, out as [B, H, S, D] bf16 in (T, H, W) raster order (out in float32) and the
-    block mask [B, H, Mq, Mk].
-    """
+    """The original's `bsa_cases` (see `longcat_jax.parity.bsa.read_cases`), arrays as jax arrays."""
     import jax.numpy as jnp
-    import numpy as np
 
-    from convert.safetensors_io import SafetensorsCheckpoint
-    from kernels import BSAParams
+    from longcat_jax.parity.bsa import read_cases
 
-    specs = json.loads((fixtures_dir / "bsa_cases.json").read_text())
-    tensors = SafetensorsCheckpoint(fixtures_dir / "bsa_cases.safetensors")
-    cases = []
-    for spec in specs:
-        arrays = {
-            name: jnp.asarray(np.array(tensors.read(f"{spec['name']}.{name}")))
-            for name in ("q", "k", "v", "out", "block_mask")
-        }
-        for name in ("q", "k", "v", "out"):
-            arrays[name] = arrays[name].transpose(0, 2, 1, 3)  # [B, H, S, D] -> [B, S, H, D]
-        params = BSAParams.from_dict({key: spec[key] for key in (
-            "sparsity", "cdf_threshold", "chunk_3d_shape_q", "chunk_3d_shape_k")})
-        cases.append((spec["name"], params, tuple(spec["latent_shape_q"]), tuple(spec["latent_shape_k"]), arrays))
-    return cases
+    return [(*case[:4], {key: jnp.asarray(x) for key, x in case[4].items()}) for case in read_cases(fixtures_dir)]

@@ -180,3 +180,15 @@ def test_guided_condition_cache_of_a_batch_is_doubled_once_for_all_steps():
             assert got.shape[1] == batch
             np.testing.assert_array_equal(got[:, :2], given)  # unconditional branch first, as the step stacks them
             np.testing.assert_array_equal(got[:, batch - 2:], given)
+    shared = tuple(c[:, :1] for c in cache)  # one cache for every video passes as it is
+    assert denoise.guided_kv_cache(shared, 2, True) is shared
+
+
+def test_step_refuses_a_cache_of_another_batch(pipe):
+    text = pipe.encode_text("A dog jumps into a lake", "")
+    denoiser = pipe.use_dit(bsa=BSAConfig(False, None))
+    latents = pipe.noise(jax.random.key(3), 1, 32, 32)
+    videos = jax.numpy.concatenate([latents, latents])  # two videos: a guided step's DiT input holds four
+    cache = tuple(jax.numpy.zeros((pipe.dit.config.depth, 2, 4, 8)) for _ in range(2))
+    with pytest.raises(InputError, match="kv_cache holds 2 videos, the step's DiT input 4; pass the cache through"):
+        denoiser.step(videos, text, 900.0, 0.9, 0.8, guided=True, num_cond_latents=1, kv_cache=cache)

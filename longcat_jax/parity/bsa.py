@@ -38,25 +38,36 @@ OUTPUT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}
 WHOLE_CALL_TOLERANCE = 2e-2  # our own selection; a flipped near-tied block can cost more
 
 
+FIXTURE_FILES = ("bsa_cases.json", "bsa_cases.safetensors")
+
+
+def read_cases(fixtures: Path) -> list[tuple[str, BSAParams, tuple, tuple, dict[str, np.ndarray]]]:
+    """Every `bsa_cases` fixture as (name, params, latent_q, latent_k, arrays): q, k, v, out [B, S, H, D] (our
+    layout; stored [B, H, S, D] in raster order, out float32) and the original's block_mask [B, H, Mq, Mk]."""
+    json_file, tensors_file = (Path(fixtures) / name for name in FIXTURE_FILES)
+    tensors = SafetensorsCheckpoint(tensors_file)
+    cases = []
+    for spec in json.loads(json_file.read_text()):
+        name = spec["name"]
+        arrays = {key: np.array(tensors.read(f"{name}.{key}")) for key in ("q", "k", "v", "out", "block_mask")}
+        for key in ("q", "k", "v", "out"):
+            arrays[key] = arrays[key].transpose(0, 2, 1, 3)
+        params = BSAParams.from_dict({key: spec[key] for key in PARAM_KEYS})
+        cases.append((name, params, tuple(spec["latent_shape_q"]), tuple(spec["latent_shape_k"]), arrays))
+    return cases
+
+
 def run(fixtures: Path, dtype: str) -> list[CaseResult]:
     """Three results per fixture case; a missing fixture file gives a single FAIL naming it."""
-    fixtures = Path(fixtures)
-    cases_json = fixtures / "bsa_cases.json"
-    tensors_file = fixtures / "bsa_cases.safetensors"
-    for needed in (cases_json, tensors_file):
+    for needed in (Path(fixtures) / name for name in FIXTURE_FILES):
         if not needed.is_file():
             return [CaseResult("bsa", float("nan"), OUTPUT_TOLERANCE[dtype], "FAIL", note=f"{needed} not found")]
-    tensors = SafetensorsCheckpoint(tensors_file)
     compute_dtype = jnp.dtype(dtype)
     backend = resolve_backend("auto")
     results = []
-    for spec in json.loads(cases_json.read_text()):
-        name = spec["name"]
-        arrays = {key: np.array(tensors.read(f"{name}.{key}")) for key in ("q", "k", "v", "out", "block_mask")}
-        q, k, v = (jnp.asarray(arrays[key]).transpose(0, 2, 1, 3).astype(compute_dtype) for key in "qkv")
-        want = arrays["out"].transpose(0, 2, 1, 3)  # [B, Sq, H, D]
-        params = BSAParams.from_dict({key: spec[key] for key in PARAM_KEYS})
-        latent_q, latent_k = tuple(spec["latent_shape_q"]), tuple(spec["latent_shape_k"])
+    for name, params, latent_q, latent_k, arrays in read_cases(fixtures):
+        q, k, v = (jnp.asarray(arrays[key]).astype(compute_dtype) for key in "qkv")
+        want = arrays["out"]  # [B, Sq, H, D]
         q_c = to_chunk_order(q, latent_q, params.chunk_3d_shape_q)
         k_c = to_chunk_order(k, latent_k, params.chunk_3d_shape_k)
         v_c = to_chunk_order(v, latent_k, params.chunk_3d_shape_k)

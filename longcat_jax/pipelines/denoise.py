@@ -74,7 +74,7 @@ def _denoise_step(
 ) -> jax.Array:
     """latents [B, C, T, H, W] float32 -> latents after one Euler step (see `Denoiser.step`)."""
     dit = nnx.merge(graphdef, state)
-    batch, _, frames = latents.shape[:3]
+    frames = latents.shape[2]
     model_input = jnp.concatenate([latents, latents], axis=0) if guided else latents  # [B or 2B, C, T, H, W]
     if kv_cache is None:
         # Condition frames are part of the input: timestep 0 there, and only the frames after them are stepped.
@@ -84,8 +84,6 @@ def _denoise_step(
         # Condition frames live in the cache: every input frame is noisy.
         timesteps = frame_timesteps(timestep, model_input.shape[0], frames)
         step_from = 0
-        if guided and kv_cache[0].shape[1] == batch and batch > 1:
-            kv_cache = tuple(jnp.concatenate([c, c], axis=1) for c in kv_cache)
     prediction = dit(model_input, timesteps, text, text_mask, num_cond_latents=num_cond_latents, kv_cache=kv_cache)
     if guided:
         uncond, cond = split_uncond_cond(prediction)
@@ -144,8 +142,16 @@ class Denoiser:
         guided: run both CFG branches and combine them with CFG-zero* at `guidance_scale`.
         num_cond_latents: without `kv_cache`, the first frames of `latents` are clean conditions (timestep 0, not
         stepped); with `kv_cache` (from `condition_kv`), the number of cached condition frames, and `latents`
-        holds only the frames to generate.
+        holds only the frames to generate. The cache's batch is 1 (shared) or the DiT input's: B, or 2B when
+        guided (`guided_kv_cache` makes that of a cache of B videos; `sample` does so once for all steps).
         """
+        if kv_cache is not None:
+            inputs = latents.shape[0] * (2 if guided else 1)
+            if kv_cache[0].shape[1] not in (1, inputs):
+                raise InputError(
+                    f"kv_cache holds {kv_cache[0].shape[1]} videos, the step's DiT input {inputs}; pass the cache "
+                    "through guided_kv_cache (guided steps run both branches of each video)"
+                )
         embeddings, mask = text.for_step(guided)
         return _denoise_step(
             self.graphdef,
@@ -167,6 +173,14 @@ class Denoiser:
         return _condition_kv(self.graphdef, self.state, self._committed(cond_latents), text_length=text_length)
 
 
+def guided_kv_cache(kv_cache: KVCache | None, batch: int, guided: bool) -> KVCache | None:
+    """The condition cache of `batch` videos for steps whose DiT input holds both guidance branches of each
+    (unconditional first, as the step stacks them); a shared cache (batch 1) or an unguided one as it is."""
+    if kv_cache is None or not guided or kv_cache[0].shape[1] != batch or batch == 1:
+        return kv_cache
+    return tuple(jnp.concatenate([c, c], axis=1) for c in kv_cache)
+
+
 def sample(
     denoiser: Denoiser,
     latents: jax.Array,
@@ -184,9 +198,7 @@ def sample(
     first includes compilation) to `step_times` when given."""
     timesteps = np.asarray(schedule.timesteps, np.float32)
     sigmas = np.asarray(schedule.sigmas, np.float32)
-    if guided and kv_cache is not None and kv_cache[0].shape[1] == latents.shape[0] > 1:
-        # both guidance branches of every video share its condition cache: double it once, not in every step
-        kv_cache = tuple(jnp.concatenate([c, c], axis=1) for c in kv_cache)
+    kv_cache = guided_kv_cache(kv_cache, latents.shape[0], guided)  # once, not in every step
     for index in tqdm(range(len(timesteps)), desc=desc, unit="step"):
         start = time.perf_counter()
         latents = denoiser.step(
