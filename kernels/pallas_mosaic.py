@@ -81,7 +81,12 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig) -> int:
         _CONSUMERS * _aligned(k_max, _INDEX_ALIGN) * 4,
         _CONSUMERS * BLOCK * 4,
     )
-    return sum(_aligned(n, _SMEM_ALIGN) for n in buffers)
+    return sum(_aligned(n, _SMEM_ALIGN) for n in buffers) + 3 * _SMEM_ALIGN  # barriers, what Mosaic GPU reserves
+
+
+def fits(head_dim: int, k_max: int, config: MosaicConfig) -> bool:
+    """Whether a CTA's shared memory holds the kernel for these lists (very long CDF lists need the Triton one)."""
+    return smem_bytes(head_dim, _aligned(k_max, _INDEX_ALIGN), config) <= _SMEM_BYTES
 
 
 def _dot(a, b, *, transpose_b=False):
@@ -123,12 +128,12 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicCon
     k_stages, v_stages = config.k_stages, config.v_stages
     indices = _pad_indices(indices)
     k_max = indices.shape[-1]
-    needed = smem_bytes(d, k_max, config) + 3 * _SMEM_ALIGN  # barriers and what Mosaic GPU reserves
-    if needed > _SMEM_BYTES:
+    if not fits(d, k_max, config):
         raise BSAConfigError(
-            f"the Mosaic BSA kernel needs {needed} bytes of shared memory with k_stages={k_stages}, "
-            f"v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA has {_SMEM_BYTES}: "
-            "lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim 128)"
+            f"the Mosaic BSA kernel needs {smem_bytes(d, k_max, config)} bytes of shared memory with "
+            f"k_stages={k_stages}, v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA "
+            f"has {_SMEM_BYTES}: lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim "
+            "128), or use KernelConfig(forward='triton') for lists this long"
         )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
     rounds = config.rounds

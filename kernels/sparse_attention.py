@@ -51,8 +51,9 @@ class KernelConfig:
             mosaic=dataclasses.replace(self.mosaic, interpret=True),
         )
 
-    def uses_mosaic(self, q: jax.Array, block_q: int, block_k: int) -> bool:
-        """Whether the Mosaic GPU forward runs for these inputs; refuses "mosaic" where it cannot."""
+    def uses_mosaic(self, q: jax.Array, block_q: int, block_k: int, k_max: int) -> bool:
+        """Whether the Mosaic GPU forward runs for these inputs (k_max: list width); refuses "mosaic" where it
+        cannot. "auto" also leaves lists too long for its shared memory to the Triton kernel."""
         supported = pallas_mosaic.supports(q, block_q, block_k)
         if self.forward == "mosaic" and not supported:
             raise BSAInputError(
@@ -61,7 +62,10 @@ class KernelConfig:
                 f"{q.dtype}; use forward='triton' or 'auto'"
             )
         if self.forward == "auto":
-            return supported and not self.mosaic.interpret and _on_hopper()
+            return (
+                supported and not self.mosaic.interpret and _on_hopper()
+                and pallas_mosaic.fits(q.shape[-1], k_max, self.mosaic)
+            )
         return self.forward == "mosaic"
 
 
@@ -77,7 +81,7 @@ def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config:
     raster: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out in raster order (the
     Mosaic kernel writes it so directly; otherwise it is reordered here). lse stays in chunk order.
     """
-    mosaic = config.uses_mosaic(q, block_q, block_k)
+    mosaic = config.uses_mosaic(q, block_q, block_k, indices.shape[-1])
     num_k_blocks = k.shape[1] // block_k
     ranges = config.key_ranges
     if ranges is None:

@@ -22,6 +22,7 @@ from kernels import (
     sparse_attention_chunked,
     to_chunk_order,
 )
+from kernels import pallas_mosaic
 from kernels.reference import blocked_attention
 
 from bsa_cases import BLOCK, check_gradients_match_reference, random_case, rel_l2
@@ -122,6 +123,12 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         sparse_attention_chunked(q, q, q, jnp.zeros((1, 1, 4, 1), jnp.int32), jnp.ones((1, 1, 4), jnp.int32),
                                  BLOCK, BLOCK, backend="pallas_interpret",
                                  kernel_config=KernelConfig(forward="mosaic", mosaic=MosaicConfig(k_stages=4, v_stages=3)))
+    # CDF lists over a long video: more than the default stages leave room for; "auto" leaves them to Triton
+    assert pallas_mosaic.fits(128, 2640, MosaicConfig()) and not pallas_mosaic.fits(128, 6000, MosaicConfig())
+    long_lists = jnp.zeros((1, 1, 4, 6000), jnp.int32)
+    with pytest.raises(BSAConfigError, match="or use KernelConfig\\(forward='triton'\\) for lists this long"):
+        sparse_attention_chunked(q, q, q, long_lists, jnp.ones((1, 1, 4), jnp.int32), BLOCK, BLOCK,
+                                 backend="pallas_interpret", kernel_config=MOSAIC)
 
 
 def _whole_call_case(latent, chunk):
