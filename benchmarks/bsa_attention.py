@@ -30,10 +30,9 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave memory 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import BSAParams, bsa_attention, select_blocks, to_chunk_order  # noqa: E402
-from kernels import KernelConfig, pallas_triton, reference  # noqa: E402
-from kernels.sparse_attention import FORWARDS, sparse_attention_forward  # noqa: E402
+from kernels import BSAParams, KernelConfig, bsa_attention, pallas_triton, reference, select_blocks, to_chunk_order  # noqa: E402  # noqa: E402
+from kernels.sparse_attention import FORWARD_KERNELS, sparse_attention_with_lse  # noqa: E402
+from longcat_jax.metrics import rel_l2
 
 log = logging.getLogger("bsa_benchmark")
 
@@ -77,9 +76,8 @@ class Original:
     def __init__(self, path: str):
         sys.path.insert(0, str(Path(path).resolve()))
         import torch
-        from triton.testing import do_bench
-
         from longcat_video.block_sparse_attention.bsa_interface import flash_attn_bsa_3d
+        from triton.testing import do_bench
 
         self.torch, self.do_bench, self.fn = torch, do_bench, flash_attn_bsa_3d
 
@@ -127,26 +125,21 @@ def sweep(q, k, v, indices, counts, block, do, backward) -> tuple[pallas_triton.
     for warps, stages in ((4, 2), (4, 3), (8, 2)):
         config = pallas_triton.TritonConfig(num_warps=warps, num_stages=stages)
         triton = KernelConfig(forward="triton", triton=config)
-        fwd = jax.jit(lambda *a, c=triton: sparse_attention_forward(*a, block, block, c))
+        fwd = jax.jit(lambda *a, c=triton: sparse_attention_with_lse(*a, block, block, c))
         ms = time_jax(fwd, q, k, v, indices, counts)
         lines.append(f"fwd warps={warps} stages={stages}: {ms:.3f} ms")
         best_fwd = min(best_fwd or (ms, config), (ms, config), key=lambda t: t[0])
     if not backward:
         return best_fwd[1], lines
     best = KernelConfig(forward="triton", triton=best_fwd[1])
-    out, lse = jax.jit(lambda *a: sparse_attention_forward(*a, block, block, best))(q, k, v, indices, counts)
+    out, lse = jax.jit(lambda *a: sparse_attention_with_lse(*a, block, block, best))(q, k, v, indices, counts)
     for warps, stages in ((4, 2), (4, 3)):
         config = dataclasses.replace(best_fwd[1], bwd_num_warps=warps, bwd_num_stages=stages)
-        bwd = jax.jit(lambda *a, c=config: pallas_triton.sparse_attention_backward(*a, block, block, c))
+        bwd = jax.jit(lambda *a, c=config: pallas_triton.triton_backward(*a, block, block, c))
         ms = time_jax(bwd, q, k, v, indices, counts, out, lse, do)
         lines.append(f"bwd warps={warps} stages={stages}: {ms:.3f} ms")
         best_bwd = min(best_bwd or (ms, config), (ms, config), key=lambda t: t[0])
     return best_bwd[1], lines
-
-
-def rel_l2(x, ref) -> float:
-    x, ref = jnp.asarray(x, jnp.float32), jnp.asarray(ref, jnp.float32)
-    return float(jnp.linalg.norm(x - ref) / jnp.linalg.norm(ref))
 
 
 def main() -> None:
@@ -156,7 +149,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--forward", default="auto", choices=FORWARDS,
+    parser.add_argument("--forward", default="auto", choices=FORWARD_KERNELS,
                         help="our forward kernel (auto: the Mosaic GPU one on Hopper, else the Triton one)")
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
@@ -206,7 +199,7 @@ def main() -> None:
             flops = 4 * args.head_dim * block * block * pairs
             whole = jax.jit(lambda q, k, v, p=params, c=config: bsa_attention(
                 q, k, v, latent, latent, p, backend="pallas", kernel_config=c))
-            fwd = jax.jit(lambda *a: sparse_attention_forward(*a, block, block, config))
+            fwd = jax.jit(lambda *a: sparse_attention_with_lse(*a, block, block, config))
             record = {"size": size, "mode": mode, "pairs": pairs, "flops_fwd": flops}
             record["whole_ms"] = time_jax(whole, q, k, v)
             record["kernel_ms"] = time_jax(fwd, qc, kc, vc, indices, counts)
@@ -218,7 +211,7 @@ def main() -> None:
                 record["selection_matches_xla"] = bool(jnp.all(select_xla(qc, kc)[0] == indices))
             if backward:
                 out, lse = fwd(qc, kc, vc, indices, counts)
-                bwd = jax.jit(lambda *a: pallas_triton.sparse_attention_backward(*a, block, block, config.triton))
+                bwd = jax.jit(lambda *a: pallas_triton.triton_backward(*a, block, block, config.triton))
                 record["kernel_bwd_ms"] = time_jax(bwd, qc, kc, vc, indices, counts, out, lse, doc)
                 train = jax.jit(lambda q, k, v, do: jax.vjp(whole, q, k, v)[1](do))
                 record["whole_fwd_bwd_ms"] = time_jax(train, q, k, v, do)

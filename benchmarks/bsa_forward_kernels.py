@@ -14,19 +14,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import BSAParams, KernelConfig, MosaicConfig, select_blocks  # noqa: E402
-from kernels.sparse_attention import sparse_attention_forward  # noqa: E402
-
 from bsa_attention import rel_l2, time_jax  # noqa: E402  (this script's sibling)
+
+from kernels import BSAParams, KernelConfig, MosaicConfig, select_blocks  # noqa: E402
+from kernels.sparse_attention import sparse_attention_with_lse  # noqa: E402
 
 
 def _mosaic(ranges, **settings) -> KernelConfig:
@@ -69,7 +65,7 @@ def main() -> None:
             flops = 4 * shape[-1] * 64 * 64 * int(jnp.sum(counts))
             expected = None
             for name in names:
-                kernel = jax.jit(lambda *a, c=VARIANTS[name]: sparse_attention_forward(*a, 64, 64, c)[0])
+                kernel = jax.jit(lambda *a, c=VARIANTS[name]: sparse_attention_with_lse(*a, 64, 64, c)[0])
                 out = kernel(q, k, v, indices, counts)
                 error = "" if expected is None else f"{rel_l2(out, expected):.1e}"
                 expected = out if expected is None else expected

@@ -7,14 +7,23 @@ Cases (token grids of the latent after 1x2x2 patching):
   t2v480p_dense    24x30x52 =  37,440 tokens, B=2 (both CFG branches), dense
 
 Every case runs in its own subprocess so peak device memory is that case's alone. Weights are random,
-made on the device (no checkpoint transfer). With `--reference PATH` (a checkout of the original
-LongCat-Video repository, never committed here) the original PyTorch model runs the same cases on the
-same GPU: its Triton BSA, and cuDNN SDPA where it would call flash-attn. Prints seconds per step
-(median after warm-up), compile time, peak memory, and the ratio original / ours.
+made on the device (no checkpoint transfer). With `--reference PATH` (a checkout of the original LongCat-Video
+repository, never committed here) the original PyTorch model runs the same cases on the same GPU: its Triton
+BSA, and cuDNN SDPA where it would call flash-attn. Prints seconds per step (median after warm-up), compile
+time, peak memory, and the ratio original / ours.
+
+`--quantize none,fp8,int8` runs ours once per mode, the block Linears quantized on the device right after the
+draw (`longcat_jax.models.dit.quantized_linear.quantize_linears`), and adds the weights' size on the device and
+the number of cuBLASLt FP8 GEMMs in the compiled step; `--quality` adds the step output's relative L2 against
+the bf16 model of the same weights, whole and per block (each block's local error on the bf16 model's hidden
+state; the bf16 weights are drawn again after the timing). `--small` runs a 256-wide, 2-block DiT on a 4x8x8
+grid instead: a functional check on any machine, the CPU included.
 
     python benchmarks/dit_step.py --reference /path/to/LongCat-Video
     python benchmarks/dit_step.py --cases refine84k_bsa --depth 4        # quick look
     python benchmarks/dit_step.py --cases refine168k_bsa --context-parallel 1,2,4   # scaling over GPUs
+    python benchmarks/dit_step.py --quantize none,fp8,int8 --reference /path/to/LongCat-Video
+    python benchmarks/dit_step.py --cases t2v480p_dense --quantize fp8 --quality   # error vs bf16, per block
 """
 
 from __future__ import annotations
@@ -38,7 +47,12 @@ BSA_PARAMS = {"sparsity": 0.9375, "cdf_threshold": None, "chunk_3d_shape_q": [4,
 TEXT_LEN = 512
 
 
-def _real_config(depth: int, bsa: bool) -> dict:
+SMALL_GRID = (4, 8, 8)
+
+
+def _real_config(depth: int, bsa: bool, small: bool = False) -> dict:
+    if small:
+        return {**_real_config(min(depth, 2), bsa), "hidden_size": 256, "num_heads": 4}
     return {
         "in_channels": 16, "out_channels": 16, "hidden_size": 4096, "depth": depth, "num_heads": 32,
         "caption_channels": 4096, "mlp_ratio": 4, "adaln_tembed_dim": 512, "frequency_embedding_size": 256,
@@ -69,27 +83,36 @@ def _median_time(fn, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int) -> dict:
+def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int, quantize: str = "none",
+             quality: bool = False, small: bool = False) -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
+    from longcat_jax.metrics import rel_l2
     from longcat_jax.models.dit.config import DiTConfig
+    from longcat_jax.models.dit.loading import random_dit
+    from longcat_jax.models.dit.quantized_linear import quantize_linears
+    from longcat_jax.quantization import CUBLAS_FP8_GEMM, check_quantize_supported
+    from longcat_jax.quantization.block_errors import block_errors
     from longcat_jax.sharding import shard_dit
-    from longcat_jax.tiny import random_dit
 
-    config = DiTConfig.from_dict(_real_config(depth, case["bsa"]))
-    t, h, w = case["grid"]
+    check_quantize_supported(quantize)
+    config = DiTConfig.from_dict(_real_config(depth, case["bsa"], small))
+    t, h, w = SMALL_GRID if small else case["grid"]
     b = case["batch"]
     # Drawn on the device one parameter at a time (one small program per distinct shape; one program drawing
     # all 13.6B values at once took 320 s on an H200), then, for several devices, replicated over the mesh with
-    # the tokens split over it (Ulysses all-to-all around self attention).
-    model = random_dit(config, dtype=jnp.bfloat16, draw_on_device=True)
+    # the tokens split over it (Ulysses all-to-all around self attention). Quantized Linears replace the bf16
+    # ones one at a time, on the device, so the peak holds the bf16 model plus one layer.
+    model = quantize_linears(random_dit(config, dtype=jnp.bfloat16, draw_on_device=True), quantize)
     plan = shard_dit(model, context_parallel) if context_parallel > 1 else None
     devices = list(plan.mesh.devices.flat) if plan else jax.local_devices()[:1]
     jax.block_until_ready(nnx.state(model))
-    _log("random weights made on the device")
-    num_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    _log(f"random weights made on the device (quantize={quantize})")
+    leaves = jax.tree.leaves(nnx.state(model))
+    num_params = sum(x.size for x in leaves)
+    weights_gib = sum(x.nbytes for x in leaves) / 2**30
     keys = jax.random.split(jax.random.key(2), 2)
     latents = jax.random.normal(keys[0], (b, 16, t, 2 * h, 2 * w), jnp.bfloat16)
     text = jax.random.normal(keys[1], (b, 1, TEXT_LEN, 4096), jnp.bfloat16)
@@ -109,10 +132,25 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     _log(f"compiled in {compile_s:.1f} s (lowering included)")
+    fp8_gemms = compiled.as_text().count(CUBLAS_FP8_GEMM)
     seconds = _median_time(lambda: compiled(state, latents, timestep, text, mask).block_until_ready(), warmup, iters)
     peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in devices]
-    return {"seconds": seconds, "compile_s": compile_s, "peak_gib": max(peaks) / 2**30,
-            "params_b": num_params / 1e9, "device": str(devices[0].device_kind), "devices": len(devices)}
+    result = {"seconds": seconds, "compile_s": compile_s, "peak_gib": max(peaks) / 2**30,
+              "params_b": num_params / 1e9, "weights_gib": weights_gib, "fp8_gemms": fp8_gemms,
+              "device": str(devices[0].device_kind), "devices": len(devices)}
+    if quality and quantize != "none":
+        out = compiled(state, latents, timestep, text, mask)
+        reference = random_dit(config, dtype=jnp.bfloat16, draw_on_device=True)  # the same draws, unquantized
+        if plan:
+            shard_dit(reference, context_parallel)
+        want = nnx.jit(lambda m, *a: m(*a))(reference, latents, timestep, text, mask)
+        result["rel_l2"] = rel_l2(jax.device_get(out), jax.device_get(want))
+        _log(f"step output rel L2 vs bf16: {result['rel_l2']:.3e}")
+        blocks = block_errors(reference, model, latents, timestep, text, mask)
+        result["blocks"] = [[e.output_rel, e.update_rel] for e in blocks]
+        _log("per-block rel L2 (of the output / of the update): max "
+             f"{max(e.output_rel for e in blocks):.3e} / {max(e.update_rel for e in blocks):.3e}")
+    return result
 
 
 def _install_flash_attn_shim():
@@ -184,7 +222,8 @@ def run_original(case: dict, depth: int, warmup: int, iters: int, reference: str
 def _child(args) -> None:
     case = CASES[args.case]
     if args.impl == "ours":
-        result = run_ours(case, args.depth, args.warmup, args.iters, args.context_parallel)
+        result = run_ours(case, args.depth, args.warmup, args.iters, args.context_parallel, args.quantize, args.quality,
+                          args.small)
     else:
         result = run_original(case, args.depth, args.warmup, args.iters, args.reference)
     print("RESULT " + json.dumps(result), flush=True)
@@ -216,17 +255,20 @@ def run_child(cmd: list[str], label: str, timeout: float | None = None) -> dict 
             if timer:
                 timer.cancel()
     if result is None:
-        killed = " (killed after %g s)" % timeout if timeout and proc.returncode == -9 else ""
+        killed = f" (killed after {timeout:g} s)" if timeout and proc.returncode == -9 else ""
         print(f"[{label}] failed{killed}:\n{''.join(tail)}", flush=True)
     return result
 
 
 def _spawn(case: str, impl: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--child", "--case", case, "--impl", impl, "--depth", str(args.depth),
-           "--warmup", str(args.warmup), "--iters", str(args.iters), "--context-parallel", str(args.context_parallel)]
+           "--warmup", str(args.warmup), "--iters", str(args.iters), "--context-parallel", str(args.context_parallel),
+           "--quantize", args.quantize]
     if args.reference:
         cmd += ["--reference", args.reference]
-    return run_child(cmd, f"{impl} {case}", args.case_timeout)
+    cmd += ["--quality"] * args.quality + ["--small"] * args.small
+    label = f"{impl} {case}" + (f" quantize={args.quantize}" if impl == "ours" else "")
+    return run_child(cmd, label, args.case_timeout)
 
 
 def main() -> None:
@@ -240,6 +282,11 @@ def main() -> None:
     parser.add_argument("--context-parallel", default="1",
                         help="GPUs to shard the tokens over; a comma-separated list (e.g. 1,2,4,8) runs each count "
                         "and reports the scaling efficiency (speed-up over the first count / count ratio)")
+    parser.add_argument("--quantize", default="none",
+                        help="quantization modes to run ours in, comma-separated: none, fp8, fp8-weight-only, int8")
+    parser.add_argument("--quality", action="store_true",
+                        help="for quantized runs, also the step output's relative L2 against bf16, whole and per block")
+    parser.add_argument("--small", action="store_true", help="a 256-wide, 2-block DiT on a 4x8x8 grid (any machine)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["ours", "original"], help=argparse.SUPPRESS)
@@ -248,34 +295,62 @@ def main() -> None:
         counts = [int(n) for n in args.context_parallel.split(",")]
     except ValueError:
         parser.error(f"--context-parallel takes device counts like 1,2,4; got {args.context_parallel!r}")
+    modes = args.quantize.split(",")
     if args.child:
         args.context_parallel = counts[0]
         _child(args)
         return
+    from longcat_jax.quantization import MODES
+
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown --quantize mode(s) {unknown}; choose from {', '.join(MODES)}")
+    if args.small and args.reference:
+        parser.error("--small runs a toy config; the original runs the real one: drop --reference or --small")
     rows = []
     for case in args.cases.split(","):
         if case not in CASES:
             parser.error(f"unknown case {case!r}; choose from {', '.join(CASES)}")
         original = _spawn(case, "original", args) if args.reference else None
         for count in counts:
-            ours = _spawn(case, "ours", argparse.Namespace(**{**vars(args), "context_parallel": count}))
-            rows.append((case, count, ours, original))
-            print(f"{case} x{count}: ours={ours} original={original}", flush=True)
+            for mode in modes:
+                ours = _spawn(case, "ours", argparse.Namespace(**{**vars(args), "context_parallel": count,
+                                                                  "quantize": mode}))
+                rows.append((case, count, mode, ours, original))
+                print(f"{case} x{count} {mode}: ours={ours} original={original}", flush=True)
+    _print_table(rows, counts, args)
+
+
+def _print_table(rows, counts: list[int], args) -> None:
     nan = float("nan")
-    print(f"\ndepth {args.depth}, median of {args.iters} after {args.warmup} warm-up; peak GiB: the largest of the "
-          f"devices; scaling: speed-up over {counts[0]} device(s) and that divided by the device ratio")
-    print(f"{'case':<17} {'GPUs':>4} {'ours s/step':>11} {'compile s':>9} {'peak GiB':>8} {'scaling':>7} "
-          f"{'efficiency':>10} {'orig s/step':>11} {'orig GiB':>8} {'vs orig':>7}")
-    for case, count, ours, original in rows:
+    depth = min(args.depth, 2) if args.small else args.depth
+    print(f"\ndepth {depth}{' (--small)' if args.small else ''}, median of {args.iters} after {args.warmup} warm-up; "
+          "peak GiB: the largest of the "
+          f"devices; scaling: speed-up over {counts[0]} device(s) and that divided by the device ratio; vs none: "
+          "speed-up over the unquantized run; f8 GEMMs: cuBLASLt FP8 calls in the compiled step")
+    print(f"{'case':<17} {'GPUs':>4} {'quantize':<15} {'ours s/step':>11} {'compile s':>9} {'peak GiB':>8} "
+          f"{'weights GiB':>11} {'f8 GEMMs':>8} {'vs none':>7} {'rel L2':>8} {'scaling':>7} {'efficiency':>10} "
+          f"{'orig s/step':>11} {'orig GiB':>8} {'vs orig':>7}")
+    for case, count, mode, ours, original in rows:
         o = ours or {}
         r = original or {}
-        base = next((b for c, n, b, _ in rows if c == case and n == counts[0]), None)
+        base = next((b for c, n, m, b, _ in rows if c == case and n == counts[0] and m == mode), None)
+        plain = next((b for c, n, m, b, _ in rows if c == case and n == count and m == "none"), None)
         scaling = base["seconds"] / o["seconds"] if ours and base else nan
         efficiency = scaling * counts[0] / count
+        vs_none = plain["seconds"] / o["seconds"] if ours and plain else nan
         speedup = r["seconds"] / o["seconds"] if ours and original else nan
-        print(f"{case:<17} {count:>4} {o.get('seconds', nan):>11.3f} {o.get('compile_s', nan):>9.1f} "
-              f"{o.get('peak_gib', nan):>8.1f} {scaling:>7.2f} {efficiency:>10.2f} {r.get('seconds', nan):>11.3f} "
-              f"{r.get('peak_gib', nan):>8.1f} {speedup:>7.2f}")
+        print(f"{case:<17} {count:>4} {mode:<15} {o.get('seconds', nan):>11.3f} {o.get('compile_s', nan):>9.1f} "
+              f"{o.get('peak_gib', nan):>8.1f} {o.get('weights_gib', nan):>11.2f} {o.get('fp8_gemms', -1):>8} "
+              f"{vs_none:>7.2f} {o.get('rel_l2', nan):>8.1e} {scaling:>7.2f} {efficiency:>10.2f} "
+              f"{r.get('seconds', nan):>11.3f} {r.get('peak_gib', nan):>8.1f} {speedup:>7.2f}")
+    for case, count, mode, ours, _ in rows:
+        if ours and ours.get("blocks"):
+            worst = max(range(len(ours["blocks"])), key=lambda i: ours["blocks"][i][1])
+            updates = sorted(e[1] for e in ours["blocks"])
+            print(f"{case} x{count} {mode}: per-block rel L2 of the update: median {updates[len(updates) // 2]:.2e}, "
+                  f"max {updates[-1]:.2e} (block {worst}); of the block output: max "
+                  f"{max(e[0] for e in ours['blocks']):.2e}")
 
 
 if __name__ == "__main__":

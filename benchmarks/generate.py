@@ -57,16 +57,17 @@ def preset_path(name: str) -> Path:
 
 def run_case(name: str, case: dict, preset: str | None, args: argparse.Namespace) -> dict:
     """Runs one (case, BSA) in this process and returns its measurements."""
-    sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from longcat_jax.bsa_config import BSAConfig, load_bsa_config, log_bsa
+    from longcat_jax.bsa_config import read_bsa_config
     from longcat_jax.models.dit import DiTConfig, enable_loras
+    from longcat_jax.models.dit.loading import random_dit
+    from longcat_jax.models.dit.lora import random_lora
     from longcat_jax.pipelines.denoise import Denoiser, TextCondition
     from longcat_jax.pipelines.scheduler import make_schedule, start_at
-    from longcat_jax.tiny import TINY_DIT_CONFIG, random_dit, random_lora
+    from longcat_jax.presets import TINY_DIT_CONFIG
 
     config = TINY_DIT_CONFIG if args.small else DiTConfig(depth=args.depth, text_tokens_zero_pad=True)
     dtype = jnp.float32 if args.small else jnp.bfloat16
@@ -76,9 +77,7 @@ def run_case(name: str, case: dict, preset: str | None, args: argparse.Namespace
     build_seconds = time.perf_counter() - start
     if case["lora"] and args.lora_rank:
         enable_loras(dit, [random_lora(config, case["lora"], seed=1, rank=args.lora_rank)])
-    bsa = load_bsa_config(preset_path(preset)) if preset else BSAConfig(False, None)
-    dit.set_bsa(bsa.params if bsa.enable_bsa else False)
-    log_bsa(bsa)
+    dit.set_bsa(read_bsa_config(preset_path(preset)) if preset else None)
     denoiser = Denoiser(dit)
 
     guided = case["guidance"] > 1

@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from longcat_jax.models.text_encoder.config import UMT5Config  # noqa: E402
 from longcat_jax.models.text_encoder.prompt import release_text_encoder  # noqa: E402
 from longcat_jax.models.text_encoder.umt5 import UMT5Encoder, run_encoder  # noqa: E402
@@ -85,7 +82,7 @@ def bench(config: UMT5Config, dtype, length: int, prompt_tokens: int, negative_t
     same_program = jax.jit(lambda params, i, m: nnx.merge(graphdef, params)(i, m))
     memory = same_program.lower(state, ids, mask).compile().memory_analysis()
     temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
-    del graphdef, state, same_program
+    del state, same_program
 
     start = time.perf_counter()
     jax.block_until_ready(run_encoder(encoder, ids, mask))

@@ -88,7 +88,6 @@ def time_decode(decode, repeats: int):
 
 def jax_worker(spec: dict) -> dict:
     """Decodes one case with our VAE; returns timings and peak memory, saves sample frames."""
-    sys.path.insert(0, str(ROOT))
     import jax
     import jax.numpy as jnp
 
@@ -252,7 +251,8 @@ def _fmt_row(row) -> str:
             f"{result['decode']:.2f} | {peak} | {rel} |")
 
 
-HEADER = ("| implementation | HxWxF | tiling | latent chunk / frame group | first s | decode s | peak GiB | rel L2 vs original |\n"
+HEADER = ("| implementation | HxWxF | tiling | latent chunk / frame group | first s | decode s | peak GiB "
+          "| rel L2 vs original |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 

@@ -15,8 +15,8 @@ from kernels.layout import (
 from kernels.pallas_mosaic import MosaicConfig
 from kernels.pallas_triton import TritonConfig
 from kernels.params import BSAParams
-from kernels.sparse_attention import KernelConfig
 from kernels.selection import block_mask_from_indices, indices_from_block_mask, select_blocks
+from kernels.sparse_attention import KernelConfig
 
 __all__ = [
     "BACKENDS",

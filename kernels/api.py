@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from kernels import layout, pallas_chunking, reference, selection
-from kernels.sparse_attention import KernelConfig, sparse_attention
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.params import BSAParams
+from kernels.sparse_attention import KernelConfig, sparse_attention
 
 BACKENDS = ("auto", "reference", "pallas", "pallas_interpret")
 PALLAS_HEAD_DIMS = (64, 128)

@@ -8,7 +8,7 @@ take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttenti
 by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` pairs of query
 blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
 
-Same contract and outputs as `pallas_triton.sparse_attention_forward` (out and a base-2 log-sum-exp), so the
+Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so the
 Triton backward kernels serve both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16.
 """
 
@@ -113,7 +113,7 @@ def _pad_indices(indices: jax.Array) -> jax.Array:
     return jnp.pad(indices, ((0, 0), (0, 0), (0, 0), (0, padded - k_max)))
 
 
-def sparse_attention_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raster_out=None):
+def mosaic_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raster_out=None):
     """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
 
     q [B, Sq, H, D], k / v [B, Sk, H, D] chunk-ordered with 64-token blocks; indices [B, H, Mq, K_max]

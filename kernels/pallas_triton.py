@@ -143,7 +143,7 @@ def _full_rows(seq):
     return pl.BlockSpec((None, None, seq), lambda i, bi, hi: (bi, hi, 0))
 
 
-def sparse_attention_forward(q, k, v, indices, starts, counts, block_q, block_k, config):
+def triton_forward(q, k, v, indices, starts, counts, block_q, block_k, config):
     """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
 
     Each query block visits entries [starts, starts + counts) of its index list (starts, counts [B, H, Mq]).
@@ -170,7 +170,7 @@ def sparse_attention_forward(q, k, v, indices, starts, counts, block_q, block_k,
     )(indices, starts, counts, q, k, v)
 
 
-def sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config):
+def triton_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config):
     """Backward kernels: (dq, dk, dv) in the dtypes of q, k, v."""
     b, sq, h, d = q.shape
     sk = k.shape[1]

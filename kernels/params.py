@@ -16,16 +16,27 @@ from kernels.errors import BSAConfigError
 ChunkShape = tuple[int, int, int]
 
 
-def _chunk_shape(name: str, value: Any) -> ChunkShape:
-    """A (t, h, w) chunk shape of three positive ints, from a list or tuple."""
+def _chunk_shape_problem(name: str, value: Any) -> str | None:
+    """Why `value` is not a (t, h, w) chunk shape of three positive ints (a list or tuple), or None if it is one."""
     if (
         not isinstance(value, Sequence)
         or isinstance(value, str)
         or len(value) != 3
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
     ):
-        raise BSAConfigError(f"{name} must be three positive ints (t, h, w), got {value!r}")
-    return (int(value[0]), int(value[1]), int(value[2]))
+        return f"{name} must be three positive ints (t, h, w), got {value!r}"
+    return None
+
+
+def _fraction_problem(name: str, value: Any, interval: str, inside) -> str | None:
+    """Why `value` is not null or a number in `interval` (tested by `inside`), or None if it is fine."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number in {interval} or null, got {value!r}"
+    if math.isnan(value) or not inside(value):
+        return f"{name} must be in {interval}, got {value}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,26 +57,23 @@ class BSAParams:
     chunk_3d_shape_k: ChunkShape = (4, 4, 4)
 
     def __post_init__(self):
+        # Every bad value is named in one error, so a config with several mistakes is fixed in one pass.
+        problems = [
+            _fraction_problem("sparsity", self.sparsity, "[0, 1)", lambda x: 0.0 <= x < 1.0),
+            _fraction_problem("cdf_threshold", self.cdf_threshold, "(0, 1]", lambda x: 0.0 < x <= 1.0),
+            _chunk_shape_problem("chunk_3d_shape_q", self.chunk_3d_shape_q),
+            _chunk_shape_problem("chunk_3d_shape_k", self.chunk_3d_shape_k),
+        ]
         if self.sparsity is None and self.cdf_threshold is None:
-            raise BSAConfigError(
-                "BSA needs a selection rule: set sparsity (e.g. 0.9375) or cdf_threshold (e.g. 0.98)"
-            )
-        if self.sparsity is not None:
-            if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
-                raise BSAConfigError(f"sparsity must be a number in [0, 1) or null, got {self.sparsity!r}")
-            if not (0.0 <= self.sparsity < 1.0) or math.isnan(self.sparsity):
-                raise BSAConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
-            object.__setattr__(self, "sparsity", float(self.sparsity))
-        if self.cdf_threshold is not None:
-            if isinstance(self.cdf_threshold, bool) or not isinstance(self.cdf_threshold, (int, float)):
-                raise BSAConfigError(
-                    f"cdf_threshold must be a number in (0, 1] or null, got {self.cdf_threshold!r}"
-                )
-            if not (0.0 < self.cdf_threshold <= 1.0):
-                raise BSAConfigError(f"cdf_threshold must be in (0, 1], got {self.cdf_threshold}")
-            object.__setattr__(self, "cdf_threshold", float(self.cdf_threshold))
-        object.__setattr__(self, "chunk_3d_shape_q", _chunk_shape("chunk_3d_shape_q", self.chunk_3d_shape_q))
-        object.__setattr__(self, "chunk_3d_shape_k", _chunk_shape("chunk_3d_shape_k", self.chunk_3d_shape_k))
+            problems.append("BSA needs a selection rule: set sparsity (e.g. 0.9375) or cdf_threshold (e.g. 0.98)")
+        problems = [problem for problem in problems if problem is not None]
+        if problems:
+            raise BSAConfigError("; ".join(problems))
+        for name in ("sparsity", "cdf_threshold"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("chunk_3d_shape_q", "chunk_3d_shape_k"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
 
     @property
     def chunk_size_q(self) -> int:
@@ -85,13 +93,17 @@ class BSAParams:
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> BSAParams:
-        """Parse the `bsa_params` dict of a DiT config; unknown keys are refused by name."""
+        """Parse the `bsa_params` dict of a DiT config (missing keys take the defaults above); unknown keys
+        and bad values are all refused by name in one error."""
         if not isinstance(config, Mapping):
             raise BSAConfigError(f"bsa_params must be a mapping, got {type(config).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
-        if unknown:
-            raise BSAConfigError(
-                f"unknown bsa_params key(s) {unknown}; the known keys are {sorted(known)}"
-            )
-        return cls(**dict(config))
+        problems = [f"unknown bsa_params key(s) {unknown}; the known keys are {sorted(known)}"] if unknown else []
+        try:
+            params = cls(**{key: value for key, value in config.items() if key in known})
+        except BSAConfigError as err:
+            problems.append(str(err))
+        if problems:
+            raise BSAConfigError("; ".join(problems))
+        return params

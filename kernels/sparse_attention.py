@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from kernels import key_ranges, layout, pallas_mosaic, pallas_triton
 from kernels.errors import BSAConfigError, BSAInputError
 
-FORWARDS = ("auto", "triton", "mosaic")
+FORWARD_KERNELS = ("auto", "triton", "mosaic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +38,8 @@ class KernelConfig:
     key_ranges: int | None = None
 
     def __post_init__(self):
-        if self.forward not in FORWARDS:
-            raise BSAConfigError(f"unknown BSA forward kernel {self.forward!r}; choose one of {FORWARDS}")
+        if self.forward not in FORWARD_KERNELS:
+            raise BSAConfigError(f"unknown BSA forward kernel {self.forward!r}; choose one of {FORWARD_KERNELS}")
         if self.key_ranges is not None and (not isinstance(self.key_ranges, int) or self.key_ranges < 1):
             raise BSAConfigError(f"KernelConfig.key_ranges must be None or an int >= 1, got {self.key_ranges!r}")
 
@@ -75,7 +75,7 @@ def _on_hopper() -> bool:
     return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
-def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None):
+def sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None):
     """(out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32 base 2) from the kernel `config` picks.
 
     raster: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out in raster order (the
@@ -89,17 +89,13 @@ def sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config:
     ranges = min(ranges, num_k_blocks)
     starts = jnp.zeros_like(counts)
     if mosaic and ranges == 1:
-        return pallas_mosaic.sparse_attention_forward(
-            q, k, v, indices, starts, counts, config.mosaic, raster_out=raster
-        )
+        return pallas_mosaic.mosaic_forward(q, k, v, indices, starts, counts, config.mosaic, raster_out=raster)
     if mosaic:
         def forward(indices, starts, counts):
-            return pallas_mosaic.sparse_attention_forward(q, k, v, indices, starts, counts, config.mosaic)
+            return pallas_mosaic.mosaic_forward(q, k, v, indices, starts, counts, config.mosaic)
     else:
         def forward(indices, starts, counts):
-            return pallas_triton.sparse_attention_forward(
-                q, k, v, indices, starts, counts, block_q, block_k, config.triton
-            )
+            return pallas_triton.triton_forward(q, k, v, indices, starts, counts, block_q, block_k, config.triton)
     if ranges == 1:
         out, lse = forward(indices, starts, counts)
     else:
@@ -119,12 +115,12 @@ def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelC
     [B, H, Mq] int32; block_q / block_k tokens per block. Scale 1/sqrt(D). raster: None (out in chunk
     order) or q's (latent_shape, chunk_shape), for out in raster order.
     """
-    out, _ = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config, raster)
+    out, _ = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster)
     return out
 
 
 def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster):
-    out, lse = sparse_attention_forward(q, k, v, indices, counts, block_q, block_k, config, raster)
+    out, lse = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster)
     return out, (q, k, v, indices, counts, out, lse)
 
 
@@ -132,7 +128,7 @@ def _sparse_attention_bwd(block_q, block_k, config, raster, residuals, do):
     q, k, v, indices, counts, out, lse = residuals
     if raster is not None:  # the backward kernels work in chunk order
         out, do = layout.to_chunk_order(out, *raster), layout.to_chunk_order(do, *raster)
-    dq, dk, dv = pallas_triton.sparse_attention_backward(
+    dq, dk, dv = pallas_triton.triton_backward(
         q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton
     )
     return dq, dk, dv, None, None

@@ -1,121 +1,113 @@
-"""The JSON BSA configs users know: `{"enable_bsa": ..., "bsa_params": {...}}`, alone or inside `dit/config.json`.
+"""The JSON form of BSA settings: `{"enable_bsa": ..., "bsa_params": {...}}`, in a `--bsa-config` file or in a DiT
+`config.json`. The only place where BSA settings are dicts: everything past these readers holds a
+`kernels.BSAParams` (BSA on with those parameters) or None (dense attention).
 
-A `--bsa-config FILE` holds only those two keys; the same two keys in a DiT `config.json` set the model's default.
-The file overrides the model: `merge_into_dit_config` writes its keys over the DiT config's. `bsa_params` must name
-all four of `sparsity`, `cdf_threshold`, `chunk_3d_shape_q`, `chunk_3d_shape_k` (null where unused), so no
-silent default decides how sparse attention is. Values are validated by `kernels.BSAParams`; every refusal is a
-ConfigError naming the file and the key.
+`bsa_params` may leave out keys: a missing `cdf_threshold` is null; a missing `sparsity`, `chunk_3d_shape_q` or
+`chunk_3d_shape_k` takes the released checkpoint's value (0.9375, [4, 4, 4], [4, 4, 4]; also the guide's
+recommended preset, though the original's kernel function has other defaults), and each value filled in is
+logged. Unknown keys and bad values are refused with a ConfigError that names the file and every bad key.
+
+`read_bsa_config` takes a file or the name of a preset shipped in the package (`longcat_jax.configs`: `balanced`,
+`quality`, `fast`, `adaptive`, `long_video`, `480p_no_bsa`, or a file name such as `config_720p_balanced.json`), so
+presets work from any install and any working folder; an existing file of that name wins over the preset.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from kernels import BSAConfigError, BSAParams
+from longcat_jax.configs import find_bsa_preset, short_preset_names
 from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
 
 logger = logging.getLogger(__name__)
 
-ENABLE_MESSAGE = "Enabling Block Sparse Attention (BSA) for LongCat transformer"
 BSA_KEYS = ("enable_bsa", "bsa_params")
 PARAM_KEYS = ("sparsity", "cdf_threshold", "chunk_3d_shape_q", "chunk_3d_shape_k")
+# The released checkpoint's bsa_params: what a missing key takes, and what the refinement runs with when the
+# checkpoint has no bsa_params of its own.
+RELEASED_PARAMS = BSAParams(sparsity=0.9375, cdf_threshold=None, chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(4, 4, 4))
 
 
-@dataclass(frozen=True)
-class BSAConfig:
-    """Whether the DiT's self-attention is block-sparse, and with which parameters (None when never set)."""
-
-    enable_bsa: bool
-    params: BSAParams | None
-
-    def params_dict(self) -> dict[str, Any] | None:
-        """`bsa_params` as the JSON configs write it (lists for chunk shapes), or None."""
-        if self.params is None:
-            return None
-        return {
-            "sparsity": self.params.sparsity,
-            "cdf_threshold": self.params.cdf_threshold,
-            "chunk_3d_shape_q": list(self.params.chunk_3d_shape_q),
-            "chunk_3d_shape_k": list(self.params.chunk_3d_shape_k),
-        }
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The config as a `--bsa-config` file holds it."""
-        return {"enable_bsa": self.enable_bsa, "bsa_params": self.params_dict()}
+def read_bsa_config(path_or_preset: str | Path) -> BSAParams | None:
+    """Reads and validates a `--bsa-config`: a JSON file, or a packaged preset's name (`balanced`,
+    `config_720p_fast.json`, ...). Returns its parameters, or None where it turns BSA off."""
+    path = Path(path_or_preset)
+    preset = None if path.exists() else find_bsa_preset(str(path_or_preset))
+    if preset is None:
+        config = read_json_object(path, "BSA config", hint=f"pass a JSON file or a preset: {preset_list()}")
+        return parse_bsa_config(config, source=str(path))
+    config = json.loads(preset.read_text())
+    return parse_bsa_config(config, source=f"BSA preset {str(path_or_preset)!r} ({preset.name})")
 
 
-def parse_bsa_config(config: Mapping[str, Any], *, source: str = "BSA config") -> BSAConfig:
-    """Validates a `--bsa-config` dict: exactly `enable_bsa` (bool) and optionally `bsa_params` (object or null)."""
+def preset_list() -> str:
+    """The packaged presets, for messages: `balanced (config_720p_balanced.json), ...`."""
+    return ", ".join(f"{name} ({file_name})" for name, file_name in short_preset_names().items())
+
+
+def parse_bsa_config(config: Mapping[str, Any], *, source: str = "BSA config") -> BSAParams | None:
+    """A `--bsa-config` object: exactly `enable_bsa` (bool) and `bsa_params` (object, or null when BSA is off).
+    Returns the parameters, or None where `enable_bsa` is false."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"{source}: expected a JSON object with {list(BSA_KEYS)}, got {type(config).__name__}")
-    for key in config:
-        if key not in BSA_KEYS:
-            raise ConfigError(f"{source}: unknown key {key!r}; a BSA config holds only {list(BSA_KEYS)}")
+    problems = [f"unknown key {key!r} (a BSA config holds only {list(BSA_KEYS)})" for key in config if key not in BSA_KEYS]
     if "enable_bsa" not in config:
-        raise ConfigError(f"{source}: missing key 'enable_bsa' (true or false)")
-    return _parse_pair(config["enable_bsa"], config.get("bsa_params"), source=source)
+        problems.append("missing key 'enable_bsa' (true or false)")
+    enable, params = _parse_pair(config.get("enable_bsa", False), config.get("bsa_params"), source, problems)
+    return params if enable else None
 
 
-def bsa_from_dit_config(dit_config: Mapping[str, Any], *, source: str = "dit/config.json") -> BSAConfig:
-    """The BSA settings inside a DiT `config.json` (its other keys are the DiT config parser's business)."""
-    return _parse_pair(dit_config.get("enable_bsa", False), dit_config.get("bsa_params"), source=source)
+def parse_dit_bsa(dit_config: Mapping[str, Any], *, source: str = "DiT config") -> tuple[bool, BSAParams | None]:
+    """(`enable_bsa`, `bsa_params`) of a DiT `config.json` (absent: BSA off, no parameters); the DiT config
+    parser's other keys are its own business."""
+    return _parse_pair(dit_config.get("enable_bsa", False), dit_config.get("bsa_params"), source, [])
 
 
-def load_bsa_config(path: str | Path) -> BSAConfig:
-    """Reads and validates a `--bsa-config` JSON file."""
-    config = read_json_object(path, "BSA config", hint="pass a file such as configs/bsa/config_720p_balanced.json")
-    return parse_bsa_config(config, source=str(path))
-
-
-def merge_into_dit_config(dit_config: Mapping[str, Any], override: BSAConfig) -> dict[str, Any]:
-    """A copy of a DiT config dict with `enable_bsa` and `bsa_params` from `override`.
-
-    An override without parameters (BSA off, `bsa_params` null) keeps the DiT config's own `bsa_params`, so BSA
-    can still be switched on later with the model's parameters. The result is validated.
-    """
-    merged = dict(dit_config)
-    merged["enable_bsa"] = override.enable_bsa
-    if override.params is not None:
-        merged["bsa_params"] = override.params_dict()
-    bsa_from_dit_config(merged, source="merged DiT config")
-    return merged
-
-
-def log_bsa(config: BSAConfig, log: logging.Logger = logger) -> None:
-    """Logs the two lines users grep for when BSA is on: the enable message and `BSA parameters: {...}`."""
-    if config.enable_bsa:
-        log.info(ENABLE_MESSAGE)
-        log.info("BSA parameters: %s", json.dumps(config.params_dict()))
-
-
-def _parse_pair(enable: Any, params: Any, *, source: str) -> BSAConfig:
-    if not isinstance(enable, bool):
-        raise ConfigError(f"{source}: 'enable_bsa' must be true or false, got {enable!r}")
+def params_to_json(params: BSAParams | None) -> dict[str, Any] | None:
+    """`bsa_params` as the JSON configs write it (lists for chunk shapes), or None."""
     if params is None:
-        if enable:
-            raise ConfigError(
-                f"{source}: 'enable_bsa' is true but 'bsa_params' is missing or null; give "
-                f"{{{', '.join(repr(k) for k in PARAM_KEYS)}}}"
-            )
-        return BSAConfig(enable_bsa=False, params=None)
-    return BSAConfig(enable_bsa=enable, params=_parse_params(params, source=source))
+        return None
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(params).items()}
 
 
-def _parse_params(params: Any, *, source: str) -> BSAParams:
-    if not isinstance(params, Mapping):
-        raise ConfigError(f"{source}: 'bsa_params' must be an object or null, got {type(params).__name__}")
-    for key in params:
-        if key not in PARAM_KEYS:
-            raise ConfigError(f"{source}: unknown key 'bsa_params.{key}'; known keys are {list(PARAM_KEYS)}")
-    for key in PARAM_KEYS:
-        if key not in params:
-            raise ConfigError(f"{source}: missing key 'bsa_params.{key}' (write null to leave a rule unused)")
+def _parse_pair(enable: Any, params: Any, source: str, problems: list[str]) -> tuple[bool, BSAParams | None]:
+    """Validates `enable_bsa` and `bsa_params` together with the `problems` found before, raising one error
+    that names every one of them."""
+    if not isinstance(enable, bool):
+        problems.append(f"'enable_bsa' must be true or false, got {enable!r}")
+    parsed = None
+    if params is None:
+        if enable is True:
+            problems.append(f"'enable_bsa' is true but 'bsa_params' is missing or null; give {{{', '.join(PARAM_KEYS)}}}")
+    elif not isinstance(params, Mapping):
+        problems.append(f"'bsa_params' must be an object or null, got {type(params).__name__}")
+    else:
+        parsed = _parse_params(params, source, problems)
+    if problems:
+        raise ConfigError(
+            f"{source}: " + "; ".join(problems) + "; fix these (the presets in longcat_jax/configs/bsa/ are valid examples)"
+        )
+    return enable, parsed
+
+
+def _parse_params(params: Mapping[str, Any], source: str, problems: list[str]) -> BSAParams | None:
+    problems += [f"unknown key 'bsa_params.{key}' (known: {list(PARAM_KEYS)})" for key in params if key not in PARAM_KEYS]
+    given = {key: value for key, value in params.items() if key in PARAM_KEYS}
     try:
-        return BSAParams.from_dict(params)
+        parsed = dataclasses.replace(RELEASED_PARAMS, **given)
     except BSAConfigError as err:
-        raise ConfigError(f"{source}: bad 'bsa_params': {err}") from err
+        problems.append(f"bad 'bsa_params': {err}")
+        return None
+    if not problems:
+        for key in PARAM_KEYS:
+            if key not in given:
+                logger.info("%s: bsa_params.%s not given; BSA uses %s (the released checkpoint's value)", source, key,
+                            json.dumps(params_to_json(parsed)[key]))
+    return parsed

@@ -1,11 +1,15 @@
 """Video and image files in and out of LongCat-Video, with the original pipeline's pre- and post-processing.
 
 Out: frames are uint8 [F, H, W, 3]; `to_uint8_frames` turns the VAE's [-1, 1] output into them as the original does
-(`(x / 2 + 0.5)` clipped, times 255, truncated). Writers (`write_mp4` H.264, `write_npz`, `write_frames` PNG folder)
-write into a temporary name in the target's folder and `os.replace` it into place, so a failure or Ctrl-C never
-leaves a half-written file at the target (an existing file there stays untouched).
+(`(x / 2 + 0.5)` clipped, times 255, truncated), refusing NaN (`nan_guard`), which would turn black. Writers
+(`write_mp4` H.264, `write_npz`, `write_frames` PNG folder) write into a hidden temporary name in the target's folder
+and `os.replace` it into place, so a failure, Ctrl-C or SIGTERM never leaves a half-written file at the target nor a
+temporary one beside it (an existing output there stays untouched). ffmpeg's exit status is checked, and a write
+that fails (a full disk, a folder that is not writable) ends in one `OutputError` line that says what and where.
+`longcat_jax.output_path` checks the same before a run.
 
-In: `read_image` / `read_video` give uint8 frames; `resize_frames` resizes them with PIL (Lanczos is what the
+In: `read_image` / `read_video` give uint8 frames (a video that decodes to fewer frames than its container says is
+read with a warning); `resize_frames` resizes them with PIL (Lanczos is what the
 original's diffusers preprocessing uses for i2v and continuation inputs, bicubic what its demos use to resize
 outputs back); `to_model_input` maps uint8 frames to the VAE's [-1, 1] float32 [B, 3, F, H, W] layout.
 `upsample_for_refine` is the refinement stage's input: linear (align_corners) resize in space and time.
@@ -14,14 +18,17 @@ outputs back); `to_model_input` maps uint8 frames to the VAE's [-1, 1] float32 [
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
+import math
 import os
 import shutil
+import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import imageio.v3 as iio
 import jax
@@ -29,11 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
-from longcat_jax.errors import InputError
+from longcat_jax.errors import InputError, LongCatError
+from longcat_jax.nan_guard import check_finite
+from longcat_jax.output_path import is_frames_folder, nearest_existing
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("mp4", "npz", "frames")
+# The container's duration may count other streams (audio) and round: fewer decoded frames than it implies are
+# reported only past this many (or 5 %).
+TRUNCATION_TOLERANCE_FRAMES = 2
 RESIZE_METHODS = {
     "lanczos": PIL.Image.Resampling.LANCZOS,
     "bicubic": PIL.Image.Resampling.BICUBIC,
@@ -57,6 +69,7 @@ def to_uint8_frames(video: np.ndarray | jax.Array) -> np.ndarray | jax.Array:
         video = video[0]
     if video.ndim != 4 or video.shape[0] != 3:
         raise InputError(f"expected a video [3, F, H, W] or [1, 3, F, H, W], got shape {video.shape}")
+    check_finite(video, "VAE decode")  # NaN would become black pixels below
     unit = xp.clip(video / 2 + 0.5, 0.0, 1.0)  # [3, F, H, W]
     return (unit.transpose(1, 2, 3, 0) * 255).astype(xp.uint8)  # [F, H, W, 3]
 
@@ -149,10 +162,31 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
         reader.close()
     if not frames:
         raise InputError(f"video {path} has no frames")
+    _warn_if_truncated(path, len(frames), meta)
     return np.stack(frames), float(meta["fps"])
 
 
+def _warn_if_truncated(path: Path, decoded: int, meta: dict) -> None:
+    """Warns when a video decodes to fewer frames than its container's duration and frame rate imply: a truncated
+    file (an interrupted download or copy) whose tail is missing. A warning, not a refusal: the container's
+    duration counts every stream, so a video whose audio outlasts it would be refused wrongly."""
+    duration, fps = meta.get("duration"), meta.get("fps")
+    if not duration or not fps or not math.isfinite(duration * fps):
+        return
+    expected = round(duration * fps)
+    if expected - decoded > max(TRUNCATION_TOLERANCE_FRAMES, 0.05 * expected):
+        logger.warning(
+            "video %s decodes to %d frames, but its container says %g s at %g fps (%d frames): the file may be "
+            "truncated (an interrupted download or copy); using the %d frames it has", path, decoded, duration, fps,
+            expected, decoded,
+        )
+
+
 # ------------------------------------------------------------------------------------------------------- writing
+
+
+class OutputError(LongCatError):
+    """The output could not be written (no space left, no permission, ffmpeg failed); nothing is left at its path."""
 
 
 def save_video(path: str | Path, frames: np.ndarray, fps: float, output_format: str = "mp4", crf: int = 18) -> Path:
@@ -172,42 +206,26 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, *, crf
     Odd sizes are padded by one repeated edge row/column (yuv420p needs even sides). `crf` 18 is the original's
     default quality (10 for its refinement outputs).
     """
-    import imageio_ffmpeg  # here, not at import: the rest of the package runs without ffmpeg
-
-    if fps <= 0:
-        raise InputError(f"fps must be positive, got {fps}")
+    _check_fps(fps)
     path = Path(path)
-    with _atomic_file(path) as temp:
-        writer = None
+    with _reported_write_errors(path), _atomic_file(path) as temp:
+        encoder = None
         shape = None
         try:
             for frame in frames:
                 frame = _check_frame(frame, shape)
-                if writer is None:
+                if encoder is None:
                     shape = frame.shape
                     if shape[0] % 2 or shape[1] % 2:
                         logger.warning("frame size %dx%d is odd; padding to even for H.264", shape[0], shape[1])
-                    padded = _pad_even(frame)
-                    writer = imageio_ffmpeg.write_frames(
-                        str(temp),
-                        (padded.shape[1], padded.shape[0]),
-                        fps=fps,
-                        codec="libx264",
-                        quality=None,
-                        macro_block_size=1,
-                        output_params=["-crf", str(crf)],
-                    )
-                    with _ffmpeg_subprocess():
-                        writer.send(None)
-                writer.send(np.ascontiguousarray(_pad_even(frame)).tobytes())
-            if writer is None:
+                    encoder = H264Encoder(temp, _pad_even(frame).shape, fps, crf)
+                encoder.write(_pad_even(frame))
+            if encoder is None:
                 raise InputError(f"no frames to write to {path}")
-        except BaseException:
-            if writer is not None:
-                with contextlib.suppress(Exception):  # ffmpeg may already be gone (Ctrl-C reaches it too)
-                    writer.close()
-            raise
-        writer.close()
+            encoder.finish()
+        finally:
+            if encoder is not None:
+                encoder.stop()
     return path
 
 
@@ -215,35 +233,92 @@ def write_npz(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     """An .npz with `frames` (uint8 [F, H, W, 3]) and `fps`."""
     frames = _check_frames(frames)
     path = Path(path)
-    with _atomic_file(path) as temp:
+    with _reported_write_errors(path), _atomic_file(path) as temp:
         with open(temp, "wb") as handle:
             np.savez_compressed(handle, frames=frames, fps=np.float64(fps))
     return path
 
 
 def write_frames(path: str | Path, frames: np.ndarray) -> Path:
-    """A folder of PNGs `frame_00000.png`, ...; an existing folder at `path` is replaced only once all are written."""
+    """A folder of PNGs `frame_00000.png`, ...; an earlier frames folder at `path` is replaced only once all are
+    written. A folder holding anything else is refused rather than replaced (its files would be lost)."""
     frames = _check_frames(frames)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} exists and is not a folder; choose another --output-path for --output-format frames")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
-    try:
-        digits = max(5, len(str(len(frames) - 1)))
-        for index, frame in enumerate(frames):
-            iio.imwrite(temp / f"frame_{index:0{digits}d}.png", frame)
-        if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, old / path.name)
-            os.replace(temp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp, path)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+    if path.is_dir() and not is_frames_folder(path):
+        raise InputError(f"{path} holds files other than frame_*.png, and --output-format frames replaces the folder "
+                         "whole; choose a new or empty folder as --output-path")
+    with _reported_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+        try:
+            digits = max(5, len(str(len(frames) - 1)))
+            for index, frame in enumerate(frames):
+                iio.imwrite(temp / f"frame_{index:0{digits}d}.png", frame)
+            os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes the folder private; outputs get the usual permissions
+            _replace_folder(temp, path)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
     return path
+
+
+class H264Encoder:
+    """ffmpeg (the binary imageio-ffmpeg ships) encoding raw RGB frames from its stdin into an H.264 mp4 at `path`.
+
+    Its exit status and error output are checked: a full disk shows only there (ffmpeg fails writing the mp4's
+    index at the end, and a writer that does not check would put a broken file in place). It runs in its own
+    session, so a Ctrl-C at the terminal reaches only this process, whose cleanup stops it (`stop`).
+    """
+
+    def __init__(self, path: Path, frame_shape: tuple[int, ...], fps: float, crf: int):
+        self._errors = tempfile.TemporaryFile()  # a file, not a pipe: ffmpeg can never block on a full pipe
+        command = h264_command(path, frame_shape[1], frame_shape[0], fps, crf)
+        with _ffmpeg_subprocess():
+            self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                             stderr=self._errors, start_new_session=True)
+
+    def write(self, frame: np.ndarray) -> None:
+        """Sends one frame [H, W, 3] uint8."""
+        try:
+            self._process.stdin.write(np.ascontiguousarray(frame).data)
+        except BrokenPipeError:  # ffmpeg has exited: its error output says why
+            self._process.wait()
+            self._raise_failure()
+
+    def finish(self) -> None:
+        """Ends the stream and waits for ffmpeg; raises `OSError` (errno ENOSPC for a full disk) if it failed."""
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.close()
+        if self._process.wait() != 0:
+            self._raise_failure()
+
+    def stop(self) -> None:
+        """Kills ffmpeg if it still runs (after a failure or an interrupt) and releases its files."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()
+        self._errors.close()
+
+    def _raise_failure(self) -> None:
+        self._errors.seek(0)
+        lines = self._errors.read().decode(errors="replace").strip().splitlines()
+        detail = "; ".join(lines[-3:]) or "no error output"
+        no_space = any("no space left on device" in line.lower() for line in lines)
+        message = f"ffmpeg exited with status {self._process.returncode}: {detail}"
+        raise OSError(errno.ENOSPC, message) if no_space else OSError(message)
+
+
+def h264_command(path: Path, width: int, height: int, fps: float, crf: int) -> list[str]:
+    """The ffmpeg command line of `H264Encoder`: raw RGB frames of width x height on stdin, H.264 yuv420p out."""
+    import imageio_ffmpeg  # here, not at import: the rest of the package runs without ffmpeg
+
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+            "-s", f"{width}x{height}", "-r", repr(float(fps)), "-i", "-", "-an", "-vcodec", "libx264",
+            "-pix_fmt", "yuv420p", "-crf", str(crf), str(path)]
 
 
 def _umask() -> int:
@@ -269,12 +344,47 @@ def _atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
+def _replace_folder(new: Path, path: Path) -> None:
+    """Moves the folder `new` to `path`; an earlier folder there is removed only once the new one is in place, and
+    put back if the move fails or is interrupted."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+    os.replace(path, old / path.name)
+    try:
+        os.replace(new, path)
+    except BaseException:
+        os.replace(old / path.name, path)
+        old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _reported_write_errors(path: Path) -> Iterator[None]:
+    """Turns an `OSError` while writing `path` into one `OutputError` line that says what happened and where."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise OutputError(f"no space left on device writing {path} (the file system of "
+                              f"{nearest_existing(path.parent).resolve()}); nothing was written; free space there or "
+                              "choose another --output-path") from err
+        raise OutputError(f"cannot write {path}: {err}; nothing was written; choose another --output-path") from err
+
+
 @contextlib.contextmanager
 def _ffmpeg_subprocess() -> Iterator[None]:
     """Silences JAX's os.fork() warning while ffmpeg starts: the child execs ffmpeg at once and runs no JAX."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         yield
+
+
+def _check_fps(fps: float) -> None:
+    if not (math.isfinite(fps) and fps > 0):
+        raise InputError(f"fps must be a positive finite number, got {fps}")
 
 
 def _existing(path: str | Path, what: str) -> Path:

@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 
 # Eight CPU devices for the multi-device (context parallel) tests; must be set before JAX starts its backends.
+# CLI tests must not switch on the persistent compilation cache in the user's home for the whole session.
+os.environ.setdefault("LONGCAT_COMPILATION_CACHE", "none")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
@@ -11,7 +13,9 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-_DEFAULT_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "longcat_ref"
+from longcat_jax.parity.fixtures import MISSING_FIXTURES_HINT, resolve_fixtures_dir  # noqa: E402
+
+SHIPPED_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "longcat_ref"
 
 
 def _has_gpu() -> bool:
@@ -32,13 +36,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """The reference fixture folder; LONGCAT_FIXTURES overrides the default `../shared/fixtures/longcat_ref`.
+    """The reference fixture folder: LONGCAT_FIXTURES, else the set shipped in `tests/fixtures/longcat_ref`.
 
     Under CI=true a missing folder is an error, never a skip, so parity cannot silently stop being tested.
     """
-    path = Path(os.environ.get("LONGCAT_FIXTURES", _DEFAULT_FIXTURES))
+    path = resolve_fixtures_dir(default=SHIPPED_FIXTURES).resolve()
     if not path.is_dir():
-        message = f"fixture folder {path} not found; set LONGCAT_FIXTURES to the longcat_ref folder"
+        message = f"fixture folder {path} not found; {MISSING_FIXTURES_HINT}"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)

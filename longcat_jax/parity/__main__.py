@@ -1,7 +1,9 @@
-"""`python -m longcat_jax.parity --fixtures DIR [--only GROUPS] [--dtype float32|bfloat16]`.
+"""`python -m longcat_jax.parity [--fixtures DIR] [--only GROUPS] [--dtype float32|bfloat16]`.
 
 Runs every parity group (or those named) on a fixture folder, prints one line per case and a
 summary, and exits non-zero if any case fails or any requested group is not implemented.
+
+The folder is `--fixtures`, else `$LONGCAT_FIXTURES`, else the repository's `tests/fixtures/longcat_ref`.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
 
 import jax
 
+from longcat_jax.parity.fixtures import MISSING_FIXTURES_HINT, resolve_fixtures_dir
 from longcat_jax.parity.report import CaseResult, format_line, summary_line
 
 GROUPS = ("dit", "bsa", "vae", "t5", "scheduler", "sample")
@@ -53,25 +55,25 @@ def _crashed(error: Exception) -> list[CaseResult]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m longcat_jax.parity", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--fixtures", type=Path, default=os.environ.get("LONGCAT_FIXTURES"),
-                        help="fixture folder (default: $LONGCAT_FIXTURES)")
+    parser.add_argument("--fixtures", type=Path,
+                        help="fixture folder (default: $LONGCAT_FIXTURES, else the repository's tests/fixtures/longcat_ref)")
     parser.add_argument("--only", nargs="+", metavar="GROUPS",
                         help=f"groups to run, space or comma separated (default: all of {', '.join(GROUPS)})")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights and activations")
     args = parser.parse_args(argv)
-    if args.fixtures is None:
-        parser.error("--fixtures is required (or set LONGCAT_FIXTURES)")
-    if not Path(args.fixtures).is_dir():
-        parser.error(f"fixture folder {args.fixtures} not found")
+    fixtures = resolve_fixtures_dir(args.fixtures)
+    if not fixtures.is_dir():
+        parser.error(f"fixture folder {fixtures} not found; pass --fixtures DIR or {MISSING_FIXTURES_HINT}")
     groups = _parse_groups(args.only)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.dtype == "float32":
         # Full float32 matmuls (GPUs would otherwise use TF32 and miss the 1e-4 tolerances).
         jax.config.update("jax_default_matmul_precision", "highest")
 
+    print(f"fixtures: {fixtures}", file=sys.stderr, flush=True)
     results: list[CaseResult] = []
     for group in groups:
-        for result in run_group(group, Path(args.fixtures), args.dtype):
+        for result in run_group(group, fixtures, args.dtype):
             print(format_line(group, result), flush=True)
             results.append(result)
     print(summary_line(results), flush=True)

@@ -18,7 +18,6 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from convert.safetensors_io import SafetensorsCheckpoint
 from kernels import (
     BSAParams,
     block_mask_from_indices,
@@ -31,7 +30,9 @@ from kernels import (
     to_chunk_order,
 )
 from longcat_jax.bsa_config import PARAM_KEYS
-from longcat_jax.parity.report import CaseResult, rel_l2, verdict
+from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
+from longcat_jax.metrics import rel_l2
+from longcat_jax.parity.report import CaseResult, verdict
 
 SELECTION_TOLERANCE = 0.01  # fraction of block-mask entries allowed to differ
 OUTPUT_TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}

@@ -19,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.safetensors_io import SafetensorsCheckpoint
 from kernels import BSAParams
+from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import LongCatError
+from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit import LongCatDiT, enable_loras, load_dit, load_lora, merge_loras
-from longcat_jax.parity.report import CaseResult, rel_l2, verdict
+from longcat_jax.parity.report import CaseResult, verdict
 
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 _FLAGS = ("num_cond_latents", "return_kv", "skip_crs_attn")
@@ -158,7 +159,8 @@ def _bsa(ctx: _Context, call: str) -> tuple[float, str]:
     error = rel_l2(_forward(model, *args), ctx.tensor("bsa.out"))
     note = f"sparsity={params.sparsity}, cdf={params.cdf_threshold}"
     if ctx.dtype != "float32":
-        reference = load_dit(ctx.fixtures / "dit", dtype=jnp.float32, bsa=params)
+        reference = load_dit(ctx.fixtures / "dit", dtype=jnp.float32)
+        reference.set_bsa(params)
         ours, theirs = _selections(model, args), _selections(reference, args)
         differ = sum(int((a != b).sum()) for a, b in zip(ours, theirs))
         entries = sum(a.size for a in ours)

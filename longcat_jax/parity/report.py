@@ -6,8 +6,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 STATUSES = ("PASS", "FAIL", "SKIP")
 
 
@@ -24,15 +22,6 @@ class CaseResult:
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-
-
-def rel_l2(got, want) -> float:
-    """||got - want|| / ||want|| in float64 (nan when the shapes differ)."""
-    got = np.asarray(got, np.float64)
-    want = np.asarray(want, np.float64)
-    if got.shape != want.shape:
-        return float("nan")
-    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
 
 
 def verdict(error: float, tol: float) -> str:

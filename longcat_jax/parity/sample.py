@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
 
+from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit import load_dit
-from longcat_jax.parity.report import CaseResult, rel_l2, verdict
+from longcat_jax.parity.report import CaseResult, verdict
 from longcat_jax.pipelines.denoise import Denoiser, TextCondition, sample
 from longcat_jax.pipelines.guidance import uses_guidance
 from longcat_jax.pipelines.scheduler import SchedulerConfig, make_schedule

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from longcat_jax.parity.report import CaseResult, rel_l2, verdict
+from longcat_jax.metrics import rel_l2
+from longcat_jax.parity.report import CaseResult, verdict
 from longcat_jax.pipelines.scheduler import SchedulerConfig, make_schedule
 
 TOLERANCE = 1e-6

@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
 
+from longcat_jax.metrics import rel_l2
 from longcat_jax.models.text_encoder.loading import load_text_encoder
 from longcat_jax.models.text_encoder.umt5 import run_encoder
-from longcat_jax.parity.report import CaseResult, rel_l2, verdict
+from longcat_jax.parity.report import CaseResult, verdict
 
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 CASE = "t5.last_hidden_state"

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
 
+from longcat_jax.metrics import rel_l2
 from longcat_jax.models.vae import load_vae
-from longcat_jax.parity.report import CaseResult, rel_l2, verdict
+from longcat_jax.parity.report import CaseResult, verdict
 
 TOLERANCES = {"float32": 1e-4, "bfloat16": 2e-2}
 CASES = ("vae.latent_mean", "vae.latent_logvar", "vae.decoded")

@@ -1,1 +1,3 @@
-"""Sampling for LongCat-Video: schedule, guidance, resolution buckets and the task pipelines built on them."""
+"""LongCat-Video's tasks: the task registry (`tasks`), one module per task (`t2v`, `i2v`, `continuation`,
+`long_video`, `refine`) with its options (`options`), the pipeline object (`pipeline`), and what they share: each
+stage's BSA (`bsa`), token geometry and buckets, schedule, guidance and the compiled denoising step."""

@@ -10,7 +10,7 @@ compresses time 4x after the first frame); other counts become `n // 4 * 4 + 1`,
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from collections.abc import Mapping
 
 from longcat_jax.errors import InputError
 

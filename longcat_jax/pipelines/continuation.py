@@ -1,52 +1,48 @@
-"""Video continuation and long video.
+"""Video continuation.
 
-Continuation: the input video (already at 15 fps) picks the bucket nearest its aspect ratio; its last
-`num_cond_frames` frames (13 = 4 latents by default) are resized (Lanczos), encoded once, run through the DiT once
-at timestep 0 to cache their keys and values, and every step then denoises only the new latent frames, attending
-to the cached condition. Unless distilled, the schedule's tail below t=500 is replaced by 10 even steps (the
-original's `enhance_hf`). The result is the decoded whole (condition + new) latent video.
-
-Long video: a t2v clip, then `num_segments` continuations, each conditioned on the last `num_cond_frames` frames
-of the previous clip; the frames after the condition are appended each time (93 + 80 per segment by default).
+The input video (already at 15 fps) picks the bucket nearest its aspect ratio; its last `num_cond_frames` frames
+(13 = 4 latents by default) are resized (Lanczos), encoded once, run through the DiT once at timestep 0 to cache
+their keys and values, and every step then denoises only the new latent frames, attending to the cached condition.
+Unless distilled, the schedule's tail below t=500 is replaced by 10 even steps (the original's `enhance_hf`). The
+result is the decoded whole (condition + new) latent video; `join_continuation` writes it after the input.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longcat_jax.bsa_config import BSAConfig
+from kernels import BSAParams
+from longcat_jax.checkpoint.layout import DISTILL_LORA
 from longcat_jax.errors import InputError
+from longcat_jax.nan_guard import check_finite
+from longcat_jax.pipelines.bsa import Stage, check_bsa_grids
 from longcat_jax.pipelines.buckets import num_latent_frames, round_num_frames
-from longcat_jax.pipelines.denoise import check_bsa_grids, sample
-from longcat_jax.pipelines.guidance import uses_guidance
-from longcat_jax.pipelines.pipeline import (
-    DISTILL_LORA,
-    GeneratedVideo,
-    LongCatPipeline,
-    PipelineDefaults,
-    bucket_for,
-    token_grid,
-)
+from longcat_jax.pipelines.denoise import sample
+from longcat_jax.pipelines.geometry import bucket_for, token_grid
+from longcat_jax.pipelines.options import GeneratedVideo, GenerationOptions, PlanContext, Sampling, with_changes
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.refine import plan_refinement, run_refine
+from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.scheduler import make_schedule, with_uniform_tail
-from longcat_jax.pipelines.t2v import Sampling, generate_t2v
 from longcat_jax.video_io import resize_frames, to_model_input
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class ContinuationPlan:
-    """Frame size, total frames (condition included) and condition frames of one continuation clip."""
+    """One checked continuation clip: frame size, total frames (condition included), condition frames, sampling
+    (with the negative prompt), BSA and seed."""
 
     height: int
     width: int
     num_frames: int
     num_cond_frames: int
+    sampling: Sampling
+    bsa: BSAParams | None
+    seed: int
 
     @property
     def latent_frames(self) -> int:
@@ -58,17 +54,14 @@ class ContinuationPlan:
 
 
 def plan_continuation(
-    frame_size: tuple[int, int],
-    available_frames: int,
-    num_frames: int,
-    num_cond_frames: int,
-    bsa: BSAConfig,
-    defaults: PipelineDefaults,
-    resolution: str = "480p",
+    frame_size: tuple[int, int], available_frames: int, options: GenerationOptions, context: PlanContext
 ) -> ContinuationPlan:
-    """Checks a continuation request against the input video (frame size, frame count) before any compute."""
-    height, width = bucket_for(frame_size[0], frame_size[1], defaults, resolution)
-    num_frames = round_num_frames(num_frames)
+    """Checks a continuation of a video of `frame_size` and `available_frames` frames (at 15 fps) before any
+    compute; the size is the `options.resolution` bucket nearest the video's."""
+    defaults = context.defaults
+    height, width = bucket_for(frame_size[0], frame_size[1], defaults, options.resolution)
+    num_frames = round_num_frames(options.num_frames or defaults.num_frames)
+    num_cond_frames = options.num_cond_frames or defaults.num_cond_frames
     if num_cond_frames < 1 or num_cond_frames % 4 != 1:
         raise InputError(f"num_cond_frames must be 1 + 4k (the VAE encodes such counts), got {num_cond_frames}; try 13")
     if num_cond_frames >= num_frames or num_latent_frames(num_cond_frames) >= num_latent_frames(num_frames):
@@ -81,52 +74,29 @@ def plan_continuation(
             f"the input video has {available_frames} frames at 15 fps; continuation needs at least {num_cond_frames}; "
             "give a longer video or a smaller --num-cond-frames"
         )
-    plan = ContinuationPlan(height, width, num_frames, num_cond_frames)
-    grid = token_grid(plan.latent_frames - plan.cond_latents, height, width)
-    check_bsa_grids(bsa, grid, num_cond_latents=plan.cond_latents, kv_cache=True)
-    return plan
+    cond_latents = num_latent_frames(num_cond_frames)
+    grid = token_grid(num_latent_frames(num_frames) - cond_latents, height, width)  # the new frames
+    bsa = context.stage_bsa(Stage.CONTINUATION, options.bsa, max(grid[0], cond_latents))
+    check_bsa_grids(bsa, grid, num_cond_latents=cond_latents, kv_cache=True)
+    return ContinuationPlan(height, width, num_frames, num_cond_frames, Sampling.resolve(defaults, options), bsa,
+                            options.seed)
 
 
-def generate_continuation(
-    pipe: LongCatPipeline,
-    video: np.ndarray,
-    prompt: str,
-    *,
-    negative_prompt: str | None = None,
-    num_frames: int | None = None,
-    num_cond_frames: int | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    distill: bool = False,
-    seed: int = 0,
-    resolution: str = "480p",
-    bsa: BSAConfig | None = None,
-) -> GeneratedVideo:
-    """Continues `video` (uint8 [F, H, W, 3] at 15 fps): all `num_frames` decoded frames at the bucket size, the
-    first `num_cond_frames` of them the re-decoded condition (see `join_continuation`)."""
-    defaults = pipe.defaults
-    bsa = bsa or pipe.bsa
-    plan = plan_continuation(
-        video.shape[1:3],
-        video.shape[0],
-        num_frames or defaults.num_frames,
-        num_cond_frames or defaults.num_cond_frames,
-        bsa,
-        defaults,
-        resolution,
-    )
-    sampling = Sampling.resolve(defaults, num_inference_steps, guidance_scale, distill)
-    negative = (negative_prompt or "") if uses_guidance(sampling.guidance_scale) else None
-    text = pipe.encode_text(prompt, negative)
-    noise_key, cond_key = jax.random.split(jax.random.key(seed))
+def run_continuation(pipe: LongCatPipeline, video: np.ndarray, prompt: str, plan: ContinuationPlan) -> GeneratedVideo:
+    """All `plan.num_frames` decoded frames of a checked continuation of `video` (uint8 [F, H, W, 3] at 15 fps), the
+    first `plan.num_cond_frames` of them the re-decoded condition."""
+    sampling = plan.sampling
+    text = pipe.encode_text(prompt, sampling.negative_prompt)
+    noise_key, cond_key = jax.random.split(jax.random.key(plan.seed))
     with pipe.stats.stage("encode condition"):
         cond_frames = resize_frames(video[-plan.num_cond_frames :], plan.height, plan.width, "lanczos")
         cond = pipe.encode_frames(to_model_input(cond_frames), cond_key)  # [1, C, Tc, h, w]
-    denoiser = pipe.use_dit(bsa=bsa, loras=[pipe.named_lora(DISTILL_LORA)] if distill else [])
+        check_finite(cond, "continuation condition encode (VAE)")
+    denoiser = pipe.use_dit(bsa=plan.bsa, loras=[pipe.named_lora(DISTILL_LORA)] if sampling.distill else [])
     with pipe.stats.stage("cache condition"):
         kv_cache = denoiser.condition_kv(cond.astype(pipe.dit.dtype), text_length=text.embeddings.shape[2])
-    schedule = make_schedule(sampling.num_inference_steps, distill=distill, config=pipe.scheduler_config)
-    if not distill:
+    schedule = make_schedule(sampling.num_inference_steps, distill=sampling.distill, config=pipe.scheduler_config)
+    if not sampling.distill:
         schedule = with_uniform_tail(schedule)
     latents = pipe.noise(noise_key, plan.latent_frames - plan.cond_latents, plan.height, plan.width)
     with pipe.stats.stage("continuation denoising") as record:
@@ -136,7 +106,7 @@ def generate_continuation(
             schedule,
             text,
             guidance_scale=sampling.guidance_scale,
-            guided=uses_guidance(sampling.guidance_scale),
+            guided=sampling.guided,
             num_cond_latents=plan.cond_latents,
             kv_cache=kv_cache,
             desc="continuation denoising",
@@ -145,7 +115,17 @@ def generate_continuation(
     del kv_cache
     with pipe.stats.stage("decode"):
         frames = pipe.decode_latents(jnp.concatenate([cond, latents], axis=2))
-    return GeneratedVideo(frames, defaults.fps)
+    return GeneratedVideo(frames, pipe.defaults.fps)
+
+
+def generate_continuation(pipe: LongCatPipeline, video: np.ndarray, prompt: str,
+                          options: GenerationOptions | None = None, **changes) -> GeneratedVideo:
+    """Continues `video` (uint8 [F, H, W, 3] at 15 fps): all `num_frames` decoded frames at the bucket size, the
+    first `num_cond_frames` of them the re-decoded condition (see `join_continuation`). Keywords replace fields of
+    `options`."""
+    options = with_changes(options, GenerationOptions, changes)
+    plan = plan_continuation(video.shape[1:3], video.shape[0], options, pipe.plan_context)
+    return run_continuation(pipe, video, prompt, plan)
 
 
 def join_continuation(video: np.ndarray, generated: np.ndarray, num_cond_frames: int) -> np.ndarray:
@@ -155,48 +135,31 @@ def join_continuation(video: np.ndarray, generated: np.ndarray, num_cond_frames:
     return np.concatenate([video, new], axis=0)
 
 
-def generate_long_video(
-    pipe: LongCatPipeline,
-    prompt: str,
-    *,
-    num_segments: int,
-    negative_prompt: str | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    num_frames: int | None = None,
-    num_cond_frames: int | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    distill: bool = False,
-    seed: int = 0,
-    resolution: str = "480p",
-    bsa: BSAConfig | None = None,
-) -> GeneratedVideo:
-    """A t2v clip extended by `num_segments` continuations: num_frames + num_segments * (num_frames -
-    num_cond_frames) frames at 15 fps. Each continuation is made at the `resolution` bucket nearest the clip's
-    aspect ratio (480p, as the original's long-video demo) and resized to the first clip's size."""
-    defaults = pipe.defaults
-    num_cond_frames = num_cond_frames or defaults.num_cond_frames
-    if num_segments < 0:
-        raise InputError(f"--num-segments must be 0 or more, got {num_segments}")
-    options = dict(
-        negative_prompt=negative_prompt,
-        num_frames=num_frames,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        distill=distill,
-        bsa=bsa,
-    )
-    first = generate_t2v(pipe, prompt, height=height, width=width, seed=seed, **options)
-    frames = [first.frames]
-    current = first.frames
-    for segment in range(num_segments):
-        logger.info("Generating segment %d/%d", segment + 1, num_segments)
-        clip = generate_continuation(
-            pipe, current, prompt, num_cond_frames=num_cond_frames, seed=seed + segment + 1, resolution=resolution,
-            **options
-        ).frames
-        clip = resize_frames(clip, current.shape[1], current.shape[2], "bicubic")
-        frames.append(clip[num_cond_frames:])
-        current = clip
-    return GeneratedVideo(np.concatenate(frames, axis=0), first.fps)
+def plan_task(setup: RunSetup) -> TaskStages:
+    """`--task continuation`: --video continued; with --refine, the refinement is conditioned on the input's last
+    frames at the refined frame rate (twice --num-cond-frames, or once with --spatial-refine-only)."""
+    video = setup.inputs.video
+    generation = plan_continuation(video.shape[1:3], len(video), setup.generation, setup.context)
+    num_cond = generation.num_cond_frames * setup.refine_frame_factor
+    if setup.refinement is not None and len(setup.inputs.refine_video) < num_cond:
+        raise InputError(f"the input video is too short to condition the refinement on {num_cond} frames")
+    refinement = plan_refinement(setup, (generation.height, generation.width), generation.num_frames,
+                                 num_cond_frames=num_cond)
+    if refinement is None:  # the input, then the new frames at its size
+        shape = (len(video) + generation.num_frames - generation.num_cond_frames, *video.shape[1:3])
+    else:  # the input at the refined rate, then the refined new frames at its size
+        source = setup.inputs.refine_video
+        shape = (len(source) + refinement.num_frames - refinement.num_cond_frames, *source.shape[1:3])
+    return TaskStages(generation, refinement, shape)
+
+
+def run_task(pipe: LongCatPipeline, setup: RunSetup, stages: TaskStages) -> GeneratedVideo:
+    """The input followed by the new frames (refined: the input at the refined rate, then the refined frames)."""
+    video = run_continuation(pipe, setup.inputs.video, setup.prompt, stages.generation)
+    if stages.refinement is None:
+        return GeneratedVideo(join_continuation(setup.inputs.video, video.frames, stages.generation.num_cond_frames),
+                              video.fps)
+    source = setup.inputs.refine_video
+    num_cond = stages.refinement.num_cond_frames
+    refined = run_refine(pipe, video.frames, setup.refine_prompt, stages.refinement, cond_video=source)
+    return GeneratedVideo(join_continuation(source, refined.frames, num_cond), refined.fps)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,10 +20,9 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from kernels import BSAConfigError, chunk_grid
-from longcat_jax.bsa_config import BSAConfig
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.transformer import KVCache, LongCatDiT
+from longcat_jax.nan_guard import check_finite
 from longcat_jax.pipelines.guidance import cfg_zero_star, split_uncond_cond
 from longcat_jax.pipelines.scheduler import Schedule, euler_step, frame_timesteps
 from longcat_jax.sharding.params import put
@@ -56,10 +54,8 @@ class TextCondition:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_cond_latents", "guided"))
-def _denoise_step(
-    graphdef,
-    state,
+def _denoise_update(
+    dit,
     latents: jax.Array,
     text: jax.Array,
     text_mask: jax.Array,
@@ -72,8 +68,7 @@ def _denoise_step(
     num_cond_latents: int,
     guided: bool,
 ) -> jax.Array:
-    """latents [B, C, T, H, W] float32 -> latents after one Euler step (see `Denoiser.step`)."""
-    dit = nnx.merge(graphdef, state)
+    """latents [B, C, T, H, W] float32 -> latents after one Euler step of `dit` (see `Denoiser.step`)."""
     frames = latents.shape[2]
     model_input = jnp.concatenate([latents, latents], axis=0) if guided else latents  # [B or 2B, C, T, H, W]
     if kv_cache is None:
@@ -91,10 +86,14 @@ def _denoise_step(
     return euler_step(latents, prediction, sigma, sigma_next, num_cond_latents=step_from)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "text_length"))
-def _condition_kv(graphdef, state, cond_latents: jax.Array, *, text_length: int) -> KVCache:
-    """The DiT once on clean condition latents (t = 0, no text): their per-block k, v."""
-    dit = nnx.merge(graphdef, state)
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_cond_latents", "guided"))
+def _denoise_step(graphdef, state, *args, num_cond_latents: int, guided: bool) -> jax.Array:
+    """`_denoise_update` of the DiT (graphdef, state), compiled as one function."""
+    return _denoise_update(nnx.merge(graphdef, state), *args, num_cond_latents=num_cond_latents, guided=guided)
+
+
+def _condition_cache(dit, cond_latents: jax.Array, *, text_length: int) -> KVCache:
+    """`dit` once on clean condition latents (t = 0, no text): their per-block k, v."""
     batch, frames = cond_latents.shape[0], cond_latents.shape[2]
     text = jnp.zeros((batch, 1, text_length, dit.config.caption_channels), dit.dtype)
     timesteps = jnp.zeros((batch, frames), jnp.float32)
@@ -102,14 +101,27 @@ def _condition_kv(graphdef, state, cond_latents: jax.Array, *, text_length: int)
     return cache
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "text_length"))
+def _condition_kv(graphdef, state, cond_latents: jax.Array, *, text_length: int) -> KVCache:
+    """`_condition_cache` of the DiT (graphdef, state), compiled."""
+    return _condition_cache(nnx.merge(graphdef, state), cond_latents, text_length=text_length)
+
+
 class Denoiser:
     """A DiT split once into (graphdef, weights) for the compiled step; make a new one after changing the DiT
-    (BSA, LoRAs), which is what changes its graphdef."""
+    (BSA, LoRAs), which is what changes its graphdef.
 
-    def __init__(self, dit: LongCatDiT):
+    streamed: a `longcat_jax.memory.StreamedDiT` of `dit` (its blocks' weights streamed from host memory); the step
+    then runs it, its own compiled pieces joined by the step's few small operations, instead of one compiled step.
+    """
+
+    def __init__(self, dit: LongCatDiT, streamed=None):
         self.graphdef, self.state = nnx.split(dit)
+        self.streamed = streamed
         plan = dit.context_parallel
-        if plan is None:
+        if streamed is not None:
+            self._sharding = streamed.device_sharding
+        elif plan is None:
             self._sharding = jax.tree.leaves(self.state)[0].sharding
         else:
             # Context parallel (longcat_jax.sharding): the weights, with any LoRA attached since, on the mesh;
@@ -153,9 +165,7 @@ class Denoiser:
                     "through guided_kv_cache (guided steps run both branches of each video)"
                 )
         embeddings, mask = text.for_step(guided)
-        return _denoise_step(
-            self.graphdef,
-            self.state,
+        args = (
             self._committed(latents),
             self._committed(embeddings),
             self._committed(mask),
@@ -164,12 +174,15 @@ class Denoiser:
             np.float32(sigma_next),
             np.float32(guidance_scale),
             kv_cache,
-            num_cond_latents=num_cond_latents,
-            guided=guided,
         )
+        if self.streamed is not None:
+            return _denoise_update(self.streamed, *args, num_cond_latents=num_cond_latents, guided=guided)
+        return _denoise_step(self.graphdef, self.state, *args, num_cond_latents=num_cond_latents, guided=guided)
 
     def condition_kv(self, cond_latents: jax.Array, text_length: int) -> KVCache:
         """KV cache of clean condition latents [B, C, Tc, H, W] (video continuation: computed once per video)."""
+        if self.streamed is not None:
+            return _condition_cache(self.streamed, self._committed(cond_latents), text_length=text_length)
         return _condition_kv(self.graphdef, self.state, self._committed(cond_latents), text_length=text_length)
 
 
@@ -195,7 +208,8 @@ def sample(
     step_times: list[float] | None = None,
 ) -> jax.Array:
     """Runs every step of `schedule` from `latents`; a progress bar per call. Appends each step's wall time (the
-    first includes compilation) to `step_times` when given."""
+    first includes compilation) to `step_times` when given. The result is checked for NaN and Inf (one reduction;
+    `NonFiniteError` names the stage by `desc`), so a numerical failure never decodes to a black video."""
     timesteps = np.asarray(schedule.timesteps, np.float32)
     sigmas = np.asarray(schedule.sigmas, np.float32)
     kv_cache = guided_kv_cache(kv_cache, latents.shape[0], guided)  # once, not in every step
@@ -215,46 +229,5 @@ def sample(
         if step_times is not None:
             latents.block_until_ready()
             step_times.append(time.perf_counter() - start)
+    check_finite(latents, desc)
     return latents
-
-
-def check_bsa_grids(
-    bsa: BSAConfig,
-    token_grid: Sequence[int],
-    *,
-    num_cond_latents: int = 0,
-    kv_cache: bool = False,
-) -> None:
-    """Refuses, before any compute, BSA chunk shapes that do not tile the token grids the DiT will attend over.
-
-    token_grid: (T, H, W) tokens of the DiT input (cached condition frames not included). With condition frames in
-    the input, attention splits into condition-over-condition and noisy-over-all, each block-sparse when the input
-    has more than one frame; with a KV cache, the cache-building call (condition frames alone) and the noisy
-    frames over condition + noisy keys are checked.
-    """
-    if not bsa.enable_bsa:
-        return
-    frames, height, width = (int(v) for v in token_grid)
-    cond = (num_cond_latents, height, width)
-    if kv_cache:
-        if num_cond_latents > 1:
-            _check_chunks(bsa, cond, cond)
-        if frames > 1:
-            _check_chunks(bsa, (frames, height, width), (num_cond_latents + frames, height, width))
-    elif frames > 1 and num_cond_latents:
-        _check_chunks(bsa, cond, cond)
-        _check_chunks(bsa, (frames - num_cond_latents, height, width), (frames, height, width))
-    elif frames > 1:
-        _check_chunks(bsa, (frames, height, width), (frames, height, width))
-
-
-def _check_chunks(bsa: BSAConfig, grid_q: tuple[int, int, int], grid_k: tuple[int, int, int]) -> None:
-    try:
-        chunk_grid(grid_q, bsa.params.chunk_3d_shape_q, what="queries")
-        chunk_grid(grid_k, bsa.params.chunk_3d_shape_k, what="keys")
-    except BSAConfigError as err:
-        raise InputError(
-            f"BSA cannot run on this video size: {err}. The token grid is (latent frames, height/16, width/16); "
-            "pick a size and frame count it divides, a BSA config with other chunk shapes, or turn BSA off "
-            "(--bsa-config configs/bsa/config_480p_no_bsa.json)"
-        ) from err

@@ -1,147 +1,76 @@
-"""`LongCatPipeline`: the three models, tokenizer, scheduler config, BSA settings and LoRAs of one checkpoint.
+"""`LongCatPipeline`: the three models, tokenizer, scheduler config and LoRAs of one checkpoint, with the caches
+and timings of a run.
 
     pipe = LongCatPipeline.from_pretrained("LongCat-Video", dtype=jnp.bfloat16)   # original or converted folder
+    pipe = LongCatPipeline.from_pretrained("meituan-longcat/LongCat-Video")       # a hub id: downloaded, cached
     pipe = LongCatPipeline.builtin()                                               # tiny random model, no download
 
 The task functions (`t2v.generate_t2v`, `i2v.generate_i2v`, `continuation.generate_continuation`,
-`continuation.generate_long_video`, `refine.generate_refine`) take a pipeline. It configures the DiT per stage
-(`use_dit`: BSA on/off, which LoRAs), encodes prompts once (cached, so the encoder can be released early) and
-moves between pixels and normalised latents (`encode_frames`, `decode_latents`).
+`long_video.generate_long_video`, `refine.generate_refine`) take a pipeline. It configures the DiT per stage
+(`use_dit`: the stage's BSA, which LoRAs), encodes prompts once (cached, so the encoder can be released early) and
+moves between pixels and normalised latents (`encode_frames`, `decode_latents`). `plan_context` is what the tasks
+plan with: the run defaults, the DiT config and the BSA asked for with `bsa_config`.
+
+A memory plan (`longcat_jax.memory`: `memory_plan=`, or `max_device_memory=` to make one) decides where the models
+load and run: the text encoder on the device or the CPU, the DiT resident or streamed from pinned host memory, its
+token chunks, the VAE's tiles. A checkpoint's DiT then loads on first use, after the prompts are encoded and the
+text encoder released.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from kernels import BSAParams
-from longcat_jax.bsa_config import BSAConfig, bsa_from_dit_config, load_bsa_config, log_bsa, merge_into_dit_config
+from longcat_jax.bsa_config import read_bsa_config
+from longcat_jax.checkpoint.hub import resolve_model_path
+from longcat_jax.checkpoint.layout import (
+    DISTILL_LORA,
+    DIT,
+    REFINE_LORA,
+    TEXT_ENCODER,
+    TOKENIZER,
+    VAE,
+    check_checkpoint,
+    lora_path,
+)
 from longcat_jax.errors import CheckpointError, InputError
-from longcat_jax.json_io import read_json_object
-from longcat_jax.models.dit import LoRA, LongCatDiT, disable_loras, enable_loras, load_dit, load_lora
+from longcat_jax.memory.apply import (
+    MemoryNotes,
+    configure_dit,
+    dit_sharding,
+    streamed_dit,
+    text_encoder_device,
+    vae_tiling,
+)
+from longcat_jax.memory.plan import MemoryPlan
+from longcat_jax.memory.run import pipeline_memory_plan
+from longcat_jax.models.dit import DiTConfig, LongCatDiT, LoRA, disable_loras, enable_loras, load_dit, load_lora
+from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.models.text_encoder.loading import load_text_encoder
 from longcat_jax.models.text_encoder.prompt import encode_prompt, is_released, release_text_encoder
 from longcat_jax.models.text_encoder.tokenizer import load_tokenizer
 from longcat_jax.models.vae import load_vae
-from longcat_jax.pipelines.buckets import nearest_bucket
+from longcat_jax.pipelines.bsa import STAGE_DEFAULT, BSARequest
 from longcat_jax.pipelines.denoise import Denoiser, TextCondition
+from longcat_jax.pipelines.options import PlanContext
 from longcat_jax.pipelines.scheduler import SchedulerConfig
 from longcat_jax.pipelines.stats import RunStats
+from longcat_jax.presets import RELEASED_DEFAULTS, TINY_DEFAULTS, PipelineDefaults, build_tiny_models
+from longcat_jax.progress import ticking
 from longcat_jax.sharding.spatial import split_spatially, to_host
-from longcat_jax.tiny import TINY_DIT_CONFIG, build_tiny_models
 from longcat_jax.video_io import to_uint8_frames
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_PARTS = ("dit", "vae", "text_encoder", "tokenizer")
-DISTILL_LORA = "cfg_step_lora"
-REFINE_LORA = "refinement_lora"
-LATENT_PATCH = 16  # pixels per DiT token side: VAE 8x times patch 2
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineDefaults:
-    """Sizes and step counts a run uses unless told otherwise (the original's for a real checkpoint).
-
-    size_scale: the bucket tables are scaled by it (1 for the real model; the tiny model works at 1/4 size).
-    """
-
-    height: int = 480
-    width: int = 832
-    num_frames: int = 93
-    num_inference_steps: int = 50
-    distill_inference_steps: int = 16
-    guidance_scale: float = 4.0
-    num_cond_frames: int = 13
-    refine_inference_steps: int = 50
-    size_scale: float = 1.0
-    max_sequence_length: int = 512
-    fps: float = 15.0
-
-
-TINY_DEFAULTS = PipelineDefaults(
-    height=128,
-    width=208,
-    num_frames=13,
-    num_inference_steps=4,
-    distill_inference_steps=4,
-    num_cond_frames=5,
-    refine_inference_steps=8,
-    size_scale=0.25,
-    max_sequence_length=64,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneratedVideo:
-    """A task's result: uint8 frames [F, H, W, 3] and the frame rate to play them at."""
-
-    frames: np.ndarray
-    fps: float
-
-
-def bucket_for(
-    height: int, width: int, defaults: PipelineDefaults, resolution: str = "480p", side_multiple: int = 16
-) -> tuple[int, int]:
-    """The bucket for a frame of this size: the original's tables, scaled by `defaults.size_scale` (the small
-    built-in model works at 1/4 of the real sizes), sides kept multiples of `side_multiple`."""
-    bucket_h, bucket_w = nearest_bucket(height, width, resolution, side_multiple)
-    scale = defaults.size_scale
-    if scale == 1.0:
-        return bucket_h, bucket_w
-    return (
-        max(side_multiple, round(bucket_h * scale / side_multiple) * side_multiple),
-        max(side_multiple, round(bucket_w * scale / side_multiple) * side_multiple),
-    )
-
-
-def token_grid(latent_frames: int, height: int, width: int) -> tuple[int, int, int]:
-    """(T, H, W) tokens of the DiT for `latent_frames` latent frames of a height x width video."""
-    return latent_frames, height // LATENT_PATCH, width // LATENT_PATCH
-
-
-def check_checkpoint(model_path: str | Path, *, loras: Sequence[str] = ()) -> Path:
-    """Refuses a checkpoint folder that lacks a part the run needs, naming it; returns the folder."""
-    path = Path(model_path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint folder {path} not found; pass --model-path to a LongCat-Video download")
-    missing = [part for part in REQUIRED_PARTS if not (path / part).is_dir()]
-    missing += [f"lora/{name}.safetensors" for name in loras if lora_path(path, name) is None]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint folder {path} lacks {', '.join(missing)}; download the complete LongCat-Video checkpoint "
-            f"(it has {', '.join(REQUIRED_PARTS)}, scheduler and lora/) or convert it with `python -m convert`"
-        )
-    return path
-
-
-def lora_path(model_path: Path, name: str) -> Path | None:
-    """The checkpoint's LoRA `name`: `lora/<name>.safetensors`, or `lora/<name>/` converted; None if absent."""
-    for candidate in (model_path / "lora" / f"{name}.safetensors", model_path / "lora" / name):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def parse_lora_arg(spec: str) -> tuple[Path, float]:
-    """`PATH[:MULTIPLIER]` -> (path, multiplier); refuses a missing file or a bad multiplier."""
-    path, multiplier = spec, 1.0
-    head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            multiplier = float(tail)
-            path = head
-        except ValueError:
-            path = spec
-    if not Path(path).exists():
-        raise InputError(f"LoRA {path} not found; --lora takes PATH[:MULTIPLIER], e.g. my_lora.safetensors:0.8")
-    return Path(path), multiplier
+LoRASpec = str | tuple[str | Path, float] | LoRA  # "PATH[:MULTIPLIER]", (path, multiplier) or a loaded LoRA
 
 
 class LongCatPipeline:
@@ -149,29 +78,48 @@ class LongCatPipeline:
 
     def __init__(
         self,
-        dit: LongCatDiT,
+        dit: LongCatDiT | Callable[[], LongCatDiT],
         vae,
         text_encoder,
         tokenizer,
         *,
         scheduler_config: SchedulerConfig | None = None,
-        bsa: BSAConfig | None = None,
+        bsa: BSARequest = STAGE_DEFAULT,
         loras: Sequence[LoRA] = (),
         named_loras: dict[str, LoRA | Path] | None = None,
-        defaults: PipelineDefaults = PipelineDefaults(),
+        defaults: PipelineDefaults = RELEASED_DEFAULTS,
         builtin: bool = False,
+        memory_plan: MemoryPlan | None = None,
+        dit_config: DiTConfig | None = None,
+        dit_dtype=None,
     ):
-        self.dit = dit
+        """`dit`: the DiT, or a function loading it on first use (then `dit_config` and `dit_dtype` are needed);
+        `memory_plan`: placements to apply (see the module docstring; None: everything on the default device)."""
+        if isinstance(dit, LongCatDiT):
+            self._dit, self._load_dit = dit, None
+            dit_config, dit_dtype = dit.config, dit.dtype
+        elif dit_config is None or dit_dtype is None:
+            raise InputError("a DiT loaded on first use needs dit_config and dit_dtype")
+        else:
+            self._dit, self._load_dit = None, dit
+        self.dit_config = dit_config
+        self.dit_dtype = dit_dtype
+        self.memory_plan = memory_plan
+        self.memory_notes = MemoryNotes(memory_plan) if memory_plan is not None else None
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config or SchedulerConfig()
-        self.bsa = bsa or BSAConfig(dit.bsa is not None, dit.bsa or dit.config.bsa_params)
+        self.bsa = bsa  # what every stage runs unless its task asks otherwise (`pipelines.bsa.resolve_bsa`)
         self.user_loras = list(loras)
         self._named_loras = dict(named_loras or {})
         self.defaults = defaults
         self.builtin = builtin
         self.stats = RunStats()
+        if self._dit is not None:
+            configure_dit(self._dit, memory_plan)
+        if (tiling := vae_tiling(memory_plan)) is not None:
+            self.vae.tiling = tiling
         self._texts: dict[str, tuple[jax.Array, jax.Array]] = {}
         self._dit_setting: tuple | None = None
         self._denoiser: Denoiser | None = None
@@ -184,25 +132,48 @@ class LongCatPipeline:
         cls,
         model_path: str | Path,
         dtype=jnp.bfloat16,
-        bsa_config: str | Path | BSAConfig | None = None,
-        loras: Sequence[str | tuple[str | Path, float] | LoRA] = (),
-    ) -> "LongCatPipeline":
-        """Loads an original LongCat-Video checkpoint folder or our converted one.
+        bsa_config: str | Path | None = None,
+        loras: Sequence[LoRASpec] = (),
+        *,
+        dit_config: DiTConfig | None = None,
+        quantize: str | None = None,
+        max_device_memory: str | int | None = None,
+        memory_plan: MemoryPlan | None = None,
+    ) -> LongCatPipeline:
+        """Loads an original LongCat-Video checkpoint folder or our converted one; `model_path` may also be a
+        Hugging Face hub id (`meituan-longcat/LongCat-Video`, downloaded into the hub cache on first use; an existing
+        folder of the same name wins: `longcat_jax.checkpoint.hub`).
 
         dtype: weights and activations of the DiT, VAE and text encoder (bfloat16 for real use, float32 for
-        checks). bsa_config: a `--bsa-config` file (or parsed config) overriding the DiT config.json's BSA keys.
+        checks). bsa_config: a `--bsa-config` preset name (`balanced`, ...) or JSON file, the BSA of every stage whose
+        task does not ask otherwise.
         loras: extra LoRAs applied in every stage, as paths (`PATH[:MULTIPLIER]`), (path, multiplier) or LoRA.
+        dit_config: the checkpoint's `dit/config.json`, when the caller has read it already.
+        quantize: 'fp8' (FP8 weights and GEMMs: Ada/Hopper), 'fp8-weight-only' or 'int8' (weight-only, any GPU)
+        quantizes the DiT's large Linears while loading (`longcat_jax.quantization`); None/'none': as stored.
+        max_device_memory: a device-memory budget ('24GiB', '48GB' or bytes): a plan for the released pipeline's
+        largest stages (480p t2v with guidance, its 720p refinement) within it is made and logged, and refused when
+        nothing fits (`longcat_jax.memory.plan.MemoryBudgetError`). memory_plan: a plan made already (the CLI's,
+        for its run). With either, the DiT loads on first use, after the prompts are encoded.
         """
-        path = check_checkpoint(model_path)
+        bsa = _bsa_request(bsa_config)
         user_loras = [_as_lora(spec) for spec in loras]
-        bsa = _resolve_bsa(path / "dit", bsa_config)
-        dit = load_dit(path / "dit", dtype=dtype, bsa=bsa.params if bsa.enable_bsa else False)
-        vae = load_vae(path / "vae", dtype=dtype)
-        text_encoder = load_text_encoder(path / "text_encoder", dtype=dtype)
-        tokenizer = load_tokenizer(path / "tokenizer")
+        path = check_checkpoint(resolve_model_path(model_path))  # a hub id: after the cheap checks above
+        dit_config = dit_config or DiTConfig.from_json(path / DIT / "config.json")
+        if memory_plan is None and max_device_memory is not None:
+            memory_plan = pipeline_memory_plan(path, max_device_memory, dit_config=dit_config, dtype=dtype,
+                                               quantize=quantize)
+
+        def dit() -> LongCatDiT:
+            return load_dit(path / DIT, config=dit_config, dtype=dtype, quantize=quantize,
+                            device=dit_sharding(memory_plan))
+
+        vae = load_vae(path / VAE, dtype=dtype)
+        text_encoder = load_text_encoder(path / TEXT_ENCODER, dtype=dtype, device=text_encoder_device(memory_plan))
+        tokenizer = load_tokenizer(path / TOKENIZER)
         named = {name: p for name in (DISTILL_LORA, REFINE_LORA) if (p := lora_path(path, name)) is not None}
         return cls(
-            dit,
+            dit if memory_plan is not None else dit(),
             vae,
             text_encoder,
             tokenizer,
@@ -210,29 +181,37 @@ class LongCatPipeline:
             bsa=bsa,
             loras=user_loras,
             named_loras=named,
+            memory_plan=memory_plan,
+            dit_config=dit_config,
+            dit_dtype=dtype,
         )
 
     @classmethod
     def builtin(
         cls,
         dtype=jnp.float32,
-        bsa_config: str | Path | BSAConfig | None = None,
-        loras: Sequence[str | tuple[str | Path, float] | LoRA] = (),
-    ) -> "LongCatPipeline":
-        """The small built-in model (random weights, logged as such) with stand-in distill/refinement LoRAs."""
-        models = build_tiny_models(dtype=dtype)
-        bsa = builtin_bsa(bsa_config)
-        models.dit.set_bsa(bsa.params if bsa.enable_bsa else False)
+        bsa_config: str | Path | None = None,
+        loras: Sequence[LoRASpec] = (),
+        *,
+        quantize: str | None = None,
+        memory_plan: MemoryPlan | None = None,
+    ) -> LongCatPipeline:
+        """The small built-in model (random weights, logged as such) with stand-in distill/refinement LoRAs;
+        `quantize` as in `from_pretrained`; `memory_plan` placements to apply (the CLI's plan of its run)."""
+        models = build_tiny_models(dtype=dtype, quantize=quantize)
+        if (device := text_encoder_device(memory_plan)) is not None:
+            nnx.update(models.text_encoder, jax.device_put(nnx.state(models.text_encoder), device))
         return cls(
             models.dit,
             models.vae,
             models.text_encoder,
             models.tokenizer,
-            bsa=bsa,
+            bsa=_bsa_request(bsa_config),
             loras=[_as_lora(spec) for spec in loras],
             named_loras=models.loras,
             defaults=TINY_DEFAULTS,
             builtin=True,
+            memory_plan=memory_plan,
         )
 
     def named_lora(self, name: str) -> LoRA:
@@ -247,26 +226,51 @@ class LongCatPipeline:
 
     # ------------------------------------------------------------------------------------------------- the DiT
 
-    def refine_bsa(self) -> BSAConfig:
-        """Refinement's BSA (on, as the original's refinement): the pipeline's parameters, or the defaults."""
-        return BSAConfig(True, self.bsa.params or BSAParams())
+    @property
+    def dit(self) -> LongCatDiT:
+        """The DiT; one loaded on first use (see the module docstring) loads here."""
+        if self._dit is None:
+            if not is_released(self.text_encoder):
+                logger.info("Loading the DiT before the text encoder is released (the memory plan assumed after)")
+            with self.stats.stage("load DiT"):
+                self._dit = self._load_dit()
+            configure_dit(self._dit, self.memory_plan)
+        return self._dit
 
-    def use_dit(self, *, bsa: BSAConfig, loras: Sequence[LoRA] = ()) -> Denoiser:
-        """Sets the DiT's block-sparse attention and run-time LoRAs (the user's are added) for the next stage."""
+    @property
+    def stats(self) -> RunStats:
+        """The run's timings; a new one gets the memory plan's summary lines as a note."""
+        return self._stats
+
+    @stats.setter
+    def stats(self, stats: RunStats) -> None:
+        self._stats = stats
+        if self.memory_notes is not None:
+            stats.notes.append(self.memory_notes)
+
+    @property
+    def plan_context(self) -> PlanContext:
+        """What the tasks plan with: the run defaults, the DiT config and the BSA asked for every stage."""
+        return PlanContext(self.defaults, self.dit_config, self.bsa)
+
+    def use_dit(self, *, bsa: BSAParams | None, loras: Sequence[LoRA] = ()) -> Denoiser:
+        """Sets the DiT's block-sparse attention (None: dense) and run-time LoRAs (the user's are added) for the
+        next stage; a stage's BSA comes from `pipelines.bsa.resolve_bsa`, which logs it."""
         loras = [*loras, *self.user_loras]
-        params = bsa.params if bsa.enable_bsa else None
-        setting = (params, tuple((id(lora), lora.multiplier) for lora in loras))
+        setting = (bsa, tuple((id(lora), lora.multiplier) for lora in loras))
         if setting != self._dit_setting:
-            self.dit.set_bsa(params if params is not None else False)
+            self.dit.set_bsa(bsa)
             if loras:
                 enable_loras(self.dit, loras)
             else:
                 disable_loras(self.dit)
             self._dit_setting = setting
-            self._denoiser = Denoiser(self.dit)
+            streamed = streamed_dit(self.dit, self.memory_plan)
+            if streamed is not None:
+                self.memory_notes.streamed_bytes = streamed.bytes_per_call
+            self._denoiser = Denoiser(self.dit, streamed=streamed)
             if loras:
                 logger.info("LoRAs on: %s", ", ".join(f"{lora.name} x{lora.multiplier:g}" for lora in loras))
-        log_bsa(bsa, logger)
         return self._denoiser
 
     # ------------------------------------------------------------------------------------------------ the text
@@ -280,10 +284,11 @@ class LongCatPipeline:
             with self.stats.stage("text encoding"):
                 encoded = encode_prompt(
                     self.text_encoder, self.tokenizer, missing, max_length=self.defaults.max_sequence_length,
-                    dtype=self.dit.dtype,
+                    dtype=self.dit_dtype,
                 )
                 for index, text in enumerate(missing):
                     self._texts[text] = (encoded.embeddings[index : index + 1], encoded.mask[index : index + 1])
+            self._mark_peak("text encoding")
         embeddings, mask = self._texts[prompt]
         if negative_prompt is None:
             return TextCondition(embeddings, mask)
@@ -307,52 +312,44 @@ class LongCatPipeline:
         video = jnp.asarray(video, self.vae.dtype)
         if self.mesh is not None:
             video = split_spatially(video, self.mesh)
-        distribution = self.vae.encode(video)
-        return self.vae.normalize(distribution.sample(key).astype(jnp.float32))
+        with ticking(f"VAE encode ({usable} frames)"):  # one compiled pass: time elapsed, not steps
+            distribution = self.vae.encode(video)
+            latents = self.vae.normalize(distribution.sample(key).astype(jnp.float32)).block_until_ready()
+        self._mark_peak("encode")
+        return latents
 
     def decode_latents(self, latents: jax.Array) -> np.ndarray:
         """Normalised latents [1, C, T, h, w] -> uint8 frames [1 + 4 (T - 1), 8h, 8w, 3]."""
+        self._mark_peak("denoising")
         latents = self.vae.denormalize(latents).astype(self.vae.dtype)
         if self.mesh is not None:
             latents = split_spatially(latents, self.mesh)
-        video = self.vae.decode(latents)
-        return to_host(to_uint8_frames(video))
+        with ticking(f"VAE decode ({latents.shape[2]} latent frames)"):  # one compiled pass: time elapsed, not steps
+            frames = to_host(to_uint8_frames(self.vae.decode(latents)))
+        self._mark_peak("decode")
+        return frames
+
+    def _mark_peak(self, stage: str) -> None:
+        """Notes the device's peak memory by the end of `stage` for the summary (with a memory plan)."""
+        if self.memory_notes is not None:
+            self.memory_notes.peaks.mark(stage)
 
     # ------------------------------------------------------------------------------------------------ sizes
 
     def noise(self, key: jax.Array, latent_frames: int, height: int, width: int) -> jax.Array:
         """Standard normal latents [1, C, T, H/8, W/8] float32."""
         factor = self.vae.spatial_factor
-        shape = (1, self.dit.config.in_channels, latent_frames, height // factor, width // factor)
+        shape = (1, self.dit_config.in_channels, latent_frames, height // factor, width // factor)
         return jax.random.normal(key, shape, jnp.float32)
 
 
-def _as_lora(spec: str | tuple[str | Path, float] | LoRA) -> LoRA:
+def _as_lora(spec: LoRASpec) -> LoRA:
     if isinstance(spec, LoRA):
         return spec
-    path, multiplier = parse_lora_arg(spec) if isinstance(spec, str) else (Path(spec[0]), float(spec[1]))
+    path, multiplier = parse_lora_spec(spec) if isinstance(spec, str) else (Path(spec[0]), float(spec[1]))
     return load_lora(path, multiplier=multiplier)
 
 
-def checkpoint_bsa(model_path: str | Path, override: str | Path | BSAConfig | None = None) -> BSAConfig:
-    """The BSA settings of a checkpoint's `dit/config.json`, overridden by a `--bsa-config` file; reads configs
-    only, so the CLI can check sizes against them before loading anything."""
-    return _resolve_bsa(Path(model_path) / "dit", override)
-
-
-def builtin_bsa(override: str | Path | BSAConfig | None = None) -> BSAConfig:
-    """The BSA settings of the small built-in model (off, with 0.75 sparsity parameters), overridden like above."""
-    return _merge_bsa(bsa_from_dit_config(TINY_DIT_CONFIG.to_dict()), override, TINY_DIT_CONFIG.to_dict())
-
-
-def _resolve_bsa(dit_dir: Path, override: str | Path | BSAConfig | None) -> BSAConfig:
-    dit_config = read_json_object(dit_dir / "config.json", "DiT config", missing_error=CheckpointError,
-                                  hint="the dit/ folder of the checkpoint needs its config.json")
-    return _merge_bsa(bsa_from_dit_config(dit_config, source=str(dit_dir / "config.json")), override, dit_config)
-
-
-def _merge_bsa(model: BSAConfig, override: str | Path | BSAConfig | None, dit_config: dict) -> BSAConfig:
-    if override is None:
-        return model
-    override = override if isinstance(override, BSAConfig) else load_bsa_config(override)
-    return bsa_from_dit_config(merge_into_dit_config(dit_config, override))
+def _bsa_request(bsa_config: str | Path | None) -> BSARequest:
+    """The BSA a `bsa_config` file asks for every stage (`STAGE_DEFAULT` without a file)."""
+    return STAGE_DEFAULT if bsa_config is None else read_bsa_config(bsa_config)

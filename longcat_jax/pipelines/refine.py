@@ -6,8 +6,9 @@ unless spatial-only. Latent frames are padded to multiples of 4 so the 4x4x4 BSA
 frames (from an image or a video, kept clean) get copies of their first frame in front, the noisy part copies of
 the last frame at the back; the padding is cut from the output. No guidance. 30 fps (15 spatial-only).
 
-`refine_long_video` walks a long stage-1 video in windows of `num_frames` with a stride of num_frames -
-num_cond_frames, each conditioned on the tail of the previous refined window, as the original long-video demo.
+`plan_refine` checks sizes and the refinement's BSA before any compute, `run_refine` runs the plan,
+`generate_refine` does both. `plan_refinement` is the refinement stage of every CLI task (`--refine`), and
+`plan_task` / `run_task` are `--task refine`.
 """
 
 from __future__ import annotations
@@ -20,30 +21,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longcat_jax.bsa_config import BSAConfig
+from kernels import BSAParams
+from longcat_jax.checkpoint.layout import REFINE_LORA
 from longcat_jax.errors import InputError
+from longcat_jax.nan_guard import check_finite
+from longcat_jax.pipelines.bsa import Stage, check_bsa_grids
 from longcat_jax.pipelines.buckets import REFINE_SIDE_MULTIPLE, VAE_TEMPORAL_FACTOR, check_side_multiple
-from longcat_jax.pipelines.denoise import check_bsa_grids, sample
-from longcat_jax.pipelines.pipeline import (
-    REFINE_LORA,
-    GeneratedVideo,
-    LongCatPipeline,
-    PipelineDefaults,
-    bucket_for,
-    token_grid,
-)
+from longcat_jax.pipelines.denoise import sample
+from longcat_jax.pipelines.geometry import bucket_for, token_grid
+from longcat_jax.pipelines.options import GeneratedVideo, PlanContext, RefineOptions, with_changes
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.scheduler import make_schedule, noise_to_level, start_at
 from longcat_jax.video_io import resize_frames, to_model_input, upsample_for_refine
 
-logger = logging.getLogger(__name__)
-
-T_THRESH = 0.5
 BSA_LATENT_GRANULARITY = 4  # latent frames per BSA chunk along time
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class RefinePlan:
-    """Sizes of one refinement: output frames and the latent padding around condition and noisy frames."""
+    """One checked refinement: sizes, the latent padding around condition and noisy frames, steps and BSA."""
 
     height: int
     width: int
@@ -54,6 +52,10 @@ class RefinePlan:
     noise_latents: int
     noise_frames_added: int  # copies of the last frame appended to the upsampled video
     spatial_only: bool
+    num_inference_steps: int
+    t_thresh: float
+    seed: int
+    bsa: BSAParams | None
 
     @property
     def latent_frames(self) -> int:
@@ -64,21 +66,51 @@ class RefinePlan:
         """Doubling the frames doubles the frame rate of the 15 fps stage 1."""
         return 15.0 if self.spatial_only else 30.0
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(frames, height, width) of the refined video."""
+        return self.num_frames, self.height, self.width
+
 
 def plan_refine(
     stage1_size: tuple[int, int],
     stage1_frames: int,
-    bsa: BSAConfig,
-    defaults: PipelineDefaults,
+    options: RefineOptions,
+    context: PlanContext,
     *,
     num_cond_frames: int = 0,
-    spatial_only: bool = False,
-    size: tuple[int, int] | None = None,
 ) -> RefinePlan:
-    """The refinement's sizes and padding, checked against BSA, before any compute. `size` (height, width)
-    replaces the bucket; it must be a multiple of 64."""
-    height, width = size or bucket_for(stage1_size[0], stage1_size[1], defaults, "720p", REFINE_SIDE_MULTIPLE)
+    """The refinement's sizes (logged), padding and BSA (resolved here, logged), checked before any compute.
+    `options.size` (height, width) replaces the bucket; it must be a multiple of 64."""
+    defaults = context.defaults
+    height, width = options.size or bucket_for(*stage1_size, defaults, "720p", REFINE_SIDE_MULTIPLE)
     check_side_multiple(height, width, REFINE_SIDE_MULTIPLE)
+    frames = _frames_and_padding(stage1_frames, num_cond_frames, options.spatial_only)
+    how = "as asked" if options.size else "the 720p bucket nearest its aspect ratio; --refine-height/--refine-width set it"
+    logger.info("Refinement: %dx%d (height x width; %s) from the %dx%d stage 1, %d frames", height, width, how,
+                *stage1_size, frames["num_frames"])
+    bsa = context.stage_bsa(Stage.REFINE, options.bsa, frames["cond_latents"] + frames["noise_latents"])
+    plan = RefinePlan(height=height, width=width, **frames, spatial_only=options.spatial_only,
+                      num_inference_steps=options.num_inference_steps or defaults.refine_inference_steps,
+                      t_thresh=options.t_thresh, seed=options.seed, bsa=bsa)
+    _check_bsa(plan)
+    return plan
+
+
+def plan_refine_window(first: RefinePlan, stage1_frames: int, num_cond_frames: int, seed: int) -> RefinePlan:
+    """Another window of the refinement `first` plans (long video): its size, steps and BSA, other frames."""
+    plan = dataclasses.replace(first, seed=seed, **_frames_and_padding(stage1_frames, num_cond_frames, first.spatial_only))
+    _check_bsa(plan)
+    return plan
+
+
+def _check_bsa(plan: RefinePlan) -> None:
+    check_bsa_grids(plan.bsa, token_grid(plan.latent_frames, plan.height, plan.width), num_cond_latents=plan.cond_latents)
+
+
+def _frames_and_padding(stage1_frames: int, num_cond_frames: int, spatial_only: bool) -> dict[str, int]:
+    """The frame fields of `RefinePlan`: whole BSA chunks of latent frames around the condition and the noisy
+    frames, and the frames added to fill them."""
     if stage1_frames < 1:
         raise InputError("the stage-1 video has no frames")
     num_frames = stage1_frames if spatial_only else 2 * stage1_frames
@@ -91,50 +123,51 @@ def plan_refine(
         cond_added = 1 + (cond_latents - 1) * factor - num_cond_frames
     noise_frames = num_frames - num_cond_frames
     noise_latents = granularity * math.ceil(math.ceil(noise_frames / factor) / granularity)
-    plan = RefinePlan(
-        height, width, num_frames, num_cond_frames, cond_added, cond_latents, noise_latents,
-        noise_latents * factor - noise_frames, spatial_only,
-    )
-    check_bsa_grids(bsa, token_grid(plan.latent_frames, height, width), num_cond_latents=cond_latents)
-    return plan
+    return dict(num_frames=num_frames, num_cond_frames=num_cond_frames, cond_frames_added=cond_added,
+                cond_latents=cond_latents, noise_latents=noise_latents,
+                noise_frames_added=noise_latents * factor - noise_frames)
+
+
+def _check_condition(image: np.ndarray | None, cond_video: np.ndarray | None, num_cond_frames: int) -> None:
+    if image is not None and cond_video is not None:
+        raise InputError("give an image or a condition video for refinement, not both")
+    if image is not None and num_cond_frames != 1:
+        raise InputError("an image condition is one frame: num_cond_frames must be 1")
+    if cond_video is not None and not 0 < num_cond_frames <= len(cond_video):
+        raise InputError(f"num_cond_frames must be in 1..{len(cond_video)} for this condition video")
+    if image is None and cond_video is None and num_cond_frames:
+        raise InputError("num_cond_frames > 0 needs an image or a condition video")
 
 
 def generate_refine(
     pipe: LongCatPipeline,
     stage1: np.ndarray,
     prompt: str = "",
+    options: RefineOptions | None = None,
     *,
     image: np.ndarray | None = None,
     cond_video: np.ndarray | None = None,
     num_cond_frames: int = 0,
-    spatial_only: bool = False,
-    num_inference_steps: int | None = None,
-    t_thresh: float = T_THRESH,
-    seed: int = 0,
-    bsa: BSAConfig | None = None,
-    size: tuple[int, int] | None = None,
+    **changes,
 ) -> GeneratedVideo:
-    """Refines stage-1 frames (uint8 [F, h, w, 3]) to the 720p bucket (or `size`); `image` (i2v, num_cond_frames
-    1) or the last `num_cond_frames` of `cond_video` stay as clean conditions."""
-    if image is not None and cond_video is not None:
-        raise InputError("give an image or a condition video for refinement, not both")
+    """Refines stage-1 frames (uint8 [F, h, w, 3]) to the 720p bucket (or `options.size`); `image` (one condition
+    frame) or the last `num_cond_frames` of `cond_video` stay as clean conditions. Keywords replace fields of
+    `options` (`generate_refine(pipe, frames, prompt, seed=42)`)."""
+    options = with_changes(options, RefineOptions, changes)
     if image is not None:
         num_cond_frames = num_cond_frames or 1
-        if num_cond_frames != 1:
-            raise InputError("an image condition is one frame: num_cond_frames must be 1")
-    elif cond_video is not None and not 0 < num_cond_frames <= len(cond_video):
-        raise InputError(f"num_cond_frames must be in 1..{len(cond_video)} for this condition video")
-    elif cond_video is None and num_cond_frames:
-        raise InputError("num_cond_frames > 0 needs an image or a condition video")
-    bsa = bsa or pipe.refine_bsa()
-    plan = plan_refine(stage1.shape[1:3], stage1.shape[0], bsa, pipe.defaults,
-                       num_cond_frames=num_cond_frames, spatial_only=spatial_only, size=size)
+    _check_condition(image, cond_video, num_cond_frames)
+    plan = plan_refine(stage1.shape[1:3], stage1.shape[0], options, pipe.plan_context, num_cond_frames=num_cond_frames)
+    return run_refine(pipe, stage1, prompt, plan, image=image, cond_video=cond_video)
+
+
+def run_refine(pipe: LongCatPipeline, stage1: np.ndarray, prompt: str, plan: RefinePlan, *,
+               image: np.ndarray | None = None, cond_video: np.ndarray | None = None) -> GeneratedVideo:
+    """The refined video of a checked plan; the condition (`image` or `cond_video`) is the one it was planned for."""
+    _check_condition(image, cond_video, plan.num_cond_frames)
     text = pipe.encode_text(prompt)
-    noise_key, video_key, cond_key = jax.random.split(jax.random.key(seed), 3)
-    schedule = start_at(
-        make_schedule(num_inference_steps or pipe.defaults.refine_inference_steps, config=pipe.scheduler_config),
-        t_thresh,
-    )
+    noise_key, video_key, cond_key = jax.random.split(jax.random.key(plan.seed), 3)
+    schedule = start_at(make_schedule(plan.num_inference_steps, config=pipe.scheduler_config), plan.t_thresh)
     with pipe.stats.stage("refine upsample + encode"):
         video = upsample_for_refine(stage1, plan.num_frames, plan.height, plan.width)  # [1, 3, F', H, W]
         video = jnp.concatenate(
@@ -147,14 +180,16 @@ def generate_refine(
         )
         latents = pipe.encode_frames(video, video_key)  # [1, C, T, h, w]
         del video
-        latents = noise_to_level(latents, jax.random.normal(noise_key, latents.shape, jnp.float32), t_thresh)
+        check_finite(latents, "refine upsample + encode (VAE)")
+        latents = noise_to_level(latents, jax.random.normal(noise_key, latents.shape, jnp.float32), plan.t_thresh)
         if plan.cond_latents:
             source = image[None] if image is not None else cond_video[-plan.num_cond_frames :]
             frames = resize_frames(source, plan.height, plan.width, "lanczos")
             frames = np.concatenate([np.repeat(frames[:1], plan.cond_frames_added, axis=0), frames], axis=0)
             cond = pipe.encode_frames(to_model_input(frames), cond_key)
+            check_finite(cond, "refine condition encode (VAE)")
             latents = latents.at[:, :, : plan.cond_latents].set(cond)
-    denoiser = pipe.use_dit(bsa=bsa, loras=[pipe.named_lora(REFINE_LORA)])
+    denoiser = pipe.use_dit(bsa=plan.bsa, loras=[pipe.named_lora(REFINE_LORA)])
     with pipe.stats.stage("refine denoising") as record:
         latents = sample(
             denoiser, latents, schedule, text, num_cond_latents=plan.cond_latents, desc="refine denoising",
@@ -166,42 +201,32 @@ def generate_refine(
     return GeneratedVideo(frames[start : start + plan.num_frames], plan.fps)
 
 
-def refine_long_video(
-    pipe: LongCatPipeline,
-    stage1: np.ndarray,
-    prompt: str = "",
-    *,
-    num_frames: int | None = None,
-    num_cond_frames: int | None = None,
-    spatial_only: bool = False,
-    num_inference_steps: int | None = None,
-    seed: int = 0,
-    bsa: BSAConfig | None = None,
-) -> GeneratedVideo:
-    """Refines a long stage-1 video window by window (see the module docstring)."""
-    window = num_frames or pipe.defaults.num_frames
-    overlap = num_cond_frames or pipe.defaults.num_cond_frames
-    if window <= overlap:
-        raise InputError(f"refinement windows of {window} frames cannot overlap by {overlap} frames")
-    refined: list[np.ndarray] = []
-    previous: np.ndarray | None = None
-    cond_frames = 0
-    starts = range(0, max(len(stage1) - overlap, 1), window - overlap)
-    fps = 15.0
-    for index, start in enumerate(starts):
-        logger.info("Refining window %d/%d", index + 1, len(starts))
-        result = generate_refine(
-            pipe,
-            stage1[start : start + window],
-            prompt,
-            cond_video=previous,
-            num_cond_frames=cond_frames,
-            spatial_only=spatial_only,
-            num_inference_steps=num_inference_steps,
-            seed=seed + index,
-            bsa=bsa,
-        )
-        refined.append(result.frames[cond_frames:])
-        previous, fps = result.frames, result.fps
-        cond_frames = overlap if spatial_only else 2 * overlap
-    return GeneratedVideo(np.concatenate(refined, axis=0), fps)
+def plan_refinement(setup: RunSetup, stage1_size: tuple[int, int], stage1_frames: int,
+                    num_cond_frames: int = 0) -> RefinePlan | None:
+    """The refinement stage of a CLI run (None without --refine) after a stage 1 of this size and frame count."""
+    if setup.refinement is None:
+        return None
+    return plan_refine(stage1_size, stage1_frames, setup.refinement, setup.context, num_cond_frames=num_cond_frames)
+
+
+def plan_task(setup: RunSetup) -> TaskStages:
+    """`--task refine`: the --refine-from video, with --image or the last frames of --video as a condition;
+    --height/--width (multiples of 64) replace the bucket."""
+    request, inputs = setup.request, setup.inputs
+    stage1 = inputs.stage1
+    options = setup.refinement
+    if request.height or request.width:  # or --refine-height/--refine-width, in the options already
+        options = dataclasses.replace(options, size=(request.height or stage1.shape[1], request.width or stage1.shape[2]))
+    num_cond = 0
+    if inputs.image is not None:
+        num_cond = 1
+    elif inputs.refine_video is not None:
+        num_cond = min(len(inputs.refine_video), setup.num_cond_frames * setup.refine_frame_factor)
+    refinement = plan_refine(stage1.shape[1:3], len(stage1), options, setup.context, num_cond_frames=num_cond)
+    return TaskStages(None, refinement, refinement.shape)
+
+
+def run_task(pipe: LongCatPipeline, setup: RunSetup, stages: TaskStages) -> GeneratedVideo:
+    inputs = setup.inputs
+    return run_refine(pipe, inputs.stage1, setup.refine_prompt, stages.refinement, image=inputs.image,
+                      cond_video=inputs.refine_video)

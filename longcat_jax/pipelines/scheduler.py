@@ -12,9 +12,10 @@ are pure `jnp` so they can sit inside one jitted denoising step.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,7 @@ class SchedulerConfig:
     shift_terminal: float | None = None
 
     @classmethod
-    def from_dict(cls, config: Mapping[str, Any], *, source: str = "scheduler config") -> "SchedulerConfig":
+    def from_dict(cls, config: Mapping[str, Any], *, source: str = "scheduler config") -> SchedulerConfig:
         """Validates a `scheduler_config.json` dict; unknown keys and unsupported switches raise ConfigError."""
         known = {"num_train_timesteps", "shift", "shift_terminal", *_MUST_BE_OFF, *_DYNAMIC_SHIFT_KEYS}
         for key in config:
@@ -90,7 +91,7 @@ class SchedulerConfig:
         return cls(num_train_timesteps=int(num_train), shift=float(shift), shift_terminal=shift_terminal)
 
     @classmethod
-    def load(cls, model_path: str | Path | None) -> "SchedulerConfig":
+    def load(cls, model_path: str | Path | None) -> SchedulerConfig:
         """Reads `<model_path>/scheduler/scheduler_config.json` when present, else the defaults LongCat ships."""
         if model_path is None:
             return cls()

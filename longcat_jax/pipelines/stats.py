@@ -33,6 +33,7 @@ class RunStats:
 
     def __init__(self):
         self.stages: list[StageTime] = []
+        self.notes: list[str] = []  # settings the summary repeats under the table (e.g. the quantization)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[StageTime]:
@@ -56,6 +57,7 @@ class RunStats:
             )
         lines.append(f"  {'total':<28}{sum(s.seconds for s in self.stages):>10.2f}")
         lines.append(f"  {peak_memory_line()}")
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
 

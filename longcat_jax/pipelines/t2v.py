@@ -1,151 +1,97 @@
-"""Text-to-video and image-to-video: noise -> sampled latents -> decoded frames.
+"""Text-to-video: noise -> sampled latents -> decoded frames.
 
-t2v: sizes multiples of 16, frame count rounded to 1 + 4k, classifier-free guidance with CFG-zero* whenever
-guidance > 1 (negative prompt "" unless given). Distilled: `cfg_step_lora`, 16 steps on the distill table,
-guidance 1. i2v: the size is the bucket nearest the image's aspect ratio; the image is resized (Lanczos), encoded
-to one latent frame that replaces latent frame 0 and stays clean (timestep 0, never stepped). `plan_*` checks every
-input against sizes and the BSA chunk shape without touching a model, so the CLI can refuse before loading.
+Sizes are multiples of 16, the frame count is rounded to 1 + 4k, classifier-free guidance with CFG-zero* runs
+whenever guidance > 1 (with the original demos' negative prompt unless given). Distilled: `cfg_step_lora`, 16
+steps on the distill table, guidance 1. `plan_t2v` checks the request against the sizes and the stage's BSA
+without touching a model (so the CLI refuses before loading) and `run_t2v` runs that plan; `generate_t2v` does
+both. The stage helpers (`encode_generation_text`, `denoise_generation`, `decode_video`) serve i2v as well.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import jax
 import numpy as np
 
-from longcat_jax.bsa_config import BSAConfig
+from kernels import BSAParams
+from longcat_jax.checkpoint.layout import DISTILL_LORA
+from longcat_jax.pipelines.bsa import Stage, check_bsa_grids
 from longcat_jax.pipelines.buckets import check_side_multiple, num_latent_frames, round_num_frames
-from longcat_jax.pipelines.denoise import check_bsa_grids, sample
-from longcat_jax.pipelines.guidance import uses_guidance
-from longcat_jax.pipelines.pipeline import (
-    DISTILL_LORA,
-    GeneratedVideo,
-    LongCatPipeline,
-    PipelineDefaults,
-    bucket_for,
-    token_grid,
-)
+from longcat_jax.pipelines.denoise import TextCondition, sample
+from longcat_jax.pipelines.geometry import token_grid
+from longcat_jax.pipelines.options import GeneratedVideo, GenerationOptions, PlanContext, Sampling, with_changes
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.refine import plan_refinement, run_refine
+from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.scheduler import make_schedule
-from longcat_jax.video_io import resize_frames, to_model_input
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerationPlan:
-    """What a t2v or i2v run will make: frame size, frame count (1 + 4k) and latent frames."""
+    """A checked t2v or i2v stage: frame size, frame count (1 + 4k), sampling (with the negative prompt), BSA and
+    seed."""
 
     height: int
     width: int
     num_frames: int
+    sampling: Sampling
+    bsa: BSAParams | None
+    seed: int
 
     @property
     def latent_frames(self) -> int:
         return num_latent_frames(self.num_frames)
 
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
 
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """Step count, guidance and schedule kind of a generation stage, defaults filled in."""
-
-    num_inference_steps: int
-    guidance_scale: float
-    distill: bool
-
-    @classmethod
-    def resolve(
-        cls, defaults: PipelineDefaults, num_inference_steps: int | None, guidance_scale: float | None, distill: bool
-    ) -> "Sampling":
-        """The original's defaults: 50 steps and guidance 4; distilled 16 steps and guidance 1."""
-        steps = num_inference_steps or (defaults.distill_inference_steps if distill else defaults.num_inference_steps)
-        guidance = guidance_scale if guidance_scale is not None else (1.0 if distill else defaults.guidance_scale)
-        return cls(int(steps), float(guidance), distill)
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(frames, height, width) of the decoded video."""
+        return self.num_frames, self.height, self.width
 
 
-def plan_t2v(height: int, width: int, num_frames: int, bsa: BSAConfig) -> GenerationPlan:
+def plan_t2v(options: GenerationOptions, context: PlanContext) -> GenerationPlan:
     """Checks a t2v request (sizes multiple of 16, BSA chunks fit) and rounds the frame count; models untouched."""
+    defaults = context.defaults
+    height, width = options.height or defaults.height, options.width or defaults.width
     check_side_multiple(height, width)
-    plan = GenerationPlan(height, width, round_num_frames(num_frames))
-    check_bsa_grids(bsa, token_grid(plan.latent_frames, height, width))
-    return plan
+    num_frames = round_num_frames(options.num_frames or defaults.num_frames)
+    grid = token_grid(num_latent_frames(num_frames), height, width)
+    bsa = context.stage_bsa(Stage.T2V, options.bsa, grid[0])
+    check_bsa_grids(bsa, grid)
+    return GenerationPlan(height, width, num_frames, Sampling.resolve(defaults, options), bsa, options.seed)
 
 
-def plan_i2v(
-    image_size: tuple[int, int], num_frames: int, bsa: BSAConfig, defaults: PipelineDefaults, resolution: str = "480p"
-) -> GenerationPlan:
-    """The i2v size is the bucket nearest the image's (height, width); checks BSA with the condition frame."""
-    height, width = bucket_for(image_size[0], image_size[1], defaults, resolution)
-    plan = GenerationPlan(height, width, round_num_frames(num_frames))
-    check_bsa_grids(bsa, token_grid(plan.latent_frames, height, width), num_cond_latents=1)
-    return plan
+def run_t2v(pipe: LongCatPipeline, prompt: str, plan: GenerationPlan) -> GeneratedVideo:
+    """The video of a checked t2v plan."""
+    text = encode_generation_text(pipe, prompt, plan)
+    latents = pipe.noise(jax.random.key(plan.seed), plan.latent_frames, plan.height, plan.width)
+    latents = denoise_generation(pipe, latents, text, plan, num_cond_latents=0, stage="t2v")
+    return GeneratedVideo(decode_video(pipe, latents), pipe.defaults.fps)
 
 
-def generate_t2v(
-    pipe: LongCatPipeline,
-    prompt: str,
-    *,
-    negative_prompt: str | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    num_frames: int | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    distill: bool = False,
-    seed: int = 0,
-    bsa: BSAConfig | None = None,
-) -> GeneratedVideo:
-    """A video for `prompt`; defaults (None) are the pipeline's (480x832, 93 frames, 50 steps, guidance 4)."""
-    defaults = pipe.defaults
-    bsa = bsa or pipe.bsa
-    plan = plan_t2v(height or defaults.height, width or defaults.width, num_frames or defaults.num_frames, bsa)
-    sampling = Sampling.resolve(defaults, num_inference_steps, guidance_scale, distill)
-    text = _text(pipe, prompt, negative_prompt, sampling.guidance_scale)
-    latents = pipe.noise(jax.random.key(seed), plan.latent_frames, plan.height, plan.width)
-    latents = _denoise(pipe, latents, text, sampling, bsa, num_cond_latents=0, stage="t2v")
-    return GeneratedVideo(_decode(pipe, latents), defaults.fps)
+def generate_t2v(pipe: LongCatPipeline, prompt: str, options: GenerationOptions | None = None,
+                 **changes) -> GeneratedVideo:
+    """A video for `prompt`; options left None are the pipeline's (480x832, 93 frames, 50 steps, guidance 4).
+    Keywords replace fields of `options` (`generate_t2v(pipe, prompt, distill=True, seed=42)`)."""
+    options = with_changes(options, GenerationOptions, changes)
+    return run_t2v(pipe, prompt, plan_t2v(options, pipe.plan_context))
 
 
-def generate_i2v(
-    pipe: LongCatPipeline,
-    image: np.ndarray,
-    prompt: str,
-    *,
-    negative_prompt: str | None = None,
-    num_frames: int | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    distill: bool = False,
-    seed: int = 0,
-    resolution: str = "480p",
-    bsa: BSAConfig | None = None,
-) -> GeneratedVideo:
-    """A video starting from `image` (uint8 [H, W, 3]); the size is the bucket nearest its aspect ratio."""
-    defaults = pipe.defaults
-    bsa = bsa or pipe.bsa
-    plan = plan_i2v(image.shape[:2], num_frames or defaults.num_frames, bsa, defaults, resolution)
-    sampling = Sampling.resolve(defaults, num_inference_steps, guidance_scale, distill)
-    text = _text(pipe, prompt, negative_prompt, sampling.guidance_scale)
-    noise_key, cond_key = jax.random.split(jax.random.key(seed))
-    with pipe.stats.stage("encode image"):
-        pixels = to_model_input(resize_frames(image[None], plan.height, plan.width, "lanczos"))  # [1, 3, 1, H, W]
-        cond = pipe.encode_frames(pixels, cond_key)  # [1, C, 1, h, w]
-    latents = pipe.noise(noise_key, plan.latent_frames, plan.height, plan.width)
-    latents = latents.at[:, :, :1].set(cond)
-    latents = _denoise(pipe, latents, text, sampling, bsa, num_cond_latents=1, stage="i2v")
-    return GeneratedVideo(_decode(pipe, latents), defaults.fps)
+def encode_generation_text(pipe: LongCatPipeline, prompt: str, plan: GenerationPlan) -> TextCondition:
+    """The prompt's embeddings, with the negative prompt's when guidance is on."""
+    return pipe.encode_text(prompt, plan.sampling.negative_prompt)
 
 
-def _text(pipe: LongCatPipeline, prompt: str, negative_prompt: str | None, guidance_scale: float):
-    """The prompt's embeddings, with the negative prompt's ('' by default) when guidance is on."""
-    negative = (negative_prompt or "") if uses_guidance(guidance_scale) else None
-    return pipe.encode_text(prompt, negative)
-
-
-def _denoise(pipe, latents, text, sampling: Sampling, bsa: BSAConfig, *, num_cond_latents: int, stage: str):
+def denoise_generation(pipe: LongCatPipeline, latents, text: TextCondition, plan: GenerationPlan, *,
+                       num_cond_latents: int, stage: str):
+    """Samples `latents` [1, C, T, h, w] with the plan's steps, guidance, BSA and (distilled) LoRA."""
+    sampling = plan.sampling
     loras = [pipe.named_lora(DISTILL_LORA)] if sampling.distill else []
-    denoiser = pipe.use_dit(bsa=bsa, loras=loras)
+    denoiser = pipe.use_dit(bsa=plan.bsa, loras=loras)
     schedule = make_schedule(sampling.num_inference_steps, distill=sampling.distill, config=pipe.scheduler_config)
     with pipe.stats.stage(f"{stage} denoising") as record:
         return sample(
@@ -154,13 +100,28 @@ def _denoise(pipe, latents, text, sampling: Sampling, bsa: BSAConfig, *, num_con
             schedule,
             text,
             guidance_scale=sampling.guidance_scale,
-            guided=uses_guidance(sampling.guidance_scale),
+            guided=sampling.guided,
             num_cond_latents=num_cond_latents,
             desc=f"{stage} denoising",
             step_times=record.step_times,
         )
 
 
-def _decode(pipe: LongCatPipeline, latents) -> np.ndarray:
+def decode_video(pipe: LongCatPipeline, latents) -> np.ndarray:
+    """Latents -> uint8 frames, timed as the `decode` stage."""
     with pipe.stats.stage("decode"):
         return pipe.decode_latents(latents)
+
+
+def plan_task(setup: RunSetup) -> TaskStages:
+    """`--task t2v`: the clip at --height/--width, then the refinement of it with --refine."""
+    generation = plan_t2v(setup.generation, setup.context)
+    refinement = plan_refinement(setup, generation.size, generation.num_frames)
+    return TaskStages(generation, refinement, (refinement or generation).shape)
+
+
+def run_task(pipe: LongCatPipeline, setup: RunSetup, stages: TaskStages) -> GeneratedVideo:
+    video = run_t2v(pipe, setup.prompt, stages.generation)
+    if stages.refinement is None:
+        return video
+    return run_refine(pipe, video.frames, setup.refine_prompt, stages.refinement)

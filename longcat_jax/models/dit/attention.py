@@ -54,19 +54,17 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 class SelfAttention(nnx.Module):
     """Fused qkv projection, per-head RMSNorm on q and k, 3D RoPE, attention, output projection.
 
-    `bsa` (static) switches self attention to block-sparse; `LongCatDiT.set_bsa` changes it after
-    loading. With `record_selection` on, each block-sparse call also sows its selected-block mask
+    The call's `bsa` (the DiT's one setting, `LongCatDiT.set_bsa`) makes it block-sparse for latents of more
+    than one frame. With `record_selection` on, each block-sparse call also sows its selected-block mask
     [B, H, Mq, Mk] as an `nnx.Intermediate` named `bsa_selection`, to be collected with `nnx.capture`
-    (a diagnostic: it recomputes the selection). `context_parallel` (set by `LongCatDiT.set_context_parallel`) splits the heads over
-    devices for the attention itself (Ulysses).
+    (a diagnostic: it recomputes the selection). `context_parallel` (set by
+    `LongCatDiT.set_context_parallel`) splits the heads over devices for the attention itself (Ulysses).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, *, bsa: BSAParams | None = None, rngs: nnx.Rngs,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
+    def __init__(self, hidden_size: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 param_dtype=jnp.float32):
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.bsa = bsa
-        self.bsa_backend = "auto"
         self.record_selection = False
         self.context_parallel = None
         self.qkv = Linear(hidden_size, 3 * hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
@@ -74,22 +72,22 @@ class SelfAttention(nnx.Module):
         self.k_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.proj = Linear(hidden_size, hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-    def _bsa_for(self, num_frames: int) -> BSAParams | None:
-        # As the original: block-sparse only for videos (more than one latent frame).
-        return self.bsa if num_frames > 1 else None
-
-    def _attend(self, q, k, v, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None) -> jax.Array:
+    def _attend(self, q, k, v, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None, bsa_backend: str) -> jax.Array:
         if bsa is not None and self.record_selection:
             indices, counts = select_blocks(to_chunk_order(q, grid_q, bsa.chunk_3d_shape_q),
                                             to_chunk_order(k, grid_k, bsa.chunk_3d_shape_k), bsa)
             num_k_blocks = k.shape[1] // bsa.chunk_size_k
             self.sow(nnx.Intermediate, "bsa_selection", block_mask_from_indices(indices, counts, num_k_blocks))
-        return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=self.bsa_backend,
+        return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
                       context_parallel=self.context_parallel)
 
-    def __call__(self, x: jax.Array, grid: Grid, *, num_cond_latents: int = 0, kv_cache: KV | None = None,
+    def __call__(self, x: jax.Array, grid: Grid, *, bsa: BSAParams | None = None, bsa_backend: str = "auto",
+                 num_cond_latents: int = 0, kv_cache: KV | None = None,
                  return_kv: bool = False) -> tuple[jax.Array, KV | None]:
         """x: [B, N, C] with N = T*H*W of `grid`.
+
+        bsa: block-sparse parameters (None: dense); as the original, used only when the latent has more than
+            one frame. bsa_backend: `kernels.bsa_attention`'s backend.
 
         num_cond_latents: the first frames are conditions; their queries see only condition keys.
         kv_cache: (k, v) [B or 1, Nc, H, D] of `num_cond_latents` condition frames from an earlier
@@ -107,26 +105,28 @@ class SelfAttention(nnx.Module):
             q, k, v = (self.context_parallel.shard_heads(t) for t in (q, k, v))
         new_cache = (k, v) if return_kv else None
 
+        # As the original: block-sparse only for videos (more than one latent frame).
+        attend_with = functools.partial(self._attend, bsa=bsa if nt > 1 else None, bsa_backend=bsa_backend)
         if kv_cache is not None:
-            out = self._attend_after_cache(q, k, v, grid, num_cond_latents, kv_cache)
+            out = self._attend_after_cache(q, k, v, grid, num_cond_latents, kv_cache, attend_with)
         else:
             cos, sin = rope_tables(grid, self.head_dim)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            bsa = self._bsa_for(nt)
             if num_cond_latents > 0:
                 n_cond = num_cond_latents * nh * nw
                 cond_grid = (num_cond_latents, nh, nw)
-                out_cond = self._attend(q[:, :n_cond], k[:, :n_cond], v[:, :n_cond], cond_grid, cond_grid, bsa)
-                out_noise = self._attend(q[:, n_cond:], k, v, (nt - num_cond_latents, nh, nw), grid, bsa)
+                out_cond = attend_with(q[:, :n_cond], k[:, :n_cond], v[:, :n_cond], cond_grid, cond_grid)
+                out_noise = attend_with(q[:, n_cond:], k, v, (nt - num_cond_latents, nh, nw), grid)
                 out = jnp.concatenate([out_cond, out_noise], axis=1)
             else:
-                out = self._attend(q, k, v, grid, grid, bsa)
+                out = attend_with(q, k, v, grid, grid)
         if self.context_parallel is not None:
             out = self.context_parallel.shard_tokens(out)  # back to token-split: all-to-all
         return self.proj(out.reshape(b, n, c)), new_cache
 
-    def _attend_after_cache(self, q, k, v, grid: Grid, num_cond_latents: int, kv_cache: KV) -> jax.Array:
-        """Queries of the new frames over [cached condition keys, new keys], RoPE over the joint grid."""
+    def _attend_after_cache(self, q, k, v, grid: Grid, num_cond_latents: int, kv_cache: KV, attend_with) -> jax.Array:
+        """Queries of the new frames over [cached condition keys, new keys], RoPE over the joint grid;
+        `attend_with(q, k, v, grid_q, grid_k)` is the attention with this call's BSA setting."""
         b = q.shape[0]
         nt, nh, nw = grid
         k_cache, v_cache = kv_cache
@@ -146,7 +146,7 @@ class SelfAttention(nnx.Module):
         v_full = jnp.concatenate([v_cache, v], axis=1)
         n_cond = expected[0]
         q = apply_rope(q, cos[n_cond:], sin[n_cond:])
-        return self._attend(q, k_full, v_full, grid, full_grid, self._bsa_for(nt))
+        return attend_with(q, k_full, v_full, grid, full_grid)
 
 
 class CrossAttention(nnx.Module):

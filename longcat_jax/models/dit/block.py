@@ -1,4 +1,9 @@
-"""One single-stream DiT block: adaLN-modulated self attention, cross attention to text, SwiGLU FFN."""
+"""One single-stream DiT block: adaLN-modulated self attention, cross attention to text, SwiGLU FFN.
+
+The cross attention and the FFN act on each token alone, so with `chunk_tokens` set they run over groups of whole
+latent frames, one group at a time in a loop: their temporaries ([N, ffn_hidden] in the FFN) then hold one group's
+tokens instead of all of them, and the residual stream is updated in place. The result is the same as unchunked.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,31 @@ from flax import nnx
 from kernels import BSAParams
 from longcat_jax.models.dit.attention import KV, CrossAttention, Grid, SelfAttention
 from longcat_jax.models.dit.layers import LayerNorm, Linear, gated_residual, modulate
+
+
+def frame_group(frames: int, tokens_per_frame: int, chunk_tokens: int | None) -> int:
+    """Latent frames per chunk: the largest divisor of `frames` whose tokens stay within `chunk_tokens` (at least
+    one frame; all of them when `chunk_tokens` is None)."""
+    if chunk_tokens is None:
+        return frames
+    fitting = [g for g in range(1, frames + 1) if frames % g == 0 and g * tokens_per_frame <= chunk_tokens]
+    return max(fitting, default=1)
+
+
+def over_frame_groups(update, x: jax.Array, per_frame: tuple[jax.Array, ...], group: int) -> jax.Array:
+    """x [B, T, S, C] with `update(chunk [B, g, S, C], first_frame, *per_frame chunks [B, g, ...])` applied to each
+    group of `group` frames in turn (a loop, so one group's temporaries are live at a time); in place."""
+    frames = x.shape[1]
+    if group >= frames:
+        return update(x, 0, *per_frame)
+
+    def body(index, x):
+        start = index * group
+        chunk = jax.lax.dynamic_slice_in_dim(x, start, group, axis=1)
+        args = [jax.lax.dynamic_slice_in_dim(a, start, group, axis=1) for a in per_frame]
+        return jax.lax.dynamic_update_slice_in_dim(x, update(chunk, start, *args), start, axis=1)
+
+    return jax.lax.fori_loop(0, frames // group, body, x)
 
 
 class FeedForwardSwiGLU(nnx.Module):
@@ -25,23 +55,30 @@ class FeedForwardSwiGLU(nnx.Module):
 
 
 class DiTBlock(nnx.Module):
-    """Self attention, cross attention and FFN, each with its residual; adaLN per latent frame in float32."""
+    """Self attention, cross attention and FFN, each with its residual; adaLN per latent frame in float32.
+
+    `chunk_tokens` (set by `LongCatDiT.set_token_chunking`; None: off) runs the cross attention and the FFN over
+    groups of whole latent frames of at most that many tokens (see the module docstring).
+    """
 
     def __init__(self, hidden_size: int, num_heads: int, ffn_hidden_size: int, adaln_tembed_dim: int, *,
-                 bsa: BSAParams | None, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+                 rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+        self.chunk_tokens: int | None = None
         self.adaln = Linear(adaln_tembed_dim, 6 * hidden_size, rngs=rngs, dtype=jnp.float32, param_dtype=param_dtype)
         self.attn_norm = LayerNorm(hidden_size, affine=False, rngs=rngs)
         self.ffn_norm = LayerNorm(hidden_size, affine=False, rngs=rngs)
         self.cross_norm = LayerNorm(hidden_size, affine=True, rngs=rngs, param_dtype=param_dtype)
-        self.attn = SelfAttention(hidden_size, num_heads, bsa=bsa, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.attn = SelfAttention(hidden_size, num_heads, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.cross_attn = CrossAttention(hidden_size, num_heads, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.ffn = FeedForwardSwiGLU(hidden_size, ffn_hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array, text: jax.Array, text_mask: jax.Array | None, t_emb: jax.Array, grid: Grid, *,
-                 num_cond_latents: int = 0, kv_cache: KV | None = None, return_kv: bool = False,
+                 bsa: BSAParams | None = None, bsa_backend: str = "auto", num_cond_latents: int = 0,
+                 kv_cache: KV | None = None, return_kv: bool = False,
                  skip_crs_attn: bool = False) -> tuple[jax.Array, KV | None]:
         """x: [B, N, C] (N = T*H*W of `grid`); text: [B, L, C]; text_mask: [B, L] bool or None;
-        t_emb: [B, T, C_t] float32. Returns (x [B, N, C], this block's (k, v) if return_kv else None)."""
+        t_emb: [B, T, C_t] float32; bsa: the DiT's self-attention setting (None: dense).
+        Returns (x [B, N, C], this block's (k, v) if return_kv else None)."""
         b, n, c = x.shape
         nt = grid[0]
         per_frame = (b, nt, n // nt, c)
@@ -49,22 +86,46 @@ class DiTBlock(nnx.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mods, 6, axis=-1)
 
         x_mod = modulate(self.attn_norm, x.reshape(per_frame), shift_msa, scale_msa).reshape(b, n, c)
-        attn_out, new_cache = self.attn(x_mod, grid, num_cond_latents=num_cond_latents, kv_cache=kv_cache,
-                                        return_kv=return_kv)
-        x = gated_residual(x.reshape(per_frame), gate_msa, attn_out.reshape(per_frame)).reshape(b, n, c)
+        attn_out, new_cache = self.attn(x_mod, grid, bsa=bsa, bsa_backend=bsa_backend,
+                                        num_cond_latents=num_cond_latents, kv_cache=kv_cache, return_kv=return_kv)
+        x = gated_residual(x.reshape(per_frame), gate_msa, attn_out.reshape(per_frame))  # [B, T, S, C]
 
+        group = frame_group(nt, n // nt, self.chunk_tokens)
         if not skip_crs_attn:
-            normed = self.cross_norm(x)
-            if kv_cache is None and num_cond_latents > 0:
-                # Condition frames take no text: zeros for their tokens, cross attention for the rest.
-                n_cond = num_cond_latents * (n // nt)
-                noise_out = self.cross_attn(normed[:, n_cond:], text, text_mask)
-                cross_out = jnp.concatenate([jnp.zeros((b, n_cond, c), noise_out.dtype), noise_out], axis=1)
+            # Condition frames take no text: zeros for their tokens (only when they are in x, not in a cache).
+            text_free = num_cond_latents if kv_cache is None else 0
+            if group == nt and text_free > 0:
+                x = self._cross_residual_after(x, text, text_mask, text_free)
             else:
-                cross_out = self.cross_attn(normed, text, text_mask)
-            x = x + cross_out.astype(x.dtype)
+                def cross(chunk, first_frame):
+                    return self._cross_residual(chunk, first_frame, text, text_mask, text_free)
 
-        x_mod = modulate(self.ffn_norm, x.reshape(per_frame), shift_mlp, scale_mlp).reshape(b, n, c)
-        ffn_out = self.ffn(x_mod)
-        x = gated_residual(x.reshape(per_frame), gate_mlp, ffn_out.reshape(per_frame)).reshape(b, n, c)
-        return x, new_cache
+                x = over_frame_groups(cross, x, (), group)
+
+        x = over_frame_groups(self._ffn_residual, x, (shift_mlp, scale_mlp, gate_mlp), group)
+        return x.reshape(b, n, c), new_cache
+
+    def _cross_residual_after(self, x: jax.Array, text, text_mask, text_free: int) -> jax.Array:
+        """x [B, T, S, C] + cross attention of the frames after the first `text_free` (those get no update)."""
+        b, nt, s, c = x.shape
+        noisy = x[:, text_free:].reshape(b, -1, c)
+        update = self.cross_attn(self.cross_norm(noisy), text, text_mask)
+        return jnp.concatenate([x[:, :text_free], (noisy + update.astype(x.dtype)).reshape(b, nt - text_free, s, c)],
+                               axis=1)
+
+    def _cross_residual(self, x: jax.Array, first_frame, text, text_mask, text_free: int) -> jax.Array:
+        """x [B, g, S, C] (frames first_frame ...) + its cross attention; frames below `text_free` keep x."""
+        b, g, s, c = x.shape
+        update = self.cross_attn(self.cross_norm(x.reshape(b, g * s, c)), text, text_mask).reshape(x.shape)
+        updated = x + update.astype(x.dtype)
+        if text_free == 0:
+            return updated
+        frame = first_frame + jnp.arange(g)
+        return jnp.where((frame < text_free)[None, :, None, None], x, updated)
+
+    def _ffn_residual(self, x: jax.Array, first_frame, shift, scale, gate) -> jax.Array:
+        """x [B, g, S, C] + gate * FFN(modulated x); shift, scale, gate: [B, g, 1, C] float32 of its frames."""
+        del first_frame
+        b, g, s, c = x.shape
+        x_mod = modulate(self.ffn_norm, x, shift, scale).reshape(b, g * s, c)
+        return gated_residual(x, gate, self.ffn(x_mod).reshape(x.shape))

@@ -2,7 +2,9 @@
 
 Only keys that change the computation are kept. Keys of the original that select a PyTorch
 attention library or a multi-GPU split (they do not change the math) are accepted and ignored; any
-other unknown key is refused, so a config from a different model never loads silently.
+other unknown key is refused, so a config from a different model never loads silently. The BSA keys
+(`enable_bsa`, `bsa_params`) are read by `longcat_jax.bsa_config`, like a `--bsa-config` file; they are the
+checkpoint's BSA default, which `longcat_jax.pipelines.bsa.resolve_bsa` weighs for each stage.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kernels import BSAConfigError, BSAParams
-from longcat_jax.errors import ConfigError
+from kernels import BSAParams
+from longcat_jax.bsa_config import params_to_json, parse_dit_bsa
+from longcat_jax.errors import CheckpointError, ConfigError
 from longcat_jax.json_io import read_json_object
 
 # Original keys that pick an implementation (flash-attn, xformers, context parallel split) or are
@@ -59,13 +62,11 @@ class DiTConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", _int_triple("patch_size", self.patch_size))
-        if isinstance(self.bsa_params, Mapping):
-            try:
-                object.__setattr__(self, "bsa_params", BSAParams.from_dict(self.bsa_params))
-            except BSAConfigError as e:
-                raise ConfigError(f"DiT config: {e}") from e
         if self.bsa_params is not None and not isinstance(self.bsa_params, BSAParams):
-            raise ConfigError(f"DiT config: bsa_params must be a mapping or null, got {self.bsa_params!r}")
+            raise ConfigError(
+                f"DiT config: bsa_params must be a kernels.BSAParams or None, got {type(self.bsa_params).__name__}; "
+                "read a JSON config with DiTConfig.from_dict"
+            )
         for name in ("enable_bsa", "text_tokens_zero_pad"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"DiT config: {name} must be true or false, got {getattr(self, name)!r}")
@@ -96,27 +97,28 @@ class DiTConfig:
         return 256 * ((width + 255) // 256)
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> DiTConfig:
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str = "DiT config") -> DiTConfig:
+        """The config of a parsed `config.json` object; `source` names it in errors."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known - IGNORED_KEYS)
         if unknown:
             raise ConfigError(
-                f"DiT config: unknown key(s) {unknown}; is this the config.json of a LongCat-Video dit/ folder?"
+                f"{source}: unknown key(s) {unknown}; is this the config.json of a LongCat-Video dit/ folder?"
             )
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in known})
+        enable_bsa, bsa_params = parse_dit_bsa(raw, source=source)
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in known}
+        return cls(**{**values, "enable_bsa": enable_bsa, "bsa_params": bsa_params})
 
     @classmethod
     def from_json(cls, path: str | Path) -> DiTConfig:
-        return cls.from_dict(read_json_object(path, "DiT config"))
+        """Reads a `config.json` (a missing file is a CheckpointError: the checkpoint's dit/ folder is incomplete)."""
+        raw = read_json_object(path, "DiT config", missing_error=CheckpointError,
+                               hint="point at the dit/ folder of a LongCat-Video checkpoint, which holds its config.json")
+        return cls.from_dict(raw, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """The config in the original's JSON form (so our converted folder reads like an original one)."""
         out = dataclasses.asdict(self)
         out["patch_size"] = list(self.patch_size)
-        out["bsa_params"] = None if self.bsa_params is None else {
-            "sparsity": self.bsa_params.sparsity,
-            "cdf_threshold": self.bsa_params.cdf_threshold,
-            "chunk_3d_shape_q": list(self.bsa_params.chunk_3d_shape_q),
-            "chunk_3d_shape_k": list(self.bsa_params.chunk_3d_shape_k),
-        }
+        out["bsa_params"] = params_to_json(self.bsa_params)
         return out

@@ -58,6 +58,16 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
         self.loras = nnx.List([])
 
+    @property
+    def lora_dtype(self):
+        """The dtype run-time LoRA factors on this Linear are stored in: the kernel's."""
+        return self.kernel.get_value().dtype
+
+    def add_to_kernel(self, delta: jax.Array) -> None:
+        """kernel += delta [in, out] (a merged LoRA update), summed in float32 and rounded once."""
+        kernel = self.kernel.get_value()
+        self.kernel.set_value((kernel.astype(jnp.float32) + delta.astype(jnp.float32)).astype(kernel.dtype))
+
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         y = jnp.dot(x, self.kernel.get_value().astype(self.dtype), preferred_element_type=jnp.float32)

@@ -5,12 +5,14 @@
     disable_loras(model)                 # back to the plain weights
     merge_loras(model, [lora])           # W += m * alpha * up @ down, once; no run-time cost
 
-`load_lora` reads an original `.safetensors` file or a LoRA folder written by `python -m convert`.
+`load_lora` reads an original `.safetensors` file or a LoRA folder written by `python -m convert`; `random_lora`
+makes one with random factors (the built-in model's stand-ins for the released LoRAs, and the benchmarks').
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,13 +20,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.checkpoint import is_converted, iter_part
-from convert.dit import ModulePath
-from convert.lora import ALPHA, DOWN, UP, lora_tensors
-from convert.param_tree import path_str
-from convert.safetensors_io import SafetensorsCheckpoint
-from longcat_jax.errors import CheckpointError
+from longcat_jax.checkpoint.orbax_chunks import is_converted, iter_part
+from longcat_jax.checkpoint.param_tree import path_str
+from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
+from longcat_jax.errors import CheckpointError, InputError
+from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.layers import Linear, LoRAAdapter
+from longcat_jax.models.dit.lora_params import ALPHA, DOWN, UP, lora_tensors
+from longcat_jax.models.dit.params import ModulePath, expected_parameters
+from longcat_jax.models.dit.quantized_linear import QuantizedLinear
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,19 +73,55 @@ def load_lora(path: str | Path, *, multiplier: float = 1.0, name: str | None = N
     return LoRA(name or path.stem, modules, float(multiplier))
 
 
-def _linear_at(model: nnx.Module, module_path: ModulePath, lora: LoRA) -> Linear:
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """`PATH[:MULTIPLIER]` (as `--lora` takes it) -> (path, multiplier); refuses a missing file and a multiplier
+    that is not a finite number (nan or inf make every weight the LoRA touches NaN: a black video)."""
+    path, multiplier = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            multiplier = float(tail)
+            path = head
+        except ValueError:
+            path = spec
+    if not math.isfinite(multiplier):
+        raise InputError(f"LoRA multiplier {tail} in --lora {spec} is not a finite number; give one such as 0.8")
+    if not Path(path).exists():
+        raise InputError(f"LoRA {path} not found; --lora takes PATH[:MULTIPLIER], e.g. my_lora.safetensors:0.8")
+    return Path(path), multiplier
+
+
+def random_lora(config: DiTConfig, name: str, *, seed: int, rank: int = 4, strength: float = 0.1) -> LoRA:
+    """A LoRA on every Linear of the DiT's blocks with random factors, standing in for a released LoRA file.
+
+    The update of each Linear is about `strength` times the size of its random weight, enough to change the
+    output visibly (tests can tell it is applied) without destroying it.
+    """
+    rng = np.random.default_rng(seed)
+    modules = {}
+    for path, shape in expected_parameters(config).items():
+        if path[0] != "blocks" or path[-1] != "kernel" or len(shape) != 2:
+            continue
+        in_features, out_features = shape
+        down = rng.standard_normal((in_features, rank)).astype(np.float32) / np.sqrt(in_features)
+        up = rng.standard_normal((rank, out_features)).astype(np.float32) * strength / np.sqrt(rank)
+        modules[tuple(path[:-1])] = LoRAFactors(down=down, up=up, alpha_scale=1.0)
+    return LoRA(name, modules)
+
+
+def _linear_at(model: nnx.Module, module_path: ModulePath, lora: LoRA) -> Linear | QuantizedLinear:
     target = model
     try:
         for part in module_path:
             target = target[part] if isinstance(part, int) else getattr(target, part)
     except (AttributeError, IndexError, TypeError) as e:
         raise CheckpointError(f"LoRA {lora.name!r} targets {path_str(module_path)}, which this DiT lacks") from e
-    if not isinstance(target, Linear):
+    if not isinstance(target, Linear | QuantizedLinear):
         raise CheckpointError(f"LoRA {lora.name!r} targets {path_str(module_path)}, which is not a Linear")
     return target
 
 
-def _checked(linear: Linear, factors: LoRAFactors, module_path: ModulePath, lora: LoRA) -> LoRAFactors:
+def _checked(linear: Linear | QuantizedLinear, factors: LoRAFactors, module_path: ModulePath, lora: LoRA) -> LoRAFactors:
     if factors.down.shape[0] != linear.in_features or factors.up.shape[1] != linear.out_features:
         raise CheckpointError(
             f"LoRA {lora.name!r} for {path_str(module_path)} maps {factors.down.shape[0]} -> {factors.up.shape[1]} "
@@ -93,7 +133,7 @@ def _checked(linear: Linear, factors: LoRAFactors, module_path: ModulePath, lora
 def disable_loras(model: nnx.Module) -> None:
     """Removes every run-time LoRA from the model's Linears."""
     for _, module in nnx.iter_modules(model):
-        if isinstance(module, Linear) and len(module.loras):
+        if isinstance(module, Linear | QuantizedLinear) and len(module.loras):
             module.loras = nnx.List([])
 
 
@@ -109,20 +149,19 @@ def enable_loras(model: nnx.Module, loras: Sequence[LoRA]) -> None:
             linear = _linear_at(model, module_path, lora)
             factors = _checked(linear, factors, module_path, lora)
             adapter = LoRAAdapter(factors.down, factors.up, lora.multiplier * factors.alpha_scale,
-                                  dtype=linear.dtype, param_dtype=linear.kernel.get_value().dtype)
+                                  dtype=linear.dtype, param_dtype=linear.lora_dtype)
             linear.loras = nnx.List([*linear.loras, adapter])
 
 
 def merge_loras(model: nnx.Module, loras: Sequence[LoRA]) -> None:
     """Adds each LoRA's update into the weights in place: kernel += multiplier * alpha_scale * down @ up.
 
-    The sum is formed in float32 and rounded once to the weight dtype.
+    The sum is formed in float32 and rounded once to the weight dtype; a quantized Linear re-quantizes the
+    merged weight (merge into the bf16 weights before quantizing to avoid that second rounding).
     """
     for lora in loras:
         for module_path, factors in lora.modules.items():
             linear = _linear_at(model, module_path, lora)
             factors = _checked(linear, factors, module_path, lora)
-            kernel = linear.kernel.get_value()
             delta = jnp.asarray(factors.down, jnp.float32) @ jnp.asarray(factors.up, jnp.float32)
-            scale = lora.multiplier * factors.alpha_scale
-            linear.kernel.set_value((kernel.astype(jnp.float32) + scale * delta).astype(kernel.dtype))
+            linear.add_to_kernel(lora.multiplier * factors.alpha_scale * delta)

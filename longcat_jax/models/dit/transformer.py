@@ -4,11 +4,16 @@ Call it like the original forward:
     out = model(latents [B,C,T,H,W], timestep [B] or [B,T], text [B,1,L,C_cap], text_mask [B,L],
                 num_cond_latents=0, kv_cache=None, return_kv=False, skip_crs_attn=False)
 Everything is static-shaped and jit-compilable; the text length per item is carried by the mask.
+
+A call is three parts: `embed` (patch, timestep and caption embedding), the blocks, `unembed` (final layer and
+unpatchify). `DiTEnds` holds the layers of the first and last parts without the blocks, so a caller can run the
+blocks itself (`longcat_jax.memory.streaming` streams their weights from host memory one block at a time).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,82 +24,61 @@ from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.models.dit.block import DiTBlock
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.embed import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, unpatchify
+from longcat_jax.models.dit.quantized_linear import quantize_linears
 
 # k and v of every block, each [depth, B, S_cond, H, D], after q/k RMSNorm and before RoPE.
 KVCache = tuple[jax.Array, jax.Array]
 
 
-class LongCatDiT(nnx.Module):
-    """Patch embedding, timestep/caption embedders, `depth` single-stream blocks, final layer, unpatchify.
+class Embedded(NamedTuple):
+    """What `embed` gives the blocks: tokens x [B, N, C], t_emb [B, T, C_t] float32, text [B, L, C] and its key
+    mask [B, L] bool (None: every token is attended)."""
 
-    dtype: activation dtype (bfloat16 for bf16 inference); param_dtype: weight dtype. Timestep
-    embedding, adaLN, norms and the final Linear compute in float32 as in the original.
-    """
+    x: jax.Array
+    t_emb: jax.Array
+    text: jax.Array
+    text_mask: jax.Array | None
 
-    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
-        self.config = config
-        self.dtype = dtype
-        bsa = config.bsa_params if config.enable_bsa else None
-        self.patch_embed = PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size, rngs=rngs,
-                                        dtype=dtype, param_dtype=param_dtype)
-        self.timestep_embed = TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size, rngs=rngs,
-                                               param_dtype=param_dtype)
-        self.caption_embed = CaptionEmbedder(config.caption_channels, config.hidden_size, rngs=rngs, dtype=dtype,
-                                             param_dtype=param_dtype)
-        self.blocks = nnx.List(
-            [
-                DiTBlock(config.hidden_size, config.num_heads, config.ffn_hidden_size, config.adaln_tembed_dim,
-                         bsa=bsa, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-                for _ in range(config.depth)
-            ]
-        )
-        self.final_layer = FinalLayer(config.hidden_size, math.prod(config.patch_size), config.out_channels,
-                                      config.adaln_tembed_dim, rngs=rngs, param_dtype=param_dtype)
-        self.context_parallel = None
 
-    def set_bsa(self, params: BSAParams | bool | None, *, backend: str = "auto") -> None:
-        """Turns block-sparse self attention on (True: the config's bsa_params, or the given BSAParams) or off.
+class _Ends:
+    """The parts of a DiT call outside its blocks; used by `LongCatDiT` and `DiTEnds` (which hold the same layers:
+    `config`, `dtype`, `patch_embed`, `timestep_embed`, `caption_embed`, `final_layer`)."""
 
-        Like the original's enable_bsa()/disable_bsa(); the next jit call retraces.
-        """
-        if params is True:
-            if self.config.bsa_params is None:
-                raise ConfigError("this DiT's config has no bsa_params; pass BSAParams to set_bsa")
-            params = self.config.bsa_params
-        elif params is False:
-            params = None
-        if params is not None and not isinstance(params, BSAParams):
-            raise ConfigError(
-                f"set_bsa takes True, False, None or a kernels.BSAParams, got {type(params).__name__}; "
-                "build one with BSAParams.from_dict(...) for a JSON preset"
+    def token_grid(self, hidden_states: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array, *,
+                   num_cond_latents: int = 0, kv_cache=None) -> tuple[int, int, int]:
+        """Checks a call's inputs (see `LongCatDiT.__call__`) and returns its token grid (T, H, W)."""
+        cfg = self.config
+        if hidden_states.ndim != 5 or hidden_states.shape[1] != cfg.in_channels:
+            raise InputError(
+                f"hidden_states must be latents [B, {cfg.in_channels}, T, H, W] (this DiT's in_channels), got "
+                f"{hidden_states.shape}"
             )
-        if backend not in BACKENDS:
-            raise ConfigError(f"unknown BSA backend {backend!r}; choose one of {BACKENDS}")
-        for block in self.blocks:
-            block.attn.bsa = params
-            block.attn.bsa_backend = backend
+        if encoder_hidden_states.shape[-1] != cfg.caption_channels:
+            raise InputError(
+                f"encoder_hidden_states must end in this DiT's caption_channels {cfg.caption_channels} (the text "
+                f"encoder's width), got {encoder_hidden_states.shape}"
+            )
+        b, _, t, h, w = hidden_states.shape
+        grid = (t // cfg.patch_size[0], h // cfg.patch_size[1], w // cfg.patch_size[2])
+        if num_cond_latents < 0 or (kv_cache is None and num_cond_latents > grid[0]):
+            raise InputError(f"num_cond_latents={num_cond_latents} out of range for {grid[0]} latent frames")
+        if timestep.ndim not in (1, 2) or timestep.shape not in ((b,), (b, grid[0])):
+            raise InputError(f"timestep must be [B] or [B, T] = [{b}, {grid[0]}], got {timestep.shape}")
+        return grid
 
-    def set_context_parallel(self, plan) -> None:
-        """Runs the blocks sequence-parallel by `plan` (a `longcat_jax.sharding.ContextParallel`; None: off).
-
-        Use `longcat_jax.sharding.shard_dit`, which also places the weights; the next jit call retraces.
-        """
-        self.context_parallel = plan
-        for block in self.blocks:
-            block.attn.context_parallel = plan
-
-    def record_bsa_selection(self, on: bool = True) -> None:
-        """Makes every block-sparse call sow its selected-block mask [B, H, Mq, Mk] as `nnx.Intermediate`
-        `bsa_selection`, a diagnostic for parity checks. Collect them by calling the model through
-        `nnx.capture(model, nnx.Intermediate)` (or jit a function wrapped in `nnx.capture`): it returns
-        (output, State) with the masks of block i under ["blocks"][i]["attn"]["bsa_selection"]."""
-        for block in self.blocks:
-            block.attn.record_selection = on
-
-    @property
-    def bsa(self) -> BSAParams | None:
-        """The block-sparse attention parameters in use (None: dense attention)."""
-        return self.blocks[0].attn.bsa if len(self.blocks) else None
+    def embed(self, hidden_states: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
+              encoder_attention_mask: jax.Array | None, grid: tuple[int, int, int]) -> Embedded:
+        """Latents [B, C, T, H, W] to tokens, timesteps [B] or [B, T] to their embedding, text to the DiT width."""
+        b = hidden_states.shape[0]
+        if timestep.ndim == 1:
+            timestep = jnp.broadcast_to(timestep[:, None], (b, grid[0]))
+        x = self.patch_embed(hidden_states.astype(self.dtype))  # [B, N, C]
+        # Timesteps stay float32 in every mode. (The original rounds them to the model dtype first,
+        # which in bf16 moves e.g. 999 to 1000 and changes the high-frequency sinusoids completely.)
+        t_flat = timestep.astype(jnp.float32).reshape(-1)
+        t_emb = self.timestep_embed(t_flat).reshape(b, grid[0], -1)  # [B, T, C_t] float32
+        text, text_mask = self._text(encoder_hidden_states.astype(self.dtype), encoder_attention_mask)
+        return Embedded(x, t_emb, text, text_mask)
 
     def _text(self, encoder_hidden_states: jax.Array, encoder_attention_mask: jax.Array | None):
         """Embedded text [B, L, C] and its key mask [B, L] bool (None: every token is attended)."""
@@ -111,6 +95,107 @@ class LongCatDiT(nnx.Module):
             return text * mask[:, :, None].astype(text.dtype), None
         return text, mask != 0
 
+    def unembed(self, x: jax.Array, t_emb: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
+        """Tokens [B, N, C] after the blocks -> velocity [B, C_out, T, H, W] float32."""
+        cfg = self.config
+        b = x.shape[0]
+        x = self.final_layer(x.reshape(b, grid[0], -1, x.shape[-1]), t_emb)  # [B, T, S, P*C_out]
+        return unpatchify(x.reshape(b, -1, x.shape[-1]), grid, cfg.patch_size, cfg.out_channels).astype(jnp.float32)
+
+
+class DiTEnds(_Ends, nnx.Module):
+    """The layers of a `LongCatDiT` outside its blocks (shared with it, not copied): `nnx.split(DiTEnds(dit))` gives
+    their weights alone, for running `embed` and `unembed` as separate compiled functions."""
+
+    def __init__(self, dit: LongCatDiT):
+        self.config = dit.config
+        self.dtype = dit.dtype
+        self.patch_embed = dit.patch_embed
+        self.timestep_embed = dit.timestep_embed
+        self.caption_embed = dit.caption_embed
+        self.final_layer = dit.final_layer
+
+class LongCatDiT(_Ends, nnx.Module):
+    """Patch embedding, timestep/caption embedders, `depth` single-stream blocks, final layer, unpatchify.
+
+    dtype: activation dtype (bfloat16 for bf16 inference); param_dtype: weight dtype. Timestep
+    embedding, adaLN, norms and the final Linear compute in float32 as in the original.
+    """
+
+    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+                 quantize: str | None = None):
+        self.config = config
+        self.dtype = dtype
+        # Self attention's BSA: one setting for every block, read by __call__ and passed down (static, so a
+        # change retraces under jit). It starts as the config says, as the original's model does.
+        self.bsa: BSAParams | None = config.bsa_params if config.enable_bsa else None
+        self.bsa_backend = "auto"
+        self.patch_embed = PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size, rngs=rngs,
+                                        dtype=dtype, param_dtype=param_dtype)
+        self.timestep_embed = TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size, rngs=rngs,
+                                               param_dtype=param_dtype)
+        self.caption_embed = CaptionEmbedder(config.caption_channels, config.hidden_size, rngs=rngs, dtype=dtype,
+                                             param_dtype=param_dtype)
+        self.blocks = nnx.List(
+            [
+                DiTBlock(config.hidden_size, config.num_heads, config.ffn_hidden_size, config.adaln_tembed_dim,
+                         rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+                for _ in range(config.depth)
+            ]
+        )
+        self.final_layer = FinalLayer(config.hidden_size, math.prod(config.patch_size), config.out_channels,
+                                      config.adaln_tembed_dim, rngs=rngs, param_dtype=param_dtype)
+        self.context_parallel = None
+        # quantize: a `longcat_jax.quantization` mode ('fp8', 'fp8-weight-only', 'int8'; None/'none': none) for
+        # the large Linears of every block; the policy module lists what stays in high precision and why.
+        self.quantize = quantize if quantize not in (None, "none") else None
+        quantize_linears(self, self.quantize)
+
+    def set_bsa(self, params: BSAParams | None, *, backend: str = "auto") -> None:
+        """Self attention block-sparse with `params` in every block, or dense (None); like the original's
+        enable_bsa()/disable_bsa(). `backend` is `kernels.bsa_attention`'s. The next jit call retraces."""
+        if params is not None and not isinstance(params, BSAParams):
+            raise ConfigError(
+                f"set_bsa takes a kernels.BSAParams or None, got {type(params).__name__}; read a JSON config "
+                "with longcat_jax.bsa_config.read_bsa_config"
+            )
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown BSA backend {backend!r}; choose one of {BACKENDS}")
+        self.bsa = params
+        self.bsa_backend = backend
+
+    def set_context_parallel(self, plan) -> None:
+        """Runs the blocks sequence-parallel by `plan` (a `longcat_jax.sharding.ContextParallel`; None: off).
+
+        Use `longcat_jax.sharding.shard_dit`, which also places the weights; the next jit call retraces.
+        """
+        self.context_parallel = plan
+        for block in self.blocks:
+            block.attn.context_parallel = plan
+
+    def set_token_chunking(self, chunk_tokens: int | None) -> None:
+        """Runs every block's cross attention and FFN over groups of whole latent frames of at most `chunk_tokens`
+        tokens (at least one frame), one group at a time, so their temporaries hold a group, not the whole video;
+        None: all tokens at once. The result does not change; the next jit call retraces."""
+        if chunk_tokens is not None and (isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int)
+                                         or chunk_tokens < 1):
+            raise ConfigError(f"chunk_tokens must be a positive int or None, got {chunk_tokens!r}")
+        for block in self.blocks:
+            block.chunk_tokens = chunk_tokens
+
+    @property
+    def token_chunking(self) -> int | None:
+        """The blocks' `chunk_tokens` (see `set_token_chunking`)."""
+        return self.blocks[0].chunk_tokens
+
+    def record_bsa_selection(self, on: bool = True) -> None:
+        """Makes every block-sparse call sow its selected-block mask [B, H, Mq, Mk] as `nnx.Intermediate`
+        `bsa_selection`, a diagnostic for parity checks. Collect them by calling the model through
+        `nnx.capture(model, nnx.Intermediate)` (or jit a function wrapped in `nnx.capture`): it returns
+        (output, State) with the masks of block i under ["blocks"][i]["attn"]["bsa_selection"]."""
+        for block in self.blocks:
+            block.attn.record_selection = on
+
     def __call__(self, hidden_states: jax.Array, timestep: jax.Array, encoder_hidden_states: jax.Array,
                  encoder_attention_mask: jax.Array | None = None, *, num_cond_latents: int = 0,
                  kv_cache: KVCache | None = None, return_kv: bool = False,
@@ -121,32 +206,10 @@ class LongCatDiT(nnx.Module):
         num_cond_latents: leading clean condition frames (or, with kv_cache, the cached ones);
         kv_cache: from an earlier call with return_kv on the condition frames.
         """
-        cfg = self.config
-        if hidden_states.ndim != 5 or hidden_states.shape[1] != cfg.in_channels:
-            raise InputError(
-                f"hidden_states must be latents [B, {cfg.in_channels}, T, H, W] (this DiT's in_channels), got "
-                f"{hidden_states.shape}"
-            )
-        if encoder_hidden_states.shape[-1] != cfg.caption_channels:
-            raise InputError(
-                f"encoder_hidden_states must end in this DiT's caption_channels {cfg.caption_channels} (the text "
-                f"encoder's width), got {encoder_hidden_states.shape}"
-            )
-        b, _, t, h, w = hidden_states.shape
-        grid = (t // cfg.patch_size[0], h // cfg.patch_size[1], w // cfg.patch_size[2])
-        if num_cond_latents < 0 or (kv_cache is None and num_cond_latents > grid[0]):
-            raise InputError(f"num_cond_latents={num_cond_latents} out of range for {grid[0]} latent frames")
-        if timestep.ndim == 1:
-            timestep = jnp.broadcast_to(timestep[:, None], (b, grid[0]))
-        if timestep.shape != (b, grid[0]):
-            raise InputError(f"timestep must be [B] or [B, T] = [{b}, {grid[0]}], got {timestep.shape}")
-
-        x = self.patch_embed(hidden_states.astype(self.dtype))  # [B, N, C]
-        # Timesteps stay float32 in every mode. (The original rounds them to the model dtype first,
-        # which in bf16 moves e.g. 999 to 1000 and changes the high-frequency sinusoids completely.)
-        t_flat = timestep.astype(jnp.float32).reshape(-1)
-        t_emb = self.timestep_embed(t_flat).reshape(b, grid[0], -1)  # [B, T, C_t] float32
-        text, text_mask = self._text(encoder_hidden_states.astype(self.dtype), encoder_attention_mask)
+        grid = self.token_grid(hidden_states, timestep, encoder_hidden_states, num_cond_latents=num_cond_latents,
+                               kv_cache=kv_cache)
+        x, t_emb, text, text_mask = self.embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
+                                               grid)
 
         cp = self.context_parallel
         if cp is not None:
@@ -156,14 +219,14 @@ class LongCatDiT(nnx.Module):
             if cp is not None:
                 block, x = cp.gather_block(block, x)
             block_cache = None if kv_cache is None else (kv_cache[0][index], kv_cache[1][index])
-            x, new_cache = block(x, text, text_mask, t_emb, grid, num_cond_latents=num_cond_latents,
-                                 kv_cache=block_cache, return_kv=return_kv, skip_crs_attn=skip_crs_attn)
+            x, new_cache = block(x, text, text_mask, t_emb, grid, bsa=self.bsa, bsa_backend=self.bsa_backend,
+                                 num_cond_latents=num_cond_latents, kv_cache=block_cache, return_kv=return_kv,
+                                 skip_crs_attn=skip_crs_attn)
             if return_kv:
                 keys.append(new_cache[0])
                 values.append(new_cache[1])
 
-        x = self.final_layer(x.reshape(b, grid[0], -1, x.shape[-1]), t_emb)  # [B, T, S, P*C_out]
-        out = unpatchify(x.reshape(b, -1, x.shape[-1]), grid, cfg.patch_size, cfg.out_channels).astype(jnp.float32)
+        out = self.unembed(x, t_emb, grid)
         if return_kv:
             return out, (jnp.stack(keys), jnp.stack(values))
         return out

@@ -1,8 +1,23 @@
-"""The UMT5 text encoder of LongCat, its tokenizer and prompt encoding for the DiT.
+"""The UMT5 text encoder of LongCat: config, model, name map from the original keys, loading, tokenizer
+and prompt encoding for the DiT."""
 
-Public API (import from the submodules; this package imports nothing so that `convert/`, which
-maps checkpoints onto these models, and `loading`, which uses `convert/`, can import each other):
-`config.UMT5Config`, `umt5.UMT5Encoder`, `loading.load_text_encoder`,
-`tokenizer.load_tokenizer` / `PromptTokenizer` / `clean_prompt`, `tiny_tokenizer.build_tiny_tokenizer`,
-`prompt.encode_prompt` / `EncodedPrompts` / `release_text_encoder`.
-"""
+from longcat_jax.models.text_encoder.config import UMT5Config
+from longcat_jax.models.text_encoder.loading import load_text_encoder, random_text_encoder
+from longcat_jax.models.text_encoder.prompt import EncodedPrompts, encode_prompt, release_text_encoder
+from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
+from longcat_jax.models.text_encoder.tokenizer import PromptTokenizer, clean_prompt, load_tokenizer
+from longcat_jax.models.text_encoder.umt5 import UMT5Encoder
+
+__all__ = [
+    "EncodedPrompts",
+    "PromptTokenizer",
+    "UMT5Config",
+    "UMT5Encoder",
+    "build_tiny_tokenizer",
+    "clean_prompt",
+    "encode_prompt",
+    "load_text_encoder",
+    "load_tokenizer",
+    "random_text_encoder",
+    "release_text_encoder",
+]

@@ -11,13 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
-from convert.checkpoint import is_converted, iter_part
-from convert.param_tree import abstract_model, fill_model
-from convert.safetensors_io import SafetensorsCheckpoint
-from convert.text_encoder import text_encoder_tensors
+from longcat_jax.checkpoint.orbax_chunks import is_converted, iter_part, read_index
+from longcat_jax.checkpoint.param_tree import abstract_model, fill_model
+from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.text_encoder.config import UMT5Config
+from longcat_jax.models.text_encoder.params import _EMBEDDING, _TIED_EMBEDDING, text_encoder_tensors
 from longcat_jax.models.text_encoder.umt5 import UMT5Encoder
 
 logger = logging.getLogger(__name__)
@@ -42,11 +43,10 @@ def load_text_encoder(
         raise CheckpointError(f"text encoder folder {path} not found; pass the checkpoint's text_encoder/ folder")
     config = UMT5Config.from_json(path)
     if is_converted(path):
-        tensors = iter_part(path)
-        kind = "converted"
+        tensors, kind, count = iter_part(path), "converted", len(read_index(path))
     else:
-        tensors = text_encoder_tensors(SafetensorsCheckpoint(path), config)
-        kind = "original"
+        checkpoint = SafetensorsCheckpoint(path)
+        tensors, kind, count = text_encoder_tensors(checkpoint, config), "original", _yielded_count(checkpoint)
     logger.info(
         "Loading UMT5 text encoder from %s (%s; %d layers, d_model %d) as %s",
         path,
@@ -57,11 +57,17 @@ def load_text_encoder(
     )
     return fill_model(
         lambda: UMT5Encoder(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype),
-        tensors,
+        tqdm(tensors, total=count, desc="Loading text encoder", unit="tensor"),
         source=str(path),
         dtype=dtype,
         device=device,
     )
+
+
+def _yielded_count(checkpoint: SafetensorsCheckpoint) -> int:
+    """How many tensors `text_encoder_tensors` yields: each stored one but a tied copy of the token embedding,
+    which it checks and skips (the count a loading bar runs to)."""
+    return len(checkpoint.names()) - (_EMBEDDING in checkpoint and _TIED_EMBEDDING in checkpoint)
 
 
 def random_text_encoder(

@@ -9,12 +9,13 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 
-from convert.checkpoint import is_converted, iter_part
-from convert.param_tree import fill_model
-from convert.safetensors_io import SafetensorsCheckpoint
-from convert import vae as vae_converter  # module import: convert.vae imports this package too
+from longcat_jax.checkpoint.orbax_chunks import is_converted, iter_part, read_index
+from longcat_jax.checkpoint.param_tree import fill_model
+from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError
+from longcat_jax.models.vae import params as vae_params
 from longcat_jax.models.vae.autoencoder import WanVAE
 from longcat_jax.models.vae.config import VAEConfig
 from longcat_jax.models.vae.tiling import TilingConfig
@@ -40,9 +41,10 @@ def load_vae(
     config = VAEConfig.from_json(path / "config.json")
     param_dtype = dtype if param_dtype is None else param_dtype
     if is_converted(path):
-        tensors, kind = iter_part(path), "converted"
+        tensors, kind, count = iter_part(path), "converted", len(read_index(path))
     else:
-        tensors, kind = vae_converter.vae_tensors(SafetensorsCheckpoint(path), config), "original"
+        checkpoint = SafetensorsCheckpoint(path)
+        tensors, kind, count = vae_params.vae_tensors(checkpoint, config), "original", len(checkpoint.names())
     logger.info(
         "loading Wan VAE from %s (%s; compute %s, weights %s)",
         path, kind, jnp.dtype(dtype).name, jnp.dtype(param_dtype).name,
@@ -51,6 +53,7 @@ def load_vae(
     def make_model() -> WanVAE:
         return WanVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, tiling=tiling)
 
+    tensors = tqdm(tensors, total=count, desc="Loading VAE", unit="tensor")  # one per stored tensor
     return fill_model(make_model, tensors, source=str(path), dtype=param_dtype)
 
 
@@ -74,7 +77,7 @@ def random_vae(
         return WanVAE(config, rngs=nnx.Rngs(seed), dtype=dtype, param_dtype=param_dtype, tiling=tiling)
 
     def tensors():
-        for path, shape in vae_converter.expected_shapes(config).items():
+        for path, shape in vae_params.expected_shapes(config).items():
             if path[-1] == "kernel":
                 fan_in = int(np.prod(shape[:-1]))
                 yield path, rng.standard_normal(shape, dtype=np.float32) / np.sqrt(fan_in)

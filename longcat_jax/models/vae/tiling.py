@@ -42,6 +42,13 @@ class TilingConfig:
         if self.stride_height > self.tile_height or self.stride_width > self.tile_width:
             raise ConfigError("tiling strides must not exceed the tile size (tiles must touch or overlap)")
 
+    @classmethod
+    def square(cls, tile: int, overlap: int = 64) -> TilingConfig:
+        """Tiles of `tile` x `tile` pixels overlapping by `overlap`, used at every frame size (a memory plan picks
+        the tile for its budget; `longcat_jax.memory.plan`)."""
+        return cls(tile_height=tile, tile_width=tile, stride_height=tile - overlap, stride_width=tile - overlap,
+                   auto_above_pixels=0)
+
     def use_tiling(self, tiling: bool | None, height: int, width: int) -> bool:
         """Explicit True/False wins; None tiles when the video frame has more than `auto_above_pixels` pixels."""
         if tiling is None:

@@ -1,0 +1,13 @@
+"""`python -m longcat_jax.app`: a web app (Gradio) that keeps LongCat-Video loaded and serves every task of the CLI.
+
+    engine      the job queue and the warm models: one GPU job at a time, cancel, progress, results
+    models      the pipeline loaded once (reloaded only when the quantization changes) and the user's LoRAs
+    progress    a job's progress: the stage running, its denoising step, and the cancel check between steps
+    jobs        a job's state and what the page shows of it
+    form        the page's fields as a `RunRequest` (the CLI's flags), uploads checked
+    provenance  the sidecar JSON of a result: the settings, the plans of its stages, versions and timings
+    ui          the Gradio page (the only module that imports gradio, and only when the app starts)
+
+The engine runs the CLI's task registry (`longcat_jax.pipelines.tasks`): `plan_run` checks a request before it is
+queued (the CLI's messages, shown in the page), and each task's `run` runs it on the pipeline kept warm.
+"""

@@ -1,0 +1,112 @@
+"""`python -m longcat_jax.app`: the web app. It loads the models once, then serves every task of the CLI.
+
+    python -m longcat_jax.app                                    # built-in tiny model (random weights), CPU or GPU
+    python -m longcat_jax.app --model-path LongCat-Video --quantize int8 --port 7860
+
+It binds to 127.0.0.1 (this machine only) unless `--host` says otherwise, and makes no network call: Gradio's
+analytics are off, and every file it serves (results, uploads) lies in `--output-dir`. Gradio is an optional
+extra (`pip install -e '.[app]'`); nothing else in longcat_jax imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+from longcat_jax.app.engine import AppSettings, Engine
+from longcat_jax.app.form import DEFAULT_MAX_UPLOAD_MB
+from longcat_jax.compilation_cache import enable_compilation_cache
+from longcat_jax.errors import LongCatError
+from longcat_jax.pipelines.tasks import DTYPES
+from longcat_jax.quantization import MODES as QUANTIZE_MODES
+
+logger = logging.getLogger("longcat_jax.app")
+
+MISSING_GRADIO = ("the app needs Gradio, an optional extra of longcat-jax: pip install -e '.[app]' "
+                  "(or pip install 'gradio>=5,<7')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m longcat_jax.app",
+        description="A web app for LongCat-Video (JAX): every task of the CLI from a browser, the models kept loaded. "
+        "Without --model-path: the tiny built-in model with random weights.",
+    )
+    add = parser.add_argument
+    add("--model-path", type=Path,
+        help="checkpoint folder (original download or `python -m convert` output), or a Hugging Face hub id, as the CLI")
+    add("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    add("--port", type=int, default=7860)
+    add("--output-dir", type=Path, default=Path("outputs/app"), help="results, their provenance and uploads")
+    add("--dtype", choices=tuple(DTYPES), help="default bfloat16 (float32 for the built-in model)")
+    add("--quantize", choices=QUANTIZE_MODES, default="none", help="DiT weights loaded at start (the page may change it)")
+    add("--context-parallel", type=int, metavar="N", help="split each video's tokens over N devices (default: all)")
+    add("--fsdp", action="store_true", help="with several devices: store the DiT and text encoder split over them")
+    add("--compilation-cache", metavar="DIR|none",
+        help="keep compiled programs in DIR so a restart skips compiling (default as the CLI's); none: off")
+    add("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest image or video upload")
+    return parser
+
+
+def _setup_logging() -> None:
+    """INFO to stderr with times, as the CLI logs. Libraries may have set up the root logger already (absl does,
+    on import of orbax): its plain console handlers get our format rather than a second handler."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig()
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in root.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setFormatter(formatter)
+    root.setLevel(logging.INFO)
+    for noisy in ("jax", "httpx", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    if importlib.util.find_spec("gradio") is None:
+        logger.error("%s", MISSING_GRADIO)
+        return 2
+    output_dir = args.output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(output_dir / ".gradio"))  # uploads and served copies stay here
+    settings = AppSettings(model_path=args.model_path, output_dir=output_dir, dtype=args.dtype, quantize=args.quantize,
+                           context_parallel=args.context_parallel, fsdp=args.fsdp)
+    engine = Engine(settings)
+    try:
+        enable_compilation_cache(args.compilation_cache)  # before anything compiles
+        print(engine.warm_up().summary(), file=sys.stderr)
+    except LongCatError as err:
+        logger.error("%s", err)
+        return 2
+    engine.start()
+
+    from longcat_jax.app.ui import build_app  # gradio is imported here, after the check above
+
+    app = build_app(engine, max_upload_mb=args.max_upload_mb)
+    app.queue()
+    logger.info("Serving on http://%s:%d (results in %s)", args.host, args.port, output_dir)
+    if args.host in ("127.0.0.1", "localhost"):
+        logger.info("Only this machine can reach it. From another machine: ssh -L %d:127.0.0.1:%d THIS_HOST, then "
+                    "open http://127.0.0.1:%d there; or start with --host 0.0.0.0 to serve every network interface "
+                    "(anyone who reaches the port can run jobs on this machine)", args.port, args.port, args.port)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(output_dir)],
+                   max_file_size=f"{args.max_upload_mb:g}mb", ssr_mode=False, show_error=False)
+    except OSError as err:
+        logger.error("cannot serve on %s:%d (%s); pick another --port", args.host, args.port, err)
+        return 2
+    finally:
+        engine.stop(timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The models the app keeps loaded: one `LongCatPipeline`, loaded once and reused by every job.
+
+A job changes only what a run may change on a loaded pipeline: its stats, its LoRAs (`user_loras`, read from disk
+once per file and kept) and the stage settings the tasks set themselves (`use_dit`). Its weight format can not be
+changed in place: a job that asks for another `--quantize` mode (or dtype) reloads the pipeline, which takes as
+long as the first load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from pathlib import Path
+
+from longcat_jax.models.dit import LoRA, load_lora
+from longcat_jax.models.dit.lora import parse_lora_spec
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.stats import RunStats
+from longcat_jax.pipelines.tasks import DTYPES, RunPlan
+from longcat_jax.sharding import make_mesh, shard_pipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadSetting:
+    """What a loaded pipeline's weights are: dtype name and `--quantize` mode; another one means a reload."""
+
+    dtype: str
+    quantize: str
+
+    @classmethod
+    def of(cls, plan: RunPlan) -> LoadSetting:
+        """The request's dtype (default as the CLI's: float32 for the built-in model, else bfloat16) and mode."""
+        request = plan.setup.request
+        dtype = request.dtype or ("float32" if request.model_path is None else "bfloat16")
+        return cls(dtype, request.quantize)
+
+    def describe(self) -> str:
+        return f"{self.dtype}, quantization {self.quantize}"
+
+
+class WarmModels:
+    """The pipeline of one checkpoint (`model_path` None: the built-in model), loaded on first use.
+
+    `loads` counts the loads, so a caller (and the tests) can see that a second job reused the models."""
+
+    def __init__(self, model_path: Path | str | None):
+        self.model_path = model_path  # as given; each plan holds it resolved (a hub id -> its local folder)
+        self.pipeline: LongCatPipeline | None = None
+        self.setting: LoadSetting | None = None
+        self.loads = 0
+        self._loras: dict[tuple[Path, int], LoRA] = {}  # (file, its mtime) -> the LoRA read from it
+        self._scaled: dict[tuple[Path, int, float], LoRA] = {}
+
+    def for_plan(self, plan: RunPlan, stats: RunStats) -> LongCatPipeline:
+        """The pipeline for a checked plan, loaded (in a `load models` stage of `stats`) unless it is already in the
+        plan's weight format; its stats are `stats` and its LoRAs the request's."""
+        wanted = LoadSetting.of(plan)
+        if self.pipeline is None or wanted != self.setting:
+            if self.pipeline is not None:
+                logger.info("Reloading the models: %s asked, %s loaded", wanted.describe(), self.setting.describe())
+                self.pipeline = None
+                gc.collect()  # the old weights go before the new ones arrive
+            with stats.stage("load models"):
+                self.pipeline = self._load(plan, wanted)
+            self.setting = wanted
+            self.loads += 1
+        pipe = self.pipeline
+        pipe.stats = stats
+        pipe.user_loras = [self._lora(spec) for spec in plan.setup.request.lora]
+        return pipe
+
+    def _load(self, plan: RunPlan, setting: LoadSetting) -> LongCatPipeline:
+        request = plan.setup.request
+        dtype = DTYPES[setting.dtype]
+        logger.info("Loading %s (%s)", request.model_path or "the built-in model", setting.describe())
+        if request.model_path is None:
+            pipe = LongCatPipeline.builtin(dtype=dtype, quantize=setting.quantize)
+        else:  # the plan's path: a hub id resolved to its local folder
+            pipe = LongCatPipeline.from_pretrained(request.model_path, dtype=dtype, dit_config=plan.setup.context.dit_config,
+                                                   quantize=setting.quantize)
+        shard_pipeline(pipe, make_mesh(request.context_parallel), fsdp=request.fsdp)
+        return pipe
+
+    def _lora(self, spec: str) -> LoRA:
+        """A `PATH[:MULTIPLIER]` LoRA: its file read once, one object per multiplier (so the DiT keeps its setting
+        and its compiled step while the same LoRAs come back); a file written again is read again."""
+        path, multiplier = parse_lora_spec(spec)
+        path = path.resolve()
+        file = (path, path.stat().st_mtime_ns)
+        if file not in self._loras:
+            self._loras[file] = load_lora(path)
+        key = (*file, multiplier)
+        if key not in self._scaled:
+            self._scaled[key] = self._loras[file].with_multiplier(multiplier)
+        return self._scaled[key]
+
+    def forget_prompts(self) -> None:
+        """Drops the prompt embeddings the finished job cached on the pipeline (device memory; a long-running app
+        would otherwise keep every prompt ever asked). LongCatPipeline has no public call for it yet."""
+        if self.pipeline is not None:
+            self.pipeline._texts.clear()

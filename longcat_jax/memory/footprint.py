@@ -1,0 +1,229 @@
+"""Device-memory estimates of each model's weights and of the activations of one call, from the configs and the
+token counts alone (nothing is loaded or compiled), for the plan to decide placements with.
+
+Weights are counted exactly from the architecture (a test checks the counts against the built modules); the VAE's,
+whose layer plan is long, from its abstract module (built once per config, allocating nothing).
+
+Activations are estimates. The DiT's counts the buffers alive at the peak of a block (the residual stream, then the
+largest of the self-attention, cross-attention and FFN phases, the last two per chunk of tokens when the blocks run
+chunked) plus the attention's own temporaries (XLA's dense attention on the CPU keeps [B, H, Sq, Sk] float32 scores;
+cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32). The
+counts were checked against XLA's buffer assignment of one block at 168,960 tokens with BSA 0.9375, bf16, on an
+H200 (jax 0.11.2, `benchmarks/memory_budget.py`, 2026-12-03): 13.86 GiB of temporaries with all tokens at once
+(these counts: 14.6 GiB, the FFN phase), 11.81 GiB with 32,768-token chunks (12.4 GiB, the self-attention phase);
+the whole resident step peaked 17.4 GiB above its weights (these counts: 18.6 GiB). The GEMMs' float32 results
+are not kept (XLA writes the rounded result), except the output projections', whose bias is added in float32, and
+every one of them when LoRAs run (their updates are added in float32 before the one rounding): the pipeline's
+refinement step with its LoRA peaked 50.6 GiB on an H100 (BENCHMARKS.md), these counts give 50.9 GiB.
+The VAE's is per pixel of a frame (or of a tile), from measured peaks. Each constant below says where it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from kernels import BSAParams
+from longcat_jax.models.dit.block import frame_group
+from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.text_encoder.config import UMT5Config
+from longcat_jax.models.vae.config import VAEConfig
+from longcat_jax.quantization import QUANTIZED_BLOCK_LINEARS, scheme_for
+
+# Bytes of float32.
+F32 = 4
+# VAE decode, bytes per pixel of the frame (or of the tile) decoded at once, bf16 at the released width (base_dim
+# 96): the peak of `benchmarks/vae.py` on an H100 (BENCHMARKS.md: 4.21 GiB at 480x832x93, untiled, batch 1) less
+# the weights and the decoded video, over 480 x 832 pixels (the 704x1280 run gives 8% less per pixel). Scaled by
+# the width and the activation dtype for other configs. The encoder mirrors the decoder's widths at each
+# resolution; its peak was not measured and is taken as the same per pixel.
+VAE_BYTES_PER_PIXEL = 9216
+VAE_MEASURED_BASE_DIM = 96
+# Copies of the decoded video alive at once (the decoder's output, the clamped one and its layout change).
+VAE_OUTPUT_COPIES = 3
+# float32 copies of the latents [B, C, T, h, w] in a denoising step (latents, the DiT input, its prediction, the
+# update).
+LATENT_COPIES = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTWeights:
+    """Bytes of the DiT's weights: one block, the layers outside the blocks, and the block count."""
+
+    block: int
+    ends: int
+    depth: int
+
+    @property
+    def total(self) -> int:
+        return self.ends + self.depth * self.block
+
+
+def _linear_bytes(in_features: int, out_features: int, bias: bool, param_bytes: int, quantized) -> int:
+    """A Linear's weights: kernel (+ bias), or a quantized kernel with per-output-channel float32 scales."""
+    bias_bytes = out_features * param_bytes if bias else 0
+    if quantized is None:
+        return in_features * out_features * param_bytes + bias_bytes
+    return in_features * out_features * np.dtype(quantized.weight.dtype).itemsize + out_features * F32 + bias_bytes
+
+
+def dit_weights(config: DiTConfig, dtype=jnp.bfloat16, quantize: str | None = None) -> DiTWeights:
+    """The DiT's weight bytes with parameters in `dtype` and the block Linears of `quantize` (a
+    `longcat_jax.quantization` mode; None or 'none': unquantized)."""
+    p = np.dtype(dtype).itemsize
+    scheme = scheme_for(quantize)
+    c, ct, heads_dim, ffn = config.hidden_size, config.adaln_tembed_dim, config.head_dim, config.ffn_hidden_size
+    linears = {  # module path in a block -> (in, out, bias)
+        ("attn", "qkv"): (c, 3 * c, True),
+        ("attn", "proj"): (c, c, True),
+        ("cross_attn", "q"): (c, c, True),
+        ("cross_attn", "kv"): (c, 2 * c, True),
+        ("cross_attn", "proj"): (c, c, True),
+        ("ffn", "w1"): (c, ffn, False),
+        ("ffn", "w2"): (ffn, c, False),
+        ("ffn", "w3"): (c, ffn, False),
+        ("adaln",): (ct, 6 * c, True),
+    }
+    block = sum(_linear_bytes(i, o, b, p, scheme if path in QUANTIZED_BLOCK_LINEARS else None)
+                for path, (i, o, b) in linears.items())
+    block += (2 * c + 4 * heads_dim) * p  # cross_norm scale and bias; q/k RMSNorm scales of both attentions
+    patch = math.prod(config.patch_size)
+    ends = (patch * config.in_channels * c + c  # patch embedding
+            + config.frequency_embedding_size * ct + ct + ct * ct + ct  # timestep embedder
+            + config.caption_channels * c + c + c * c + c  # caption embedder
+            + ct * 2 * c + 2 * c + c * patch * config.out_channels + patch * config.out_channels) * p  # final layer
+    return DiTWeights(block, ends, config.depth)
+
+
+def text_encoder_weights(config: UMT5Config, dtype=jnp.bfloat16) -> int:
+    """The UMT5 encoder's weight bytes: embedding, per layer q/k/v/o, gated FFN, two norms and a position bias."""
+    c, inner, ff = config.d_model, config.inner_dim, config.d_ff
+    layer = 4 * c * inner + 3 * c * ff + 2 * c + config.relative_attention_num_buckets * config.num_heads
+    return (config.vocab_size * c + config.num_layers * layer + c) * np.dtype(dtype).itemsize
+
+
+@functools.lru_cache(maxsize=8)
+def _vae_parameter_count(config: VAEConfig) -> int:
+    from flax import nnx
+
+    from longcat_jax.checkpoint.param_tree import abstract_model
+    from longcat_jax.models.vae.autoencoder import WanVAE
+
+    _, _, shapes = abstract_model(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
+    return sum(math.prod(leaf.shape) for leaf in shapes.values())
+
+
+def vae_weights(config: VAEConfig, dtype=jnp.bfloat16) -> int:
+    """The VAE's weight bytes (its abstract module's parameter count; built once per config)."""
+    return _vae_parameter_count(config) * np.dtype(dtype).itemsize
+
+
+def text_encoder_activations(config: UMT5Config, prompts: int, length: int) -> int:
+    """Peak activation bytes of encoding `prompts` prompts of `length` tokens: the float32 residual stream and one
+    layer's FFN and attention temporaries (scores [B, H, L, L] float32, with the position bias)."""
+    tokens = prompts * length
+    stream = 3 * tokens * config.d_model * F32
+    ffn = 3 * tokens * config.d_ff * F32
+    attention = 2 * prompts * config.num_heads * length * length * F32 + config.num_heads * length * length * F32
+    return stream + max(ffn, attention)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTCall:
+    """The shape of one DiT forward: `batch` videos of a `grid` (T, H, W) of tokens, `text_len` text tokens,
+    `cond_tokens` cached condition tokens per video (a KV cache), the self attention's BSA (None: dense), whether it
+    returns its keys and values (caching a condition), and whether LoRAs run with it (`lora`)."""
+
+    batch: int
+    grid: tuple[int, int, int]
+    text_len: int
+    bsa: BSAParams | None = None
+    cond_tokens: int = 0
+    return_kv: bool = False
+    lora: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return math.prod(self.grid)
+
+
+def dense_attention_is_fused(platform: str, act_bytes: int, head_dim: int) -> bool:
+    """Whether dense attention runs fused (cuDNN flash attention: no score matrix kept), as
+    `longcat_jax.models.dit.attention.dense_attention` decides: on a GPU, 16-bit, head_dim <= 128 and % 8 == 0."""
+    return platform == "gpu" and act_bytes == 2 and head_dim <= 128 and head_dim % 8 == 0
+
+
+def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_tokens: int | None,
+                    platform: str) -> int:
+    """Estimated peak bytes of one DiT forward's activations (weights excluded), with the blocks' cross attention
+    and FFN over `chunk_tokens`-token frame groups (None: all tokens) on `platform` ('gpu' or 'cpu')."""
+    b, n = call.batch, call.tokens
+    c, f, heads = config.hidden_size, config.ffn_hidden_size, config.num_heads
+    a = act_bytes
+    frames = call.grid[0]
+    chunk = frame_group(frames, n // frames, chunk_tokens) * (n // frames)
+    keys = n + call.cond_tokens
+    fused = dense_attention_is_fused(platform, a, config.head_dim)
+    # Per token of the residual stream: the block's input and output.
+    stream = 2 * a * c
+    lora = F32 if call.lora else 0  # bytes per output feature of a GEMM's float32 result, kept with LoRAs
+    # Self attention, projecting: the modulated input and qkv; attending: roped q, k, v, their chunk-ordered copies
+    # for BSA (the CPU reference keeps float32 ones), the output and the output projection's float32 result.
+    reorder = 0 if call.bsa is None else (3 * a * c if platform == "gpu" else 3 * F32 * c)
+    self_attention = max(a * c + 3 * a * c + 3 * lora * c, 3 * a * c + reorder + a * c + F32 * c)
+    # Cross attention: normed tokens, q, attention output, projection (bf16 and float32).
+    cross = 4 * a * c + F32 * c + lora * c
+    # FFN: modulated input, w1 and w3 outputs and their product, the output's float32 sum with the residual.
+    ffn = a * c + 3 * a * f + F32 * c + lora * f
+    peak = b * n * stream + max(b * n * self_attention, b * chunk * cross, b * chunk * ffn)
+    if call.cond_tokens:
+        peak += 2 * b * call.cond_tokens * c * a * 2  # the cache broadcast to the batch and joined to the new keys
+    if call.bsa is not None and frames > 1:
+        blocks_q, blocks_k = n // call.bsa.chunk_size_q, keys // call.bsa.chunk_size_k
+        peak += 2 * b * heads * blocks_q * blocks_k * F32  # block scores and their softmax / selection
+    elif not fused:
+        peak += 2 * b * heads * n * keys * F32  # XLA's dense attention: scores and probabilities
+    if not fused:
+        peak += 2 * b * heads * chunk * call.text_len * F32  # cross attention's scores
+    text = 3 * b * call.text_len * c * a
+    latents = LATENT_COPIES * b * n * math.prod(config.patch_size) * config.in_channels * F32
+    kv_out = 2 * config.depth * b * n * c * a if call.return_kv else 0
+    return peak + text + latents + kv_out
+
+
+def dit_cache_bytes(config: DiTConfig, cond_tokens: int, act_bytes: int) -> int:
+    """A KV cache of `cond_tokens` tokens of one video: k and v of every block (kept through the stage)."""
+    return 2 * config.depth * cond_tokens * config.hidden_size * act_bytes
+
+
+def vae_activations(config: VAEConfig, *, frames: int, height: int, width: int, act_bytes: int,
+                    tile: int | None, encode: bool = False) -> int:
+    """Estimated peak bytes of decoding (or encoding) a `frames` x `height` x `width` video, whole frames at once
+    (`tile` None) or in `tile` x `tile` pixel tiles: activations per pixel at once, and the whole video."""
+    width_scale = config.decoder_dim / VAE_MEASURED_BASE_DIM if not encode else config.base_dim / VAE_MEASURED_BASE_DIM
+    per_pixel = VAE_BYTES_PER_PIXEL * width_scale * act_bytes / 2
+    at_once = height * width if tile is None else min(tile, height) * min(tile, width)
+    video = frames * height * width * config.out_channels * act_bytes
+    # Tiled: the previous row of decoded tiles is kept for blending.
+    rows = 0 if tile is None else frames * min(tile, height) * width * config.out_channels * act_bytes
+    latents = frames // config.scale_factor_temporal + 1
+    latent_bytes = 2 * latents * (height // 8) * (width // 8) * config.z_dim * F32
+    return int(per_pixel * at_once) + VAE_OUTPUT_COPIES * video + rows + latent_bytes
+
+
+def dit_flops(config: DiTConfig, call: DiTCall) -> float:
+    """Floating-point operations of one DiT forward: the block matmuls on every token, self attention (the BSA
+    density of top-k selection; CDF selection counted dense) and cross attention."""
+    b, n = call.batch, call.tokens
+    c, f = config.hidden_size, config.ffn_hidden_size
+    per_token = 2 * (3 * c * c + c * c + c * c + c * c + 3 * c * f)  # qkv, proj, cross q and proj, FFN
+    keys = n + call.cond_tokens
+    density = 1.0
+    if call.bsa is not None and call.grid[0] > 1 and call.bsa.cdf_threshold is None:
+        density = max(1.0 - call.bsa.sparsity, call.bsa.chunk_size_k / keys)
+    attention = 4 * n * keys * c * density + 4 * n * call.text_len * c
+    return config.depth * b * (n * per_token + attention)

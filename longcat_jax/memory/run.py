@@ -1,0 +1,107 @@
+"""The memory plan of a CLI run, made in `plan_run` before any model loads, and of a pipeline made without one.
+
+    plan = plan_run_memory(request, stages, context)      # a RunRequest, the task's TaskStages, its PlanContext
+    plan = pipeline_memory_plan(root, "24GiB", dtype=jnp.bfloat16)   # from_pretrained(max_device_memory=...)
+
+Both read only config files (and LoRA file sizes); a run that cannot fit is refused here
+(`plan.MemoryBudgetError`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from longcat_jax.checkpoint.layout import DISTILL_LORA, REFINE_LORA, TEXT_ENCODER, VAE, lora_path
+from longcat_jax.errors import ConfigError
+from longcat_jax.memory.plan import Budget, MemoryPlan, Models, budget_for, plan_memory
+from longcat_jax.memory.workloads import released_pipeline_work, run_work
+from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.dit.lora import parse_lora_spec
+from longcat_jax.models.text_encoder.config import UMT5Config
+from longcat_jax.models.vae.config import VAEConfig
+from longcat_jax.presets import TINY_DIT_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONFIG
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+def _path_bytes(path: Path) -> int:
+    """Bytes of a file, or of the files under a folder (a converted LoRA)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def checkpoint_models(root: Path, dit_config: DiTConfig, *, dtype, quantize: str | None,
+                      loras: Sequence[Path] = ()) -> Models:
+    """What the plan needs of a checkpoint folder: its text encoder's and VAE's configs (read here) and the bytes
+    of the LoRAs the run applies (their file sizes)."""
+    text = UMT5Config.from_json(root / TEXT_ENCODER)
+    vae = VAEConfig.from_json(root / VAE / "config.json")
+    lora_bytes = sum(_path_bytes(Path(p)) for p in loras)
+    return Models(dit_config, text, vae, dtype, dtype, dtype, quantize, lora_bytes, dit_loads_after_text=True)
+
+
+def builtin_models(*, dtype, quantize: str | None) -> Models:
+    """The built-in tiny model's (its text encoder and VAE are float32; every model is made at once)."""
+    return Models(TINY_DIT_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, dtype, jnp.float32, jnp.float32, quantize,
+                  dit_loads_after_text=False)
+
+
+def _device_count(context_parallel: int | None) -> int:
+    from longcat_jax.sharding import make_mesh
+
+    return make_mesh(context_parallel).size
+
+
+def plan_run_memory(request, stages, context) -> MemoryPlan:
+    """The plan of a CLI run: `request` a `RunRequest` (its model_path, dtype, quantize, distill, lora,
+    max_device_memory, context_parallel and fsdp are read), `stages` its task's `TaskStages`, `context` the
+    `PlanContext`. Logs the plan; refuses what cannot fit the budget (or the device without one)."""
+    builtin = request.model_path is None
+    dtype = DTYPES[request.dtype] if request.dtype else (jnp.float32 if builtin else jnp.bfloat16)
+    if builtin:
+        models = builtin_models(dtype=dtype, quantize=request.quantize)
+    else:
+        root = Path(request.model_path)
+        named = ([DISTILL_LORA] if request.distill else []) + ([REFINE_LORA] if stages.refinement is not None else [])
+        loras = [p for name in named if (p := lora_path(root, name)) is not None]
+        loras += [parse_lora_spec(spec)[0] for spec in request.lora]
+        models = checkpoint_models(root, context.dit_config, dtype=dtype, quantize=request.quantize, loras=loras)
+    guided = any(getattr(getattr(plan, "sampling", None), "guided", False)
+                 for plan in _stage_plans(stages.generation))
+    work = run_work(stages, prompts=2 if guided else 1, text_length=context.defaults.max_sequence_length,
+                    loras=bool(request.lora))
+    devices = _device_count(request.context_parallel)
+    if devices > 1 and request.max_device_memory is not None:
+        raise ConfigError(f"--max-device-memory plans one device; this run splits over {devices} devices "
+                          "(--context-parallel); add --context-parallel 1, or leave --max-device-memory out")
+    plan = plan_memory(work, models, budget_for(request.max_device_memory), devices=devices, fsdp=request.fsdp)
+    plan.log()
+    return plan
+
+
+def _stage_plans(plan) -> list:
+    """A generation plan and the plans inside it (a long video's first clip and segment)."""
+    if plan is None:
+        return []
+    inner = [getattr(plan, name) for name in ("first", "segment") if hasattr(plan, name)]
+    return [plan, *inner]
+
+
+def pipeline_memory_plan(root: Path, max_device_memory: str | int | None, *, dit_config: DiTConfig, dtype,
+                         quantize: str | None, budget: Budget | None = None) -> MemoryPlan:
+    """The plan of a pipeline loaded without a run to plan for: the released pipeline's largest stages (480p t2v
+    with guidance, its 720p refinement with the frames doubled, their VAE passes) within `max_device_memory`
+    (None: the device's memory). Tasks of other sizes run with its placements."""
+    models = checkpoint_models(root, dit_config, dtype=dtype, quantize=quantize,
+                               loras=[p for name in (DISTILL_LORA, REFINE_LORA) if (p := lora_path(root, name))])
+    bsa = dit_config.bsa_params
+    plan = plan_memory(released_pipeline_work(bsa=bsa), models, budget or budget_for(max_device_memory))
+    plan.log()
+    return plan

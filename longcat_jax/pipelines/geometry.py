@@ -1,0 +1,33 @@
+"""Token geometry: how a video's pixel size and frame count map to the DiT's (T, H, W) token grid, and the
+resolution bucket of a frame at the pipeline's scale."""
+
+from __future__ import annotations
+
+from longcat_jax.pipelines.buckets import GENERATION_SIDE_MULTIPLE, nearest_bucket
+from longcat_jax.presets import PipelineDefaults
+
+LATENT_PATCH = 16  # pixels per DiT token side: VAE 8x times patch 2
+
+
+def token_grid(latent_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """(T, H, W) tokens of the DiT for `latent_frames` latent frames of a height x width video."""
+    return latent_frames, height // LATENT_PATCH, width // LATENT_PATCH
+
+
+def bucket_for(
+    height: int,
+    width: int,
+    defaults: PipelineDefaults,
+    resolution: str = "480p",
+    side_multiple: int = GENERATION_SIDE_MULTIPLE,
+) -> tuple[int, int]:
+    """The bucket for a frame of this size: the original's tables, scaled by `defaults.size_scale` (the small
+    built-in model works at 1/4 of the real sizes), sides kept multiples of `side_multiple`."""
+    bucket_h, bucket_w = nearest_bucket(height, width, resolution, side_multiple)
+    scale = defaults.size_scale
+    if scale == 1.0:
+        return bucket_h, bucket_w
+    return (
+        max(side_multiple, round(bucket_h * scale / side_multiple) * side_multiple),
+        max(side_multiple, round(bucket_w * scale / side_multiple) * side_multiple),
+    )

@@ -1,0 +1,236 @@
+"""The task registry: one table of LongCat-Video's tasks, and a CLI request planned and run through it.
+
+Each task names the input flags it reads and needs, its defaults, and its plan and run functions (in its module):
+`plan` checks everything that needs no model and returns the stages' plans; `run` runs them on a loaded pipeline.
+`plan_run` makes the checks every task shares from the table (flags a task does not read, missing inputs, numbers,
+checkpoint parts, LoRA files, the `--bsa-config` file) before calling the task's `plan`, so a mistake costs seconds,
+not a model load; `run_plan` loads the models and runs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from longcat_jax.bsa_config import read_bsa_config
+from longcat_jax.checkpoint.hub import resolve_model_path
+from longcat_jax.checkpoint.layout import DISTILL_LORA, DIT, REFINE_LORA, check_checkpoint
+from longcat_jax.errors import InputError
+from longcat_jax.memory.plan import MemoryPlan
+from longcat_jax.memory.run import plan_run_memory
+from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.dit.lora import parse_lora_spec
+from longcat_jax.output_path import check_output_path, check_output_space, human_bytes
+from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v
+from longcat_jax.pipelines.bsa import STAGE_DEFAULT
+from longcat_jax.pipelines.options import GeneratedVideo, GenerationOptions, PlanContext, RefineOptions, Sampling
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.request import (
+    REFINE_SEED_OFFSET,
+    RunRequest,
+    RunSetup,
+    TaskStages,
+    check_request_numbers,
+    read_inputs,
+)
+from longcat_jax.pipelines.stats import RunStats
+from longcat_jax.presets import RELEASED_DEFAULTS, TINY_DEFAULTS, TINY_DIT_CONFIG
+from longcat_jax.quantization import check_quantize_supported
+from longcat_jax.sharding import make_mesh, shard_pipeline
+
+DEFAULT_PROMPT = "A cat walks slowly across a sunny kitchen floor and stops to look at the camera."
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+INPUT_FLAGS = {"image": "--image", "video": "--video", "refine_from": "--refine-from"}  # RunRequest field -> flag
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of the CLI (`--task NAME`).
+
+    reads: the input fields (`INPUT_FLAGS`) it reads; requires: those it cannot run without, each with the words
+    that say what it is; one_of: inputs of which at most one may be given; generates: whether it makes a video
+    (False: it refines a given one, so `--refine` does not apply); default_prompt: when --prompt is not given;
+    refine_prompt: the refinement's prompt (None: the run's prompt).
+    """
+
+    name: str
+    reads: tuple[str, ...]
+    requires: Mapping[str, str]
+    plan: Callable[[RunSetup], TaskStages]
+    run: Callable[[LongCatPipeline, RunSetup, TaskStages], GeneratedVideo]
+    one_of: tuple[str, ...] = ()
+    generates: bool = True
+    default_prompt: str = DEFAULT_PROMPT
+    refine_prompt: str | None = None
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        Task("t2v", reads=(), requires={}, plan=t2v.plan_task, run=t2v.run_task),
+        Task("i2v", reads=("image",), requires={"image": "PATH (the first frame)"}, plan=i2v.plan_task, run=i2v.run_task),
+        Task("continuation", reads=("video",), requires={"video": "PATH (the video to continue)"},
+             plan=continuation.plan_task, run=continuation.run_task),
+        Task("long", reads=(), requires={}, plan=long_video.plan_task, run=long_video.run_task, refine_prompt=""),
+        Task("refine", reads=("refine_from", "image", "video"), requires={"refine_from": "VIDEO (the stage-1 video to refine)"},
+             plan=refine.plan_task, run=refine.run_task, one_of=("image", "video"), generates=False, default_prompt=""),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A checked run: the task, its setup, the stages its planner made, and where the video goes."""
+
+    task: Task
+    setup: RunSetup
+    stages: TaskStages
+    output_path: Path
+    memory: MemoryPlan | None = None  # where each model runs, within --max-device-memory or the device
+
+
+def task_of(request: RunRequest) -> Task:
+    """--task, or refine when --refine-from is given, else t2v."""
+    return TASKS[request.task or ("refine" if request.refine_from is not None else "t2v")]
+
+
+def plan_run(request: RunRequest) -> RunPlan:
+    """Every check that needs no model: flags against the task table, numbers, the output path, device count, LoRA
+    files, the BSA config, the input files, then the checkpoint (a hub id is downloaded or found in the hub cache
+    here, after the cheap checks, and replaced by its local folder) and its parts, then the task's own plan (sizes,
+    frames, BSA chunks) and the output's size against memory and free space."""
+    task = task_of(request)
+    _check_flags(request, task)
+    output = check_output_path(_output_path(request, task), request.output_format)  # before any download or load
+    make_mesh(request.context_parallel)  # refuses a device count that does not fit, before any model is loaded
+    check_quantize_supported(request.quantize)  # FP8 compute on a GPU without it: refused, naming int8
+    logger.info("DiT quantization: %s", request.quantize)
+    refines = request.refine or not task.generates
+    for spec in request.lora:
+        parse_lora_spec(spec)
+    generation, refinement = _stage_options(request, refines)
+    inputs = read_inputs(request)
+    if request.model_path is not None:
+        request = dataclasses.replace(request, model_path=resolve_model_path(request.model_path))
+    context = _plan_context(request, refines)
+    prompt = request.prompt if request.prompt is not None else task.default_prompt
+    setup = RunSetup(request, prompt, task.refine_prompt if task.refine_prompt is not None else prompt,
+                     inputs, context, generation, refinement)
+    stages = task.plan(setup)
+    _check_output_size(output, request.output_format, stages.output_shape)
+    return RunPlan(task, setup, stages, output, plan_run_memory(request, stages, context))
+
+
+def run_plan(plan: RunPlan) -> tuple[np.ndarray, float, RunStats]:
+    """Loads the models and runs the planned stages; returns (frames, fps, stats)."""
+    request, setup = plan.setup.request, plan.setup
+    stats = RunStats()
+    dtype = DTYPES[request.dtype] if request.dtype else (jnp.float32 if request.model_path is None else jnp.bfloat16)
+    stats.notes.append(f"DiT quantization: {request.quantize}")
+    with stats.stage("load models"):
+        if request.model_path is None:
+            pipe = LongCatPipeline.builtin(dtype=dtype, loras=request.lora, quantize=request.quantize,
+                                           memory_plan=plan.memory)
+        else:
+            pipe = LongCatPipeline.from_pretrained(request.model_path, dtype=dtype, loras=request.lora,
+                                                   dit_config=setup.context.dit_config, quantize=request.quantize,
+                                                   memory_plan=plan.memory)
+        shard_pipeline(pipe, make_mesh(request.context_parallel), fsdp=request.fsdp)
+    pipe.stats = stats
+    _encode_prompts(pipe, plan)
+    video = plan.task.run(pipe, setup, plan.stages)
+    return video.frames, request.fps or video.fps, stats
+
+
+def _check_flags(request: RunRequest, task: Task) -> None:
+    """The checks every task shares, read from the table."""
+    if request.refine and not task.generates:
+        raise InputError(f"--refine runs stage 2 after a generation task; --task {task.name} is stage 2 alone")
+    # Inputs a task does not read would be ignored without a word; refuse them instead.
+    for field, flag in INPUT_FLAGS.items():
+        if getattr(request, field) is not None and field not in task.reads:
+            readers = [name for name, other in TASKS.items() if field in other.reads]
+            hint = "; --refine refines the generated video" if field == "refine_from" else ""
+            raise InputError(f"{flag} is read by --task {' or '.join(readers)}, not by --task {task.name}{hint}")
+    for field, what in task.requires.items():
+        if getattr(request, field) is None:
+            raise InputError(f"--task {task.name} needs {INPUT_FLAGS[field]} {what}")
+    given = [INPUT_FLAGS[field] for field in task.one_of if getattr(request, field) is not None]
+    if len(given) > 1:
+        raise InputError(f"--task {task.name} takes one condition: {' or '.join(given)}, not both")
+    check_request_numbers(request)
+    if request.refine_height is not None:
+        if task.generates and not request.refine:
+            raise InputError("--refine-height/--refine-width set the refinement's size; add --refine")
+        if not task.generates and (request.height or request.width):
+            raise InputError(f"--task {task.name} takes its size from --height/--width or from "
+                             "--refine-height/--refine-width; give one pair")
+
+
+def _plan_context(request: RunRequest, refines: bool) -> PlanContext:
+    """The run's defaults and DiT config: the built-in model's, or the checkpoint's (its parts checked, its
+    `dit/config.json` read here, once per run)."""
+    if request.model_path is None:
+        return PlanContext(TINY_DEFAULTS, TINY_DIT_CONFIG)
+    loras = ([DISTILL_LORA] if request.distill else []) + ([REFINE_LORA] if refines else [])
+    root = check_checkpoint(request.model_path, loras=loras)
+    return PlanContext(RELEASED_DEFAULTS, DiTConfig.from_json(root / DIT / "config.json"))
+
+
+def _stage_options(request: RunRequest, refines: bool) -> tuple[GenerationOptions, RefineOptions | None]:
+    """The options of the generation and refinement stages. `--bsa-config` applies to the refinement when the run
+    has one (the generation then keeps the checkpoint's BSA, off in the released model), else to the generation."""
+    bsa_file = read_bsa_config(request.bsa_config) if request.bsa_config is not None else STAGE_DEFAULT
+    generation = GenerationOptions(
+        negative_prompt=request.negative_prompt, height=request.height, width=request.width,
+        num_frames=request.num_frames, num_cond_frames=request.num_cond_frames,
+        num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+        distill=request.distill, seed=request.seed, resolution=request.resolution,
+        bsa=STAGE_DEFAULT if refines else bsa_file,
+    )
+    if not refines:
+        return generation, None
+    size = (request.refine_height, request.refine_width) if request.refine_height is not None else None
+    refinement = RefineOptions(num_inference_steps=request.refine_inference_steps,
+                               spatial_only=request.spatial_refine_only, seed=request.seed + REFINE_SEED_OFFSET,
+                               size=size, bsa=bsa_file)
+    return generation, refinement
+
+
+def _output_path(request: RunRequest, task: Task) -> Path:
+    """--output-path, or outputs/longcat_<task>[_refined].<format>."""
+    if request.output_path is not None:
+        return request.output_path
+    output = Path("outputs") / f"longcat_{task.name}{'_refined' if request.refine else ''}"
+    return output if request.output_format == "frames" else output.with_suffix(f".{request.output_format}")
+
+
+def _check_output_size(path: Path, output_format: str, shape: tuple[int, int, int]) -> None:
+    """The video of (frames, height, width) `shape`, checked before the run: its frames fit in this machine's
+    memory (they are held there until written) and its file fits in the free space where it goes."""
+    frames, height, width = shape
+    raw = 3 * frames * height * width
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if raw > memory:
+        raise InputError(f"the video would be {frames} frames of {height}x{width}, {human_bytes(raw)} held in memory "
+                         f"until written, and this machine has {human_bytes(memory)}; make fewer frames "
+                         "(--num-frames, --num-segments) or a smaller size")
+    check_output_space(path, output_format, frames, height, width)
+
+
+def _encode_prompts(pipe: LongCatPipeline, plan: RunPlan) -> None:
+    """Encodes every prompt the stages will use, then frees the text encoder's memory for the DiT."""
+    setup = plan.setup
+    if plan.task.generates:
+        pipe.encode_text(setup.prompt, Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt)
+    if setup.refinement is not None:
+        pipe.encode_text(setup.refine_prompt)
+    pipe.release_text_encoder()

@@ -1,0 +1,111 @@
+"""The matmuls of a quantized Linear: FP8 x FP8 GEMM with dynamic activation scales, and weight-only.
+
+How these are written decides what XLA runs (the probe in issue 22: an H200, jax 0.11.2, 168,960 x 4096 x 12288):
+`lax.dot_general` directly on two e4m3 operands, the activations quantized inside the same jitted function
+and the scales applied to the float output afterwards, compiles to cuBLASLt's FP8 GEMM
+(`__cublas$lt$matmul$f8`, 1.71x the bf16 GEMM including the quantization); dequantizing the e4m3 operands
+first and then calling dot compiles to a plain bf16 GEMM. `linear_hlo` returns the compiled program of one
+FP8 Linear so a test can check which one XLA chose.
+
+Shapes: x [..., K] activations; qkernel [N, K] (each output channel a row, contracting dimension minor for
+both operands: the layout cuBLASLt's FP8 GEMM needs, so no transpose is inserted); qscale [N] float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from longcat_jax.quantization.formats import FP8_E4M3, to_format
+from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, PER_TOKEN, QuantScheme
+
+# Activations whose absolute maximum is below this quantize as zeros (their scale is floored here).
+MIN_ACTIVATION_ABSMAX = 1e-12
+
+
+def _contract_last(x: jax.Array):
+    """dot_general dimensions contracting x's last axis with the kernel's axis 1 ([N, K])."""
+    return ((x.ndim - 1,), (1,)), ((), ())
+
+
+def quantize_activations(x: jax.Array, scaling: str = PER_TOKEN) -> tuple[jax.Array, jax.Array]:
+    """x [..., K] -> (xq [..., K] e4m3, scale float32: [..., 1] per token, [] per tensor), x ~= xq * scale."""
+    xf = x.astype(jnp.float32)
+    if scaling == PER_TOKEN:
+        absmax = jnp.max(jnp.abs(xf), axis=-1, keepdims=True)
+    elif scaling == PER_TENSOR:
+        absmax = jnp.max(jnp.abs(xf))
+    else:
+        raise ValueError(f"activation scaling must be {PER_TOKEN!r} or {PER_TENSOR!r}, got {scaling!r}")
+    scale = jnp.maximum(absmax, MIN_ACTIVATION_ABSMAX) / FP8_E4M3.max_value
+    return to_format(xf / scale, FP8_E4M3), scale
+
+
+def fp8_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, *, scaling: str = PER_TOKEN,
+            gemm_dtype=jnp.float32) -> jax.Array:
+    """x [..., K] @ dequantized(qkernel [N, K] e4m3).T as one FP8 GEMM -> float32 [..., N].
+
+    The activations are quantized here (inside the caller's jit), the GEMM takes both e4m3 operands and
+    accumulates in float32, and its `gemm_dtype` output is scaled per token (or tensor) and per channel.
+    """
+    xq, x_scale = quantize_activations(x, scaling)
+    # Precision DEFAULT: the operands are e4m3 already, and a global "highest" default must not change the GEMM.
+    acc = lax.dot_general(xq, qkernel, _contract_last(x), precision=lax.Precision.DEFAULT,
+                          preferred_element_type=gemm_dtype)  # [..., N]
+    return acc.astype(jnp.float32) * x_scale * qscale.astype(jnp.float32)
+
+
+def weight_only_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array) -> jax.Array:
+    """x [..., K] @ dequantized(qkernel [N, K]).T with the weight converted to x's dtype inside the matmul.
+
+    INT8 and e4m3 values are exact in bfloat16, so the conversion loses nothing and the per-channel scale can
+    be applied to the float32 output instead of the weight: XLA fuses the convert into the GEMM's operand
+    read and no scaled copy of the weight is formed.
+    """
+    acc = lax.dot_general(x, qkernel.astype(x.dtype), _contract_last(x), preferred_element_type=jnp.float32)
+    return acc * qscale.astype(jnp.float32)
+
+
+def quantized_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, scheme: QuantScheme, *,
+                  gemm_dtype=jnp.float32) -> jax.Array:
+    """The matmul of `scheme` (FP8 GEMM or weight-only): x [..., K] -> float32 [..., N]."""
+    if scheme.compute == FP8_COMPUTE:
+        return fp8_dot(x, qkernel, qscale, scaling=scheme.activation_scaling, gemm_dtype=gemm_dtype)
+    return weight_only_dot(x, qkernel, qscale)
+
+
+def _linear_args(tokens: int, in_features: int, out_features: int, scheme: QuantScheme, dtype):
+    return (jax.ShapeDtypeStruct((tokens, in_features), dtype),
+            jax.ShapeDtypeStruct((out_features, in_features), scheme.weight.dtype),
+            jax.ShapeDtypeStruct((out_features,), jnp.float32))
+
+
+def _linear_fn(scheme: QuantScheme, dtype, gemm_dtype):
+    def linear(x, qkernel, qscale):
+        return quantized_dot(x, qkernel, qscale, scheme, gemm_dtype=gemm_dtype).astype(dtype)
+
+    return linear
+
+
+def linear_stablehlo(tokens: int, in_features: int, out_features: int, scheme: QuantScheme, *,
+                     dtype=jnp.bfloat16, gemm_dtype=jnp.float32) -> str:
+    """The lowered StableHLO text of one quantized Linear x [tokens, in] -> [tokens, out] (no compilation)."""
+    fn = _linear_fn(scheme, dtype, gemm_dtype)
+    return jax.jit(fn).lower(*_linear_args(tokens, in_features, out_features, scheme, dtype)).as_text()
+
+
+def linear_hlo(tokens: int, in_features: int, out_features: int, scheme: QuantScheme, *,
+               dtype=jnp.bfloat16, gemm_dtype=jnp.float32, device: jax.Device | None = None) -> str:
+    """The compiled (optimized) HLO text of one quantized Linear on `device` (default: the first device).
+
+    On a Hopper GPU with FP8 compute it should call `__cublas$lt$matmul$f8`; `CUBLAS_FP8_GEMM` is that name.
+    """
+    device = device or jax.devices()[0]
+    args = _linear_args(tokens, in_features, out_features, scheme, dtype)
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    args = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in args)
+    return jax.jit(_linear_fn(scheme, dtype, gemm_dtype)).lower(*args).compile().as_text()
+
+
+CUBLAS_FP8_GEMM = "__cublas$lt$matmul$f8"

@@ -1,0 +1,101 @@
+"""The quantization modes a user picks (`--quantize`), each a weight format and a way to compute with it.
+
+    none             the model's own dtype (bf16): no quantization
+    fp8              FP8 e4m3 weights, per-output-channel scales; activations quantized to e4m3 on the fly
+                     (one scale per token) and multiplied as real FP8 GEMMs. Needs FP8 tensor cores:
+                     compute capability 8.9 or newer (Ada, Hopper, Blackwell)
+    fp8-weight-only  the same FP8 weights, dequantized inside each matmul (bf16 math): for an FP8 checkpoint
+                     on a GPU without FP8 tensor cores
+    int8             INT8 weights, per-output-channel scales, dequantized inside each matmul: any GPU
+
+Weight-only modes never keep a bf16 copy of a weight in device memory: the conversion is part of the jitted
+matmul (XLA fuses it into the GEMM's operand read), and the per-channel scale is applied to the GEMM's output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from longcat_jax.errors import ConfigError
+from longcat_jax.quantization.formats import FP8_E4M3, INT8, WeightFormat
+
+NONE = "none"
+FP8 = "fp8"
+FP8_WEIGHT_ONLY = "fp8-weight-only"
+INT8_MODE = "int8"
+
+FP8_COMPUTE = "fp8"
+WEIGHT_ONLY = "weight_only"
+
+PER_TOKEN = "per_token"
+PER_TENSOR = "per_tensor"
+ACTIVATION_SCALINGS = (PER_TOKEN, PER_TENSOR)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantScheme:
+    """What a quantized Linear stores and how it multiplies.
+
+    compute: FP8_COMPUTE (activations quantized to e4m3, FP8 GEMM) or WEIGHT_ONLY (weights converted to the
+    activation dtype inside the matmul). activation_scaling (FP8 compute only): one scale per token (row of
+    the activations) or one per tensor. Per token is the default: the same error as per tensor on the fixture
+    DiT (8.55e-4 vs 8.56e-4) and on Gaussian GEMMs (3.73e-2 vs 3.74e-2), lower where token magnitudes spread
+    (3.42e-2 vs 3.74e-2; a token 1e-6 below the largest flushes to zero under one scale per tensor), and no
+    reduction over the whole tensor before the GEMM can start.
+    """
+
+    mode: str
+    weight: WeightFormat
+    compute: str
+    activation_scaling: str = PER_TOKEN
+
+    def __post_init__(self):
+        if self.compute not in (FP8_COMPUTE, WEIGHT_ONLY):
+            raise ConfigError(f"unknown quantized compute {self.compute!r}; use {FP8_COMPUTE!r} or {WEIGHT_ONLY!r}")
+        if self.activation_scaling not in ACTIVATION_SCALINGS:
+            raise ConfigError(
+                f"unknown activation scaling {self.activation_scaling!r}; use one of {ACTIVATION_SCALINGS}"
+            )
+        if self.compute == FP8_COMPUTE and self.weight != FP8_E4M3:
+            raise ConfigError(f"FP8 compute needs FP8 e4m3 weights, not {self.weight.name}")
+
+
+SCHEMES: dict[str, QuantScheme] = {
+    FP8: QuantScheme(FP8, FP8_E4M3, FP8_COMPUTE),
+    FP8_WEIGHT_ONLY: QuantScheme(FP8_WEIGHT_ONLY, FP8_E4M3, WEIGHT_ONLY),
+    INT8_MODE: QuantScheme(INT8_MODE, INT8, WEIGHT_ONLY),
+}
+MODES = (NONE, *SCHEMES)
+
+
+def scheme_for(mode: str | QuantScheme | None) -> QuantScheme | None:
+    """The scheme of a mode name (None or 'none': no quantization); a QuantScheme passes through."""
+    if isinstance(mode, QuantScheme):
+        return mode
+    if mode is None or mode == NONE:
+        return None
+    if mode not in SCHEMES:
+        raise ConfigError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
+    return SCHEMES[mode]
+
+
+def modes_storing(fmt: WeightFormat) -> list[str]:
+    """The modes whose weights are stored in `fmt` (an FP8 checkpoint serves 'fp8' and 'fp8-weight-only')."""
+    return [name for name, scheme in SCHEMES.items() if scheme.weight == fmt]
+
+
+
+def check_stored_quantization(source, stored: str | None, mode: str | QuantScheme | None) -> None:
+    """Refuses loading a checkpoint whose weights are stored quantized (`stored`: a WeightFormat name, None if
+    not) with a mode that does not read that format, before any tensor is read; names the modes that do."""
+    if stored is None:
+        return
+    scheme = scheme_for(mode)
+    fmt = next(f for f in (FP8_E4M3, INT8) if f.name == stored)
+    if scheme is None or scheme.weight != fmt:
+        asked = "no quantization" if scheme is None else f"--quantize {scheme.mode}"
+        raise ConfigError(
+            f"{source} holds {fmt.name} weights (converted with --quantize), but {asked} was asked for; "
+            f"load it with --quantize {' or '.join(modes_storing(fmt))}, or convert the original checkpoint again "
+            "for another mode"
+        )

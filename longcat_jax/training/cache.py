@@ -1,0 +1,172 @@
+"""The prepared-data cache on disk: per-clip latents and text embeddings, and a manifest describing them.
+
+    CACHE/manifest.json        format, fingerprint (what the encodings depend on), clips, skipped entries
+    CACHE/skipped.txt          the skipped entries, one `source: reason` a line (for people)
+    CACHE/clips/<name>.npz     latent_mean, latent_std [C, T, h, w] float32 (normalised, as the DiT sees latents),
+                               text [n, C_text] float32 (the caption's n real tokens; padding is restored at load)
+
+The fingerprint holds the checkpoint, sizes, frame count, frame rate and text length the clips were encoded for;
+training refuses a cache whose fingerprint differs from its config, naming the key. Files are written under a
+temporary name and renamed, so an interrupted prepare never leaves a half-written clip or manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longcat_jax.errors import ConfigError, InputError
+from longcat_jax.training.dataset import SkippedClip
+
+CACHE_FORMAT = "longcat-jax/train-cache/1"
+MANIFEST_NAME = "manifest.json"
+SKIPPED_NAME = "skipped.txt"
+CLIPS_DIR = "clips"
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedClip:
+    """One encoded clip: where its arrays are, their shapes, and the source file's size and time it came from."""
+
+    key: str
+    file: str
+    caption: str
+    latent_shape: tuple[int, int, int, int]  # [C, T, h, w]
+    text_tokens: int
+    source_bytes: int
+    source_mtime_ns: int
+
+    @property
+    def bucket(self) -> tuple[int, int, int]:
+        """(T, h, w) latent shape: clips of one bucket can share a batch."""
+        return self.latent_shape[1:]
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["latent_shape"] = list(self.latent_shape)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> CachedClip:
+        return cls(**{**raw, "latent_shape": tuple(raw["latent_shape"])})
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheManifest:
+    """What a prepare run produced."""
+
+    fingerprint: dict[str, Any]
+    clips: tuple[CachedClip, ...]
+    skipped: tuple[SkippedClip, ...]
+
+    def clips_digest(self) -> str:
+        """A short hash of the clip list (keys and shapes): a checkpoint records it to notice a changed dataset."""
+        text = json.dumps([[c.key, list(c.latent_shape)] for c in self.clips])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def clip_file_name(key: str) -> str:
+    """A file name for a clip key: readable, unique (a hash of the key), no path separators."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-80:]
+    return f"{stem}.{hashlib.sha256(key.encode()).hexdigest()[:10]}.npz"
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    os.close(handle)
+    temp = Path(name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def write_clip(cache_dir: Path, name: str, latent_mean: np.ndarray, latent_std: np.ndarray, text: np.ndarray) -> None:
+    """Writes one clip's arrays (see the module docstring) atomically."""
+    with _atomic(cache_dir / CLIPS_DIR / name) as temp, open(temp, "wb") as handle:
+        np.savez(handle, latent_mean=np.asarray(latent_mean, np.float32), latent_std=np.asarray(latent_std, np.float32),
+                 text=np.asarray(text, np.float32))
+
+
+def read_clip(cache_dir: Path, clip: CachedClip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latent_mean [C, T, h, w], latent_std [C, T, h, w], text [n, C_text]) of a cached clip."""
+    path = cache_dir / CLIPS_DIR / clip.file
+    try:
+        with np.load(path) as arrays:
+            mean, std, text = arrays["latent_mean"], arrays["latent_std"], arrays["text"]
+    except (OSError, KeyError, ValueError) as err:
+        raise InputError(f"cached clip {path} ({clip.key}) is unreadable ({err}); run with --prepare again") from err
+    if mean.shape != clip.latent_shape or std.shape != clip.latent_shape or text.shape[0] != clip.text_tokens:
+        raise InputError(f"cached clip {path} does not match the manifest; run with --prepare again")
+    return mean, std, text
+
+
+def write_manifest(cache_dir: Path, manifest: CacheManifest) -> None:
+    """Writes manifest.json and skipped.txt atomically."""
+    body = {
+        "format": CACHE_FORMAT,
+        "fingerprint": manifest.fingerprint,
+        "clips": [clip.to_json() for clip in manifest.clips],
+        "skipped": [dataclasses.asdict(s) for s in manifest.skipped],
+    }
+    with _atomic(cache_dir / MANIFEST_NAME) as temp:
+        temp.write_text(json.dumps(body, indent=1))
+    with _atomic(cache_dir / SKIPPED_NAME) as temp:
+        temp.write_text("".join(f"{s.source}: {s.reason}\n" for s in manifest.skipped))
+
+
+def read_manifest(cache_dir: Path) -> CacheManifest | None:
+    """The manifest of a cache folder, None when there is none yet."""
+    path = cache_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        body = json.loads(path.read_text())
+        if body.get("format") != CACHE_FORMAT:
+            raise ValueError(f"format {body.get('format')!r}, expected {CACHE_FORMAT!r}")
+        return CacheManifest(
+            fingerprint=body["fingerprint"],
+            clips=tuple(CachedClip.from_json(c) for c in body["clips"]),
+            skipped=tuple(SkippedClip(**s) for s in body["skipped"]),
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path} is not a training cache manifest ({err}); delete the cache folder and run with "
+                         "--prepare again") from err
+
+
+def require_manifest(cache_dir: Path, fingerprint: dict[str, Any], config_source: str) -> CacheManifest:
+    """The manifest for training: present, with clips, encoded for this config (else the fix is named)."""
+    manifest = read_manifest(cache_dir)
+    prepare = f"python -m longcat_jax.train --config {config_source} --prepare"
+    if manifest is None:
+        raise InputError(f"no prepared data in {cache_dir}; encode the clips once with `{prepare}`")
+    check_fingerprint(manifest.fingerprint, fingerprint, prepare)
+    if not manifest.clips:
+        raise InputError(f"the prepared data in {cache_dir} holds no usable clip ({len(manifest.skipped)} skipped, "
+                         f"see {cache_dir / SKIPPED_NAME}); fix the data folder and run `{prepare}`")
+    return manifest
+
+
+def check_fingerprint(found: dict[str, Any], expected: dict[str, Any], prepare: str) -> None:
+    """Refuses a cache encoded for other settings, naming the first key that differs."""
+    for key in sorted(set(found) | set(expected)):
+        if found.get(key) != expected.get(key):
+            raise ConfigError(
+                f"the prepared data was encoded with {key}={found.get(key)!r} but the config asks for "
+                f"{expected.get(key)!r}; run `{prepare}` again (or point 'data.cache_dir' at a new folder)"
+            )

@@ -1,0 +1,99 @@
+"""Orbax checkpoints of a training run: the LoRA factors, the optimiser state and the data position (the step).
+
+    OUTPUT/checkpoints/<step>/state   factors and optimiser state (float32 arrays, exact)
+    OUTPUT/checkpoints/<step>/meta    JSON: step, what the run trains (model, task, LoRA shape), dataset digest
+
+`<step>` counts optimiser steps done. Because the data order and every random draw are functions of (seed,
+step), restoring a checkpoint and continuing gives bit for bit the losses of the uninterrupted run. The arrays
+are saved as flat, string-keyed trees and restored into the structure of the freshly built state, so the
+checkpoint does not depend on how flax or optax nest their state classes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from longcat_jax.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+# Keys of the meta that must match for a run to resume: they decide the shapes and meaning of the saved state.
+RESUME_KEYS = ("model", "dtype", "task", "lora")
+
+
+def _flat(tree) -> dict[str, jax.Array]:
+    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflat(flat: dict[str, Any], like):
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    missing = [jax.tree_util.keystr(p) for p, _ in paths if jax.tree_util.keystr(p) not in flat]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {len(missing)} arrays of this run's state, e.g. {missing[:3]}")
+    return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
+
+
+class TrainCheckpoints:
+    """Saving and restoring the training state in `output_dir/checkpoints`, keeping the last `keep`."""
+
+    def __init__(self, output_dir: Path, keep: int):
+        self.directory = (Path(output_dir) / CHECKPOINTS_DIR).resolve()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            item_names=("state", "meta"),
+        )
+
+    @staticmethod
+    def peek_latest_step(output_dir: Path) -> int | None:
+        """The newest checkpoint's step in `output_dir`, None when there is none; creates and changes nothing."""
+        directory = (Path(output_dir) / CHECKPOINTS_DIR).resolve()
+        if not directory.is_dir():
+            return None
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                        item_names=("state", "meta"))
+        try:
+            return manager.latest_step()
+        finally:
+            manager.close()
+
+    def latest_step(self) -> int | None:
+        """The step of the newest checkpoint, None when there is none."""
+        return self._manager.latest_step()
+
+    def save(self, step: int, factors, opt_state, meta: dict[str, Any]) -> None:
+        """Writes the state after `step` optimiser steps (asynchronously; `close` waits for it)."""
+        state = {"factors": _flat(factors), "opt_state": _flat(opt_state)}
+        self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                         meta=ocp.args.JsonSave({**meta, "step": step})))
+
+    def restore(self, step: int, factors, opt_state, meta: dict[str, Any]):
+        """(factors, opt_state) of checkpoint `step`, in the structure and placement of the given ones.
+
+        Refuses a checkpoint of another run (different model, dtype, task or LoRA shape), naming the key.
+        """
+        saved_meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        for key in RESUME_KEYS:
+            if saved_meta.get(key) != meta.get(key):
+                raise CheckpointError(
+                    f"checkpoint {self.directory / str(step)} was trained with {key}={saved_meta.get(key)!r}, this "
+                    f"config has {meta.get(key)!r}; resume with the config it was made with, or use a new output_dir"
+                )
+        if saved_meta.get("clips_digest") != meta.get("clips_digest"):
+            logger.warning("The prepared data changed since checkpoint %d: the resumed run trains on the new clip "
+                           "list, so it will not repeat the uninterrupted run exactly", step)
+        target = {"factors": _flat(factors), "opt_state": _flat(opt_state)}
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        state = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
+        return _unflat(state["factors"], factors), _unflat(state["opt_state"], opt_state)
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()

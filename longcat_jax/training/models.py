@@ -1,0 +1,101 @@
+"""The models training uses: the frozen base DiT, and (for `--prepare` only) the VAE, UMT5 and tokenizer.
+
+Without `model_path` the built-in tiny model (random weights) stands in, so the whole path runs on a CPU in
+seconds. The run presets (the built-in model's configs, both models' generation defaults) are imported lazily in
+`_presets`, the one place to change if they move. A checkpoint is the
+original LongCat-Video download or our converted folder, exactly as `python -m longcat_jax.generate` takes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax.numpy as jnp
+
+from longcat_jax.checkpoint.layout import DIT, TEXT_ENCODER, TOKENIZER, VAE, check_checkpoint
+from longcat_jax.models.dit import LongCatDiT, load_dit
+from longcat_jax.models.dit.loading import random_dit
+from longcat_jax.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSizes:
+    """What the cached data must match for the model's generation to use the LoRA as trained.
+
+    size_scale: the bucket tables are scaled by it (1 for LongCat; the built-in model works at a quarter size);
+    text_length: tokens per prompt, padding included, as generation encodes prompts (the DiT attends to the
+    padded positions, so their number is part of what it learns).
+    """
+
+    size_scale: float
+    text_length: int
+
+
+@dataclasses.dataclass
+class Encoders:
+    """What `--prepare` encodes with."""
+
+    vae: object
+    text_encoder: object
+    tokenizer: object
+
+
+def _presets():
+    """The run presets module (built-in model configs, generation defaults)."""
+    from longcat_jax import presets
+
+    return presets
+
+
+def model_sizes(config: TrainConfig) -> ModelSizes:
+    """The `ModelSizes` of the model trained, from the generation defaults of its preset."""
+    presets = _presets()
+    defaults = presets.TINY_DEFAULTS if config.builtin else presets.RELEASED_DEFAULTS
+    return ModelSizes(defaults.size_scale, defaults.max_sequence_length)
+
+
+def model_id(config: TrainConfig) -> str:
+    """Names the base model in the cache fingerprint and checkpoints."""
+    return "builtin" if config.builtin else str(config.model_path.resolve())
+
+
+def check_model_path(config: TrainConfig) -> None:
+    """Refuses a checkpoint folder that lacks a part, before any work."""
+    if not config.builtin:
+        check_checkpoint(config.model_path)
+
+
+def load_base_dit(config: TrainConfig) -> LongCatDiT:
+    """The DiT to adapt, weights in `config.dtype` (they stay frozen), BSA as the config says."""
+    dtype = DTYPES[config.dtype]
+    if config.builtin:
+        logger.warning("Training the built-in TINY model with RANDOM weights: it checks the set-up, it makes no "
+                       "useful LoRA. Set 'model_path' to a LongCat-Video checkpoint.")
+        dit = random_dit(_presets().TINY_DIT_CONFIG, dtype=dtype)
+    else:
+        dit = load_dit(config.model_path / DIT, dtype=dtype)
+    dit.set_bsa(config.bsa, backend=config.bsa_backend)
+    return dit
+
+
+def load_encoders(config: TrainConfig) -> Encoders:
+    """VAE, text encoder and tokenizer of the checkpoint (or the built-in ones), in `config.dtype`."""
+    from longcat_jax.models.text_encoder.loading import load_text_encoder
+    from longcat_jax.models.text_encoder.tokenizer import load_tokenizer
+    from longcat_jax.models.vae import load_vae
+
+    dtype = DTYPES[config.dtype]
+    if config.builtin:
+        models = _presets().build_tiny_models(dtype=dtype)
+        return Encoders(models.vae, models.text_encoder, models.tokenizer)
+    root = config.model_path
+    return Encoders(
+        vae=load_vae(root / VAE, dtype=dtype),
+        text_encoder=load_text_encoder(root / TEXT_ENCODER, dtype=dtype),
+        tokenizer=load_tokenizer(root / TOKENIZER),
+    )

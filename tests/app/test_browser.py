@@ -1,0 +1,148 @@
+"""The app in a real browser: `python -m longcat_jax.app` on the built-in model in a subprocess, driven by
+Playwright in Debian's headless Chromium. A t2v run from the page plays in a video element and enters the gallery,
+a bad size shows the CLI's message, an i2v run from an uploaded PNG works, and its result is refined. A screenshot
+of the finished page is saved (to LONGCAT_TEST_ARTIFACTS when set). Skipped where Gradio, Playwright or Chromium
+are missing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium)"),
+]
+
+START_TIMEOUT = 180  # s: JAX and Gradio imports, the built-in model, on a loaded 2-core CI machine
+RUN_TIMEOUT_MS = 180_000  # the first run of a shape compiles
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory) -> tuple[str, Path]:
+    """The app on a free localhost port: (its URL, its log file); stopped after the module."""
+    folder = tmp_path_factory.mktemp("app")
+    port = _free_port()
+    log = (folder / "app.log").open("w")
+    command = [sys.executable, "-m", "longcat_jax.app", "--port", str(port), "--output-dir", str(folder / "outputs"),
+               "--context-parallel", "1", "--compilation-cache", "none"]
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + START_TIMEOUT
+    try:
+        while True:
+            assert server.poll() is None, f"the app exited:\n{(folder / 'app.log').read_text()}"
+            assert time.monotonic() < deadline, f"the app did not start:\n{(folder / 'app.log').read_text()}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        yield url, folder / "app.log"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture
+def page(app):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(app[0])
+        page.wait_for_selector("#submit")
+        yield page
+        browser.close()
+
+
+def _gallery_size(page) -> int:
+    return page.locator("#gallery .thumbnail-item").count()
+
+
+def _wait_done(page, task: str, gallery_size: int) -> None:
+    """Waits until the page's job of `task` is done and the gallery holds `gallery_size` entries; fails at once
+    when the error box shows a message instead."""
+    page.wait_for_function(
+        f"""() => document.querySelector('#error').innerText.includes('rror')
+            || (document.querySelector('#status').innerText.includes('{task} is done')
+                && document.querySelectorAll('#gallery .thumbnail-item').length >= {gallery_size})""",
+        timeout=RUN_TIMEOUT_MS)
+    assert "rror" not in page.locator("#error").inner_text()  # neither "Error:" nor "Internal error"
+    assert _gallery_size(page) == gallery_size
+
+
+def test_t2v_bad_input_i2v_and_refine_from_the_page(app, page, tmp_path):
+    try:
+        _drive(page, tmp_path)
+    except (AssertionError, sync_api.Error) as err:  # the server's side of the story with the browser's
+        tail = "\n".join(app[1].read_text().splitlines()[-40:])
+        raise AssertionError(f"{err}\npage error box: {page.locator('#error').inner_text()!r}\n"
+                             f"--- app log ---\n{tail}") from err
+    folder = Path(os.environ.get("LONGCAT_TEST_ARTIFACTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / "app.png"), full_page=True)
+
+
+def _drive(page, tmp_path: Path) -> None:
+    # t2v, the smallest run: a playable video and one gallery entry
+    page.locator("#steps input").fill("2")
+    page.locator("#num-frames input").fill("5")
+    page.click("#submit")
+    _wait_done(page, "t2v", 1)
+    page.wait_for_selector("#result-video video")
+    assert page.locator("#result-video video").get_attribute("src")
+
+    # a size the model cannot take: the CLI's message in the page, and nothing queued
+    page.locator("#size input").click()
+    page.get_by_role("option", name="custom").click()
+    page.get_by_label("Height (custom size").fill("100")
+    page.get_by_label("Width (custom size)").fill("64")
+    page.click("#submit")
+    page.wait_for_selector("#error:has-text('height and width must be positive multiples of 16, got 100x64')")
+    assert _gallery_size(page) == 1
+
+    # i2v from an uploaded PNG
+    import imageio.v3 as iio
+
+    image = tmp_path / "first_frame.png"
+    iio.imwrite(image, np.full((96, 160, 3), 200, np.uint8))
+    page.get_by_label("Image to video").check()
+    page.locator("#image input[type=file]").set_input_files(str(image))
+    page.wait_for_selector("#image img")
+    page.click("#submit")
+    _wait_done(page, "i2v", 2)
+
+    # the result shown (the i2v video) refined: the button fills in the refine task and its input
+    page.click("#refine-result")
+    page.wait_for_selector("#refine-from video")
+    page.get_by_label("Refinement steps").fill("2")
+    page.get_by_label("Refinement height").fill("64")  # small: the refinement encodes and decodes on the CPU
+    page.get_by_label("Refinement width").fill("128")
+    page.click("#submit")
+    _wait_done(page, "refine", 3)
+    assert page.get_by_label("Refine a video").is_checked()

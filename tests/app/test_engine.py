@@ -1,0 +1,242 @@
+"""The app's engine on the built-in model (CPU): queue order and positions, cancel of queued and running jobs, the
+CLI's messages for bad requests, warm models reused across jobs, a failed job that leaves the worker serving, and
+the provenance sidecar (whose command is the CLI's for the same request)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from longcat_jax import generate
+from longcat_jax.app.engine import AppSettings, Engine
+from longcat_jax.app.form import FormValues, build_request
+from longcat_jax.app.jobs import Job, JobState
+from longcat_jax.errors import InputError
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.tasks import plan_run
+from longcat_jax.video_io import read_video, write_mp4
+
+SMALL = dict(task="t2v", height=64, width=64, num_frames=5, num_inference_steps=2)
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def builtin_loads() -> list[str]:
+    """The quantize mode of every load of the built-in model by the module's engine."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, builtin_loads):
+    """One engine for the module (its models loaded once), with every load of the built-in model counted."""
+    builtin = LongCatPipeline.builtin
+
+    def counted(*args, **kwargs):
+        builtin_loads.append(kwargs.get("quantize"))
+        return builtin(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LongCatPipeline, "builtin", counted)
+        engine = Engine(AppSettings(model_path=None, output_dir=tmp_path_factory.mktemp("app_outputs"),
+                                    context_parallel=1))
+        engine.warm_up()
+        engine.start()
+        yield engine
+        engine.stop(timeout=TIMEOUT)
+
+
+class Gate:
+    """A listener that holds the worker inside `job_id` at its first denoising step until `release()`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.job_id: str | None = None
+        self.reached = threading.Event()
+        self._open = threading.Event()
+        engine.add_listener(self)
+
+    def __call__(self, job: Job) -> None:
+        if job.id == self.job_id and job.stage is not None and job.stage.step >= 1 and not self.reached.is_set():
+            self.reached.set()
+            self._open.wait(TIMEOUT)
+
+    def hold(self, job: Job) -> None:
+        self.job_id = job.id
+        assert self.reached.wait(TIMEOUT), "the held job never reached a denoising step"
+
+    def release(self) -> None:
+        self._open.set()
+        self.engine.remove_listener(self)
+
+
+def wait_finished(*jobs: Job) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not all(job.state.finished for job in jobs):
+        assert time.monotonic() < deadline, [job.state for job in jobs]
+        time.sleep(0.02)
+
+
+def test_jobs_queue_in_order_one_at_a_time(engine):
+    gate = Gate(engine)
+    first = engine.submit(engine.settings.request(**SMALL, seed=1))
+    gate.hold(first)
+    second = engine.submit(engine.settings.request(**SMALL, seed=2))
+    third = engine.submit(engine.settings.request(**SMALL, seed=3))
+    try:
+        assert [engine.position(job.id) for job in (first, second, third)] == [0, 1, 2]
+        assert (first.state, second.state, third.state) == (JobState.RUNNING, JobState.QUEUED, JobState.QUEUED)
+        assert first.stage.name == "t2v denoising" and first.stage.step == 1 and first.stage.total == 2
+    finally:
+        gate.release()
+    wait_finished(first, second, third)
+    assert [job.state for job in (first, second, third)] == [JobState.DONE] * 3
+    assert first.finished <= second.started and second.finished <= third.started
+    assert [job.id for job in engine.results[-3:]] == [first.id, second.id, third.id]
+    for job in (first, second, third):
+        assert engine.position(job.id) is None
+        frames, fps = read_video(job.video)
+        assert frames.shape == (5, 64, 64, 3) and fps == 15.0
+
+
+def test_cancel_of_a_queued_job_drops_it(engine):
+    gate = Gate(engine)
+    running = engine.submit(engine.settings.request(**SMALL))
+    gate.hold(running)
+    queued = engine.submit(engine.settings.request(**SMALL))
+    try:
+        assert engine.cancel(queued.id)
+        assert queued.state is JobState.CANCELLED and engine.position(queued.id) is None
+        assert not engine.cancel(queued.id)  # once is enough
+    finally:
+        gate.release()
+    wait_finished(running)
+    assert running.state is JobState.DONE
+    assert queued.started is None and queued.video is None
+    assert not list(engine.settings.output_dir.glob(f"*{queued.id}*"))
+
+
+def test_cancel_of_a_running_job_stops_it_and_leaves_no_file(engine):
+    job_ids = []
+
+    def cancel_at_first_step(job: Job) -> None:
+        if job.id in job_ids and job.stage is not None and job.stage.step == 1 and not job.cancel_requested.is_set():
+            assert engine.cancel(job.id)
+
+    engine.add_listener(cancel_at_first_step)
+    try:
+        job = engine.submit(engine.settings.request(**{**SMALL, "num_inference_steps": 4}))
+        job_ids.append(job.id)
+        wait_finished(job)
+    finally:
+        engine.remove_listener(cancel_at_first_step)
+    assert job.state is JobState.CANCELLED
+    assert [done.split(" (")[0] for done in job.stages_done] == ["text encoding"]  # stopped in its denoising
+    assert job.video is None and job.sidecar is None
+    assert not list(engine.settings.output_dir.glob(f"*{job.id}*"))  # no video, sidecar or partial file
+    assert not engine.cancel(job.id)
+
+
+@pytest.mark.parametrize(
+    ("form", "argv"),
+    [
+        (FormValues(task="t2v", size="custom", height=100, width=64), ["--height", "100", "--width", "64"]),
+        (FormValues(task="i2v"), ["--task", "i2v"]),
+        (FormValues(task="continuation", num_frames=5, num_cond_frames=4), ["--task", "continuation"]),
+    ],
+)
+def test_a_bad_request_gets_the_cli_message_and_is_not_queued(engine, tmp_path, form, argv):
+    before = len(engine.jobs())
+    if form.task == "continuation":  # a real video, so the refusal is the condition-frame rule
+        clip = write_mp4(tmp_path / "clip.mp4", np.zeros((9, 64, 64, 3), np.uint8), fps=15)
+        form = dataclasses.replace(form, video=str(clip))
+        argv = [*argv, "--video", str(clip), "--num-frames", "5", "--num-cond-frames", "4"]
+    with pytest.raises(InputError) as cli:
+        plan_run(generate.parse_request([*argv, "--context-parallel", "1"]))
+    with pytest.raises(InputError) as app:
+        engine.submit(build_request(form, engine.settings, tmp_path))
+    assert str(app.value) == str(cli.value)
+    assert len(engine.jobs()) == before
+
+
+def test_a_second_request_reuses_the_loaded_models(engine, builtin_loads):
+    loads = engine.models.loads
+    pipeline = engine.models.pipeline
+    first = engine.submit(engine.settings.request(**SMALL, prompt="a red ball"))
+    second = engine.submit(engine.settings.request(**SMALL, prompt="a blue ball", seed=5))
+    wait_finished(first, second)
+    assert (first.state, second.state) == (JobState.DONE, JobState.DONE)
+    assert engine.models.loads == loads and engine.models.pipeline is pipeline
+    assert builtin_loads == ["none"]  # the warm-up's load, none since
+    assert "load models" not in first.summary and "load models" not in second.summary
+    assert not pipeline._texts  # the finished jobs' prompt embeddings were dropped
+
+
+def test_a_failing_job_fails_alone(engine):
+    """An unexpected error inside a job fails that job with a message (no traceback) and the next job runs."""
+    gate = Gate(engine)
+    running = engine.submit(engine.settings.request(**SMALL))
+    gate.hold(running)
+    broken = engine.submit(engine.settings.request(**SMALL))
+    after = engine.submit(engine.settings.request(**SMALL))
+
+    def explode(pipe, setup, stages):
+        raise RuntimeError("device lost")
+
+    broken.plan = dataclasses.replace(broken.plan, task=dataclasses.replace(broken.plan.task, run=explode))
+    gate.release()
+    wait_finished(running, broken, after)
+    assert (running.state, broken.state, after.state) == (JobState.DONE, JobState.FAILED, JobState.DONE)
+    assert broken.error == "internal error (RuntimeError: device lost); the server log has the traceback"
+    assert not list(engine.settings.output_dir.glob(f"*{broken.id}*"))
+
+
+def test_the_sidecar_holds_the_provenance_and_the_cli_command(engine, tmp_path):
+    form = FormValues(task="t2v", prompt="a cat", negative_prompt="blur", size="custom", height=64, width=64,
+                      num_frames=5, num_inference_steps=2, guidance_scale=3.0, seed="7", bsa="480p_no_bsa")
+    job = engine.submit(build_request(form, engine.settings, tmp_path))
+    wait_finished(job)
+    assert job.state is JobState.DONE
+    sidecar = json.loads(job.sidecar.read_text())
+    assert job.sidecar == job.video.with_suffix(".json")
+    assert (sidecar["task"], sidecar["prompt"], sidecar["negative_prompt"], sidecar["seed"]) == ("t2v", "a cat", "blur", 7)
+    generation = sidecar["stages"]["generation"]
+    assert (generation["height"], generation["width"], generation["num_frames"]) == (64, 64, 5)
+    sampling = generation["sampling"]
+    assert (sampling["num_inference_steps"], sampling["guidance_scale"], sampling["distill"]) == (2, 3.0, False)
+    assert generation["bsa"] is None and sidecar["stages"]["refinement"] is None
+    assert (sidecar["quantization"], sidecar["dtype"], sidecar["loras"]) == ("none", "float32", [])
+    assert sidecar["output"] == {"video": job.video.name, "frames": 5, "height": 64, "width": 64, "fps": 15.0}
+    assert set(sidecar["versions"]) >= {"longcat_jax", "jax", "devices"}
+    assert [row["stage"] for row in sidecar["timings"]][-1] == "write output"
+    words = shlex.split(sidecar["command"])
+    assert words[:3] == ["python", "-m", "longcat_jax.generate"]
+    assert generate.parse_request(words[3:]) == job.request  # the CLI runs the same request
+
+
+def test_a_quantization_change_reloads_the_models(engine, builtin_loads):
+    """The job is cancelled once its models are loaded (its compiles would only cost time). Last in the module: it
+    leaves the engine's DiT in int8."""
+    loads = engine.models.loads
+    job_ids = []
+
+    def cancel_after_loading(job: Job) -> None:
+        if job.id in job_ids and job.stage is not None and job.stage.name == "text encoding":
+            engine.cancel(job.id)
+
+    engine.add_listener(cancel_after_loading)
+    try:
+        job = engine.submit(engine.settings.request(**SMALL, quantize="int8"))
+        job_ids.append(job.id)
+        wait_finished(job)
+    finally:
+        engine.remove_listener(cancel_after_loading)
+    assert job.state is JobState.CANCELLED
+    assert [done.split(" (")[0] for done in job.stages_done] == ["load models", "text encoding"]  # no denoising
+    assert engine.models.loads == loads + 1 and builtin_loads[-1] == "int8"
+    assert engine.models.setting.quantize == "int8"

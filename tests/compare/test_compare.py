@@ -1,0 +1,135 @@
+"""`python -m longcat_jax.compare` and the PSNR/SSIM behind it, on synthetic videos whose answers are known."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from longcat_jax.compare import compare_frames, compare_videos
+from longcat_jax.compare.__main__ import main
+from longcat_jax.errors import InputError
+from longcat_jax.metrics import psnr, ssim
+from longcat_jax.video_io import write_mp4, write_npz
+
+H, W, F = 48, 64, 9
+
+
+def moving_video(frames=F, step=3, seed=0) -> np.ndarray:
+    """Smooth colour pattern moving `step` pixels per frame, values in [40, 215] (no clipping under small noise)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    video = []
+    for t in range(frames):
+        channels = [128 + 87 * np.sin((x + step * t) / 5.0 + p) * np.cos(y / 7.0 - p) for p in phases]
+        video.append(np.stack(channels, axis=-1))
+    return np.round(np.asarray(video)).astype(np.uint8)
+
+
+def brute_force_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM by its definition, window by window in float64 (the reference for `metrics.ssim`)."""
+    offsets = np.arange(-5, 6)
+    g = np.exp(-0.5 * (offsets / 1.5) ** 2)
+    window = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for c in range(a.shape[2]):
+        x, y = a[..., c].astype(np.float64), b[..., c].astype(np.float64)
+        for i in range(a.shape[0] - 10):
+            for j in range(a.shape[1] - 10):
+                px, py = x[i:i + 11, j:j + 11], y[i:i + 11, j:j + 11]
+                mx, my = (window * px).sum(), (window * py).sum()
+                vx, vy = (window * px * px).sum() - mx**2, (window * py * py).sum() - my**2
+                cov = (window * px * py).sum() - mx * my
+                values.append(((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_and_psnr_match_their_definitions():
+    rng = np.random.default_rng(1)
+    a = moving_video(1)[0][:24, :20]
+    b = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).astype(np.uint8)
+    assert ssim(a, b) == pytest.approx(brute_force_ssim(a, b), abs=1e-5)
+    assert ssim(a[..., 0], b[..., 0]) == pytest.approx(brute_force_ssim(a[..., :1], b[..., :1]), abs=1e-5)
+    diff = a.astype(np.float64) - b
+    assert psnr(a, b) == pytest.approx(10 * np.log10(255**2 / np.mean(diff**2)), rel=1e-12)
+    assert ssim(a, a) == 1.0 and psnr(a, a) == math.inf
+    with pytest.raises(ValueError, match="at least 11 pixels"):
+        ssim(a[:8], b[:8])
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(a, b[:-1])
+
+
+def test_identical_videos_score_inf_psnr_and_ssim_one(tmp_path):
+    video = moving_video()
+    write_mp4(tmp_path / "a.mp4", video, fps=15)
+    write_mp4(tmp_path / "b.mp4", video, fps=15)  # the same encode of the same frames decodes identically
+    result = compare_videos(tmp_path / "a.mp4", tmp_path / "b.mp4")
+    assert len(result.frames) == F and result.size == (H, W)
+    assert result.psnr == math.inf and result.ssim == 1.0
+    assert all(f.psnr == math.inf and f.ssim == 1.0 for f in result.frames)
+
+
+def test_gaussian_noise_gives_the_analytic_psnr(tmp_path):
+    """b = a + round(N(0, sigma^2)): MSE = sigma^2 + 1/12 (the rounding), PSNR = 10 log10(255^2 / MSE)."""
+    sigma = 5.0
+    a = moving_video(frames=13)
+    rng = np.random.default_rng(2)
+    b = (a + np.round(rng.normal(0, sigma, a.shape))).astype(np.uint8)  # values stay inside [0, 255]
+    write_npz(tmp_path / "a.npz", a, 15)
+    write_npz(tmp_path / "b.npz", b, 15)
+    result = compare_videos(tmp_path / "a.npz", tmp_path / "b.npz")
+    analytic = 10 * np.log10(255**2 / (sigma**2 + 1 / 12))
+    assert result.psnr == pytest.approx(analytic, abs=0.05)
+    assert all(abs(f.psnr - analytic) < 0.3 for f in result.frames)
+    # Stronger noise: lower PSNR and SSIM, by the analytic PSNR difference.
+    louder = (a.astype(np.int64) + np.round(rng.normal(0, 2 * sigma, a.shape))).clip(0, 255).astype(np.uint8)
+    worse = compare_frames(a, louder)
+    assert worse.psnr == pytest.approx(10 * np.log10(255**2 / (4 * sigma**2 + 1 / 12)), abs=0.1)
+    assert worse.ssim < result.ssim < 1.0
+
+
+def test_a_one_frame_shift_shows_on_the_shifted_frames():
+    a = moving_video()
+    b = np.concatenate([a[:4], a[3:-1]])  # frame 4 repeats frame 3; frames 4.. lag by one
+    result = compare_frames(a, b)
+    assert [f.psnr == math.inf for f in result.frames] == [True] * 4 + [False] * (F - 4)
+    shifted = [f.ssim for f in result.frames[4:]]
+    assert max(shifted) < 0.9 and result.worst_frame.index >= 4
+    assert result.ssim == pytest.approx((4 + sum(shifted)) / F)
+
+
+def test_mismatched_videos_are_refused(tmp_path, caplog):
+    a = moving_video()
+    with pytest.raises(InputError, match=r"frame sizes differ: A is 64x48, B is 32x48"):
+        compare_frames(a, a[:, :, :32])
+    with pytest.raises(InputError, match=r"frame counts differ: A has 9, B has 7; pass --allow-length-mismatch"):
+        compare_frames(a, a[:7])
+    result = compare_frames(a, a[:7], allow_length_mismatch=True)
+    assert len(result.frames) == 7 and (result.frames_a, result.frames_b) == (9, 7)
+    assert "comparing the first 7" in caplog.text
+    np.savez(tmp_path / "bad.npz", video=a)
+    with pytest.raises(InputError, match="holds no 'frames' array"):
+        compare_videos(tmp_path / "bad.npz", tmp_path / "bad.npz")
+    with pytest.raises(InputError, match="not found"):
+        compare_videos(tmp_path / "missing.mp4", tmp_path / "bad.npz")
+
+
+def test_cli_prints_and_writes_json(tmp_path, capsys):
+    a = moving_video()
+    b = np.concatenate([a[:4], a[3:-1]])
+    write_npz(tmp_path / "a.npz", a, 15)
+    write_npz(tmp_path / "b.npz", b, 15)
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json", str(tmp_path / "out" / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "    0      inf  1.0000" in printed and "overall: PSNR" in printed
+    scores = json.loads((tmp_path / "out" / "s.json").read_text())
+    assert scores["frames_compared"] == F and scores["frames"][0]["psnr_db"] == "inf"
+    assert scores["overall"]["min_ssim_frame"] >= 4 and 0 < scores["overall"]["ssim"] < 1
+    assert isinstance(scores["overall"]["psnr_db"], float)
+    write_npz(tmp_path / "short.npz", a[:5], 15)
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "short.npz")]) == 2
+    assert "frame counts differ" in capsys.readouterr().err
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "short.npz"), "--allow-length-mismatch", "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("overall: PSNR")

@@ -1,0 +1,190 @@
+"""BSA parameters, token layout, selection rules and the public call's validation (no fixtures)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import (
+    BSAConfigError,
+    BSAInputError,
+    BSAParams,
+    block_mask_from_indices,
+    bsa_attention,
+    chunk_order_permutation,
+    from_chunk_order,
+    indices_from_block_mask,
+    inverse_permutation,
+    pallas_topk,
+    reference,
+    select_blocks,
+    selection,
+    to_chunk_order,
+)
+
+
+def test_params_defaults_match_the_original_config():
+    params = BSAParams()
+    assert (params.sparsity, params.cdf_threshold) == (0.9375, None)
+    assert params.chunk_3d_shape_q == params.chunk_3d_shape_k == (4, 4, 4)
+    assert params.chunk_size_q == 64
+
+
+def test_params_from_dict_reads_json_lists_and_refuses_unknown_keys():
+    params = BSAParams.from_dict(
+        {"sparsity": None, "cdf_threshold": 0.98, "chunk_3d_shape_q": [8, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}
+    )
+    assert params.chunk_3d_shape_q == (8, 4, 4) and params.chunk_size_q == 128
+    with pytest.raises(BSAConfigError, match="chunk_shape_q"):
+        BSAParams.from_dict({"sparsity": 0.9, "chunk_shape_q": [4, 4, 4]})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"sparsity": 1.0}, r"\[0, 1\)"),
+        ({"sparsity": -0.1}, r"\[0, 1\)"),
+        ({"sparsity": None, "cdf_threshold": 0.0}, r"\(0, 1\]"),
+        ({"sparsity": None, "cdf_threshold": 1.5}, r"\(0, 1\]"),
+        ({"sparsity": None, "cdf_threshold": None}, "selection rule"),
+        ({"chunk_3d_shape_q": (4, 4)}, "three positive ints"),
+        ({"chunk_3d_shape_k": (4, 0, 4)}, "three positive ints"),
+    ],
+)
+def test_params_validation(kwargs, message):
+    with pytest.raises(BSAConfigError, match=message):
+        BSAParams(**kwargs)
+
+
+def test_chunk_order_round_trip_and_permutation():
+    latent, chunk = (4, 4, 8), (2, 2, 4)
+    x = jax.random.normal(jax.random.key(0), (2, 128, 3, 8))
+    chunked = to_chunk_order(x, latent, chunk)
+    perm = chunk_order_permutation(latent, chunk)
+    np.testing.assert_array_equal(chunked, x[:, perm])
+    np.testing.assert_array_equal(from_chunk_order(chunked, latent, chunk), x)
+    np.testing.assert_array_equal(chunked[:, inverse_permutation(perm)], x)
+    # the first block is the (t, h, w) < (2, 2, 4) corner of the grid, in raster order
+    corner = x.reshape(2, 4, 4, 8, 3, 8)[:, :2, :2, :4].reshape(2, 16, 3, 8)
+    np.testing.assert_array_equal(chunked[:, :16], corner)
+
+
+def test_chunk_that_does_not_divide_the_grid_is_named():
+    with pytest.raises(BSAConfigError, match=r"\(4, 4, 4\).*\(6, 8, 8\) along T"):
+        to_chunk_order(jnp.zeros((1, 384, 1, 8)), (6, 8, 8), (4, 4, 4))
+
+
+def _random_qk(key, b=1, h=2, mq=8, mk=16, chunk=4, d=16):
+    kq, kk = jax.random.split(key)
+    q = jax.random.normal(kq, (b, mq * chunk, h, d))
+    k = jax.random.normal(kk, (b, mk * chunk, h, d))
+    return q, k
+
+
+def test_topk_selects_the_best_scoring_blocks():
+    q, k = _random_qk(jax.random.key(1))
+    params = BSAParams(sparsity=0.75, chunk_3d_shape_q=(1, 2, 2), chunk_3d_shape_k=(1, 2, 2))
+    indices, counts = select_blocks(q, k, params)
+    chex.assert_shape(indices, (1, 2, 8, 4))
+    chex.assert_type(indices, jnp.int32)
+    np.testing.assert_array_equal(counts, 4)
+    scores = selection.block_scores(q, k, 4, 4)
+    expected = jnp.sort(jax.lax.top_k(scores, 4)[1], axis=-1)
+    np.testing.assert_array_equal(indices, expected)
+
+
+def test_cdf_counts_follow_the_cumulative_softmax_and_combine_with_topk_by_max():
+    q, k = _random_qk(jax.random.key(2), d=16)
+    q = q * 4.0  # peaked block scores, so counts vary between query blocks
+    chunk = (1, 2, 2)
+    cdf = BSAParams(sparsity=None, cdf_threshold=0.9, chunk_3d_shape_q=chunk, chunk_3d_shape_k=chunk)
+    _, counts = select_blocks(q, k, cdf)
+    weights = np.asarray(jax.nn.softmax(selection.block_scores(q, k, 4, 4) / 4.0, axis=-1), np.float64)
+    cumulative = np.cumsum(-np.sort(-weights, axis=-1), axis=-1)
+    np.testing.assert_array_equal(counts, (cumulative <= 0.9).sum(-1))
+    assert len(np.unique(counts)) > 1
+    both = BSAParams(sparsity=0.75, cdf_threshold=0.9, chunk_3d_shape_q=chunk, chunk_3d_shape_k=chunk)
+    _, counts_both = select_blocks(q, k, both)
+    np.testing.assert_array_equal(counts_both, np.maximum(counts, 4))
+
+
+def test_empty_selection_gives_zero_output():
+    # a tiny threshold keeps no block for query blocks whose best block already exceeds it
+    q, k = _random_qk(jax.random.key(3))
+    chunk = (1, 2, 2)
+    params = BSAParams(sparsity=None, cdf_threshold=1e-6, chunk_3d_shape_q=chunk, chunk_3d_shape_k=chunk)
+    indices, counts = select_blocks(q, k, params)
+    np.testing.assert_array_equal(counts, 0)
+    out = reference.blocked_attention(q, k, k, indices, counts, 4, 4)
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_mask_and_index_conversions_agree():
+    q, k = _random_qk(jax.random.key(4))
+    params = BSAParams(sparsity=0.5, chunk_3d_shape_q=(1, 2, 2), chunk_3d_shape_k=(1, 2, 2))
+    indices, counts = select_blocks(q, k, params)
+    mask = block_mask_from_indices(indices, counts, 16)
+    back, back_counts = indices_from_block_mask(mask)
+    np.testing.assert_array_equal(back_counts, counts)
+    np.testing.assert_array_equal(back[..., :8], indices)
+    k_indices, k_counts = selection.transpose_selection(indices, counts, 16)
+    np.testing.assert_array_equal(block_mask_from_indices(k_indices, k_counts, 8), jnp.swapaxes(mask, -1, -2))
+
+
+@pytest.mark.parametrize(
+    "shapes, latent_q, message",
+    [
+        (((1, 64, 2, 16), (1, 64, 2, 16)), (1, 8, 8), None),
+        (((1, 64, 2, 16), (1, 64, 2, 16)), (2, 8, 8), "holds 128"),
+        (((1, 64, 2, 16), (1, 64, 3, 16)), (1, 8, 8), "agree in batch, heads"),
+        (((1, 64, 2, 16), (1, 64, 2, 16)), (1, 4, 16), None),
+    ],
+)
+def test_bsa_attention_validates_inputs(shapes, latent_q, message):
+    q = jnp.ones(shapes[0])
+    k = jnp.ones(shapes[1])
+    params = BSAParams(sparsity=0.5, chunk_3d_shape_q=(1, 4, 4), chunk_3d_shape_k=(1, 4, 4))
+    if message is None:
+        out = bsa_attention(q, k, k, latent_q, (1, 8, 8), params, backend="reference")
+        chex.assert_shape(out, shapes[0])
+    else:
+        with pytest.raises(BSAInputError, match=message):
+            bsa_attention(q, k, k, latent_q, (1, 8, 8), params)
+
+
+def test_bsa_attention_refuses_unknown_backend_and_non_params():
+    q = jnp.ones((1, 64, 2, 16))
+    params = BSAParams(sparsity=0.5, chunk_3d_shape_q=(1, 4, 4), chunk_3d_shape_k=(1, 4, 4))
+    with pytest.raises(BSAConfigError, match="backend"):
+        bsa_attention(q, q, q, (1, 8, 8), (1, 8, 8), params, backend="cuda")
+    with pytest.raises(BSAConfigError, match="BSAParams"):
+        bsa_attention(q, q, q, (1, 8, 8), (1, 8, 8), {"sparsity": 0.5})
+
+
+def _top_k_cases():
+    scores = jax.random.normal(jax.random.key(9), (3, 2, 100))
+    yield scores, 9
+    yield jnp.round(scores * 2) / 2, 30  # many ties, negatives and zeros
+    yield scores[..., :37], 37  # every block, row shorter than its padded length
+    yield jnp.full((2, 3, 50), 1.5), 7  # all tied: the radix search never stops early
+
+
+def _check_top_k(scores, k, *, interpret):
+    got = pallas_topk.top_k_indices(scores, k, interpret=interpret)
+    chex.assert_type(got, jnp.int32)
+    np.testing.assert_array_equal(got, jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1))
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case):
+    scores, k = list(_top_k_cases())[case]
+    _check_top_k(scores, k, interpret=True)
+
+
+@pytest.mark.gpu
+def test_pallas_top_k_kernel_matches_lax_top_k_on_gpu():
+    for mk, k in ((1320, 82), (2640, 165), (5000, 300)):
+        scores = jax.random.normal(jax.random.key(mk), (4, 96, mk))
+        for x in (scores, jnp.round(scores * 4) / 4):
+            _check_top_k(x, k, interpret=False)

@@ -1,0 +1,45 @@
+"""`KernelConfig` and `MosaicConfig`: settings refused up front, and inputs the forced Mosaic forward cannot run."""
+
+import jax.numpy as jnp
+import pytest
+
+from kernels import BSAConfigError, BSAInputError, KernelConfig, MosaicConfig, pallas_mosaic, sparse_attention_chunked
+from tests.helpers.bsa_cases import BLOCK
+
+MOSAIC = KernelConfig(forward="mosaic")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_key_ranges_must_be_a_positive_int(bad):
+    with pytest.raises(BSAConfigError, match="key_ranges must be None or an int >= 1"):
+        KernelConfig(key_ranges=bad)
+
+
+def test_mosaic_forward_refuses_what_it_cannot_run():
+    q = jnp.zeros((1, 256, 1, 64), jnp.bfloat16)
+    indices, counts = jnp.zeros((1, 1, 2, 1), jnp.int32), jnp.ones((1, 1, 2), jnp.int32)
+    with pytest.raises(BSAInputError, match="Mosaic GPU BSA forward needs 64-token"):
+        sparse_attention_chunked(q, q, q, indices, counts, 128, 128, backend="pallas_interpret", kernel_config=MOSAIC)
+    with pytest.raises(BSAInputError, match="bf16/f16"):
+        q32 = q.astype(jnp.float32)
+        sparse_attention_chunked(q32, q32, q32, jnp.zeros((1, 1, 4, 1), jnp.int32), jnp.ones((1, 1, 4), jnp.int32),
+                                 BLOCK, BLOCK, backend="pallas_interpret", kernel_config=MOSAIC)
+    with pytest.raises(BSAConfigError, match="unknown BSA forward kernel"):
+        KernelConfig(forward="cutlass")
+    with pytest.raises(BSAConfigError, match="k_stages must be at least 2"):
+        MosaicConfig(k_stages=1)
+    with pytest.raises(BSAConfigError, match="producers must be 1 or 2"):
+        MosaicConfig(producers=3)
+    with pytest.raises(BSAConfigError, match="rounds must be an int >= 1"):
+        MosaicConfig(rounds=0)
+    q = jnp.zeros((1, 256, 1, 128), jnp.bfloat16)
+    with pytest.raises(BSAConfigError, match="lower MosaicConfig.k_stages"):
+        sparse_attention_chunked(q, q, q, jnp.zeros((1, 1, 4, 1), jnp.int32), jnp.ones((1, 1, 4), jnp.int32),
+                                 BLOCK, BLOCK, backend="pallas_interpret",
+                                 kernel_config=KernelConfig(forward="mosaic", mosaic=MosaicConfig(k_stages=4, v_stages=3)))
+    # CDF lists over a long video: more than the default stages leave room for; "auto" leaves them to Triton
+    assert pallas_mosaic.fits(128, 2640, MosaicConfig()) and not pallas_mosaic.fits(128, 6000, MosaicConfig())
+    long_lists = jnp.zeros((1, 1, 4, 6000), jnp.int32)
+    with pytest.raises(BSAConfigError, match="or use KernelConfig\\(forward='triton'\\) for lists this long"):
+        sparse_attention_chunked(q, q, q, long_lists, jnp.ones((1, 1, 4), jnp.int32), BLOCK, BLOCK,
+                                 backend="pallas_interpret", kernel_config=MOSAIC)

@@ -1,0 +1,35 @@
+"""Splitting the index lists by key range (`kernels.key_ranges`) and the automatic number of ranges.
+
+The split must hand each range exactly the list's entries in that range, whatever order the caller's lists
+come in. The forward over key ranges, merged by log-sum-exp, and its gradients are checked per backend in
+test_bsa_backends.py (the `key_ranges_*` cases), also where a query block selected nothing in some range.
+"""
+
+import chex
+import numpy as np
+import pytest
+
+from kernels.key_ranges import auto_key_ranges, split_by_key_range
+from tests.helpers.bsa_cases import random_case
+
+
+@pytest.mark.parametrize("ranges", [2, 3, 7])
+def test_split_gives_each_range_exactly_its_entries(ranges):
+    *_, indices, counts = random_case(0, b=2, h=3, d=64, mq=5, mk=7, width=6)
+    sorted_indices, starts, range_counts = split_by_key_range(indices, counts, 7, ranges)
+    chex.assert_shape((starts, range_counts), (ranges, 2, 3, 5))
+    np.testing.assert_array_equal(np.sum(range_counts, axis=0), counts)
+    width = -(-7 // ranges)
+    for (bi, hi, m), count in np.ndenumerate(np.asarray(counts)):
+        selected = set(np.asarray(indices[bi, hi, m, :count]).tolist())
+        for r in range(ranges):
+            start, n = int(starts[r, bi, hi, m]), int(range_counts[r, bi, hi, m])
+            got = np.asarray(sorted_indices[bi, hi, m, start:start + n]).tolist()
+            assert got == sorted(i for i in selected if r * width <= i < (r + 1) * width)
+
+
+def test_auto_key_ranges_follow_one_heads_kv_bytes():
+    # LongCat's 720p refinement grids, bf16, head_dim 128: 43 MB of K+V per head fits L2, 86 MB does not
+    assert auto_key_ranges(24 * 44 * 80, 128, 2) == 1
+    assert auto_key_ranges(48 * 44 * 80, 128, 2) == 2
+    assert auto_key_ranges(1024, 64, 2) == 1

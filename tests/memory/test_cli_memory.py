@@ -1,0 +1,73 @@
+"""`--max-device-memory` in the CLI, and runs that cannot fit refused by their estimate before any model loads."""
+
+import logging
+
+import pytest
+
+from longcat_jax import generate
+from longcat_jax.pipelines.pipeline import LongCatPipeline
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() sets the root logger to INFO and formats its console handlers; undo that for later tests."""
+    root = logging.getLogger()
+    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
+    yield
+    root.setLevel(level)
+    for handler, formatter in formatters:
+        handler.setFormatter(formatter)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any model load fails the test: refusals must come before it."""
+    def fail(*args, **kwargs):
+        raise AssertionError("a model was loaded before the refusal")
+
+    monkeypatch.setattr(LongCatPipeline, "builtin", fail)
+    monkeypatch.setattr(LongCatPipeline, "from_pretrained", fail)
+
+
+def _refused(argv, tmp_path, caplog) -> str:
+    with caplog.at_level(logging.ERROR):
+        assert generate.main([*argv, "--output-path", str(tmp_path / "out.mp4")]) == 2
+    assert not (tmp_path / "out.mp4").exists()
+    return caplog.text
+
+
+def test_a_size_the_device_cannot_hold_is_refused_with_the_largest_that_fits(no_loading, tmp_path, caplog):
+    text = _refused(["--height", "4096", "--width", "4096"], tmp_path, caplog)
+    assert "does not fit this device" in text and "generation denoising" in text
+    assert "would fit at up to" in text and "a height of" in text
+
+
+def test_a_height_of_100000_is_refused_before_loading(no_loading, tmp_path, caplog):
+    text = _refused(["--height", "100000"], tmp_path, caplog)
+    assert "--height" in text
+
+
+@pytest.mark.parametrize("size", ["24G", "24", "lots", "0GiB"])
+def test_a_bad_budget_is_refused_naming_the_flag(no_loading, tmp_path, caplog, size):
+    assert "--max-device-memory" in _refused(["--max-device-memory", size], tmp_path, caplog)
+
+
+def test_a_budget_too_small_names_the_smallest_that_works(no_loading, tmp_path, caplog):
+    text = _refused(["--max-device-memory", "8MiB", "--context-parallel", "1"], tmp_path, caplog)
+    assert "does not fit the budget 8.00 MiB (--max-device-memory 8MiB)" in text
+    assert "The smallest budget that holds it:" in text
+
+
+def test_a_budget_is_for_one_device(no_loading, tmp_path, caplog):
+    text = _refused(["--max-device-memory", "2GiB", "--context-parallel", "2"], tmp_path, caplog)
+    assert "--context-parallel 1" in text
+
+
+def test_a_run_within_a_budget_logs_its_plan_and_summary(tmp_path, caplog, capsys):
+    argv = ["--max-device-memory", "1GiB", "--context-parallel", "1", "--height", "64", "--width", "64",
+            "--num-frames", "5", "--num-inference-steps", "2", "--output-path", str(tmp_path / "out.mp4")]
+    with caplog.at_level(logging.INFO):
+        assert generate.main(argv) == 0
+    assert "Memory plan: budget 1.00 GiB (--max-device-memory 1GiB)" in caplog.text
+    assert "generation denoising" in caplog.text
+    assert "memory budget 1.00 GiB" in capsys.readouterr().err

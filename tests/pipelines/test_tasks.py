@@ -1,0 +1,172 @@
+"""The task registry: the CLI offers the table's tasks, its shared checks read the table, every task plans its
+stages before any model is loaded, `--bsa-config` goes to the right stage, and the log says each stage's BSA."""
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from longcat_jax import generate
+from longcat_jax.errors import InputError
+from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v
+from longcat_jax.pipelines.options import GeneratedVideo
+from longcat_jax.pipelines.request import RunRequest
+from longcat_jax.pipelines.tasks import TASKS, Task, plan_run
+from longcat_jax.video_io import write_mp4
+
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "bsa"
+NO_BSA = str(PRESETS / "config_480p_no_bsa.json")
+SMALL = ("--height", "64", "--width", "64", "--num-frames", "5")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "frame.png")
+    write_mp4(folder / "clip.mp4", rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8), fps=15)
+    return {"image": str(folder / "frame.png"), "video": str(folder / "clip.mp4")}
+
+
+def _plan(*argv: str):
+    return plan_run(generate.parse_request(list(argv)))
+
+
+def test_the_cli_offers_the_tables_tasks_and_its_request_is_the_clis():
+    parser = generate.build_parser()
+    task_flag = next(action for action in parser._actions if action.dest == "task")
+    assert tuple(task_flag.choices) == tuple(TASKS) == ("t2v", "i2v", "continuation", "long", "refine")
+    assert generate.parse_request([]) == RunRequest()  # one field per flag, the same defaults
+    modules = {"t2v": t2v, "i2v": i2v, "continuation": continuation, "long": long_video, "refine": refine}
+    for name, task in TASKS.items():  # each task's plan and run live in its own module
+        assert (task.plan, task.run) == (modules[name].plan_task, modules[name].run_task)
+    with pytest.raises(SystemExit):
+        generate.build_parser().parse_args(["--task", "echo"])
+
+
+def test_the_shared_checks_read_the_table(monkeypatch, inputs):
+    echo = Task("echo", reads=("video", "image"), requires={"video": "PATH (the clip to echo)"}, one_of=("video", "image"),
+                plan=t2v.plan_task, run=t2v.run_task)
+    monkeypatch.setitem(TASKS, "echo", echo)
+    request = RunRequest(task="echo")
+    with pytest.raises(InputError, match=r"--task echo needs --video PATH \(the clip to echo\)"):
+        plan_run(request)
+    with pytest.raises(InputError, match="--task echo takes one condition: --video or --image, not both"):
+        plan_run(dataclasses.replace(request, image=Path(inputs["image"]), video=Path(inputs["video"])))
+    with pytest.raises(InputError, match="--image is read by --task i2v or refine or echo, not by --task t2v"):
+        plan_run(RunRequest(image=Path(inputs["image"])))
+    with pytest.raises(InputError, match="--refine-from is read by --task refine, not by --task echo; --refine refines"):
+        plan_run(dataclasses.replace(request, task="echo", refine_from=Path(inputs["video"])))
+    with pytest.raises(InputError, match="--refine runs stage 2 after a generation task; --task refine is stage 2 alone"):
+        plan_run(RunRequest(task="refine", refine=True, refine_from=Path(inputs["video"])))
+
+
+@pytest.mark.parametrize(
+    "argv, generation, refinement",
+    [
+        ((), t2v.GenerationPlan, type(None)),
+        (("--refine",), t2v.GenerationPlan, refine.RefinePlan),
+        (("--task", "i2v", "--image", "IMAGE", "--refine"), t2v.GenerationPlan, refine.RefinePlan),
+        (("--task", "continuation", "--video", "VIDEO", "--num-cond-frames", "1", "--refine"),
+         continuation.ContinuationPlan, refine.RefinePlan),
+        (("--task", "long", "--num-cond-frames", "1", "--refine"), long_video.LongVideoPlan, long_video.WindowedRefinePlan),
+        (("--refine-from", "VIDEO", "--image", "IMAGE"), type(None), refine.RefinePlan),
+    ],
+)
+def test_every_task_plans_its_stages_before_any_model(inputs, argv, generation, refinement):
+    argv = [inputs["image"] if a == "IMAGE" else inputs["video"] if a == "VIDEO" else a for a in argv]
+    plan = _plan(*argv, *SMALL)
+    assert isinstance(plan.stages.generation, generation)
+    assert isinstance(plan.stages.refinement, refinement)
+    assert plan.setup.refine_prompt == ("" if plan.task.name in ("long", "refine") else plan.setup.prompt)
+
+
+def _bsa_lines(caplog, *argv: str) -> list[str]:
+    """What `python -m longcat_jax.generate ARGV 2>&1 | grep -i bsa` shows of the planning."""
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _plan(*argv)
+    return [r.getMessage() for r in caplog.records if "bsa" in f"{r.name} {r.getMessage()}".lower()]
+
+
+def test_the_log_says_each_stages_bsa(caplog, inputs):
+    """Issue 23, workflow 6: every stage says whether BSA is on (with its parameters), off, or skipped, and why."""
+    params = '{"sparsity": 0.75, "cdf_threshold": null, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}'
+    assert _bsa_lines(caplog, "--refine") == [
+        "BSA off for t2v: dense attention (dit/config.json has enable_bsa false)",
+        f"BSA on for refinement: {params} (the refinement default: on, with the checkpoint's bsa_params)",
+    ]
+    assert _bsa_lines(caplog, "--refine", "--bsa-config", NO_BSA)[-1] == (
+        "BSA off for refinement: dense attention (as asked (--bsa-config or the task's bsa option))"
+    )
+    balanced = str(PRESETS / "config_720p_balanced.json")
+    assert _bsa_lines(caplog, "--num-frames", "1", "--bsa-config", balanced) == [
+        "BSA skipped for t2v: one latent frame (BSA applies to videos of more than one latent frame)"
+    ]
+    lines = _bsa_lines(caplog, "--task", "long", "--num-cond-frames", "1", *SMALL)
+    assert [line.split(":")[0] for line in lines] == ["BSA off for t2v", "BSA off for continuation"]
+
+
+def test_bsa_config_goes_to_the_refinement_when_there_is_one(inputs):
+    fast = str(PRESETS / "config_720p_fast.json")
+    alone = _plan("--bsa-config", fast, "--height", "128", "--width", "256", "--num-frames", "13")
+    assert alone.stages.generation.bsa.sparsity == 0.96875
+    refined = _plan("--bsa-config", fast, "--refine")
+    assert refined.stages.generation.bsa is None  # stage 1 follows dit/config.json
+    assert refined.stages.refinement.bsa.sparsity == 0.96875
+    assert _plan("--refine-from", inputs["video"], "--bsa-config", fast).stages.refinement.bsa.sparsity == 0.96875
+
+
+
+def test_the_refinement_says_its_size_and_the_flags_set_it(caplog, inputs):
+    """Issue 18: --refine after a small stage 1 picks the 720p bucket: the log says so before anything runs, and
+    --refine-height/--refine-width (multiples of 64) set another size."""
+    with caplog.at_level(logging.INFO):
+        plan = _plan("--refine", *SMALL)
+    bucket = plan.stages.refinement
+    assert (f"Refinement: {bucket.height}x{bucket.width} (height x width; the 720p bucket nearest its aspect ratio; "
+            "--refine-height/--refine-width set it) from the 64x64 stage 1, 10 frames") in caplog.text
+    chosen = _plan("--refine", "--refine-height", "128", "--refine-width", "192", *SMALL)
+    assert chosen.stages.refinement.shape == chosen.stages.output_shape == (10, 128, 192)
+    refined = _plan("--refine-from", inputs["video"], "--refine-height", "64", "--refine-width", "128").stages.refinement
+    assert (refined.height, refined.width) == (64, 128)
+    with pytest.raises(InputError, match="give one pair"):
+        _plan("--refine-from", inputs["video"], "--height", "64", "--refine-height", "64", "--refine-width", "128")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (),
+        ("--refine",),
+        ("--task", "i2v", "--image", "IMAGE", "--refine"),
+        ("--task", "continuation", "--video", "VIDEO", "--num-cond-frames", "1"),
+        ("--task", "continuation", "--video", "VIDEO", "--num-cond-frames", "1", "--refine"),
+        ("--task", "long", "--num-cond-frames", "1", "--num-segments", "2"),
+        ("--task", "long", "--num-cond-frames", "1", "--num-segments", "2", "--refine", "--spatial-refine-only"),
+        ("--refine-from", "VIDEO", "--image", "IMAGE"),
+    ],
+)
+def test_the_planned_output_shape_is_what_the_task_returns(inputs, monkeypatch, argv):
+    """The free-space and memory checks size the output by `stages.output_shape`. Each task's runner, with its
+    stages replaced by blank frames of the planned sizes (the joining and windowing are real), returns that shape."""
+    def blank(plan):
+        return np.zeros((plan.num_frames, plan.height, plan.width, 3), np.uint8)
+
+    fakes = {
+        "run_t2v": lambda pipe, prompt, plan: GeneratedVideo(blank(plan), 15.0),
+        "run_i2v": lambda pipe, image, prompt, plan: GeneratedVideo(blank(plan), 15.0),
+        "run_continuation": lambda pipe, video, prompt, plan: GeneratedVideo(blank(plan), 15.0),
+        "run_refine": lambda pipe, stage1, prompt, plan, **_: GeneratedVideo(blank(plan), plan.fps),
+    }
+    for module in (t2v, i2v, continuation, long_video, refine):
+        for name, fake in fakes.items():
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, fake)
+    argv = [inputs["image"] if a == "IMAGE" else inputs["video"] if a == "VIDEO" else a for a in argv]
+    plan = _plan(*argv, *SMALL)
+    video = plan.task.run(None, plan.setup, plan.stages)
+    assert video.frames.shape[:3] == plan.stages.output_shape

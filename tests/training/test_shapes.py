@@ -1,0 +1,39 @@
+"""Training sizes: buckets scaled for the model, condition latents per task, BSA tiling refused before compute."""
+
+import pytest
+
+from kernels import BSAParams
+from longcat_jax.errors import ConfigError
+from longcat_jax.training.config import parse_train_config
+from longcat_jax.training.models import ModelSizes, model_sizes
+from longcat_jax.training.shapes import check_bsa_tiling, clip_size, num_cond_latents
+
+
+def _config(**sections):
+    return parse_train_config({"data": {"folder": "clips"}, **sections})
+
+
+def test_buckets_follow_the_aspect_ratio_and_the_model_scale():
+    config = _config()
+    assert clip_size(config, ModelSizes(1.0, 512), 1080, 1920) == (480, 832)  # 16:9 -> the 0.58 bucket
+    assert clip_size(config, ModelSizes(1.0, 512), 1920, 1080) == (832, 480)
+    assert clip_size(config, model_sizes(config), 1080, 1920) == (128, 208)  # the built-in model's quarter size
+    fixed = _config(data={"folder": "clips", "height": 64, "width": 96})
+    assert clip_size(fixed, ModelSizes(1.0, 512), 1080, 1920) == (64, 96)
+
+
+def test_condition_latents_per_task():
+    assert num_cond_latents(_config()) == 0
+    assert num_cond_latents(_config(task={"name": "i2v"})) == 1
+    assert num_cond_latents(_config(task={"name": "continuation", "num_cond_frames": 13})) == 4
+
+
+def test_bsa_chunks_that_do_not_tile_a_bucket_are_refused():
+    bsa = BSAParams(sparsity=0.9375)  # (4, 4, 4) chunks
+    check_bsa_tiling(bsa, [(24, 88, 160)], 0)  # 720p, 93 frames: tokens (24, 44, 80)
+    check_bsa_tiling(bsa, [(1, 60, 104)], 0)  # one latent frame attends densely
+    check_bsa_tiling(None, [(24, 60, 104)], 0)
+    with pytest.raises(ConfigError, match=r"480x832 with 24 latent frames.*enable_bsa"):
+        check_bsa_tiling(bsa, [(24, 60, 104)], 0)  # 480p: 30 x 52 tokens
+    with pytest.raises(ConfigError, match="1 of them conditions"):
+        check_bsa_tiling(bsa, [(24, 88, 160)], 1)  # i2v: one condition frame is not a 4-frame chunk
