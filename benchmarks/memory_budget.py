@@ -7,7 +7,9 @@ process so each peak is its own:
   resident      the weights on the device, all tokens at once, no cap: the unconstrained step
   planned       what `longcat_jax.memory` plans for this step within --budget (weights streamed from pinned host
                 memory and/or token chunks), with the device memory really capped at the budget
-                (XLA_PYTHON_CLIENT_MEM_FRACTION = budget / the GPU's memory, from nvidia-smi)
+                (XLA_PYTHON_CLIENT_MEM_FRACTION = budget / the GPU's memory, from nvidia-smi, preallocated as
+                JAX does by default: with XLA_PYTHON_CLIENT_PREALLOCATE=false the allocator grows in pieces, and on
+                an H200 a block's 11.8 GiB of temporaries then found no piece to fit in a 24 GiB cap)
   serial        the planned arrangement with no prefetch (each block's copy before its compute, none during), capped
 
 and prints seconds per step (median after warm-up), the compile / first-step time, peak device memory after the
@@ -296,7 +298,9 @@ def _spawn(case: str, mode: str, args) -> dict | None:
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     total = _gpu_memory_bytes()
     if mode != "resident" and total:
-        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{parse_size(args.budget) / total:.4f}"
+        # The cap as a user's card has it: one preallocated pool of the budget.
+        env.update(XLA_PYTHON_CLIENT_PREALLOCATE="true",
+                   XLA_PYTHON_CLIENT_MEM_FRACTION=f"{parse_size(args.budget) / total:.4f}")
     cmd = [sys.executable, __file__, "--child", "--case", case, "--mode", mode, "--budget", args.budget,
            "--depth", str(args.depth), "--warmup", str(args.warmup), "--iters", str(args.iters),
            "--quantize", args.quantize] + ["--small"] * args.small + ["--check-output"] * args.check_output

@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="convert a source that lacks parts every generation run needs (dit/, vae/, "
                         "text_encoder/, tokenizer/), e.g. only a LoRA; `generate` refuses such a folder")
+    parser.add_argument("--quantize", choices=("none", "fp8", "int8"), default="none",
+                        help="store the DiT's large Linears as FP8 e4m3 or INT8 with per-output-channel scales "
+                        "(about half the bf16 size); load the result with the same --quantize (fp8: also "
+                        "fp8-weight-only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     # Imported after logging is configured: Orbax's first log line would otherwise configure it (absl does).
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         done = convert_checkpoint(args.src, args.dst, resume=args.resume, allow_incomplete=args.allow_incomplete,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, quantize=args.quantize)
     except KeyboardInterrupt as e:
         # A save cut short leaves Orbax's asyncio tasks unfinished; their complaints at garbage collection
         # ("Task was destroyed but it is pending", "coroutine ... was never awaited") are noise here.

@@ -33,6 +33,7 @@ from longcat_jax.checkpoint.orbax_chunks import PARTIAL_SUFFIX, is_converted, pa
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError
 from longcat_jax.json_io import read_json_object
+from longcat_jax.quantization import quantize_tensors, scheme_for
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ def _primed(tensors: Iterator) -> Iterator:
     return itertools.chain([first], tensors)
 
 
-def _plan(src: Path) -> list[tuple[str, Path, dict[str, Any], Iterator, SafetensorsCheckpoint]]:
-    """(name, relative target, config dict, checked tensor stream, source) of every model part and LoRA."""
+def _plan(src: Path, quantize: str | None = None) -> list[tuple[str, Path, dict[str, Any], Iterator, SafetensorsCheckpoint]]:
+    """(name, relative target, config dict, checked tensor stream, source) of every model part and LoRA; the DiT's
+    stream quantized by `quantize` (a `longcat_jax.quantization` mode), one tensor at a time."""
     jobs = []
     dit_config = None
     for part, make in MODEL_PARTS.items():
@@ -97,6 +99,7 @@ def _plan(src: Path) -> list[tuple[str, Path, dict[str, Any], Iterator, Safetens
         config, ckpt, tensors = make(folder)
         if part == DIT:
             dit_config = config
+            tensors = quantize_tensors(tensors, quantize, source=str(folder))
         jobs.append((part, Path(part), _read_json(folder / "config.json"), _primed(tensors), ckpt))
     lora_files = sorted((src / LORA_DIR).glob("*.safetensors")) if (src / LORA_DIR).is_dir() else []
     if lora_files:
@@ -131,19 +134,22 @@ def _check_space(dst: Path, jobs, copies: list[Path], *, resume: bool) -> None:
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False, allow_incomplete: bool = False,
-                       progress: bool = True) -> dict[str, Path]:
+                       progress: bool = True, quantize: str | None = None) -> dict[str, Path]:
     """Converts every part of the original checkpoint folder `src` into `dst`; returns {part: folder}.
 
     LoRA parts are named `lora/<file stem>`. Raises CheckpointError/ConfigError naming the problem
     (a part a generation run needs missing, unless `allow_incomplete`; an unmapped, missing, misshapen or
     non-float tensor; a truncated, missing or malformed shard; a bad config; a destination holding
-    something else) before writing. `resume` continues an interrupted conversion into `dst`; without it, an
+    something else) before writing. `quantize` ('fp8', 'fp8-weight-only' or 'int8') stores the DiT's large Linears
+    quantized with per-output-channel scales (load the result with the same `--quantize`); LoRAs stay float.
+    `resume` continues an interrupted conversion into `dst`; without it, an
     unfinished conversion found there is cleared and begun again. `progress` shows a bar per part.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise CheckpointError(f"source {src} is not a folder; pass the downloaded LongCat-Video folder")
-    jobs = _plan(src)
+    scheme_for(quantize)  # an unknown mode is refused before anything is read
+    jobs = _plan(src, quantize)
     copies = [src / name for name in COPIED_PARTS if (src / name).is_dir()]
     if not jobs and not copies:
         raise CheckpointError(
@@ -159,7 +165,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False
         )
     parts = [*(name for name, *_ in jobs if not name.startswith(LORA_DIR)), *(f.name for f in copies)]
     parts += [LORA_DIR] if any(name.startswith(LORA_DIR) for name, *_ in jobs) else []
-    target = destination.prepare(dst, src, destination.source_fingerprint(src, parts), resume=resume)
+    # The quantization mode is part of what a resumed conversion must match.
+    fingerprint = {**destination.source_fingerprint(src, parts), "quantize": quantize or "none"}
+    target = destination.prepare(dst, src, fingerprint, resume=resume)
     done: dict[str, Path] = {}
     try:
         _check_space(dst, jobs, copies, resume=resume)

@@ -136,9 +136,10 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
         # quick handlers (checks, then queued): the status line, not a spinner, tells how the job goes
         submit.click(guarded(submit_job, 2), [session, *inputs], [error_box, session], show_progress="hidden")
         cancel.click(guarded(cancel_job, 1), [cancel_choice], [error_box], show_progress="hidden")
-        refine_result.click(guarded(refine_shown, 3), [session], [error_box, fields["task"], fields["refine_from"]])
+        refine_result.click(guarded(refine_shown, 3), [session], [error_box, fields["task"], fields["refine_from"]],
+                            show_progress="hidden")
         gallery.select(guarded(show_selected, 6), [session], [error_box, session, result_video, download, summary,
-                                                              provenance])
+                                                              provenance], show_progress="hidden")
         timer.tick(poll, [session], [session, queue, status, cancel_choice, gallery, header, result_video, download,
                                      summary, provenance], show_progress="hidden")
         fields["task"].change(_task_visibility, [fields["task"]], _visibility_targets(fields))

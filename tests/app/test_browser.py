@@ -135,6 +135,7 @@ def _drive(page, tmp_path: Path) -> None:
     page.locator("#image input[type=file]").set_input_files(str(image))
     page.wait_for_selector("#image img")
     page.click("#submit")
+    page.wait_for_selector("#error:not(:has-text('multiples of 16'))", state="attached")  # a good request clears it
     _wait_done(page, "i2v", 2)
 
     # the result shown (the i2v video) refined: the button fills in the refine task and its input
@@ -146,3 +147,37 @@ def _drive(page, tmp_path: Path) -> None:
     page.click("#submit")
     _wait_done(page, "refine", 3)
     assert page.get_by_label("Refine a video").is_checked()
+
+
+def test_a_second_request_queues_and_both_cancel(app, page):
+    """A long job runs; the same request again queues behind it; cancelling the queued one, then the running one,
+    leaves both cancelled, with no file and no gallery entry."""
+    try:
+        _drive_cancel(page, app[1].parent / "outputs")
+    except (AssertionError, sync_api.Error) as err:
+        tail = "\n".join(app[1].read_text().splitlines()[-40:])
+        raise AssertionError(f"{err}\n--- app log ---\n{tail}") from err
+
+
+def _drive_cancel(page, outputs: Path) -> None:
+    before = _gallery_size(page)
+    page.locator("#steps input").fill("1000")  # long enough to be cancelled while it runs
+    page.locator("#num-frames input").fill("45")
+    page.click("#submit")
+    page.wait_for_selector("#status:has-text('is running')", timeout=RUN_TIMEOUT_MS)
+    running = page.locator("#status").inner_text().split()[1]
+    page.click("#submit")
+    page.wait_for_selector("#status:has-text('is queued at position 1')")
+    queued = page.locator("#status").inner_text().split()[1]
+    assert queued != running
+
+    # the newest active job is the one the cancel field offers first
+    page.wait_for_selector(f"#cancel-job input[value='{queued}']", state="attached")
+    page.click("#cancel")
+    page.wait_for_selector(f"#status:has-text('{queued} was cancelled')")
+    page.wait_for_selector(f"#cancel-job input[value='{running}']", state="attached")
+    page.click("#cancel")
+    page.wait_for_function(f"""() => [...document.querySelectorAll('#queue tr')].some(
+        row => row.innerText.includes('{running}') && row.innerText.includes('cancelled'))""", timeout=RUN_TIMEOUT_MS)
+    assert _gallery_size(page) == before
+    assert not [path for path in outputs.iterdir() if running in path.name or queued in path.name]

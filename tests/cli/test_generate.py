@@ -37,6 +37,7 @@ def _plan(*argv: str) -> RunPlan:
 def checkpoint(tmp_path_factory, fixtures_dir) -> Path:
     """A checkpoint folder laid out like the download: the fixture parts, a tokenizer and a cfg_step_lora."""
     root = tmp_path_factory.mktemp("checkpoint")
+    fixtures_dir = fixtures_dir.resolve()  # LONGCAT_FIXTURES may be relative (CI: ../shared/...); links need absolute
     for part in ("dit", "vae", "text_encoder"):
         (root / part).symlink_to(fixtures_dir / part)
     build_tiny_tokenizer(root / "tokenizer")

@@ -1,0 +1,46 @@
+"""`python -m convert --quantize`: a quantized DiT that reloads, and the refusals around it."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from convert.__main__ import main as convert_main
+from longcat_jax.errors import ConfigError
+from longcat_jax.metrics import rel_l2
+from longcat_jax.models.dit import load_dit
+from longcat_jax.models.dit.quantized_linear import QuantizedLinear
+
+
+@pytest.fixture(scope="module")
+def quantized_int8(fixtures_dir, tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    (src / "dit").symlink_to(fixtures_dir / "dit", target_is_directory=True)
+    dst = tmp_path_factory.mktemp("dst") / "converted"
+    assert convert_main([str(src), str(dst), "--quiet", "--allow-incomplete", "--quantize", "int8"]) == 0
+    return fixtures_dir / "dit", dst / "dit"
+
+
+def test_int8_conversion_reloads_as_the_model_quantized_while_loading(quantized_int8):
+    original, converted = quantized_int8
+    from_converted = load_dit(converted, dtype=jnp.float32, quantize="int8")
+    while_loading = load_dit(original, dtype=jnp.float32, quantize="int8")
+    qkv_converted = from_converted.blocks[0].attn.qkv
+    assert isinstance(qkv_converted, QuantizedLinear)
+    assert qkv_converted.qkernel.get_value().dtype == jnp.int8
+    np.testing.assert_array_equal(qkv_converted.qkernel.get_value(), while_loading.blocks[0].attn.qkv.qkernel.get_value())
+    bf16_kernel = load_dit(original, dtype=jnp.float32).blocks[0].attn.qkv.kernel.get_value()
+    assert rel_l2(qkv_converted.dequantized_kernel(), bf16_kernel) < 1e-2
+
+
+def test_quantized_checkpoint_refuses_a_mismatched_mode(quantized_int8):
+    _, converted = quantized_int8
+    with pytest.raises(ConfigError, match="int8 weights.*--quantize int8"):
+        load_dit(converted, dtype=jnp.float32)
+    with pytest.raises(ConfigError, match="--quantize int8"):
+        load_dit(converted, dtype=jnp.float32, quantize="fp8")
+
+
+def test_unknown_quantize_mode_is_refused_before_reading(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        convert_main([str(tmp_path), str(tmp_path / "out"), "--quantize", "int4"])
+    assert "invalid choice" in capsys.readouterr().err
