@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 
+from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
 from longcat_jax.errors import LongCatError
 from longcat_jax.pipelines.request import RunRequest
@@ -98,23 +99,9 @@ def parse_request(argv: list[str] | None = None) -> RunRequest:
     return RunRequest(**{**args, "lora": tuple(args["lora"])})
 
 
-def _setup_logging() -> None:
-    """INFO to stderr with times. Libraries may have set up the root logger already (absl does, on import of
-    orbax): its plain console handlers get our format rather than a second handler."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for handler in root.handlers:
-        if type(handler) is logging.StreamHandler:
-            handler.setFormatter(formatter)
-    root.setLevel(logging.INFO)
-    logging.getLogger("jax").setLevel(logging.WARNING)
-
-
 @sigterm_as_interrupt()  # SIGTERM (timeout, docker stop, Slurm) ends the run as Ctrl-C does
 def main(argv: list[str] | None = None) -> int:
-    _setup_logging()
+    setup_cli_logging()
     request = parse_request(argv)
     if os.environ.get("LONGCAT_COORDINATOR"):
         initialize_distributed()  # one process per host; before anything else touches JAX

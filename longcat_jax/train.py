@@ -21,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.errors import InputError, LongCatError
 from longcat_jax.sharding import initialize_distributed
 from longcat_jax.training.config import load_train_config
@@ -45,23 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging() -> None:
-    """INFO to stderr with times, as the generate CLI logs. Libraries may have set up the root logger already (absl
-    does, on import of orbax): its plain console handlers get our format rather than a second handler."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for handler in root.handlers:
-        if type(handler) is logging.StreamHandler:
-            handler.setFormatter(formatter)
-    root.setLevel(logging.INFO)
-    logging.getLogger("jax").setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every checkpoint step by step at INFO
-
-
 def main(argv: list[str] | None = None) -> int:
-    _setup_logging()
+    setup_cli_logging()
     args = build_parser().parse_args(argv)
     try:
         if os.environ.get("LONGCAT_COORDINATOR"):

@@ -1,5 +1,6 @@
 """Shared test set-up: the fixture folder, the BSA fixture cases, the `gpu` marker and float32 matmuls on CPU."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -57,3 +58,14 @@ def bsa_fixture_cases(fixtures_dir) -> list:
     from longcat_jax.parity.bsa import read_cases
 
     return [(*case[:4], {key: jnp.asarray(x) for key, x in case[4].items()}) for case in read_cases(fixtures_dir)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The CLIs' main() set the root logger to INFO and format its console handlers; undo that for later tests."""
+    root = logging.getLogger()
+    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
+    yield
+    root.setLevel(level)
+    for handler, formatter in formatters:
+        handler.setFormatter(formatter)

@@ -6,6 +6,7 @@
     plan        Budget, Placement, MemoryPlan, plan_memory (and MemoryBudgetError, its refusal)
     run         plan_run_memory (the CLI's), pipeline_memory_plan (from_pretrained's)
     streaming   StreamedDiT: the DiT's blocks' weights in pinned host memory, copied one block ahead
+    apply       a plan applied to a pipeline's models (where each loads, the DiT's mode, the VAE's tiles, notes)
     device      the device's memory, memory kinds, the allocator's peak
     peaks       the peak device memory by the end of each stage, for the run's summary
 

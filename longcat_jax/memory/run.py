@@ -9,7 +9,7 @@ Both read only config files (and LoRA file sizes); a run that cannot fit is refu
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,8 +24,6 @@ from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.vae.config import VAEConfig
 from longcat_jax.presets import TINY_DIT_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONFIG
-
-logger = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
@@ -81,6 +79,8 @@ def plan_run_memory(request, stages, context) -> MemoryPlan:
     if devices > 1 and request.max_device_memory is not None:
         raise ConfigError(f"--max-device-memory plans one device; this run splits over {devices} devices "
                           "(--context-parallel); add --context-parallel 1, or leave --max-device-memory out")
+    if devices > 1:  # the models are put on the mesh together, before the prompts are encoded
+        models = dataclasses.replace(models, dit_loads_after_text=False)
     plan = plan_memory(work, models, budget_for(request.max_device_memory), devices=devices, fsdp=request.fsdp)
     plan.log()
     return plan

@@ -7,6 +7,7 @@ are missing."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -161,23 +162,27 @@ def test_a_second_request_queues_and_both_cancel(app, page):
 
 def _drive_cancel(page, outputs: Path) -> None:
     before = _gallery_size(page)
-    page.locator("#steps input").fill("1000")  # long enough to be cancelled while it runs
+    page.locator("#steps input").fill("1000")  # long enough to be cancelled while it runs, even on a fast machine
     page.locator("#num-frames input").fill("45")
     page.click("#submit")
     page.wait_for_selector("#status:has-text('is running')", timeout=RUN_TIMEOUT_MS)
-    running = page.locator("#status").inner_text().split()[1]
+    running = re.search(r"Job (\S+) is running", page.locator("#status").inner_text()).group(1)
     page.click("#submit")
     page.wait_for_selector("#status:has-text('is queued at position 1')")
-    queued = page.locator("#status").inner_text().split()[1]
+    queued = re.search(r"Job (\S+) is queued", page.locator("#status").inner_text()).group(1)
     assert queued != running
 
     # the newest active job is the one the cancel field offers first
-    page.wait_for_selector(f"#cancel-job input[value='{queued}']", state="attached")
+    _wait_cancel_field(page, queued)
     page.click("#cancel")
     page.wait_for_selector(f"#status:has-text('{queued} was cancelled')")
-    page.wait_for_selector(f"#cancel-job input[value='{running}']", state="attached")
+    _wait_cancel_field(page, running)
     page.click("#cancel")
     page.wait_for_function(f"""() => [...document.querySelectorAll('#queue tr')].some(
         row => row.innerText.includes('{running}') && row.innerText.includes('cancelled'))""", timeout=RUN_TIMEOUT_MS)
     assert _gallery_size(page) == before
     assert not [path for path in outputs.iterdir() if running in path.name or queued in path.name]
+
+
+def _wait_cancel_field(page, job_id: str) -> None:
+    page.wait_for_function(f"document.querySelector('#cancel-job input').value === '{job_id}'")

@@ -18,16 +18,6 @@ from longcat_jax.video_io import read_video, write_mp4
 BALANCED = str(Path(__file__).resolve().parents[2] / "configs" / "bsa" / "config_720p_balanced.json")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets the root logger to INFO and formats its console handlers; undo that for later tests."""
-    root = logging.getLogger()
-    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
-    yield
-    root.setLevel(level)
-    for handler, formatter in formatters:
-        handler.setFormatter(formatter)
-
 
 def _plan(*argv: str) -> RunPlan:
     return plan_run(generate.parse_request(list(argv)))

@@ -17,15 +17,6 @@ from longcat_jax.video_io import to_uint8_frames
 SMALL = ["--height", "64", "--width", "64", "--num-frames", "5", "--num-inference-steps", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
-    yield
-    root.setLevel(level)
-    for handler, formatter in formatters:
-        handler.setFormatter(formatter)
-
 
 def _builtin_with(monkeypatch, damage):
     """LongCatPipeline.builtin as the CLI loads it, with `damage(pipe)` applied (a stand-in for a bad checkpoint)."""

@@ -18,15 +18,6 @@ from longcat_jax.pipelines.tasks import plan_run
 SMALL = ("--height", "64", "--width", "64", "--num-frames", "5")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
-    yield
-    root.setLevel(level)
-    for handler, formatter in formatters:
-        handler.setFormatter(formatter)
-
 
 @pytest.fixture(autouse=True)
 def _no_model_load(monkeypatch):

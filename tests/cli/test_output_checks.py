@@ -22,16 +22,6 @@ from longcat_jax.video_io import OutputError, write_frames, write_mp4, write_npz
 SMALL = ("--height", "64", "--width", "64", "--num-frames", "5")
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets the root logger to INFO and formats its console handlers; undo that for later tests."""
-    root = logging.getLogger()
-    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
-    yield
-    root.setLevel(level)
-    for handler, formatter in formatters:
-        handler.setFormatter(formatter)
-
 
 def _plan(*argv: str):
     return plan_run(generate.parse_request([*argv, *SMALL]))

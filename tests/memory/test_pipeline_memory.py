@@ -18,7 +18,7 @@ from longcat_jax.models.vae.tiling import TilingConfig
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.t2v import generate_t2v
 
-SMALL = dict(height=64, width=64, num_frames=9, num_inference_steps=2, seed=3)
+SMALL = dict(height=64, width=64, num_frames=9, num_inference_steps=2, guidance_scale=1.0, seed=3)
 
 
 def _plan(placement: Placement):
