@@ -350,6 +350,12 @@ def _print_table(rows: list[dict], args) -> None:
               f"{row['seconds']:>8.3f} {ratio:>11.2f} {row['first_step_s']:>8.1f} {peaks:>20} "
               f"{row['block_temp_gib']:>14.2f} {row['bytes_per_step'] / 2**30:>8.2f} {row.get('copy_s', nan):>7.2f} "
               f"{overlap:>7.2f}")
+    for row in rows:
+        if row["mode"] == "analyze":
+            for entry in row["rows"]:
+                print(f"{row['case']}: one block, chunk {entry['chunk_tokens']}: XLA temporaries "
+                      f"{entry['temp'] / 2**30:.2f} GiB (+ arguments {entry['arguments'] / 2**30:.2f} GiB), "
+                      f"longcat_jax.memory estimate {entry['estimate'] / 2**30:.2f} GiB")
     outputs = {}
     for row in rows:
         if "output" in row:

@@ -6,6 +6,7 @@
     jobs        a job's state and what the page shows of it
     form        the page's fields as a `RunRequest` (the CLI's flags), uploads checked
     provenance  the sidecar JSON of a result: the settings, the plans of its stages, versions and timings
+    views       what the page shows of the engine, as plain values (queue rows, captions, size choices)
     ui          the Gradio page (the only module that imports gradio, and only when the app starts)
 
 The engine runs the CLI's task registry (`longcat_jax.pipelines.tasks`): `plan_run` checks a request before it is

@@ -28,7 +28,7 @@ from longcat_jax.app.models import WarmModels
 from longcat_jax.app.progress import JobStats
 from longcat_jax.app.provenance import write_sidecar
 from longcat_jax.errors import InputError, LongCatError
-from longcat_jax.pipelines.request import RunRequest
+from longcat_jax.pipelines.request import RunInputs, RunRequest
 from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.pipelines.tasks import plan_run, task_of
 from longcat_jax.video_io import save_video
@@ -204,20 +204,25 @@ class Engine:
         fps = request.fps or video.fps
         with stats.stage("write output"):
             video_path = save_video(plan.output_path, video.frames, fps, "mp4")
-        summary = stats.summary()
-        sidecar = write_sidecar(job, video.frames, fps, stats, self.models)
-        with self._lock:  # a cancel asked while writing still wins; from the commit on, cancel() says no
-            if job.cancel_requested.is_set():
-                video_path.unlink()
-                sidecar.unlink()
-                raise JobCancelled(job.id)
-            job.video, job.sidecar, job.summary = video_path, sidecar, summary
+        sidecar = video_path.with_suffix(".json")
+        try:
+            summary = stats.summary()
+            write_sidecar(job, video.frames, fps, stats, self.models)
+            with self._lock:  # a cancel asked while writing still wins; from the commit on, cancel() says no
+                job.check_cancelled()
+                job.video, job.sidecar, job.summary = video_path, sidecar, summary
+        except BaseException:  # cancelled, or the sidecar failed: no file of the job stays
+            video_path.unlink(missing_ok=True)
+            sidecar.unlink(missing_ok=True)
+            raise
         logger.info("%s wrote %s (%d frames, %dx%d, %g fps)", job.id, video_path, len(video.frames), video.frames.shape[2],
                     video.frames.shape[1], fps)
 
     def _finish(self, job: Job, state: JobState) -> None:
-        """Marks `job` finished (the lock held); a done job joins the results."""
+        """Marks `job` finished (the lock held); a done job joins the results. The job keeps its settings, not the
+        frames of its inputs (a long-running app would otherwise hold every uploaded video)."""
         job.state, job.finished, job.stage = state, time.time(), None
+        job.plan = dataclasses.replace(job.plan, setup=dataclasses.replace(job.plan.setup, inputs=RunInputs()))
         if state is JobState.DONE:
             self.results.append(job)
 

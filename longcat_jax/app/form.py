@@ -75,7 +75,7 @@ class FormValues:
 
 def build_request(values: FormValues, settings: AppSettings, work_dir: Path,
                   max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> RunRequest:
-    """The request of the page's fields (see the module docstring); `work_dir` takes a custom BSA file."""
+    """The request of the page's fields (see the module docstring); `work_dir` takes the custom BSA files."""
     task = TASKS.get(values.task)
     if task is None:
         raise InputError(f"unknown task {values.task!r}; pick one of {list(TASKS)}")

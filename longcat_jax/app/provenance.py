@@ -74,10 +74,14 @@ def write_sidecar(job: Job, frames: np.ndarray, fps: float, stats: RunStats, mod
     path = job.plan.output_path.with_suffix(".json")
     text = json.dumps(provenance(job, frames, fps, stats, models), indent=2)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    with os.fdopen(handle, "w") as file:
-        file.write(text + "\n")
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text + "\n")
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import gradio as gr
 
@@ -41,7 +39,7 @@ QUANTIZE_NOTE = ("Changing the quantization reloads the DiT and the other models
 def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_MB) -> gr.Blocks:
     """The page for a started engine whose models are loaded (`Engine.warm_up`)."""
     defaults = engine.models.pipeline.defaults
-    work_dir = Path(tempfile.mkdtemp(prefix="longcat_app_"))  # custom BSA files
+    bsa_dir = engine.settings.output_dir / "custom_bsa"  # kept: the sidecars' commands name these files
     presets = form.bsa_presets()
 
     def guarded(handler: Callable, outputs: int) -> Callable:
@@ -74,7 +72,7 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
                 queue = gr.Dataframe(headers=views.QUEUE_HEADERS, value=[], label="Queue", interactive=False,
                                      elem_id="queue")
                 with gr.Row():
-                    cancel_choice = gr.Dropdown([], label="Job to cancel", elem_id="cancel-job", scale=3)
+                    cancel_choice = gr.Dropdown([], label="Job of this page to cancel", elem_id="cancel-job", scale=3)
                     cancel = gr.Button("Cancel job", elem_id="cancel", scale=1)
                 result_video = gr.Video(label="Result", interactive=False, elem_id="result-video")
                 with gr.Row():
@@ -89,7 +87,7 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
 
         def submit_job(state: dict, *values):
             values = form.FormValues(**dict(zip(fields, values, strict=True)))
-            request = form.build_request(values, engine.settings, work_dir, max_upload_mb)
+            request = form.build_request(values, engine.settings, bsa_dir, max_upload_mb)
             job = engine.submit(request)
             state["mine"].append(job.id)
             return "", state
@@ -99,7 +97,7 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
                 raise InputError("pick a queued or running job to cancel")
             if engine.cancel(choice):
                 return f"Cancel of {choice} asked; it leaves no output."
-            return f"{choice} can no longer be cancelled (it finished or is writing its output)."
+            return f"{choice} can no longer be cancelled (it finished, or its output is written)."
 
         def refine_shown(state: dict):
             if state["shown"] is None:
@@ -121,7 +119,7 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
             if len(engine.results) != state["gallery"]:
                 state["gallery"] = len(engine.results)
                 gallery_value = [(str(job.video), views.caption(job)) for job in reversed(engine.results)]
-            active = tuple(job.id for job in engine.jobs() if not job.state.finished)
+            active = tuple(job.id for job in reversed(mine) if not job.state.finished)  # this page's, newest first
             choices = gr.skip()
             if active != state["choices"]:
                 state["choices"] = active
@@ -140,12 +138,26 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
                             show_progress="hidden")
         gallery.select(guarded(show_selected, 6), [session], [error_box, session, result_video, download, summary,
                                                               provenance], show_progress="hidden")
-        timer.tick(poll, [session], [session, queue, status, cancel_choice, gallery, header, result_video, download,
+        timer.tick(_logged(poll, 10), [session], [session, queue, status, cancel_choice, gallery, header, result_video, download,
                                      summary, provenance], show_progress="hidden")
         fields["task"].change(_task_visibility, [fields["task"]], _visibility_targets(fields))
         fields["resolution"].change(lambda resolution: gr.update(choices=_size_labels(defaults, resolution)),
                                     [fields["resolution"]], [fields["size"]])
     return app
+
+
+def _logged(handler: Callable, outputs: int) -> Callable:
+    """`handler`, with any error logged (with its traceback) and the page left as it is."""
+
+    @functools.wraps(handler)
+    def run(*args):
+        try:
+            return handler(*args)
+        except Exception:  # the poll runs twice a second: one bad answer must not stop the page's updates
+            logger.exception("page handler %s failed", handler.__name__)
+            return tuple(gr.skip() for _ in range(outputs))
+
+    return run
 
 
 def _form_fields(defaults, presets: list[str]) -> dict[str, gr.components.Component]:

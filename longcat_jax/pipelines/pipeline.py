@@ -93,11 +93,13 @@ class LongCatPipeline:
         dit_config: DiTConfig | None = None,
         dit_dtype=None,
     ):
-        """`dit`: the DiT, or a function loading it on first use (then `dit_config` and `dit_dtype` are needed);
-        `memory_plan`: placements to apply (see the module docstring; None: everything on the default device)."""
-        if isinstance(dit, LongCatDiT):
+        """`dit`: the DiT, or a function loading it on first use (then `dit_config` and `dit_dtype` are needed), or
+        None (a pipeline for the VAE and text alone); `memory_plan`: placements to apply (see the module docstring;
+        None: everything on the default device)."""
+        if dit is None or isinstance(dit, LongCatDiT):
             self._dit, self._load_dit = dit, None
-            dit_config, dit_dtype = dit.config, dit.dtype
+            if dit is not None:
+                dit_config, dit_dtype = dit.config, dit.dtype
         elif dit_config is None or dit_dtype is None:
             raise InputError("a DiT loaded on first use needs dit_config and dit_dtype")
         else:

@@ -19,6 +19,7 @@ from longcat_jax.app.form import FormValues, build_request
 from longcat_jax.app.jobs import Job, JobState
 from longcat_jax.errors import InputError
 from longcat_jax.pipelines.pipeline import LongCatPipeline
+from longcat_jax.pipelines.request import RunInputs
 from longcat_jax.pipelines.tasks import plan_run
 from longcat_jax.video_io import read_video, write_mp4
 
@@ -100,6 +101,7 @@ def test_jobs_queue_in_order_one_at_a_time(engine):
     assert [job.id for job in engine.results[-3:]] == [first.id, second.id, third.id]
     for job in (first, second, third):
         assert engine.position(job.id) is None
+        assert job.plan.setup.inputs == RunInputs()  # a finished job holds no input frames
         frames, fps = read_video(job.video)
         assert frames.shape == (5, 64, 64, 3) and fps == 15.0
 
@@ -140,6 +142,24 @@ def test_cancel_of_a_running_job_stops_it_and_leaves_no_file(engine):
     assert job.video is None and job.sidecar is None
     assert not list(engine.settings.output_dir.glob(f"*{job.id}*"))  # no video, sidecar or partial file
     assert not engine.cancel(job.id)
+
+
+def test_a_cancel_while_the_output_is_written_still_leaves_no_file(engine):
+    job_ids = []
+
+    def cancel_while_writing(job: Job) -> None:
+        if job.id in job_ids and job.stage is not None and job.stage.name == "write output":
+            engine.cancel(job.id)
+
+    engine.add_listener(cancel_while_writing)
+    try:
+        job = engine.submit(engine.settings.request(**SMALL))
+        job_ids.append(job.id)
+        wait_finished(job)
+    finally:
+        engine.remove_listener(cancel_while_writing)
+    assert job.state is JobState.CANCELLED and job.video is None
+    assert not list(engine.settings.output_dir.glob(f"*{job.id}*"))
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ LATENT_SHAPE = (16, 4, 16, 16)
 TEXT_LEN = 8
 
 
-def tiny_dit(*, bsa: bool = False, depth: int = 3, seed: int = 1):
+def tiny_dit(*, bsa: bool = False, depth: int = 2, seed: int = 1):
     config = dataclasses.replace(TINY_DIT_CONFIG, depth=depth)
     dit = random_dit(config, seed=seed)
     if bsa:

@@ -64,8 +64,8 @@ def test_a_budget_is_for_one_device(no_loading, tmp_path, caplog):
 
 
 def test_a_run_within_a_budget_logs_its_plan_and_summary(tmp_path, caplog, capsys):
-    argv = ["--max-device-memory", "1GiB", "--context-parallel", "1", "--height", "64", "--width", "64",
-            "--num-frames", "5", "--num-inference-steps", "2", "--output-path", str(tmp_path / "out.mp4")]
+    argv = ["--max-device-memory", "1GiB", "--context-parallel", "1", "--height", "32", "--width", "32",
+            "--num-frames", "1", "--num-inference-steps", "1", "--output-path", str(tmp_path / "out.mp4")]
     with caplog.at_level(logging.INFO):
         assert generate.main(argv) == 0
     assert "Memory plan: budget 1.00 GiB (--max-device-memory 1GiB)" in caplog.text

@@ -106,12 +106,15 @@ class DiTBlock(nnx.Module):
         return x.reshape(b, n, c), new_cache
 
     def _cross_residual_after(self, x: jax.Array, text, text_mask, text_free: int) -> jax.Array:
-        """x [B, T, S, C] + cross attention of the frames after the first `text_free` (those get no update)."""
+        """x [B, T, S, C] + cross attention of the frames after the first `text_free` (those get zeros). The update,
+        not x, is joined from the two parts: with the tokens split over devices that moves only the update's
+        slice between neighbours, never gathers x."""
         b, nt, s, c = x.shape
-        noisy = x[:, text_free:].reshape(b, -1, c)
-        update = self.cross_attn(self.cross_norm(noisy), text, text_mask)
-        return jnp.concatenate([x[:, :text_free], (noisy + update.astype(x.dtype)).reshape(b, nt - text_free, s, c)],
-                               axis=1)
+        n_free = text_free * s
+        normed = self.cross_norm(x.reshape(b, nt * s, c))
+        noise_out = self.cross_attn(normed[:, n_free:], text, text_mask)
+        cross_out = jnp.concatenate([jnp.zeros((b, n_free, c), noise_out.dtype), noise_out], axis=1)
+        return x + cross_out.astype(x.dtype).reshape(x.shape)
 
     def _cross_residual(self, x: jax.Array, first_frame, text, text_mask, text_free: int) -> jax.Array:
         """x [B, g, S, C] (frames first_frame ...) + its cross attention; frames below `text_free` keep x."""
