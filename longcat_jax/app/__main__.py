@@ -19,6 +19,7 @@ from pathlib import Path
 
 from longcat_jax.app.engine import AppSettings, Engine
 from longcat_jax.app.form import DEFAULT_MAX_UPLOAD_MB
+from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
 from longcat_jax.errors import LongCatError
 from longcat_jax.pipelines.tasks import DTYPES
@@ -46,30 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--quantize", choices=QUANTIZE_MODES, default="none", help="DiT weights loaded at start (the page may change it)")
     add("--context-parallel", type=int, metavar="N", help="split each video's tokens over N devices (default: all)")
     add("--fsdp", action="store_true", help="with several devices: store the DiT and text encoder split over them")
+    add("--max-device-memory", metavar="SIZE",
+        help="device-memory budget, e.g. 24GiB: the models are placed to fit it, and requests that cannot are refused")
     add("--compilation-cache", metavar="DIR|none",
         help="keep compiled programs in DIR so a restart skips compiling (default as the CLI's); none: off")
     add("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest image or video upload")
     return parser
 
 
-def _setup_logging() -> None:
-    """INFO to stderr with times, as the CLI logs. Libraries may have set up the root logger already (absl does,
-    on import of orbax): its plain console handlers get our format rather than a second handler."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig()
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for handler in root.handlers:
-        if type(handler) is logging.StreamHandler:
-            handler.setFormatter(formatter)
-    root.setLevel(logging.INFO)
-    for noisy in ("jax", "httpx", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    setup_cli_logging()
     if importlib.util.find_spec("gradio") is None:
         logger.error("%s", MISSING_GRADIO)
         return 2
@@ -78,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("GRADIO_TEMP_DIR", str(output_dir / ".gradio"))  # uploads and served copies stay here
     settings = AppSettings(model_path=args.model_path, output_dir=output_dir, dtype=args.dtype, quantize=args.quantize,
-                           context_parallel=args.context_parallel, fsdp=args.fsdp)
+                           context_parallel=args.context_parallel, fsdp=args.fsdp,
+                           max_device_memory=args.max_device_memory)
     engine = Engine(settings)
     try:
         enable_compilation_cache(args.compilation_cache)  # before anything compiles

@@ -28,6 +28,7 @@ from longcat_jax.app.models import WarmModels
 from longcat_jax.app.progress import JobStats
 from longcat_jax.app.provenance import write_sidecar
 from longcat_jax.errors import InputError, LongCatError
+from longcat_jax.memory.plan import MemoryBudgetError
 from longcat_jax.pipelines.request import RunInputs, RunRequest
 from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.pipelines.tasks import plan_run, task_of
@@ -36,12 +37,13 @@ from longcat_jax.video_io import save_video
 logger = logging.getLogger(__name__)
 
 Listener = Callable[[Job], None]
+WARM_UP_SIDE = 64  # pixels: the smallest video's side, for the memory plan of a warm-up that the default outgrows
 
 
 @dataclasses.dataclass(frozen=True)
 class AppSettings:
     """What the app is started with and every request gets: the checkpoint (None: the built-in model), where
-    results go, and the CLI's launch-level flags (dtype, initial `--quantize`, device mesh)."""
+    results go, and the CLI's launch-level flags (dtype, initial `--quantize`, device mesh, memory budget)."""
 
     model_path: Path | None
     output_dir: Path
@@ -49,11 +51,12 @@ class AppSettings:
     quantize: str = "none"
     context_parallel: int | None = None
     fsdp: bool = False
+    max_device_memory: str | None = None
 
     def request(self, **fields) -> RunRequest:
         """A request with the app's launch settings; `fields` are the page's (quantize may be changed there)."""
         base = dict(model_path=self.model_path, dtype=self.dtype, quantize=self.quantize,
-                    context_parallel=self.context_parallel, fsdp=self.fsdp)
+                    context_parallel=self.context_parallel, fsdp=self.fsdp, max_device_memory=self.max_device_memory)
         return RunRequest(**{**base, **fields})
 
 
@@ -75,9 +78,16 @@ class Engine:
     # ------------------------------------------------------------------------------------------------ control
 
     def warm_up(self) -> RunStats:
-        """Loads the models for the app's default request (before the page opens, so no user waits for it)."""
+        """Loads the models (before the page opens, so no user waits for it) as the memory plan of the app's
+        default request places them; where the default video cannot fit, as that of the smallest video does."""
+        try:
+            plan = plan_run(self.settings.request())
+        except MemoryBudgetError as err:
+            logger.warning("The default video does not fit (%s); loading the models for smaller videos: each "
+                           "request is checked against the memory when it is submitted", err)
+            plan = plan_run(self.settings.request(height=WARM_UP_SIDE, width=WARM_UP_SIDE, num_frames=1))
         stats = RunStats()
-        self.models.for_plan(plan_run(self.settings.request()), stats)
+        self.models.for_plan(plan, stats)
         return stats
 
     def start(self) -> None:

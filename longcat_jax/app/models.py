@@ -3,7 +3,9 @@
 A job changes only what a run may change on a loaded pipeline: its stats, its LoRAs (`user_loras`, read from disk
 once per file and kept) and the stage settings the tasks set themselves (`use_dit`). Its weight format can not be
 changed in place: a job that asks for another `--quantize` mode (or dtype) reloads the pipeline, which takes as
-long as the first load.
+long as the first load. The models are placed (device or host, chunks, tiles) by the memory plan of the request
+that loads them, and keep that placement for later jobs; the text encoder stays loaded (the CLI frees it before
+the DiT runs), so that every job can encode its prompts.
 """
 
 from __future__ import annotations
@@ -77,10 +79,10 @@ class WarmModels:
         dtype = DTYPES[setting.dtype]
         logger.info("Loading %s (%s)", request.model_path or "the built-in model", setting.describe())
         if request.model_path is None:
-            pipe = LongCatPipeline.builtin(dtype=dtype, quantize=setting.quantize)
+            pipe = LongCatPipeline.builtin(dtype=dtype, quantize=setting.quantize, memory_plan=plan.memory)
         else:  # the plan's path: a hub id resolved to its local folder
             pipe = LongCatPipeline.from_pretrained(request.model_path, dtype=dtype, dit_config=plan.setup.context.dit_config,
-                                                   quantize=setting.quantize)
+                                                   quantize=setting.quantize, memory_plan=plan.memory)
         shard_pipeline(pipe, make_mesh(request.context_parallel), fsdp=request.fsdp)
         return pipe
 

@@ -6,20 +6,7 @@ import logging
 import subprocess
 import sys
 
-import pytest
-
 from longcat_jax.app import __main__ as app_main
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets the root logger to INFO and formats its console handlers; undo that for later tests."""
-    root = logging.getLogger()
-    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
-    yield
-    root.setLevel(level)
-    for handler, formatter in formatters:
-        handler.setFormatter(formatter)
 
 
 def test_without_gradio_the_app_names_the_install_command(monkeypatch, caplog, tmp_path):
