@@ -229,13 +229,14 @@ def _child(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_child(cmd: list[str], label: str, timeout: float | None = None) -> dict | None:
+def run_child(cmd: list[str], label: str, timeout: float | None = None, env: dict | None = None) -> dict | None:
     """Runs one benchmark case in its own process (so its device peak is its own), echoing its progress lines.
 
     Returns the dict of the child's `RESULT {...}` line, or None, printing the child's last output, when it
-    failed or ran past `timeout` seconds (it is then killed, also while it prints nothing).
+    failed or ran past `timeout` seconds (it is then killed, also while it prints nothing). `env` defaults to this
+    process's with preallocation off, so the peak the child reports is what it used.
     """
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    env = env if env is not None else dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     print(f"{label}:", flush=True)
     result, tail = None, []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:

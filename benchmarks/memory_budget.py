@@ -36,8 +36,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
+
+from dit_step import run_child as run_case_process  # this script's sibling: one way to run a case in its own process
 
 CASES = {
     "refine168k_bsa": dict(grid=(48, 44, 80), batch=1, bsa=True),
@@ -305,27 +306,8 @@ def _spawn(case: str, mode: str, args) -> dict | None:
            "--depth", str(args.depth), "--warmup", str(args.warmup), "--iters", str(args.iters),
            "--quantize", args.quantize] + ["--small"] * args.small + ["--check-output"] * args.check_output
     cmd += ["--force-streaming"] * args.force_streaming
-    print(f"{case} {mode} (cap: {env.get('XLA_PYTHON_CLIENT_MEM_FRACTION', 'none')}):", flush=True)
-    result, tail = None, []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
-        timer = threading.Timer(args.case_timeout, proc.kill) if args.case_timeout else None
-        if timer:
-            timer.start()
-        try:
-            for line in proc.stdout:
-                if line.startswith("RESULT "):
-                    result = json.loads(line[len("RESULT "):])
-                elif line.startswith("  ["):
-                    print(line, end="", flush=True)
-                else:
-                    tail = (tail + [line])[-30:]
-            proc.wait()
-        finally:
-            if timer:
-                timer.cancel()
-    if result is None:
-        print(f"[{case} {mode}] failed:\n{''.join(tail)}", flush=True)
-    return result
+    cap = env.get("XLA_PYTHON_CLIENT_MEM_FRACTION", "none")
+    return run_case_process(cmd, f"{case} {mode} (cap: {cap})", args.case_timeout or None, env=env)
 
 
 def _print_table(rows: list[dict], args) -> None:

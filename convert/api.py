@@ -165,9 +165,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False
         )
     parts = [*(name for name, *_ in jobs if not name.startswith(LORA_DIR)), *(f.name for f in copies)]
     parts += [LORA_DIR] if any(name.startswith(LORA_DIR) for name, *_ in jobs) else []
-    # The quantization mode is part of what a resumed conversion must match.
-    fingerprint = {**destination.source_fingerprint(src, parts), "quantize": quantize or "none"}
-    target = destination.prepare(dst, src, fingerprint, resume=resume)
+    target = destination.prepare(dst, src, destination.source_fingerprint(src, parts), resume=resume,
+                                 settings={"quantize": quantize or "none"})
     done: dict[str, Path] = {}
     try:
         _check_space(dst, jobs, copies, resume=resume)

@@ -89,24 +89,32 @@ def _refuse_non_empty(dst: Path, *, resume: bool) -> None:
                           "converter did not write; choose a new or empty folder")
 
 
-def _check_resumable(dst: Path, src: Path, fingerprint: dict[str, list[int]]) -> None:
+def _check_resumable(dst: Path, src: Path, fingerprint: dict[str, list[int]], settings: dict[str, str]) -> None:
     try:
         marker = json.loads((dst / MARKER).read_text())
-        source, recorded = marker["source"], marker["files"]
+        source, recorded, begun_with = marker["source"], marker["files"], marker.get("settings", {})
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot resume: {dst / MARKER} is damaged ({e}); run again without --resume to "
                               "start over") from e
     if source != str(src.resolve()):
         raise CheckpointError(f"cannot resume: {dst} holds an unfinished conversion of {source}, not of {src}; pass "
                               "that source, or run again without --resume to start over")
+    if begun_with != settings:
+        raise CheckpointError(f"cannot resume: {dst} was begun with {begun_with}, this run asks for {settings}; pass "
+                              "the same options, or run again without --resume to start over")
     changed = sorted(set(recorded) ^ set(fingerprint) | {f for f in recorded if recorded[f] != fingerprint.get(f)})
     if changed:
         raise CheckpointError(f"cannot resume: the source changed since {dst} was begun ({_listing(changed)}); run "
                               "again without --resume to start over")
 
 
-def prepare(dst: Path, src: Path, fingerprint: dict[str, list[int]], *, resume: bool) -> Destination:
-    """Makes `dst` ready for a conversion of `src` (refusing what must not be touched) and writes the marker."""
+def prepare(dst: Path, src: Path, fingerprint: dict[str, list[int]], *, resume: bool,
+            settings: dict[str, str] | None = None) -> Destination:
+    """Makes `dst` ready for a conversion of `src` (refusing what must not be touched) and writes the marker.
+
+    `settings`: the conversion's options that change what is written (e.g. {"quantize": "int8"}); a resumed
+    conversion must ask for the same."""
+    settings = dict(settings or {})
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"destination {dst} is a file; choose a new folder")
     created = not dst.exists()
@@ -116,7 +124,7 @@ def prepare(dst: Path, src: Path, fingerprint: dict[str, list[int]], *, resume: 
             raise CheckpointError(f"destination {dst} holds an unfinished conversion and also {_listing(foreign)}, "
                                   "which this converter did not write; remove those or choose another folder")
         if resume:
-            _check_resumable(dst, src, fingerprint)
+            _check_resumable(dst, src, fingerprint, settings)
             logger.info("resuming the unfinished conversion in %s", dst)
             return Destination(dst, created=False)
         logger.warning("%s holds an unfinished conversion; clearing it and starting again (pass --resume to "
@@ -129,7 +137,7 @@ def prepare(dst: Path, src: Path, fingerprint: dict[str, list[int]], *, resume: 
     elif not created and any(dst.iterdir()):
         _refuse_non_empty(dst, resume=resume)
     dst.mkdir(parents=True, exist_ok=True)
-    (dst / MARKER).write_text(json.dumps({"source": str(src.resolve()), "files": fingerprint}))
+    (dst / MARKER).write_text(json.dumps({"source": str(src.resolve()), "files": fingerprint, "settings": settings}))
     return Destination(dst, created)
 
 

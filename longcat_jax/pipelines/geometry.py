@@ -21,13 +21,23 @@ def bucket_for(
     resolution: str = "480p",
     side_multiple: int = GENERATION_SIDE_MULTIPLE,
 ) -> tuple[int, int]:
-    """The bucket for a frame of this size: the original's tables, scaled by `defaults.size_scale` (the small
-    built-in model works at 1/4 of the real sizes), sides kept multiples of `side_multiple`."""
+    """The bucket for a frame of this size at the run defaults' `size_scale` (see `scaled_bucket`)."""
+    return scaled_bucket(height, width, defaults.size_scale, resolution, side_multiple)
+
+
+def scaled_bucket(
+    height: int,
+    width: int,
+    size_scale: float,
+    resolution: str = "480p",
+    side_multiple: int = GENERATION_SIDE_MULTIPLE,
+) -> tuple[int, int]:
+    """The bucket for a frame of this size: the original's tables, scaled by `size_scale` (the small built-in
+    model works at 1/4 of the real sizes), sides kept multiples of `side_multiple`."""
     bucket_h, bucket_w = nearest_bucket(height, width, resolution, side_multiple)
-    scale = defaults.size_scale
-    if scale == 1.0:
+    if size_scale == 1.0:
         return bucket_h, bucket_w
     return (
-        max(side_multiple, round(bucket_h * scale / side_multiple) * side_multiple),
-        max(side_multiple, round(bucket_w * scale / side_multiple) * side_multiple),
+        max(side_multiple, round(bucket_h * size_scale / side_multiple) * side_multiple),
+        max(side_multiple, round(bucket_w * size_scale / side_multiple) * side_multiple),
     )

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 from kernels import BSAConfigError, BSAParams, chunk_grid
 from longcat_jax.errors import ConfigError
-from longcat_jax.pipelines.buckets import GENERATION_SIDE_MULTIPLE, VAE_TEMPORAL_FACTOR, nearest_bucket
+from longcat_jax.pipelines.buckets import VAE_TEMPORAL_FACTOR
+from longcat_jax.pipelines.geometry import scaled_bucket
 from longcat_jax.training.config import TrainConfig
 from longcat_jax.training.models import ModelSizes
 
@@ -23,12 +24,7 @@ def clip_size(config: TrainConfig, sizes: ModelSizes, height: int, width: int) -
     """(height, width) a clip of this frame size trains at."""
     if config.data.height:
         return config.data.height, config.data.width
-    bucket_h, bucket_w = nearest_bucket(height, width, config.data.resolution)
-    if sizes.size_scale == 1.0:
-        return bucket_h, bucket_w
-    side = GENERATION_SIDE_MULTIPLE
-    return (max(side, round(bucket_h * sizes.size_scale / side) * side),
-            max(side, round(bucket_w * sizes.size_scale / side) * side))
+    return scaled_bucket(height, width, sizes.size_scale, config.data.resolution)
 
 
 def latent_frames(num_frames: int) -> int:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from convert.__main__ import main as convert_main
-from longcat_jax.errors import ConfigError
+from longcat_jax.errors import CheckpointError, ConfigError
 from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit import load_dit
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
@@ -44,3 +44,18 @@ def test_unknown_quantize_mode_is_refused_before_reading(tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert_main([str(tmp_path), str(tmp_path / "out"), "--quantize", "int4"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_resume_with_another_quantize_mode_names_both_modes(fixtures_dir, tmp_path):
+    from convert import destination
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dit").symlink_to(fixtures_dir / "dit", target_is_directory=True)
+    dst = tmp_path / "dst"
+    fingerprint = destination.source_fingerprint(src, ["dit"])
+    destination.prepare(dst, src, fingerprint, resume=False, settings={"quantize": "int8"})
+    (dst / "dit").mkdir()  # an unfinished conversion of ours
+    with pytest.raises(CheckpointError, match=r"begun with \{'quantize': 'int8'\}.*asks for \{'quantize': 'fp8'\}"):
+        destination.prepare(dst, src, fingerprint, resume=True, settings={"quantize": "fp8"})
+    destination.prepare(dst, src, fingerprint, resume=True, settings={"quantize": "int8"})  # the same: resumes

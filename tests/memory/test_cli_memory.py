@@ -8,17 +8,6 @@ from longcat_jax import generate
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() sets the root logger to INFO and formats its console handlers; undo that for later tests."""
-    root = logging.getLogger()
-    level, formatters = root.level, [(h, h.formatter) for h in root.handlers]
-    yield
-    root.setLevel(level)
-    for handler, formatter in formatters:
-        handler.setFormatter(formatter)
-
-
 @pytest.fixture
 def no_loading(monkeypatch):
     """Any model load fails the test: refusals must come before it."""
