@@ -93,7 +93,7 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     from longcat_jax.models.dit.config import DiTConfig
     from longcat_jax.models.dit.loading import random_dit
     from longcat_jax.models.dit.quantized_linear import quantize_linears
-    from longcat_jax.quantization import CUBLAS_FP8_GEMM, check_quantize_supported
+    from longcat_jax.quantization import CUBLAS_FP8_GEMM, check_quantize_supported, compiler_options_for
     from longcat_jax.quantization.block_errors import block_errors
     from longcat_jax.sharding import shard_dit
 
@@ -129,7 +129,7 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     start = time.perf_counter()
     lowered = jax.jit(step).lower(state, latents, timestep, text, mask)
     _log(f"lowered in {time.perf_counter() - start:.1f} s")
-    compiled = lowered.compile()
+    compiled = lowered.compile(compiler_options=compiler_options_for(state))
     compile_s = time.perf_counter() - start
     _log(f"compiled in {compile_s:.1f} s (lowering included)")
     fp8_gemms = compiled.as_text().count(CUBLAS_FP8_GEMM)

@@ -34,17 +34,18 @@ from jax.sharding import SingleDeviceSharding
 from longcat_jax.errors import ConfigError
 from longcat_jax.memory.device import PINNED_HOST, has_memory_kind
 from longcat_jax.models.dit.transformer import DiTEnds, KVCache, LongCatDiT
+from longcat_jax.quantization.compile_options import quantized_jit
 
 logger = logging.getLogger(__name__)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "grid"))
+@functools.partial(quantized_jit, static_argnames=("graphdef", "grid"))
 def _embed(graphdef, state, hidden_states, timestep, encoder_hidden_states, encoder_attention_mask, *, grid):
     return nnx.merge(graphdef, state).embed(hidden_states, timestep, encoder_hidden_states, encoder_attention_mask,
                                             grid)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "grid", "bsa", "bsa_backend", "num_cond_latents",
+@functools.partial(quantized_jit, static_argnames=("graphdef", "grid", "bsa", "bsa_backend", "num_cond_latents",
                                              "return_kv", "skip_crs_attn"), donate_argnums=(2,))
 def _run_block(graphdef, state, x, text, text_mask, t_emb, kv_cache, *, grid, bsa, bsa_backend, num_cond_latents,
                return_kv, skip_crs_attn):
@@ -53,7 +54,7 @@ def _run_block(graphdef, state, x, text, text_mask, t_emb, kv_cache, *, grid, bs
                  kv_cache=kv_cache, return_kv=return_kv, skip_crs_attn=skip_crs_attn)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "grid"))
+@functools.partial(quantized_jit, static_argnames=("graphdef", "grid"))
 def _unembed(graphdef, state, x, t_emb, *, grid):
     return nnx.merge(graphdef, state).unembed(x, t_emb, grid)
 

@@ -25,6 +25,7 @@ from longcat_jax.models.dit.transformer import KVCache, LongCatDiT
 from longcat_jax.nan_guard import check_finite
 from longcat_jax.pipelines.guidance import cfg_zero_star, split_uncond_cond
 from longcat_jax.pipelines.scheduler import Schedule, euler_step, frame_timesteps
+from longcat_jax.quantization.compile_options import quantized_jit
 from longcat_jax.sharding.params import put
 
 
@@ -86,7 +87,7 @@ def _denoise_update(
     return euler_step(latents, prediction, sigma, sigma_next, num_cond_latents=step_from)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_cond_latents", "guided"))
+@functools.partial(quantized_jit, static_argnames=("graphdef", "num_cond_latents", "guided"))
 def _denoise_step(graphdef, state, *args, num_cond_latents: int, guided: bool) -> jax.Array:
     """`_denoise_update` of the DiT (graphdef, state), compiled as one function."""
     return _denoise_update(nnx.merge(graphdef, state), *args, num_cond_latents=num_cond_latents, guided=guided)
@@ -101,7 +102,7 @@ def _condition_cache(dit, cond_latents: jax.Array, *, text_length: int) -> KVCac
     return cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "text_length"))
+@functools.partial(quantized_jit, static_argnames=("graphdef", "text_length"))
 def _condition_kv(graphdef, state, cond_latents: jax.Array, *, text_length: int) -> KVCache:
     """`_condition_cache` of the DiT (graphdef, state), compiled."""
     return _condition_cache(nnx.merge(graphdef, state), cond_latents, text_length=text_length)

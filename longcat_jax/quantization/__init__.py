@@ -5,12 +5,14 @@
     policy    which DiT Linears are quantized, which stay in high precision and why
     tensors   quantize_tensors: the loaders' (path, array) stream quantized (or checked) tensor by tensor
     matmul    the FP8 GEMM and the weight-only matmul; the compiled HLO of one quantized Linear
+    compile_options  quantized_jit: jax.jit that compiles FP8 programs on GPUs with the options they need
     device    check_quantize_supported: FP8 compute needs compute capability 8.9+
 
 The quantized Linear module itself is `longcat_jax.models.dit.quantized_linear.QuantizedLinear`. This package
 imports no model, so models, loaders and the converter can all use it.
 """
 
+from longcat_jax.quantization.compile_options import compiler_options_for, quantized_jit
 from longcat_jax.quantization.device import check_quantize_supported, fp8_compute_supported
 from longcat_jax.quantization.formats import FP8_E4M3, INT8, WeightFormat, dequantize_kernel, quantize_kernel
 from longcat_jax.quantization.matmul import CUBLAS_FP8_GEMM, fp8_dot, linear_hlo, linear_stablehlo, weight_only_dot
@@ -29,6 +31,7 @@ __all__ = [
     "QuantScheme",
     "WeightFormat",
     "check_quantize_supported",
+    "compiler_options_for",
     "dequantize_kernel",
     "fp8_compute_supported",
     "fp8_dot",
@@ -38,6 +41,7 @@ __all__ = [
     "linear_stablehlo",
     "quantize_kernel",
     "quantize_tensors",
+    "quantized_jit",
     "scheme_for",
     "stored_quantization",
     "weight_only_dot",

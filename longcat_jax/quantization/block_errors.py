@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from longcat_jax.quantization.compile_options import quantized_jit
+
 _SUMS = ("error_sq", "update_sq", "output_sq")
 
 
@@ -56,8 +58,9 @@ def block_errors(reference: nnx.Module, candidate: nnx.Module, *args, **kwargs) 
     for index, block in enumerate(originals):
         reference.blocks[index] = _PairedBlock(block, candidate.blocks[index])
     try:
-        run = nnx.jit(nnx.capture(lambda model, *a: model(*a, **kwargs), nnx.Intermediate))
-        _, sown = run(reference, *args)
+        graphdef, state = nnx.split(reference)
+        capture = nnx.capture(lambda model, *a: model(*a, **kwargs), nnx.Intermediate)
+        _, sown = quantized_jit(lambda state, *a: capture(nnx.merge(graphdef, state), *a))(state, *args)
     finally:
         for index, block in enumerate(originals):
             reference.blocks[index] = block

@@ -3,7 +3,8 @@
 How these are written decides what XLA runs (the probe in issue 22: an H200, jax 0.11.2, 168,960 x 4096 x 12288):
 `lax.dot_general` directly on two e4m3 operands, the activations quantized inside the same jitted function
 and the scales applied to the float output afterwards, compiles to cuBLASLt's FP8 GEMM
-(`__cublas$lt$matmul$f8`, 1.71x the bf16 GEMM including the quantization); dequantizing the e4m3 operands
+(`__cublas$lt$matmul$f8`, 1.71x the bf16 GEMM including the quantization, once XLA's Triton GEMMs are off: see
+`compile_options`); dequantizing the e4m3 operands
 first and then calling dot compiles to a plain bf16 GEMM. `linear_hlo` returns the compiled program of one
 FP8 Linear so a test can check which one XLA chose.
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from longcat_jax.quantization.compile_options import FP8_GPU_COMPILER_OPTIONS
 from longcat_jax.quantization.formats import FP8_E4M3, to_format
 from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, PER_TOKEN, QuantScheme
 
@@ -99,13 +101,15 @@ def linear_hlo(tokens: int, in_features: int, out_features: int, scheme: QuantSc
                dtype=jnp.bfloat16, gemm_dtype=jnp.float32, device: jax.Device | None = None) -> str:
     """The compiled (optimized) HLO text of one quantized Linear on `device` (default: the first device).
 
-    On a Hopper GPU with FP8 compute it should call `__cublas$lt$matmul$f8`; `CUBLAS_FP8_GEMM` is that name.
+    On a Hopper GPU with FP8 compute it should call `__cublas$lt$matmul$f8`; `CUBLAS_FP8_GEMM` is that name. It is
+    compiled with the options the DiT's FP8 programs get (`compile_options.quantized_jit`).
     """
     device = device or jax.devices()[0]
     args = _linear_args(tokens, in_features, out_features, scheme, dtype)
     sharding = jax.sharding.SingleDeviceSharding(device)
     args = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in args)
-    return jax.jit(_linear_fn(scheme, dtype, gemm_dtype)).lower(*args).compile().as_text()
+    options = FP8_GPU_COMPILER_OPTIONS if device.platform == "gpu" and scheme.weight == FP8_E4M3 else None
+    return jax.jit(_linear_fn(scheme, dtype, gemm_dtype), compiler_options=options).lower(*args).compile().as_text()
 
 
 CUBLAS_FP8_GEMM = "__cublas$lt$matmul$f8"
