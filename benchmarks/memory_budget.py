@@ -141,6 +141,7 @@ def run_child(args) -> dict:
     from longcat_jax.models.dit.config import DiTConfig
     from longcat_jax.models.text_encoder.config import UMT5Config
     from longcat_jax.models.vae.config import VAEConfig
+    from longcat_jax.quantization import quantized_jit
 
     case = CASES[args.case]
     config = DiTConfig.from_dict(_config(args.depth, case["bsa"], args.small))
@@ -190,7 +191,7 @@ def run_child(args) -> dict:
         result["bytes_per_step"] = runner.bytes_per_call
     else:
         graphdef, state = nnx.split(dit)
-        compiled = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
+        compiled = quantized_jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
         step = lambda: compiled(state, latents, timestep, text, mask)  # noqa: E731
         result["bytes_per_step"] = 0
     result["block_temp_gib"] = _block_memory(dit, grid, batch)["temp"] / 2**30
@@ -235,7 +236,10 @@ def _block_memory(block_owner, grid, batch: int) -> dict:
     def block(state, x, text, t_emb):
         return nnx.merge(graphdef, state)(x, text, None, t_emb, grid, bsa=bsa, bsa_backend=backend)[0]
 
-    analysis = jax.jit(block, donate_argnums=(1,)).lower(abstract, x, text_in, t_emb).compile().memory_analysis()
+    from longcat_jax.quantization import compiler_options_for
+
+    jitted = jax.jit(block, donate_argnums=(1,), compiler_options=compiler_options_for(abstract))
+    analysis = jitted.lower(abstract, x, text_in, t_emb).compile().memory_analysis()
     if analysis is None:
         return {"temp": 0, "arguments": 0, "output": 0}
     return {"temp": analysis.temp_size_in_bytes, "arguments": analysis.argument_size_in_bytes,

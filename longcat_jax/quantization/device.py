@@ -6,7 +6,6 @@ compiling and then failing (or silently running FP8 emulation) deep inside XLA.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 
@@ -59,17 +58,5 @@ def check_quantize_supported(mode: str | QuantScheme | None, devices: Sequence[j
             f"{device.device_kind} has {found}. Use --quantize {INT8_MODE} (INT8 weight-only, any GPU, the same "
             f"memory), or --quantize {FP8_WEIGHT_ONLY} to keep an FP8 checkpoint's weights without FP8 math"
         )
-    if any(d.platform == "gpu" for d in (devices or jax.local_devices())):
-        _warn_fp8_compile_once()
     if any(d.platform == "cpu" for d in (devices or jax.local_devices())):
         logger.info("FP8 compute on the CPU is emulated by XLA: correct, but no faster than float32")
-
-
-@functools.cache
-def _warn_fp8_compile_once() -> None:
-    """FP8 GEMMs on a GPU are not measured yet; the one measurement says their compile can take minutes."""
-    logger.warning(
-        "--quantize fp8: on an H200 (jax 0.11.2) XLA did not finish compiling this project's FP8 GEMM forms within "
-        "70 s (BENCHMARKS.md, 'Quantized GEMMs'), and no FP8 speed has been measured; if the first denoising step "
-        "does not finish, use --quantize int8 (the same weight memory, bf16 GEMM speed)"
-    )
