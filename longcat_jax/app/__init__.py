@@ -1,13 +1,18 @@
 """`python -m longcat_jax.app`: a web app (Gradio) that keeps LongCat-Video loaded and serves every task of the CLI.
 
     engine      the job queue and the warm models: one GPU job at a time, cancel, progress, results
-    models      the pipeline loaded once (reloaded only when the quantization changes) and the user's LoRAs
-    progress    a job's progress: the stage running, its denoising step, and the cancel check between steps
+    models      the pipeline loaded once (again only for another quantization, or a memory plan it cannot serve)
+                and the user's LoRAs
+    placement   which loaded placement (memory plan) serves which request
+    progress    a job's progress: the stage running, its denoising step (`longcat_jax.progress.on_steps`), and
+                the cancel check between steps
     jobs        a job's state and what the page shows of it
     form        the page's fields as a `RunRequest` (the CLI's flags), uploads checked
     provenance  the sidecar JSON of a result: the settings, the plans of its stages, versions and timings
-    views       what the page shows of the engine, as plain values (queue rows, captions, size choices)
-    ui          the Gradio page (the only module that imports gradio, and only when the app starts)
+    views       what the page shows of the engine, as plain values (queue rows, captions, a result's settings)
+    confine     the guard that serves files from the output folder only
+    ui          the Gradio page and its launch (with confine, the only modules that import Gradio's packages, and
+                only when the app starts)
 
 The engine runs the CLI's task registry (`longcat_jax.pipelines.tasks`): `plan_run` checks a request before it is
 queued (the CLI's messages, shown in the page), and each task's `run` runs it on the pipeline kept warm.

@@ -4,7 +4,8 @@
     python -m longcat_jax.app --model-path LongCat-Video --quantize int8 --port 7860
 
 It binds to 127.0.0.1 (this machine only) unless `--host` says otherwise, and makes no network call: Gradio's
-analytics are off, and every file it serves (results, uploads) lies in `--output-dir`. Gradio is an optional
+analytics are off, and it serves files from `--output-dir` only (results, their provenance, uploads and Gradio's
+working copies all go there; `confine.OutputFolderOnly` refuses any other path or URL). Gradio is an optional
 extra (`pip install -e '.[app]'`); nothing else in longcat_jax imports it.
 """
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("GRADIO_TEMP_DIR", str(output_dir / ".gradio"))  # uploads and served copies stay here
+    os.environ.setdefault("GRADIO_EXAMPLES_CACHE", str(output_dir / ".gradio" / "cached_examples"))  # else ./.gradio
     settings = AppSettings(model_path=args.model_path, output_dir=output_dir, dtype=args.dtype, quantize=args.quantize,
                            context_parallel=args.context_parallel, fsdp=args.fsdp,
                            max_device_memory=args.max_device_memory)
@@ -77,18 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     engine.start()
 
-    from longcat_jax.app.ui import build_app  # gradio is imported here, after the check above
+    from longcat_jax.app.ui import build_app, serve  # gradio is imported here, after the check above
 
     app = build_app(engine, max_upload_mb=args.max_upload_mb)
-    app.queue()
     logger.info("Serving on http://%s:%d (results in %s)", args.host, args.port, output_dir)
     if args.host in ("127.0.0.1", "localhost"):
         logger.info("Only this machine can reach it. From another machine: ssh -L %d:127.0.0.1:%d THIS_HOST, then "
                     "open http://127.0.0.1:%d there; or start with --host 0.0.0.0 to serve every network interface "
                     "(anyone who reaches the port can run jobs on this machine)", args.port, args.port, args.port)
     try:
-        app.launch(server_name=args.host, server_port=args.port, allowed_paths=[str(output_dir)],
-                   max_file_size=f"{args.max_upload_mb:g}mb", ssr_mode=False, show_error=False)
+        serve(app, host=args.host, port=args.port, output_dir=output_dir, max_upload_mb=args.max_upload_mb)
     except OSError as err:
         logger.error("cannot serve on %s:%d (%s); pick another --port", args.host, args.port, err)
         return 2

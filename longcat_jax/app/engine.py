@@ -6,10 +6,13 @@
     engine.cancel(job.id)                            # queued: dropped; running: stops at its next stage or step
 
 A request is checked by the task registry's `plan_run` before it is queued, so a bad one is refused with the
-CLI's message at once and never takes a turn. The worker runs each plan with its task's `run` on the warm
-pipeline (`models.WarmModels`) and writes the video (atomically, as the CLI does) and its provenance sidecar into
-the output folder, nothing before the last step: a cancelled or failed job leaves no file. An error in one job
-(the CLI's `LongCatError`, or anything unexpected, logged with its traceback) fails that job only.
+CLI's message at once and never takes a turn; that includes its memory plan, made for the request as the CLI
+makes it (a request no placement fits within `--max-device-memory`, or the device, is refused, naming the budget
+that would hold it). The worker runs each plan with its task's `run` on the warm pipeline (`models.WarmModels`:
+loaded again when the request needs a more frugal placement than the loaded one) and writes the video
+(atomically, as the CLI does) and its provenance sidecar into the output folder, nothing before the last step: a
+cancelled or failed job leaves no file. An error in one job (the CLI's `LongCatError`, or anything unexpected,
+logged with its traceback) fails that job only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from longcat_jax.memory.plan import MemoryBudgetError
 from longcat_jax.pipelines.request import RunInputs, RunRequest
 from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.pipelines.tasks import plan_run, task_of
+from longcat_jax.progress import on_steps
 from longcat_jax.video_io import save_video
 
 logger = logging.getLogger(__name__)
@@ -79,7 +83,8 @@ class Engine:
 
     def warm_up(self) -> RunStats:
         """Loads the models (before the page opens, so no user waits for it) as the memory plan of the app's
-        default request places them; where the default video cannot fit, as that of the smallest video does."""
+        default request places them; where the default video cannot fit, as that of the smallest video does (a
+        larger request later loads them again, placed for it: `models.WarmModels`)."""
         try:
             plan = plan_run(self.settings.request())
         except MemoryBudgetError as err:
@@ -197,7 +202,7 @@ class Engine:
                 job.error = str(err)
                 logger.error("%s failed: %s", job.id, err)
             except Exception as err:  # a bug or a device error must not end the worker: the next job still runs
-                job.error = f"internal error ({type(err).__name__}: {err}); the server log has the traceback"
+                job.error = _unexpected_error(err)
                 logger.exception("%s failed", job.id)
             finally:
                 self.models.forget_prompts()
@@ -210,7 +215,8 @@ class Engine:
         plan, request = job.plan, job.request
         stats = JobStats(job, self._notify)
         pipe = self.models.for_plan(plan, stats)
-        video = plan.task.run(pipe, plan.setup, plan.stages)
+        with on_steps(stats.step_done):  # this thread's denoising steps: progress and the cancel point
+            video = plan.task.run(pipe, plan.setup, plan.stages)
         fps = request.fps or video.fps
         with stats.stage("write output"):
             video_path = save_video(plan.output_path, video.frames, fps, "mp4")
@@ -239,3 +245,13 @@ class Engine:
     def _notify(self, job: Job) -> None:
         for listener in list(self._listeners):
             listener(job)
+
+
+def _unexpected_error(err: Exception) -> str:
+    """The page's message for an error that is not the CLI's: the device running out of memory (the memory plan's
+    estimates were short: what they do not see grew) says what to do; anything else is an internal error."""
+    if "RESOURCE_EXHAUSTED" in str(err):
+        return ("the device ran out of memory during this job (more than its memory plan estimated); ask for a "
+                "smaller video, or restart the app with a lower --max-device-memory, so that every request is "
+                "placed with more room to spare")
+    return f"internal error ({type(err).__name__}: {err}); the server log has the traceback"

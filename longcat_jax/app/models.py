@@ -1,11 +1,14 @@
 """The models the app keeps loaded: one `LongCatPipeline`, loaded once and reused by every job.
 
 A job changes only what a run may change on a loaded pipeline: its stats, its LoRAs (`user_loras`, read from disk
-once per file and kept) and the stage settings the tasks set themselves (`use_dit`). Its weight format can not be
-changed in place: a job that asks for another `--quantize` mode (or dtype) reloads the pipeline, which takes as
-long as the first load. The models are placed (device or host, chunks, tiles) by the memory plan of the request
-that loads them, and keep that placement for later jobs; the text encoder stays loaded (the CLI frees it before
-the DiT runs), so that every job can encode its prompts.
+once per file and kept) and the stage settings the tasks set themselves (`use_dit`). Two things mean loading the
+models again, which takes as long as the first load:
+- another weight format: a job that asks for another `--quantize` mode (or dtype);
+- a memory plan the loaded models do not serve: each request is planned for the device memory (its own
+  `--max-device-memory` plan, as the CLI's), and a larger one may need a more frugal placement (the DiT streamed,
+  smaller token chunks or VAE tiles) than the models were loaded with. They are then loaded with the most frugal of
+  the two placements, and keep it for later jobs (`app.placement`).
+The text encoder stays loaded (the CLI frees it before the DiT runs), so that every job can encode its prompts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import gc
 import logging
 from pathlib import Path
 
+from longcat_jax.app.placement import covers, most_frugal
+from longcat_jax.memory.plan import MemoryPlan, Placement
 from longcat_jax.models.dit import LoRA, load_lora
 from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.pipelines.pipeline import LongCatPipeline
@@ -46,43 +51,66 @@ class LoadSetting:
 class WarmModels:
     """The pipeline of one checkpoint (`model_path` None: the built-in model), loaded on first use.
 
-    `loads` counts the loads, so a caller (and the tests) can see that a second job reused the models."""
+    `loads` counts the loads, so a caller (and the tests) can see that a second job reused the models; `placement`
+    is the memory plan's placement they were loaded with."""
 
     def __init__(self, model_path: Path | str | None):
         self.model_path = model_path  # as given; each plan holds it resolved (a hub id -> its local folder)
         self.pipeline: LongCatPipeline | None = None
         self.setting: LoadSetting | None = None
+        self.placement: Placement | None = None
         self.loads = 0
         self._loras: dict[tuple[Path, int], LoRA] = {}  # (file, its mtime) -> the LoRA read from it
         self._scaled: dict[tuple[Path, int, float], LoRA] = {}
 
     def for_plan(self, plan: RunPlan, stats: RunStats) -> LongCatPipeline:
         """The pipeline for a checked plan, loaded (in a `load models` stage of `stats`) unless it is already in the
-        plan's weight format; its stats are `stats` and its LoRAs the request's."""
+        plan's weight format and placed to serve the plan's memory (see the module docstring); its stats are `stats`
+        and its LoRAs the request's."""
         wanted = LoadSetting.of(plan)
-        if self.pipeline is None or wanted != self.setting:
+        memory = plan.memory
+        wanted_placement = memory.placement if memory is not None else Placement()
+        reason = self._reload_reason(wanted, wanted_placement)
+        if reason is not None:
             if self.pipeline is not None:
-                logger.info("Reloading the models: %s asked, %s loaded", wanted.describe(), self.setting.describe())
+                logger.info("Loading the models again: %s", reason)
+                if wanted == self.setting:  # the same weights: keep what earlier jobs needed as well
+                    wanted_placement = most_frugal(self.placement, wanted_placement)
+                    memory = dataclasses.replace(memory, placement=wanted_placement)
                 self.pipeline = None
                 gc.collect()  # the old weights go before the new ones arrive
             with stats.stage("load models"):
-                self.pipeline = self._load(plan, wanted)
-            self.setting = wanted
+                self.pipeline = self._load(plan, wanted, memory)
+            self.setting, self.placement = wanted, wanted_placement
             self.loads += 1
+        elif wanted_placement != self.placement:
+            stats.notes.append(f"memory: this request's plan ({'; '.join(wanted_placement.describe())}) is served by "
+                               "the models as loaded, placed more frugally (below)")
         pipe = self.pipeline
         pipe.stats = stats
         pipe.user_loras = [self._lora(spec) for spec in plan.setup.request.lora]
         return pipe
 
-    def _load(self, plan: RunPlan, setting: LoadSetting) -> LongCatPipeline:
+    def _reload_reason(self, wanted: LoadSetting, placement: Placement) -> str | None:
+        """Why the models must be loaded (again) for a plan of `wanted` weights and `placement`; None if they serve."""
+        if self.pipeline is None:
+            return "first load"
+        if wanted != self.setting:
+            return f"{wanted.describe()} asked, {self.setting.describe()} loaded"
+        if not covers(self.placement, placement):
+            return (f"this request's memory plan needs a more frugal placement ({'; '.join(placement.describe())}) "
+                    f"than the models were loaded with ({'; '.join(self.placement.describe())})")
+        return None
+
+    def _load(self, plan: RunPlan, setting: LoadSetting, memory: MemoryPlan | None) -> LongCatPipeline:
         request = plan.setup.request
         dtype = DTYPES[setting.dtype]
         logger.info("Loading %s (%s)", request.model_path or "the built-in model", setting.describe())
         if request.model_path is None:
-            pipe = LongCatPipeline.builtin(dtype=dtype, quantize=setting.quantize, memory_plan=plan.memory)
+            pipe = LongCatPipeline.builtin(dtype=dtype, quantize=setting.quantize, memory_plan=memory)
         else:  # the plan's path: a hub id resolved to its local folder
             pipe = LongCatPipeline.from_pretrained(request.model_path, dtype=dtype, dit_config=plan.setup.context.dit_config,
-                                                   quantize=setting.quantize, memory_plan=plan.memory)
+                                                   quantize=setting.quantize, memory_plan=memory)
         shard_pipeline(pipe, make_mesh(request.context_parallel), fsdp=request.fsdp)
         return pipe
 
@@ -101,6 +129,6 @@ class WarmModels:
 
     def forget_prompts(self) -> None:
         """Drops the prompt embeddings the finished job cached on the pipeline (device memory; a long-running app
-        would otherwise keep every prompt ever asked). LongCatPipeline has no public call for it yet."""
+        would otherwise keep every prompt ever asked)."""
         if self.pipeline is not None:
-            self.pipeline._texts.clear()
+            self.pipeline.clear_text_cache()

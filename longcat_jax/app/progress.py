@@ -1,18 +1,20 @@
-"""A job's progress as the tasks report it, and its cancel point.
+"""A job's progress as the tasks report it, and its cancel points.
 
-The tasks time every stage through `pipe.stats` (`RunStats.stage`) and append each denoising step's time to the
-stage's `step_times` (`denoise.sample`). `JobStats` is a `RunStats` that also tells the engine when a stage starts
-and when a step ends, and checks for a cancel at both points: a cancelled job stops at its next stage or step,
-before anything is written. The step total is the length of the stage's progress bar (the schedule `sample` walks:
-the step count the user asked for, or less in a refinement that starts at t = 0.5).
+The tasks time every stage through `pipe.stats` (`RunStats.stage`), and each denoising loop reports its steps to
+the `longcat_jax.progress.on_steps` listeners of its thread (`denoise.sample`: the loop's name, step i of n, where
+n is the schedule it walks: the step count asked for, or less in a refinement that starts at t = 0.5). `JobStats`
+is a `RunStats` that tells the engine when a stage starts and when a step ends, and checks for a cancel at both
+points: a cancelled job stops at its next stage or step, before anything is written.
+
+    stats = JobStats(job, engine_notify)
+    with on_steps(stats.step_done):          # the worker thread's denoising steps, for this job
+        task.run(pipe, setup, stages)        # pipe.stats is stats
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-
-from tqdm.std import tqdm
 
 from longcat_jax.app.jobs import Job, StageProgress
 from longcat_jax.pipelines.stats import RunStats, StageTime
@@ -30,37 +32,17 @@ class JobStats(RunStats):
     def stage(self, name: str) -> Iterator[StageTime]:
         self.job.check_cancelled()
         with super().stage(name) as record:
-            record.step_times = StepLog(self, name, record.name)
             self.job.stage = StageProgress(record.name)
             self._on_change(self.job)
             yield record
         self.job.stages_done.append(f"{record.name} ({record.seconds:.1f} s)")
         self._on_change(self.job)
 
-    def step_done(self, bar_name: str, stage_name: str, steps: int) -> None:
-        """Called after each denoising step of the stage: reports it, then stops here if the job was cancelled."""
-        self.job.stage = StageProgress(stage_name, steps, _bar_total(bar_name))
+    def step_done(self, loop: str, step: int, total: int) -> None:
+        """An `on_steps` listener: step `step` of `total` of the denoising loop `loop` is done. Shown under the
+        stage that runs it (a long video's second segment is "continuation denoising #2"); then the job stops here
+        if it was cancelled."""
+        stage = self.job.stage.name if self.job.stage is not None else loop
+        self.job.stage = StageProgress(stage, step, total)
         self._on_change(self.job)
         self.job.check_cancelled()
-
-
-class StepLog(list):
-    """A stage's `step_times` that reports each step as `denoise.sample` appends its time."""
-
-    def __init__(self, stats: JobStats, bar_name: str, stage_name: str):
-        super().__init__()
-        self._stats = stats
-        self._bar_name = bar_name
-        self._stage_name = stage_name
-
-    def append(self, seconds: float) -> None:
-        super().append(seconds)
-        self._stats.step_done(self._bar_name, self._stage_name, len(self))
-
-
-def _bar_total(name: str) -> int | None:
-    """The length of the open progress bar named `name` (`sample` names its bar after the stage); None if none is
-    open. tqdm keeps its open bars in a class-level set guarded by its lock."""
-    with tqdm.get_lock():
-        totals = [bar.total for bar in tqdm._instances if bar.desc == name]
-    return totals[-1] if totals else None

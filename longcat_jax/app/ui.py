@@ -1,5 +1,5 @@
 """The Gradio page of the app: the form of every task, the queue with progress and cancel, the result (video,
-download, timing summary, provenance) and the gallery of results since start.
+download, settings, timing summary, provenance) and the gallery of results since start.
 
 The page polls the engine twice a second (`gr.Timer`) and sends only what changed. Every handler turns a
 `LongCatError` into its message on the page (the CLI's text); anything else is logged with its traceback and shown
@@ -9,12 +9,16 @@ as an internal error, so the page never shows a traceback and the server keeps s
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from longcat_jax.app import form, views
+from longcat_jax.app.confine import OutputFolderOnly
 from longcat_jax.app.engine import Engine
 from longcat_jax.app.jobs import JobState
 from longcat_jax.errors import InputError, LongCatError
@@ -24,6 +28,7 @@ from longcat_jax.quantization import MODES as QUANTIZE_MODES
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+GALLERY_COLUMNS = 4
 TASK_LABELS = {
     "t2v": "Text to video",
     "i2v": "Image to video",
@@ -31,6 +36,9 @@ TASK_LABELS = {
     "long": "Long video",
     "refine": "Refine a video (480p -> 720p)",
 }
+# Gradio lays a gallery out in as many columns as it has items, so a first result would fill the whole width; keep
+# the gallery's columns (Gradio 6 sets them as this CSS variable; with another version the default layout stays).
+PAGE_CSS = f"#gallery .grid-container {{ --grid-cols: {GALLERY_COLUMNS} !important; }}"
 QUANTIZE_NOTE = ("Changing the quantization reloads the DiT and the other models (as long as the first load); the "
                  "weights loaded now are named at the top. fp8 needs an Ada or Hopper GPU; int8 and "
                  "fp8-weight-only run on any GPU.")
@@ -59,7 +67,7 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
 
         return run
 
-    with gr.Blocks(title="LongCat-Video (JAX)", analytics_enabled=False) as app:
+    with gr.Blocks(title="LongCat-Video (JAX)", analytics_enabled=False, **_css(gr.Blocks.__init__)) as app:
         session = gr.State({"mine": [], "shown": None, "gallery": -1, "choices": None, "header": None})
         header = gr.Markdown(views.header(engine), elem_id="header")
         with gr.Row():
@@ -79,11 +87,14 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
                     download = gr.File(label="Download (mp4 and its provenance JSON)", interactive=False,
                                        file_count="multiple", elem_id="download")
                     refine_result = gr.Button("Refine this result", elem_id="refine-result")
+                settings = gr.Markdown(elem_id="settings")
                 summary = gr.Code(label="Timing summary", interactive=False, elem_id="summary")
-                provenance = gr.Code(label="Provenance", language="json", interactive=False, max_lines=24,
-                                     elem_id="provenance")
-                gallery = gr.Gallery(label="Results since start", columns=4, elem_id="gallery")
+                with gr.Accordion("Provenance (the JSON file beside the video)", open=False):
+                    provenance = gr.Code(language="json", interactive=False, max_lines=24, show_label=False,
+                                         elem_id="provenance")
+                gallery = gr.Gallery(label="Results since start", columns=GALLERY_COLUMNS, elem_id="gallery")
         timer = gr.Timer(POLL_SECONDS)
+        result_outputs = [result_video, download, settings, summary, provenance]  # as _result_outputs gives them
 
         def submit_job(state: dict, *values):
             values = form.FormValues(**dict(zip(fields, values, strict=True)))
@@ -111,7 +122,7 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
         def poll(state: dict):
             mine = [engine.job(job_id) for job_id in state["mine"]]
             newest_done = next((job for job in reversed(mine) if job.state is JobState.DONE), None)
-            result = [gr.skip()] * 4
+            result = [gr.skip()] * len(result_outputs)
             if newest_done is not None and newest_done.id != state["shown"] and _newer(newest_done, state, engine):
                 state["shown"] = newest_done.id
                 result = _result_outputs(engine, newest_done.id)
@@ -136,14 +147,29 @@ def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_
         cancel.click(guarded(cancel_job, 1), [cancel_choice], [error_box], show_progress="hidden")
         refine_result.click(guarded(refine_shown, 3), [session], [error_box, fields["task"], fields["refine_from"]],
                             show_progress="hidden")
-        gallery.select(guarded(show_selected, 6), [session], [error_box, session, result_video, download, summary,
-                                                              provenance], show_progress="hidden")
-        timer.tick(_logged(poll, 10), [session], [session, queue, status, cancel_choice, gallery, header, result_video, download,
-                                     summary, provenance], show_progress="hidden")
+        gallery.select(guarded(show_selected, 2 + len(result_outputs)), [session], [error_box, session, *result_outputs],
+                       show_progress="hidden")
+        poll_outputs = [session, queue, status, cancel_choice, gallery, header, *result_outputs]
+        timer.tick(_logged(poll, len(poll_outputs)), [session], poll_outputs, show_progress="hidden")
         fields["task"].change(_task_visibility, [fields["task"]], _visibility_targets(fields))
         fields["resolution"].change(lambda resolution: gr.update(choices=_size_labels(defaults, resolution)),
                                     [fields["resolution"]], [fields["size"]])
     return app
+
+
+def serve(app: gr.Blocks, *, host: str, port: int, output_dir: Path, max_upload_mb: float, block: bool = True) -> None:
+    """Queues and launches the page on host:port: files served from `output_dir` only (`OutputFolderOnly`, and
+    Gradio's own allowed paths), uploads up to `max_upload_mb`, no tracebacks in the page, no server-side rendering
+    (it would start a Node server). `block=False` returns once it serves (tests; `app.close()` stops it)."""
+    app.queue()
+    app.launch(server_name=host, server_port=port, allowed_paths=[str(output_dir)], max_file_size=f"{max_upload_mb:g}mb",
+               ssr_mode=False, show_error=False, prevent_thread_lock=not block,
+               app_kwargs={"middleware": [Middleware(OutputFolderOnly, output_dir=output_dir)]}, **_css(app.launch))
+
+
+def _css(function: Callable) -> dict:
+    """`css=PAGE_CSS` for whichever takes it: `gr.Blocks` in Gradio 5, `Blocks.launch` in Gradio 6."""
+    return {"css": PAGE_CSS} if "css" in inspect.signature(function).parameters else {}
 
 
 def _logged(handler: Callable, outputs: int) -> Callable:
@@ -245,9 +271,10 @@ def _task_visibility(task: str) -> list:
 
 
 def _result_outputs(engine: Engine, job_id: str) -> list:
-    """The result panel of a done job: video, downloads, timing summary, provenance."""
+    """The result panel of a done job: video, downloads, settings, timing summary, provenance."""
     job = engine.job(job_id)
-    return [str(job.video), [str(job.video), str(job.sidecar)], job.summary, job.sidecar.read_text()]
+    return [str(job.video), [str(job.video), str(job.sidecar)], views.settings_table(job), job.summary,
+            job.sidecar.read_text()]
 
 
 def _newer(job, state: dict, engine: Engine) -> bool:

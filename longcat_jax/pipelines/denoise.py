@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.transformer import KVCache, LongCatDiT
 from longcat_jax.nan_guard import check_finite
 from longcat_jax.pipelines.guidance import cfg_zero_star, split_uncond_cond
 from longcat_jax.pipelines.scheduler import Schedule, euler_step, frame_timesteps
+from longcat_jax.progress import stepping
 from longcat_jax.quantization.compile_options import quantized_jit
 from longcat_jax.sharding.params import put
 
@@ -208,27 +208,32 @@ def sample(
     desc: str = "Denoising",
     step_times: list[float] | None = None,
 ) -> jax.Array:
-    """Runs every step of `schedule` from `latents`; a progress bar per call. Appends each step's wall time (the
-    first includes compilation) to `step_times` when given. The result is checked for NaN and Inf (one reduction;
-    `NonFiniteError` names the stage by `desc`), so a numerical failure never decodes to a black video."""
+    """Runs every step of `schedule` from `latents`. Each call is a `longcat_jax.progress.stepping` loop named
+    `desc`: a progress bar, and a report of each step (`desc`, step i of n) to the thread's `progress.on_steps`
+    listeners, which may raise to stop here. Appends each step's wall time (the first includes compilation) to
+    `step_times` when given. The result is checked for NaN and Inf (one reduction; `NonFiniteError` names the stage
+    by `desc`), so a numerical failure never decodes to a black video."""
     timesteps = np.asarray(schedule.timesteps, np.float32)
     sigmas = np.asarray(schedule.sigmas, np.float32)
     kv_cache = guided_kv_cache(kv_cache, latents.shape[0], guided)  # once, not in every step
-    for index in tqdm(range(len(timesteps)), desc=desc, unit="step"):
-        start = time.perf_counter()
-        latents = denoiser.step(
-            latents,
-            text,
-            timesteps[index],
-            sigmas[index],
-            sigmas[index + 1],
-            guidance_scale=guidance_scale,
-            guided=guided,
-            num_cond_latents=num_cond_latents,
-            kv_cache=kv_cache,
-        )
-        if step_times is not None:
-            latents.block_until_ready()
-            step_times.append(time.perf_counter() - start)
+    with stepping(len(timesteps), desc) as steps:
+        for index in range(len(timesteps)):
+            start = time.perf_counter()
+            latents = denoiser.step(
+                latents,
+                text,
+                timesteps[index],
+                sigmas[index],
+                sigmas[index + 1],
+                guidance_scale=guidance_scale,
+                guided=guided,
+                num_cond_latents=num_cond_latents,
+                kv_cache=kv_cache,
+            )
+            if step_times is not None or steps.watched:  # a step's time or report counts it finished
+                latents.block_until_ready()
+            if step_times is not None:
+                step_times.append(time.perf_counter() - start)
+            steps.done()
     check_finite(latents, desc)
     return latents

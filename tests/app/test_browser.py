@@ -1,8 +1,10 @@
 """The app in a real browser: `python -m longcat_jax.app` on the built-in model in a subprocess, driven by
-Playwright in Debian's headless Chromium. A t2v run from the page plays in a video element and enters the gallery,
-a bad size shows the CLI's message, an i2v run from an uploaded PNG works, and its result is refined. A screenshot
-of the finished page is saved (to LONGCAT_TEST_ARTIFACTS when set). Skipped where Gradio, Playwright or Chromium
-are missing."""
+Playwright in Debian's headless Chromium. A t2v run from the page plays in a video element (its file served and
+its metadata read) with its settings and timing summary, and enters the gallery; a bad size shows the CLI's
+message; an i2v run from an uploaded PNG works, and its result is refined. Screenshots are saved to
+LONGCAT_TEST_ARTIFACTS when set (else the test's temporary folder): `app.png`, the page after the t2v run (the
+README's, at most `SCREENSHOT_MAX_BYTES`), and `app-finished.png`, the page at the end. Skipped where Gradio,
+Playwright or Chromium are missing."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ pytestmark = [
 
 START_TIMEOUT = 180  # s: JAX and Gradio imports, the built-in model, on a loaded 2-core CI machine
 RUN_TIMEOUT_MS = 180_000  # the first run of a shape compiles
+SCREENSHOT_MAX_BYTES = 300_000
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -81,6 +84,21 @@ def page(app):
         browser.close()
 
 
+def _save_screenshot(page, path: Path) -> None:
+    """The whole page as a PNG of at most SCREENSHOT_MAX_BYTES (its colours reduced to a palette as needed: the
+    built-in model's videos are noise, which compresses badly), small enough to ship in the repository."""
+    from PIL import Image
+
+    page.screenshot(path=str(path), full_page=True)
+    for colors in (256, 128, 64, 32):
+        if path.stat().st_size <= SCREENSHOT_MAX_BYTES:
+            return
+        with Image.open(path) as image:
+            reduced = image.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+        reduced.save(path, optimize=True)
+    assert path.stat().st_size <= SCREENSHOT_MAX_BYTES, f"{path} is {path.stat().st_size} bytes"
+
+
 def _gallery_size(page) -> int:
     return page.locator("#gallery .thumbnail-item").count()
 
@@ -98,25 +116,32 @@ def _wait_done(page, task: str, gallery_size: int) -> None:
 
 
 def test_t2v_bad_input_i2v_and_refine_from_the_page(app, page, tmp_path):
+    artifacts = Path(os.environ.get("LONGCAT_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
     try:
-        _drive(page, tmp_path)
+        _drive(page, tmp_path, artifacts)
     except (AssertionError, sync_api.Error) as err:  # the server's side of the story with the browser's
         tail = "\n".join(app[1].read_text().splitlines()[-40:])
         raise AssertionError(f"{err}\npage error box: {page.locator('#error').inner_text()!r}\n"
                              f"--- app log ---\n{tail}") from err
-    folder = Path(os.environ.get("LONGCAT_TEST_ARTIFACTS", tmp_path))
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / "app.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "app-finished.png"), full_page=True)
 
 
-def _drive(page, tmp_path: Path) -> None:
-    # t2v, the smallest run: a playable video and one gallery entry
+def _drive(page, tmp_path: Path, artifacts: Path) -> None:
+    # t2v, the smallest run: a playable video, its settings and summary, and one gallery entry
+    page.locator("#prompt textarea").fill("A cat walks slowly across a sunny kitchen floor")
     page.locator("#steps input").fill("2")
     page.locator("#num-frames input").fill("5")
     page.click("#submit")
     _wait_done(page, "t2v", 1)
     page.wait_for_selector("#result-video video")
-    assert page.locator("#result-video video").get_attribute("src")
+    # the browser fetched the file (served from the output folder) and read its metadata: it can play it
+    page.wait_for_function("document.querySelector('#result-video video').readyState >= 1", timeout=30_000)
+    assert page.locator("#result-video video").evaluate("video => video.duration") > 0
+    page.wait_for_selector("#settings td:has-text('t2v')")
+    assert "2 steps" in page.locator("#settings").inner_text()
+    assert "t2v denoising" in page.locator("#summary").inner_text()
+    _save_screenshot(page, artifacts / "app.png")
 
     # a size the model cannot take: the CLI's message in the page, and nothing queued
     page.locator("#size input").click()

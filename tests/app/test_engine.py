@@ -188,32 +188,43 @@ def test_a_second_request_reuses_the_loaded_models(engine, builtin_loads):
     loads = engine.models.loads
     pipeline = engine.models.pipeline
     first = engine.submit(engine.settings.request(**SMALL, prompt="a red ball"))
-    second = engine.submit(engine.settings.request(**SMALL, prompt="a blue ball", seed=5))
+    second = engine.submit(engine.settings.request(**SMALL, prompt="a red ball", seed=5))
     wait_finished(first, second)
     assert (first.state, second.state) == (JobState.DONE, JobState.DONE)
     assert engine.models.loads == loads and engine.models.pipeline is pipeline
     assert builtin_loads == ["none"]  # the warm-up's load, none since
     assert "load models" not in first.summary and "load models" not in second.summary
-    assert not pipeline._texts  # the finished jobs' prompt embeddings were dropped
+    # the first job's prompt embeddings were dropped when it finished: the same prompt is encoded again
+    assert "text encoding" in first.summary and "text encoding" in second.summary
 
 
 def test_a_failing_job_fails_alone(engine):
-    """An unexpected error inside a job fails that job with a message (no traceback) and the next job runs."""
+    """An unexpected error inside a job fails that job with a message (no traceback; the device running out of memory
+    says what to do) and the next job runs."""
     gate = Gate(engine)
     running = engine.submit(engine.settings.request(**SMALL))
     gate.hold(running)
     broken = engine.submit(engine.settings.request(**SMALL))
+    out_of_memory = engine.submit(engine.settings.request(**SMALL))
     after = engine.submit(engine.settings.request(**SMALL))
 
-    def explode(pipe, setup, stages):
-        raise RuntimeError("device lost")
+    def raising(message: str):
+        def run(pipe, setup, stages):
+            raise RuntimeError(message)
 
-    broken.plan = dataclasses.replace(broken.plan, task=dataclasses.replace(broken.plan.task, run=explode))
+        return run
+
+    for job, message in ((broken, "device lost"), (out_of_memory, "RESOURCE_EXHAUSTED: Out of memory allocating")):
+        job.plan = dataclasses.replace(job.plan, task=dataclasses.replace(job.plan.task, run=raising(message)))
     gate.release()
-    wait_finished(running, broken, after)
-    assert (running.state, broken.state, after.state) == (JobState.DONE, JobState.FAILED, JobState.DONE)
+    wait_finished(running, broken, out_of_memory, after)
+    assert [job.state for job in (running, broken, out_of_memory, after)] == [
+        JobState.DONE, JobState.FAILED, JobState.FAILED, JobState.DONE]
     assert broken.error == "internal error (RuntimeError: device lost); the server log has the traceback"
-    assert not list(engine.settings.output_dir.glob(f"*{broken.id}*"))
+    assert out_of_memory.error.startswith("the device ran out of memory during this job")
+    assert "--max-device-memory" in out_of_memory.error
+    for job in (broken, out_of_memory):
+        assert not list(engine.settings.output_dir.glob(f"*{job.id}*"))
 
 
 def test_the_sidecar_holds_the_provenance_and_the_cli_command(engine, tmp_path):

@@ -1,10 +1,12 @@
-"""`python -m longcat_jax.app` without Gradio says how to install it, and nothing but the page imports Gradio."""
+"""`python -m longcat_jax.app` without Gradio says how to install it, nothing but the page imports Gradio, and it
+binds to 127.0.0.1 unless told otherwise."""
 
 from __future__ import annotations
 
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 from longcat_jax.app import __main__ as app_main
 
@@ -21,3 +23,8 @@ def test_only_the_page_imports_gradio():
             "longcat_jax.app.views; assert 'gradio' not in sys.modules, 'gradio imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_it_binds_to_this_machine_only_by_default():
+    args = app_main.build_parser().parse_args([])
+    assert (args.host, args.port, args.output_dir) == ("127.0.0.1", 7860, Path("outputs/app"))
