@@ -3,7 +3,7 @@
     plan = plan_run_memory(request, stages, context)      # a RunRequest, the task's TaskStages, its PlanContext
     plan = pipeline_memory_plan(root, "24GiB", dtype=jnp.bfloat16)   # from_pretrained(max_device_memory=...)
 
-Both read only config files (and LoRA file sizes); a run that cannot fit is refused here
+Both read only config files (and LoRA file headers); a run that cannot fit is refused here
 (`plan.MemoryBudgetError`).
 """
 
@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 
 from longcat_jax.checkpoint.layout import DISTILL_LORA, REFINE_LORA, TEXT_ENCODER, VAE, lora_path
 from longcat_jax.errors import ConfigError
+from longcat_jax.memory.lora_sizes import lora_device_bytes
 from longcat_jax.memory.plan import Budget, MemoryPlan, Models, budget_for, plan_memory
 from longcat_jax.memory.workloads import released_pipeline_work, run_work
 from longcat_jax.models.dit.config import DiTConfig
@@ -28,20 +30,17 @@ from longcat_jax.presets import TINY_DIT_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONF
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
-def _path_bytes(path: Path) -> int:
-    """Bytes of a file, or of the files under a folder (a converted LoRA)."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def checkpoint_models(root: Path, dit_config: DiTConfig, *, dtype, quantize: str | None,
-                      loras: Sequence[Path] = ()) -> Models:
-    """What the plan needs of a checkpoint folder: its text encoder's and VAE's configs (read here) and the bytes
-    of the LoRAs the run applies (their file sizes)."""
+                      named_loras: Sequence[Path] = (), user_loras: Sequence[Path] = ()) -> Models:
+    """What the plan needs of a checkpoint folder: its text encoder's and VAE's configs (read here) and the device
+    bytes of the LoRAs the run applies, from their headers: the largest of the checkpoint's `named_loras` (each stage
+    runs one: the distill LoRA in the generation, the refinement LoRA in the refinement) plus every user LoRA (in
+    every stage)."""
     text = UMT5Config.from_json(root / TEXT_ENCODER)
     vae = VAEConfig.from_json(root / VAE / "config.json")
-    lora_bytes = sum(_path_bytes(Path(p)) for p in loras)
+    param_bytes = np.dtype(dtype).itemsize
+    named = max((lora_device_bytes(p, param_bytes) for p in named_loras), default=0)
+    lora_bytes = named + sum(lora_device_bytes(p, param_bytes) for p in user_loras)
     return Models(dit_config, text, vae, dtype, dtype, dtype, quantize, lora_bytes, dit_loads_after_text=True)
 
 
@@ -68,9 +67,10 @@ def plan_run_memory(request, stages, context) -> MemoryPlan:
     else:
         root = Path(request.model_path)
         named = ([DISTILL_LORA] if request.distill else []) + ([REFINE_LORA] if stages.refinement is not None else [])
-        loras = [p for name in named if (p := lora_path(root, name)) is not None]
-        loras += [parse_lora_spec(spec)[0] for spec in request.lora]
-        models = checkpoint_models(root, context.dit_config, dtype=dtype, quantize=request.quantize, loras=loras)
+        named_loras = [p for name in named if (p := lora_path(root, name)) is not None]
+        user_loras = [parse_lora_spec(spec)[0] for spec in request.lora]
+        models = checkpoint_models(root, context.dit_config, dtype=dtype, quantize=request.quantize,
+                                   named_loras=named_loras, user_loras=user_loras)
     guided = any(getattr(getattr(plan, "sampling", None), "guided", False)
                  for plan in _stage_plans(stages.generation))
     work = run_work(stages, prompts=2 if guided else 1, text_length=context.defaults.max_sequence_length,
@@ -100,7 +100,7 @@ def pipeline_memory_plan(root: Path, max_device_memory: str | int | None, *, dit
     with guidance, its 720p refinement with the frames doubled, their VAE passes) within `max_device_memory`
     (None: the device's memory). Tasks of other sizes run with its placements."""
     models = checkpoint_models(root, dit_config, dtype=dtype, quantize=quantize,
-                               loras=[p for name in (DISTILL_LORA, REFINE_LORA) if (p := lora_path(root, name))])
+                               named_loras=[p for name in (DISTILL_LORA, REFINE_LORA) if (p := lora_path(root, name))])
     bsa = dit_config.bsa_params
     plan = plan_memory(released_pipeline_work(bsa=bsa), models, budget or budget_for(max_device_memory))
     plan.log()

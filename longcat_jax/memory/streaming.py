@@ -33,6 +33,7 @@ from jax.sharding import SingleDeviceSharding
 
 from longcat_jax.errors import ConfigError
 from longcat_jax.memory.device import PINNED_HOST, has_memory_kind
+from longcat_jax.memory.sizes import format_size
 from longcat_jax.models.dit.transformer import DiTEnds, KVCache, LongCatDiT
 from longcat_jax.quantization.compile_options import quantized_jit
 
@@ -101,8 +102,9 @@ class StreamedDiT:
             self._blocks.append((graphdef, state))
         self.block_bytes = [sum(leaf.nbytes for leaf in jax.tree.leaves(state)) for _, state in self._blocks]
         self.counters = StreamCounters()
-        logger.info("DiT weights streamed from pinned host memory: %d blocks of %.2f GiB, %d prefetched",
-                    len(self._blocks), max(self.block_bytes) / 2**30, prefetch)
+        logger.info("DiT weights streamed from pinned host memory: %d blocks of up to %s (LoRA factors included), "
+                    "%s per step, %d prefetched", len(self._blocks), format_size(max(self.block_bytes)),
+                    format_size(sum(self.block_bytes)), prefetch)
 
     @property
     def config(self):

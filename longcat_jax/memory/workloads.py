@@ -104,7 +104,11 @@ def _continuation(plan, text_length: int, loras: bool, repeats: int = 1) -> tupl
 
 def _refine(plan, text_length: int, repeats: int = 1) -> tuple[list[DiTStage], list[VAEStage]]:
     grid = token_grid(plan.latent_frames, plan.height, plan.width)
-    steps = max(1, math.ceil(plan.num_inference_steps * plan.t_thresh))
+    # The truncated schedule (`pipelines.scheduler.start_at`): t_thresh itself, then the steps below it; with the
+    # plain sigmas n * t_thresh + 1 of them (26 of 50).
+    steps = plan.num_inference_steps
+    if plan.t_thresh:
+        steps = min(steps, int(plan.num_inference_steps * plan.t_thresh) + 1)
     dit = [DiTStage("refine denoising", DiTCall(1, grid, text_length, plan.bsa, lora=True), steps, repeats)]
     frames = video_frames(plan.latent_frames)
     vae = [VAEStage("refine encode", frames, plan.height, plan.width, encode=True, repeats=repeats),
