@@ -1,13 +1,22 @@
-"""Time LongCat block-sparse attention on one GPU: ours (whole call and kernel), cuDNN dense, the original.
+"""Time LongCat block-sparse attention on one GPU: ours (whole call and kernel), dense, the original; on random
+and on structured (video-like) inputs, with the kept fraction of key blocks and the error against dense attention.
 
 Sizes: latent grids 24x44x80 (84,480 tokens) and 48x44x80 (168,960 tokens), B=1, 32 heads, D=128,
-bf16, 4x4x4 chunks; selection by top-k at sparsity 0.875 / 0.9375 / 0.96875 and by CDF 0.98.
+bf16, 4x4x4 chunks; selection by top-k at sparsity 0.875 / 0.9375 / 0.96875 and by CDF 0.9 / 0.98.
 Effective TFLOP/s count the selected blocks only: forward 4*D*cq*ck per selected (query block, key
 block) pair, backward 2.5x that (the flash-attention convention). "Extra memory" is what a call
 allocates beyond its inputs: for ours XLA's compiled temp + output bytes, for the original PyTorch's
 peak allocation above the inputs. Times are medians of event-synchronised repeats after warm-up.
 
+Inputs (`--inputs`, comma-separated): `random` (normal q, k, v: flat block scores, the earlier tables' inputs) and
+`structured` (benchmarks/bsa_inputs.py: a smooth spatio-temporal field with moving objects, through the DiT's
+LayerNorm, a random qkv projection, its q/k RMSNorm and 3D RoPE). For each input kind and selection a second table
+gives the kept fraction of key blocks (from the selection's counts), the query blocks that kept none, and the
+relative L2 error of our whole call against dense attention (cuDNN, bf16, on the GPU), over 1 in 7 query tokens.
+
     python3 benchmarks/bsa_attention.py [--reference PATH_TO_ORIGINAL_CHECKOUT] [--sizes 24x44x80,48x44x80]
+                                        [--inputs random,structured] [--modes "topk 0.9375,cdf 0.98"]
+    python3 benchmarks/bsa_attention.py --small --inputs random,structured    # CPU, interpreted kernels, an 8x16x16 grid
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
@@ -29,10 +38,14 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave memory 
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from bsa_inputs import StructuredInputSpec, parse_grid, structured_qkv  # noqa: E402  # this script's sibling
 
-from kernels import BSAParams, KernelConfig, bsa_attention, pallas_triton, reference, select_blocks, to_chunk_order  # noqa: E402  # noqa: E402
+from kernels import BSAParams, KernelConfig, bsa_attention, pallas_triton, reference, select_blocks, to_chunk_order  # noqa: E402
 from kernels.sparse_attention import FORWARD_KERNELS, sparse_attention_with_lse  # noqa: E402
-from longcat_jax.metrics import rel_l2
+from longcat_jax.cli_logging import setup_cli_logging  # noqa: E402
+from longcat_jax.errors import ConfigError  # noqa: E402
+from longcat_jax.metrics import rel_l2  # noqa: E402
+from longcat_jax.models.dit.attention import dense_attention  # noqa: E402
 
 log = logging.getLogger("bsa_benchmark")
 
@@ -40,33 +53,46 @@ MODES = {
     "topk 0.875": BSAParams(sparsity=0.875),
     "topk 0.9375": BSAParams(sparsity=0.9375),
     "topk 0.96875": BSAParams(sparsity=0.96875),
+    "cdf 0.9": BSAParams(sparsity=None, cdf_threshold=0.9),
     "cdf 0.98": BSAParams(sparsity=None, cdf_threshold=0.98),
 }
+INPUT_KINDS = ("random", "structured")
+ERROR_TOKEN_STRIDE = 7  # error vs dense over every 7th query token (host float64 time); 7 divides no grid side, so
+# the sample holds every position within a chunk
+SMALL = dict(sizes="8x16x16", heads=2, head_dim=64)  # --small: 2,048 tokens, 32 key blocks, seconds on a CPU
 
 
-def time_jax(fn, *args, warmup: int = 2, trials: int = 7, calls: int = 3) -> float:
+@dataclasses.dataclass(frozen=True)
+class Timer:
     """Median milliseconds per call; each trial runs `calls` back-to-back calls and synchronises once.
 
-    Calls slower than 0.2 s get 3 single-call trials, to keep the whole run inside its time limit.
+    Calls slower than 0.2 s get at most 3 single-call trials, to keep the whole run inside its time limit.
     """
-    start = time.perf_counter()
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    if (time.perf_counter() - start) / warmup > 0.2:
-        trials, calls = 3, 1
-    samples = []
-    for _ in range(trials):
+
+    warmup: int = 2
+    trials: int = 7
+    calls: int = 3
+
+    def __call__(self, fn, *args) -> float:
+        trials, calls = self.trials, self.calls
         start = time.perf_counter()
-        for _ in range(calls):
-            result = fn(*args)
-        jax.block_until_ready(result)
-        samples.append((time.perf_counter() - start) / calls * 1e3)
-    return statistics.median(samples)
+        for _ in range(self.warmup):
+            jax.block_until_ready(fn(*args))
+        if (time.perf_counter() - start) / self.warmup > 0.2:
+            trials, calls = min(trials, 3), 1
+        samples = []
+        for _ in range(trials):
+            start = time.perf_counter()
+            for _ in range(calls):
+                result = fn(*args)
+            jax.block_until_ready(result)
+            samples.append((time.perf_counter() - start) / calls * 1e3)
+        return statistics.median(samples)
 
 
-def extra_bytes_jax(jitted, *args) -> int:
-    """Temp + output bytes of the compiled call: the memory it needs beyond its inputs."""
-    analysis = jitted.lower(*args).compile().memory_analysis()
+def extra_bytes(compiled) -> int:
+    """Temp + output bytes of a compiled call: the memory it needs beyond its inputs."""
+    analysis = compiled.memory_analysis()
     return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
 
 
@@ -119,14 +145,14 @@ class Original:
         return result
 
 
-def sweep(q, k, v, indices, counts, block, do, backward) -> tuple[pallas_triton.TritonConfig, list[str]]:
+def sweep(q, k, v, indices, counts, block, do, backward, timer) -> tuple[pallas_triton.TritonConfig, list[str]]:
     """Time the kernels over launch settings; returns the best config and the report lines."""
     lines, best_fwd, best_bwd = [], None, None
     for warps, stages in ((4, 2), (4, 3), (8, 2)):
         config = pallas_triton.TritonConfig(num_warps=warps, num_stages=stages)
         triton = KernelConfig(forward="triton", triton=config)
         fwd = jax.jit(lambda *a, c=triton: sparse_attention_with_lse(*a, block, block, c))
-        ms = time_jax(fwd, q, k, v, indices, counts)
+        ms = timer(fwd, q, k, v, indices, counts)
         lines.append(f"fwd warps={warps} stages={stages}: {ms:.3f} ms")
         best_fwd = min(best_fwd or (ms, config), (ms, config), key=lambda t: t[0])
     if not backward:
@@ -136,17 +162,137 @@ def sweep(q, k, v, indices, counts, block, do, backward) -> tuple[pallas_triton.
     for warps, stages in ((4, 2), (4, 3)):
         config = dataclasses.replace(best_fwd[1], bwd_num_warps=warps, bwd_num_stages=stages)
         bwd = jax.jit(lambda *a, c=config: pallas_triton.triton_backward(*a, block, block, c))
-        ms = time_jax(bwd, q, k, v, indices, counts, out, lse, do)
+        ms = timer(bwd, q, k, v, indices, counts, out, lse, do)
         lines.append(f"bwd warps={warps} stages={stages}: {ms:.3f} ms")
         best_bwd = min(best_bwd or (ms, config), (ms, config), key=lambda t: t[0])
     return best_bwd[1], lines
 
 
-def main() -> None:
+def make_inputs(kind: str, latent, heads: int, head_dim: int, spec: StructuredInputSpec):
+    """q, k, v, do [1, T*H*W, heads, head_dim] bf16 in raster order; `do` (the backward's cotangent) is random normal
+    for both kinds, and the random kind's arrays are the earlier tables' (same keys)."""
+    tokens = latent[0] * latent[1] * latent[2]
+    keys = jax.random.split(jax.random.key(tokens), 4)
+    shape = (1, tokens, heads, head_dim)
+    do = jax.random.normal(keys[3], shape, jnp.bfloat16)
+    if kind == "random":
+        q, k, v = (jax.random.normal(key, shape, jnp.bfloat16) for key in keys[:3])
+        return q, k, v, do
+    start = time.perf_counter()
+    q, k, v = jax.block_until_ready(structured_qkv(jax.random.key(tokens), latent, spec))
+    log.info("structured inputs made in %.2f s (with compilation)", time.perf_counter() - start)
+    return q, k, v, do
+
+
+def error_vs_dense(out: jax.Array, dense_out: jax.Array, stride: int) -> float:
+    """Relative L2 of our output against dense attention over every `stride`-th query token ([B, S, H, D])."""
+    return rel_l2(out[:, ::stride], dense_out[:, ::stride])
+
+
+def measure_mode(bench, size, latent, kind, mode, q, k, v, do, dense_out, torch_inputs) -> dict:
+    """One selection on one input: times, kept fraction, error against dense, the original's figures."""
+    args, config, backend, timer = bench.args, bench.config, bench.backend, bench.timer
+    params = MODES[mode]
+    block = params.chunk_size_q
+    kernel_config = config.interpreted() if backend == "pallas_interpret" else config
+    chunk = jax.jit(lambda x, p=params: to_chunk_order(x, latent, p.chunk_3d_shape_q))
+    qc, kc, vc, doc = (chunk(x) for x in (q, k, v, do))
+    select = jax.jit(lambda a, b, p=params: select_blocks(a, b, p, backend=backend))
+    indices, counts = select(qc, kc)
+    pairs = int(jnp.sum(counts))
+    num_q_blocks, num_k_blocks = qc.shape[1] // block, kc.shape[1] // params.chunk_size_k
+    flops = 4 * args.head_dim * block * block * pairs
+    whole = jax.jit(lambda q, k, v, p=params, c=config: bsa_attention(
+        q, k, v, latent, latent, p, backend=backend, kernel_config=c))
+    fwd = jax.jit(lambda *a: sparse_attention_with_lse(*a, block, block, kernel_config))
+    record = {"size": size, "inputs": kind, "mode": mode, "pairs": pairs, "flops_fwd": flops}
+    record["kept_fraction"] = pairs / (counts.shape[0] * counts.shape[1] * num_q_blocks * num_k_blocks)
+    record["empty_query_blocks"] = float(jnp.mean(counts == 0))
+    whole_compiled = whole.lower(q, k, v).compile()
+    record["whole_extra_gib"] = extra_bytes(whole_compiled) / 2**30
+    record["whole_ms"] = timer(whole_compiled, q, k, v)
+    record["kernel_ms"] = timer(fwd, qc, kc, vc, indices, counts)
+    record["selection_ms"] = timer(select, qc, kc)
+    select_xla = jax.jit(lambda a, b, p=params: select_blocks(a, b, p, backend="reference"))
+    record["selection_xla_ms"] = timer(select_xla, qc, kc)
+    if params.cdf_threshold is None:
+        record["selection_matches_xla"] = bool(jnp.all(select_xla(qc, kc)[0] == indices))
+    ours = whole_compiled(q, k, v)
+    record["rel_l2_vs_dense"] = error_vs_dense(ours, dense_out, bench.error_stride)
+    if bench.backward:
+        out, lse = fwd(qc, kc, vc, indices, counts)
+        bwd = jax.jit(lambda *a: pallas_triton.triton_backward(*a, block, block, kernel_config.triton))
+        record["kernel_bwd_ms"] = timer(bwd, qc, kc, vc, indices, counts, out, lse, doc)
+        train = jax.jit(lambda q, k, v, do: jax.vjp(whole, q, k, v)[1](do))
+        record["whole_fwd_bwd_ms"] = timer(train, q, k, v, do)
+    if args.check and mode == "topk 0.9375":
+        ours_kernel = fwd(qc, kc, vc, indices, counts)[0]
+        ref = jax.jit(lambda *a: reference.blocked_attention(*a, block, block))(qc, kc, vc, indices, counts)
+        record["rel_l2_vs_reference"] = rel_l2(ours_kernel, ref)
+    if bench.original:
+        result = bench.original.run(*torch_inputs, latent, params, bench.backward)
+        for key in ("fwd_ms", "bwd_ms", "extra_gib", "error"):
+            if key in result:
+                record[f"original_{key}"] = result[key]
+        if args.check and "out" in result:
+            theirs = jnp.from_dlpack(result["out"].permute(0, 2, 1, 3).contiguous())
+            record["rel_l2_vs_original"] = rel_l2(ours, theirs)
+    return record
+
+
+def timing_row(record: dict, backward: bool) -> tuple[str, ...]:
+    """One row of the timing table (the earlier tables' columns)."""
+    orig_ms = record.get("original_fwd_ms")
+    return (
+        record["size"], f"ours {record['mode']}", f"{record['whole_ms']:.2f} / {record['kernel_ms']:.2f}",
+        f"{record['flops_fwd'] / record['kernel_ms'] / 1e9:.0f}",
+        f"{orig_ms:.2f}" if orig_ms else record.get("original_error", "-")[:40],
+        f"{orig_ms / record['whole_ms']:.2f}x" if orig_ms else "-",
+        (f"{record['kernel_bwd_ms']:.2f} / {record['whole_fwd_bwd_ms'] - record['whole_ms']:.2f} / "
+         f"{record.get('original_bwd_ms', float('nan')):.2f}" if backward else "-"),
+        f"{record['whole_extra_gib']:.2f} / {record.get('original_extra_gib', float('nan')):.2f}",
+    )
+
+
+def selection_row(record: dict, dense_ms: float) -> tuple[str, ...]:
+    """One row of the selection table: kept fraction, empty query blocks, error against dense, times."""
+    return (
+        record["size"], record["inputs"], record["mode"], f"{record['kept_fraction']:.4f}",
+        f"{record['empty_query_blocks']:.4f}", f"{record['rel_l2_vs_dense']:.2e}", f"{record['whole_ms']:.2f}",
+        f"{dense_ms:.2f}", f"{dense_ms / record['whole_ms']:.2f}x",
+    )
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+@dataclasses.dataclass
+class Bench:
+    """The run's settings, shared by every measurement."""
+
+    args: argparse.Namespace
+    config: KernelConfig
+    backend: str
+    timer: Timer
+    original: Original | None
+    backward: bool
+    error_stride: int
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", help="path of a checkout of the original LongCat-Video repository")
     parser.add_argument("--sizes", default="24x44x80,48x44x80", help="latent grids TxHxW, comma-separated")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
+    parser.add_argument("--inputs", default="random", help="comma-separated subset of " + ", ".join(INPUT_KINDS))
+    parser.add_argument("--qk-alignment", type=float, default=StructuredInputSpec.qk_alignment,
+                        help="structured inputs: how much of the key projection is the query's")
+    parser.add_argument("--qk-norm-weight", type=float, default=StructuredInputSpec.qk_norm_weight,
+                        help="structured inputs: the q/k RMSNorm weight (attention logits scale with its square)")
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--forward", default="auto", choices=FORWARD_KERNELS,
@@ -154,102 +300,90 @@ def main() -> None:
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
+    parser.add_argument("--small", action="store_true",
+                        help=f"a CPU run in seconds: grid {SMALL['sizes']}, {SMALL['heads']} heads of {SMALL['head_dim']}, "
+                             "kernels in the Pallas interpreter, one timing call each, no backward")
     parser.add_argument("--json", help="write all numbers to this file")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    problems = [f"unknown mode {m!r}" for m in args.modes.split(",") if m not in MODES]
+    problems += [f"unknown input kind {kind!r}" for kind in args.inputs.split(",") if kind not in INPUT_KINDS]
+    if args.small and (args.reference or args.sweep):
+        problems.append("--small runs on the CPU: --reference and --sweep need a GPU")
+    if problems:
+        parser.error("; ".join(problems) + f" (modes: {', '.join(MODES)}; input kinds: {', '.join(INPUT_KINDS)})")
+    if args.small:
+        args.sizes, args.heads, args.head_dim, args.no_backward = SMALL["sizes"], SMALL["heads"], SMALL["head_dim"], True
+    try:
+        args.grids = [parse_grid(size) for size in args.sizes.split(",")]
+        args.spec = StructuredInputSpec(hidden_size=args.heads * args.head_dim, num_heads=args.heads,
+                                        qk_alignment=args.qk_alignment, qk_norm_weight=args.qk_norm_weight)
+    except ConfigError as error:
+        parser.error(str(error))
+    return args
 
-    original = Original(args.reference) if args.reference else None
-    backward = not args.no_backward
+
+def main() -> None:
+    args = parse_args()
+    setup_cli_logging()  # INFO with times (an import may have set up the root logger already)
+    bench = Bench(
+        args=args, config=KernelConfig(forward=args.forward), backend="pallas_interpret" if args.small else "pallas",
+        timer=Timer(warmup=1, trials=1, calls=1) if args.small else Timer(),
+        original=Original(args.reference) if args.reference else None, backward=not args.no_backward,
+        error_stride=1 if args.small else ERROR_TOKEN_STRIDE,
+    )
     device = jax.devices()[0].device_kind
     log.info("device %s, jax %s", device, jax.__version__)
-    rows, records = [], []
-    config = KernelConfig(forward=args.forward)
-    for size in args.sizes.split(","):
-        latent = tuple(int(n) for n in size.split("x"))
+    timing_rows = {kind: [] for kind in args.inputs.split(",")}
+    selection_rows, records = [], []
+    dense = jax.jit(dense_attention)
+    dense_name = "dense cuDNN" if jax.default_backend() == "gpu" else "dense XLA"
+    for size, latent in zip(args.sizes.split(","), args.grids):
         tokens = latent[0] * latent[1] * latent[2]
-        keys = jax.random.split(jax.random.key(tokens), 4)
-        shape = (1, tokens, args.heads, args.head_dim)
-        q, k, v, do = (jax.random.normal(key, shape, jnp.bfloat16) for key in keys)
-        dense = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"))
-        dense_ms = time_jax(dense, q, k, v)
-        dense_flops = 4 * tokens * tokens * args.head_dim * args.heads
-        rows.append((size, "dense cuDNN", f"{dense_ms:.2f}", f"{dense_flops / dense_ms / 1e9:.0f}", "", "", "", ""))
-        torch_inputs = original.tensors(q, k, v, do) if original else None
-        if args.sweep and size == args.sizes.split(",")[0]:
-            params = MODES["topk 0.9375"]
-            block = params.chunk_size_q
-            chunk = jax.jit(lambda x, p=params: to_chunk_order(x, latent, p.chunk_3d_shape_q))
-            qc, kc, vc, doc = (chunk(x) for x in (q, k, v, do))
-            indices, counts = jax.jit(lambda a, b, p=params: select_blocks(a, b, p))(qc, kc)
-            triton_config, lines = sweep(qc, kc, vc, indices, counts, block, doc, backward)
-            config = dataclasses.replace(config, triton=triton_config)
-            for line in lines:
-                log.info("sweep %s", line)
-            log.info("sweep picked %s", config)
-            del qc, kc, vc, doc, indices, counts
-        for mode in args.modes.split(","):
-            params = MODES[mode]
-            block = params.chunk_size_q
-            log.info("%s %s", size, mode)
-            chunk = jax.jit(lambda x, p=params: to_chunk_order(x, latent, p.chunk_3d_shape_q))
-            qc, kc, vc, doc = (chunk(x) for x in (q, k, v, do))
-            select = jax.jit(lambda a, b, p=params: select_blocks(a, b, p, backend="pallas"))
-            indices, counts = select(qc, kc)
-            pairs = int(jnp.sum(counts))
-            flops = 4 * args.head_dim * block * block * pairs
-            whole = jax.jit(lambda q, k, v, p=params, c=config: bsa_attention(
-                q, k, v, latent, latent, p, backend="pallas", kernel_config=c))
-            fwd = jax.jit(lambda *a: sparse_attention_with_lse(*a, block, block, config))
-            record = {"size": size, "mode": mode, "pairs": pairs, "flops_fwd": flops}
-            record["whole_ms"] = time_jax(whole, q, k, v)
-            record["kernel_ms"] = time_jax(fwd, qc, kc, vc, indices, counts)
-            record["whole_extra_gib"] = extra_bytes_jax(whole, q, k, v) / 2**30
-            record["selection_ms"] = time_jax(select, qc, kc)
-            select_xla = jax.jit(lambda a, b, p=params: select_blocks(a, b, p, backend="reference"))
-            record["selection_xla_ms"] = time_jax(select_xla, qc, kc)
-            if params.cdf_threshold is None:
-                record["selection_matches_xla"] = bool(jnp.all(select_xla(qc, kc)[0] == indices))
-            if backward:
-                out, lse = fwd(qc, kc, vc, indices, counts)
-                bwd = jax.jit(lambda *a: pallas_triton.triton_backward(*a, block, block, config.triton))
-                record["kernel_bwd_ms"] = time_jax(bwd, qc, kc, vc, indices, counts, out, lse, doc)
-                train = jax.jit(lambda q, k, v, do: jax.vjp(whole, q, k, v)[1](do))
-                record["whole_fwd_bwd_ms"] = time_jax(train, q, k, v, do)
-            if args.check and mode == "topk 0.9375":
-                ours = fwd(qc, kc, vc, indices, counts)[0]
-                ref = jax.jit(lambda *a: reference.blocked_attention(*a, block, block))(qc, kc, vc, indices, counts)
-                record["rel_l2_vs_reference"] = rel_l2(ours, ref)
-            if original:
-                result = original.run(*torch_inputs, latent, params, backward)
-                for key in ("fwd_ms", "bwd_ms", "extra_gib", "error"):
-                    if key in result:
-                        record[f"original_{key}"] = result[key]
-                if args.check and "out" in result:
-                    theirs = jnp.from_dlpack(result["out"].permute(0, 2, 1, 3).contiguous())
-                    record["rel_l2_vs_original"] = rel_l2(jax.jit(whole)(q, k, v), theirs)
-            records.append(record)
-            log.info("%s", {k: v for k, v in record.items()})
-            orig_ms = record.get("original_fwd_ms")
-            rows.append((
-                size, f"ours {mode}", f"{record['whole_ms']:.2f} / {record['kernel_ms']:.2f}",
-                f"{flops / record['kernel_ms'] / 1e9:.0f}",
-                f"{orig_ms:.2f}" if orig_ms else record.get("original_error", "-")[:40],
-                f"{orig_ms / record['whole_ms']:.2f}x" if orig_ms else "-",
-                (f"{record['kernel_bwd_ms']:.2f} / {record['whole_fwd_bwd_ms'] - record['whole_ms']:.2f} / "
-                 f"{record.get('original_bwd_ms', float('nan')):.2f}" if backward else "-"),
-                f"{record['whole_extra_gib']:.2f} / {record.get('original_extra_gib', float('nan')):.2f}",
-            ))
-            log.info("row | %s |", " | ".join(rows[-1]))
-            if args.json:
-                Path(args.json).write_text(json.dumps({"device": device, "config": str(config), "records": records}))
-            del qc, kc, vc, doc, indices, counts
+        for kind in timing_rows:
+            q, k, v, do = make_inputs(kind, latent, args.heads, args.head_dim, args.spec)
+            dense_ms = bench.timer(dense, q, k, v)
+            dense_out = dense(q, k, v)
+            dense_flops = 4 * tokens * tokens * args.head_dim * args.heads
+            timing_rows[kind].append((size, dense_name, f"{dense_ms:.2f}", f"{dense_flops / dense_ms / 1e9:.0f}",
+                                      "", "", "", ""))
+            torch_inputs = bench.original.tensors(q, k, v, do) if bench.original else None
+            if args.sweep and size == args.sizes.split(",")[0] and kind == "random":
+                params = MODES["topk 0.9375"]
+                chunk = jax.jit(lambda x, p=params: to_chunk_order(x, latent, p.chunk_3d_shape_q))
+                qc, kc, vc, doc = (chunk(x) for x in (q, k, v, do))
+                indices, counts = jax.jit(lambda a, b, p=params: select_blocks(a, b, p))(qc, kc)
+                triton_config, lines = sweep(qc, kc, vc, indices, counts, params.chunk_size_q, doc, bench.backward,
+                                             bench.timer)
+                bench.config = dataclasses.replace(bench.config, triton=triton_config)
+                for line in lines:
+                    log.info("sweep %s", line)
+                log.info("sweep picked %s", bench.config)
+                del qc, kc, vc, doc, indices, counts
+            for mode in args.modes.split(","):
+                log.info("%s %s %s", size, kind, mode)
+                record = measure_mode(bench, size, latent, kind, mode, q, k, v, do, dense_out, torch_inputs)
+                record["dense_ms"] = dense_ms
+                records.append(record)
+                log.info("%s", record)
+                timing_rows[kind].append(timing_row(record, bench.backward))
+                selection_rows.append(selection_row(record, dense_ms))
+                log.info("row | %s |", " | ".join(timing_rows[kind][-1]))
+                if args.json:
+                    Path(args.json).write_text(json.dumps({
+                        "device": device, "config": str(bench.config), "backend": bench.backend,
+                        "structured_spec": dataclasses.asdict(args.spec), "error_token_stride": bench.error_stride,
+                        "records": records}))
+            del q, k, v, do, dense_out, torch_inputs
     header = ("grid", "what", "ms whole / kernel", "kernel TFLOP/s", "original ms", "speed-up",
               "bwd ms kernel / whole / orig", "extra GiB ours / orig")
-    print(f"device: {device}; kernel config: {config}")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print(f"device: {device}; kernel config: {bench.config}")
+    for kind, rows in timing_rows.items():
+        print(f"\ninputs: {kind}")
+        print_table(header, rows)
+    print(f"\nselection on each input (error over 1 in {bench.error_stride} query tokens, against {dense_name}; "
+          f"structured inputs: {args.spec})")
+    print_table(("grid", "inputs", "mode", "kept key blocks", "query blocks keeping none", "rel L2 vs dense",
+                 "ours whole ms", "dense ms", "dense / ours"), selection_rows)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`python -m convert SRC DST`: convert an original LongCat-Video checkpoint folder into our format.
+"""`python -m convert SRC DST`: convert an original LongCat-Video checkpoint folder (or FastVideo's conversion of it)
+into our format.
 
 Every failure ends with one line on stderr and no traceback: a refusal or a full disk (exit status 1), or
 Ctrl-C / SIGTERM (128 + the signal's number), after which `--resume` continues the conversion.
@@ -37,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m convert",
         description="Convert an original LongCat-Video checkpoint (dit/, vae/, text_encoder/, lora/*.safetensors, "
-        "tokenizer/, scheduler/) into Orbax checkpoints that longcat_jax loads directly. Streams one block at a "
+        "tokenizer/, scheduler/), or FastVideo's conversion of it (transformer/ for dit/, lora/distilled/, "
+        "lora/refinement/), into Orbax checkpoints that longcat_jax loads directly. Streams one block at a "
         "time; dtypes are kept.",
     )
-    parser.add_argument("src", help="the downloaded LongCat-Video folder")
+    parser.add_argument("src", help="the downloaded LongCat-Video folder (the original's or FastVideo's layout)")
     parser.add_argument("dst", help="a new (or empty) folder for the converted checkpoint")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     parser.add_argument("--resume", action="store_true",

@@ -2,7 +2,10 @@
 
 Each part present in `src` is converted with the same name-mapping generator the loaders use:
 `dit/` (sharded safetensors), `vae/`, `text_encoder/`, and every `lora/*.safetensors` (to
-`lora/<name>/`); `tokenizer/` and `scheduler/` are copied unchanged. Every part is checked (the parts
+`lora/<name>/`); `tokenizer/` and `scheduler/` are copied unchanged. FastVideo's conversion of the checkpoint
+(`longcat_jax.checkpoint.layout`: the DiT in `transformer/` with its own names, LoRAs in `lora/distilled/` and
+`lora/refinement/`) converts to the same folder as the original: `dit/` with the original's config.json,
+`lora/cfg_step_lora/`, `lora/refinement_lora/`. Every part is checked (the parts
 a generation run needs present, configs parsed, shards present and well-formed, names, shapes and
 dtypes mapped) before anything is written; tensors stream one group at a time, and dtypes are kept
 (bf16 stays bf16). An interrupted conversion is resumed with `resume=True` (see `convert.destination`).
@@ -15,18 +18,21 @@ import logging
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from convert import destination
 from longcat_jax.checkpoint.disk import require_space, writing
 from longcat_jax.checkpoint.layout import (
     COPIED_PARTS,
     DIT,
+    FASTVIDEO_DIT,
     LORA_DIR,
     REQUIRED_PARTS,
     TEXT_ENCODER,
     VAE,
     converted_lora_dir,
+    dit_folder,
+    lora_sources,
     missing_parts,
 )
 from longcat_jax.checkpoint.orbax_chunks import PARTIAL_SUFFIX, is_converted, partial_bytes, save_part
@@ -46,12 +52,29 @@ def _read_json(path: Path) -> dict[str, Any]:
                             hint="every model part needs its config.json")
 
 
+class _Job(NamedTuple):
+    """One part to convert: its name, the folder of the source it is read from (for the resume fingerprint), its
+    target (relative to the destination), the config.json to write there, its checked tensor stream, how many
+    tensors that stream yields, and the checkpoint it reads."""
+
+    name: str
+    source: str
+    target: Path
+    config: dict[str, Any]
+    tensors: Iterator
+    count: int
+    ckpt: SafetensorsCheckpoint
+
+
 def _dit_part(folder: Path):
-    from longcat_jax.models.dit.config import DiTConfig
-    from longcat_jax.models.dit.params import dit_tensors
+    """The DiT in either naming (the original's `dit/`, FastVideo's `transformer/`); its config.json is written in
+    the original's form."""
+    from longcat_jax.models.dit.config import DiTConfig, original_form
+    from longcat_jax.models.dit.fastvideo_params import checkpoint_dit_tensors
 
     config, ckpt = DiTConfig.from_json(folder / "config.json"), SafetensorsCheckpoint(folder)
-    return config, ckpt, dit_tensors(ckpt, config)
+    tensors, count = checkpoint_dit_tensors(ckpt, config)
+    return config, original_form(_read_json(folder / "config.json")), ckpt, tensors, count
 
 
 def _vae_part(folder: Path):
@@ -59,7 +82,7 @@ def _vae_part(folder: Path):
     from longcat_jax.models.vae.params import vae_tensors
 
     config, ckpt = VAEConfig.from_json(folder / "config.json"), SafetensorsCheckpoint(folder)
-    return config, ckpt, vae_tensors(ckpt, config)
+    return config, _read_json(folder / "config.json"), ckpt, vae_tensors(ckpt, config), len(ckpt.names())
 
 
 def _text_encoder_part(folder: Path):
@@ -67,10 +90,10 @@ def _text_encoder_part(folder: Path):
     from longcat_jax.models.text_encoder.params import text_encoder_tensors
 
     config, ckpt = UMT5Config.from_json(folder / "config.json"), SafetensorsCheckpoint(folder)
-    return config, ckpt, text_encoder_tensors(ckpt, config)
+    return config, _read_json(folder / "config.json"), ckpt, text_encoder_tensors(ckpt, config), len(ckpt.names())
 
 
-MODEL_PARTS: dict[str, Callable[[Path], tuple[Any, SafetensorsCheckpoint, Iterator]]] = {
+MODEL_PARTS: dict[str, Callable[[Path], tuple[Any, dict[str, Any], SafetensorsCheckpoint, Iterator, int]]] = {
     DIT: _dit_part,
     VAE: _vae_part,
     TEXT_ENCODER: _text_encoder_part,
@@ -87,28 +110,31 @@ def _primed(tensors: Iterator) -> Iterator:
     return itertools.chain([first], tensors)
 
 
-def _plan(src: Path, quantize: str | None = None) -> list[tuple[str, Path, dict[str, Any], Iterator, SafetensorsCheckpoint]]:
-    """(name, relative target, config dict, checked tensor stream, source) of every model part and LoRA; the DiT's
-    stream quantized by `quantize` (a `longcat_jax.quantization` mode), one tensor at a time."""
+def _plan(src: Path, quantize: str | None = None) -> list[_Job]:
+    """Every model part and LoRA of `src`, each checked; the DiT's stream quantized by `quantize` (a
+    `longcat_jax.quantization` mode), one tensor at a time."""
     jobs = []
     dit_config = None
     for part, make in MODEL_PARTS.items():
-        folder = src / part
+        folder = dit_folder(src) if part == DIT else src / part
         if not folder.is_dir():
             continue
-        config, ckpt, tensors = make(folder)
+        config, config_dict, ckpt, tensors, count = make(folder)
         if part == DIT:
             dit_config = config
             tensors = quantize_tensors(tensors, quantize, source=str(folder))
-        jobs.append((part, Path(part), _read_json(folder / "config.json"), _primed(tensors), ckpt))
-    lora_files = sorted((src / LORA_DIR).glob("*.safetensors")) if (src / LORA_DIR).is_dir() else []
-    if lora_files:
-        from longcat_jax.models.dit.lora_params import lora_tensors
+            if folder.name == FASTVIDEO_DIT:
+                logger.info("%s: FastVideo's layout of the DiT, converted to %s/", folder, DIT)
+        jobs.append(_Job(part, folder.name, Path(part), config_dict, _primed(tensors), count, ckpt))
+    loras = lora_sources(src)
+    if loras:
+        from longcat_jax.models.dit.fastvideo_lora_params import dit_lora_tensors, lora_tensor_count
 
-        for file in lora_files:
+        for name, file in loras.items():
             ckpt = SafetensorsCheckpoint(file)
-            jobs.append((f"{LORA_DIR}/{file.stem}", converted_lora_dir(Path(), file.stem),
-                         {**LORA_CONFIG, "source": file.name}, _primed(lora_tensors(ckpt, dit_config)), ckpt))
+            jobs.append(_Job(f"{LORA_DIR}/{name}", LORA_DIR, converted_lora_dir(Path(), name),
+                             {**LORA_CONFIG, "source": file.relative_to(src / LORA_DIR).as_posix()},
+                             _primed(dit_lora_tensors(ckpt, dit_config)), lora_tensor_count(ckpt), ckpt))
     return jobs
 
 
@@ -126,18 +152,20 @@ def _check_space(dst: Path, jobs, copies: list[Path], *, resume: bool) -> None:
     """Refuses, before writing, a destination whose disk cannot hold what is left to write (the tensors' size:
     Orbax's compression saves little on weights)."""
     needed = 0
-    for _, relative, _, _, ckpt in jobs:
-        if not (resume and is_converted(dst / relative)):
-            needed += ckpt.nbytes() - (partial_bytes(dst / relative) if resume else 0)
+    for job in jobs:
+        if not (resume and is_converted(dst / job.target)):
+            needed += job.ckpt.nbytes() - (partial_bytes(dst / job.target) if resume else 0)
     needed += sum(f.stat().st_size for folder in copies for f in folder.rglob("*") if f.is_file())
     require_space(dst, needed, what="the conversion", fix="free some space or choose a folder on another disk")
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False, allow_incomplete: bool = False,
                        progress: bool = True, quantize: str | None = None) -> dict[str, Path]:
-    """Converts every part of the original checkpoint folder `src` into `dst`; returns {part: folder}.
+    """Converts every part of the original checkpoint folder `src` (or FastVideo's conversion of it) into `dst`;
+    returns {part: folder}.
 
-    LoRA parts are named `lora/<file stem>`. Raises CheckpointError/ConfigError naming the problem
+    LoRA parts are named `lora/<file stem>` (FastVideo's `lora/distilled/` and `lora/refinement/`: `lora/cfg_step_lora`,
+    `lora/refinement_lora`). Raises CheckpointError/ConfigError naming the problem
     (a part a generation run needs missing, unless `allow_incomplete`; an unmapped, missing, misshapen or
     non-float tensor; a truncated, missing or malformed shard; a bad config; a destination holding
     something else) before writing. `quantize` ('fp8', 'fp8-weight-only' or 'int8') stores the DiT's large Linears
@@ -153,8 +181,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False
     copies = [src / name for name in COPIED_PARTS if (src / name).is_dir()]
     if not jobs and not copies:
         raise CheckpointError(
-            f"{src} has none of {sorted(MODEL_PARTS)}, lora/*.safetensors, {list(COPIED_PARTS)}; "
-            "is it a LongCat-Video checkpoint folder?"
+            f"{src} has none of {sorted(MODEL_PARTS)} (or FastVideo's {FASTVIDEO_DIT}), lora/*.safetensors, "
+            f"{list(COPIED_PARTS)}; is it a LongCat-Video checkpoint folder?"
         )
     missing = missing_parts(src)
     if missing and not allow_incomplete:
@@ -163,21 +191,20 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False
             "`generate` would refuse the converted folder; download the missing parts, or pass --allow-incomplete "
             "(allow_incomplete=True) to convert only what is there"
         )
-    parts = [*(name for name, *_ in jobs if not name.startswith(LORA_DIR)), *(f.name for f in copies)]
-    parts += [LORA_DIR] if any(name.startswith(LORA_DIR) for name, *_ in jobs) else []
+    parts = sorted({job.source for job in jobs} | {f.name for f in copies})
     target = destination.prepare(dst, src, destination.source_fingerprint(src, parts), resume=resume,
                                  settings={"quantize": quantize or "none"})
     done: dict[str, Path] = {}
     try:
         _check_space(dst, jobs, copies, resume=resume)
-        for part, relative, config_dict, tensors, ckpt in jobs:
-            if resume and is_converted(dst / relative):
-                logger.info("%s: converted before, kept", part)
-                done[part] = dst / relative
+        for job in jobs:
+            if resume and is_converted(dst / job.target):
+                logger.info("%s: converted before, kept", job.name)
+                done[job.name] = dst / job.target
                 continue
-            (dst / relative).parent.mkdir(parents=True, exist_ok=True)
-            done[part] = save_part(tensors, dst / relative, config_dict, total=len(ckpt.names()), desc=part,
-                                   progress=progress, resume=resume)
+            (dst / job.target).parent.mkdir(parents=True, exist_ok=True)
+            done[job.name] = save_part(job.tensors, dst / job.target, job.config, total=job.count, desc=job.name,
+                                       progress=progress, resume=resume)
         for folder in copies:
             if not (resume and (dst / folder.name).is_dir()):
                 _copy(folder, dst / folder.name)

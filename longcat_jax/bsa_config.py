@@ -7,6 +7,9 @@
 recommended preset, though the original's kernel function has other defaults), and each value filled in is
 logged. Unknown keys and bad values are refused with a ConfigError that names the file and every bad key.
 
+`bsa_overrides` checks the command line's replacements of `bsa_params` values (`--bsa-sparsity`,
+`--bsa-cdf-threshold`: a number, or `none` for null) by the same rules as a config file's values.
+
 `read_bsa_config` takes a file or the name of a preset shipped in the package (`longcat_jax.configs`: `balanced`,
 `quality`, `fast`, `adaptive`, `long_video`, `480p_no_bsa`, or a file name such as `config_720p_balanced.json`), so
 presets work from any install and any working folder; an existing file of that name wins over the preset.
@@ -33,6 +36,8 @@ PARAM_KEYS = ("sparsity", "cdf_threshold", "chunk_3d_shape_q", "chunk_3d_shape_k
 # The released checkpoint's bsa_params: what a missing key takes, and what the refinement runs with when the
 # checkpoint has no bsa_params of its own.
 RELEASED_PARAMS = BSAParams(sparsity=0.9375, cdf_threshold=None, chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(4, 4, 4))
+OVERRIDE_FLAGS = {"sparsity": "--bsa-sparsity", "cdf_threshold": "--bsa-cdf-threshold"}  # bsa_params key -> flag
+NULL = "none"  # an override's value that turns its selection rule off (null in the JSON)
 
 
 def read_bsa_config(path_or_preset: str | Path) -> BSAParams | None:
@@ -68,6 +73,45 @@ def parse_dit_bsa(dit_config: Mapping[str, Any], *, source: str = "DiT config") 
     """(`enable_bsa`, `bsa_params`) of a DiT `config.json` (absent: BSA off, no parameters); the DiT config
     parser's other keys are its own business."""
     return _parse_pair(dit_config.get("enable_bsa", False), dit_config.get("bsa_params"), source, [])
+
+
+def parse_override_value(text: str) -> float | str:
+    """A `--bsa-sparsity` / `--bsa-cdf-threshold` value as typed: a number, or `NULL` ('none' or 'null': that
+    selection rule off)."""
+    if text.strip().lower() in ("none", "null"):
+        return NULL
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is neither a number nor 'none'") from None
+
+
+def bsa_overrides(values: Mapping[str, float | str]) -> tuple[tuple[str, float | None], ...]:
+    """The checked (key, value) replacements of `bsa_params` values, from {key: value} of the keys given
+    (`OVERRIDE_FLAGS`; the value `NULL` is null). Each value is checked by the rules of a config file's (sparsity in
+    [0, 1), cdf_threshold in (0, 1]); every bad one is named in one ConfigError, as are overrides that leave no
+    selection rule at all."""
+    unknown = sorted(set(values) - set(OVERRIDE_FLAGS))
+    if unknown:
+        raise ConfigError(f"bsa_params keys {unknown} cannot be overridden; the overridable keys are {list(OVERRIDE_FLAGS)}")
+    changes = {key: None if values[key] == NULL else values[key] for key in OVERRIDE_FLAGS if key in values}
+    # Both rules on, so that turning one off alone stays valid; what is given replaces them.
+    try:
+        dataclasses.replace(BSAParams(sparsity=0.5, cdf_threshold=0.5), **changes)
+    except BSAConfigError as err:
+        raise ConfigError(
+            f"{describe_overrides(values)}: {err}; these flags take the values of bsa_params in a BSA config: "
+            "sparsity in [0, 1) (the presets: 0.875 to 0.96875), cdf_threshold in (0, 1] (the adaptive preset: 0.98), "
+            "or none for null"
+        ) from err
+    return tuple(changes.items())
+
+
+def describe_overrides(values: Mapping[str, float | str | None]) -> str:
+    """The flags that give `values` ({key: value}; `NULL` or None is null): `--bsa-sparsity 0.9 --bsa-cdf-threshold
+    none`."""
+    return " ".join(f"{OVERRIDE_FLAGS[key]} {'none' if value in (None, NULL) else f'{value:g}'}"
+                    for key, value in values.items() if key in OVERRIDE_FLAGS)
 
 
 def params_to_json(params: BSAParams | None) -> dict[str, Any] | None:

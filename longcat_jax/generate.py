@@ -5,13 +5,18 @@
     python -m longcat_jax.generate --model-path LongCat-Video --task i2v --image cat.png --prompt "..."
     python -m longcat_jax.generate --model-path LongCat-Video --task refine --refine-from out.mp4 --bsa-config fast
     python -m longcat_jax.generate --model-path meituan-longcat/LongCat-Video --prompt "..."   # a hub id
+    python -m longcat_jax.generate --model-path LongCat-Video --prompts prompts.jsonl --batch-size 2
+    python -m longcat_jax.generate --from-json outputs/longcat_t2v.json --output-path again.mp4
 
 This module is the command line only: its flags become a `RunRequest`, which the task registry
 (`longcat_jax.pipelines.tasks`) checks before a model is loaded (sizes, frame counts, input files, BSA chunk shapes
 against the token grid, checkpoint parts), so a mistake costs seconds, not a model load, and then runs.
 `--bsa-config` applies to the refinement stage when the run has one (stage 1 then follows the checkpoint's
-config.json, BSA off in the released model), else to the generation. The output is written atomically; the run
-ends with a summary of the time per stage, seconds per denoising step and peak memory.
+config.json, BSA off in the released model), else to the generation; `--bsa-sparsity` and `--bsa-cdf-threshold`
+replace those values of every stage that runs BSA. The output is written atomically with its provenance sidecar
+`NAME.json` (`longcat_jax.provenance`), which `--from-json` runs again; the run ends with a summary of the time per
+stage, seconds per denoising step and peak memory. `--prompts FILE` runs every item of a file with the models loaded
+once (`longcat_jax.batch`).
 """
 
 from __future__ import annotations
@@ -25,26 +30,39 @@ from pathlib import Path
 
 import jax
 
+from longcat_jax.batch import run_batch
+from longcat_jax.bsa_config import parse_override_value
 from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
-from longcat_jax.errors import LongCatError
+from longcat_jax.errors import ConfigError, InputError, LongCatError
 from longcat_jax.pipelines.request import RunRequest
 from longcat_jax.pipelines.tasks import DTYPES, TASKS, plan_run, run_plan
+from longcat_jax.provenance import (
+    differences,
+    planned_record,
+    read_sidecar,
+    request_from_record,
+    write_video_and_sidecar,
+)
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
 from longcat_jax.sharding import initialize_distributed
 from longcat_jax.signals import describe, exit_status, sigterm_as_interrupt
-from longcat_jax.video_io import OUTPUT_FORMATS, save_video
+from longcat_jax.video_io import OUTPUT_FORMATS
 
 logger = logging.getLogger("longcat_jax.generate")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
+    """The CLI's flags; `defaults=False`: none has a default, so a parse holds only the flags given."""
     parser = argparse.ArgumentParser(
         prog="python -m longcat_jax.generate",
         description="Generate a video with LongCat-Video (JAX). Without --model-path: a tiny built-in model with "
         "random weights, to check the installation.",
     )
-    add = parser.add_argument
+
+    def add(*flags: str, **options) -> None:
+        parser.add_argument(*flags, **options if defaults else {**options, "default": argparse.SUPPRESS})
+
     add("--model-path", type=Path,
         help="checkpoint folder (original download or `python -m convert` output), or a Hugging Face hub id such as "
         "meituan-longcat/LongCat-Video (downloaded into the hub cache on first use)")
@@ -67,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bsa-config", type=Path, metavar="PRESET|FILE",
         help="BSA preset (balanced, quality, fast, adaptive, long_video, 480p_no_bsa, or a file name such as "
         "config_720p_balanced.json) or a JSON BSA config file")
+    add("--bsa-sparsity", type=_override_value, metavar="X|none",
+        help="replace bsa_params.sparsity of every stage that runs BSA (from --bsa-config, the checkpoint's "
+        "dit/config.json or the refinement's default), in [0, 1); none: no top-k rule")
+    add("--bsa-cdf-threshold", type=_override_value, metavar="Y|none",
+        help="replace bsa_params.cdf_threshold likewise, in (0, 1]; none: no CDF rule")
     add("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="extra LoRA, repeatable")
     add("--distill", action="store_true", help="cfg_step_lora, 16 steps, guidance 1")
     add("--refine", action="store_true", help="refine the result to 720p (stage 2)")
@@ -90,30 +113,61 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compilation-cache", metavar="DIR|none",
         help="keep compiled programs in DIR so later runs skip compiling (default: $LONGCAT_COMPILATION_CACHE, "
         "else ~/.cache/longcat_jax/jax_cache); none: off")
+    add("--prompts", type=Path, metavar="FILE",
+        help="generate every item of FILE with the models loaded once: a text file (one prompt a line) or .jsonl "
+        "(objects with prompt, negative_prompt, seed, image, video, num_frames, height, width, output); "
+        "--output-path is then the folder (default outputs/<FILE name>); items whose output exists are skipped")
+    add("--batch-size", type=int, default=1, metavar="N",
+        help="with --prompts: denoise up to N t2v items of one shape together (default %(default)s)")
+    add("--from-json", type=Path, metavar="NAME.json",
+        help="make the video of a provenance sidecar again (its settings; flags given here replace them)")
     return parser
+
+
+def _override_value(text: str) -> float | str:
+    try:
+        return parse_override_value(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(f"{err}; give a number such as 0.9375, or none") from None
 
 
 def parse_request(argv: list[str] | None = None) -> RunRequest:
     """The command line as a `RunRequest` (one field per flag)."""
+    return parse_command_line(argv)[0]
+
+
+def parse_command_line(argv: list[str] | None = None) -> tuple[RunRequest, set[str]]:
+    """The command line as a `RunRequest`, and the names of the fields its flags set (the others are defaults)."""
     args = vars(build_parser().parse_args(argv))
-    return RunRequest(**{**args, "lora": tuple(args["lora"])})
+    given = set(vars(build_parser(defaults=False).parse_args(argv)))
+    return RunRequest(**{**args, "lora": tuple(args["lora"])}), given
 
 
 @sigterm_as_interrupt()  # SIGTERM (timeout, docker stop, Slurm) ends the run as Ctrl-C does
 def main(argv: list[str] | None = None) -> int:
     setup_cli_logging()
-    request = parse_request(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    request, given = parse_command_line(argv)
+    command = ["python", "-m", "longcat_jax.generate", *argv]
     if os.environ.get("LONGCAT_COORDINATOR"):
         initialize_distributed()  # one process per host; before anything else touches JAX
     start = time.perf_counter()
     try:
+        _check_modes(request, given)
         enable_compilation_cache(request.compilation_cache)  # before anything compiles
-        plan = plan_run(request)
+        if request.prompts is not None:
+            return run_batch(request, command)
+        asked, recorded = request, None
+        if request.from_json is not None:
+            recorded = read_sidecar(request.from_json)
+            asked = request_from_record(recorded, request, given)
+        plan = plan_run(asked)
+        if recorded is not None:
+            _warn_of_differences(request.from_json, recorded, planned_record(plan, asked))
         frames, fps, stats = run_plan(plan)
         if jax.process_index() != 0:
             return 0  # with several hosts, process 0 writes the video
-        with stats.stage("write output"):
-            path = save_video(plan.output_path, frames, fps, request.output_format)
+        path = write_video_and_sidecar(plan, asked, frames, fps, stats, command=command)
     except LongCatError as err:
         logger.error("%s", err)
         return 2
@@ -124,6 +178,24 @@ def main(argv: list[str] | None = None) -> int:
     print(stats.summary(), file=sys.stderr)
     logger.info("Done in %.1f s", time.perf_counter() - start)
     return 0
+
+
+def _check_modes(request: RunRequest, given: set[str]) -> None:
+    """Refuses flags of the CLI's modes (one run, --prompts, --from-json) that do not go together."""
+    if request.prompts is not None and request.from_json is not None:
+        raise InputError("--prompts FILE runs a file of prompts and --from-json one sidecar's request; give one")
+    if "batch_size" in given and request.prompts is None:
+        raise InputError("--batch-size groups the items of --prompts FILE; add --prompts, or leave --batch-size out")
+
+
+def _warn_of_differences(sidecar: Path, recorded: dict, planned: dict) -> None:
+    """Says what differs between a sidecar and its run again (a flag given, an edited file, other weights or JAX)."""
+    found = differences(recorded, planned)
+    if found:
+        logger.warning("--from-json %s: %s differ from the sidecar's, so the video can differ from the one it "
+                       "describes", sidecar, ", ".join(found))
+    else:
+        logger.info("--from-json %s: prompts, seed, stages, precision, LoRAs, checkpoint and JAX as recorded", sidecar)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 existing folder as it is (a local folder always wins over a hub id of the same text) and downloads a hub id, or
 finds it in the hub cache, through `huggingface_hub.snapshot_download`: the usual cache (`HF_HOME`,
 `HF_HUB_CACHE`), `HF_HUB_OFFLINE=1`, `HF_TOKEN` and `hf auth login` all apply. Only the checkpoint's parts are
-fetched (`dit/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, `lora/`), not the rest of the repository.
+fetched (`dit/` or FastVideo's `transformer/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`, `lora/`), not
+the rest of the repository.
 Text that is neither an existing path nor of the form `owner/name` is refused before anything is fetched.
 """
 
@@ -15,13 +16,24 @@ import os
 import re
 from pathlib import Path
 
-from longcat_jax.checkpoint.layout import DIT, LORA_DIR, SCHEDULER, TEXT_ENCODER, TOKENIZER, VAE
+from longcat_jax.checkpoint.layout import (
+    DIT,
+    FASTVIDEO_DIT,
+    LORA_DIR,
+    SCHEDULER,
+    TEXT_ENCODER,
+    TOKENIZER,
+    VAE,
+)
 from longcat_jax.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 RELEASED_REPO = "meituan-longcat/LongCat-Video"
-CHECKPOINT_PATTERNS = tuple(f"{part}/*" for part in (DIT, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER, LORA_DIR))
+FASTVIDEO_REPO = "FastVideo/LongCat-Video-T2V-Diffusers"  # FastVideo's conversion (layout: checkpoint.layout)
+CHECKPOINT_PATTERNS = tuple(
+    f"{part}/*" for part in (DIT, FASTVIDEO_DIT, VAE, TEXT_ENCODER, TOKENIZER, SCHEDULER, LORA_DIR)
+)
 # The hub's rule for an owner or repository name: letters, digits, '-', '_', '.'; no leading or trailing '-'
 # or '.', no '--' or '..'; at most 96 characters.
 _NAME = r"(?!.*(?:--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"

@@ -33,12 +33,12 @@ from longcat_jax.bsa_config import read_bsa_config
 from longcat_jax.checkpoint.hub import resolve_model_path
 from longcat_jax.checkpoint.layout import (
     DISTILL_LORA,
-    DIT,
     REFINE_LORA,
     TEXT_ENCODER,
     TOKENIZER,
     VAE,
     check_checkpoint,
+    dit_folder,
     lora_path,
 )
 from longcat_jax.errors import CheckpointError, InputError
@@ -142,7 +142,8 @@ class LongCatPipeline:
         max_device_memory: str | int | None = None,
         memory_plan: MemoryPlan | None = None,
     ) -> LongCatPipeline:
-        """Loads an original LongCat-Video checkpoint folder or our converted one; `model_path` may also be a
+        """Loads an original LongCat-Video checkpoint folder, FastVideo's conversion of it (`transformer/` for `dit/`:
+        `longcat_jax.checkpoint.layout`) or our converted one; `model_path` may also be a
         Hugging Face hub id (`meituan-longcat/LongCat-Video`, downloaded into the hub cache on first use; an existing
         folder of the same name wins: `longcat_jax.checkpoint.hub`).
 
@@ -161,13 +162,13 @@ class LongCatPipeline:
         bsa = _bsa_request(bsa_config)
         user_loras = [_as_lora(spec) for spec in loras]
         path = check_checkpoint(resolve_model_path(model_path))  # a hub id: after the cheap checks above
-        dit_config = dit_config or DiTConfig.from_json(path / DIT / "config.json")
+        dit_config = dit_config or DiTConfig.from_json(dit_folder(path) / "config.json")  # dit/ or FastVideo's transformer/
         if memory_plan is None and max_device_memory is not None:
             memory_plan = pipeline_memory_plan(path, max_device_memory, dit_config=dit_config, dtype=dtype,
                                                quantize=quantize)
 
         def dit() -> LongCatDiT:
-            return load_dit(path / DIT, config=dit_config, dtype=dtype, quantize=quantize,
+            return load_dit(dit_folder(path), config=dit_config, dtype=dtype, quantize=quantize,
                             device=dit_sharding(memory_plan))
 
         vae = load_vae(path / VAE, dtype=dtype)
@@ -295,6 +296,12 @@ class LongCatPipeline:
         if negative_prompt is None:
             return TextCondition(embeddings, mask)
         return TextCondition(embeddings, mask, *self._texts[negative_prompt])
+
+    def clear_text_cache(self) -> None:
+        """Drops the cached prompt embeddings (device memory): a pipeline kept loaded for many runs (the web app)
+        would otherwise hold every prompt ever asked. A prompt asked again is encoded again, which needs the text
+        encoder not released."""
+        self._texts.clear()
 
     def release_text_encoder(self) -> None:
         """Frees the text encoder's memory; prompts encoded before stay usable."""

@@ -60,6 +60,8 @@ class RunRequest:
     seed: int = 42
     resolution: str = "480p"
     bsa_config: Path | None = None
+    bsa_sparsity: float | None | str = None  # replaces bsa_params.sparsity of stages that run BSA; "none": null
+    bsa_cdf_threshold: float | None | str = None  # likewise bsa_params.cdf_threshold
     lora: tuple[str, ...] = ()
     distill: bool = False
     refine: bool = False
@@ -77,6 +79,9 @@ class RunRequest:
     fsdp: bool = False
     max_device_memory: str | None = None  # a budget like 24GiB for the memory plan (`longcat_jax.memory`)
     compilation_cache: str | None = None  # read by the CLI before planning (`longcat_jax.compilation_cache`)
+    prompts: Path | None = None  # a file of items, each run as a request of its own (`longcat_jax.batch`)
+    batch_size: int = 1  # with --prompts: t2v items of one shape denoised together, up to this many
+    from_json: Path | None = None  # a sidecar whose request is run again (`longcat_jax.provenance`)
 
 
 def check_request_numbers(request: RunRequest) -> None:

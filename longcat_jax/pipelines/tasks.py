@@ -3,8 +3,10 @@
 Each task names the input flags it reads and needs, its defaults, and its plan and run functions (in its module):
 `plan` checks everything that needs no model and returns the stages' plans; `run` runs them on a loaded pipeline.
 `plan_run` makes the checks every task shares from the table (flags a task does not read, missing inputs, numbers,
-checkpoint parts, LoRA files, the `--bsa-config` file) before calling the task's `plan`, so a mistake costs seconds,
-not a model load; `run_plan` loads the models and runs it.
+checkpoint parts, LoRA files, the `--bsa-config` file and its `--bsa-sparsity`/`--bsa-cdf-threshold` overrides)
+before calling the task's `plan`, so a mistake costs seconds, not a model load; `run_plan` loads the models and runs
+it. A batch (`longcat_jax.batch`) plans its items with one `plan_context` and runs them on one pipeline
+(`load_pipeline`, `encode_prompts`); `stage_plans` names each denoising stage of a plan (the provenance records them).
 """
 
 from __future__ import annotations
@@ -12,15 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from longcat_jax.bsa_config import read_bsa_config
+from longcat_jax.bsa_config import bsa_overrides, describe_overrides, read_bsa_config
 from longcat_jax.checkpoint.hub import resolve_model_path
-from longcat_jax.checkpoint.layout import DISTILL_LORA, DIT, REFINE_LORA, check_checkpoint
+from longcat_jax.checkpoint.layout import DISTILL_LORA, REFINE_LORA, check_checkpoint, dit_folder
 from longcat_jax.errors import InputError
 from longcat_jax.memory.plan import MemoryPlan
 from longcat_jax.memory.run import plan_run_memory
@@ -28,7 +30,7 @@ from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.output_path import check_output_path, check_output_space, human_bytes
 from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v
-from longcat_jax.pipelines.bsa import STAGE_DEFAULT
+from longcat_jax.pipelines.bsa import STAGE_DEFAULT, BSAOverride, BSARequest
 from longcat_jax.pipelines.options import GeneratedVideo, GenerationOptions, PlanContext, RefineOptions, Sampling
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.request import (
@@ -102,11 +104,14 @@ def task_of(request: RunRequest) -> Task:
     return TASKS[request.task or ("refine" if request.refine_from is not None else "t2v")]
 
 
-def plan_run(request: RunRequest) -> RunPlan:
+def plan_run(request: RunRequest, *, context: PlanContext | None = None) -> RunPlan:
     """Every check that needs no model: flags against the task table, numbers, the output path, device count, LoRA
-    files, the BSA config, the input files, then the checkpoint (a hub id is downloaded or found in the hub cache
-    here, after the cheap checks, and replaced by its local folder) and its parts, then the task's own plan (sizes,
-    frames, BSA chunks) and the output's size against memory and free space."""
+    files, the BSA config and its overrides, the input files, then the checkpoint (a hub id is downloaded or found in
+    the hub cache here, after the cheap checks, and replaced by its local folder) and its parts, then the task's own
+    plan (sizes, frames, BSA chunks) and the output's size against memory and free space.
+
+    context: the `plan_context` of this request's checkpoint, made already (a batch plans its items with one); the
+    request's model_path must then be the resolved folder it was made from."""
     task = task_of(request)
     _check_flags(request, task)
     output = check_output_path(_output_path(request, task), request.output_format)  # before any download or load
@@ -118,36 +123,89 @@ def plan_run(request: RunRequest) -> RunPlan:
         parse_lora_spec(spec)
     generation, refinement = _stage_options(request, refines)
     inputs = read_inputs(request)
-    if request.model_path is not None:
-        request = dataclasses.replace(request, model_path=resolve_model_path(request.model_path))
-    context = _plan_context(request, refines)
+    if context is None:
+        request, context = plan_context(request)
     prompt = request.prompt if request.prompt is not None else task.default_prompt
     setup = RunSetup(request, prompt, task.refine_prompt if task.refine_prompt is not None else prompt,
                      inputs, context, generation, refinement)
     stages = task.plan(setup)
+    plan = RunPlan(task, setup, stages, output)
+    _check_overrides_apply(plan)
     _check_output_size(output, request.output_format, stages.output_shape)
-    return RunPlan(task, setup, stages, output, plan_run_memory(request, stages, context))
+    return dataclasses.replace(plan, memory=plan_run_memory(request, stages, context))
+
+
+def check_shared_settings(request: RunRequest) -> None:
+    """The checks of `plan_run` on what every item of a batch shares (the device count, the quantization, the LoRA
+    files, the BSA config and its overrides), so that a batch refuses such a mistake once, for the whole file."""
+    make_mesh(request.context_parallel)
+    check_quantize_supported(request.quantize)
+    for spec in request.lora:
+        parse_lora_spec(spec)
+    if request.bsa_config is not None:
+        read_bsa_config(request.bsa_config)
+    if overrides := _bsa_override_values(request):
+        bsa_overrides(overrides)
+
+
+def plan_context(request: RunRequest) -> tuple[RunRequest, PlanContext]:
+    """The request with its model_path resolved (a hub id downloaded or found in the hub cache, replaced by its local
+    folder) and what its tasks plan with: the checkpoint's parts checked, its `dit/config.json` read (once per run)."""
+    if request.model_path is not None:
+        request = dataclasses.replace(request, model_path=resolve_model_path(request.model_path))
+    return request, _plan_context(request, request.refine or not task_of(request).generates)
+
+
+def stage_plans(plan: RunPlan) -> list[tuple[str, object]]:
+    """(stage name, as the BSA log names it; its checked plan) of each denoising stage of the run, in order. A long
+    video gives its first clip and the plan every segment follows; its refinement, the first window's plan."""
+    found: list[tuple[str, object]] = []
+    pending = [plan.stages.generation, plan.stages.refinement]
+    while pending:
+        part = pending.pop(0)
+        if isinstance(part, long_video.LongVideoPlan):
+            pending[:0] = [part.first, part.segment]
+        elif isinstance(part, long_video.WindowedRefinePlan):
+            pending.insert(0, part.first)
+        elif isinstance(part, t2v.GenerationPlan):
+            found.append(("i2v" if plan.task.name == "i2v" else "t2v", part))
+        elif isinstance(part, continuation.ContinuationPlan):
+            found.append(("continuation", part))
+        elif isinstance(part, refine.RefinePlan):
+            found.append(("refinement", part))
+    return found
 
 
 def run_plan(plan: RunPlan) -> tuple[np.ndarray, float, RunStats]:
     """Loads the models and runs the planned stages; returns (frames, fps, stats)."""
-    request, setup = plan.setup.request, plan.setup
     stats = RunStats()
-    dtype = DTYPES[request.dtype] if request.dtype else (jnp.float32 if request.model_path is None else jnp.bfloat16)
+    pipe = load_pipeline(plan, stats)
+    encode_prompts(pipe, [plan])
+    video = plan.task.run(pipe, plan.setup, plan.stages)
+    return video.frames, plan.setup.request.fps or video.fps, stats
+
+
+def load_pipeline(plan: RunPlan, stats: RunStats) -> LongCatPipeline:
+    """The models of a checked plan (its checkpoint, dtype, quantization, LoRAs, memory plan and devices), loaded as
+    the `load models` stage of `stats`, which becomes the pipeline's."""
+    request, setup = plan.setup.request, plan.setup
     stats.notes.append(f"DiT quantization: {request.quantize}")
     with stats.stage("load models"):
         if request.model_path is None:
-            pipe = LongCatPipeline.builtin(dtype=dtype, loras=request.lora, quantize=request.quantize,
+            pipe = LongCatPipeline.builtin(dtype=run_dtype(request), loras=request.lora, quantize=request.quantize,
                                            memory_plan=plan.memory)
         else:
-            pipe = LongCatPipeline.from_pretrained(request.model_path, dtype=dtype, loras=request.lora,
+            pipe = LongCatPipeline.from_pretrained(request.model_path, dtype=run_dtype(request), loras=request.lora,
                                                    dit_config=setup.context.dit_config, quantize=request.quantize,
                                                    memory_plan=plan.memory)
         shard_pipeline(pipe, make_mesh(request.context_parallel), fsdp=request.fsdp)
     pipe.stats = stats
-    _encode_prompts(pipe, plan)
-    video = plan.task.run(pipe, setup, plan.stages)
-    return video.frames, request.fps or video.fps, stats
+    return pipe
+
+
+def run_dtype(request: RunRequest):
+    """--dtype, or the default: float32 for the built-in model, bfloat16 for a checkpoint."""
+    return DTYPES[request.dtype] if request.dtype else (jnp.float32 if request.model_path is None else jnp.bfloat16)
 
 
 def _check_flags(request: RunRequest, task: Task) -> None:
@@ -182,27 +240,54 @@ def _plan_context(request: RunRequest, refines: bool) -> PlanContext:
         return PlanContext(TINY_DEFAULTS, TINY_DIT_CONFIG)
     loras = ([DISTILL_LORA] if request.distill else []) + ([REFINE_LORA] if refines else [])
     root = check_checkpoint(request.model_path, loras=loras)
-    return PlanContext(RELEASED_DEFAULTS, DiTConfig.from_json(root / DIT / "config.json"))
+    return PlanContext(RELEASED_DEFAULTS, DiTConfig.from_json(dit_folder(root) / "config.json"))
 
 
 def _stage_options(request: RunRequest, refines: bool) -> tuple[GenerationOptions, RefineOptions | None]:
     """The options of the generation and refinement stages. `--bsa-config` applies to the refinement when the run
     has one (the generation then keeps the checkpoint's BSA, off in the released model), else to the generation."""
     bsa_file = read_bsa_config(request.bsa_config) if request.bsa_config is not None else STAGE_DEFAULT
+    overrides = _bsa_override_values(request)
     generation = GenerationOptions(
         negative_prompt=request.negative_prompt, height=request.height, width=request.width,
         num_frames=request.num_frames, num_cond_frames=request.num_cond_frames,
         num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
         distill=request.distill, seed=request.seed, resolution=request.resolution,
-        bsa=STAGE_DEFAULT if refines else bsa_file,
+        bsa=_with_overrides(STAGE_DEFAULT if refines else bsa_file, overrides),
     )
     if not refines:
         return generation, None
     size = (request.refine_height, request.refine_width) if request.refine_height is not None else None
     refinement = RefineOptions(num_inference_steps=request.refine_inference_steps,
                                spatial_only=request.spatial_refine_only, seed=request.seed + REFINE_SEED_OFFSET,
-                               size=size, bsa=bsa_file)
+                               size=size, bsa=_with_overrides(bsa_file, overrides))
     return generation, refinement
+
+
+def _bsa_override_values(request: RunRequest) -> dict[str, float | str]:
+    """{bsa_params key: value} of --bsa-sparsity and --bsa-cdf-threshold, those given."""
+    given = {"sparsity": request.bsa_sparsity, "cdf_threshold": request.bsa_cdf_threshold}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _with_overrides(base: BSARequest, overrides: dict[str, float | str]) -> BSARequest:
+    """`base` with the command line's BSA overrides, checked (none given: `base` itself)."""
+    if not overrides:
+        return base
+    return BSAOverride(base, bsa_overrides(overrides), describe_overrides(overrides))
+
+
+def _check_overrides_apply(plan: RunPlan) -> None:
+    """Refuses --bsa-sparsity / --bsa-cdf-threshold where no stage of the run runs BSA: they would change nothing,
+    and a sparsity sweep would make the same video again and again."""
+    overrides = _bsa_override_values(plan.setup.request)
+    if overrides and all(stage.bsa is None for _, stage in stage_plans(plan)):
+        flags = describe_overrides(overrides)
+        raise InputError(
+            f"{flags} changes the BSA of the stages that run it, and every stage of this run attends densely (the "
+            f"'BSA off' or 'BSA skipped' lines above say why); turn BSA on with --bsa-config NAME (balanced, quality, "
+            f"fast, adaptive, long_video) or a checkpoint whose dit/config.json has enable_bsa true, or leave {flags} out"
+        )
 
 
 def _output_path(request: RunRequest, task: Task) -> Path:
@@ -226,11 +311,12 @@ def _check_output_size(path: Path, output_format: str, shape: tuple[int, int, in
     check_output_space(path, output_format, frames, height, width)
 
 
-def _encode_prompts(pipe: LongCatPipeline, plan: RunPlan) -> None:
-    """Encodes every prompt the stages will use, then frees the text encoder's memory for the DiT."""
-    setup = plan.setup
-    if plan.task.generates:
-        pipe.encode_text(setup.prompt, Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt)
-    if setup.refinement is not None:
-        pipe.encode_text(setup.refine_prompt)
+def encode_prompts(pipe: LongCatPipeline, plans: Sequence[RunPlan]) -> None:
+    """Encodes every prompt the plans' stages will use, then frees the text encoder's memory for the DiT."""
+    for plan in plans:
+        setup = plan.setup
+        if plan.task.generates:
+            pipe.encode_text(setup.prompt, Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt)
+        if setup.refinement is not None:
+            pipe.encode_text(setup.refine_prompt)
     pipe.release_text_encoder()

@@ -1,5 +1,6 @@
-"""A ready `LongCatDiT`: `load_dit` from an original `dit/` folder or our converted one, `random_dit` with random
-weights (the built-in model, tests, and the benchmarks' real-size DiT without a checkpoint)."""
+"""A ready `LongCatDiT`: `load_dit` from an original `dit/` folder, FastVideo's `transformer/` folder or our converted
+one, `random_dit` with random weights (the built-in model, tests, and the benchmarks' real-size DiT without a
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from longcat_jax.checkpoint.orbax_chunks import is_converted, iter_part, read_in
 from longcat_jax.checkpoint.param_tree import abstract_model, fill_model
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.models.dit.config import DiTConfig
-from longcat_jax.models.dit.params import dit_tensors
+from longcat_jax.models.dit.fastvideo_params import checkpoint_dit_tensors
 from longcat_jax.models.dit.transformer import LongCatDiT
 from longcat_jax.quantization import check_quantize_supported, quantize_tensors, stored_quantization
 from longcat_jax.quantization.modes import check_stored_quantization
@@ -25,7 +26,8 @@ from longcat_jax.quantization.modes import check_stored_quantization
 def load_dit(path: str | Path, *, config: DiTConfig | None = None, dtype=jnp.bfloat16, param_dtype=None,
              device: jax.Device | jax.sharding.Sharding | None = None, quantize: str | None = None) -> LongCatDiT:
     """Loads the DiT from `path` (a folder with config.json and either the original safetensors
-    shards or our converted checkpoint).
+    shards, FastVideo's conversion of them (`transformer/`: its tensor names are recognised) or our converted
+    checkpoint).
 
     config: the folder's config, when the caller has read it already (a run reads `dit/config.json` once);
     None reads it. dtype: activation dtype; param_dtype: weight dtype (default: dtype). Self attention starts
@@ -44,9 +46,8 @@ def load_dit(path: str | Path, *, config: DiTConfig | None = None, dtype=jnp.bfl
         check_stored_quantization(path, stored_quantization((e["path"], e["dtype"]) for e in entries), quantize)
         tensors, count = iter_part(path), len(entries)
     else:
-        checkpoint = SafetensorsCheckpoint(path)
-        tensors, count = dit_tensors(checkpoint, config), len(checkpoint.names())
-    tensors = tqdm(tensors, total=count, desc="Loading DiT", unit="tensor")  # one per stored tensor, read in order
+        tensors, count = checkpoint_dit_tensors(SafetensorsCheckpoint(path), config)
+    tensors = tqdm(tensors, total=count, desc="Loading DiT", unit="tensor")  # one per parameter, read in order
     return fill_model(
         lambda: LongCatDiT(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, quantize=quantize),
         quantize_tensors(tensors, quantize, source=str(path)),

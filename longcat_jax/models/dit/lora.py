@@ -25,8 +25,9 @@ from longcat_jax.checkpoint.param_tree import path_str
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError, InputError
 from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.dit.fastvideo_lora_params import dit_lora_tensors
 from longcat_jax.models.dit.layers import Linear, LoRAAdapter
-from longcat_jax.models.dit.lora_params import ALPHA, DOWN, UP, lora_tensors
+from longcat_jax.models.dit.lora_params import ALPHA, DOWN, UP
 from longcat_jax.models.dit.params import ModulePath, expected_parameters
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
 
@@ -53,13 +54,14 @@ class LoRA:
 
 
 def load_lora(path: str | Path, *, multiplier: float = 1.0, name: str | None = None) -> LoRA:
-    """Reads a LoRA from an original LongCat `.safetensors` file or from our converted folder."""
+    """Reads a LoRA from an original LongCat `.safetensors` file, FastVideo's form of one (`lora_A`, `lora_B`,
+    `lora_alpha` per module: `fastvideo_lora_params`) or our converted folder."""
     path = Path(path)
     if path.is_dir() and not is_converted(path):
         files = sorted(p.name for p in path.glob("*.safetensors"))
         if len(files) > 1:  # the original's lora/ folder holds one file per LoRA, not shards of one
             raise CheckpointError(f"{path} holds several LoRA files {files}; pass the path of one of them")
-    tensors = iter_part(path) if path.is_dir() and is_converted(path) else lora_tensors(SafetensorsCheckpoint(path))
+    tensors = iter_part(path) if path.is_dir() and is_converted(path) else dit_lora_tensors(SafetensorsCheckpoint(path))
     parts: dict[ModulePath, dict[str, np.ndarray]] = {}
     for tensor_path, array in tensors:
         parts.setdefault(tuple(tensor_path[:-1]), {})[tensor_path[-1]] = np.asarray(array)

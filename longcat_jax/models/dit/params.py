@@ -3,13 +3,17 @@
 One generator serves loading straight from the original safetensors and `python -m convert`. It
 checks the whole checkpoint header first (every name mapped, every shape right, nothing missing)
 so a bad checkpoint fails before any tensor is read or written, then yields one tensor at a time in
-the checkpoint's name order (each block's tensors together).
+the checkpoint's name order (each block's tensors together). `original_tensors` lists what an original
+checkpoint of a config holds; FastVideo's layout of the same tensors is mapped in `fastvideo_params`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
-from collections.abc import Callable, Iterator
+import types
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 from flax import nnx
@@ -50,15 +54,30 @@ _TOP_MODULES: dict[str, tuple[ModulePath, str]] = {
 }
 _BLOCK_NAME = re.compile(r"blocks\.(\d+)\.(.+)")
 
-# Per module kind: original parameter name -> (our parameter name, layout change).
-_LINEAR_T: Callable[[np.ndarray], np.ndarray] = lambda w: w.T  # torch [out, in] -> [in, out]
-_CONV_T: Callable[[np.ndarray], np.ndarray] = lambda w: w.transpose(2, 3, 4, 1, 0)  # [O,I,t,h,w] -> [t,h,w,I,O]
-_KEEP: Callable[[np.ndarray], np.ndarray] = lambda w: w
-_PARAMS = {
-    "linear": {"weight": ("kernel", _LINEAR_T), "bias": ("bias", _KEEP)},
-    "conv": {"weight": ("kernel", _CONV_T), "bias": ("bias", _KEEP)},
-    "norm": {"weight": ("scale", _KEEP), "bias": ("bias", _KEEP)},
+Axes = tuple[int, ...] | None  # the axis order taking an original tensor's layout to ours; None keeps it
+
+# Per module kind: original parameter name -> (our parameter name, axis order).
+_PARAMS: dict[str, dict[str, tuple[str, Axes]]] = {
+    "linear": {"weight": ("kernel", (1, 0)), "bias": ("bias", None)},  # torch [out, in] -> [in, out]
+    "conv": {"weight": ("kernel", (2, 3, 4, 1, 0)), "bias": ("bias", None)},  # [O, I, t, h, w] -> [t, h, w, I, O]
+    "norm": {"weight": ("scale", None), "bias": ("bias", None)},
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class OriginalTensor:
+    """One tensor of an original checkpoint for a given config: where it goes in our model, its shape there and in
+    the original, and the axis order between the two (None: the same)."""
+
+    path: ParamPath
+    shape: tuple[int, ...]
+    original_shape: tuple[int, ...]
+    axes: Axes
+
+
+def to_our_layout(array: np.ndarray, axes: Axes) -> np.ndarray:
+    """An original tensor in our layout (contiguous)."""
+    return np.ascontiguousarray(array if axes is None else array.transpose(axes))
 
 
 def module_path(original_module: str) -> tuple[ModulePath, str] | None:
@@ -73,7 +92,7 @@ def module_path(original_module: str) -> tuple[ModulePath, str] | None:
     return None
 
 
-def _map_name(name: str) -> tuple[ParamPath, Callable[[np.ndarray], np.ndarray]] | None:
+def _map_name(name: str) -> tuple[ParamPath, Axes] | None:
     module, _, param = name.rpartition(".")
     mapped = module_path(module)
     if mapped is None:
@@ -81,18 +100,42 @@ def _map_name(name: str) -> tuple[ParamPath, Callable[[np.ndarray], np.ndarray]]
     path, kind = mapped
     if param not in _PARAMS[kind]:
         return None
-    ours, layout = _PARAMS[kind][param]
-    return (*path, ours), layout
+    ours, axes = _PARAMS[kind][param]
+    return (*path, ours), axes
 
 
-def _transformed_shape(layout, shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(layout(np.empty(shape, dtype=np.uint8)).shape) if shape else ()
+def _our_shape(axes: Axes, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape an original tensor of `shape` has in our layout (a shape of the wrong rank is returned as is:
+    it then fails the shape check instead of the transpose)."""
+    return shape if axes is None or len(axes) != len(shape) else tuple(shape[a] for a in axes)
 
 
-def expected_parameters(config: DiTConfig) -> dict[ParamPath, tuple[int, ...]]:
-    """Every parameter path of the DiT built from `config` with its shape (nothing allocated)."""
+def _original_shape(axes: Axes, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape if axes is None else tuple(shape[axes.index(i)] for i in range(len(axes)))
+
+
+@functools.lru_cache(maxsize=4)
+def expected_parameters(config: DiTConfig) -> Mapping[ParamPath, tuple[int, ...]]:
+    """Every parameter path of the DiT built from `config` with its shape (nothing allocated; read-only, kept for
+    the next call: tracing the real-size model takes seconds)."""
     _, _, flat = abstract_model(lambda: LongCatDiT(config, rngs=nnx.Rngs(0)))
-    return {path: tuple(v.shape) for path, v in flat.items()}
+    return types.MappingProxyType({path: tuple(v.shape) for path, v in flat.items()})
+
+
+@functools.lru_cache(maxsize=4)
+def original_tensors(config: DiTConfig) -> Mapping[str, OriginalTensor]:
+    """Every tensor an original `dit/` checkpoint of `config` holds, by its original name (nothing allocated;
+    read-only, kept for the next call)."""
+    expected = expected_parameters(config)
+    modules = [*_TOP_MODULES, *(f"blocks.{i}.{inner}" for i in range(config.depth) for inner in _BLOCK_MODULES)]
+    table = {}
+    for module in modules:
+        path, kind = module_path(module)
+        for param, (ours, axes) in _PARAMS[kind].items():
+            shape = expected.get((*path, ours))
+            if shape is not None:
+                table[f"{module}.{param}"] = OriginalTensor((*path, ours), shape, _original_shape(axes, shape), axes)
+    return types.MappingProxyType(table)
 
 
 def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tuple[ParamPath, np.ndarray]]:
@@ -102,7 +145,7 @@ def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tupl
     shape that does not fit `config`, a model parameter the checkpoint lacks, or a non-float dtype.
     """
     expected = expected_parameters(config)
-    plan: list[tuple[str, ParamPath, Callable]] = []
+    plan: list[tuple[str, ParamPath, Axes]] = []
     seen: set[ParamPath] = set()
     for name in ckpt.names():
         mapped = _map_name(name)
@@ -111,8 +154,8 @@ def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tupl
                 f"{ckpt.path}: tensor {name!r} has no place in a LongCat DiT of depth {config.depth}; "
                 "is this an original LongCat-Video dit/ checkpoint with its own config.json?"
             )
-        path, layout = mapped
-        shape = _transformed_shape(layout, ckpt.shape(name))
+        path, axes = mapped
+        shape = _our_shape(axes, ckpt.shape(name))
         if shape != expected[path]:
             raise CheckpointError(
                 f"{ckpt.path}: tensor {name!r} has shape {ckpt.shape(name)} ({shape} in our layout) but the "
@@ -120,7 +163,7 @@ def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tupl
                 "is config.json the one of these weights?"
             )
         seen.add(path)
-        plan.append((name, path, layout))
+        plan.append((name, path, axes))
     missing = sorted(path_str(p) for p in expected if p not in seen)
     if missing:
         raise CheckpointError(
@@ -128,5 +171,5 @@ def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tupl
             "the download is incomplete or config.json does not belong to these weights"
         )
     ckpt.require_float(ckpt.names(), "the DiT")
-    for name, path, layout in plan:
-        yield path, np.ascontiguousarray(layout(ckpt.read(name)))
+    for name, path, axes in plan:
+        yield path, to_our_layout(ckpt.read(name), axes)

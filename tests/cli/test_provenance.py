@@ -1,0 +1,149 @@
+"""Provenance: every video gets a `NAME.json` sidecar of what made it; `--from-json NAME.json` makes the same video
+again (bit for bit, on the CPU with the built-in model); a sidecar of another format version or with unknown keys is
+refused by name; the commit is recorded where there is one, and its absence is no failure."""
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longcat_jax import generate, provenance
+from longcat_jax.errors import ConfigError
+from longcat_jax.provenance import (
+    FORMAT,
+    FORMAT_VERSION,
+    TOP_KEYS,
+    checkpoint_record,
+    read_sidecar,
+    request_from_record,
+    sidecar_path,
+)
+
+SMALL = ["--height", "32", "--width", "32", "--num-frames", "5", "--num-inference-steps", "1", "--output-format", "npz",
+         "--context-parallel", "1"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> Path:
+    """A run of the built-in model with a prompt, seed and negative prompt of its own; returns its output."""
+    output = tmp_path_factory.mktemp("provenance") / "cat.npz"
+    argv = [*SMALL, "--prompt", "A cat", "--negative-prompt", "blurry", "--seed", "7", "--output-path", str(output)]
+    assert generate.main(argv) == 0
+    return output
+
+
+def test_the_sidecar_records_what_made_the_video(first_run):
+    record = json.loads(sidecar_path(first_run, "npz").read_text())
+    assert sidecar_path(first_run, "npz") == first_run.with_name("cat.json")
+    assert tuple(record) == TOP_KEYS
+    assert (record["format"], record["format_version"]) == (FORMAT, FORMAT_VERSION)
+    assert record["command"].startswith("python -m longcat_jax.generate --height 32")
+    assert "--prompt 'A cat'" in record["command"]
+    assert (record["task"], record["prompt"], record["negative_prompt"], record["seed"]) == ("t2v", "A cat", "blurry", 7)
+    assert record["stages"] == [{"stage": "t2v", "height": 32, "width": 32, "num_frames": 5, "num_cond_frames": None,
+                                 "num_inference_steps": 1, "guidance_scale": 4.0, "seed": 7, "bsa": None,
+                                 "checkpoint_loras": []}]
+    assert record["output"] == {"path": str(first_run.resolve()), "format": "npz", "frames": 5, "height": 32,
+                                "width": 32, "fps": 15.0}
+    assert record["precision"] == {"dtype": "float32", "quantize": "none"}
+    assert record["checkpoint"]["builtin"] is True and record["loras"] == [] and record["batch"] is None
+    software = record["software"]
+    assert software["jax"] and software["devices"] and software["longcat_jax"]
+    assert [stage["stage"] for stage in record["timings"]["stages"]] == ["load models", "text encoding",
+                                                                         "t2v denoising", "decode"]
+    assert record["timings"]["stages"][2]["steps"] == 1
+    assert record["request"]["seed"] == 7 and record["request"]["output_path"] == str(first_run.resolve())
+
+
+def test_from_json_makes_the_same_video_bit_for_bit(first_run, tmp_path, caplog):
+    again = tmp_path / "again.npz"
+    with caplog.at_level(logging.INFO):
+        assert generate.main(["--from-json", str(sidecar_path(first_run, "npz")), "--output-path", str(again)]) == 0
+    assert "as recorded" in caplog.text and "differ from the sidecar" not in caplog.text
+    with np.load(first_run) as first, np.load(again) as second:
+        assert np.array_equal(first["frames"], second["frames"]) and float(first["fps"]) == float(second["fps"])
+    assert json.loads(again.with_suffix(".json").read_text())["seed"] == 7
+
+
+def test_flags_given_with_from_json_replace_the_sidecars_and_the_difference_is_named(first_run, caplog):
+    sidecar = sidecar_path(first_run, "npz")
+    request, given = generate.parse_command_line(["--from-json", str(sidecar), "--seed", "8"])
+    with caplog.at_level(logging.INFO):
+        rerun = request_from_record(read_sidecar(sidecar), request, given)
+    assert (rerun.seed, rerun.prompt, rerun.negative_prompt, rerun.height) == (8, "A cat", "blurry", 32)
+    assert rerun.output_path is None and rerun.from_json is None  # where it goes: the command line's
+    assert rerun.context_parallel == 1  # the split of the recorded run (it moves the float rounding)
+    assert "the command line replaces the sidecar's --seed" in caplog.text
+    recorded = read_sidecar(sidecar)
+    planned = provenance.planned_record(generate.plan_run(rerun), rerun)
+    assert provenance.differences(recorded, planned) == ["seed", "stages"]
+
+
+def test_a_split_over_more_devices_than_here_falls_back_with_a_warning(first_run, tmp_path, caplog):
+    import jax
+
+    record = json.loads(sidecar_path(first_run, "npz").read_text())
+    path = _sidecar(tmp_path, first_run, request={**record["request"], "context_parallel": jax.device_count() + 1})
+    request, given = generate.parse_command_line(["--from-json", str(path)])
+    with caplog.at_level(logging.WARNING):
+        assert request_from_record(read_sidecar(path), request, given).context_parallel is None
+    assert "the float rounding (the video) can differ slightly" in caplog.text
+
+
+def _sidecar(tmp_path: Path, first_run: Path, **changes) -> Path:
+    record = {**json.loads(sidecar_path(first_run, "npz").read_text()), **changes}
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_another_format_version_is_refused(first_run, tmp_path, caplog):
+    path = _sidecar(tmp_path, first_run, format_version=2)
+    with pytest.raises(ConfigError, match="has format version 2; this longcat_jax .* reads version 1"):
+        read_sidecar(path)
+    with caplog.at_level(logging.ERROR):
+        assert generate.main(["--from-json", str(path)]) == 2
+    with pytest.raises(ConfigError, match="is not a longcat_jax sidecar"):
+        read_sidecar(_sidecar(tmp_path, first_run, format="something else"))
+
+
+def test_unknown_keys_and_bad_request_values_are_refused_each_named(first_run, tmp_path):
+    record = json.loads(sidecar_path(first_run, "npz").read_text())
+    request = {**record["request"], "stride": 2, "height": "tall"}
+    path = _sidecar(tmp_path, first_run, comment="mine", request=request,
+                    precision={**record["precision"], "tf32": True})
+    with pytest.raises(ConfigError) as err:
+        read_sidecar(path)
+    message = str(err.value)
+    for named in ("unknown key 'comment'", "unknown key 'precision.tf32'", "request.stride: unknown field",
+                  "request.height: 'tall' is not"):
+        assert named in message
+
+
+def test_checkpoint_fingerprint_covers_its_config_and_index_files(tmp_path):
+    (tmp_path / "dit").mkdir()
+    (tmp_path / "dit" / "config.json").write_text('{"depth": 2}')
+    (tmp_path / "dit" / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    (tmp_path / "dit" / "model.safetensors").write_bytes(b"weights are not hashed")
+    record = checkpoint_record(Path("my/checkpoint"), tmp_path)
+    assert sorted(record["files"]) == ["dit/config.json", "dit/model.safetensors.index.json"]
+    assert record["model_path"] == "my/checkpoint" and record["folder"] == str(tmp_path.resolve())
+    (tmp_path / "dit" / "config.json").write_text('{"depth": 3}')
+    assert checkpoint_record(Path("my/checkpoint"), tmp_path)["fingerprint"] != record["fingerprint"]
+
+
+def test_no_git_is_no_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "REPO_ROOT", tmp_path)  # an installed package: no checkout around it
+    assert provenance._git_state() == (None, None)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "longcat_jax").mkdir()
+    (tmp_path / "longcat_jax" / "__init__.py").write_text("")
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert provenance._git_state() == (None, None)
