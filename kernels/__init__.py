@@ -1,17 +1,20 @@
 """Block-sparse attention (BSA) for LongCat-Video: selection, layout, reference and Pallas kernels.
 
-Imports nothing from `longcat_jax`; the DiT calls `bsa_attention` with a `BSAParams`.
+Imports nothing from `longcat_jax`; the DiT calls `bsa_attention` with a `BSAParams`, on any token grid (grids
+that the chunks do not divide are padded to whole chunks inside, `GridPadding`).
 """
 
-from kernels.api import BACKENDS, bsa_attention, resolve_backend, sparse_attention_chunked
+from kernels.api import BACKENDS, bsa_attention, bsa_selection, resolve_backend, sparse_attention_chunked
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.layout import (
     chunk_grid,
     chunk_order_permutation,
     from_chunk_order,
     inverse_permutation,
+    padded_chunk_grid,
     to_chunk_order,
 )
+from kernels.padding import GridPadding
 from kernels.pallas_mosaic import MosaicConfig
 from kernels.pallas_triton import TritonConfig
 from kernels.params import BSAParams
@@ -25,13 +28,16 @@ __all__ = [
     "BSAParams",
     "block_mask_from_indices",
     "bsa_attention",
+    "bsa_selection",
     "chunk_grid",
     "chunk_order_permutation",
     "from_chunk_order",
+    "GridPadding",
     "indices_from_block_mask",
     "inverse_permutation",
     "KernelConfig",
     "MosaicConfig",
+    "padded_chunk_grid",
     "resolve_backend",
     "select_blocks",
     "sparse_attention_chunked",

@@ -1,8 +1,9 @@
 """Public entry point: block-sparse attention on (T, H, W)-ordered tokens in the DiT's layout.
 
 `bsa_attention` reorders q, k, v into 3D-chunk order, selects key blocks per query block and runs
-attention over the selected blocks only, then restores raster order. `sparse_attention_chunked`
-is the lower level: chunk-ordered tokens plus given index lists.
+attention over the selected blocks only, then restores raster order. Grids that the chunks do not
+divide are padded to whole chunks and the result is that of the real tokens alone (`padding`).
+`sparse_attention_chunked` is the lower level: chunk-ordered tokens plus given index lists.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from kernels import layout, pallas_chunking, reference, selection
 from kernels.errors import BSAConfigError, BSAInputError
+from kernels.padding import GridPadding
 from kernels.params import BSAParams
 from kernels.sparse_attention import KernelConfig, sparse_attention
 
@@ -72,6 +74,7 @@ def sparse_attention_chunked(
     *,
     backend: str = "auto",
     kernel_config: KernelConfig | None = None,
+    key_padding: GridPadding | None = None,
 ) -> jax.Array:
     """Attention of chunk-ordered q [B, Sq, H, D] over the selected key blocks of k, v [B, Sk, H, D].
 
@@ -79,6 +82,8 @@ def sparse_attention_chunked(
     Softmax scale 1/sqrt(D); a query block with count 0 outputs 0. Returns [B, Sq, H, D] in q's dtype.
     Differentiable on every backend (the Pallas ones through their own backward kernels).
     kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100).
+    key_padding: None, or the `GridPadding` of k's grid when k, v hold that grid padded to whole chunks (in
+    chunk order): the padded keys then get no weight.
     """
     _check_qkv(q, k, v)
     b, sq, h, _ = q.shape
@@ -94,14 +99,29 @@ def sparse_attention_chunked(
             f"indices must be [B, H, Mq, K_max] = [{b}, {h}, {mq}, K] and counts [{b}, {h}, {mq}], "
             f"got {indices.shape} and {counts.shape}"
         )
+    if key_padding is not None:
+        _check_key_padding(key_padding, sk, chunk_size_k)
+        key_padding = key_padding if key_padding.needed else None
     backend = resolve_backend(backend)
     if backend == "reference":
-        return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k)
+        key_valid = None if key_padding is None else jnp.asarray(key_padding.real_token_mask())
+        return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid)
     _check_pallas_shapes(q.shape[-1], chunk_size_q, chunk_size_k)
     return sparse_attention(
         q, k, v, indices.astype(jnp.int32), counts.astype(jnp.int32), chunk_size_q, chunk_size_k,
-        _kernel_config(kernel_config, backend),
+        _kernel_config(kernel_config, backend), None, key_padding,
     )
+
+
+def _check_key_padding(key_padding: GridPadding, sk: int, chunk_size_k: int) -> None:
+    if not isinstance(key_padding, GridPadding):
+        raise BSAConfigError(f"key_padding must be a kernels.GridPadding or None, got {type(key_padding).__name__}")
+    if key_padding.block_size != chunk_size_k or math.prod(key_padding.padded) != sk:
+        raise BSAInputError(
+            f"key_padding pads {key_padding.latent} to {key_padding.padded} in {key_padding.chunk} chunks "
+            f"({math.prod(key_padding.padded)} tokens, {key_padding.block_size} a block), but k has {sk} tokens "
+            f"in blocks of {chunk_size_k}"
+        )
 
 
 def _kernel_config(kernel_config: KernelConfig | None, backend: str) -> KernelConfig:
@@ -110,30 +130,59 @@ def _kernel_config(kernel_config: KernelConfig | None, backend: str) -> KernelCo
     return config.interpreted() if backend == "pallas_interpret" else config
 
 
+def _select(pooled_q, pooled_k, grid_q: GridPadding, grid_k: GridPadding, params: BSAParams, head_dim: int,
+            backend: str):
+    """Selected key blocks (indices [B, H, Mq, K_max], counts [B, H, Mq]) from the means [B, H, M, D] float32 of
+    the padded blocks (padding counted as zeros), which are rescaled to means over the real tokens first."""
+    scores = selection.pooled_scores(grid_q.real_means(pooled_q), grid_k.real_means(pooled_k))  # [B, H, Mq, Mk]
+    return selection.select_from_scores(scores, params, head_dim, backend=backend)
+
+
 @functools.partial(
     jax.jit, static_argnames=("latent_shape_q", "latent_shape_k", "params", "backend", "kernel_config")
 )
 def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, kernel_config):
     chunk_q, chunk_k = params.chunk_3d_shape_q, params.chunk_3d_shape_k
-    v_c = layout.to_chunk_order(v, latent_shape_k, chunk_k)  # [B, Sk, H, D]
+    grid_q, grid_k = GridPadding(latent_shape_q, chunk_q), GridPadding(latent_shape_k, chunk_k)
+    key_padding = grid_k if grid_k.needed else None
+    q, k, v = grid_q.pad(q), grid_k.pad(k), grid_k.pad(v)  # each unchanged where the chunks divide its grid
+    padded_q, padded_k = grid_q.padded, grid_k.padded
+    v_c = layout.to_chunk_order(v, padded_k, chunk_k)  # [B, Sk, H, D]
     if backend == "reference":
-        q_c = layout.to_chunk_order(q, latent_shape_q, chunk_q)  # [B, Sq, H, D]
-        k_c = layout.to_chunk_order(k, latent_shape_k, chunk_k)
-        scores = selection.block_scores(q_c, k_c, params.chunk_size_q, params.chunk_size_k)  # [B, H, Mq, Mk]
-        indices, counts = selection.select_from_scores(scores, params, q.shape[-1], backend=backend)
-        out_c = reference.blocked_attention(q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k)
-        return layout.from_chunk_order(out_c, latent_shape_q, chunk_q)
+        q_c = layout.to_chunk_order(q, padded_q, chunk_q)  # [B, Sq, H, D]
+        k_c = layout.to_chunk_order(k, padded_k, chunk_k)
+        pooled_q = selection.pool_blocks(q_c, params.chunk_size_q)  # [B, H, Mq, D]
+        pooled_k = selection.pool_blocks(k_c, params.chunk_size_k)
+        indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], backend)
+        key_valid = None if key_padding is None else jnp.asarray(key_padding.real_token_mask())
+        out_c = reference.blocked_attention(
+            q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, key_valid
+        )
+        return grid_q.crop(layout.from_chunk_order(out_c, padded_q, chunk_q))
     # Pallas: reorder and block means in one pass; the kernel returns raster order itself
     interpret = backend == "pallas_interpret"
-    q_c, pooled_q = pallas_chunking.chunk_and_pool(q, latent_shape_q, chunk_q, interpret=interpret)
-    k_c, pooled_k = pallas_chunking.chunk_and_pool(k, latent_shape_k, chunk_k, interpret=interpret)
-    indices, counts = selection.select_from_scores(
-        selection.pooled_scores(pooled_q, pooled_k), params, q.shape[-1], backend=backend
-    )
-    return sparse_attention(
+    q_c, pooled_q = pallas_chunking.chunk_and_pool(q, padded_q, chunk_q, interpret=interpret)
+    k_c, pooled_k = pallas_chunking.chunk_and_pool(k, padded_k, chunk_k, interpret=interpret)
+    indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], backend)
+    out = sparse_attention(
         q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k,
-        _kernel_config(kernel_config, backend), (latent_shape_q, chunk_q),
+        _kernel_config(kernel_config, backend), (padded_q, chunk_q), key_padding,
     )
+    return grid_q.crop(out)
+
+
+def _checked_grids(q, k, latent_shape_q, latent_shape_k, params: BSAParams) -> tuple[tuple, tuple]:
+    """The (T, H, W) grids of q and k as int triples, checked against the token counts (any chunk shape fits)."""
+    latents = []
+    for name, x, latent_shape in (("q", q, latent_shape_q), ("k", k, latent_shape_k)):
+        padding = GridPadding.of(latent_shape, getattr(params, f"chunk_3d_shape_{name}"), what=name)
+        if x.shape[1] != math.prod(padding.latent):
+            raise BSAInputError(
+                f"{name} has {x.shape[1]} tokens but its latent grid {padding.latent} holds "
+                f"{math.prod(padding.latent)}"
+            )
+        latents.append(padding.latent)
+    return latents[0], latents[1]
 
 
 def bsa_attention(
@@ -151,6 +200,8 @@ def bsa_attention(
 
     latent_shape_q / latent_shape_k: the (T, H, W) token grids of q and k (Sq and Sk are their
     products; they differ when condition frames are attended to). Softmax scale 1/sqrt(D).
+    Any grid: where the chunk shape does not divide it, the grid is padded to whole chunks and the output is
+    that of the rule applied to the real tokens alone (edge blocks hold fewer tokens; see `padding`).
     backend: "auto" (Pallas kernels on a GPU, reference elsewhere), "reference", "pallas" (GPU: the Triton-lowered
         forward, or the Mosaic GPU one for Hopper if `kernel_config` asks for it, and the Triton backward) or
         "pallas_interpret" (the same kernels through the Pallas interpreters, CPU).
@@ -160,15 +211,31 @@ def bsa_attention(
     if not isinstance(params, BSAParams):
         raise BSAConfigError(f"params must be a BSAParams, got {type(params).__name__}")
     _check_qkv(q, k, v)
-    latent_q = tuple(int(n) for n in latent_shape_q)
-    latent_k = tuple(int(n) for n in latent_shape_k)
-    for name, x, latent in (("q", q, latent_q), ("k", k, latent_k)):
-        layout.chunk_grid(latent, getattr(params, f"chunk_3d_shape_{name}"), what=name)
-        if x.shape[1] != math.prod(latent):
-            raise BSAInputError(
-                f"{name} has {x.shape[1]} tokens but its latent grid {latent} holds {math.prod(latent)}"
-            )
+    latent_q, latent_k = _checked_grids(q, k, latent_shape_q, latent_shape_k, params)
     backend = resolve_backend(backend)
     if backend != "reference":
         _check_pallas_shapes(q.shape[-1], params.chunk_size_q, params.chunk_size_k)
     return _bsa_attention(q, k, v, latent_q, latent_k, params, backend, kernel_config)
+
+
+def bsa_selection(
+    q: jax.Array,
+    k: jax.Array,
+    latent_shape_q: Sequence[int],
+    latent_shape_k: Sequence[int],
+    params: BSAParams,
+) -> tuple[jax.Array, jax.Array]:
+    """The key blocks `bsa_attention` selects for each query block (the reference rule, any grid; a diagnostic).
+
+    q [B, Sq, H, D], k [B, Sk, H, D] in raster order. Blocks are the chunks of the grids padded to whole chunks,
+    in chunk order. Returns (indices [B, H, Mq, K_max] int32 ascending, padded with Mk; counts [B, H, Mq] int32).
+    """
+    if not isinstance(params, BSAParams):
+        raise BSAConfigError(f"params must be a BSAParams, got {type(params).__name__}")
+    _check_qkv(q, k, k)
+    latent_q, latent_k = _checked_grids(q, k, latent_shape_q, latent_shape_k, params)
+    grid_q = GridPadding(latent_q, params.chunk_3d_shape_q)
+    grid_k = GridPadding(latent_k, params.chunk_3d_shape_k)
+    pooled_q = selection.pool_blocks(layout.to_chunk_order(grid_q.pad(q), grid_q.padded, grid_q.chunk), grid_q.block_size)
+    pooled_k = selection.pool_blocks(layout.to_chunk_order(grid_k.pad(k), grid_k.padded, grid_k.chunk), grid_k.block_size)
+    return _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], "reference")

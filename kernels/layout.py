@@ -19,8 +19,8 @@ from kernels.errors import BSAConfigError, BSAInputError
 Grid = tuple[int, int, int]
 
 
-def chunk_grid(latent_shape: Sequence[int], chunk_shape: Sequence[int], *, what: str = "") -> Grid:
-    """Chunks along (T, H, W): (T // t, H // h, W // w); refuses chunk shapes that don't divide the grid."""
+def _checked_shapes(latent_shape: Sequence[int], chunk_shape: Sequence[int], what: str) -> tuple[Grid, Grid]:
+    """(latent, chunk) as int triples; refuses anything but three positive ints each."""
     latent = tuple(int(n) for n in latent_shape)
     chunk = tuple(int(n) for n in chunk_shape)
     label = f" for {what}" if what else ""
@@ -28,14 +28,31 @@ def chunk_grid(latent_shape: Sequence[int], chunk_shape: Sequence[int], *, what:
         raise BSAConfigError(f"latent shape{label} must be three positive ints (T, H, W), got {latent_shape!r}")
     if len(chunk) != 3 or any(n <= 0 for n in chunk):
         raise BSAConfigError(f"chunk shape{label} must be three positive ints (t, h, w), got {chunk_shape!r}")
+    return latent, chunk
+
+
+def chunk_grid(latent_shape: Sequence[int], chunk_shape: Sequence[int], *, what: str = "") -> Grid:
+    """Chunks along (T, H, W): (T // t, H // h, W // w); refuses chunk shapes that don't divide the grid.
+
+    The reorderings below need whole chunks; `bsa_attention` takes any grid, padding it to whole chunks first
+    (`padding.GridPadding`).
+    """
+    latent, chunk = _checked_shapes(latent_shape, chunk_shape, what)
     bad = [axis for axis, n, c in zip("THW", latent, chunk) if n % c]
     if bad:
+        label = f" for {what}" if what else ""
         raise BSAConfigError(
             f"chunk shape {chunk}{label} does not divide the latent grid {latent} along {', '.join(bad)}; "
-            "pick a chunk_3d_shape whose entries divide the grid, or pad the latent (e.g. frames to a "
-            "multiple of the chunk's t, as the refinement stage does)"
+            "pad the grid to whole chunks first (kernels.GridPadding, as bsa_attention does) or pick a "
+            "chunk_3d_shape whose entries divide the grid"
         )
     return (latent[0] // chunk[0], latent[1] // chunk[1], latent[2] // chunk[2])
+
+
+def padded_chunk_grid(latent_shape: Sequence[int], chunk_shape: Sequence[int], *, what: str = "") -> Grid:
+    """Chunks along (T, H, W) once the grid is padded up to whole chunks: (ceil(T / t), ceil(H / h), ceil(W / w))."""
+    latent, chunk = _checked_shapes(latent_shape, chunk_shape, what)
+    return tuple(-(-n // c) for n, c in zip(latent, chunk, strict=True))
 
 
 def check_tokens(x: jax.Array, latent_shape: Sequence[int]) -> None:

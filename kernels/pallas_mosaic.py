@@ -9,7 +9,8 @@ by head (so the gathered blocks come from L2) and each works through `MosaicConf
 blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
 
 Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so the
-Triton backward kernels serve both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16.
+Triton backward kernels serve both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
+grid padded to whole chunks, padded keys get logit -inf (`padding.mask_padded_keys`, on a wgmma-layout iota).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels.errors import BSAConfigError
+from kernels.padding import GridPadding, mask_padded_keys
 
 _LOG2E = math.log2(math.e)
 BLOCK = 64  # tokens per query block and per key block
@@ -113,14 +115,17 @@ def _pad_indices(indices: jax.Array) -> jax.Array:
     return jnp.pad(indices, ((0, 0), (0, 0), (0, 0), (0, padded - k_max)))
 
 
-def mosaic_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raster_out=None):
+def mosaic_forward(
+    q, k, v, indices, starts, counts, config: MosaicConfig, raster_out=None, key_padding: GridPadding | None = None
+):
     """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
 
     q [B, Sq, H, D], k / v [B, Sk, H, D] chunk-ordered with 64-token blocks; indices [B, H, Mq, K_max]
     int32; each query block visits entries [starts, starts + counts) of its list (starts, counts [B, H, Mq]).
     raster_out: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out is then written
     straight to (T, H, W) raster order, one copy per run of a chunk's consecutive tokens, which saves the
-    reorder pass after the kernel; lse stays in chunk order.
+    reorder pass after the kernel; lse stays in chunk order. key_padding: None, or the padding of k's grid (k
+    then holds the padded grid): padded keys get no weight.
     """
     b, sq, h, d = q.shape
     mq = sq // BLOCK
@@ -143,6 +148,12 @@ def mosaic_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raste
     def fragment(x, layout):
         # the interpreter has no register layouts
         return x if config.interpret else plgpu.layout_cast(x, layout)
+
+    def key_positions():
+        """[64, 64] int32: each logit's token position inside its key block (the column)."""
+        if config.interpret:
+            return lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1)
+        return plgpu.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1, layout=plgpu.Layout.WGMMA)
 
     def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, scoped):
         bi = lax.axis_index("batch")
@@ -238,6 +249,9 @@ def mosaic_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raste
                 # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
                 counts = [count_of(r, w) for w in range(_CONSUMERS)]
                 count = jnp.where(wg == 0, counts[0], counts[1])
+                if key_padding is not None:  # where this consumer's list starts, to read its key blocks' indices
+                    own_block = query_block(r, wg)
+                    first = starts_ref[bi, hi, own_block]
                 plgpu.barrier_wait(q_barriers.at[wg])
                 row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
@@ -260,6 +274,9 @@ def mosaic_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raste
                     v_slot = lax.rem(step, jnp.int32(v_stages))
                     k_barrier = k_barrier_of(step)
                     v_barrier = wg * v_stages + v_slot
+                    # the key block's index, for masking padded keys: read from global memory (the shared-memory
+                    # list may already hold the next round's), issued before the product to hide its latency
+                    block = None if key_padding is None else idx_ref[bi, hi, own_block, first + j]
 
                     if config.interpret:
                         logits = _dot(q_smem[...], k_smem[k_slot], transpose_b=True)
@@ -272,6 +289,8 @@ def mosaic_forward(q, k, v, indices, starts, counts, config: MosaicConfig, raste
 
                         logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
                     plgpu.barrier_arrive(k_consumed.at[k_barrier])
+                    if key_padding is not None:
+                        logits = mask_padded_keys(logits, key_padding, block, key_positions())
                     new_max = jnp.maximum(row_max, logits.max(axis=1) * logit_scale)
                     correction = jnp.exp2(row_max - new_max)
                     weights = jnp.exp2(logits * logit_scale - lax.broadcast_in_dim(new_max, logits.shape, [0]))

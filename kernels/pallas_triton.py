@@ -5,6 +5,7 @@ blocks only (the index list is read inside the kernel), with an online softmax i
 exponentials, and writes the output and the log-sum-exp (base 2) kept for the backward pass.
 Backward: a dq kernel over the same lists, and a dk/dv kernel per key block over the transposed lists
 (the query blocks that selected that key block); `sparse_attention` ties them together with `jax.custom_vjp`.
+On a key grid padded to whole chunks (`padding.GridPadding`) every kernel gives the padded keys logit -inf.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from kernels.padding import GridPadding, mask_padded_keys
 from kernels.selection import transpose_selection
 
 _LOG2E = math.log2(math.e)
@@ -40,20 +42,25 @@ def _dot(a: jax.Array, b: jax.Array, *, transpose_a: bool = False, transpose_b: 
     return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
-def _forward_kernel(indices_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, block_k, scale):
+def _forward_kernel(
+    indices_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, block_k, scale, key_padding
+):
     # indices_ref [K_max], starts_ref / counts_ref [Mq], q_ref [cq, D], k_ref / v_ref [Sk, D], o_ref [cq, D],
-    # lse_ref [cq]; this query block visits list entries [start, start + count)
+    # lse_ref [cq]; this query block visits list entries [start, start + count). Every key block holds a real
+    # key, so row_max is finite after the first visit even where padded keys are masked.
     first = starts_ref[pl.program_id(0)]
     count = counts_ref[pl.program_id(0)]
     q = q_ref[...]
     block_q, head_dim = q.shape
     logit_scale = scale * _LOG2E  # logits in base-2 units
+    positions = None if key_padding is None else jnp.arange(block_k, dtype=jnp.int32)[None, :]  # [1, ck]
 
     def visit_key_block(j, carry):
         acc, row_max, row_sum = carry
-        start = pl.multiple_of(indices_ref[first + j] * block_k, block_k)
+        block = indices_ref[first + j]
+        start = pl.multiple_of(block * block_k, block_k)
         k = k_ref[pl.ds(start, block_k), :]  # [ck, D]
-        logits = _dot(q, k, transpose_b=True) * logit_scale  # [cq, ck]
+        logits = mask_padded_keys(_dot(q, k, transpose_b=True) * logit_scale, key_padding, block, positions)  # [cq, ck]
         new_max = jnp.maximum(row_max, jnp.max(logits, axis=1))
         weights = jnp.exp2(logits - new_max[:, None])
         correction = jnp.exp2(row_max - new_max)
@@ -73,7 +80,7 @@ def _forward_kernel(indices_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, o_
 
 
 def _dq_kernel(
-    indices_ref, counts_ref, q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dq_ref, *, block_k, scale
+    indices_ref, counts_ref, q_ref, do_ref, lse_ref, delta_ref, k_ref, v_ref, dq_ref, *, block_k, scale, key_padding
 ):
     # q_ref / do_ref / dq_ref [cq, D], lse_ref / delta_ref [cq], k_ref / v_ref [Sk, D]
     count = counts_ref[pl.program_id(0)]
@@ -82,12 +89,15 @@ def _dq_kernel(
     lse = lse_ref[...]
     delta = delta_ref[...]
     logit_scale = scale * _LOG2E
+    positions = None if key_padding is None else jnp.arange(block_k, dtype=jnp.int32)[None, :]  # [1, ck]
 
     def visit_key_block(j, dq):
-        start = pl.multiple_of(indices_ref[j] * block_k, block_k)
+        block = indices_ref[j]
+        start = pl.multiple_of(block * block_k, block_k)
         k = k_ref[pl.ds(start, block_k), :]
         v = v_ref[pl.ds(start, block_k), :]
-        probs = jnp.exp2(_dot(q, k, transpose_b=True) * logit_scale - lse[:, None])  # [cq, ck]
+        logits = mask_padded_keys(_dot(q, k, transpose_b=True) * logit_scale, key_padding, block, positions)
+        probs = jnp.exp2(logits - lse[:, None])  # [cq, ck]
         dprobs = _dot(do, v, transpose_b=True)  # [cq, ck]
         dlogits = probs * (dprobs - delta[:, None])
         return dq + _dot(dlogits.astype(k.dtype), k)
@@ -97,7 +107,8 @@ def _dq_kernel(
 
 
 def _dkdv_kernel(
-    indices_ref, counts_ref, k_ref, v_ref, q_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, block_q, scale
+    indices_ref, counts_ref, k_ref, v_ref, q_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, block_q, scale,
+    key_padding,
 ):
     # indices_ref [Mq_max]: query blocks that selected this key block; k_ref / v_ref [ck, D];
     # q_ref / do_ref [Sq, D]; lse_ref / delta_ref [Sq]. Works on transposed tiles [ck, cq].
@@ -105,6 +116,9 @@ def _dkdv_kernel(
     k = k_ref[...]
     v = v_ref[...]
     logit_scale = scale * _LOG2E
+    if key_padding is not None:  # this key block and its tokens' positions, for the padding mask
+        key_block = pl.program_id(0)
+        positions = jnp.arange(k.shape[0], dtype=jnp.int32)[:, None]  # [ck, 1]
 
     def visit_query_block(j, carry):
         dk, dv = carry
@@ -113,7 +127,10 @@ def _dkdv_kernel(
         do = do_ref[pl.ds(start, block_q), :]
         lse = lse_ref[pl.ds(start, block_q)]
         delta = delta_ref[pl.ds(start, block_q)]
-        probs_t = jnp.exp2(_dot(k, q, transpose_b=True) * logit_scale - lse[None, :])  # [ck, cq]
+        logits_t = _dot(k, q, transpose_b=True) * logit_scale  # [ck, cq]
+        if key_padding is not None:
+            logits_t = mask_padded_keys(logits_t, key_padding, key_block, positions)
+        probs_t = jnp.exp2(logits_t - lse[None, :])
         dv = dv + _dot(probs_t.astype(do.dtype), do)
         dprobs_t = _dot(v, do, transpose_b=True)  # [ck, cq]
         dlogits_t = probs_t * (dprobs_t - delta[None, :])
@@ -143,17 +160,18 @@ def _full_rows(seq):
     return pl.BlockSpec((None, None, seq), lambda i, bi, hi: (bi, hi, 0))
 
 
-def triton_forward(q, k, v, indices, starts, counts, block_q, block_k, config):
+def triton_forward(q, k, v, indices, starts, counts, block_q, block_k, config, key_padding: GridPadding | None = None):
     """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
 
     Each query block visits entries [starts, starts + counts) of its index list (starts, counts [B, H, Mq]).
+    key_padding: None, or the padding of k's grid (k then holds the padded grid): padded keys get no weight.
     """
     b, sq, h, d = q.shape
     sk = k.shape[1]
     mq = sq // block_q
     specs = _block_grid_specs(mq, block_q, d, indices.shape[-1])
     return pl.pallas_call(
-        functools.partial(_forward_kernel, block_k=block_k, scale=d**-0.5),
+        functools.partial(_forward_kernel, block_k=block_k, scale=d**-0.5, key_padding=key_padding),
         grid=(mq, b, h),
         in_specs=[
             specs["list"], specs["counts"], specs["counts"], specs["tile"], _full_sequence(sk, d),
@@ -170,8 +188,8 @@ def triton_forward(q, k, v, indices, starts, counts, block_q, block_k, config):
     )(indices, starts, counts, q, k, v)
 
 
-def triton_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config):
-    """Backward kernels: (dq, dk, dv) in the dtypes of q, k, v."""
+def triton_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config, key_padding=None):
+    """Backward kernels: (dq, dk, dv) in the dtypes of q, k, v. key_padding as in `triton_forward`."""
     b, sq, h, d = q.shape
     sk = k.shape[1]
     mq, mk = sq // block_q, sk // block_k
@@ -182,7 +200,7 @@ def triton_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, co
 
     q_specs = _block_grid_specs(mq, block_q, d, indices.shape[-1])
     dq = pl.pallas_call(
-        functools.partial(_dq_kernel, block_k=block_k, scale=scale),
+        functools.partial(_dq_kernel, block_k=block_k, scale=scale, key_padding=key_padding),
         grid=(mq, b, h),
         in_specs=[
             q_specs["list"], q_specs["counts"], q_specs["tile"], q_specs["tile"], q_specs["rows"], q_specs["rows"],
@@ -198,7 +216,7 @@ def triton_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, co
     k_indices, k_counts = transpose_selection(indices, counts, mk)  # [B, H, Mk, Mq], [B, H, Mk]
     k_specs = _block_grid_specs(mk, block_k, d, k_indices.shape[-1])
     dk, dv = pl.pallas_call(
-        functools.partial(_dkdv_kernel, block_q=block_q, scale=scale),
+        functools.partial(_dkdv_kernel, block_q=block_q, scale=scale, key_padding=key_padding),
         grid=(mk, b, h),
         in_specs=[
             k_specs["list"], k_specs["counts"], k_specs["tile"], k_specs["tile"],

@@ -48,7 +48,8 @@ class BSAParams:
     cdf_threshold: keep the best blocks while the cumulative softmax of block scores stays at or
         below it, in (0, 1]. None: no CDF rule. With both rules the larger count wins.
     chunk_3d_shape_q / chunk_3d_shape_k: (t, h, w) size of the 3D token chunks that form one
-        query / key block; they must divide the latent grid.
+        query / key block; a grid they do not divide is padded to whole chunks (edge blocks hold fewer
+        real tokens, see `padding`).
     """
 
     sparsity: float | None = 0.9375

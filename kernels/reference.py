@@ -2,7 +2,8 @@
 
 Both versions take chunk-ordered q [B, Sq, H, D], k and v [B, Sk, H, D] and compute softmax attention
 with scale 1/sqrt(D) in float32, each query block restricted to its selected key blocks. A query
-block that selected nothing outputs 0 (as in the original).
+block that selected nothing outputs 0 (as in the original). `blocked_attention` also takes which keys
+are real, for grids padded to whole chunks (`padding.GridPadding`): padded keys get no weight.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ def blocked_attention(
     counts: jax.Array,
     chunk_size_q: int,
     chunk_size_k: int,
+    key_valid: jax.Array | None = None,
 ) -> jax.Array:
     """Attention that gathers only the selected key blocks, one query block at a time.
 
-    indices [B, H, Mq, K_max] (padded), counts [B, H, Mq]. Memory per step is that of one query
-    block's selected keys, never Sq x Sk. Differentiable with jax.grad. Returns [B, Sq, H, D].
+    indices [B, H, Mq, K_max] (padded), counts [B, H, Mq]. key_valid: None (every key is real) or [Sk] bool,
+    False for padding keys, which then get no weight. Memory per step is that of one query block's selected
+    keys, never Sq x Sk. Differentiable with jax.grad. Returns [B, Sq, H, D].
     """
     b, sq, h, d = q.shape
     sk = k.shape[1]
@@ -64,6 +67,7 @@ def blocked_attention(
     v_blocks = v.astype(jnp.float32).reshape(b, mk, chunk_size_k, h, d).transpose(0, 3, 1, 2, 4)
     per_block_indices = jnp.moveaxis(jnp.minimum(indices, mk - 1), 2, 0)  # [Mq, B, H, K_max]
     per_block_valid = jnp.moveaxis(jnp.arange(width) < counts[..., None], 2, 0)  # [Mq, B, H, K_max]
+    real_keys = None if key_valid is None else jnp.asarray(key_valid, bool).reshape(mk, chunk_size_k)  # [Mk, ck]
 
     def one_query_block(args):
         q_blk, idx, valid = args  # [B, H, cq, D], [B, H, K_max], [B, H, K_max]
@@ -72,6 +76,8 @@ def blocked_attention(
         k_sel = k_sel.reshape(b, h, width * chunk_size_k, d)
         v_sel = v_sel.reshape(b, h, width * chunk_size_k, d)
         allowed = jnp.repeat(valid, chunk_size_k, axis=-1)[:, :, None, :]  # [B, H, 1, K_max * ck]
+        if real_keys is not None:
+            allowed = allowed & real_keys[idx].reshape(b, h, 1, width * chunk_size_k)
         return _masked_softmax_attention(q_blk, k_sel, v_sel, allowed)  # [B, H, cq, D]
 
     out = jax.lax.map(one_query_block, (q_blocks, per_block_indices, per_block_valid))  # [Mq, B, H, cq, D]

@@ -3,7 +3,8 @@
 Forward: the Triton-lowered kernel (`pallas_triton`, any CUDA GPU) or the Mosaic GPU kernel for Hopper
 (`pallas_mosaic`), once per key range where one head's K and V outgrow the L2 cache (`key_ranges`). Both
 return the output and the base-2 log-sum-exp, so the Triton backward kernels (dq over the selection lists,
-dk/dv over the transposed lists) serve either through `jax.custom_vjp`.
+dk/dv over the transposed lists) serve either through `jax.custom_vjp`. On key grids padded to whole chunks
+every kernel masks the padded keys (`padding.GridPadding`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 
 from kernels import key_ranges, layout, pallas_mosaic, pallas_triton
 from kernels.errors import BSAConfigError, BSAInputError
+from kernels.padding import GridPadding
 
 FORWARD_KERNELS = ("auto", "triton", "mosaic")
 
@@ -75,11 +77,14 @@ def _on_hopper() -> bool:
     return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
 
 
-def sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None):
+def sparse_attention_with_lse(
+    q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None, key_padding: GridPadding | None = None
+):
     """(out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32 base 2) from the kernel `config` picks.
 
     raster: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out in raster order (the
     Mosaic kernel writes it so directly; otherwise it is reordered here). lse stays in chunk order.
+    key_padding: None, or the padding of k's grid (k holds the padded grid in chunk order): padded keys get no weight.
     """
     mosaic = config.uses_mosaic(q, block_q, block_k, indices.shape[-1])
     num_k_blocks = k.shape[1] // block_k
@@ -89,13 +94,17 @@ def sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config
     ranges = min(ranges, num_k_blocks)
     starts = jnp.zeros_like(counts)
     if mosaic and ranges == 1:
-        return pallas_mosaic.mosaic_forward(q, k, v, indices, starts, counts, config.mosaic, raster_out=raster)
+        return pallas_mosaic.mosaic_forward(
+            q, k, v, indices, starts, counts, config.mosaic, raster_out=raster, key_padding=key_padding
+        )
     if mosaic:
         def forward(indices, starts, counts):
-            return pallas_mosaic.mosaic_forward(q, k, v, indices, starts, counts, config.mosaic)
+            return pallas_mosaic.mosaic_forward(q, k, v, indices, starts, counts, config.mosaic, key_padding=key_padding)
     else:
         def forward(indices, starts, counts):
-            return pallas_triton.triton_forward(q, k, v, indices, starts, counts, block_q, block_k, config.triton)
+            return pallas_triton.triton_forward(
+                q, k, v, indices, starts, counts, block_q, block_k, config.triton, key_padding
+            )
     if ranges == 1:
         out, lse = forward(indices, starts, counts)
     else:
@@ -107,29 +116,30 @@ def sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config
     return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None, key_padding=None):
     """Block-sparse attention of chunk-ordered q [B, Sq, H, D] over k, v [B, Sk, H, D] (differentiable).
 
     indices [B, H, Mq, K_max] int32 key blocks per query block (entries past counts ignored), counts
     [B, H, Mq] int32; block_q / block_k tokens per block. Scale 1/sqrt(D). raster: None (out in chunk
-    order) or q's (latent_shape, chunk_shape), for out in raster order.
+    order) or q's (latent_shape, chunk_shape), for out in raster order. key_padding: None, or the
+    `GridPadding` of k's grid (k, v hold the padded grid): padded keys get no weight, forward and backward.
     """
-    out, _ = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster)
+    out, _ = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding)
     return out
 
 
-def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster):
-    out, lse = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster)
+def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding):
+    out, lse = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding)
     return out, (q, k, v, indices, counts, out, lse)
 
 
-def _sparse_attention_bwd(block_q, block_k, config, raster, residuals, do):
+def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, residuals, do):
     q, k, v, indices, counts, out, lse = residuals
     if raster is not None:  # the backward kernels work in chunk order
         out, do = layout.to_chunk_order(out, *raster), layout.to_chunk_order(do, *raster)
     dq, dk, dv = pallas_triton.triton_backward(
-        q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton
+        q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton, key_padding
     )
     return dq, dk, dv, None, None
 

@@ -3,8 +3,9 @@
 `BSABackendTests` holds the test bodies; test_bsa_backends.py has one subclass per backend (the jnp
 reference, the Triton and Mosaic GPU kernels in their interpreters on the CPU, both natively on a GPU) that
 says how the backend is called and which cases it takes: small ones in the interpreters, which are slow on a
-2-core CPU, larger ones on a GPU. The ground truths are the original's fixtures (`bsa_fixture_cases`) and
-float32 dense masked attention over the same selection (`tests.helpers.bsa_cases`).
+2-core CPU, larger ones on a GPU. The ground truths are the original's fixtures (`bsa_fixture_cases`),
+float32 dense masked attention over the same selection (`tests.helpers.bsa_cases`) and, on grids that the chunks
+do not divide, the selection and attention of the real tokens alone (`tests.kernels.odd_grid_truth`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from kernels import (
 )
 from longcat_jax.metrics import rel_l2
 from tests.helpers.bsa_cases import BLOCK, dense_attention, dense_whole_call, fixture_inputs, random_case
+from tests.kernels.odd_grid_truth import real_token_attention
 
 OUTPUT_TOLERANCE = 2e-2  # bf16 inputs against a float32 truth
 SELECTION_AGREEMENT = 0.99  # fraction of the original's block-mask entries our selection must reproduce
@@ -83,14 +85,40 @@ class WholeCallCase:
     tolerance: float = OUTPUT_TOLERANCE
 
 
+@dataclasses.dataclass(frozen=True)
+class OddGridCase:
+    """A `bsa_attention` call on grids that the chunks do not divide (padded inside), 2 heads of size `d`.
+
+    gradients: also compare dq, dk, dv (off where the forward kernel is too slow in its interpreter: the backward
+    kernels are the Triton ones for every forward, checked on padded grids in TestTritonInterpret).
+    """
+
+    name: str
+    latent_q: tuple[int, int, int]
+    latent_k: tuple[int, int, int]
+    chunk_q: tuple[int, int, int]
+    chunk_k: tuple[int, int, int]
+    sparsity: float | None = 0.5
+    cdf_threshold: float | None = None
+    d: int = 64
+    dtype: type = jnp.bfloat16
+    tolerance: float = OUTPUT_TOLERANCE
+    gradients: bool = True
+
+    @property
+    def params(self) -> BSAParams:
+        return BSAParams(sparsity=self.sparsity, cdf_threshold=self.cdf_threshold,
+                         chunk_3d_shape_q=self.chunk_q, chunk_3d_shape_k=self.chunk_k)
+
+
 class BSABackendTests:
     """The checks every BSA backend runs; a subclass per backend sets the attributes below.
 
     backend: the `backend` argument; forward: `KernelConfig.forward` (None for the reference, which takes none).
     fixture_dtype / fixture_tolerance: inputs and rel_l2 bound of the fixture runs given the original's mask.
     fixture_names: the fixtures this backend runs (None: every one it takes); min_fixture_cases: how many at least.
-    forward_cases / gradient_cases / whole_call_cases: the parameters of the tests taking `forward_case`,
-    `gradient_case` and `whole_call_case`.
+    forward_cases / gradient_cases / whole_call_cases / odd_grid_cases: the parameters of the tests taking
+    `forward_case`, `gradient_case`, `whole_call_case` and `odd_grid_case`.
     A subclass overrides a test with a `pytest.skip` (and the reason) where it does not apply to its backend.
     """
 
@@ -103,6 +131,7 @@ class BSABackendTests:
     forward_cases: tuple[KernelCase, ...] = ()
     gradient_cases: tuple[KernelCase, ...] = ()
     whole_call_cases: tuple[WholeCallCase, ...] = ()
+    odd_grid_cases: tuple[OddGridCase, ...] = ()
 
     def pytest_generate_tests(self, metafunc):
         """Parametrizes the `*_case` arguments with this backend's cases."""
@@ -110,6 +139,7 @@ class BSABackendTests:
             ("forward_case", self.forward_cases),
             ("gradient_case", self.gradient_cases),
             ("whole_call_case", self.whole_call_cases),
+            ("odd_grid_case", self.odd_grid_cases),
         ):
             if argument in metafunc.fixturenames:
                 metafunc.parametrize(argument, cases, ids=[case.name for case in cases])
@@ -229,4 +259,39 @@ class BSABackendTests:
         chex.assert_type(got, case.dtype)
         assert rel_l2(got, want) < case.tolerance
         for name, g, w in zip(("dq", "dk", "dv"), got_grads, want_grads):
+            assert rel_l2(g, w) < case.tolerance, (name, rel_l2(g, w))
+
+    def test_odd_grid_matches_the_real_tokens_alone(self, odd_grid_case):
+        case = odd_grid_case
+        keys = jax.random.split(jax.random.key(7), 4)
+        q, do = (jax.random.normal(key, (1, math.prod(case.latent_q), 2, case.d)) for key in keys[:2])  # [B, Sq, H, D]
+        k, v = (jax.random.normal(key, (1, math.prod(case.latent_k), 2, case.d)) for key in keys[2:])  # [B, Sk, H, D]
+
+        def attention(q, k, v):
+            return bsa_attention(q, k, v, case.latent_q, case.latent_k, case.params, backend=self.backend,
+                                 kernel_config=self.kernel_config())
+
+        def truth(q, k, v):
+            return real_token_attention(q, k, v, case.latent_q, case.latent_k, case.params)
+
+        inputs = [x.astype(case.dtype) for x in (q, k, v)]
+        got = jax.jit(attention)(*inputs)
+        chex.assert_shape(got, q.shape)
+        chex.assert_type(got, case.dtype)
+        # the truth takes the same rounded inputs, so that bf16 rounding cannot flip a near-tied selection
+        assert rel_l2(got, truth(*inputs)) < case.tolerance
+        if not case.gradients:
+            return
+
+        def grads(attention):
+            def loss(q, k, v):
+                return jnp.sum(attention(q, k, v).astype(jnp.float32) * do)
+
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+        got_grads = grads(attention)(*inputs)
+        want_grads = grads(truth)(*(x.astype(jnp.float32) for x in inputs))
+        for name, g, w, x in zip(("dq", "dk", "dv"), got_grads, want_grads, inputs):
+            chex.assert_equal_shape((g, x))
+            assert np.all(np.isfinite(np.asarray(g, np.float32))), name
             assert rel_l2(g, w) < case.tolerance, (name, rel_l2(g, w))

@@ -4,18 +4,29 @@ Reference: the jnp path (float32 fixtures to 1e-5). In the interpreters on the C
 (`pallas_interpret`) and the Mosaic GPU forward (its pipeline, barriers, TMA gathers and softmax; see
 `MosaicConfig` for what the interpreter replaces), both with the shared Triton backward. Natively on a GPU
 (`gpu`): both forwards at larger sizes. Cases cover uneven and empty selections, odd query-block counts (one
-Mosaic consumer idle), Sq != Sk, head_dim 64 and 128, key ranges, raster-order output and gradients.
+Mosaic consumer idle), Sq != Sk, head_dim 64 and 128, key ranges, raster-order output and gradients, and grids
+that the chunks do not divide (padded inside; `odd_grid_cases`), along one axis or all three.
 """
 
 import jax.numpy as jnp
 import pytest
 
 from kernels import MosaicConfig, TritonConfig
-from tests.kernels.bsa_test_base import BSABackendTests, KernelCase, WholeCallCase
+from tests.kernels.bsa_test_base import BSABackendTests, KernelCase, OddGridCase, WholeCallCase
 
 RASTER_CASES = (  # the Mosaic forward writes these straight to raster order, in runs of cw tokens
     WholeCallCase("4x8x12_chunk_4x4x4", (4, 8, 12), (4, 4, 4)),
     WholeCallCase("2x8x16_chunk_2x4x8", (2, 8, 16), (2, 4, 8)),
+)
+
+
+GPU_ODD_GRID_CASES = (
+    # the 720p grid's 45 rows (11 chunks and one row), fewer frames and columns
+    OddGridCase("6x45x20_chunk_4x4x4", (6, 45, 20), (6, 45, 20), (4, 4, 4), (4, 4, 4), sparsity=0.875, d=128),
+    # generated frames over condition + generated frames, every axis short of whole chunks
+    OddGridCase("q_5x9x11_k_7x9x11", (5, 9, 11), (7, 9, 11), (4, 4, 4), (4, 4, 4), d=128),
+    OddGridCase("cdf_7x13x10_chunk_2x4x8", (7, 13, 10), (7, 13, 10), (2, 4, 8), (2, 4, 8), sparsity=None,
+                cdf_threshold=0.9),
 )
 
 
@@ -38,6 +49,14 @@ class TestReference(BSABackendTests):
     )
     gradient_cases = forward_cases
     whole_call_cases = (WholeCallCase("4x8x8_float32", (4, 8, 8), (4, 4, 4), jnp.float32, 1e-5),)
+    odd_grid_cases = (
+        OddGridCase("every_axis_5x6x7_chunk_4x4x4", (5, 6, 7), (5, 6, 7), (4, 4, 4), (4, 4, 4), d=16,
+                    dtype=jnp.float32, tolerance=1e-5),
+        OddGridCase("q_shorter_than_k_odd_chunks", (3, 5, 4), (5, 5, 4), (2, 3, 3), (3, 2, 3), d=16,
+                    dtype=jnp.float32, tolerance=1e-5),
+        OddGridCase("keys_padded_queries_whole", (4, 6, 6), (5, 6, 6), (2, 3, 3), (3, 2, 3), d=16,
+                    dtype=jnp.float32, tolerance=1e-5),
+    )
 
 
 class TestTritonInterpret(BSABackendTests):
@@ -52,6 +71,13 @@ class TestTritonInterpret(BSABackendTests):
         KernelCase("key_ranges_2", b=1, h=2, d=64, mq=2, mk=4, width=3, key_ranges=2),
     )
     whole_call_cases = (WholeCallCase("4x8x8_float32", (4, 8, 8), (4, 4, 4), jnp.float32, 1e-4),)
+    odd_grid_cases = (
+        OddGridCase("every_axis_5x6x7_chunk_4x4x4", (5, 6, 7), (5, 6, 7), (4, 4, 4), (4, 4, 4),
+                    dtype=jnp.float32, tolerance=1e-4),
+        # queries padded, keys in whole chunks: no key mask, the output cropped
+        OddGridCase("queries_padded_keys_whole_cdf", (3, 5, 4), (4, 8, 4), (2, 4, 4), (4, 4, 2), sparsity=None,
+                    cdf_threshold=0.9, dtype=jnp.float32, tolerance=1e-4),
+    )
 
     def test_whole_call_matches_the_original(self, bsa_fixture_cases):
         pytest.skip("half a minute in the interpreters; the float32 whole-call case covers this path on the CPU")
@@ -75,6 +101,10 @@ class TestMosaicInterpret(BSABackendTests):
     )
     gradient_cases = (KernelCase("through_the_triton_backward", b=1, h=1, d=64, mq=2, mk=3, width=2),)
     whole_call_cases = RASTER_CASES
+    # q's 2 blocks over k's 4, padded along T and H (the one raster-order case the Mosaic interpreter can afford)
+    odd_grid_cases = (
+        OddGridCase("q_3x5x4_k_7x5x4", (3, 5, 4), (7, 5, 4), (4, 4, 4), (4, 4, 4), gradients=False),
+    )
 
     def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
         pytest.skip("the selection does not depend on the forward kernel: TestTritonInterpret checks it")
@@ -90,6 +120,7 @@ class TestTritonGpu(BSABackendTests):
     forward_cases = _gpu_key_range_cases()
     gradient_cases = (_gpu_gradient_case(64, 64, 64), _gpu_gradient_case(128, 128, 64), _gpu_gradient_case(128, 64, 64))
     whole_call_cases = RASTER_CASES
+    odd_grid_cases = GPU_ODD_GRID_CASES
 
 
 @pytest.mark.gpu
@@ -105,6 +136,7 @@ class TestMosaicGpu(BSABackendTests):
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)
     whole_call_cases = RASTER_CASES
+    odd_grid_cases = GPU_ODD_GRID_CASES  # all of 64-token chunks, the Mosaic kernel's size
 
     def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
         pytest.skip("the selection does not depend on the forward kernel: TestTritonGpu checks it")
