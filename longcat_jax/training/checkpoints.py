@@ -23,8 +23,9 @@ from longcat_jax.errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
-# Keys of the meta that must match for a run to resume: they decide the shapes and meaning of the saved state.
-RESUME_KEYS = ("model", "dtype", "task", "lora")
+# Keys of the meta that must match for a run to resume (they decide the shapes and meaning of the saved state),
+# each with the value a checkpoint written before the key existed stands for.
+RESUME_KEYS = {"model": None, "dtype": None, "quantize": "none", "task": None, "lora": None}
 
 
 def _flat(tree) -> dict[str, jax.Array]:
@@ -76,14 +77,15 @@ class TrainCheckpoints:
     def restore(self, step: int, factors, opt_state, meta: dict[str, Any]):
         """(factors, opt_state) of checkpoint `step`, in the structure and placement of the given ones.
 
-        Refuses a checkpoint of another run (different model, dtype, task or LoRA shape), naming the key.
+        Refuses a checkpoint of another run (different model, dtype, quantization, task or LoRA shape), naming the key.
         """
         saved_meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        for key in RESUME_KEYS:
-            if saved_meta.get(key) != meta.get(key):
+        for key, absent in RESUME_KEYS.items():
+            saved = saved_meta.get(key, absent)
+            if saved != meta.get(key):
                 raise CheckpointError(
-                    f"checkpoint {self.directory / str(step)} was trained with {key}={saved_meta.get(key)!r}, this "
-                    f"config has {meta.get(key)!r}; resume with the config it was made with, or use a new output_dir"
+                    f"checkpoint {self.directory / str(step)} was trained with {key}={saved!r}, this config has "
+                    f"{meta.get(key)!r}; resume with the config it was made with, or use a new output_dir"
                 )
         if saved_meta.get("clips_digest") != meta.get("clips_digest"):
             logger.warning("The prepared data changed since checkpoint %d: the resumed run trains on the new clip "

@@ -19,6 +19,7 @@ from kernels import BSAParams
 from longcat_jax.bsa_config import parse_bsa_config
 from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
+from longcat_jax.quantization.modes import MODES as QUANTIZE_MODES
 
 TASKS = ("t2v", "i2v", "continuation")
 RESOLUTIONS = ("480p", "720p")
@@ -26,6 +27,7 @@ DTYPES = ("bfloat16", "float32")
 SCHEDULES = ("constant", "linear", "cosine")
 SIGMA_SAMPLINGS = ("uniform", "logit_normal")
 BSA_BACKENDS = ("auto", "reference", "pallas", "pallas_interpret")
+MAX_SEED = 2**63 - 1  # seeds become jax.random.key(seed), which takes a signed 64-bit integer
 
 # LoRA targets: the original's module names inside a DiT block (what its LoRA files are keyed by), and groups.
 BLOCK_LINEARS = (
@@ -134,12 +136,37 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """A text-to-video sample with the LoRA being trained, every `every` optimiser steps (0: never), from a fixed
+    prompt and seed, so the samples of a run show what the steps changed.
+
+    None: the generation default of the model (steps, guidance, negative prompt), or the size and frame count of
+    the training clips (their first bucket).
+    """
+
+    every: int = 0
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int = 42
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.every > 0
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """A validated training config (see `configs/train/example.json`)."""
 
     data: DataConfig
     model_path: Path | None = None  # None: the built-in tiny model with random weights
     dtype: str = "bfloat16"
+    quantize: str = "none"  # the frozen base's block Linears: none, fp8, fp8-weight-only or int8
     output_dir: Path = Path("outputs/train")
     task: TaskConfig = TaskConfig()
     lora: LoRAConfig = LoRAConfig()
@@ -149,6 +176,7 @@ class TrainConfig:
     bsa_backend: str = "auto"
     checkpoint: CheckpointConfig = CheckpointConfig()
     parallel: ParallelConfig = ParallelConfig()
+    sample: SampleConfig = SampleConfig()
 
     @property
     def cache_dir(self) -> Path:
@@ -184,15 +212,17 @@ class _Reader:
     def has(self, key: str) -> bool:
         return key in self.raw
 
-    def integer(self, key: str, default, *, minimum: int = 1, nullable: bool = False):
+    def integer(self, key: str, default, *, minimum: int = 1, maximum: int | None = None, nullable: bool = False):
         """The key's int (`default` when absent; None when null and `nullable`)."""
         if key not in self.raw:
             return default
         if nullable and self.raw[key] is None:
             return None
         value = self.raw[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"an integer >= {minimum}" + (" or null" if nullable else ""))
+        if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+                or (maximum is not None and value > maximum)):
+            bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+            raise self.fail(key, f"an integer {bounds}" + (" or null" if nullable else ""))
         return value
 
     def number(self, key: str, default, *, minimum: float | None = None, exclusive: bool = False,
@@ -228,6 +258,16 @@ class _Reader:
             raise self.fail(key, f"one of {list(choices)}")
         return self.raw[key]
 
+    def text(self, key: str, default: str | None, *, nullable: bool = True) -> str | None:
+        """The key's string (`default` when absent; None when null and `nullable`)."""
+        if key not in self.raw:
+            return default
+        if nullable and self.raw[key] is None:
+            return None
+        if not isinstance(self.raw[key], str):
+            raise self.fail(key, "a string" + (" or null" if nullable else ""))
+        return self.raw[key]
+
     def path(self, key: str, default: Path | None, *, required: bool = False) -> Path | None:
         if key not in self.raw or self.raw[key] is None:
             if required:
@@ -243,19 +283,32 @@ def _section(raw: Mapping, name: str, source: str, cls) -> _Reader:
     return _Reader(raw.get(name, {}), name, source, known)
 
 
-def _data(raw: Mapping, source: str) -> DataConfig:
-    r = _section(raw, "data", source, DataConfig)
+def _frame_size(r: _Reader, default_meaning: str) -> tuple[int | None, int | None]:
+    """(height, width) of a section: both multiples of 16, or both null (`default_meaning`)."""
     height = r.integer("height", None, nullable=True)
     width = r.integer("width", None, nullable=True)
     if (height is None) != (width is None):
-        raise ConfigError(f"{source}: give both 'data.height' and 'data.width' (a fixed size) or neither (buckets)")
+        raise ConfigError(f"{r.source}: give both '{r.section}.height' and '{r.section}.width' (a fixed size) or "
+                          f"neither ({default_meaning})")
     for key, value in (("height", height), ("width", width)):
         if value is not None and value % 16:
             raise r.fail(key, f"a multiple of 16 (VAE 8x times patch 2), e.g. {max(16, round(value / 16) * 16)}")
-    num_frames = r.integer("num_frames", DataConfig.num_frames)
-    if num_frames % 4 != 1:
+    return height, width
+
+
+def _frame_count(r: _Reader, default: int | None) -> int | None:
+    """The section's `num_frames`: 1 + 4k (or `default` when absent; null when the default is None)."""
+    num_frames = r.integer("num_frames", default, nullable=default is None)
+    if num_frames is not None and num_frames % 4 != 1:
         raise r.fail("num_frames", f"1 + 4k (the VAE compresses time 4x after the first frame), e.g. "
                                    f"{num_frames // 4 * 4 + 1}")
+    return num_frames
+
+
+def _data(raw: Mapping, source: str) -> DataConfig:
+    r = _section(raw, "data", source, DataConfig)
+    height, width = _frame_size(r, "buckets")
+    num_frames = _frame_count(r, DataConfig.num_frames)
     return DataConfig(
         folder=r.path("folder", None, required=True),
         cache_dir=r.path("cache_dir", None),
@@ -327,7 +380,7 @@ def _training(raw: Mapping, source: str) -> TrainingConfig:
         steps=r.integer("steps", TrainingConfig.steps),
         batch_size=r.integer("batch_size", TrainingConfig.batch_size),
         grad_accumulation=r.integer("grad_accumulation", TrainingConfig.grad_accumulation),
-        seed=r.integer("seed", TrainingConfig.seed, minimum=0),
+        seed=r.integer("seed", TrainingConfig.seed, minimum=0, maximum=MAX_SEED),
         remat=r.boolean("remat", TrainingConfig.remat),
         sigma_sampling=r.choice("sigma_sampling", TrainingConfig.sigma_sampling, SIGMA_SAMPLINGS),
         logit_mean=r.number("logit_mean", TrainingConfig.logit_mean),
@@ -363,8 +416,33 @@ def _parallel(raw: Mapping, source: str, training: TrainingConfig) -> ParallelCo
     return ParallelConfig(devices=devices, fsdp=r.boolean("fsdp", ParallelConfig.fsdp))
 
 
-TOP_LEVEL = ("model_path", "dtype", "output_dir", "data", "task", "lora", "optimizer", "training", "bsa",
-             "checkpoint", "parallel")
+def _sample(raw: Mapping, source: str, parallel: ParallelConfig) -> SampleConfig:
+    r = _section(raw, "sample", source, SampleConfig)
+    every = r.integer("every", SampleConfig.every, minimum=0)
+    prompt = r.text("prompt", None)
+    if every and not (prompt or "").strip():
+        raise ConfigError(f"{source}: 'sample.every' {every} needs 'sample.prompt' (the fixed prompt of the samples); "
+                          "give one, or set 'sample.every' to 0 (no samples)")
+    if every and parallel.devices != 1:
+        raise ConfigError(f"{source}: 'sample.every' samples on one device, but 'parallel.devices' is "
+                          f"{parallel.devices}; set 'sample.every' to 0 for a multi-device run and generate with "
+                          "the saved lora/step_N.safetensors instead")
+    height, width = _frame_size(r, "the training clips' size")
+    return SampleConfig(
+        every=every,
+        prompt=prompt,
+        negative_prompt=r.text("negative_prompt", None),
+        seed=r.integer("seed", SampleConfig.seed, minimum=0, maximum=MAX_SEED),
+        num_inference_steps=r.integer("num_inference_steps", None, nullable=True),
+        guidance_scale=r.number("guidance_scale", None, minimum=1.0, nullable=True),
+        height=height,
+        width=width,
+        num_frames=_frame_count(r, None),
+    )
+
+
+TOP_LEVEL = ("model_path", "dtype", "quantize", "output_dir", "data", "task", "lora", "optimizer", "training", "bsa",
+             "checkpoint", "parallel", "sample")
 
 
 def parse_train_config(raw: Mapping[str, Any], *, source: str = "train config") -> TrainConfig:
@@ -373,10 +451,12 @@ def parse_train_config(raw: Mapping[str, Any], *, source: str = "train config") 
     data = _data(raw, source)
     training = _training(raw, source)
     bsa, backend = _bsa(raw, source)
+    parallel = _parallel(raw, source, training)
     return TrainConfig(
         data=data,
         model_path=top.path("model_path", None),
         dtype=top.choice("dtype", TrainConfig.dtype, DTYPES),
+        quantize=top.choice("quantize", TrainConfig.quantize, QUANTIZE_MODES),
         output_dir=top.path("output_dir", TrainConfig.output_dir),
         task=_task(raw, source, data),
         lora=_lora(raw, source),
@@ -385,7 +465,8 @@ def parse_train_config(raw: Mapping[str, Any], *, source: str = "train config") 
         bsa=bsa,
         bsa_backend=backend,
         checkpoint=_checkpoint(raw, source),
-        parallel=_parallel(raw, source, training),
+        parallel=parallel,
+        sample=_sample(raw, source, parallel),
     )
 
 

@@ -1,15 +1,17 @@
 """The training run: checks, model set-up, the step loop with its progress bar, checkpoints and the LoRA files.
 
 Everything that can be wrong with the data, config or output folder is refused before the DiT is loaded: a
-missing or stale cache, BSA chunks that do not tile a bucket, checkpoints in the output folder without
-`--resume` (or none with it). Then: the base DiT (frozen), a fresh float32 LoRA on the targets, per-block
-rematerialisation, placement on one device or the mesh, AdamW state; with `--resume` the newest checkpoint's
-factors, optimiser state and step. Each step logs loss, learning rate, gradient norm and time (bar, log, CSV).
+missing or stale cache, BSA chunks that do not tile a bucket (or the sample video's size), a `quantize` mode the
+devices cannot run, checkpoints in the output folder without `--resume` (or none with it). Then: the sample
+video's prompt encoded (with `sample.every`), the base DiT (frozen; its block Linears quantized with
+`quantize`), a fresh float32 LoRA on the targets, per-block rematerialisation, placement on one device or the
+mesh, AdamW state; with `--resume` the newest checkpoint's factors, optimiser state and step. Each step logs
+loss, learning rate, gradient norm and time (bar, log, CSV).
 
 Outputs in `output_dir`: `checkpoints/<step>/` (Orbax, the last `checkpoint.keep`), `lora/step_<N>.safetensors`
 at every checkpoint and `lora.safetensors` at the end, both in the original LoRA format (`--lora` loads them),
-`metrics.csv` and TensorBoard files. Ctrl-C lets the running step finish, saves a checkpoint and stops (a second
-Ctrl-C stops at once); `--resume` continues.
+`metrics.csv` and TensorBoard files, `samples/step_<N>.mp4` every `sample.every` steps. Ctrl-C lets the running
+step finish, saves a checkpoint and stops (a second Ctrl-C stops at once); `--resume` continues.
 """
 
 from __future__ import annotations
@@ -32,13 +34,21 @@ from longcat_jax.training.cache import CacheManifest, require_manifest
 from longcat_jax.training.checkpoints import TrainCheckpoints
 from longcat_jax.training.config import TrainConfig
 from longcat_jax.training.lora_file import save_lora_file
-from longcat_jax.training.models import check_model_path, load_base_dit, model_id, model_sizes
+from longcat_jax.training.models import (
+    base_dit_config,
+    check_model_path,
+    load_base_dit,
+    model_id,
+    model_sizes,
+    prepare_base_dit,
+)
 from longcat_jax.training.objective import SigmaSampling
 from longcat_jax.training.optimizer import learning_rate_schedule
 from longcat_jax.training.placement import Placement, training_mesh
 from longcat_jax.training.prepare import cache_fingerprint
 from longcat_jax.training.remat import rematerialize_blocks
 from longcat_jax.training.run_log import MetricsLog
+from longcat_jax.training.sample_video import SampleVideos
 from longcat_jax.training.shapes import check_bsa_tiling, num_cond_latents
 from longcat_jax.training.step import StepSpec, train_step
 from longcat_jax.training.trainable_lora import (
@@ -94,6 +104,7 @@ def _run_meta(config: TrainConfig, manifest: CacheManifest, cond_latents: int) -
     return {
         "model": model_id(config),
         "dtype": config.dtype,
+        "quantize": config.quantize,
         "task": {"name": config.task.name, "num_cond_latents": cond_latents},
         "lora": {"rank": config.lora.rank, "alpha": config.lora.alpha, "modules": list(config.lora.modules)},
         "clips_digest": manifest.clips_digest(),
@@ -141,7 +152,8 @@ def run_training(config: TrainConfig, *, resume: bool = False, config_source: st
                  dit: LongCatDiT | None = None, until_step: int | None = None) -> TrainResult:
     """Trains the LoRA `config` describes (see the module docstring) and returns what the run did.
 
-    dit: the base model to adapt instead of loading `model_path` (tests pass small ones; it is modified).
+    dit: the base model to adapt instead of loading `model_path` (tests pass small ones; it is modified: quantized
+    and its BSA set as the config says).
     until_step: stop (with a checkpoint) after this many optimiser steps, before `training.steps`; `--resume`
     continues later, e.g. across the time limit of a cluster job.
     """
@@ -150,10 +162,12 @@ def run_training(config: TrainConfig, *, resume: bool = False, config_source: st
     start = latest or 0
     end = min(training.steps, until_step) if until_step is not None else training.steps
     placement = Placement(training_mesh(config), config.parallel.fsdp)
+    samples = None
+    if config.sample.enabled:  # before the DiT loads: the text encoder is released again right after
+        bucket = min(clip.bucket for clip in manifest.clips)
+        samples = SampleVideos.create(config, dit.config if dit is not None else base_dit_config(config), bucket)
 
-    model = dit if dit is not None else load_base_dit(config)
-    if dit is not None:
-        model.set_bsa(config.bsa, backend=config.bsa_backend)
+    model = prepare_base_dit(dit, config) if dit is not None else load_base_dit(config)
     targets = attach_trainable_lora(model, config.lora, seed=training.seed)
     if training.remat:
         rematerialize_blocks(model)
@@ -195,11 +209,16 @@ def run_training(config: TrainConfig, *, resume: bool = False, config_source: st
                 if done % training.log_every == 0:
                     logger.info("step %d/%d loss %.5f lr %.3g grad_norm %.3g %.3f s", done, training.steps, loss,
                                 rate, grad_norm, seconds[-1])
-                if done % config.checkpoint.every == 0 or done == end or stop.requested:
+                checkpoint_due = done % config.checkpoint.every == 0 or done == end or stop.requested
+                sample_due = samples is not None and done % config.sample.every == 0
+                if checkpoint_due or sample_due:
+                    nnx.update(model, factors)  # the model holds this step's factors
+                if checkpoint_due:
                     checkpoints.save(done, factors, opt_state, meta)
-                    nnx.update(model, factors)
                     _save_lora(model, targets, config, config.output_dir / LORA_DIR / f"step_{done:06d}.safetensors",
                                done)
+                if sample_due:
+                    samples.write(model, done)
                 if stop.requested:
                     logger.warning("Stopped after step %d; continue with --resume", done)
                     raise KeyboardInterrupt

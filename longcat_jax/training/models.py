@@ -13,9 +13,11 @@ import logging
 
 import jax.numpy as jnp
 
-from longcat_jax.checkpoint.layout import DIT, TEXT_ENCODER, TOKENIZER, VAE, check_checkpoint
-from longcat_jax.models.dit import LongCatDiT, load_dit
+from longcat_jax.checkpoint.layout import TEXT_ENCODER, TOKENIZER, VAE, check_checkpoint, dit_folder
+from longcat_jax.models.dit import DiTConfig, LongCatDiT, load_dit
 from longcat_jax.models.dit.loading import random_dit
+from longcat_jax.models.dit.quantized_linear import quantize_linears
+from longcat_jax.quantization import check_quantize_supported
 from longcat_jax.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -52,11 +54,23 @@ def _presets():
     return presets
 
 
+def generation_defaults(config: TrainConfig):
+    """The `presets.PipelineDefaults` generation uses with the model trained (sizes, steps, guidance, ...)."""
+    presets = _presets()
+    return presets.TINY_DEFAULTS if config.builtin else presets.RELEASED_DEFAULTS
+
+
 def model_sizes(config: TrainConfig) -> ModelSizes:
     """The `ModelSizes` of the model trained, from the generation defaults of its preset."""
-    presets = _presets()
-    defaults = presets.TINY_DEFAULTS if config.builtin else presets.RELEASED_DEFAULTS
+    defaults = generation_defaults(config)
     return ModelSizes(defaults.size_scale, defaults.max_sequence_length)
+
+
+def base_dit_config(config: TrainConfig) -> DiTConfig:
+    """The config of the DiT `config` trains, read without loading its weights."""
+    if config.builtin:
+        return _presets().TINY_DIT_CONFIG
+    return DiTConfig.from_json(dit_folder(config.model_path) / "config.json")
 
 
 def model_id(config: TrainConfig) -> str:
@@ -65,22 +79,28 @@ def model_id(config: TrainConfig) -> str:
 
 
 def check_model_path(config: TrainConfig) -> None:
-    """Refuses a checkpoint folder that lacks a part, before any work."""
+    """Refuses a checkpoint folder that lacks a part, and a `quantize` mode the devices cannot run, before any work."""
     if not config.builtin:
         check_checkpoint(config.model_path)
+    check_quantize_supported(config.quantize)
+
+
+def prepare_base_dit(dit: LongCatDiT, config: TrainConfig) -> LongCatDiT:
+    """A given base DiT made what the config trains: its block Linears quantized as `quantize` says, BSA set."""
+    quantize_linears(dit, config.quantize)
+    dit.set_bsa(config.bsa, backend=config.bsa_backend)
+    return dit
 
 
 def load_base_dit(config: TrainConfig) -> LongCatDiT:
-    """The DiT to adapt, weights in `config.dtype` (they stay frozen), BSA as the config says."""
+    """The DiT to adapt, weights in `config.dtype` (they stay frozen) with the block Linears quantized as `quantize`
+    says (a checkpoint's while loading, so its bf16 weights never reach the device), BSA as the config says."""
     dtype = DTYPES[config.dtype]
     if config.builtin:
         logger.warning("Training the built-in TINY model with RANDOM weights: it checks the set-up, it makes no "
                        "useful LoRA. Set 'model_path' to a LongCat-Video checkpoint.")
-        dit = random_dit(_presets().TINY_DIT_CONFIG, dtype=dtype)
-    else:
-        dit = load_dit(config.model_path / DIT, dtype=dtype)
-    dit.set_bsa(config.bsa, backend=config.bsa_backend)
-    return dit
+        return prepare_base_dit(random_dit(_presets().TINY_DIT_CONFIG, dtype=dtype), config)
+    return prepare_base_dit(load_dit(dit_folder(config.model_path), dtype=dtype, quantize=config.quantize), config)
 
 
 def load_encoders(config: TrainConfig) -> Encoders:

@@ -2,9 +2,10 @@
 
 The DiT enters as (graphdef, factors, frozen): the graphdef (architecture, BSA setting, remat) and the `StepSpec`
 (optimiser, σ distribution, condition frames) are static; the LoRA factors, optimiser state, frozen weights,
-batch and key are arguments. Only the factors are differentiated, so the base weights (any dtype) get no
-gradient and no optimiser state. Gradient accumulation is a `lax.scan` over the micro-batches inside the step,
-so a step is one dispatch whatever the accumulation, and the optimiser sees the mean gradient.
+batch and key are arguments. Only the factors are differentiated, so the base weights (any dtype, or FP8/INT8
+`QuantizedLinear`s) get no gradient and no optimiser state. Gradient accumulation is a `lax.scan` over the
+micro-batches inside the step, so a step is one dispatch whatever the accumulation, and the optimiser sees the mean
+gradient.
 
 Randomness is a function of the step's key only (itself `fold_in(seed, step)`): per micro-batch i, the latent
 sample from the cached posterior, the noise and σ come from `fold_in(key, i)`. A resumed run therefore draws
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from longcat_jax.quantization.compile_options import quantized_jit
 from longcat_jax.training.config import OptimizerConfig
 from longcat_jax.training.objective import (
     SigmaSampling,
@@ -90,8 +92,9 @@ def _train_step(graphdef, spec: StepSpec, factors, opt_state, frozen, batch: dic
 @functools.cache
 def _compiled(donate: bool):
     # Donating the factors and optimiser state lets XLA update them in place (GPU/TPU); the CPU ignores donation
-    # with a warning, so it is off there.
-    return jax.jit(_train_step, static_argnums=(0, 1), donate_argnums=(2, 3) if donate else ())
+    # with a warning, so it is off there. quantized_jit: jax.jit, with the XLA options FP8 GEMMs need on GPUs when
+    # the frozen base is FP8 (`longcat_jax.quantization.compile_options`).
+    return quantized_jit(_train_step, static_argnums=(0, 1), donate_argnums=(2, 3) if donate else ())
 
 
 def train_step(graphdef, spec: StepSpec, factors, opt_state, frozen, batch: dict[str, jax.Array], key: jax.Array):

@@ -2,8 +2,11 @@
 
 Each targeted Linear gets one run-time `LoRAAdapter` (the class inference uses, so the trained model computes what
 `--lora` later computes) whose factors are stored in float32 whatever the base weights' dtype; the adapter casts
-them to the Linear's compute dtype, so gradients reach the float32 factors through that cast. Initialisation is
-the original's `LoRAModule`: `lora_down` Kaiming-uniform (a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))),
+them to the Linear's compute dtype, so gradients reach the float32 factors through that cast. A quantized base
+(`QuantizedLinear`, FP8 or INT8 weights) takes the same adapter: its frozen weights get no gradient and pass the
+input's gradient straight through (`models.dit.quantized_linear`), so the factors train as on a bf16 base.
+
+Initialisation is the original's `LoRAModule`: `lora_down` Kaiming-uniform (a = sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))),
 `lora_up` zero, so training starts from the base model exactly. The update is scaled by alpha / rank.
 
 `split_trainable` separates the factors (`LoRAWeight` variables) from everything else (the frozen base weights
@@ -23,6 +26,7 @@ from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.layers import Linear, LoRAAdapter, LoRAWeight
 from longcat_jax.models.dit.lora import LoRA, LoRAFactors
 from longcat_jax.models.dit.params import ModulePath, module_path
+from longcat_jax.models.dit.quantized_linear import QuantizedLinear
 from longcat_jax.sharding.spatial import to_host
 from longcat_jax.training.config import LoRAConfig
 
@@ -48,12 +52,12 @@ def lora_targets(config: DiTConfig, modules: tuple[str, ...]) -> list[LoRATarget
     return targets
 
 
-def linear_at(model: nnx.Module, path: ModulePath) -> Linear:
-    """The Linear at a module path of the DiT."""
+def linear_at(model: nnx.Module, path: ModulePath) -> Linear | QuantizedLinear:
+    """The Linear (plain or quantized) at a module path of the DiT."""
     module = model
     for part in path:
         module = module[part] if isinstance(part, int) else getattr(module, part)
-    if not isinstance(module, Linear):
+    if not isinstance(module, Linear | QuantizedLinear):
         raise ConfigError(f"{'.'.join(map(str, path))} is not a Linear of this DiT")
     return module
 

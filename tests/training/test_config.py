@@ -31,6 +31,17 @@ def test_a_minimal_config_takes_the_defaults():
     assert (config.training.steps, config.training.batch_size, config.training.grad_accumulation) == (1000, 1, 1)
     assert config.optimizer.learning_rate == 1e-4 and config.optimizer.max_grad_norm == 1.0
     assert config.task.cond_video_frames() == 0
+    assert config.quantize == "none" and not config.sample.enabled  # bf16 base, no sample videos
+
+
+def test_a_quantized_base_and_sample_videos():
+    config = parse_train_config(_config(quantize="int8", sample={"every": 100, "prompt": "a cat", "seed": 5,
+                                                                 "height": 64, "width": 96, "num_frames": 9}))
+    assert config.quantize == "int8"
+    assert config.sample.enabled and config.sample.prompt == "a cat" and config.sample.seed == 5
+    assert (config.sample.height, config.sample.width, config.sample.num_frames) == (64, 96, 9)
+    assert config.sample.num_inference_steps is None and config.sample.guidance_scale is None  # generation's
+    assert parse_train_config(_config(quantize="fp8")).quantize == "fp8"
 
 
 def test_conditioned_tasks_and_bsa_settings():
@@ -100,6 +111,20 @@ def test_unknown_and_missing_keys_are_named(raw, named):
         ({"parallel": {"devices": 2}}, "training.batch_size"),
         ({"dtype": "float16"}, "dtype"),
         ({"checkpoint": {"every": -5}}, "checkpoint.every"),
+        ({"quantize": "int4"}, "quantize"),
+        ({"quantize": True}, "quantize"),
+        ({"training": {"seed": 2**63}}, "training.seed"),
+        ({"sample": {"every": 10}}, "sample.prompt"),
+        ({"sample": {"every": 10, "prompt": "  "}}, "sample.prompt"),
+        ({"sample": {"every": -1}}, "sample.every"),
+        ({"sample": {"prompt": 5}}, "sample.prompt"),
+        ({"sample": {"height": 64}}, "sample.height"),
+        ({"sample": {"height": 60, "width": 64}}, "sample.height"),
+        ({"sample": {"num_frames": 8}}, "sample.num_frames"),
+        ({"sample": {"guidance_scale": 0.5}}, "sample.guidance_scale"),
+        ({"sample": {"num_inference_steps": 0}}, "sample.num_inference_steps"),
+        ({"sample": {"every": 5, "prompt": "a cat"}, "parallel": {"devices": None}}, "sample.every"),
+        ({"sample": {"steps": 5}}, "sample.steps"),
     ],
 )
 def test_bad_values_are_refused_by_key(sections, named):

@@ -118,6 +118,7 @@ def test_the_saved_lora_loads_like_a_released_one_and_reproduces_the_trained_mod
     config, result, trained = overfit
     assert result.lora_path.name == "lora.safetensors"
     assert (config.output_dir / "lora" / f"step_{OVERFIT_STEPS:06d}.safetensors").is_file()
+    assert not (config.output_dir / "samples").exists()  # sample videos are off by default
     lora = load_lora(result.lora_path)  # what `--lora PATH` does
     assert len(lora.modules) == 9 and all(f.alpha_scale == 1.0 for f in lora.modules.values())
     base = small_dit()

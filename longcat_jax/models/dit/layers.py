@@ -4,15 +4,45 @@ Numerics follow the original: norms are computed in float32 and cast back to the
 adaLN modulation (`x * (1 + scale) + shift`) happens in float32; a Linear accumulates in float32 and
 rounds once after adding the bias (as a cuBLAS bf16 GEMM with a bias epilogue does) and any LoRA
 updates.
+
+Gradients (training): a Linear's matmul (`matmul_f32_out`) takes its output's gradient back to the activation
+dtype before the two backward GEMMs, so they run in bf16 like the forward one. Left to JAX, the float32 output
+makes both float32 GEMMs (TF32 at best on GPUs, half the bf16 rate); the rounding loses nothing, since that
+gradient comes through the output's cast to the activation dtype and so is a bf16 value already.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 NORM_EPS = 1e-6
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def matmul_f32_out(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+    """x [..., in] @ kernel [in, out], both in `dtype`, accumulated and returned in float32 [..., out]; its backward
+    GEMMs run in `dtype` (see the module docstring)."""
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _matmul_f32_out_fwd(x, kernel, dtype):
+    return matmul_f32_out(x, kernel, dtype), (x, kernel)
+
+
+def _matmul_f32_out_bwd(dtype, residuals, grad):
+    x, kernel = residuals
+    grad = grad.astype(dtype)  # [..., out]
+    dx = jnp.dot(grad, kernel.astype(dtype).T, preferred_element_type=jnp.float32)  # [..., in]
+    dkernel = jnp.tensordot(x.astype(dtype), grad, axes=(tuple(range(x.ndim - 1)),) * 2,
+                            preferred_element_type=jnp.float32)  # [in, out]
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+matmul_f32_out.defvjp(_matmul_f32_out_fwd, _matmul_f32_out_bwd)
 
 
 class LoRAScale(nnx.Variable):
@@ -70,7 +100,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = jnp.dot(x, self.kernel.get_value().astype(self.dtype), preferred_element_type=jnp.float32)
+        y = matmul_f32_out(x, self.kernel.get_value(), jnp.dtype(self.dtype))  # float32
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)
         for adapter in self.loras:

@@ -7,6 +7,11 @@ Its matmul is the scheme's (`longcat_jax.quantization.matmul`): an FP8 GEMM with
 token on the fly, or weight-only with the weight converted inside the matmul. Bias and run-time LoRA updates
 are added in float32 before the one rounding to the activation dtype, as in `Linear`.
 
+Gradients (LoRA training on a quantized base): the weights are frozen and get none; the input's gradient is
+straight-through, dx = dy @ dequantized(W).T, one GEMM in the activation dtype with the weight converted inside
+it (`_quantized_matmul`). Differentiating the FP8 GEMM itself would round the gradient to e4m3 (3 mantissa bits,
+nothing below 2^-9: small gradients become zeros), so its activation quantization is treated as the identity.
+
 `quantize_linears(model, mode)` swaps the Linears that `longcat_jax.quantization.policy` selects for quantized
 ones, computing their weights from the float kernels. Inside `nnx.eval_shape` (how loaders build a skeleton)
 nothing is computed or allocated, so
@@ -19,11 +24,13 @@ loads a quantized DiT without the device ever holding its bf16 weights.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from longcat_jax.checkpoint.param_tree import ParamPath
 from longcat_jax.models.dit.layers import Linear
@@ -31,6 +38,28 @@ from longcat_jax.quantization.formats import dequantize_kernel, quantize_kernel
 from longcat_jax.quantization.matmul import quantized_dot
 from longcat_jax.quantization.modes import QuantScheme, scheme_for
 from longcat_jax.quantization.policy import is_quantized_module
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _quantized_matmul(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, scheme: QuantScheme, dtype) -> jax.Array:
+    """`quantized_dot` of x [..., K] in `dtype` -> float32 [..., N], with the straight-through gradient of the module
+    docstring (dtype: x's, static, so the backward returns the input gradient in it)."""
+    return quantized_dot(x, qkernel, qscale, scheme)
+
+
+def _quantized_matmul_fwd(x, qkernel, qscale, scheme, dtype):
+    return quantized_dot(x, qkernel, qscale, scheme), (qkernel, qscale)
+
+
+def _quantized_matmul_bwd(scheme, dtype, residuals, grad):
+    qkernel, qscale = residuals
+    scaled = (grad * qscale.astype(jnp.float32)).astype(dtype)  # [..., N]
+    dx = lax.dot_general(scaled, qkernel.astype(dtype), (((grad.ndim - 1,), (0,)), ((), ())),
+                         preferred_element_type=jnp.float32)  # [..., K]
+    return dx.astype(dtype), None, None
+
+
+_quantized_matmul.defvjp(_quantized_matmul_fwd, _quantized_matmul_bwd)
 
 
 class QuantizedLinear(nnx.Module):
@@ -87,7 +116,8 @@ class QuantizedLinear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = quantized_dot(x, self.qkernel.get_value(), self.qscale.get_value(), self.scheme)  # float32
+        y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), self.scheme,
+                              jnp.dtype(self.dtype))  # float32
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)
         for adapter in self.loras:
