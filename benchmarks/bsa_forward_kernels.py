@@ -19,7 +19,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from bsa_attention import rel_l2, time_jax  # noqa: E402  (this script's sibling)
+from bsa_attention import Timer, rel_l2  # noqa: E402  (this script's sibling)
 
 from kernels import BSAParams, KernelConfig, MosaicConfig, select_blocks  # noqa: E402
 from kernels.sparse_attention import sparse_attention_with_lse  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
                 out = kernel(q, k, v, indices, counts)
                 error = "" if expected is None else f"{rel_l2(out, expected):.1e}"
                 expected = out if expected is None else expected
-                ms = time_jax(kernel, q, k, v, indices, counts)
+                ms = Timer()(kernel, q, k, v, indices, counts)
                 print(f"| {size} | {sparsity} | {name} | {ms:.2f} | {flops / ms / 1e9:.0f} | {error} |", flush=True)
 
 

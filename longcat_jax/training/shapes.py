@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kernels import BSAConfigError, BSAParams, chunk_grid
-from longcat_jax.errors import ConfigError
+from kernels import BSAParams
+from longcat_jax.errors import ConfigError, InputError
+from longcat_jax.pipelines.bsa import check_bsa_grids
 from longcat_jax.pipelines.buckets import VAE_TEMPORAL_FACTOR
 from longcat_jax.pipelines.geometry import scaled_bucket
 from longcat_jax.training.config import TrainConfig
@@ -45,30 +46,18 @@ def token_grid(latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def check_bsa_tiling(bsa: BSAParams | None, latent_shapes: Iterable[tuple[int, int, int]], cond_latents: int) -> None:
-    """Refuses BSA chunk shapes that do not tile a token grid the DiT will attend over, before any compute.
-
-    Without condition frames: the whole grid. With them: condition over condition, and the generated frames over
-    all. Single-frame latents attend densely (as the original) and need no check.
-    """
+    """Refuses, before any compute, buckets whose token grid BSA cannot attend over (the generation check,
+    `pipelines.bsa.check_bsa_grids`: grids the chunks do not divide are padded inside the attention, so only a
+    grid with no frame to generate is refused). Single-frame latents attend densely (as the original)."""
     if bsa is None:
         return
     for shape in sorted(set(latent_shapes)):
-        frames, height, width = token_grid(shape)
-        if frames <= 1:
-            continue
-        if cond_latents:
-            pairs = [((cond_latents, height, width),) * 2, ((frames - cond_latents, height, width), (frames, height, width))]
-        else:
-            pairs = [((frames, height, width),) * 2]
         try:
-            for grid_q, grid_k in pairs:
-                chunk_grid(grid_q, bsa.chunk_3d_shape_q, what="queries")
-                chunk_grid(grid_k, bsa.chunk_3d_shape_k, what="keys")
-        except BSAConfigError as err:
-            pixels = (height * PATCH_SIDE * VAE_SPATIAL_FACTOR, width * PATCH_SIDE * VAE_SPATIAL_FACTOR)
+            check_bsa_grids(bsa, token_grid(shape), num_cond_latents=cond_latents)
+        except InputError as err:
+            height, width = (side * VAE_SPATIAL_FACTOR for side in shape[1:])
             raise ConfigError(
-                f"BSA cannot train at {pixels[0]}x{pixels[1]} with {shape[0]} latent frames "
-                f"({cond_latents} of them conditions): {err}. Pick 'data.height'/'data.width'/'data.num_frames' "
-                "whose token grid (latent frames, height/16, width/16) the chunks divide, other 'bsa.bsa_params' "
-                "chunk shapes, or 'bsa': {\"enable_bsa\": false}"
+                f"BSA cannot train at {height}x{width} with {shape[0]} latent frames ({cond_latents} of them "
+                f"conditions): {err}. Pick more 'data.num_frames' than condition frames, or 'bsa': "
+                "{\"enable_bsa\": false}"
             ) from err

@@ -138,8 +138,6 @@ def test_frame_count_is_rounded_with_a_warning(caplog):
         (["--num-inference-steps", "0"], "--num-inference-steps must be positive"),
         (["--num-frames", "-7"], "--num-frames must be positive"),
         (["--refine", "--refine-inference-steps", "0"], "--refine-inference-steps must be positive"),
-        (["--height", "128", "--width", "208", "--bsa-config", BALANCED],
-         "BSA cannot run"),
         (["--lora", "/no/such/lora.safetensors:0.5"], "LoRA /no/such/lora.safetensors not found"),
         (["--model-path", "/no/such/folder"], "not found"),
     ],

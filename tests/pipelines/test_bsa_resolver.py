@@ -86,8 +86,8 @@ def test_token_grid_checks_of_the_presets():
     check_bsa_grids(long_video, (24, 44, 80))
     check_bsa_grids(balanced, (1, 30, 52))  # one latent frame: BSA does not apply
     check_bsa_grids(read_bsa_config(PRESETS / "config_480p_no_bsa.json"), (24, 30, 52))
-    with pytest.raises(InputError, match="does not divide"):
-        check_bsa_grids(balanced, (24, 30, 52))  # 480p tokens: 30 rows do not split into 4s
+    check_bsa_grids(balanced, (24, 30, 52))  # 480p tokens: 30 rows padded to whole chunks inside the attention
     longer_keys = BSAParams(chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(8, 4, 4))
-    with pytest.raises(InputError, match="for keys"):  # the cached 4 condition frames: no 8-frame key chunk
-        check_bsa_grids(longer_keys, (24, 44, 80), num_cond_latents=4, kv_cache=True)
+    check_bsa_grids(longer_keys, (24, 44, 80), num_cond_latents=4, kv_cache=True)  # 4 cached frames, padded to 8
+    with pytest.raises(InputError, match="BSA cannot run"):  # every input frame a condition: no frame to generate
+        check_bsa_grids(balanced, (4, 8, 8), num_cond_latents=4)

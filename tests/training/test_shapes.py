@@ -28,12 +28,12 @@ def test_condition_latents_per_task():
     assert num_cond_latents(_config(task={"name": "continuation", "num_cond_frames": 13})) == 4
 
 
-def test_bsa_chunks_that_do_not_tile_a_bucket_are_refused():
+def test_bsa_buckets_are_padded_and_only_conditions_only_grids_refused():
     bsa = BSAParams(sparsity=0.9375)  # (4, 4, 4) chunks
     check_bsa_tiling(bsa, [(24, 88, 160)], 0)  # 720p, 93 frames: tokens (24, 44, 80)
     check_bsa_tiling(bsa, [(1, 60, 104)], 0)  # one latent frame attends densely
     check_bsa_tiling(None, [(24, 60, 104)], 0)
-    with pytest.raises(ConfigError, match=r"480x832 with 24 latent frames.*enable_bsa"):
-        check_bsa_tiling(bsa, [(24, 60, 104)], 0)  # 480p: 30 x 52 tokens
-    with pytest.raises(ConfigError, match="1 of them conditions"):
-        check_bsa_tiling(bsa, [(24, 88, 160)], 1)  # i2v: one condition frame is not a 4-frame chunk
+    check_bsa_tiling(bsa, [(24, 60, 104)], 0)  # 480p: 30 x 52 tokens, padded to whole chunks inside the attention
+    check_bsa_tiling(bsa, [(24, 88, 160)], 1)  # i2v: the one condition frame padded to a 4-frame chunk
+    with pytest.raises(ConfigError, match=r"704x1280 with 4 latent frames \(4 of them conditions\).*enable_bsa"):
+        check_bsa_tiling(bsa, [(4, 88, 160)], 4)  # every latent frame a condition: nothing to generate

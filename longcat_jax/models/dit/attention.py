@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import BSAParams, block_mask_from_indices, bsa_attention, select_blocks, to_chunk_order
+from kernels import BSAParams, GridPadding, block_mask_from_indices, bsa_attention, bsa_selection
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.layers import Linear, RMSNorm
 from longcat_jax.models.dit.rope import apply_rope, rope_tables
@@ -74,9 +74,8 @@ class SelfAttention(nnx.Module):
 
     def _attend(self, q, k, v, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None, bsa_backend: str) -> jax.Array:
         if bsa is not None and self.record_selection:
-            indices, counts = select_blocks(to_chunk_order(q, grid_q, bsa.chunk_3d_shape_q),
-                                            to_chunk_order(k, grid_k, bsa.chunk_3d_shape_k), bsa)
-            num_k_blocks = k.shape[1] // bsa.chunk_size_k
+            indices, counts = bsa_selection(q, k, grid_q, grid_k, bsa)
+            num_k_blocks = GridPadding.of(grid_k, bsa.chunk_3d_shape_k).num_blocks
             self.sow(nnx.Intermediate, "bsa_selection", block_mask_from_indices(indices, counts, num_k_blocks))
         return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
                       context_parallel=self.context_parallel)
