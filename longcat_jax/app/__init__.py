@@ -1,6 +1,7 @@
 """`python -m longcat_jax.app`: a web app (Gradio) that keeps LongCat-Video loaded and serves every task of the CLI.
 
-    engine      the job queue and the warm models: one GPU job at a time, cancel, progress, results
+    engine      the job queue and the warm models: one GPU job at a time, cancel, progress, results (each with
+                the CLI's provenance sidecar, `longcat_jax.provenance`)
     models      the pipeline loaded once (again only for another quantization, or a memory plan it cannot serve)
                 and the user's LoRAs
     placement   which loaded placement (memory plan) serves which request
@@ -8,7 +9,6 @@
                 the cancel check between steps
     jobs        a job's state and what the page shows of it
     form        the page's fields as a `RunRequest` (the CLI's flags), uploads checked
-    provenance  the sidecar JSON of a result: the settings, the plans of its stages, versions and timings
     views       what the page shows of the engine, as plain values (queue rows, captions, a result's settings)
     confine     the guard that serves files from the output folder only
     ui          the Gradio page and its launch (with confine, the only modules that import Gradio's packages, and

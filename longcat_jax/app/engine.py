@@ -9,10 +9,11 @@ A request is checked by the task registry's `plan_run` before it is queued, so a
 CLI's message at once and never takes a turn; that includes its memory plan, made for the request as the CLI
 makes it (a request no placement fits within `--max-device-memory`, or the device, is refused, naming the budget
 that would hold it). The worker runs each plan with its task's `run` on the warm pipeline (`models.WarmModels`:
-loaded again when the request needs a more frugal placement than the loaded one) and writes the video
-(atomically, as the CLI does) and its provenance sidecar into the output folder, nothing before the last step: a
-cancelled or failed job leaves no file. An error in one job (the CLI's `LongCatError`, or anything unexpected,
-logged with its traceback) fails that job only.
+loaded again when the request needs a more frugal placement than the loaded one) and writes the video and its
+provenance sidecar into the output folder as the CLI does (`longcat_jax.provenance`: each atomically, the same
+format, so `python -m longcat_jax.generate --from-json NAME.json` makes the video again; its `command` is the CLI
+command of the same request), nothing before the last step: a cancelled or failed job leaves no file. An error
+in one job (the CLI's `LongCatError`, or anything unexpected, logged with its traceback) fails that job only.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from pathlib import Path
 from longcat_jax.app.jobs import Job, JobCancelled, JobState
 from longcat_jax.app.models import WarmModels
 from longcat_jax.app.progress import JobStats
-from longcat_jax.app.provenance import write_sidecar
 from longcat_jax.errors import InputError, LongCatError
 from longcat_jax.memory.plan import MemoryBudgetError
 from longcat_jax.pipelines.request import RunInputs, RunRequest
 from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.pipelines.tasks import plan_run, task_of
 from longcat_jax.progress import on_steps
-from longcat_jax.video_io import save_video
+from longcat_jax.provenance import sidecar_path, write_video_and_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -218,16 +218,14 @@ class Engine:
         with on_steps(stats.step_done):  # this thread's denoising steps: progress and the cancel point
             video = plan.task.run(pipe, plan.setup, plan.stages)
         fps = request.fps or video.fps
-        with stats.stage("write output"):
-            video_path = save_video(plan.output_path, video.frames, fps, "mp4")
-        sidecar = video_path.with_suffix(".json")
+        sidecar = sidecar_path(plan.output_path, "mp4")
+        video_path = write_video_and_sidecar(plan, request, video.frames, fps, stats, command=cli_command(request))
         try:
             summary = stats.summary()
-            write_sidecar(job, video.frames, fps, stats, self.models)
             with self._lock:  # a cancel asked while writing still wins; from the commit on, cancel() says no
                 job.check_cancelled()
                 job.video, job.sidecar, job.summary = video_path, sidecar, summary
-        except BaseException:  # cancelled, or the sidecar failed: no file of the job stays
+        except BaseException:  # cancelled while writing: no file of the job stays
             video_path.unlink(missing_ok=True)
             sidecar.unlink(missing_ok=True)
             raise
@@ -245,6 +243,25 @@ class Engine:
     def _notify(self, job: Job) -> None:
         for listener in list(self._listeners):
             listener(job)
+
+
+def cli_command(request: RunRequest) -> list[str]:
+    """The words of `python -m longcat_jax.generate ...` with the flags that run `request` (those not at their
+    default): the sidecar's `command`, which a user can run instead of the app."""
+    words = ["python", "-m", "longcat_jax.generate"]
+    for field in dataclasses.fields(RunRequest):
+        value = getattr(request, field.name)
+        if value == field.default:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag)
+        elif isinstance(value, tuple):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(value)]
+    return words
 
 
 def _unexpected_error(err: Exception) -> str:

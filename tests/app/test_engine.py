@@ -1,11 +1,12 @@
 """The app's engine on the built-in model (CPU): queue order and positions, cancel of queued and running jobs, the
 CLI's messages for bad requests, warm models reused across jobs, a failed job that leaves the worker serving, and
-the provenance sidecar (whose command is the CLI's for the same request)."""
+the provenance sidecar: the CLI's format, whose command is the CLI's for the same request and which `--from-json`
+makes the same video from."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import shlex
 import threading
 import time
@@ -21,6 +22,7 @@ from longcat_jax.errors import InputError
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.request import RunInputs
 from longcat_jax.pipelines.tasks import plan_run
+from longcat_jax.provenance import FORMAT, FORMAT_VERSION, TOP_KEYS, read_sidecar
 from longcat_jax.video_io import read_video, write_mp4
 
 SMALL = dict(task="t2v", height=64, width=64, num_frames=5, num_inference_steps=2)
@@ -227,27 +229,46 @@ def test_a_failing_job_fails_alone(engine):
         assert not list(engine.settings.output_dir.glob(f"*{job.id}*"))
 
 
-def test_the_sidecar_holds_the_provenance_and_the_cli_command(engine, tmp_path):
+@pytest.fixture(scope="module")
+def cat_job(engine, tmp_path_factory) -> Job:
+    """A finished job of the page's form with a prompt, negative prompt, guidance and seed of its own."""
     form = FormValues(task="t2v", prompt="a cat", negative_prompt="blur", size="custom", height=64, width=64,
                       num_frames=5, num_inference_steps=2, guidance_scale=3.0, seed="7", bsa="480p_no_bsa")
-    job = engine.submit(build_request(form, engine.settings, tmp_path))
+    job = engine.submit(build_request(form, engine.settings, tmp_path_factory.mktemp("cat_uploads")))
     wait_finished(job)
-    assert job.state is JobState.DONE
-    sidecar = json.loads(job.sidecar.read_text())
-    assert job.sidecar == job.video.with_suffix(".json")
-    assert (sidecar["task"], sidecar["prompt"], sidecar["negative_prompt"], sidecar["seed"]) == ("t2v", "a cat", "blur", 7)
-    generation = sidecar["stages"]["generation"]
-    assert (generation["height"], generation["width"], generation["num_frames"]) == (64, 64, 5)
-    sampling = generation["sampling"]
-    assert (sampling["num_inference_steps"], sampling["guidance_scale"], sampling["distill"]) == (2, 3.0, False)
-    assert generation["bsa"] is None and sidecar["stages"]["refinement"] is None
-    assert (sidecar["quantization"], sidecar["dtype"], sidecar["loras"]) == ("none", "float32", [])
-    assert sidecar["output"] == {"video": job.video.name, "frames": 5, "height": 64, "width": 64, "fps": 15.0}
-    assert set(sidecar["versions"]) >= {"longcat_jax", "jax", "devices"}
-    assert [row["stage"] for row in sidecar["timings"]][-1] == "write output"
-    words = shlex.split(sidecar["command"])
+    assert job.state is JobState.DONE, job.error
+    return job
+
+
+def test_the_sidecar_holds_the_provenance_and_the_cli_command(cat_job):
+    """The app writes the CLI's sidecar (`longcat_jax.provenance`, read back by its checking reader)."""
+    record = read_sidecar(cat_job.sidecar)
+    assert cat_job.sidecar == cat_job.video.with_suffix(".json")
+    assert tuple(record) == TOP_KEYS and (record["format"], record["format_version"]) == (FORMAT, FORMAT_VERSION)
+    assert (record["task"], record["prompt"], record["negative_prompt"], record["seed"]) == ("t2v", "a cat", "blur", 7)
+    assert record["stages"] == [{"stage": "t2v", "height": 64, "width": 64, "num_frames": 5, "num_cond_frames": None,
+                                 "num_inference_steps": 2, "guidance_scale": 3.0, "seed": 7, "bsa": None,
+                                 "checkpoint_loras": []}]
+    assert record["precision"] == {"dtype": "float32", "quantize": "none"} and record["loras"] == []
+    assert record["checkpoint"]["builtin"] is True and record["batch"] is None
+    assert record["output"] == {"path": str(cat_job.video.resolve()), "format": "mp4", "frames": 5, "height": 64,
+                                "width": 64, "fps": 15.0}
+    assert record["software"]["jax"] and record["software"]["devices"] and record["software"]["longcat_jax"]
+    denoising = [row for row in record["timings"]["stages"] if row["stage"] == "t2v denoising"]
+    assert len(denoising) == 1 and denoising[0]["steps"] == 2
+    words = shlex.split(record["command"])
     assert words[:3] == ["python", "-m", "longcat_jax.generate"]
-    assert generate.parse_request(words[3:]) == job.request  # the CLI runs the same request
+    assert generate.parse_request(words[3:]) == cat_job.request  # the CLI runs the same request
+    assert record["request"]["seed"] == 7 and record["request"]["output_path"] == str(cat_job.video.resolve())
+
+
+def test_from_json_on_an_app_sidecar_makes_the_same_video(cat_job, tmp_path, caplog):
+    again = tmp_path / "again.mp4"
+    with caplog.at_level(logging.INFO):
+        assert generate.main(["--from-json", str(cat_job.sidecar), "--output-path", str(again)]) == 0
+    assert "as recorded" in caplog.text and "differ from the sidecar" not in caplog.text
+    (first, first_fps), (second, second_fps) = read_video(cat_job.video), read_video(again)
+    assert np.array_equal(first, second) and first_fps == second_fps
 
 
 def test_a_quantization_change_reloads_the_models(engine, builtin_loads):
