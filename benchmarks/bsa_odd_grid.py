@@ -21,12 +21,11 @@ import argparse
 import json
 import logging
 import math
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from bsa_attention import Timer  # this script's sibling
 
 from kernels import BSAParams, GridPadding, KernelConfig, bsa_attention
 from kernels.sparse_attention import FORWARD_KERNELS
@@ -39,20 +38,6 @@ SMALL_SIZES = "4x4x12,4x5x12,4x8x12"  # the middle one pads along H to the last,
 SMALL_SPARSITY = 0.5  # 0.9375 keeps int(0.0625 * Mk) = 0 of the few key blocks of a small grid
 
 
-def median_ms(fn, *args, warmup: int = 2, trials: int = 7, calls: int = 3) -> float:
-    """Median milliseconds per call after `warmup` calls; each trial runs `calls` calls and synchronises once."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(calls):
-            result = fn(*args)
-        jax.block_until_ready(result)
-        samples.append((time.perf_counter() - start) / calls * 1e3)
-    return statistics.median(samples)
-
-
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     return [tuple(int(n) for n in size.split("x")) for size in text.split(",")]
 
@@ -61,7 +46,7 @@ def measure(latent, params: BSAParams, heads: int, head_dim: int, backend: str, 
             repeats: dict):
     """One grid's record: tokens, padding, forward and forward + backward ms, and the check against the reference.
 
-    repeats: `median_ms`'s warmup / trials / calls.
+    repeats: the `Timer`'s warmup / trials / calls (benchmarks/bsa_attention.py's timing method).
     """
     tokens = math.prod(latent)
     padding = GridPadding.of(latent, params.chunk_3d_shape_q)
@@ -78,8 +63,8 @@ def measure(latent, params: BSAParams, heads: int, head_dim: int, backend: str, 
         "tokens": tokens,
         "padded_tokens": math.prod(padding.padded),
         "blocks": padding.num_blocks,
-        "fwd_ms": median_ms(forward, q, k, v, **repeats),
-        "fwd_bwd_ms": median_ms(forward_backward, q, k, v, do, **repeats),
+        "fwd_ms": Timer(**repeats)(forward, q, k, v),
+        "fwd_bwd_ms": Timer(**repeats)(forward_backward, q, k, v, do),
     }
     if check and padding.needed:
         ours = forward(q, k, v)

@@ -13,8 +13,8 @@ import pytest
 from longcat_jax.app import views
 from longcat_jax.app.engine import AppSettings, Engine
 from longcat_jax.app.jobs import Job, JobState
-from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
 from longcat_jax.video_io import read_video
+from tests.helpers.fixture_checkpoint import link_fixture_checkpoint
 
 TIMEOUT = 300
 pytestmark = pytest.mark.slow
@@ -23,13 +23,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, fixtures_dir) -> Path:
     """The fixture parts, a tokenizer, and the rank-8 fixture LoRA as the checkpoint's cfg_step_lora."""
-    root = tmp_path_factory.mktemp("checkpoint")
-    for part in ("dit", "vae", "text_encoder"):
-        (root / part).symlink_to(fixtures_dir / part)
-    build_tiny_tokenizer(root / "tokenizer")
-    (root / "lora").mkdir()
-    (root / "lora" / "cfg_step_lora.safetensors").symlink_to(fixtures_dir / "lora_rank8.safetensors")
-    return root
+    return link_fixture_checkpoint(tmp_path_factory.mktemp("checkpoint"), fixtures_dir)
 
 
 @pytest.fixture(scope="module")

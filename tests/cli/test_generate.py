@@ -10,10 +10,10 @@ import pytest
 from longcat_jax import generate
 from longcat_jax.errors import CheckpointError, InputError
 from longcat_jax.models.dit import config as dit_config_module
-from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
 from longcat_jax.pipelines.tasks import RunPlan, plan_run
 from longcat_jax.presets import DEFAULT_NEGATIVE_PROMPT
 from longcat_jax.video_io import read_video, write_mp4
+from tests.helpers.fixture_checkpoint import link_fixture_checkpoint
 
 BALANCED = str(Path(__file__).resolve().parents[2] / "configs" / "bsa" / "config_720p_balanced.json")
 
@@ -26,14 +26,7 @@ def _plan(*argv: str) -> RunPlan:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, fixtures_dir) -> Path:
     """A checkpoint folder laid out like the download: the fixture parts, a tokenizer and a cfg_step_lora."""
-    root = tmp_path_factory.mktemp("checkpoint")
-    fixtures_dir = fixtures_dir.resolve()  # LONGCAT_FIXTURES may be relative (CI: ../shared/...); links need absolute
-    for part in ("dit", "vae", "text_encoder"):
-        (root / part).symlink_to(fixtures_dir / part)
-    build_tiny_tokenizer(root / "tokenizer")
-    (root / "lora").mkdir()
-    (root / "lora" / "cfg_step_lora.safetensors").symlink_to(fixtures_dir / "lora_rank8.safetensors")
-    return root
+    return link_fixture_checkpoint(tmp_path_factory.mktemp("checkpoint"), fixtures_dir)
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from longcat_jax.memory.plan import Budget, MemoryBudgetError, Placement, forced
 from longcat_jax.memory.run import builtin_models
 from longcat_jax.memory.streaming import StreamedDiT
 from longcat_jax.memory.workloads import RunWork
-from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
 from longcat_jax.models.vae.tiling import TilingConfig
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.t2v import generate_t2v
+from tests.helpers.fixture_checkpoint import link_fixture_checkpoint
 
 SMALL = dict(height=32, width=32, num_frames=5, num_inference_steps=2, guidance_scale=1.0, seed=3)
 
@@ -52,11 +52,7 @@ def test_the_plans_vae_tile_is_applied():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, fixtures_dir) -> Path:
     """A checkpoint folder laid out like the download: the fixture parts and a tokenizer."""
-    root = tmp_path_factory.mktemp("checkpoint")
-    for part in ("dit", "vae", "text_encoder"):
-        (root / part).symlink_to(fixtures_dir / part)
-    build_tiny_tokenizer(root / "tokenizer")
-    return root
+    return link_fixture_checkpoint(tmp_path_factory.mktemp("checkpoint"), fixtures_dir, distill_lora=False)
 
 
 def test_a_planned_checkpoint_pipeline_loads_the_dit_after_the_prompts(checkpoint):
