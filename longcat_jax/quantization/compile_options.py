@@ -1,8 +1,9 @@
 """`quantized_jit`: `jax.jit` whose XLA options follow the arguments: FP8 weights on a GPU compile without Triton GEMMs.
 
 Why (measured on an H200, jax 0.11.2, `benchmarks/gemm_compile_probe.py`, 168,960 x 4096 x 12288): with XLA's
-default options (Triton GEMM fusions on) a `dot_general` on e4m3 operands did not finish compiling within 75 s; with `xla_gpu_enable_triton_gemm=False` the same program compiled in 0.4 s to
-cuBLASLt's FP8 GEMM (`__cublas$lt$matmul$f8`) and ran in 15.6 ms against 27.2 ms for the bf16 GEMM. So every
+default options (Triton GEMM fusions on) a `dot_general` on e4m3 operands did not finish compiling within 75 s;
+with `xla_gpu_enable_triton_gemm=False` the same program compiled in 0.4 s to cuBLASLt's FP8 GEMM
+(`__cublas$lt$matmul$f8`) and ran in 15.6 ms against 27.2 ms for the bf16 GEMM. So every
 compiled function that runs FP8-quantized Linears is compiled with that option on GPUs; bf16 programs and the CPU
 keep XLA's defaults.
 
