@@ -12,9 +12,10 @@ counts were checked against XLA's buffer assignment of one block at 168,960 toke
 H200 (jax 0.11.2, `benchmarks/memory_budget.py`, 2026-12-03): 13.86 GiB of temporaries with all tokens at once
 (these counts: 14.6 GiB, the FFN phase), 11.81 GiB with 32,768-token chunks (12.4 GiB, the self-attention phase);
 the whole resident step peaked 17.4 GiB above its weights (these counts: 18.6 GiB). The GEMMs' float32 results
-are not kept (XLA writes the rounded result), except the output projections', whose bias is added in float32, and
-every one of them when LoRAs run (their updates are added in float32 before the one rounding): the pipeline's
-refinement step with its LoRA peaked 50.6 GiB on an H100 (BENCHMARKS.md), these counts give 50.9 GiB.
+are not kept (XLA writes the rounded result), except the output projections', whose bias is added in float32. A
+Linear with run-time LoRAs joins their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs
+a copy of its input; the earlier form, a second GEMM added in float32, kept two float32 results per Linear and ran
+the 720p refinement out of memory under a 24 GiB budget on an H200 (2026-12-03).
 The VAE's is per pixel of a frame (or of a tile), from measured peaks. Each constant below says where it comes from.
 """
 
@@ -170,11 +171,11 @@ def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_t
     fused = dense_attention_is_fused(platform, a, config.head_dim)
     # Per token of the residual stream: the block's input and output.
     stream = 2 * a * c
-    lora = F32 if call.lora else 0  # bytes per output feature of a GEMM's float32 result, kept with LoRAs
+    lora = a if call.lora else 0  # bytes per input feature of a Linear's input copy, joined to its LoRAs' part
     # Self attention, projecting: the modulated input and qkv; attending: roped q, k, v, their chunk-ordered copies
     # for BSA (the CPU reference keeps float32 ones), the output and the output projection's float32 result.
     reorder = 0 if call.bsa is None else (3 * a * c if platform == "gpu" else 3 * F32 * c)
-    self_attention = max(a * c + 3 * a * c + 3 * lora * c, 3 * a * c + reorder + a * c + F32 * c)
+    self_attention = max(a * c + 3 * a * c + lora * c, 3 * a * c + reorder + a * c + F32 * c + lora * c)
     # Cross attention: normed tokens, q, attention output, projection (bf16 and float32).
     cross = 4 * a * c + F32 * c + lora * c
     # FFN: modulated input, w1 and w3 outputs and their product, the output's float32 sum with the residual.

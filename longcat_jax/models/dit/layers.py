@@ -5,6 +5,12 @@ adaLN modulation (`x * (1 + scale) + shift`) happens in float32; a Linear accumu
 rounds once after adding the bias (as a cuBLAS bf16 GEMM with a bias epilogue does) and any LoRA
 updates.
 
+Run-time LoRAs join the Linear's GEMM: `x @ kernel + sum_i (x @ down_i) @ (scale_i * up_i)` is one GEMM of
+`[x, x @ down_1, ...]` [..., in + ranks] by `[kernel; scale_1 * up_1; ...]` [in + ranks, out]. Written as a second
+GEMM added in float32, XLA kept both float32 results ([168,960, 12,288] float32 is 7.75 GiB each for qkv at 720p):
+the 720p refinement with its LoRA then ran out of memory under a 24 GiB budget on an H200. Joined, the bias and
+the rounding stay in the GEMM's epilogue as without a LoRA, at the cost of one copy of x.
+
 Gradients (training): a Linear's matmul (`matmul_f32_out`) takes its output's gradient back to the activation
 dtype before the two backward GEMMs, so they run in bf16 like the forward one. Left to JAX, the float32 output
 makes both float32 GEMMs (TF32 at best on GPUs, half the bf16 rate); the rounding loses nothing, since that
@@ -22,24 +28,44 @@ from flax import nnx
 NORM_EPS = 1e-6
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def matmul_f32_out(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
-    """x [..., in] @ kernel [in, out], both in `dtype`, accumulated and returned in float32 [..., out]; its backward
-    GEMMs run in `dtype` (see the module docstring)."""
-    return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def matmul_f32_out(x: jax.Array, kernel: jax.Array, lows: tuple[jax.Array, ...], ups: tuple[jax.Array, ...],
+                   dtype) -> jax.Array:
+    """x [..., in] @ kernel [in, out] + sum_i lows[i] [..., r_i] @ ups[i] [r_i, out], as one GEMM over the joined
+    contraction axis (see the module docstring), operands in `dtype`, accumulated and returned in float32
+    [..., out]; its backward GEMMs run in `dtype`, one per operand, so an unused gradient (a frozen kernel's) is
+    dropped by XLA rather than computed as part of a joined one."""
+    if not lows:
+        return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+    joined_x = jnp.concatenate([x.astype(dtype), *(low.astype(dtype) for low in lows)], axis=-1)
+    joined_kernel = jnp.concatenate([kernel.astype(dtype), *(up.astype(dtype) for up in ups)], axis=0)
+    return jnp.dot(joined_x, joined_kernel, preferred_element_type=jnp.float32)
 
 
-def _matmul_f32_out_fwd(x, kernel, dtype):
-    return matmul_f32_out(x, kernel, dtype), (x, kernel)
+def _matmul_f32_out_fwd(x, kernel, lows, ups, dtype):
+    return matmul_f32_out(x, kernel, lows, ups, dtype), (x, kernel, lows, ups)
+
+
+def _input_grad(grad, weight, like):
+    """grad [..., out] @ weight[in, out].T in the GEMM dtype, float32 accumulation, returned as `like`'s dtype."""
+    return jnp.dot(grad, weight.astype(grad.dtype).T, preferred_element_type=jnp.float32).astype(like.dtype)
+
+
+def _weight_grad(operand, grad, like):
+    """operand [..., in]^T @ grad [..., out] summed over the leading axes, returned as `like`'s dtype."""
+    axes = tuple(range(operand.ndim - 1))
+    return jnp.tensordot(operand.astype(grad.dtype), grad, axes=(axes, axes),
+                         preferred_element_type=jnp.float32).astype(like.dtype)
 
 
 def _matmul_f32_out_bwd(dtype, residuals, grad):
-    x, kernel = residuals
+    x, kernel, lows, ups = residuals
     grad = grad.astype(dtype)  # [..., out]
-    dx = jnp.dot(grad, kernel.astype(dtype).T, preferred_element_type=jnp.float32)  # [..., in]
-    dkernel = jnp.tensordot(x.astype(dtype), grad, axes=(tuple(range(x.ndim - 1)),) * 2,
-                            preferred_element_type=jnp.float32)  # [in, out]
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+    dx = _input_grad(grad, kernel, x)  # [..., in]
+    dkernel = _weight_grad(x, grad, kernel)  # [in, out]
+    dlows = tuple(_input_grad(grad, up, low) for low, up in zip(lows, ups, strict=True))  # [..., r_i]
+    dups = tuple(_weight_grad(low, grad, up) for low, up in zip(lows, ups, strict=True))  # [r_i, out]
+    return dx, dkernel, dlows, dups
 
 
 matmul_f32_out.defvjp(_matmul_f32_out_fwd, _matmul_f32_out_bwd)
@@ -67,12 +93,19 @@ class LoRAAdapter(nnx.Module):
         self.up_kernel = LoRAWeight(jnp.asarray(up_kernel, param_dtype))
         self.scale = LoRAScale(jnp.asarray(scale, jnp.float32))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [..., in] in the Linear's dtype -> float32 update [..., out]."""
+    def low(self, x: jax.Array) -> jax.Array:
+        """x: [..., in] in the Linear's dtype -> down(x) [..., rank] in that dtype (float32 accumulation)."""
         low = jnp.dot(x, self.down_kernel.get_value().astype(self.dtype), preferred_element_type=jnp.float32)
-        delta = jnp.dot(low.astype(self.dtype), self.up_kernel.get_value().astype(self.dtype),
-                        preferred_element_type=jnp.float32)
-        return delta * self.scale.get_value()
+        return low.astype(self.dtype)
+
+    def scaled_up(self) -> jax.Array:
+        """scale * up [rank, out], formed in float32 and returned in the Linear's dtype."""
+        return (self.up_kernel.get_value().astype(jnp.float32) * self.scale.get_value()).astype(self.dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., in] in the Linear's dtype -> float32 update [..., out] (a Linear joins it to its own GEMM
+        instead; see the module docstring)."""
+        return jnp.dot(self.low(x), self.scaled_up(), preferred_element_type=jnp.float32)
 
 
 class Linear(nnx.Module):
@@ -100,11 +133,11 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = matmul_f32_out(x, self.kernel.get_value(), jnp.dtype(self.dtype))  # float32
+        lows = tuple(adapter.low(x) for adapter in self.loras)  # [..., rank_i]
+        ups = tuple(adapter.scaled_up() for adapter in self.loras)  # [rank_i, out]
+        y = matmul_f32_out(x, self.kernel.get_value(), lows, ups, jnp.dtype(self.dtype))  # float32
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)
-        for adapter in self.loras:
-            y = y + adapter(x)
         return y.astype(self.dtype)
 
 
