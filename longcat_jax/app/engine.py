@@ -9,10 +9,11 @@ A request is checked by the task registry's `plan_run` before it is queued, so a
 CLI's message at once and never takes a turn; that includes its memory plan, made for the request as the CLI
 makes it (a request no placement fits within `--max-device-memory`, or the device, is refused, naming the budget
 that would hold it). The worker runs each plan with its task's `run` on the warm pipeline (`models.WarmModels`:
-loaded again when the request needs a more frugal placement than the loaded one) and writes the video and its
-provenance sidecar into the output folder as the CLI does (`longcat_jax.provenance`: each atomically, the same
-format, so `python -m longcat_jax.generate --from-json NAME.json` makes the video again; its `command` is the CLI
-command of the same request), nothing before the last step: a cancelled or failed job leaves no file. An error
+loaded again when the request needs a more frugal placement than the loaded one; the prompts encoded first, and the
+text encoder released after them where the plan needs its memory for the DiT: `app.text_encoder`) and writes the
+video and its provenance sidecar into the output folder as the CLI does (`longcat_jax.provenance`: each atomically,
+the same format, so `python -m longcat_jax.generate --from-json NAME.json` makes the video again; its `command` is
+the CLI command of the same request), nothing before the last step: a cancelled or failed job leaves no file. An error
 in one job (the CLI's `LongCatError`, or anything unexpected, logged with its traceback) fails that job only.
 """
 
@@ -205,7 +206,6 @@ class Engine:
                 job.error = _unexpected_error(err)
                 logger.exception("%s failed", job.id)
             finally:
-                self.models.forget_prompts()
                 with self._lock:
                     self._finish(job, state)
             self._notify(job)
@@ -215,6 +215,7 @@ class Engine:
         plan, request = job.plan, job.request
         stats = JobStats(job, self._notify)
         pipe = self.models.for_plan(plan, stats)
+        self.models.encode_prompts(plan, stats)
         with on_steps(stats.step_done):  # this thread's denoising steps: progress and the cancel point
             video = plan.task.run(pipe, plan.setup, plan.stages)
         fps = request.fps or video.fps

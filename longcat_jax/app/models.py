@@ -8,7 +8,8 @@ models again, which takes as long as the first load:
   `--max-device-memory` plan, as the CLI's), and a larger one may need a more frugal placement (the DiT streamed,
   smaller token chunks or VAE tiles) than the models were loaded with. They are then loaded with the most frugal of
   the two placements, and keep it for later jobs (`app.placement`).
-The text encoder stays loaded (the CLI frees it before the DiT runs), so that every job can encode its prompts.
+The text encoder stays on the device between jobs where the request's plan has room for it, else it is released
+after the job's prompts are encoded (as the CLI does) and loads again for the next new prompt (`app.text_encoder`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 from pathlib import Path
 
 from longcat_jax.app.placement import covers, most_frugal
+from longcat_jax.app.text_encoder import WarmTextEncoder
 from longcat_jax.memory.plan import MemoryPlan, Placement
 from longcat_jax.models.dit import LoRA, load_lora
 from longcat_jax.models.dit.lora import parse_lora_spec
@@ -62,6 +64,7 @@ class WarmModels:
         self.loads = 0
         self._loras: dict[tuple[Path, int], LoRA] = {}  # (file, its mtime) -> the LoRA read from it
         self._scaled: dict[tuple[Path, int, float], LoRA] = {}
+        self.text = WarmTextEncoder()
 
     def for_plan(self, plan: RunPlan, stats: RunStats) -> LongCatPipeline:
         """The pipeline for a checked plan, loaded (in a `load models` stage of `stats`) unless it is already in the
@@ -82,6 +85,7 @@ class WarmModels:
             with stats.stage("load models"):
                 self.pipeline = self._load(plan, wanted, memory)
             self.setting, self.placement = wanted, wanted_placement
+            self.text.forget()
             self.loads += 1
         elif wanted_placement != self.placement:
             stats.notes.append(f"memory: this request's plan ({'; '.join(wanted_placement.describe())}) is served by "
@@ -127,8 +131,7 @@ class WarmModels:
             self._scaled[key] = self._loras[file].with_multiplier(multiplier)
         return self._scaled[key]
 
-    def forget_prompts(self) -> None:
-        """Drops the prompt embeddings the finished job cached on the pipeline (device memory; a long-running app
-        would otherwise keep every prompt ever asked)."""
-        if self.pipeline is not None:
-            self.pipeline.clear_text_cache()
+    def encode_prompts(self, plan: RunPlan, stats: RunStats) -> None:
+        """Encodes the prompts of a plan that `for_plan` served, loading the text encoder again or releasing it
+        after as the plan's memory needs (`app.text_encoder`)."""
+        self.text.prepare(self.pipeline, plan, self.placement, stats)

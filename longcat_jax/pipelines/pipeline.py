@@ -41,7 +41,7 @@ from longcat_jax.checkpoint.layout import (
     dit_folder,
     lora_path,
 )
-from longcat_jax.errors import CheckpointError, InputError
+from longcat_jax.errors import CheckpointError, InputError, LongCatError
 from longcat_jax.memory.apply import (
     MemoryNotes,
     configure_dit,
@@ -57,6 +57,7 @@ from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.models.text_encoder.loading import load_text_encoder
 from longcat_jax.models.text_encoder.prompt import encode_prompt, is_released, release_text_encoder
 from longcat_jax.models.text_encoder.tokenizer import load_tokenizer
+from longcat_jax.models.text_encoder.umt5 import UMT5Encoder
 from longcat_jax.models.vae import load_vae
 from longcat_jax.pipelines.bsa import STAGE_DEFAULT, BSARequest
 from longcat_jax.pipelines.denoise import Denoiser, TextCondition
@@ -92,10 +93,12 @@ class LongCatPipeline:
         memory_plan: MemoryPlan | None = None,
         dit_config: DiTConfig | None = None,
         dit_dtype=None,
+        text_encoder_loader: Callable[[], UMT5Encoder] | None = None,
     ):
         """`dit`: the DiT, or a function loading it on first use (then `dit_config` and `dit_dtype` are needed), or
         None (a pipeline for the VAE and text alone); `memory_plan`: placements to apply (see the module docstring;
-        None: everything on the default device)."""
+        None: everything on the default device); `text_encoder_loader`: a function loading `text_encoder` again
+        (`reload_text_encoder`; None: it cannot be)."""
         if dit is None or isinstance(dit, LongCatDiT):
             self._dit, self._load_dit = dit, None
             if dit is not None:
@@ -110,6 +113,7 @@ class LongCatPipeline:
         self.memory_notes = MemoryNotes(memory_plan) if memory_plan is not None else None
         self.vae = vae
         self.text_encoder = text_encoder
+        self._load_text_encoder = text_encoder_loader
         self.tokenizer = tokenizer
         self.scheduler_config = scheduler_config or SchedulerConfig()
         self.bsa = bsa  # what every stage runs unless its task asks otherwise (`pipelines.bsa.resolve_bsa`)
@@ -171,14 +175,16 @@ class LongCatPipeline:
             return load_dit(dit_folder(path), config=dit_config, dtype=dtype, quantize=quantize,
                             device=dit_sharding(memory_plan))
 
+        def text_encoder() -> UMT5Encoder:
+            return load_text_encoder(path / TEXT_ENCODER, dtype=dtype, device=text_encoder_device(memory_plan))
+
         vae = load_vae(path / VAE, dtype=dtype)
-        text_encoder = load_text_encoder(path / TEXT_ENCODER, dtype=dtype, device=text_encoder_device(memory_plan))
         tokenizer = load_tokenizer(path / TOKENIZER)
         named = {name: p for name in (DISTILL_LORA, REFINE_LORA) if (p := lora_path(path, name)) is not None}
         return cls(
             dit if memory_plan is not None else dit(),
             vae,
-            text_encoder,
+            text_encoder(),
             tokenizer,
             scheduler_config=SchedulerConfig.load(path),
             bsa=bsa,
@@ -187,6 +193,7 @@ class LongCatPipeline:
             memory_plan=memory_plan,
             dit_config=dit_config,
             dit_dtype=dtype,
+            text_encoder_loader=text_encoder,
         )
 
     @classmethod
@@ -202,8 +209,15 @@ class LongCatPipeline:
         """The small built-in model (random weights, logged as such) with stand-in distill/refinement LoRAs;
         `quantize` as in `from_pretrained`; `memory_plan` placements to apply (the CLI's plan of its run)."""
         models = build_tiny_models(dtype=dtype, quantize=quantize)
-        if (device := text_encoder_device(memory_plan)) is not None:
-            nnx.update(models.text_encoder, jax.device_put(nnx.state(models.text_encoder), device))
+        device = text_encoder_device(memory_plan)
+        graph, state = nnx.split(models.text_encoder)
+        host_copy = jax.tree.map(np.array, state)  # a few KiB: what `reload_text_encoder` loads from
+
+        def text_encoder() -> UMT5Encoder:
+            return nnx.merge(graph, jax.device_put(host_copy, device))
+
+        if device is not None:
+            nnx.update(models.text_encoder, jax.device_put(state, device))
         return cls(
             models.dit,
             models.vae,
@@ -215,6 +229,7 @@ class LongCatPipeline:
             defaults=TINY_DEFAULTS,
             builtin=True,
             memory_plan=memory_plan,
+            text_encoder_loader=text_encoder,
         )
 
     def named_lora(self, name: str) -> LoRA:
@@ -307,6 +322,19 @@ class LongCatPipeline:
         """Frees the text encoder's memory; prompts encoded before stay usable."""
         if not is_released(self.text_encoder):
             release_text_encoder(self.text_encoder)
+
+    def reload_text_encoder(self) -> None:
+        """Loads the released text encoder again (a `load text encoder` stage), where it loaded first: a pipeline
+        kept loaded for many runs (the web app) may release it after each run's prompts, as the CLI does, and needs it
+        again for the next run's new prompts. The text encoder alone loads; the DiT and VAE stay as they are."""
+        if not is_released(self.text_encoder):
+            return
+        if self._load_text_encoder is None:
+            raise LongCatError("this pipeline's text encoder was released and the pipeline was given its models, so it "
+                               "cannot load it again; make the pipeline with from_pretrained or builtin, or encode every "
+                               "prompt before release_text_encoder")
+        with self.stats.stage("load text encoder"):
+            self.text_encoder = self._load_text_encoder()
 
     # ------------------------------------------------------------------------------------------------ the VAE
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from longcat_jax.app import views
 from longcat_jax.app.engine import AppSettings, Engine
 from longcat_jax.app.jobs import Job, JobState
+from longcat_jax.models.text_encoder.prompt import is_released
+from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.video_io import read_video
 from tests.helpers.fixture_checkpoint import link_fixture_checkpoint
 
@@ -53,3 +56,22 @@ def test_a_distilled_t2v_job(engine):
     assert "load DiT" in job.summary and "load models" not in job.summary  # the rest loaded by the warm-up
     assert "distilled" in views.settings_table(job)
     assert engine.models.loads == 1
+
+
+def test_a_released_text_encoder_loads_again_from_the_checkpoint(engine):
+    """What the app does under a budget that needs the encoder's memory for the DiT (test_text_encoder runs it on the
+    built-in model): released, then loaded again from the checkpoint's text_encoder/ alone, it encodes as before.
+    Last in the module: it drops the prompts the engine's pipeline holds, and tells the engine so."""
+    pipe = engine.models.pipeline
+    dit = pipe.dit
+    before = np.asarray(pipe.encode_text("a lighthouse at dusk").embeddings)
+    pipe.clear_text_cache()
+    engine.models.text.forget()
+    pipe.release_text_encoder()
+    assert is_released(pipe.text_encoder)
+    pipe.stats = stats = RunStats()
+    pipe.reload_text_encoder()
+    after = np.asarray(pipe.encode_text("a lighthouse at dusk").embeddings)
+    assert not is_released(pipe.text_encoder) and pipe.dit is dit  # the text encoder alone loaded again
+    assert [stage.name for stage in stats.stages] == ["load text encoder", "text encoding"]
+    assert np.array_equal(before, after)

@@ -19,6 +19,7 @@ from longcat_jax.app.engine import AppSettings, Engine
 from longcat_jax.app.form import FormValues, build_request
 from longcat_jax.app.jobs import Job, JobState
 from longcat_jax.errors import InputError
+from longcat_jax.models.text_encoder.prompt import is_released
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.request import RunInputs
 from longcat_jax.pipelines.tasks import plan_run
@@ -134,7 +135,8 @@ def test_cancel_of_a_running_job_stops_it_and_leaves_no_file(engine):
 
     engine.add_listener(cancel_at_first_step)
     try:
-        job = engine.submit(engine.settings.request(**{**SMALL, "num_inference_steps": 4}))
+        # a prompt of its own: the last job's prompts stay cached, and would skip the text encoding
+        job = engine.submit(engine.settings.request(**{**SMALL, "num_inference_steps": 4}, prompt="a kite"))
         job_ids.append(job.id)
         wait_finished(job)
     finally:
@@ -187,17 +189,24 @@ def test_a_bad_request_gets_the_cli_message_and_is_not_queued(engine, tmp_path, 
 
 
 def test_a_second_request_reuses_the_loaded_models(engine, builtin_loads):
+    """Without a budget the plan has room for the text encoder beside the DiT: it stays loaded (never released, never
+    loaded again); the last job's prompt embeddings stay cached, so the same prompt again is not encoded again."""
     loads = engine.models.loads
     pipeline = engine.models.pipeline
+    encoder = pipeline.text_encoder
     first = engine.submit(engine.settings.request(**SMALL, prompt="a red ball"))
     second = engine.submit(engine.settings.request(**SMALL, prompt="a red ball", seed=5))
-    wait_finished(first, second)
-    assert (first.state, second.state) == (JobState.DONE, JobState.DONE)
+    third = engine.submit(engine.settings.request(**SMALL, prompt="a green tree", seed=5))
+    wait_finished(first, second, third)
+    assert (first.state, second.state, third.state) == (JobState.DONE, JobState.DONE, JobState.DONE)
     assert engine.models.loads == loads and engine.models.pipeline is pipeline
     assert builtin_loads == ["none"]  # the warm-up's load, none since
-    assert "load models" not in first.summary and "load models" not in second.summary
-    # the first job's prompt embeddings were dropped when it finished: the same prompt is encoded again
-    assert "text encoding" in first.summary and "text encoding" in second.summary
+    stages = [[done.split(" (")[0] for done in job.stages_done] for job in (first, second, third)]
+    assert not any("load models" in done or "load text encoder" in done for done in stages)
+    assert "text encoding" in stages[0] and "text encoding" not in stages[1] and "text encoding" in stages[2]
+    assert pipeline.text_encoder is encoder and not is_released(encoder)
+    assert "text encoder: kept on the device between jobs" in first.summary
+    assert "released after encoding" not in first.summary + second.summary + third.summary
 
 
 def test_a_failing_job_fails_alone(engine):
