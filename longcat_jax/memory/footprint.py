@@ -15,7 +15,13 @@ the whole resident step peaked 17.4 GiB above its weights (these counts: 18.6 Gi
 are not kept (XLA writes the rounded result), except the output projections', whose bias is added in float32. A
 Linear with run-time LoRAs joins their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs
 a copy of its input; the earlier form, a second GEMM added in float32, kept two float32 results per Linear and ran
-the 720p refinement out of memory under a 24 GiB budget on an H200 (2026-12-03).
+the 720p refinement out of memory under a 24 GiB budget on an H200 (2026-12-03). A quantized Linear with run-time
+LoRAs (`longcat_jax.models.dit.quantized_linear`) does not join them to its GEMM (an FP8 GEMM cannot take them): it
+keeps its GEMM's and the LoRAs' float32 results, over at most `LORA_CHUNK_ROWS` rows at a time
+(`quantized_lora_bytes`; counted from what the code computes, not yet checked against XLA on a GPU). Without LoRAs
+a quantized DiT is counted as the bf16 one: the FP8 step at 168,960 tokens under a 24 GiB cap (H200,
+`benchmarks/memory_budget.py --quantize fp8`, 2026-12-03) had 17.33 GiB of block temporaries (bf16: 13.86 GiB) and
+peaked at 19.4 GiB, below these counts' 19.53 GiB.
 The VAE's is per pixel of a frame (or of a tile), from measured peaks. Each constant below says where it comes from.
 """
 
@@ -31,9 +37,11 @@ import numpy as np
 from kernels import BSAParams
 from longcat_jax.models.dit.block import frame_group
 from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.dit.quantized_linear import LORA_CHUNK_ROWS, token_chunks
 from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.vae.config import VAEConfig
-from longcat_jax.quantization import QUANTIZED_BLOCK_LINEARS, scheme_for
+from longcat_jax.quantization import QUANTIZED_BLOCK_LINEARS, QuantScheme, scheme_for
+from longcat_jax.quantization.modes import FP8_COMPUTE
 
 # Bytes of float32.
 F32 = 4
@@ -158,10 +166,24 @@ def dense_attention_is_fused(platform: str, act_bytes: int, head_dim: int) -> bo
     return platform == "gpu" and act_bytes == 2 and head_dim <= 128 and head_dim % 8 == 0
 
 
+def quantized_lora_bytes(scheme: QuantScheme, batch: int, tokens: int, in_features: int, out_features: int,
+                         act_bytes: int) -> int:
+    """Bytes a quantized Linear with run-time LoRAs keeps beside its input and output while it runs over `batch` x
+    `tokens` rows: for each chunk of at most LORA_CHUNK_ROWS rows (`quantized_linear.token_chunks`; one chunk of
+    all rows when they are fewer), the quantized GEMM's float32 result and the LoRAs' float32 update (both
+    [rows, out], summed and rounded by the chunk's last step), and the chunk's activations as the GEMM reads them:
+    e4m3 for FP8 compute, a copy in the activation dtype for weight-only (an interleaved chunk is strided). The
+    LoRAs' rank-wide parts ([rows, rank], a few MiB) are left out."""
+    _, per_chunk = token_chunks(batch, tokens, LORA_CHUNK_ROWS)
+    operand = 1 if scheme.compute == FP8_COMPUTE else act_bytes
+    return batch * per_chunk * (2 * F32 * out_features + operand * in_features)
+
+
 def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_tokens: int | None,
-                    platform: str) -> int:
+                    platform: str, quantize: str | None = None) -> int:
     """Estimated peak bytes of one DiT forward's activations (weights excluded), with the blocks' cross attention
-    and FFN over `chunk_tokens`-token frame groups (None: all tokens) on `platform` ('gpu' or 'cpu')."""
+    and FFN over `chunk_tokens`-token frame groups (None: all tokens) on `platform` ('gpu' or 'cpu'), the block
+    Linears quantized with `quantize` (a `longcat_jax.quantization` mode; None or 'none': not quantized)."""
     b, n = call.batch, call.tokens
     c, f, heads = config.hidden_size, config.ffn_hidden_size, config.num_heads
     a = act_bytes
@@ -169,18 +191,33 @@ def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_t
     chunk = frame_group(frames, n // frames, chunk_tokens) * (n // frames)
     keys = n + call.cond_tokens
     fused = dense_attention_is_fused(platform, a, config.head_dim)
+    scheme = scheme_for(quantize)
+    quantized_lora = scheme is not None and call.lora
     # Per token of the residual stream: the block's input and output.
     stream = 2 * a * c
-    lora = a if call.lora else 0  # bytes per input feature of a Linear's input copy, joined to its LoRAs' part
+    # With LoRAs: bytes per input feature of a bf16 Linear's input copy, joined to its LoRAs' part. Every Linear of
+    # these phases is quantized when `quantize` is set (`QUANTIZED_BLOCK_LINEARS`); those keep the bytes of
+    # `quantized_lora_bytes` instead, among them their float32 results (`proj_f32` then 0: counted there).
+    lora = a if call.lora and not quantized_lora else 0
+    proj_f32 = 0 if quantized_lora else F32
+
+    def linear_extra(rows_batch: int, tokens: int, in_features: int, out_features: int) -> int:
+        if not quantized_lora:
+            return 0
+        return quantized_lora_bytes(scheme, rows_batch, tokens, in_features, out_features, a)
+
     # Self attention, projecting: the modulated input and qkv; attending: roped q, k, v, their chunk-ordered copies
     # for BSA (the CPU reference keeps float32 ones), the output and the output projection's float32 result.
     reorder = 0 if call.bsa is None else (3 * a * c if platform == "gpu" else 3 * F32 * c)
-    self_attention = max(a * c + 3 * a * c + lora * c, 3 * a * c + reorder + a * c + F32 * c + lora * c)
-    # Cross attention: normed tokens, q, attention output, projection (bf16 and float32).
-    cross = 4 * a * c + F32 * c + lora * c
+    self_attention = max(b * n * (a * c + 3 * a * c + lora * c) + linear_extra(b, n, c, 3 * c),
+                         b * n * (3 * a * c + reorder + a * c + proj_f32 * c + lora * c) + linear_extra(b, n, c, c))
+    # Cross attention: normed tokens, q, attention output, projection (bf16 and float32); kv reads the text.
+    cross = b * chunk * (4 * a * c + proj_f32 * c + lora * c) + max(linear_extra(b, chunk, c, c),
+                                                                     linear_extra(b, call.text_len, c, 2 * c))
     # FFN: modulated input, w1 and w3 outputs and their product, the output's float32 sum with the residual.
-    ffn = a * c + 3 * a * f + F32 * c + lora * f
-    peak = b * n * stream + max(b * n * self_attention, b * chunk * cross, b * chunk * ffn)
+    ffn = b * chunk * (a * c + 3 * a * f + F32 * c + lora * f) + max(linear_extra(b, chunk, c, f),
+                                                                      linear_extra(b, chunk, f, c))
+    peak = b * n * stream + max(self_attention, cross, ffn)
     if call.cond_tokens:
         peak += 2 * b * call.cond_tokens * c * a * 2  # the cache broadcast to the batch and joined to the new keys
     if call.bsa is not None and frames > 1:

@@ -250,7 +250,7 @@ class _Estimator:
         m = self.models
         a = _bytes_of(m.dit_dtype)
         activations = dit_activations(m.dit, stage.call, act_bytes=a, chunk_tokens=placement.chunk_tokens,
-                                      platform=self.platform) // self.devices
+                                      platform=self.platform, quantize=m.quantize) // self.devices
         cache = 2 * dit_cache_bytes(m.dit, stage.cache_tokens, a) if stage.cache_tokens else 0
         seconds = stage.steps * stage.repeats * dit_flops(m.dit, stage.call) / FLOPS_PER_SECOND.get(
             self.platform, FLOPS_PER_SECOND["gpu"])

@@ -31,8 +31,8 @@ def _contract_last(x: jax.Array):
     return ((x.ndim - 1,), (1,)), ((), ())
 
 
-def quantize_activations(x: jax.Array, scaling: str = PER_TOKEN) -> tuple[jax.Array, jax.Array]:
-    """x [..., K] -> (xq [..., K] e4m3, scale float32: [..., 1] per token, [] per tensor), x ~= xq * scale."""
+def activation_scale(x: jax.Array, scaling: str = PER_TOKEN) -> jax.Array:
+    """The e4m3 scale of x [..., K]: float32 [..., 1] per token, [] per tensor (its absolute maximum over e4m3's)."""
     xf = x.astype(jnp.float32)
     if scaling == PER_TOKEN:
         absmax = jnp.max(jnp.abs(xf), axis=-1, keepdims=True)
@@ -40,18 +40,30 @@ def quantize_activations(x: jax.Array, scaling: str = PER_TOKEN) -> tuple[jax.Ar
         absmax = jnp.max(jnp.abs(xf))
     else:
         raise ValueError(f"activation scaling must be {PER_TOKEN!r} or {PER_TENSOR!r}, got {scaling!r}")
-    scale = jnp.maximum(absmax, MIN_ACTIVATION_ABSMAX) / FP8_E4M3.max_value
+    return jnp.maximum(absmax, MIN_ACTIVATION_ABSMAX) / FP8_E4M3.max_value
+
+
+def quantize_activations(x: jax.Array, scaling: str = PER_TOKEN,
+                         scale: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """x [..., K] -> (xq [..., K] e4m3, scale float32: [..., 1] per token, [] per tensor), x ~= xq * scale.
+
+    `scale`: one computed before (`activation_scale`), e.g. a per-tensor scale of all rows when x is a chunk of
+    them; None: x's own."""
+    xf = x.astype(jnp.float32)
+    if scale is None:
+        scale = activation_scale(xf, scaling)
     return to_format(xf / scale, FP8_E4M3), scale
 
 
 def fp8_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, *, scaling: str = PER_TOKEN,
-            gemm_dtype=jnp.float32) -> jax.Array:
+            gemm_dtype=jnp.float32, x_scale: jax.Array | None = None) -> jax.Array:
     """x [..., K] @ dequantized(qkernel [N, K] e4m3).T as one FP8 GEMM -> float32 [..., N].
 
-    The activations are quantized here (inside the caller's jit), the GEMM takes both e4m3 operands and
-    accumulates in float32, and its `gemm_dtype` output is scaled per token (or tensor) and per channel.
+    The activations are quantized here (inside the caller's jit; with `x_scale` if given, see
+    `quantize_activations`), the GEMM takes both e4m3 operands and accumulates in float32, and its `gemm_dtype`
+    output is scaled per token (or tensor) and per channel.
     """
-    xq, x_scale = quantize_activations(x, scaling)
+    xq, x_scale = quantize_activations(x, scaling, x_scale)
     # Precision DEFAULT: the operands are e4m3 already, and a global "highest" default must not change the GEMM.
     acc = lax.dot_general(xq, qkernel, _contract_last(x), precision=lax.Precision.DEFAULT,
                           preferred_element_type=gemm_dtype)  # [..., N]
@@ -70,10 +82,11 @@ def weight_only_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array) -> jax.
 
 
 def quantized_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, scheme: QuantScheme, *,
-                  gemm_dtype=jnp.float32) -> jax.Array:
-    """The matmul of `scheme` (FP8 GEMM or weight-only): x [..., K] -> float32 [..., N]."""
+                  gemm_dtype=jnp.float32, x_scale: jax.Array | None = None) -> jax.Array:
+    """The matmul of `scheme` (FP8 GEMM or weight-only): x [..., K] -> float32 [..., N]. `x_scale`: the FP8
+    activation scale computed before (`activation_scale`; None: x's own); weight-only ignores it."""
     if scheme.compute == FP8_COMPUTE:
-        return fp8_dot(x, qkernel, qscale, scaling=scheme.activation_scaling, gemm_dtype=gemm_dtype)
+        return fp8_dot(x, qkernel, qscale, scaling=scheme.activation_scaling, gemm_dtype=gemm_dtype, x_scale=x_scale)
     return weight_only_dot(x, qkernel, qscale)
 
 

@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from longcat_jax.memory.footprint import DiTCall
+from longcat_jax.memory import footprint
+from longcat_jax.memory.footprint import DiTCall, dit_activations
 from longcat_jax.memory.plan import (
     CHUNK_CHOICES,
     GPU_RESERVE,
@@ -19,7 +20,7 @@ from longcat_jax.memory.plan import (
 )
 from longcat_jax.memory.sizes import format_size
 from longcat_jax.memory.workloads import DiTStage, RunWork, VAEStage, released_pipeline_work
-from tests.memory.real_configs import BSA, DISTILL_LORA_BYTES, real_models
+from tests.memory.real_configs import BSA, DISTILL_LORA_BYTES, DIT, real_models
 
 GIB = 2**30
 WORK = released_pipeline_work(bsa=BSA)
@@ -98,6 +99,23 @@ def test_quantized_weights_stay_resident_where_bf16_ones_stream():
     assert plan_memory(work, real_models(lora_bytes=DISTILL_LORA_BYTES), gpu_budget(20)).placement.dit_streamed
     assert not plan_memory(work, real_models("int8", DISTILL_LORA_BYTES), gpu_budget(20)).placement.dit_streamed
     assert plan_memory(work, real_models("int8", DISTILL_LORA_BYTES), gpu_budget(14)).placement.dit_streamed
+
+
+def test_an_fp8_refinement_with_its_lora_counts_the_quantized_linears_float32_chunks(monkeypatch):
+    """`--quantize fp8 --refine --max-device-memory 24GiB`: the plan's refinement estimate is the quantized count
+    (the quantized Linears' float32 results of one chunk of tokens, with the refinement LoRA) and fits; counted as
+    the earlier form kept them (both float32 results over all 168,960 tokens), no arrangement holds it in 24 GiB."""
+    plan = plan_memory(WORK, real_models("fp8"), gpu_budget(24))
+    refine = next(s for s in plan.stages if s.name == "refine denoising")
+    call = next(s.call for s in WORK.dit if s.name == "refine denoising")
+    assert call.lora and call.tokens == 168960
+    counted = {mode: dit_activations(DIT, call, act_bytes=2, chunk_tokens=plan.placement.chunk_tokens,
+                                     platform="gpu", quantize=mode) for mode in ("fp8", None)}
+    assert refine.activations == counted["fp8"] != counted[None]
+    assert plan.peak <= plan.budget.usable
+    monkeypatch.setattr(footprint, "LORA_CHUNK_ROWS", 10**9)
+    with pytest.raises(MemoryBudgetError, match="refine denoising"):
+        plan_memory(WORK, real_models("fp8"), gpu_budget(24))
 
 
 def test_the_text_encoder_moves_to_the_cpu_when_it_cannot_fit():

@@ -7,6 +7,19 @@ Its matmul is the scheme's (`longcat_jax.quantization.matmul`): an FP8 GEMM with
 token on the fly, or weight-only with the weight converted inside the matmul. Bias and run-time LoRA updates
 are added in float32 before the one rounding to the activation dtype, as in `Linear`.
 
+Run-time LoRAs and many tokens: the quantized GEMM's result is float32 (the per-token and per-channel scales follow
+the GEMM), and so is each LoRA update; the bf16 `Linear`'s way out, joining the LoRAs to its GEMM, does not apply
+to an FP8 GEMM. Over all 168,960 tokens of the 720p refinement both float32 arrays of the qkv Linear ([168,960,
+12,288], 7.75 GiB each) were alive at once: more than a 24 GiB budget leaves beside the rest of the step (the same
+two arrays ran the bf16 refinement out of memory at 24 GiB on an H200). So a Linear with LoRAs multiplies at most
+`LORA_CHUNK_ROWS` rows at a time: matmul, bias, LoRA updates and rounding run per chunk in a loop that writes each
+chunk's rows of the output in place, and only one chunk's float32 arrays are alive. Every step works on each row
+alone (per-token activation scales; a per-tensor scale is computed over all rows first), so the output is the one
+of all rows at once. The chunks interleave, chunk i holding tokens i, i + n, i + 2n, ... of n (of every batch
+entry): with the tokens split over devices (context parallel), each device's contiguous tokens hold its share of
+every chunk, and taking a chunk moves nothing between devices (contiguous chunks would make XLA gather all tokens
+on every device).
+
 Gradients (LoRA training on a quantized base): the weights are frozen and get none; the input's gradient is
 straight-through, dx = dy @ dequantized(W).T, one GEMM in the activation dtype with the weight converted inside
 it (`_quantized_matmul`). Differentiating the FP8 GEMM itself would round the gradient to e4m3 (3 mantissa bits,
@@ -35,37 +48,88 @@ from jax import lax
 from longcat_jax.checkpoint.param_tree import ParamPath
 from longcat_jax.models.dit.layers import Linear
 from longcat_jax.quantization.formats import dequantize_kernel, quantize_kernel
-from longcat_jax.quantization.matmul import quantized_dot
-from longcat_jax.quantization.modes import QuantScheme, scheme_for
+from longcat_jax.quantization.matmul import activation_scale, quantized_dot
+from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, QuantScheme, scheme_for
 from longcat_jax.quantization.policy import is_quantized_module
 
+# Rows (tokens) a quantized Linear with run-time LoRAs multiplies at once (see the module docstring): the DiT's
+# largest token chunk (`longcat_jax.memory.plan.CHUNK_CHOICES`), so a chunked block's Linears run whole; for the
+# qkv Linear its two float32 arrays are then at most 3 GiB. `longcat_jax.memory.footprint` counts with it.
+LORA_CHUNK_ROWS = 32768
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _quantized_matmul(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, scheme: QuantScheme, dtype) -> jax.Array:
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _quantized_matmul(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, x_scale: jax.Array | None,
+                      scheme: QuantScheme, dtype) -> jax.Array:
     """`quantized_dot` of x [..., K] in `dtype` -> float32 [..., N], with the straight-through gradient of the module
-    docstring (dtype: x's, static, so the backward returns the input gradient in it)."""
-    return quantized_dot(x, qkernel, qscale, scheme)
+    docstring (dtype: x's, static, so the backward returns the input gradient in it). x_scale: the FP8 activation
+    scale computed before (None: x's own); it gets no gradient, as the quantization is taken as the identity."""
+    return quantized_dot(x, qkernel, qscale, scheme, x_scale=x_scale)
 
 
-def _quantized_matmul_fwd(x, qkernel, qscale, scheme, dtype):
-    return quantized_dot(x, qkernel, qscale, scheme), (qkernel, qscale)
+def _quantized_matmul_fwd(x, qkernel, qscale, x_scale, scheme, dtype):
+    return quantized_dot(x, qkernel, qscale, scheme, x_scale=x_scale), (qkernel, qscale, x_scale)
 
 
 def _quantized_matmul_bwd(scheme, dtype, residuals, grad):
-    qkernel, qscale = residuals
+    qkernel, qscale, x_scale = residuals
     scaled = (grad * qscale.astype(jnp.float32)).astype(dtype)  # [..., N]
     dx = lax.dot_general(scaled, qkernel.astype(dtype), (((grad.ndim - 1,), (0,)), ((), ())),
                          preferred_element_type=jnp.float32)  # [..., K]
-    return dx.astype(dtype), None, None
+    return dx.astype(dtype), None, None, None if x_scale is None else jnp.zeros_like(x_scale)
 
 
 _quantized_matmul.defvjp(_quantized_matmul_fwd, _quantized_matmul_bwd)
 
 
+def token_chunks(batch: int, tokens: int, max_rows: int) -> tuple[int, int]:
+    """(chunks, tokens per chunk) for `batch` x `tokens` rows taken at most `max_rows` at a time (each chunk takes
+    its tokens of every batch entry): the fewest chunks, or, where that count does not divide `tokens`, the first
+    count up to twice it that does; failing that the fewest (the chunks then cover a few tokens twice, see
+    `over_token_chunks`). A chunk holds at least one token of each batch entry."""
+    fewest = min(tokens, -(-batch * tokens // max_rows))
+    chunks = next((n for n in range(fewest, min(2 * fewest, tokens) + 1) if tokens % n == 0), fewest)
+    return chunks, -(-tokens // chunks)
+
+
+def over_token_chunks(rows_fn, x: jax.Array, out_features: int, max_rows: int) -> jax.Array:
+    """rows_fn (x [B, t, K] -> [B, t, out_features] in x's dtype, each row on its own) over x [B, T, K], at most
+    `max_rows` rows (B x t) at a time, each chunk's result written into the [B, T, out_features] output in place;
+    the same as rows_fn(x).
+
+    Where the chunk count divides T the chunks interleave (see the module docstring). Otherwise (T with no divisor
+    near B * T / max_rows, which DiT token counts, products of frames, rows and columns, seldom are) they are
+    contiguous, the last one ending at token T and so overlapping the one before by fewer tokens than there are
+    chunks: those are computed twice and written with the same values. Contiguous chunks of tokens split over
+    devices make XLA gather them.
+    """
+    b, t, k = x.shape
+    chunks, per_chunk = token_chunks(b, t, max_rows)
+    if chunks == 1:
+        return rows_fn(x)
+    if chunks * per_chunk == t:
+        x = x.reshape(b, per_chunk, chunks, k)  # [B, t, n, K]: token j * n + i is token j of chunk i
+
+        def interleaved(index, out):
+            y = rows_fn(lax.dynamic_index_in_dim(x, index, axis=2, keepdims=False))  # [B, t, out_features]
+            return lax.dynamic_update_index_in_dim(out, y, index, axis=2)
+
+        out = lax.fori_loop(0, chunks, interleaved, jnp.zeros((b, per_chunk, chunks, out_features), x.dtype))
+        return out.reshape(b, t, out_features)
+
+    def contiguous(index, out):
+        start = jnp.minimum(index * per_chunk, t - per_chunk)
+        y = rows_fn(lax.dynamic_slice_in_dim(x, start, per_chunk, axis=1))  # [B, t, out_features]
+        return lax.dynamic_update_slice_in_dim(out, y, start, axis=1)
+
+    return lax.fori_loop(0, chunks, contiguous, jnp.zeros((b, t, out_features), x.dtype))
+
+
 class QuantizedLinear(nnx.Module):
     """y = x @ (qkernel * qscale[:, None]).T + bias, qkernel [out, in] in the scheme's format, qscale [out] float32.
 
-    dtype: activation dtype (the output's); param_dtype: dtype of the bias and of run-time LoRA factors.
+    dtype: activation dtype (the output's); param_dtype: dtype of the bias and of run-time LoRA factors;
+    `lora_chunk_rows`: with LoRAs, the rows (tokens x batch) multiplied at once (see the module docstring).
     """
 
     def __init__(self, in_features: int, out_features: int, *, scheme: QuantScheme, use_bias: bool = True,
@@ -79,6 +143,7 @@ class QuantizedLinear(nnx.Module):
         self.qscale = nnx.Param(jnp.ones((out_features,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
         self.loras = nnx.List([])
+        self.lora_chunk_rows = LORA_CHUNK_ROWS
 
     @classmethod
     def from_linear(cls, linear: Linear, scheme: QuantScheme) -> QuantizedLinear:
@@ -115,8 +180,21 @@ class QuantizedLinear(nnx.Module):
         self.qscale.set_value(qscale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time."""
         x = x.astype(self.dtype)
-        y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), self.scheme,
+        if not self.loras:
+            return self._rows(x, None)
+        tokens = x.reshape(x.shape[0] if x.ndim > 2 else 1, -1, self.in_features)  # [B, T, in]
+        x_scale = None
+        if self.scheme.compute == FP8_COMPUTE and self.scheme.activation_scaling == PER_TENSOR:
+            x_scale = activation_scale(tokens, PER_TENSOR)  # of all rows, as unchunked
+        out = over_token_chunks(lambda chunk: self._rows(chunk, x_scale), tokens, self.out_features,
+                                self.lora_chunk_rows)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _rows(self, x: jax.Array, x_scale: jax.Array | None) -> jax.Array:
+        """x [..., in] -> [..., out]: the quantized matmul, bias and LoRA updates summed in float32, rounded once."""
+        y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), x_scale, self.scheme,
                               jnp.dtype(self.dtype))  # float32
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)
