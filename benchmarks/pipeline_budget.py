@@ -27,6 +27,7 @@ Cases (`--cases`):
     48GiB_distill_refine     the same at 48 GiB
     16GiB_480p_distill       --distill: 480p t2v, distilled
     16GiB_480p_distill_fp8   the same with --quantize fp8 (not in the default list: FP8's compile time on GPUs)
+    24GiB_distill_refine_fp8 24GiB_distill_refine with --quantize fp8 (not in the default list either)
 
 Shortening for a time-limited machine: `--distill-steps N` (the distilled stage's steps, default 16),
 `--refine-steps N` (the refinement's schedule, started at t = 0.5: 4 gives 3 steps, the default 50 gives 26),
@@ -86,6 +87,7 @@ CASES = {
     "48GiB_distill_refine": Case("48GiB", ("--distill", "--refine")),
     "16GiB_480p_distill": Case("16GiB", ("--distill",)),
     "16GiB_480p_distill_fp8": Case("16GiB", ("--distill", "--quantize", "fp8")),
+    "24GiB_distill_refine_fp8": Case("24GiB", ("--distill", "--refine", "--quantize", "fp8")),
 }
 DEFAULT_CASES = ("24GiB_distill_refine", "48GiB_distill_refine", "16GiB_480p_distill")
 SMALL_CASES = {
