@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from kernels import MosaicConfig, TritonConfig
+from tests.helpers.mosaic_interpret import thread_programs_compiled_once
 from tests.kernels.bsa_test_base import BSABackendTests, KernelCase, OddGridCase, WholeCallCase
 
 RASTER_CASES = (  # the Mosaic forward writes these straight to raster order, in runs of cw tokens
@@ -105,6 +106,11 @@ class TestMosaicInterpret(BSABackendTests):
     odd_grid_cases = (
         OddGridCase("q_3x5x4_k_7x5x4", (3, 5, 4), (7, 5, 4), (4, 4, 4), (4, 4, 4), gradients=False),
     )
+
+    @pytest.fixture(autouse=True, scope="class")
+    def _thread_programs_compiled_once(self):
+        with thread_programs_compiled_once():  # the interpreter would compile each grid step's threads again
+            yield
 
     def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
         pytest.skip("the selection does not depend on the forward kernel: TestTritonInterpret checks it")
