@@ -5,7 +5,6 @@ pipeline code is run by tests/pipelines and by the browser test on the built-in 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,11 @@ import pytest
 
 from longcat_jax.app import views
 from longcat_jax.app.engine import AppSettings, Engine
-from longcat_jax.app.jobs import Job, JobState
+from longcat_jax.app.jobs import Job
 from longcat_jax.models.text_encoder.prompt import is_released
 from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.video_io import read_video
+from tests.helpers.app_jobs import run_job
 from tests.helpers.fixture_checkpoint import link_fixture_checkpoint
 
 TIMEOUT = 300
@@ -40,13 +40,7 @@ def engine(tmp_path_factory, checkpoint):
 
 
 def run(engine: Engine, **fields) -> Job:
-    job = engine.submit(engine.settings.request(**fields))
-    deadline = time.monotonic() + TIMEOUT
-    while not job.state.finished:
-        assert time.monotonic() < deadline, job.state
-        time.sleep(0.05)
-    assert job.state is JobState.DONE, job.error
-    return job
+    return run_job(engine, TIMEOUT, **fields)
 
 
 def test_a_distilled_t2v_job(engine):

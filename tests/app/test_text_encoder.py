@@ -7,7 +7,6 @@ test_checkpoint.)"""
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 
 import jax
@@ -18,7 +17,7 @@ from flax import nnx
 
 from longcat_jax import generate
 from longcat_jax.app.engine import AppSettings, Engine
-from longcat_jax.app.jobs import Job, JobState
+from longcat_jax.app.jobs import Job
 from longcat_jax.app.text_encoder import TEXT_STAGE, WarmTextEncoder, room_for_text_encoder
 from longcat_jax.memory.footprint import text_encoder_weights
 from longcat_jax.memory.plan import MemoryPlan
@@ -29,6 +28,7 @@ from longcat_jax.pipelines.tasks import RunPlan, plan_run
 from longcat_jax.presets import TINY_TEXT_CONFIG
 from longcat_jax.sharding import make_mesh, shard_pipeline
 from longcat_jax.video_io import read_video
+from tests.helpers.app_jobs import run_job
 
 SMALL = dict(task="t2v", height=64, width=64, num_frames=5, num_inference_steps=2)
 TIMEOUT = 120
@@ -59,13 +59,7 @@ def engine(tmp_path_factory):
 
 
 def run(engine: Engine, **fields) -> Job:
-    job = engine.submit(engine.settings.request(**SMALL, **fields))
-    deadline = time.monotonic() + TIMEOUT
-    while not job.state.finished:
-        assert time.monotonic() < deadline, job.state
-        time.sleep(0.02)
-    assert job.state is JobState.DONE, job.error
-    return job
+    return run_job(engine, TIMEOUT, **SMALL, **fields)
 
 
 def test_the_plan_of_the_tight_budget_has_no_room_and_one_without_a_budget_has(engine, tmp_path):
