@@ -84,7 +84,9 @@ def _median_time(fn, warmup: int, iters: int) -> float:
 
 
 def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int, quantize: str = "none",
-             quality: bool = False, small: bool = False) -> dict:
+             quality: bool = False, small: bool = False, report=None) -> dict:
+    """Times our step; `report(result)` gets the result as soon as the timing is done and again after each quality
+    figure, so a process killed during the slower per-block errors still leaves its timing and whole-step error."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -138,6 +140,8 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     result = {"seconds": seconds, "compile_s": compile_s, "peak_gib": max(peaks) / 2**30,
               "params_b": num_params / 1e9, "weights_gib": weights_gib, "fp8_gemms": fp8_gemms,
               "device": str(devices[0].device_kind), "devices": len(devices)}
+    report = report or (lambda result: None)
+    report(result)
     if quality and quantize != "none":
         out = compiled(state, latents, timestep, text, mask)
         reference = random_dit(config, dtype=jnp.bfloat16, draw_on_device=True)  # the same draws, unquantized
@@ -146,6 +150,7 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
         want = nnx.jit(lambda m, *a: m(*a))(reference, latents, timestep, text, mask)
         result["rel_l2"] = rel_l2(jax.device_get(out), jax.device_get(want))
         _log(f"step output rel L2 vs bf16: {result['rel_l2']:.3e}")
+        report(result)
         blocks = block_errors(reference, model, latents, timestep, text, mask)
         result["blocks"] = [[e.output_rel, e.update_rel] for e in blocks]
         _log("per-block rel L2 (of the output / of the update): max "
@@ -223,17 +228,23 @@ def _child(args) -> None:
     case = CASES[args.case]
     if args.impl == "ours":
         result = run_ours(case, args.depth, args.warmup, args.iters, args.context_parallel, args.quantize, args.quality,
-                          args.small)
+                          args.small, report=_print_result)
     else:
         result = run_original(case, args.depth, args.warmup, args.iters, args.reference)
+    _print_result(result)
+
+
+def _print_result(result: dict) -> None:
+    """The `RESULT {...}` line the parent reads; a child may print several, the last one counts."""
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def run_child(cmd: list[str], label: str, timeout: float | None = None, env: dict | None = None) -> dict | None:
     """Runs one benchmark case in its own process (so its device peak is its own), echoing its progress lines.
 
-    Returns the dict of the child's `RESULT {...}` line, or None, printing the child's last output, when it
-    failed or ran past `timeout` seconds (it is then killed, also while it prints nothing). `env` defaults to this
+    Returns the dict of the child's last `RESULT {...}` line (marked "partial" when the child did not finish), or
+    None, printing the child's last output, when it failed or ran past `timeout` seconds (it is then killed, also
+    while it prints nothing) before any result. `env` defaults to this
     process's with preallocation off, so the peak the child reports is what it used.
     """
     env = env if env is not None else dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
@@ -255,9 +266,12 @@ def run_child(cmd: list[str], label: str, timeout: float | None = None, env: dic
         finally:
             if timer:
                 timer.cancel()
+    killed = f" (killed after {timeout:g} s)" if timeout and proc.returncode == -9 else ""
     if result is None:
-        killed = f" (killed after {timeout:g} s)" if timeout and proc.returncode == -9 else ""
         print(f"[{label}] failed{killed}:\n{''.join(tail)}", flush=True)
+    elif proc.returncode != 0:
+        print(f"[{label}] stopped{killed} after a partial result (the figures it printed before are kept)", flush=True)
+        result["partial"] = True
     return result
 
 
