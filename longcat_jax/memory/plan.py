@@ -187,8 +187,9 @@ class MemoryPlan:
         for s in self.stages:
             lines.append(f"  {s.name:<24}{s.size:<36}{format_size(s.device_bytes):>12} = "
                          f"{format_size(s.weights):>11} + {format_size(s.activations):>11}")
-        lines.append(f"  estimated peak {format_size(self.peak)} of {format_size(b.usable)}; estimated time "
-                     f"{_duration(self.seconds)}")
+        lines.append(f"  estimated peak {format_size(self.peak)} of {format_size(b.usable)}; estimated denoising "
+                     f"time {_duration(self.seconds)} (the DiT's FLOPs at a rough rate; loading, compiling and the "
+                     "VAE come on top)")
         return lines
 
     def log(self) -> None:
