@@ -9,10 +9,12 @@ Each case runs in its own process (`dit_step.run_child`, killed after --case-tim
 its own. In it: the weights are drawn on the device block by block (`memory_budget._make_dit`; with --quantize each
 block's Linears are quantized right after its draw, so the device never holds the bf16 model); then what `python -m
 longcat_jax.train` builds: a float32 LoRA of rank 128 (alpha 64) on every attention and FFN Linear of every block
-(`attach_trainable_lora`), remat per block (`rematerialize_blocks`), AdamW with the config's defaults, the batch
-placed by `Placement`, and the step `longcat_jax.training.step.train_step` itself. The forward step is the same
-model's flow-matching loss (`micro_batch_loss`: noise, DiT forward, loss) without gradients, compiled the same way
-(`quantized_jit`); train / forward is the ratio the issue's target (at most 3.5) is about.
+(`attach_trainable_lora`), remat per block as --remat says (`rematerialize_blocks`; default "block", the training default;
+"block_keep_attention": the backward recomputes each block but its self attention, whose output and softmax
+statistics are kept), AdamW with the
+config's defaults, the batch placed by `Placement`, and the step `longcat_jax.training.step.train_step` itself. The
+forward step is the same model's flow-matching loss (`micro_batch_loss`: noise, DiT forward, loss) without gradients,
+compiled the same way (`quantized_jit`); train / forward is the ratio the issue's target (at most 3.5) is about.
 
 Reported per case: seconds per step (median of --iters after the first call, which compiles), compile time
 (tracing, lowering and XLA's compile of the first call, from jax.monitoring), the first call's wall time, and the
@@ -24,6 +26,7 @@ base's block Linears), LoRA factors and optimiser state in float32.
     python benchmarks/train_step.py --concurrent                             # case i on GPU i, at the same time
     python benchmarks/train_step.py --cases refine84k_bsa --quantize int8
     python benchmarks/train_step.py --small                                  # a 256-wide 2-block DiT, any machine
+    python benchmarks/train_step.py --cases t2v480p_dense --remat block_keep_attention   # the attention kept
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ import time
 
 from dit_step import _log, run_child  # siblings: the progress line and the one way to run a case in a process
 from memory_budget import _config, _make_dit, _peak_gib
+
+from longcat_jax.training.config import REMAT_MODES
 
 CASES = {
     "t2v480p_dense": dict(grid=(24, 30, 52), bsa=False),
@@ -119,7 +124,7 @@ def run_case(args) -> dict:
     frozen_gib = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model))) / 2**30
     lora = LoRAConfig(rank=LORA_RANK, alpha=LORA_ALPHA, targets=("attention", "ffn"))
     targets = attach_trainable_lora(model, lora, seed=0)
-    rematerialize_blocks(model)
+    rematerialize_blocks(model, args.remat)
     graphdef, factors, frozen = split_trainable(model)
     placement = Placement()
     factors, frozen = placement.replicated(factors), placement.frozen(frozen)
@@ -149,7 +154,8 @@ def run_case(args) -> dict:
 
     forward = quantized_jit(lambda factors, frozen, micro, key: micro_batch_loss(
         nnx.merge(graphdef, factors, frozen), micro, key, spec))
-    result = {"case": args.case, "quantize": args.quantize, "tokens": t * h * w, "device": device.device_kind,
+    result = {"case": args.case, "quantize": args.quantize, "remat": args.remat, "tokens": t * h * w,
+              "device": device.device_kind,
               "frozen_gib": frozen_gib, "lora_gib": lora_gib, "opt_state_gib": state_gib,
               "lora_params_m": sum(x.size for x in jax.tree.leaves(factors)) / 1e6}
     state = {"factors": factors, "opt_state": opt_state, "step": 0}
@@ -180,11 +186,11 @@ def run_case(args) -> dict:
 
 def _spawn(case: str, args, gpu: int | None) -> dict | None:
     cmd = [sys.executable, __file__, "--child", "--case", case, "--depth", str(args.depth), "--iters", str(args.iters),
-           "--quantize", args.quantize] + ["--small"] * args.small
+           "--quantize", args.quantize, "--remat", args.remat] + ["--small"] * args.small
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    label = f"{case} quantize={args.quantize}" + (f" (GPU {gpu})" if gpu is not None else "")
+    label = f"{case} quantize={args.quantize} remat={args.remat}" + (f" (GPU {gpu})" if gpu is not None else "")
     return run_child(cmd, label, args.case_timeout, env=env)
 
 
@@ -207,7 +213,7 @@ def _print_table(rows: list[dict], args) -> None:
     nan = float("nan")
     depth = min(args.depth, 2) if args.small else args.depth
     print(f"\ndepth {depth}{' (--small: 256 wide, 4x8x8 grid)' if args.small else ''}, batch 1, LoRA rank {LORA_RANK} "
-          f"on attention + FFN, remat per block, AdamW; median of {args.iters} after the compiling call; compile: "
+          f"on attention + FFN, remat {args.remat}, AdamW; median of {args.iters} after the compiling call; compile: "
           "tracing + lowering + XLA; peak: the device's peak by the end of the training steps")
     print(f"{'case':<15} {'tokens':>7} {'quantize':<8} {'train s':>8} {'fwd s':>7} {'train/fwd':>9} "
           f"{'train compile s':>15} {'fwd compile s':>13} {'train 1st s':>11} {'peak GiB':>8} "
@@ -230,6 +236,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2, help="timed calls of each step after the compiling one")
     parser.add_argument("--quantize", default="none", choices=["none", "fp8", "int8"],
                         help="the frozen base's block Linears: bf16 (none), FP8 (FP8 GEMMs) or INT8 (weight-only)")
+    parser.add_argument("--remat", default="block", choices=list(REMAT_MODES),
+                        help="what the backward recomputes (longcat_jax.training.remat): every block but its self "
+                             "attention (block_keep_attention), every whole block (block), nothing (none)")
     parser.add_argument("--case-timeout", type=float, default=None, help="seconds before a case's process is killed")
     parser.add_argument("--concurrent", action="store_true",
                         help="run the cases at the same time, case i on GPU i (needs a GPU per case)")

@@ -27,6 +27,9 @@ DTYPES = ("bfloat16", "float32")
 SCHEDULES = ("constant", "linear", "cosine")
 SIGMA_SAMPLINGS = ("uniform", "logit_normal")
 BSA_BACKENDS = ("auto", "reference", "pallas", "pallas_interpret")
+# Rematerialisation of the DiT blocks in the backward pass (`longcat_jax.training.remat` says what each keeps).
+REMAT_MODES = ("block", "block_keep_attention", "none")
+LEGACY_REMAT = {True: "block", False: "none"}  # the boolean of earlier configs
 MAX_SEED = 2**63 - 1  # seeds become jax.random.key(seed), which takes a signed 64-bit integer
 
 # LoRA targets: the original's module names inside a DiT block (what its LoRA files are keyed by), and groups.
@@ -111,7 +114,7 @@ class TrainingConfig:
     batch_size: int = 1
     grad_accumulation: int = 1
     seed: int = 42
-    remat: bool = True
+    remat: str = "block"  # one of REMAT_MODES; "block_keep_attention" is faster where its memory fits
     sigma_sampling: str = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
@@ -381,13 +384,21 @@ def _training(raw: Mapping, source: str) -> TrainingConfig:
         batch_size=r.integer("batch_size", TrainingConfig.batch_size),
         grad_accumulation=r.integer("grad_accumulation", TrainingConfig.grad_accumulation),
         seed=r.integer("seed", TrainingConfig.seed, minimum=0, maximum=MAX_SEED),
-        remat=r.boolean("remat", TrainingConfig.remat),
+        remat=_remat(r),
         sigma_sampling=r.choice("sigma_sampling", TrainingConfig.sigma_sampling, SIGMA_SAMPLINGS),
         logit_mean=r.number("logit_mean", TrainingConfig.logit_mean),
         logit_std=r.number("logit_std", TrainingConfig.logit_std, minimum=0.0, exclusive=True),
         sigma_shift=r.number("sigma_shift", TrainingConfig.sigma_shift, minimum=0.0, exclusive=True),
         log_every=r.integer("log_every", TrainingConfig.log_every),
     )
+
+
+def _remat(r: _Reader) -> str:
+    """`training.remat`: one of REMAT_MODES, or the true/false of earlier configs (true: the default mode)."""
+    value = r.raw.get("remat", TrainingConfig.remat)
+    if isinstance(value, bool):
+        return LEGACY_REMAT[value]
+    return r.choice("remat", TrainingConfig.remat, REMAT_MODES)
 
 
 def _bsa(raw: Mapping, source: str) -> tuple[BSAParams | None, str]:

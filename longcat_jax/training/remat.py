@@ -4,6 +4,19 @@ Without it a training step keeps every intermediate of all 48 blocks alive for t
 at 480p); with it, only each block's input is kept and one block's intermediates exist at a time. The blocks are
 switched in place to a subclass whose call runs under `jax.checkpoint`, so module paths (and with them LoRA names,
 checkpoints and sharding rules) stay unchanged and the forward computes the same values.
+
+Modes (`training.remat` of the config):
+  "block_keep_attention"  each block is recomputed except its self attention: per block the attention's output and
+                          softmax statistics (what its backward needs besides q, k, v) are kept, so the recomputation
+                          runs the GEMMs, norms, modulation, cross attention and FFN again but not the attention, about
+                          half of a 480p block's FLOPs. Extra memory: per block, tokens x hidden in the compute dtype
+                          plus tokens x heads float32 (48 x N x (4096 x 2 + 32 x 4) bytes for the bf16 13.6B DiT:
+                          13.9 GiB at 37,440 tokens). Kept for the attentions that have such a forward: cuDNN's fused
+                          attention (dense, bf16/fp16 on a GPU) and the Pallas BSA kernels; the XLA attention (CPU,
+                          float32) and the BSA reference keep nothing, their softmax being [N, N] per head.
+  "block"                 (the default) each whole block is recomputed (only its input is kept): the least memory;
+                          "block_keep_attention" is the faster choice where its memory fits (480p on an 80 GB GPU).
+  "none"                  nothing is recomputed (every intermediate of every block stays alive).
 """
 
 from __future__ import annotations
@@ -11,12 +24,41 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from kernels import BSA_RESIDUAL_NAMES
+from longcat_jax.errors import ConfigError
 from longcat_jax.models.dit.block import DiTBlock
 from longcat_jax.models.dit.transformer import LongCatDiT
+from longcat_jax.training.config import REMAT_MODES
+
+# The primitive of cuDNN's fused attention forward (`jax.nn.dot_product_attention(implementation="cudnn")`); its
+# outputs are the attention's output and the softmax statistics its backward reads.
+CUDNN_ATTENTION_FORWARD = "dot_product_attention_fwd"
+
+
+def keep_self_attention_policy(text_length: int):
+    """A `jax.checkpoint` policy that saves the self attention's residuals and nothing else.
+
+    Saved: the values named `kernels.BSA_RESIDUAL_NAMES` (the Pallas BSA forward's output and log-sum-exp) and the
+    outputs of cuDNN's attention forward whose keys are not the `text_length` text tokens (the cross attention over
+    the text takes the same cuDNN call but is cheap to recompute; a video of exactly `text_length` tokens would keep
+    its cross attention too: more memory, the same gradients).
+    """
+    by_name = jax.checkpoint_policies.save_only_these_names(*BSA_RESIDUAL_NAMES)
+
+    def cudnn_self_attention(prim, *avals, **params) -> bool:
+        # avals: the primitive's inputs, query and key first, [B, S, H, D]
+        return prim.name.startswith(CUDNN_ATTENTION_FORWARD) and avals[1].shape[1] != text_length
+
+    return jax.checkpoint_policies.save_from_both_policies(by_name, cudnn_self_attention)
 
 
 class RematDiTBlock(DiTBlock):
-    """A `DiTBlock` whose forward is recomputed in the backward pass instead of stored."""
+    """A `DiTBlock` whose forward is recomputed in the backward pass instead of stored (all of it)."""
+
+    def _policy(self, text: jax.Array):
+        """The `jax.checkpoint` policy of this block's call (None: save nothing but the inputs)."""
+        del text
+        return None
 
     def __call__(self, x, text, text_mask, t_emb, grid, **flags):
         graphdef, state = nnx.split(self)
@@ -25,11 +67,24 @@ class RematDiTBlock(DiTBlock):
             # a fresh module from the checkpointed values: nothing of the outer trace is mutated
             return DiTBlock.__call__(nnx.merge(graphdef, state), x, text, text_mask, t_emb, grid, **flags)
 
-        return jax.checkpoint(run)(state, x, text, text_mask, t_emb)
+        return jax.checkpoint(run, policy=self._policy(text))(state, x, text, text_mask, t_emb)
 
 
-def rematerialize_blocks(model: LongCatDiT) -> None:
-    """Makes every block of `model` a `RematDiTBlock` (in place; the next jit call retraces)."""
+class RematKeepAttentionDiTBlock(RematDiTBlock):
+    """A `RematDiTBlock` that keeps its self attention's output and statistics (`keep_self_attention_policy`)."""
+
+    def _policy(self, text: jax.Array):
+        return keep_self_attention_policy(text.shape[1])  # text: [B, L, C]
+
+
+_BLOCK_CLASSES = {"block_keep_attention": RematKeepAttentionDiTBlock, "block": RematDiTBlock, "none": DiTBlock}
+
+
+def rematerialize_blocks(model: LongCatDiT, mode: str = "block") -> None:
+    """Makes every block of `model` rematerialise as `mode` says (one of `REMAT_MODES`; in place, the next jit call
+    retraces; "none" makes them plain `DiTBlock`s again)."""
+    if mode not in REMAT_MODES:
+        raise ConfigError(f"unknown remat mode {mode!r}; choose one of {list(REMAT_MODES)}")
     for block in model.blocks:
-        if type(block) is DiTBlock:
-            block.__class__ = RematDiTBlock
+        if isinstance(block, DiTBlock):
+            block.__class__ = _BLOCK_CLASSES[mode]

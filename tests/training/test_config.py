@@ -63,6 +63,14 @@ def test_null_means_off_or_all_where_documented():
     assert config.data.fps is None and config.optimizer.max_grad_norm is None and config.parallel.devices is None
 
 
+def test_remat_modes_and_the_boolean_of_earlier_configs():
+    assert parse_train_config(_config()).training.remat == "block"
+    for mode in ("block_keep_attention", "block", "none"):
+        assert parse_train_config(_config(training={"remat": mode})).training.remat == mode
+    assert parse_train_config(_config(training={"remat": True})).training.remat == "block"
+    assert parse_train_config(_config(training={"remat": False})).training.remat == "none"
+
+
 def test_comment_keys_are_ignored():
     config = parse_train_config({"_doc": "x", "data": {"folder": "clips", "_why": "y"}, "lora": {"_n": 1}})
     assert config.data.folder == Path("clips")
