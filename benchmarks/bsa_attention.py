@@ -41,7 +41,8 @@ import jax.numpy as jnp  # noqa: E402
 from bsa_inputs import StructuredInputSpec, parse_grid, structured_qkv  # noqa: E402  # this script's sibling
 
 from kernels import BSAParams, KernelConfig, bsa_attention, pallas_triton, reference, select_blocks, to_chunk_order  # noqa: E402
-from kernels.sparse_attention import FORWARD_KERNELS, sparse_attention_with_lse  # noqa: E402
+from kernels.pallas_mosaic_backward import mosaic_backward  # noqa: E402
+from kernels.sparse_attention import BACKWARD_KERNELS, FORWARD_KERNELS, sparse_attention_with_lse  # noqa: E402
 from longcat_jax.cli_logging import setup_cli_logging  # noqa: E402
 from longcat_jax.errors import ConfigError  # noqa: E402
 from longcat_jax.metrics import rel_l2  # noqa: E402
@@ -221,10 +222,26 @@ def measure_mode(bench, size, latent, kind, mode, q, k, v, do, dense_out, torch_
     record["rel_l2_vs_dense"] = error_vs_dense(ours, dense_out, bench.error_stride)
     if bench.backward:
         out, lse = fwd(qc, kc, vc, indices, counts)
-        bwd = jax.jit(lambda *a: pallas_triton.triton_backward(*a, block, block, kernel_config.triton))
-        record["kernel_bwd_ms"] = timer(bwd, qc, kc, vc, indices, counts, out, lse, doc)
-        train = jax.jit(lambda q, k, v, do: jax.vjp(whole, q, k, v)[1](do))
-        record["whole_fwd_bwd_ms"] = timer(train, q, k, v, do)
+        grads = {}
+        for name in bench.backward_kernels:  # the kernels alone, then jitted forward + backward of the whole call
+            named = dataclasses.replace(kernel_config, backward=name)
+            named.check_backward(qc, kc, vc, block, block)  # refuses what the Mosaic kernels cannot run, up front
+            if name == "mosaic":
+                bwd = jax.jit(lambda *a, c=named: mosaic_backward(*a, c.mosaic_backward))
+            else:
+                bwd = jax.jit(lambda *a, c=named: pallas_triton.triton_backward(*a, block, block, c.triton))
+            record[f"kernel_bwd_ms_{name}"] = timer(bwd, qc, kc, vc, indices, counts, out, lse, doc)
+            if args.check:
+                grads[name] = bwd(qc, kc, vc, indices, counts, out, lse, doc)
+            whole_config = dataclasses.replace(config, backward=name)
+            whole_b = jax.jit(lambda q, k, v, p=params, c=whole_config: bsa_attention(
+                q, k, v, latent, latent, p, backend=backend, kernel_config=c))
+            train = jax.jit(lambda q, k, v, do, f=whole_b: jax.vjp(f, q, k, v)[1](do))
+            record[f"whole_fwd_bwd_ms_{name}"] = timer(train, q, k, v, do)
+        record["kernel_bwd_ms"] = record[f"kernel_bwd_ms_{bench.backward_kernels[0]}"]
+        record["whole_fwd_bwd_ms"] = record[f"whole_fwd_bwd_ms_{bench.backward_kernels[0]}"]
+        if len(grads) == 2:  # the largest relative L2 of dq, dk, dv between the two backward kernels
+            record["bwd_rel_l2_mosaic_vs_triton"] = max(rel_l2(a, b) for a, b in zip(grads["mosaic"], grads["triton"]))
     if args.check and mode == "topk 0.9375":
         ours_kernel = fwd(qc, kc, vc, indices, counts)[0]
         ref = jax.jit(lambda *a: reference.blocked_attention(*a, block, block))(qc, kc, vc, indices, counts)
@@ -240,16 +257,26 @@ def measure_mode(bench, size, latent, kind, mode, q, k, v, do, dense_out, torch_
     return record
 
 
-def timing_row(record: dict, backward: bool) -> tuple[str, ...]:
-    """One row of the timing table (the earlier tables' columns)."""
+def backward_cell(record: dict, kernels: tuple[str, ...]) -> str:
+    """The backward column: kernel ms / whole call's backward ms (each backward kernel, named where several were
+    timed) / the original's backward ms."""
+    ours = [
+        ("" if len(kernels) == 1 else f"{name} ")
+        + f"{record[f'kernel_bwd_ms_{name}']:.2f} / {record[f'whole_fwd_bwd_ms_{name}'] - record['whole_ms']:.2f}"
+        for name in kernels
+    ]
+    return ", ".join(ours) + f" / {record.get('original_bwd_ms', float('nan')):.2f}"
+
+
+def timing_row(record: dict, backward_kernels: tuple[str, ...]) -> tuple[str, ...]:
+    """One row of the timing table (the earlier tables' columns); backward_kernels: those timed (none: "-")."""
     orig_ms = record.get("original_fwd_ms")
     return (
         record["size"], f"ours {record['mode']}", f"{record['whole_ms']:.2f} / {record['kernel_ms']:.2f}",
         f"{record['flops_fwd'] / record['kernel_ms'] / 1e9:.0f}",
         f"{orig_ms:.2f}" if orig_ms else record.get("original_error", "-")[:40],
         f"{orig_ms / record['whole_ms']:.2f}x" if orig_ms else "-",
-        (f"{record['kernel_bwd_ms']:.2f} / {record['whole_fwd_bwd_ms'] - record['whole_ms']:.2f} / "
-         f"{record.get('original_bwd_ms', float('nan')):.2f}" if backward else "-"),
+        backward_cell(record, backward_kernels) if backward_kernels else "-",
         f"{record['whole_extra_gib']:.2f} / {record.get('original_extra_gib', float('nan')):.2f}",
     )
 
@@ -280,6 +307,7 @@ class Bench:
     timer: Timer
     original: Original | None
     backward: bool
+    backward_kernels: tuple[str, ...]  # our backward kernels to time (`KernelConfig.backward`), the first in the columns
     error_stride: int
 
 
@@ -298,6 +326,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--forward", default="auto", choices=FORWARD_KERNELS,
                         help="our forward kernel (auto: the Mosaic GPU one on Hopper, else the Triton one)")
     parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--backward", default="triton",
+                        help="our backward kernels to time, comma-separated subset of " + ", ".join(BACKWARD_KERNELS)
+                             + " (with --check and both: the largest rel L2 of dq, dk, dv between them)")
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
     parser.add_argument("--small", action="store_true",
@@ -307,6 +338,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     problems = [f"unknown mode {m!r}" for m in args.modes.split(",") if m not in MODES]
     problems += [f"unknown input kind {kind!r}" for kind in args.inputs.split(",") if kind not in INPUT_KINDS]
+    problems += [f"unknown backward kernel {name!r} (choose from {', '.join(BACKWARD_KERNELS)})"
+                 for name in args.backward.split(",") if name not in BACKWARD_KERNELS]
     if args.small and (args.reference or args.sweep):
         problems.append("--small runs on the CPU: --reference and --sweep need a GPU")
     if problems:
@@ -329,6 +362,7 @@ def main() -> None:
         args=args, config=KernelConfig(forward=args.forward), backend="pallas_interpret" if args.small else "pallas",
         timer=Timer(warmup=1, trials=1, calls=1) if args.small else Timer(),
         original=Original(args.reference) if args.reference else None, backward=not args.no_backward,
+        backward_kernels=() if args.no_backward else tuple(args.backward.split(",")),
         error_stride=1 if args.small else ERROR_TOKEN_STRIDE,
     )
     device = jax.devices()[0].device_kind
@@ -365,7 +399,7 @@ def main() -> None:
                 record["dense_ms"] = dense_ms
                 records.append(record)
                 log.info("%s", record)
-                timing_rows[kind].append(timing_row(record, bench.backward))
+                timing_rows[kind].append(timing_row(record, bench.backward_kernels))
                 selection_rows.append(selection_row(record, dense_ms))
                 log.info("row | %s |", " | ".join(timing_rows[kind][-1]))
                 if args.json:

@@ -16,9 +16,11 @@ from kernels.layout import (
 )
 from kernels.padding import GridPadding
 from kernels.pallas_mosaic import MosaicConfig
+from kernels.pallas_mosaic_backward import MosaicBackwardConfig
 from kernels.pallas_triton import TritonConfig
 from kernels.params import BSAParams
 from kernels.selection import block_mask_from_indices, indices_from_block_mask, select_blocks
+from kernels.sparse_attention import RESIDUAL_NAMES as BSA_RESIDUAL_NAMES
 from kernels.sparse_attention import KernelConfig
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "BSAConfigError",
     "BSAInputError",
     "BSAParams",
+    "BSA_RESIDUAL_NAMES",
     "block_mask_from_indices",
     "bsa_attention",
     "bsa_selection",
@@ -36,6 +39,7 @@ __all__ = [
     "indices_from_block_mask",
     "inverse_permutation",
     "KernelConfig",
+    "MosaicBackwardConfig",
     "MosaicConfig",
     "padded_chunk_grid",
     "resolve_backend",

@@ -2,9 +2,10 @@
 
 Forward: the Triton-lowered kernel (`pallas_triton`, any CUDA GPU) or the Mosaic GPU kernel for Hopper
 (`pallas_mosaic`), once per key range where one head's K and V outgrow the L2 cache (`key_ranges`). Both
-return the output and the base-2 log-sum-exp, so the Triton backward kernels (dq over the selection lists,
-dk/dv over the transposed lists) serve either through `jax.custom_vjp`. On key grids padded to whole chunks
-every kernel masks the padded keys (`padding.GridPadding`).
+return the output and the base-2 log-sum-exp, so one backward (dq over the selection lists, dk/dv over the
+transposed lists; the Triton kernels, or the Mosaic GPU ones of `pallas_mosaic_backward` by `KernelConfig.backward`)
+serves either through `jax.custom_vjp`. On key grids padded to whole chunks every kernel masks the padded keys
+(`padding.GridPadding`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
-from kernels import key_ranges, layout, pallas_mosaic, pallas_triton
+from kernels import key_ranges, layout, pallas_mosaic, pallas_mosaic_backward, pallas_triton
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 
 FORWARD_KERNELS = ("auto", "triton", "mosaic")
+BACKWARD_KERNELS = ("triton", "mosaic")
+# `checkpoint_name`s of the forward's output and log-sum-exp, the residuals the backward kernels need besides q, k, v:
+# a remat policy that saves these names (`jax.checkpoint_policies.save_only_these_names`) keeps the backward pass
+# from running the forward kernel again.
+RESIDUAL_NAMES = ("bsa_attention_out", "bsa_attention_lse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +39,22 @@ class KernelConfig:
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
     H100; for the Mosaic kernel one, as splitting measured no faster there).
+    backward: "triton" (the default, any CUDA GPU) or "mosaic" (the Hopper kernels of `pallas_mosaic_backward`,
+    refused where they cannot run; not yet measured against the Triton ones on a GPU).
     """
 
     forward: str = "auto"
     triton: pallas_triton.TritonConfig = pallas_triton.TritonConfig()
     mosaic: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig()
     key_ranges: int | None = None
+    backward: str = "triton"
+    mosaic_backward: pallas_mosaic_backward.MosaicBackwardConfig = pallas_mosaic_backward.MosaicBackwardConfig()
 
     def __post_init__(self):
+        if self.backward not in BACKWARD_KERNELS:
+            raise BSAConfigError(
+                f"unknown BSA backward kernel KernelConfig.backward={self.backward!r}; choose one of {BACKWARD_KERNELS}"
+            )
         if self.forward not in FORWARD_KERNELS:
             raise BSAConfigError(f"unknown BSA forward kernel {self.forward!r}; choose one of {FORWARD_KERNELS}")
         if self.key_ranges is not None and (not isinstance(self.key_ranges, int) or self.key_ranges < 1):
@@ -51,7 +66,13 @@ class KernelConfig:
             self,
             triton=dataclasses.replace(self.triton, interpret=True),
             mosaic=dataclasses.replace(self.mosaic, interpret=True),
+            mosaic_backward=dataclasses.replace(self.mosaic_backward, interpret=True),
         )
+
+    def check_backward(self, q: jax.Array, k: jax.Array, v: jax.Array, block_q: int, block_k: int) -> None:
+        """Refuses a "mosaic" backward these inputs or settings cannot run, before any kernel runs."""
+        if self.backward == "mosaic":
+            pallas_mosaic_backward.check(q, k, v, block_q, block_k, self.mosaic_backward)
 
     def uses_mosaic(self, q: jax.Array, block_q: int, block_k: int, k_max: int) -> bool:
         """Whether the Mosaic GPU forward runs for these inputs (k_max: list width); refuses "mosaic" where it
@@ -130,7 +151,11 @@ def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelC
 
 
 def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding):
+    config.check_backward(q, k, v, block_q, block_k)
     out, lse = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding)
+    # named (same values) so that a remat policy can keep them; the primal output is the named one too, so the layers
+    # after the attention read the kept tensor rather than a recomputed one
+    out, lse = checkpoint_name(out, RESIDUAL_NAMES[0]), checkpoint_name(lse, RESIDUAL_NAMES[1])
     return out, (q, k, v, indices, counts, out, lse)
 
 
@@ -138,9 +163,14 @@ def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, residua
     q, k, v, indices, counts, out, lse = residuals
     if raster is not None:  # the backward kernels work in chunk order
         out, do = layout.to_chunk_order(out, *raster), layout.to_chunk_order(do, *raster)
-    dq, dk, dv = pallas_triton.triton_backward(
-        q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton, key_padding
-    )
+    if config.backward == "mosaic":
+        dq, dk, dv = pallas_mosaic_backward.mosaic_backward(
+            q, k, v, indices, counts, out, lse, do, config.mosaic_backward, key_padding
+        )
+    else:
+        dq, dk, dv = pallas_triton.triton_backward(
+            q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton, key_padding
+        )
     return dq, dk, dv, None, None
 
 

@@ -30,6 +30,7 @@ from kernels import (
     sparse_attention_chunked,
     to_chunk_order,
 )
+from kernels.pallas_mosaic_backward import MosaicBackwardConfig
 from longcat_jax.metrics import rel_l2
 from tests.helpers.bsa_cases import BLOCK, dense_attention, dense_whole_call, fixture_inputs, random_case
 from tests.kernels.odd_grid_truth import real_token_attention
@@ -62,6 +63,7 @@ class KernelCase:
     key_ranges: int | None = None
     triton: TritonConfig = TritonConfig()
     mosaic: MosaicConfig = MosaicConfig()
+    mosaic_backward: MosaicBackwardConfig = MosaicBackwardConfig()
 
     def inputs(self, seed):
         """q, k, v [B, S, H, D] in the case's dtype, indices [B, H, Mq, K_max] and counts [B, H, Mq]."""
@@ -90,7 +92,8 @@ class OddGridCase:
     """A `bsa_attention` call on grids that the chunks do not divide (padded inside), 2 heads of size `d`.
 
     gradients: also compare dq, dk, dv (off where the forward kernel is too slow in its interpreter: the backward
-    kernels are the Triton ones for every forward, checked on padded grids in TestTritonInterpret).
+    kernels do not depend on the forward one; TestTritonInterpret and TestMosaicBackwardInterpret check each backward
+    on padded grids).
     """
 
     name: str
@@ -114,7 +117,8 @@ class OddGridCase:
 class BSABackendTests:
     """The checks every BSA backend runs; a subclass per backend sets the attributes below.
 
-    backend: the `backend` argument; forward: `KernelConfig.forward` (None for the reference, which takes none).
+    backend: the `backend` argument; forward: `KernelConfig.forward` (None for the reference, which takes none);
+    backward: `KernelConfig.backward`.
     fixture_dtype / fixture_tolerance: inputs and rel_l2 bound of the fixture runs given the original's mask.
     fixture_names: the fixtures this backend runs (None: every one it takes); min_fixture_cases: how many at least.
     forward_cases / gradient_cases / whole_call_cases / odd_grid_cases: the parameters of the tests taking
@@ -124,6 +128,7 @@ class BSABackendTests:
 
     backend: str
     forward: str | None = None
+    backward: str = "triton"
     fixture_dtype: type = jnp.bfloat16
     fixture_tolerance: float = OUTPUT_TOLERANCE
     fixture_names: frozenset[str] | None = None
@@ -149,12 +154,14 @@ class BSABackendTests:
         if self.forward is None:
             return None
         if case is None:
-            return KernelConfig(forward=self.forward)
-        return KernelConfig(forward=self.forward, triton=case.triton, mosaic=case.mosaic, key_ranges=case.key_ranges)
+            return KernelConfig(forward=self.forward, backward=self.backward)
+        return KernelConfig(forward=self.forward, backward=self.backward, triton=case.triton, mosaic=case.mosaic,
+                            mosaic_backward=case.mosaic_backward, key_ranges=case.key_ranges)
 
     def takes(self, params: BSAParams) -> bool:
-        """Whether this backend runs blocks of these sizes (the Mosaic kernel: 64 tokens only)."""
-        return self.forward != "mosaic" or params.chunk_size_q == params.chunk_size_k == BLOCK
+        """Whether this backend runs blocks of these sizes (the Mosaic kernels: 64 tokens only)."""
+        mosaic = self.forward == "mosaic" or self.backward == "mosaic"
+        return not mosaic or params.chunk_size_q == params.chunk_size_k == BLOCK
 
     def chunked_attention(self, block_q: int, block_k: int, case: KernelCase | None = None):
         """`sparse_attention_chunked` on this backend with a case's settings, jitted: (q, k, v, indices, counts) -> out."""

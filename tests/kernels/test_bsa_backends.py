@@ -5,7 +5,8 @@ Reference: the jnp path (float32 fixtures to 1e-5). In the interpreters on the C
 `MosaicConfig` for what the interpreter replaces), both with the shared Triton backward. Natively on a GPU
 (`gpu`): both forwards at larger sizes. Cases cover uneven and empty selections, odd query-block counts (one
 Mosaic consumer idle), Sq != Sk, head_dim 64 and 128, key ranges, raster-order output and gradients, and grids
-that the chunks do not divide (padded inside; `odd_grid_cases`), along one axis or all three.
+that the chunks do not divide (padded inside; `odd_grid_cases`), along one axis or all three. The Mosaic GPU
+backward (`KernelConfig(backward="mosaic")`) has its classes in test_bsa_mosaic_backward.py.
 """
 
 import jax.numpy as jnp
