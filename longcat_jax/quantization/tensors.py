@@ -7,10 +7,13 @@ checkpoint order, one block's tensors together. `quantize_tensors` sits in that 
     model = fill_model(lambda: LongCatDiT(config, ..., quantize="fp8"), tensors, source=str(path))
 
 A float `kernel` [in, out] of a quantized Linear (see `policy`) leaves as `qkernel` [out, in] and `qscale`
-[out], computed on the host, so the device only ever receives quantized weights and the host holds one
-tensor (and its float32 copy) at a time. A stream that is already quantized (a checkpoint written by
-`python -m convert --quantize ...`) is checked instead: its weight format must be the mode's, and every scale
-finite, positive and one per output channel; anything else is refused with the source and key named.
+[out], computed on the host (numpy, in row chunks over a few threads) or, with `device=`, on that device: each
+float kernel is copied there, quantized by `quantize_rows_on_device` (numpy's bits exactly) and its bf16 copy
+freed before the next one is copied, so the device holds one bf16 kernel (and its float32 temporaries) at a
+time, never the bf16 model. The host holds one tensor at a time either way. A stream that is already quantized
+(a checkpoint written by `python -m convert --quantize ...`) is checked instead: its weight format must be the
+mode's, and every scale finite, positive and one per output channel; anything else is refused with the source
+and key named.
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 
+import jax
 import numpy as np
 
 from longcat_jax.checkpoint.param_tree import ParamPath, path_str
 from longcat_jax.errors import CheckpointError
-from longcat_jax.quantization.formats import WEIGHT_FORMATS, format_of_dtype, quantize_kernel
+from longcat_jax.quantization.formats import (
+    WEIGHT_FORMATS,
+    WeightFormat,
+    format_of_dtype,
+    quantize_kernel,
+    quantize_kernel_on_device,
+    quantize_rows_on_device,
+)
 from longcat_jax.quantization.modes import MODES, QuantScheme, modes_storing, scheme_for
 from longcat_jax.quantization.policy import QKERNEL, QSCALE, is_quantized_kernel, is_quantized_module
 
@@ -77,12 +88,15 @@ def quantize_tensors(
     mode: str | QuantScheme | None,
     *,
     source: str = "checkpoint",
-) -> Iterator[tuple[ParamPath, np.ndarray]]:
+    device: jax.Device | None = None,
+) -> Iterator[tuple[ParamPath, np.ndarray | jax.Array]]:
     """The stream with every quantized Linear's kernel as (qkernel, qscale); other tensors pass unchanged.
 
     mode: 'none' passes float tensors through and refuses quantized ones (the model would be built without
     quantized layers); 'fp8', 'fp8-weight-only', 'int8' quantize float kernels and check quantized ones.
     Quantized pairs are yielded together, qkernel first.
+    device: None quantizes on the host (numpy arrays out); a device quantizes there (jax arrays on it out, the
+    same bits), one kernel at a time.
     """
     scheme = scheme_for(mode)
     pending: dict[ParamPath, dict[str, tuple[ParamPath, np.ndarray]]] = {}
@@ -111,7 +125,10 @@ def quantize_tensors(
                 yield scale_path, _check_qscale(scale, qkernel, scale_path, source)
             continue
         if scheme is not None and is_quantized_kernel(path):
-            qkernel, qscale = quantize_kernel(np.asarray(array), scheme.weight)
+            if device is None:
+                qkernel, qscale = quantize_kernel(np.asarray(array), scheme.weight)
+            else:
+                qkernel, qscale = _quantize_on(device, np.asarray(array), scheme.weight)
             quantized += 1
             yield (*module, QKERNEL), qkernel
             yield (*module, QSCALE), qscale
@@ -126,6 +143,16 @@ def quantize_tensors(
         )
     if quantized:
         logger.info("%s: quantized %d Linear kernels to %s", source, quantized, scheme.weight.name)
+
+
+def _quantize_on(device: jax.Device, kernel: np.ndarray, fmt: WeightFormat) -> tuple[jax.Array, jax.Array]:
+    """kernel [in, out] quantized on `device`: copied as it lies in memory (a transposed view of a torch [out, in]
+    weight goes as [out, in]), and waited for, so its bf16 copy is freed before the next kernel is copied."""
+    if kernel.ndim == 2 and kernel.T.flags.c_contiguous and not kernel.flags.c_contiguous:
+        result = quantize_rows_on_device(jax.device_put(kernel.T, device), fmt)
+    else:
+        result = quantize_kernel_on_device(jax.device_put(kernel, device), fmt)
+    return jax.block_until_ready(result)
 
 
 def stored_quantization(dtypes: Iterable[tuple[ParamPath, str]]) -> str | None:

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from longcat_jax.checkpoint.orbax_chunks import is_converted, iter_part, read_index
 from longcat_jax.checkpoint.param_tree import abstract_model, fill_model
+from longcat_jax.checkpoint.prefetch import prefetched
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.fastvideo_params import checkpoint_dit_tensors
@@ -32,9 +33,11 @@ def load_dit(path: str | Path, *, config: DiTConfig | None = None, dtype=jnp.bfl
     config: the folder's config, when the caller has read it already (a run reads `dit/config.json` once);
     None reads it. dtype: activation dtype; param_dtype: weight dtype (default: dtype). Self attention starts
     block-sparse only where the config's `enable_bsa` says so; `LongCatDiT.set_bsa` changes it.
-    quantize: 'fp8', 'fp8-weight-only' or 'int8' quantizes the large Linears tensor by tensor on the host while
-    loading (the device never holds their bf16 weights); a checkpoint converted with `--quantize` needs the mode
-    its weights were stored in (an FP8 one: 'fp8' or 'fp8-weight-only'). None/'none': the weights as stored.
+    quantize: 'fp8', 'fp8-weight-only' or 'int8' quantizes the large Linears tensor by tensor while loading: on the
+    target accelerator when there is one (one bf16 kernel there at a time, quantized, then freed: the device never
+    holds the bf16 model), else on the host; a checkpoint converted with `--quantize` needs the mode its weights were
+    stored in (an FP8 one: 'fp8' or 'fp8-weight-only'). None/'none': the weights as stored.
+    Tensors are read (and host-quantized) in a background thread a few tensors ahead of their placement.
     """
     path = Path(path)
     config = config or DiTConfig.from_json(path / "config.json")
@@ -48,12 +51,29 @@ def load_dit(path: str | Path, *, config: DiTConfig | None = None, dtype=jnp.bfl
     else:
         tensors, count = checkpoint_dit_tensors(SafetensorsCheckpoint(path), config)
     tensors = tqdm(tensors, total=count, desc="Loading DiT", unit="tensor")  # one per parameter, read in order
+    on_device = quantizing_device(device)
+    if on_device is None:
+        tensors = prefetched(quantize_tensors(tensors, quantize, source=str(path)))
+    else:
+        tensors = quantize_tensors(prefetched(tensors), quantize, source=str(path), device=on_device)
     return fill_model(
         lambda: LongCatDiT(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, quantize=quantize),
-        quantize_tensors(tensors, quantize, source=str(path)),
+        tensors,
         source=str(path),
         device=device,
     )
+
+
+def quantizing_device(device: jax.Device | jax.sharding.Sharding | None) -> jax.Device | None:
+    """Where `load_dit` quantizes kernels for weights placed on `device`: its accelerator when it is one device (its
+    pinned host memory included), None (the host) for the CPU or weights sharded over several devices."""
+    if device is None:
+        device = jax.local_devices()[0]
+    elif isinstance(device, jax.sharding.Sharding):
+        if len(device.device_set) != 1:
+            return None
+        (device,) = device.device_set
+    return None if device.platform == "cpu" else device
 
 
 def random_dit(

@@ -76,8 +76,9 @@ class OriginalTensor:
 
 
 def to_our_layout(array: np.ndarray, axes: Axes) -> np.ndarray:
-    """An original tensor in our layout (contiguous)."""
-    return np.ascontiguousarray(array if axes is None else array.transpose(axes))
+    """An original tensor in our layout: a view of it (the placement or the consumer lays it out; see
+    `checkpoint.param_tree.place`)."""
+    return array if axes is None else array.transpose(axes)
 
 
 def module_path(original_module: str) -> tuple[ModulePath, str] | None:
