@@ -139,9 +139,9 @@ def per_block(fixtures: Path) -> dict[str, list]:
     config = DiTConfig.from_json(Path(fixtures) / "dit" / "config.json")
     out = {}
     for mode in ("fp8", "int8"):
-        out[f"fixture {mode}"] = block_errors(load_quantized_dit(fixtures, None), load_quantized_dit(fixtures, mode), *args)
+        out[f"fixture {mode}"] = block_errors(load_quantized_dit(fixtures, None), load_quantized_dit(fixtures, mode), *args)[1]
         reference = _random_twin(config, jnp.float32)
-        out[f"random {mode}"] = block_errors(reference, quantize_linears(_random_twin(config, jnp.float32), mode), *args)
+        out[f"random {mode}"] = block_errors(reference, quantize_linears(_random_twin(config, jnp.float32), mode), *args)[1]
     return out
 
 
