@@ -91,6 +91,15 @@ def fits(head_dim: int, k_max: int, config: MosaicConfig) -> bool:
     return smem_bytes(head_dim, _aligned(k_max, _INDEX_ALIGN), config) <= _SMEM_BYTES
 
 
+def interpret_params(interpret: bool) -> dict:
+    """`plgpu.kernel`'s extra arguments: JAX's Mosaic GPU interpreter (the CPU tests) when `interpret`, else none."""
+    if not interpret:
+        return {}
+    from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+
+    return {"interpret": InterpretGPUParams()}
+
+
 def _dot(a, b, *, transpose_b=False):
     """a @ b (or a @ b.T) accumulated in float32."""
     return lax.dot_general(a, b, (((1,), (1 if transpose_b else 0,)), ((), ())), preferred_element_type=jnp.float32)
@@ -408,11 +417,6 @@ def mosaic_forward(
             collective_axes="wg",
         )
 
-    extra = {}
-    if config.interpret:
-        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
-
-        extra["interpret"] = InterpretGPUParams()
     return plgpu.kernel(
         entry,
         out_type=(
@@ -426,5 +430,5 @@ def mosaic_forward(
         num_threads=_CONSUMERS + config.producers,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
-        **extra,
+        **interpret_params(config.interpret),
     )(indices, starts, counts, q, k, v)

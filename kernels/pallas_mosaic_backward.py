@@ -32,6 +32,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding, mask_padded_keys
+from kernels.pallas_mosaic import interpret_params
 from kernels.selection import transpose_selection
 
 _LOG2E = math.log2(math.e)
@@ -379,11 +380,6 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
             collective_axes="wg",
         )
 
-    extra = {}
-    if config.interpret:
-        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
-
-        extra["interpret"] = InterpretGPUParams()
     return plgpu.kernel(
         entry,
         out_type=out_type,
@@ -393,7 +389,7 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
         num_threads=_CONSUMERS + 1,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
-        **extra,
+        **interpret_params(config.interpret),
     )(indices, counts, *inputs)
 
 
