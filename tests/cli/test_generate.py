@@ -63,17 +63,9 @@ def test_checkpoint_folder_distilled_run(checkpoint, tmp_path, monkeypatch):
     assert frames.shape == (5, 64, 64, 3) and fps == 15.0
 
 
-def test_npz_output(tmp_path):
-    output = tmp_path / "clip.npz"
-    argv = ["--height", "64", "--width", "64", "--num-frames", "5", "--num-inference-steps", "1",
-            "--output-format", "npz", "--output-path", str(output)]
-    assert generate.main(argv) == 0
-    with np.load(output) as data:
-        assert data["frames"].shape == (5, 64, 64, 3) and float(data["fps"]) == 15.0
-
-
-def test_context_parallel_run_equals_one_device(tmp_path):
-    """The CLI over 2 of the test's 8 CPU devices gives the frames of a one-device run."""
+def test_npz_output_and_a_context_parallel_run_equal_to_it(tmp_path):
+    """An npz output (frames and fps), and the CLI over 2 of the test's 8 CPU devices giving the frames of the
+    one-device run (one test: the one-device run is both)."""
     import jax
 
     if jax.device_count() < 2:
@@ -85,6 +77,8 @@ def test_context_parallel_run_equals_one_device(tmp_path):
                 "--output-format", "npz", "--output-path", str(output), "--context-parallel", str(n)]
         assert generate.main(argv) == 0
         with np.load(output) as data:
+            assert data["frames"].shape == (5, 64, 64, 3) and data["frames"].dtype == np.uint8
+            assert float(data["fps"]) == 15.0
             frames[n] = data["frames"].astype(np.int16)
     assert np.abs(frames[1] - frames[2]).max() <= 1
 
