@@ -80,13 +80,10 @@ def _linear_bytes(in_features: int, out_features: int, bias: bool, param_bytes: 
     return in_features * out_features * np.dtype(quantized.weight.dtype).itemsize + out_features * F32 + bias_bytes
 
 
-def dit_weights(config: DiTConfig, dtype=jnp.bfloat16, quantize: str | None = None) -> DiTWeights:
-    """The DiT's weight bytes with parameters in `dtype` and the block Linears of `quantize` (a
-    `longcat_jax.quantization` mode; None or 'none': unquantized)."""
-    p = np.dtype(dtype).itemsize
-    scheme = scheme_for(quantize)
-    c, ct, heads_dim, ffn = config.hidden_size, config.adaln_tembed_dim, config.head_dim, config.ffn_hidden_size
-    linears = {  # module path in a block -> (in, out, bias)
+def block_linears(config: DiTConfig) -> dict[tuple[str, ...], tuple[int, int, bool]]:
+    """Each Linear of a DiT block: its module path in the block -> (in features, out features, has a bias)."""
+    c, ct, ffn = config.hidden_size, config.adaln_tembed_dim, config.ffn_hidden_size
+    return {
         ("attn", "qkv"): (c, 3 * c, True),
         ("attn", "proj"): (c, c, True),
         ("cross_attn", "q"): (c, c, True),
@@ -97,8 +94,16 @@ def dit_weights(config: DiTConfig, dtype=jnp.bfloat16, quantize: str | None = No
         ("ffn", "w3"): (c, ffn, False),
         ("adaln",): (ct, 6 * c, True),
     }
+
+
+def dit_weights(config: DiTConfig, dtype=jnp.bfloat16, quantize: str | None = None) -> DiTWeights:
+    """The DiT's weight bytes with parameters in `dtype` and the block Linears of `quantize` (a
+    `longcat_jax.quantization` mode; None or 'none': unquantized)."""
+    p = np.dtype(dtype).itemsize
+    scheme = scheme_for(quantize)
+    c, ct, heads_dim = config.hidden_size, config.adaln_tembed_dim, config.head_dim
     block = sum(_linear_bytes(i, o, b, p, scheme if path in QUANTIZED_BLOCK_LINEARS else None)
-                for path, (i, o, b) in linears.items())
+                for path, (i, o, b) in block_linears(config).items())
     block += (2 * c + 4 * heads_dim) * p  # cross_norm scale and bias; q/k RMSNorm scales of both attentions
     patch = math.prod(config.patch_size)
     ends = (patch * config.in_channels * c + c  # patch embedding
