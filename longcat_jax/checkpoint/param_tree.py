@@ -97,8 +97,8 @@ def place(array, dtype, device: jax.Device | jax.sharding.Sharding | None) -> ja
     host = np.asarray(array)
     if host.dtype != np.dtype(dtype):
         host = host.astype(dtype)
-    stored, axes = _as_stored(host)
-    accelerator = _single_accelerator(device)
+    stored, axes = as_stored(host)
+    accelerator = single_accelerator(device)
     if axes is None or accelerator is None:
         return jax.device_put(host, device)  # the runtime copies any strides (on the CPU, faster than numpy)
     copied = jax.device_put(stored, None if device is None else accelerator)  # None: uncommitted, as before
@@ -106,7 +106,7 @@ def place(array, dtype, device: jax.Device | jax.sharding.Sharding | None) -> ja
     return on_device if device is None or isinstance(device, jax.Device) else jax.device_put(on_device, device)
 
 
-def _as_stored(host: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
+def as_stored(host: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
     """(the array as it lies in memory, the axis order giving `host` from it); (host, None) when `host` is C
     contiguous or not a permutation of a contiguous array."""
     if host.ndim < 2 or host.flags.c_contiguous:
@@ -118,14 +118,15 @@ def _as_stored(host: np.ndarray) -> tuple[np.ndarray, tuple[int, ...] | None]:
     return stored, tuple(int(a) for a in np.argsort(order))
 
 
-def _single_accelerator(device) -> jax.Device | None:
-    """The accelerator (not the CPU) behind `device` when it is one device (None: the default), else None."""
+def single_accelerator(device) -> jax.Device | None:
+    """The accelerator (not the CPU) behind `device` (a device, or a sharding over one device, its pinned host memory
+    included; None: the default device) when it is one, else None (the CPU, or several devices)."""
     if device is None:
         device = jax.local_devices()[0]
-    elif isinstance(device, jax.sharding.SingleDeviceSharding):
+    elif isinstance(device, jax.sharding.Sharding):
+        if len(device.device_set) != 1:
+            return None
         (device,) = device.device_set
-    elif not isinstance(device, jax.Device):
-        return None
     return None if device.platform == "cpu" else device
 
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 import jax
 import numpy as np
 
-from longcat_jax.checkpoint.param_tree import ParamPath, path_str
+from longcat_jax.checkpoint.param_tree import ParamPath, as_stored, path_str
 from longcat_jax.errors import CheckpointError
 from longcat_jax.quantization.formats import (
     WEIGHT_FORMATS,
@@ -148,8 +148,9 @@ def quantize_tensors(
 def _quantize_on(device: jax.Device, kernel: np.ndarray, fmt: WeightFormat) -> tuple[jax.Array, jax.Array]:
     """kernel [in, out] quantized on `device`: copied as it lies in memory (a transposed view of a torch [out, in]
     weight goes as [out, in]), and waited for, so its bf16 copy is freed before the next kernel is copied."""
-    if kernel.ndim == 2 and kernel.T.flags.c_contiguous and not kernel.flags.c_contiguous:
-        result = quantize_rows_on_device(jax.device_put(kernel.T, device), fmt)
+    stored, axes = as_stored(kernel)
+    if axes == (1, 0):  # [in, out] as a view of [out, in]: the rows as they lie
+        result = quantize_rows_on_device(jax.device_put(stored, device), fmt)
     else:
         result = quantize_kernel_on_device(jax.device_put(kernel, device), fmt)
     return jax.block_until_ready(result)

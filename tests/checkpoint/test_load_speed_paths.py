@@ -104,7 +104,7 @@ def test_place_lays_out_views_as_their_contiguous_copies(monkeypatch, accelerato
     the copy-then-transpose-on-device branch an accelerator takes (forced onto the CPU device here)."""
     device = jax.devices()[0]
     if accelerator_branch:
-        monkeypatch.setattr(param_tree, "_single_accelerator", lambda _: device)
+        monkeypatch.setattr(param_tree, "single_accelerator", lambda _: device)
     conv = np.random.default_rng(3).standard_normal((8, 3, 1, 2, 2), dtype=np.float32).astype(ml_dtypes.bfloat16)
     for view in (_torch_weight(4).T, conv.transpose(2, 3, 4, 1, 0), conv[:, :2]):  # the last: not a permutation
         for target in (None, device, SingleDeviceSharding(device, memory_kind=PINNED_HOST)):

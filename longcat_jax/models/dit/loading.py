@@ -14,7 +14,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from longcat_jax.checkpoint.orbax_chunks import is_converted, iter_part, read_index
-from longcat_jax.checkpoint.param_tree import abstract_model, fill_model
+from longcat_jax.checkpoint.param_tree import abstract_model, fill_model, single_accelerator
 from longcat_jax.checkpoint.prefetch import prefetched
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.models.dit.config import DiTConfig
@@ -51,7 +51,7 @@ def load_dit(path: str | Path, *, config: DiTConfig | None = None, dtype=jnp.bfl
     else:
         tensors, count = checkpoint_dit_tensors(SafetensorsCheckpoint(path), config)
     tensors = tqdm(tensors, total=count, desc="Loading DiT", unit="tensor")  # one per parameter, read in order
-    on_device = quantizing_device(device)
+    on_device = single_accelerator(device)  # quantize there, one kernel at a time; None: on the host
     if on_device is None:
         tensors = prefetched(quantize_tensors(tensors, quantize, source=str(path)))
     else:
@@ -62,18 +62,6 @@ def load_dit(path: str | Path, *, config: DiTConfig | None = None, dtype=jnp.bfl
         source=str(path),
         device=device,
     )
-
-
-def quantizing_device(device: jax.Device | jax.sharding.Sharding | None) -> jax.Device | None:
-    """Where `load_dit` quantizes kernels for weights placed on `device`: its accelerator when it is one device (its
-    pinned host memory included), None (the host) for the CPU or weights sharded over several devices."""
-    if device is None:
-        device = jax.local_devices()[0]
-    elif isinstance(device, jax.sharding.Sharding):
-        if len(device.device_set) != 1:
-            return None
-        (device,) = device.device_set
-    return None if device.platform == "cpu" else device
 
 
 def random_dit(
