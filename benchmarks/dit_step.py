@@ -29,6 +29,7 @@ grid instead: a functional check on any machine, the CPU included.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -84,7 +85,7 @@ def _median_time(fn, warmup: int, iters: int) -> float:
 
 
 def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int, quantize: str = "none",
-             quality: bool = False, small: bool = False, report=None) -> dict:
+             quality: bool = False, small: bool = False, report=None, fp8_gemm_dtype: str = "float32") -> dict:
     """Times our step; `report(result)` gets the result as soon as the timing is done and again with the quality
     figures, so a process killed during the quality pass still leaves its timing."""
     import jax
@@ -97,9 +98,12 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     from longcat_jax.models.dit.quantized_linear import quantize_linears
     from longcat_jax.quantization import CUBLAS_FP8_GEMM, check_quantize_supported, compiler_options_for
     from longcat_jax.quantization.block_errors import block_errors
+    from longcat_jax.quantization.modes import SCHEMES
     from longcat_jax.sharding import shard_dit
 
     check_quantize_supported(quantize)
+    # The FP8 GEMM's output dtype is an option of the scheme (`QuantScheme.gemm_dtype`).
+    scheme = dataclasses.replace(SCHEMES["fp8"], gemm_dtype=fp8_gemm_dtype) if quantize == "fp8" else quantize
     config = DiTConfig.from_dict(_real_config(depth, case["bsa"], small))
     t, h, w = SMALL_GRID if small else case["grid"]
     b = case["batch"]
@@ -107,11 +111,11 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     # all 13.6B values at once took 320 s on an H200), then, for several devices, replicated over the mesh with
     # the tokens split over it (Ulysses all-to-all around self attention). Quantized Linears replace the bf16
     # ones one at a time, on the device, so the peak holds the bf16 model plus one layer.
-    model = quantize_linears(random_dit(config, dtype=jnp.bfloat16, draw_on_device=True), quantize)
+    model = quantize_linears(random_dit(config, dtype=jnp.bfloat16, draw_on_device=True), scheme)
     plan = shard_dit(model, context_parallel) if context_parallel > 1 else None
     devices = list(plan.mesh.devices.flat) if plan else jax.local_devices()[:1]
     jax.block_until_ready(nnx.state(model))
-    _log(f"random weights made on the device (quantize={quantize})")
+    _log(f"random weights made on the device (quantize={quantize}, FP8 GEMM output {fp8_gemm_dtype})")
     leaves = jax.tree.leaves(nnx.state(model))
     num_params = sum(x.size for x in leaves)
     weights_gib = sum(x.nbytes for x in leaves) / 2**30
@@ -228,7 +232,7 @@ def _child(args) -> None:
     case = CASES[args.case]
     if args.impl == "ours":
         result = run_ours(case, args.depth, args.warmup, args.iters, args.context_parallel, args.quantize, args.quality,
-                          args.small, report=_print_result)
+                          args.small, report=_print_result, fp8_gemm_dtype=args.fp8_gemm_dtype)
     else:
         result = run_original(case, args.depth, args.warmup, args.iters, args.reference)
     _print_result(result)
@@ -278,7 +282,7 @@ def run_child(cmd: list[str], label: str, timeout: float | None = None, env: dic
 def _spawn(case: str, impl: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--child", "--case", case, "--impl", impl, "--depth", str(args.depth),
            "--warmup", str(args.warmup), "--iters", str(args.iters), "--context-parallel", str(args.context_parallel),
-           "--quantize", args.quantize]
+           "--quantize", args.quantize, "--fp8-gemm-dtype", args.fp8_gemm_dtype]
     if args.reference:
         cmd += ["--reference", args.reference]
     cmd += ["--quality"] * args.quality + ["--small"] * args.small
@@ -299,6 +303,8 @@ def main() -> None:
                         "and reports the scaling efficiency (speed-up over the first count / count ratio)")
     parser.add_argument("--quantize", default="none",
                         help="quantization modes to run ours in, comma-separated: none, fp8, fp8-weight-only, int8")
+    parser.add_argument("--fp8-gemm-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="what the FP8 GEMM writes before its scales are applied (`QuantScheme.gemm_dtype`)")
     parser.add_argument("--quality", action="store_true",
                         help="for quantized runs, also the step output's relative L2 against bf16, whole and per block")
     parser.add_argument("--small", action="store_true", help="a 256-wide, 2-block DiT on a 4x8x8 grid (any machine)")

@@ -9,6 +9,9 @@ jitted function each, written exactly as `longcat_jax.quantization.matmul` write
   fp8 per-token bf16   the same with a bf16 GEMM output (half the bytes to write; the error changed by under 1%
                        in the CPU measurement)
   fp8 per-tensor       one activation scale for the whole tensor
+  fp8 scaled operands  per-tensor activation scale written as XLA's FP8 pattern, dot(convert(xq) * scale,
+                       convert(wq)), so cuBLASLt can take the scale itself and write bf16; the per-channel weight
+                       scale follows on the bf16 output
   fp8 in-jit weights   bf16 weights passed in and quantized inside the jit too (the issue's probe form), to tell
                        whether passing e4m3 weights in changes what XLA does
   int8 weight-only     INT8 weights converted to bf16 inside the matmul, per-channel scale on the output
@@ -34,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from longcat_jax.quantization import CUBLAS_FP8_GEMM, FP8_E4M3, INT8, quantize_kernel
-from longcat_jax.quantization.matmul import fp8_dot, weight_only_dot
+from longcat_jax.quantization.compile_options import FP8_GPU_COMPILER_OPTIONS
+from longcat_jax.quantization.matmul import fp8_dot, quantize_activations, weight_only_dot
 
 TOKENS = 168_960
 TEXT_TOKENS = 512
@@ -65,6 +69,12 @@ def _variants():
         qkernel, qscale = quantize_kernel(w, FP8_E4M3)
         return fp8_dot(x, qkernel, qscale).astype(jnp.bfloat16)
 
+    def scaled_operands(x, qkernel, qscale):
+        xq, x_scale = quantize_activations(x, "per_tensor")
+        acc = jax.lax.dot_general(xq.astype(jnp.bfloat16) * x_scale.astype(jnp.bfloat16), qkernel.astype(jnp.bfloat16),
+                                  (((1,), (1,)), ((), ())), preferred_element_type=jnp.bfloat16)  # [M, N]
+        return acc * qscale.astype(jnp.bfloat16)
+
     def weight_only(x, qkernel, qscale):
         return weight_only_dot(x, qkernel, qscale).astype(jnp.bfloat16)
 
@@ -73,6 +83,7 @@ def _variants():
         "fp8 per-token": (fp8("per_token", jnp.float32), "fp8"),
         "fp8 per-token bf16": (fp8("per_token", jnp.bfloat16), "fp8"),
         "fp8 per-tensor": (fp8("per_tensor", jnp.float32), "fp8"),
+        "fp8 scaled operands": (scaled_operands, "fp8"),
         "fp8 in-jit weights": (fp8_in_jit, "bf16"),
         "int8 weight-only": (weight_only, "int8"),
         "fp8 weight-only": (weight_only, "fp8"),
@@ -113,7 +124,9 @@ def run_shape(name: str, shape: tuple[int, int, int], variants: list[str], warmu
         args = operands[kind]
         print(f"  {name} {variant}: compiling", flush=True)
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        # FP8 programs on a GPU compile with XLA's Triton GEMMs off, as the DiT's do (`compile_options`).
+        fp8_gpu = variant.startswith("fp8") and "weight-only" not in variant and jax.default_backend() == "gpu"
+        compiled = jax.jit(fn, compiler_options=FP8_GPU_COMPILER_OPTIONS if fp8_gpu else None).lower(*args).compile()
         compile_s = time.perf_counter() - start
         hlo = compiled.as_text()
         seconds = _median_seconds(compiled, args, warmup, iters)

@@ -82,11 +82,13 @@ def weight_only_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array) -> jax.
 
 
 def quantized_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, scheme: QuantScheme, *,
-                  gemm_dtype=jnp.float32, x_scale: jax.Array | None = None) -> jax.Array:
-    """The matmul of `scheme` (FP8 GEMM or weight-only): x [..., K] -> float32 [..., N]. `x_scale`: the FP8
-    activation scale computed before (`activation_scale`; None: x's own); weight-only ignores it."""
+                  x_scale: jax.Array | None = None) -> jax.Array:
+    """The matmul of `scheme` (FP8 GEMM, writing the scheme's gemm_dtype, or weight-only): x [..., K] -> float32
+    [..., N]. `x_scale`: the FP8 activation scale computed before (`activation_scale`; None: x's own); weight-only
+    ignores it."""
     if scheme.compute == FP8_COMPUTE:
-        return fp8_dot(x, qkernel, qscale, scaling=scheme.activation_scaling, gemm_dtype=gemm_dtype, x_scale=x_scale)
+        return fp8_dot(x, qkernel, qscale, scaling=scheme.activation_scaling, gemm_dtype=jnp.dtype(scheme.gemm_dtype),
+                       x_scale=x_scale)
     return weight_only_dot(x, qkernel, qscale)
 
 
@@ -96,22 +98,22 @@ def _linear_args(tokens: int, in_features: int, out_features: int, scheme: Quant
             jax.ShapeDtypeStruct((out_features,), jnp.float32))
 
 
-def _linear_fn(scheme: QuantScheme, dtype, gemm_dtype):
+def _linear_fn(scheme: QuantScheme, dtype):
     def linear(x, qkernel, qscale):
-        return quantized_dot(x, qkernel, qscale, scheme, gemm_dtype=gemm_dtype).astype(dtype)
+        return quantized_dot(x, qkernel, qscale, scheme).astype(dtype)
 
     return linear
 
 
 def linear_stablehlo(tokens: int, in_features: int, out_features: int, scheme: QuantScheme, *,
-                     dtype=jnp.bfloat16, gemm_dtype=jnp.float32) -> str:
+                     dtype=jnp.bfloat16) -> str:
     """The lowered StableHLO text of one quantized Linear x [tokens, in] -> [tokens, out] (no compilation)."""
-    fn = _linear_fn(scheme, dtype, gemm_dtype)
+    fn = _linear_fn(scheme, dtype)
     return jax.jit(fn).lower(*_linear_args(tokens, in_features, out_features, scheme, dtype)).as_text()
 
 
 def linear_hlo(tokens: int, in_features: int, out_features: int, scheme: QuantScheme, *,
-               dtype=jnp.bfloat16, gemm_dtype=jnp.float32, device: jax.Device | None = None) -> str:
+               dtype=jnp.bfloat16, device: jax.Device | None = None) -> str:
     """The compiled (optimized) HLO text of one quantized Linear on `device` (default: the first device).
 
     On a Hopper GPU with FP8 compute it should call `__cublas$lt$matmul$f8`; `CUBLAS_FP8_GEMM` is that name. It is
@@ -122,7 +124,7 @@ def linear_hlo(tokens: int, in_features: int, out_features: int, scheme: QuantSc
     sharding = jax.sharding.SingleDeviceSharding(device)
     args = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding) for a in args)
     options = FP8_GPU_COMPILER_OPTIONS if device.platform == "gpu" and scheme.weight == FP8_E4M3 else None
-    return jax.jit(_linear_fn(scheme, dtype, gemm_dtype), compiler_options=options).lower(*args).compile().as_text()
+    return jax.jit(_linear_fn(scheme, dtype), compiler_options=options).lower(*args).compile().as_text()
 
 
 CUBLAS_FP8_GEMM = "__cublas$lt$matmul$f8"

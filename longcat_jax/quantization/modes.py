@@ -30,6 +30,7 @@ WEIGHT_ONLY = "weight_only"
 PER_TOKEN = "per_token"
 PER_TENSOR = "per_tensor"
 ACTIVATION_SCALINGS = (PER_TOKEN, PER_TENSOR)
+GEMM_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +42,16 @@ class QuantScheme:
     the activations) or one per tensor. Per token is the default: the same error as per tensor on the fixture
     DiT (8.55e-4 vs 8.56e-4) and on Gaussian GEMMs (3.73e-2 vs 3.74e-2), lower where token magnitudes spread
     (3.42e-2 vs 3.74e-2; a token 1e-6 below the largest flushes to zero under one scale per tensor), and no
-    reduction over the whole tensor before the GEMM can start.
+    reduction over the whole tensor before the GEMM can start. gemm_dtype (FP8 compute only): the dtype the FP8
+    GEMM writes before its scales are applied, 'float32' or 'bfloat16' (half the bytes written and read again by
+    the scaling, one more rounding).
     """
 
     mode: str
     weight: WeightFormat
     compute: str
     activation_scaling: str = PER_TOKEN
+    gemm_dtype: str = "float32"
 
     def __post_init__(self):
         if self.compute not in (FP8_COMPUTE, WEIGHT_ONLY):
@@ -56,6 +60,8 @@ class QuantScheme:
             raise ConfigError(
                 f"unknown activation scaling {self.activation_scaling!r}; use one of {ACTIVATION_SCALINGS}"
             )
+        if self.gemm_dtype not in GEMM_DTYPES:
+            raise ConfigError(f"unknown FP8 GEMM output dtype {self.gemm_dtype!r}; use one of {GEMM_DTYPES}")
         if self.compute == FP8_COMPUTE and self.weight != FP8_E4M3:
             raise ConfigError(f"FP8 compute needs FP8 e4m3 weights, not {self.weight.name}")
 

@@ -1,5 +1,6 @@
 """The quantized matmuls: FP8 GEMM with dynamic activation scales, weight-only; what XLA is given and compiles to."""
 
+import dataclasses
 import re
 
 import jax
@@ -7,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from longcat_jax.errors import ConfigError
 from longcat_jax.metrics import rel_l2
 from longcat_jax.quantization import CUBLAS_FP8_GEMM, FP8_E4M3, INT8, SCHEMES, linear_hlo, linear_stablehlo, quantize_kernel
 from longcat_jax.quantization.formats import dequantize_kernel
-from longcat_jax.quantization.matmul import fp8_dot, quantize_activations, weight_only_dot
+from longcat_jax.quantization.matmul import fp8_dot, quantize_activations, quantized_dot, weight_only_dot
 
 # One GEMM on Gaussian bf16 operands (tests/quantization/quality_report.py, section 1, CPU): FP8 per-channel
 # weights and per-token activations 3.73e-2, INT8 weight-only 7.85e-3, FP8 weight-only 2.64e-2. Margin 1.3x.
@@ -38,6 +40,19 @@ def test_fp8_dot_is_the_product_of_the_quantized_operands():
     assert rel_l2(got, exact) < FP8_GEMM_TOL
     # A bf16 GEMM output (cheaper to write) changes little next to the e4m3 rounding.
     assert rel_l2(fp8_dot(x, qkernel, qscale, gemm_dtype=jnp.bfloat16), got) < 5e-3
+
+
+def test_the_schemes_gemm_dtype_decides_what_the_fp8_gemm_writes():
+    x, w, _ = _operands()
+    qkernel, qscale = quantize_kernel(w, FP8_E4M3)
+    bf16_gemm = dataclasses.replace(SCHEMES["fp8"], gemm_dtype="bfloat16")
+    got = quantized_dot(x, qkernel, qscale, bf16_gemm)
+    np.testing.assert_array_equal(got, fp8_dot(x, qkernel, qscale, gemm_dtype=jnp.bfloat16))
+    assert not np.array_equal(got, quantized_dot(x, qkernel, qscale, SCHEMES["fp8"]))
+    dots = [line for line in linear_stablehlo(64, 128, 96, bf16_gemm).splitlines() if "dot_general" in line]
+    assert len(dots) == 1 and dots[0].endswith("-> tensor<64x96xbf16>")  # e4m3 operands, a bf16 result
+    with pytest.raises(ConfigError, match="FP8 GEMM output dtype 'float16'"):
+        dataclasses.replace(SCHEMES["fp8"], gemm_dtype="float16")
 
 
 def test_per_token_scales_keep_small_tokens_that_a_per_tensor_scale_flushes():
