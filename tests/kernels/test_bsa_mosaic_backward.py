@@ -53,6 +53,12 @@ class TestMosaicBackwardInterpret(BSABackendTests):
         with thread_programs_compiled_once():  # the interpreter would compile each grid step's threads again
             yield
 
+    def test_forward_matches_dense_attention(self):
+        pytest.skip("forward only: TestTritonInterpret and TestMosaicInterpret check it")
+
+    def test_whole_call_and_gradients_match_dense_attention(self):
+        pytest.skip("the odd-grid case runs the whole call and its gradients through these kernels in the interpreter")
+
     def test_given_the_mask_matches_the_original(self, bsa_fixture_cases):
         pytest.skip("forward only: TestTritonInterpret and TestMosaicInterpret check it")
 
@@ -152,9 +158,22 @@ class TestMosaicBackwardGpu(BSABackendTests):
                            mosaic_backward=MosaicBackwardConfig(stages=3)),
         # 8,192 tokens of 24 heads, 16 of 128 key blocks per list (sparsity 0.875)
         _gpu_gradient_case("8192_tokens_24_heads", b=1, h=24, d=128, mq=128, mk=128, width=16),
+        # head_dim 64 with the default 2 stages over lists of up to all 32 key blocks, no padding
+        _gpu_gradient_case("d64_two_stages_lists_up_to_32", b=1, h=2, d=64, mq=32, mk=32, width=32),
     )
     whole_call_cases = RASTER_CASES
-    odd_grid_cases = GPU_ODD_GRID_CASES  # all of 64-token chunks: padded key grids, gradients included
+    # all of 64-token chunks: padded key grids, gradients included. Besides the shared ones, two that take the CDF
+    # odd grid's factors apart: head_dim 64 on a key grid padded along every axis (top-k lists), and the CDF lists
+    # (up to every key block, transposed lists of every query block) with head_dim 128
+    odd_grid_cases = (
+        *GPU_ODD_GRID_CASES,
+        OddGridCase("q_5x9x11_k_7x9x11_d64", (5, 9, 11), (7, 9, 11), (4, 4, 4), (4, 4, 4), d=64),
+        OddGridCase("cdf_7x13x10_chunk_2x4x8_d128", (7, 13, 10), (7, 13, 10), (2, 4, 8), (2, 4, 8), sparsity=None,
+                    cdf_threshold=0.9, d=128),
+    )
+
+    def test_forward_matches_dense_attention(self):
+        pytest.skip("forward only: TestMosaicGpu checks it")
 
     def test_given_the_mask_matches_the_original(self, bsa_fixture_cases):
         pytest.skip("forward only: TestMosaicGpu checks it")
