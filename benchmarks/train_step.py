@@ -11,7 +11,8 @@ block's Linears are quantized right after its draw, so the device never holds th
 longcat_jax.train` builds: a float32 LoRA of rank 128 (alpha 64) on every attention and FFN Linear of every block
 (`attach_trainable_lora`), remat per block as --remat says (`rematerialize_blocks`; default "block", the training default;
 "block_keep_attention": the backward recomputes each block but its self attention, whose output and softmax
-statistics are kept), AdamW with the
+statistics are kept; "block_and_sublayers": each block, and in its backward its self attention and FFN once more,
+the least memory: what the 720p BSA case needs to fit 80 GiB), AdamW with the
 config's defaults, the batch placed by `Placement`, and the step `longcat_jax.training.step.train_step` itself. The
 forward step is the same model's flow-matching loss (`micro_batch_loss`: noise, DiT forward, loss) without gradients,
 compiled the same way (`quantized_jit`); train / forward is the ratio the issue's target (at most 3.5) is about.
@@ -27,6 +28,7 @@ base's block Linears), LoRA factors and optimiser state in float32.
     python benchmarks/train_step.py --cases refine84k_bsa --quantize int8
     python benchmarks/train_step.py --small                                  # a 256-wide 2-block DiT, any machine
     python benchmarks/train_step.py --cases t2v480p_dense --remat block_keep_attention   # the attention kept
+    python benchmarks/train_step.py --cases refine84k_bsa --remat block_and_sublayers    # the least memory
 """
 
 from __future__ import annotations
@@ -238,7 +240,8 @@ def main() -> None:
                         help="the frozen base's block Linears: bf16 (none), FP8 (FP8 GEMMs) or INT8 (weight-only)")
     parser.add_argument("--remat", default="block", choices=list(REMAT_MODES),
                         help="what the backward recomputes (longcat_jax.training.remat): every block but its self "
-                             "attention (block_keep_attention), every whole block (block), nothing (none)")
+                             "attention (block_keep_attention), every whole block (block), every block and in its "
+                             "backward its self attention and FFN once more (block_and_sublayers), nothing (none)")
     parser.add_argument("--case-timeout", type=float, default=None, help="seconds before a case's process is killed")
     parser.add_argument("--concurrent", action="store_true",
                         help="run the cases at the same time, case i on GPU i (needs a GPU per case)")

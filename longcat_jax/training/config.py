@@ -28,7 +28,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 SIGMA_SAMPLINGS = ("uniform", "logit_normal")
 BSA_BACKENDS = ("auto", "reference", "pallas", "pallas_interpret")
 # Rematerialisation of the DiT blocks in the backward pass (`longcat_jax.training.remat` says what each keeps).
-REMAT_MODES = ("block", "block_keep_attention", "none")
+REMAT_MODES = ("block", "block_keep_attention", "block_and_sublayers", "none")
 LEGACY_REMAT = {True: "block", False: "none"}  # the boolean of earlier configs
 MAX_SEED = 2**63 - 1  # seeds become jax.random.key(seed), which takes a signed 64-bit integer
 
@@ -114,7 +114,7 @@ class TrainingConfig:
     batch_size: int = 1
     grad_accumulation: int = 1
     seed: int = 42
-    remat: str = "block"  # one of REMAT_MODES; "block_keep_attention" is faster where its memory fits
+    remat: str = "block"  # one of REMAT_MODES; "block_keep_attention" is faster, "block_and_sublayers" smaller
     sigma_sampling: str = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0

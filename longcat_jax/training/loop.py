@@ -48,7 +48,7 @@ from longcat_jax.training.optimizer import learning_rate_schedule
 from longcat_jax.training.placement import Placement, training_mesh
 from longcat_jax.training.prepare import cache_fingerprint
 from longcat_jax.training.remat import rematerialize_blocks
-from longcat_jax.training.remat_memory import check_keep_attention_fits, max_clip_tokens
+from longcat_jax.training.remat_memory import check_remat_fits, max_clip_tokens
 from longcat_jax.training.run_log import MetricsLog
 from longcat_jax.training.sample_video import SampleVideos
 from longcat_jax.training.shapes import check_bsa_tiling, num_cond_latents
@@ -165,9 +165,9 @@ def run_training(config: TrainConfig, *, resume: bool = False, config_source: st
     end = min(training.steps, until_step) if until_step is not None else training.steps
     mesh = training_mesh(config)
     placement = Placement(mesh, config.parallel.fsdp)
-    check_keep_attention_fits(config, dit.config if dit is not None else base_dit_config(config),
-                              max_clip_tokens(clip.bucket for clip in manifest.clips), device_memory(),
-                              devices=1 if mesh is None else mesh.size)
+    check_remat_fits(config, dit.config if dit is not None else base_dit_config(config),
+                     max_clip_tokens(clip.bucket for clip in manifest.clips), device_memory(),
+                     devices=1 if mesh is None else mesh.size)
     samples = None
     if config.sample.enabled:  # before the DiT loads: the text encoder is released again right after
         bucket = min(clip.bucket for clip in manifest.clips)

@@ -1,11 +1,19 @@
-"""Whether `training.remat = "block_keep_attention"` can fit, checked before the DiT loads.
+"""Whether a training step's rematerialisation mode can fit one GPU, checked before the DiT loads.
 
-That mode keeps, per block, the self attention's output and softmax statistics through the step (`remat`), 48 x
-tokens x 8,320 bytes for the 13.6B DiT in bf16: 31.4 GiB at 84,480 tokens (720p spatial), more than an 80 GB GPU
-holds beside the frozen weights and the LoRA's state. Without this check such a run would fail inside XLA's
-allocation after minutes of loading and compiling. The figure counted here is a lower bound (the frozen weights,
-the LoRA with its gradients and AdamW moments, the kept tensors; no activation), so a run refused here cannot fit,
-and one let through may still be too large.
+Counted per clip of the largest bucket (times the batch): every block's input, which each remat mode keeps through
+the step (48 x tokens x hidden in the compute dtype, 31.0 GiB at 84,480 tokens for the bf16 13.6B DiT); with
+"block_keep_attention" also each block's self attention output and softmax statistics (48 x tokens x 8,320
+bytes); and the backward of one block, whose intermediates exist all at once. Beside them: the frozen weights
+and the LoRA with its gradients and AdamW moments.
+
+The one-block figure is measured, not derived: the temporaries XLA assigns (`compiled.memory_analysis()`, compiled
+for an H100 by the CUDA plugin without a GPU) for the real-width DiT at 1, 2, 4 and 8 blocks, the per-block slope
+(the kept input) taken off. With "block" it is 67 bytes per token and hidden channel (21.6 GiB at 84,480 tokens,
+9.7 GiB at 37,440), the backward holding the qkv, rotated q/k, chunk-ordered q/k/v and SwiGLU activations of one
+block at once; "block_and_sublayers" recomputes the self attention and the FFN inside a block's backward, so they
+never overlap: 44 bytes (14.2 GiB at 84,480 tokens). The 720p BSA step under "block" was thus 25.3 GiB of weights
++ 54.4 GiB of temporaries (XLA on an H200 tried to allocate 54.47 GiB and failed); this check now refuses it
+before minutes of loading and compiling, and names the mode that needs less.
 """
 
 from __future__ import annotations
@@ -24,12 +32,41 @@ from longcat_jax.training.shapes import token_grid
 KEEP_ATTENTION = "block_keep_attention"
 F32 = 4
 LORA_STATE_COPIES = 4  # the float32 factors, their gradients, AdamW's two moments
+# One block's backward working set in bytes per token and hidden channel with 2-byte activations (see the module
+# docstring: measured from XLA's buffer assignment for an H100); "none" keeps every block's intermediates and is not
+# checked.
+BLOCK_BACKWARD_BYTES = {"block": 67, KEEP_ATTENTION: 67, "block_and_sublayers": 44}
+# What to try instead of each mode where it does not fit.
+LESS_MEMORY = {
+    KEEP_ATTENTION: "set \"remat\": \"block\" (the attention is recomputed instead)",
+    "block": "set \"remat\": \"block_and_sublayers\" (the self attention and FFN are recomputed once more)",
+    "block_and_sublayers": "train at a smaller size, quantize the frozen base (\"quantize\": \"int8\" or \"fp8\"), or "
+                           "split the weights over several GPUs (\"parallel\": {\"fsdp\": true})",
+}
 
 
 def kept_attention_bytes(config: DiTConfig, tokens: int, act_bytes: int = 2) -> int:
     """What `block_keep_attention` keeps for one clip of `tokens` tokens: per block the self attention's output
     [tokens, hidden] in the compute dtype and its statistics [heads, tokens] in float32."""
     return config.depth * tokens * (config.hidden_size * act_bytes + config.num_heads * F32)
+
+
+def kept_block_input_bytes(config: DiTConfig, tokens: int, act_bytes: int = 2) -> int:
+    """What every remat mode keeps for one clip of `tokens` tokens: each block's input [tokens, hidden]."""
+    return config.depth * tokens * config.hidden_size * act_bytes
+
+
+def block_backward_bytes(config: DiTConfig, tokens: int, mode: str, act_bytes: int = 2) -> int:
+    """One block's backward working set under `mode` for one clip of `tokens` tokens (measured; module docstring)."""
+    return BLOCK_BACKWARD_BYTES[mode] * tokens * config.hidden_size * act_bytes // 2
+
+
+def remat_bytes(config: DiTConfig, tokens: int, mode: str, act_bytes: int = 2) -> int:
+    """What the step holds for one clip besides the weights and the LoRA's state under `mode` (not "none")."""
+    kept = kept_block_input_bytes(config, tokens, act_bytes)
+    if mode == KEEP_ATTENTION:
+        kept += kept_attention_bytes(config, tokens, act_bytes)
+    return kept + block_backward_bytes(config, tokens, mode, act_bytes)
 
 
 def lora_state_bytes(config: DiTConfig, modules: tuple[str, ...], rank: int) -> int:
@@ -43,26 +80,28 @@ def lora_state_bytes(config: DiTConfig, modules: tuple[str, ...], rank: int) -> 
     return config.depth * per_block * F32 * LORA_STATE_COPIES
 
 
-def check_keep_attention_fits(config: TrainConfig, dit_config: DiTConfig, max_tokens: int, memory: DeviceMemory,
-                              devices: int = 1) -> None:
-    """Refuses "block_keep_attention" where its kept tensors, the frozen weights and the LoRA's state alone exceed
-    the memory one device may allocate. It keeps nothing on the CPU (XLA's attention), and with several devices
-    the weights and batch are shared out by rules this check does not model: both pass unchecked."""
+def check_remat_fits(config: TrainConfig, dit_config: DiTConfig, max_tokens: int, memory: DeviceMemory,
+                     devices: int = 1) -> None:
+    """Refuses a remat mode whose step (module docstring) exceeds the memory one device may allocate. It keeps
+    nothing on the CPU (XLA's attention there differs), with several devices the weights and batch are shared out
+    by rules this check does not model, and "none" is not estimated: those pass unchecked."""
     training = config.training
-    if training.remat != KEEP_ATTENTION or memory.platform != "gpu" or devices != 1:
+    mode = training.remat
+    if mode not in BLOCK_BACKWARD_BYTES or memory.platform != "gpu" or devices != 1:
         return
     dtype = jnp.dtype(config.dtype)
     weights = dit_weights(dit_config, dtype=dtype, quantize=config.quantize).total
     lora = lora_state_bytes(dit_config, config.lora.modules, config.lora.rank)
-    kept = training.batch_size * kept_attention_bytes(dit_config, max_tokens, dtype.itemsize)
-    need = weights + lora + kept
+    activations = training.batch_size * remat_bytes(dit_config, max_tokens, mode, dtype.itemsize)
+    need = weights + lora + activations
     if need > memory.bytes:
         raise ConfigError(
-            f"'training.remat' \"{KEEP_ATTENTION}\" keeps every block's self attention: {format_size(kept)} for "
-            f"{max_tokens:,} tokens x batch {training.batch_size}; with the frozen weights ({format_size(weights)}) "
-            f"and the LoRA's state ({format_size(lora)}) that is {format_size(need)} before any activation, more "
-            f"than the {format_size(memory.bytes)} this GPU may allocate ({memory.description}). Set \"remat\": "
-            "\"block\" (the attention is recomputed instead), or train at a smaller size"
+            f"'training.remat' \"{mode}\" needs about {format_size(activations)} of activations for {max_tokens:,} "
+            f"tokens x batch {training.batch_size} (each block's input, "
+            + ("each block's self attention, " if mode == KEEP_ATTENTION else "")
+            + f"one block's backward); with the frozen weights ({format_size(weights)}) and the LoRA's state "
+            f"({format_size(lora)}) that is {format_size(need)}, more than the {format_size(memory.bytes)} this GPU "
+            f"may allocate ({memory.description}). {LESS_MEMORY[mode][0].upper()}{LESS_MEMORY[mode][1:]}"
         )
 
 

@@ -65,7 +65,7 @@ def test_null_means_off_or_all_where_documented():
 
 def test_remat_modes_and_the_boolean_of_earlier_configs():
     assert parse_train_config(_config()).training.remat == "block"
-    for mode in ("block_keep_attention", "block", "none"):
+    for mode in ("block_keep_attention", "block", "block_and_sublayers", "none"):
         assert parse_train_config(_config(training={"remat": mode})).training.remat == mode
     assert parse_train_config(_config(training={"remat": True})).training.remat == "block"
     assert parse_train_config(_config(training={"remat": False})).training.remat == "none"

@@ -1,5 +1,6 @@
 """Remat modes: with "block_keep_attention" the backward pass recomputes each DiT block without its self attention's
-forward (kept: the attention's output and softmax statistics), and every mode gives the same gradients.
+forward (kept: the attention's output and softmax statistics), with "block_and_sublayers" the self attention once more
+in its own backward, and every mode gives the same gradients.
 
 The attention forwards are counted in the jaxpr of the gradient after dead-code elimination, as XLA compiles it.
 JAX never drops a `pallas_call` from a jaxpr (Pallas's DCE rule keeps every kernel, since a kernel may write refs),
@@ -24,10 +25,17 @@ from kernels import BSAParams
 from longcat_jax.errors import ConfigError
 from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit import attention
+from longcat_jax.models.dit.attention import SelfAttention
+from longcat_jax.models.dit.block import FeedForwardSwiGLU
 from longcat_jax.models.dit.loading import random_dit
 from longcat_jax.training.config import REMAT_MODES, LoRAConfig, OptimizerConfig
 from longcat_jax.training.objective import SigmaSampling
-from longcat_jax.training.remat import CUDNN_ATTENTION_FORWARD, rematerialize_blocks
+from longcat_jax.training.remat import (
+    CUDNN_ATTENTION_FORWARD,
+    RecomputedFeedForward,
+    RecomputedSelfAttention,
+    rematerialize_blocks,
+)
 from longcat_jax.training.step import StepSpec, micro_batch_loss
 from longcat_jax.training.trainable_lora import attach_trainable_lora, split_trainable
 from tests.training.synthetic import batch_of, small_dit, small_dit_config, smooth_clip
@@ -109,7 +117,8 @@ def test_keep_attention_runs_the_bsa_forward_kernel_once(monkeypatch):
         kernels = _pallas_kernels(_live_equations(*_gradient(mode, bsa=BSA, backend="pallas_interpret"), monkeypatch))
         assert kernels["bsa_backward_dq"] == kernels["bsa_backward_dkdv"] == 2, kernels
         forwards[mode] = kernels["bsa_forward"]
-    assert forwards == {"none": 2, "block": 4, "block_keep_attention": 2}
+    # "block_and_sublayers": once more, in the attention's own backward
+    assert forwards == {"none": 2, "block": 4, "block_keep_attention": 2, "block_and_sublayers": 6}
 
 
 def _trace_cudnn_on_the_cpu(monkeypatch):
@@ -128,17 +137,20 @@ def test_keep_attention_runs_the_cudnn_self_attention_forward_once_per_block(mon
     assert counts["none"] == {"self": 2, "cross": 2}
     assert counts["block"] == {"self": 4, "cross": 4}
     assert counts["block_keep_attention"] == {"self": 2, "cross": 4}
+    assert counts["block_and_sublayers"] == {"self": 6, "cross": 4}
 
 
 @pytest.mark.parametrize(
     ("bsa", "backend", "modes"),
-    [(BSA, "pallas_interpret", ("block", "block_keep_attention")), (None, "auto", ("block", "none"))],
-    ids=["bsa_pallas_keep_attention", "dense_none"],
+    [(BSA, "pallas_interpret", ("block", "block_keep_attention", "block_and_sublayers")),
+     (None, "auto", ("block", "block_and_sublayers", "none"))],
+    ids=["bsa_pallas", "dense"],
 )
 def test_every_remat_mode_gives_the_same_gradients(bsa, backend, modes):
     # Float32 on the CPU, against whole-block remat. The kept attention is checked where it changes the program, the
     # Pallas BSA kernels (on the CPU the XLA attention keeps nothing, so there "block_keep_attention" is "block"; the
-    # cuDNN case is the GPU test below); "none" on the dense DiT.
+    # cuDNN case is the GPU test below); the nested recomputation of "block_and_sublayers" on both; "none" on the
+    # dense DiT.
     grads = {}
     for mode in modes:
         gradient, factors = _gradient(mode, bsa=bsa, backend=backend)
@@ -148,6 +160,15 @@ def test_every_remat_mode_gives_the_same_gradients(bsa, backend, modes):
         for got, want in zip(jax.tree.leaves(grads[mode]), jax.tree.leaves(reference), strict=True):
             assert float(jnp.abs(want).max()) > 0
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7, err_msg=mode)
+
+
+def test_switching_modes_sets_and_restores_the_sublayer_classes():
+    dit = small_dit()
+    rematerialize_blocks(dit, "block_and_sublayers")
+    assert all(isinstance(b.attn, RecomputedSelfAttention) and isinstance(b.ffn, RecomputedFeedForward)
+               for b in dit.blocks)
+    rematerialize_blocks(dit, "block")
+    assert all(type(b.attn) is SelfAttention and type(b.ffn) is FeedForwardSwiGLU for b in dit.blocks)
 
 
 def test_an_unknown_mode_is_refused():
