@@ -1,16 +1,39 @@
-"""Shared test set-up: the fixture folder, the BSA fixture cases, the `gpu` marker and float32 matmuls on CPU."""
+"""Shared test set-up: one compilation cache for the session, the fixture folder, the BSA fixture cases, the `gpu`
+marker and float32 matmuls on CPU."""
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # Eight CPU devices for the multi-device (context parallel) tests; must be set before JAX starts its backends.
-# CLI tests must not switch on the persistent compilation cache in the user's home for the whole session.
-os.environ.setdefault("LONGCAT_COMPILATION_CACHE", "none")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+
+def _share_one_compilation_cache() -> None:
+    """Points the persistent compilation cache of this session at one fresh temporary folder, never the user's home:
+    JAX's (`JAX_COMPILATION_CACHE_DIR`, read when jax is imported) and the CLI's (`LONGCAT_COMPILATION_CACHE`).
+
+    The folder is made by the first process that imports this file, the xdist controller, whose environment its
+    workers and the tests' subprocesses inherit: a program compiled in one of them is read back by the others
+    instead of being compiled again. A cached program is the compiled one, so results do not depend on which test
+    compiled first. The creating process removes the folder when it exits. A LONGCAT_COMPILATION_CACHE set by the
+    caller (a folder, or `none` to compile everything afresh) is left alone.
+    """
+    if "LONGCAT_COMPILATION_CACHE" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix="longcat_jax_test_compilation_cache_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["LONGCAT_COMPILATION_CACHE"] = folder
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", folder)
+
+
+_share_one_compilation_cache()
+
 import jax  # noqa: E402
-import pytest
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
