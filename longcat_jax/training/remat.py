@@ -61,6 +61,18 @@ def keep_self_attention_policy(text_length: int):
     return jax.checkpoint_policies.save_from_both_policies(by_name, cudnn_self_attention)
 
 
+def _checkpointed(module: nnx.Module, base: type, arrays: tuple, *static, policy=None, **flags):
+    """`base.__call__(module, *arrays, *static, **flags)` under `jax.checkpoint(policy=...)`: the module's state and
+    `arrays` are the checkpoint's inputs, `static` and `flags` (a token grid, BSA flags) are closed over. A fresh
+    module is merged from the checkpointed values, so nothing of the outer trace is mutated."""
+    graphdef, state = nnx.split(module)
+
+    def run(state, *arrays):
+        return base.__call__(nnx.merge(graphdef, state), *arrays, *static, **flags)
+
+    return jax.checkpoint(run, policy=policy)(state, *arrays)
+
+
 class RematDiTBlock(DiTBlock):
     """A `DiTBlock` whose forward is recomputed in the backward pass instead of stored (all of it)."""
 
@@ -70,13 +82,7 @@ class RematDiTBlock(DiTBlock):
         return None
 
     def __call__(self, x, text, text_mask, t_emb, grid, **flags):
-        graphdef, state = nnx.split(self)
-
-        def run(state, x, text, text_mask, t_emb):
-            # a fresh module from the checkpointed values: nothing of the outer trace is mutated
-            return DiTBlock.__call__(nnx.merge(graphdef, state), x, text, text_mask, t_emb, grid, **flags)
-
-        return jax.checkpoint(run, policy=self._policy(text))(state, x, text, text_mask, t_emb)
+        return _checkpointed(self, DiTBlock, (x, text, text_mask, t_emb), grid, policy=self._policy(text), **flags)
 
 
 class RematKeepAttentionDiTBlock(RematDiTBlock):
@@ -91,24 +97,14 @@ class RecomputedSelfAttention(SelfAttention):
     block's backward its residuals exist only while its own backward runs ("block_and_sublayers")."""
 
     def __call__(self, x, grid, **flags):
-        graphdef, state = nnx.split(self)
-
-        def run(state, x):
-            return SelfAttention.__call__(nnx.merge(graphdef, state), x, grid, **flags)
-
-        return jax.checkpoint(run)(state, x)
+        return _checkpointed(self, SelfAttention, (x,), grid, **flags)
 
 
 class RecomputedFeedForward(FeedForwardSwiGLU):
     """A `FeedForwardSwiGLU` whose call runs under `jax.checkpoint` (see `RecomputedSelfAttention`)."""
 
     def __call__(self, x):
-        graphdef, state = nnx.split(self)
-
-        def run(state, x):
-            return FeedForwardSwiGLU.__call__(nnx.merge(graphdef, state), x)
-
-        return jax.checkpoint(run)(state, x)
+        return _checkpointed(self, FeedForwardSwiGLU, (x,))
 
 
 # mode -> (block class, self attention class, FFN class)
