@@ -9,10 +9,9 @@ transpose) with one float32 scale per output channel, `qscale` [out]:
 The scale is the channel's absolute maximum over the format's largest value (absmax scaling): no value
 saturates, and a channel's error is relative to its own range. The same functions run on numpy arrays (the
 host, while loading or converting) and on jax arrays (on the device, in tests and when quantizing a model that
-is already there); both round to nearest even. XLA may compute a division by a broadcast value as a multiplication
-by its reciprocal (it does on the CPU), which can differ from numpy's division in the last bit and move a value
-sitting on a rounding boundary by one step (under 1% of the values in the tests). `quantize_rows_on_device`,
-which the loaders use to quantize on a GPU, keeps every division a true one and gives numpy's bits exactly.
+is already there); both round to nearest even and give the same bits: XLA may compute a division by a broadcast value
+as a multiplication by its reciprocal (it does on the CPU), which can differ from numpy's division in the last bit, so
+the device path (`quantize_kernel_on_device`, `quantize_rows_on_device`) keeps every division a true one.
 
 The host path works on row chunks of the [out, in] layout in a few threads (numpy releases the GIL in its loops):
 bounded float32 temporaries instead of a float32 copy of the whole kernel, and no transpose at all when the kernel
@@ -83,10 +82,7 @@ def quantize_kernel(kernel, fmt: WeightFormat):
         raise ValueError(f"a Linear kernel is 2-D [in, out], got shape {tuple(kernel.shape)}")
     if not isinstance(kernel, jax.Array):
         return _quantize_rows_host(np.asarray(kernel).T, fmt)
-    rows = jnp.asarray(kernel, dtype=jnp.float32).T  # [out, in]
-    absmax = jnp.max(jnp.abs(rows), axis=1)  # [out]
-    qscale = (jnp.maximum(absmax, jnp.float32(MIN_CHANNEL_ABSMAX)) / jnp.float32(fmt.max_value)).astype(jnp.float32)
-    return to_format(rows / qscale[:, None], fmt), qscale
+    return quantize_kernel_on_device(kernel, fmt)
 
 
 def _channel_scales(absmax: np.ndarray, fmt: WeightFormat) -> np.ndarray:
