@@ -326,6 +326,8 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown --quantize mode(s) {unknown}; choose from {', '.join(MODES)}")
+    if args.fp8_gemm_dtype != "float32" and "fp8" not in modes:
+        parser.error(f"--fp8-gemm-dtype {args.fp8_gemm_dtype} applies to --quantize fp8 only; add fp8 to --quantize")
     if args.small and args.reference:
         parser.error("--small runs a toy config; the original runs the real one: drop --reference or --small")
     rows = []
