@@ -41,8 +41,12 @@ import jax.numpy as jnp  # noqa: E402
 from bsa_inputs import StructuredInputSpec, parse_grid, structured_qkv  # noqa: E402  # this script's sibling
 
 from kernels import BSAParams, KernelConfig, bsa_attention, pallas_triton, reference, select_blocks, to_chunk_order  # noqa: E402
-from kernels.pallas_mosaic_backward import mosaic_backward  # noqa: E402
-from kernels.sparse_attention import BACKWARD_KERNELS, FORWARD_KERNELS, sparse_attention_with_lse  # noqa: E402
+from kernels.sparse_attention import (  # noqa: E402
+    BACKWARD_KERNELS,
+    FORWARD_KERNELS,
+    sparse_attention_backward,
+    sparse_attention_with_lse,
+)
 from longcat_jax.cli_logging import setup_cli_logging  # noqa: E402
 from longcat_jax.errors import ConfigError  # noqa: E402
 from longcat_jax.metrics import rel_l2  # noqa: E402
@@ -226,10 +230,7 @@ def measure_mode(bench, size, latent, kind, mode, q, k, v, do, dense_out, torch_
         for name in bench.backward_kernels:  # the kernels alone, then jitted forward + backward of the whole call
             named = dataclasses.replace(kernel_config, backward=name)
             named.check_backward(qc, kc, vc, block, block)  # refuses what the Mosaic kernels cannot run, up front
-            if name == "mosaic":
-                bwd = jax.jit(lambda *a, c=named: mosaic_backward(*a, c.mosaic_backward))
-            else:
-                bwd = jax.jit(lambda *a, c=named: pallas_triton.triton_backward(*a, block, block, c.triton))
+            bwd = jax.jit(lambda *a, c=named: sparse_attention_backward(*a, block, block, c))
             record[f"kernel_bwd_ms_{name}"] = timer(bwd, qc, kc, vc, indices, counts, out, lse, doc)
             if args.check:
                 grads[name] = bwd(qc, kc, vc, indices, counts, out, lse, doc)
@@ -306,9 +307,13 @@ class Bench:
     backend: str
     timer: Timer
     original: Original | None
-    backward: bool
     backward_kernels: tuple[str, ...]  # our backward kernels to time (`KernelConfig.backward`), the first in the columns
     error_stride: int
+
+    @property
+    def backward(self) -> bool:
+        """Whether the backward is timed (ours and the original's)."""
+        return bool(self.backward_kernels)
 
 
 def parse_args() -> argparse.Namespace:
@@ -361,7 +366,7 @@ def main() -> None:
     bench = Bench(
         args=args, config=KernelConfig(forward=args.forward), backend="pallas_interpret" if args.small else "pallas",
         timer=Timer(warmup=1, trials=1, calls=1) if args.small else Timer(),
-        original=Original(args.reference) if args.reference else None, backward=not args.no_backward,
+        original=Original(args.reference) if args.reference else None,
         backward_kernels=() if args.no_backward else tuple(args.backward.split(",")),
         error_stride=1 if args.small else ERROR_TOKEN_STRIDE,
     )

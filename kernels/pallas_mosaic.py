@@ -28,13 +28,13 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from kernels.errors import BSAConfigError
 from kernels.padding import GridPadding, mask_padded_keys
 
-_LOG2E = math.log2(math.e)
+LOG2E = math.log2(math.e)
 BLOCK = 64  # tokens per query block and per key block
 _CONSUMERS = 2  # consumer warpgroups (query blocks) per CTA
 _INDEX_ALIGN = 32  # int32 entries per 128 bytes: TMA wants 128-byte aligned shared-memory rows
 _INDEX_CHUNK = 256  # the most entries one TMA copies along a dimension
-_SMEM_BYTES = 232_448  # shared memory one CTA may use on Hopper
-_SMEM_ALIGN = 1024  # Pallas Mosaic GPU aligns each scratch buffer to this
+SMEM_BYTES = 232_448  # shared memory one CTA may use on Hopper
+SMEM_ALIGN = 1024  # Pallas Mosaic GPU aligns each scratch buffer to this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,8 @@ class MosaicConfig:
             raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
 
 
-def _aligned(n: int, to: int) -> int:
+def aligned(n: int, to: int) -> int:
+    """n rounded up to a multiple of `to`."""
     return -(-n // to) * to
 
 
@@ -80,15 +81,15 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig) -> int:
         _CONSUMERS * tile,  # out
         _CONSUMERS * config.k_stages * tile,
         _CONSUMERS * config.v_stages * tile,
-        _CONSUMERS * _aligned(k_max, _INDEX_ALIGN) * 4,
+        _CONSUMERS * aligned(k_max, _INDEX_ALIGN) * 4,
         _CONSUMERS * BLOCK * 4,
     )
-    return sum(_aligned(n, _SMEM_ALIGN) for n in buffers) + 3 * _SMEM_ALIGN  # barriers, what Mosaic GPU reserves
+    return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
 
 
 def fits(head_dim: int, k_max: int, config: MosaicConfig) -> bool:
     """Whether a CTA's shared memory holds the kernel for these lists (very long CDF lists need the Triton one)."""
-    return smem_bytes(head_dim, _aligned(k_max, _INDEX_ALIGN), config) <= _SMEM_BYTES
+    return smem_bytes(head_dim, aligned(k_max, _INDEX_ALIGN), config) <= SMEM_BYTES
 
 
 def interpret_params(interpret: bool) -> dict:
@@ -100,7 +101,7 @@ def interpret_params(interpret: bool) -> dict:
     return {"interpret": InterpretGPUParams()}
 
 
-def _dot(a, b, *, transpose_b=False):
+def dot_f32(a, b, *, transpose_b=False):
     """a @ b (or a @ b.T) accumulated in float32."""
     return lax.dot_general(a, b, (((1,), (1 if transpose_b else 0,)), ((), ())), preferred_element_type=jnp.float32)
 
@@ -146,13 +147,13 @@ def mosaic_forward(
         raise BSAConfigError(
             f"the Mosaic BSA kernel needs {smem_bytes(d, k_max, config)} bytes of shared memory with "
             f"k_stages={k_stages}, v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA "
-            f"has {_SMEM_BYTES}: lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim "
+            f"has {SMEM_BYTES}: lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim "
             "128), or use KernelConfig(forward='triton') for lists this long"
         )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
     rounds = config.rounds
     num_ctas = -(-mq // (_CONSUMERS * rounds))  # per (batch, head)
-    logit_scale = d**-0.5 * _LOG2E  # logits in base-2 units
+    logit_scale = d**-0.5 * LOG2E  # logits in base-2 units
 
     def fragment(x, layout):
         # the interpreter has no register layouts
@@ -288,7 +289,7 @@ def mosaic_forward(
                     block = None if key_padding is None else idx_ref[bi, hi, own_block, first + j]
 
                     if config.interpret:
-                        logits = _dot(q_smem[...], k_smem[k_slot], transpose_b=True)
+                        logits = dot_f32(q_smem[...], k_smem[k_slot], transpose_b=True)
                         schedule_sync()
                     else:
                         def logits_scope(acc_ref):
@@ -314,7 +315,7 @@ def mosaic_forward(
                         plgpu.barrier_wait(schedule)
 
                     if config.interpret:
-                        acc = acc + _dot(weights, v_smem[v_slot])
+                        acc = acc + dot_f32(weights, v_smem[v_slot])
                         wait_k(j + 1)
                     else:
                         def values_state(acc_ref):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -30,16 +29,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from kernels import pallas_mosaic
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding, mask_padded_keys
-from kernels.pallas_mosaic import interpret_params
+from kernels.pallas_mosaic import BLOCK, LOG2E, SMEM_ALIGN, SMEM_BYTES, aligned, dot_f32, interpret_params
 from kernels.selection import transpose_selection
 
-_LOG2E = math.log2(math.e)
-BLOCK = 64  # tokens per query block and per key block
 _CONSUMERS = 2  # consumer warpgroups (blocks) per CTA
-SMEM_BYTES = 232_448  # shared memory one CTA may use on Hopper
-_SMEM_ALIGN = 1024  # Pallas Mosaic GPU aligns each scratch buffer to this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +56,6 @@ class MosaicBackwardConfig:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
 
 
-def _aligned(n: int, to: int) -> int:
-    return -(-n // to) * to
-
-
 def smem_bytes(head_dim: int, config: MosaicBackwardConfig) -> int:
     """Shared memory the larger of the two kernels (dk/dv) asks for: own k and v tiles, staged q and do tiles,
     staged lse and delta rows (barriers and what Mosaic GPU reserves, 3 KiB, included)."""
@@ -76,7 +68,7 @@ def smem_bytes(head_dim: int, config: MosaicBackwardConfig) -> int:
         _CONSUMERS * config.stages * BLOCK * 4,  # lse (dq kernel: one row per consumer)
         _CONSUMERS * config.stages * BLOCK * 4,  # delta
     )
-    return sum(_aligned(n, _SMEM_ALIGN) for n in buffers) + 3 * _SMEM_ALIGN
+    return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN
 
 
 def fits(head_dim: int, config: MosaicBackwardConfig) -> bool:
@@ -87,13 +79,7 @@ def fits(head_dim: int, config: MosaicBackwardConfig) -> bool:
 def supports(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int, block_k: int) -> bool:
     """Whether these kernels can run on these inputs: 64-token q and k blocks, head_dim 64 or 128, q, k, v all
     bf16 or all f16."""
-    return (
-        block_q == BLOCK
-        and block_k == BLOCK
-        and q.shape[-1] in (64, 128)
-        and q.dtype in (jnp.bfloat16, jnp.float16)
-        and k.dtype == v.dtype == q.dtype
-    )
+    return pallas_mosaic.supports(q, block_q, block_k) and k.dtype == v.dtype == q.dtype
 
 
 def check(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int, block_k: int, config: MosaicBackwardConfig) -> None:
@@ -112,11 +98,6 @@ def check(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int, block_k: int, 
         )
 
 
-def _dot(a, b, *, transpose_b=False):
-    """a @ b (or a @ b.T) accumulated in float32."""
-    return lax.dot_general(a, b, (((1,), (1 if transpose_b else 0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
 class _Kernel:
     """What differs between the dq and the dk/dv kernel, given the launch settings.
 
@@ -132,7 +113,7 @@ class _Kernel:
     def __init__(self, head_dim, dtype, config, key_padding):
         self.d, self.dtype, self.interpret, self.key_padding = head_dim, dtype, config.interpret, key_padding
         self.scale = head_dim**-0.5
-        self.logit_scale = self.scale * _LOG2E  # logits in base-2 units
+        self.logit_scale = self.scale * LOG2E  # logits in base-2 units
 
     def fragment(self, x, layout):
         return x if self.interpret else plgpu.layout_cast(x, layout)
@@ -145,6 +126,16 @@ class _Kernel:
         if self.interpret:
             return ref[...]
         return plgpu.load(ref, (), layout=plgpu.Layout.WGMMA.reduce(reduced_axis))
+
+    def accumulate(self, acc, a, b_smem):
+        """acc + a @ b in float32: acc [64, D] wgmma accumulator, a [64, 64] in registers, b_smem [64, D] in shared memory."""
+        if self.interpret:
+            return acc + dot_f32(a, b_smem[...])
+
+        def product(acc_ref):
+            plgpu.wgmma(acc_ref, a, b_smem)
+
+        return pl.run_state(product)(plgpu.ACC.init(acc))
 
     def positions(self, dimension):
         """[64, 64] int32: each logit's token position inside its key block (along `dimension`)."""
@@ -168,8 +159,8 @@ class _DqKernel(_Kernel):
         q_smem, do_smem = own[:2]
         k_smem, v_smem = gathered
         if self.interpret:
-            logits = _dot(q_smem[...], k_smem[...], transpose_b=True)  # [cq, ck]
-            dprobs = _dot(do_smem[...], v_smem[...], transpose_b=True)
+            logits = dot_f32(q_smem[...], k_smem[...], transpose_b=True)  # [cq, ck]
+            dprobs = dot_f32(do_smem[...], v_smem[...], transpose_b=True)
         else:
             def products(refs):  # both in one wgmma group: one wait
                 logits_ref, dprobs_ref = refs
@@ -182,14 +173,7 @@ class _DqKernel(_Kernel):
             logits = mask_padded_keys(logits, self.key_padding, key_block, self.positions(1))
         probs = jnp.exp2(logits * self.logit_scale - lax.broadcast_in_dim(lse, logits.shape, [0]))
         dlogits = (probs * (dprobs - lax.broadcast_in_dim(delta, logits.shape, [0]))).astype(self.dtype)
-        if self.interpret:
-            dq = dq + _dot(dlogits, k_smem[...])
-        else:
-            def accumulate(dq_ref):
-                plgpu.wgmma(dq_ref, dlogits, k_smem)
-
-            dq = pl.run_state(accumulate)(plgpu.ACC.init(dq))
-        return dq, lse, delta
+        return self.accumulate(dq, dlogits, k_smem), lse, delta
 
     def finish(self, carry, own):
         """Writes dq into the q tile (free once the last product is done); returns the tiles to store."""
@@ -214,7 +198,7 @@ class _DkDvKernel(_Kernel):
         lse = self.load_rows(lse_smem, 0)
         delta = self.load_rows(delta_smem, 0)
         if self.interpret:
-            logits_t = _dot(k_smem[...], q_smem[...], transpose_b=True)  # [ck, cq]
+            logits_t = dot_f32(k_smem[...], q_smem[...], transpose_b=True)  # [ck, cq]
         else:
             def logits_scope(acc_ref):
                 plgpu.wgmma(acc_ref, k_smem, q_smem.transpose((1, 0)))
@@ -226,8 +210,8 @@ class _DkDvKernel(_Kernel):
         probs_t = jnp.exp2(logits_t * self.logit_scale - lax.broadcast_in_dim(lse, logits_t.shape, [1]))
         probs_t_low = probs_t.astype(self.dtype)
         if self.interpret:
-            dv = dv + _dot(probs_t_low, do_smem[...])
-            dprobs_t = _dot(v_smem[...], do_smem[...], transpose_b=True)
+            dv = dv + dot_f32(probs_t_low, do_smem[...])
+            dprobs_t = dot_f32(v_smem[...], do_smem[...], transpose_b=True)
         else:
             def products(refs):  # both in one wgmma group: one wait
                 dv_ref, dprobs_ref = refs
@@ -236,14 +220,7 @@ class _DkDvKernel(_Kernel):
 
             dv, dprobs_t = pl.run_state(products)((plgpu.ACC.init(dv), plgpu.ACC.init(self.zeros((BLOCK, BLOCK)))))
         dlogits_t = (probs_t * (dprobs_t - lax.broadcast_in_dim(delta, logits_t.shape, [1]))).astype(self.dtype)
-        if self.interpret:
-            dk = dk + _dot(dlogits_t, q_smem[...])
-        else:
-            def accumulate(dk_ref):
-                plgpu.wgmma(dk_ref, dlogits_t, q_smem)
-
-            dk = pl.run_state(accumulate)(plgpu.ACC.init(dk))
-        return dk, dv
+        return self.accumulate(dk, dlogits_t, q_smem), dv
 
     def finish(self, carry, own):
         """Writes dk and dv into the k and v tiles (free once the last product is done)."""

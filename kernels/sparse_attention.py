@@ -55,8 +55,16 @@ class KernelConfig:
             raise BSAConfigError(
                 f"unknown BSA backward kernel KernelConfig.backward={self.backward!r}; choose one of {BACKWARD_KERNELS}"
             )
+        for name, kind in (("triton", pallas_triton.TritonConfig), ("mosaic", pallas_mosaic.MosaicConfig),
+                           ("mosaic_backward", pallas_mosaic_backward.MosaicBackwardConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise BSAConfigError(
+                    f"KernelConfig.{name} must be a kernels.{kind.__name__}, got {type(getattr(self, name)).__name__}"
+                )
         if self.forward not in FORWARD_KERNELS:
-            raise BSAConfigError(f"unknown BSA forward kernel {self.forward!r}; choose one of {FORWARD_KERNELS}")
+            raise BSAConfigError(
+                f"unknown BSA forward kernel KernelConfig.forward={self.forward!r}; choose one of {FORWARD_KERNELS}"
+            )
         if self.key_ranges is not None and (not isinstance(self.key_ranges, int) or self.key_ranges < 1):
             raise BSAConfigError(f"KernelConfig.key_ranges must be None or an int >= 1, got {self.key_ranges!r}")
 
@@ -159,18 +167,26 @@ def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, ra
     return out, (q, k, v, indices, counts, out, lse)
 
 
+def sparse_attention_backward(
+    q, k, v, indices, counts, out, lse, do, block_q, block_k, config: KernelConfig, key_padding: GridPadding | None = None
+):
+    """(dq, dk, dv) from the backward kernels `config.backward` names, all arrays in chunk order (q, out, do
+    [B, Sq, H, D], k, v [B, Sk, H, D], lse [B, H, Sq] from the forward); `KernelConfig.check_backward` refuses
+    beforehand what the Mosaic ones cannot run."""
+    if config.backward == "mosaic":
+        return pallas_mosaic_backward.mosaic_backward(
+            q, k, v, indices, counts, out, lse, do, config.mosaic_backward, key_padding
+        )
+    return pallas_triton.triton_backward(
+        q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton, key_padding
+    )
+
+
 def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, residuals, do):
     q, k, v, indices, counts, out, lse = residuals
     if raster is not None:  # the backward kernels work in chunk order
         out, do = layout.to_chunk_order(out, *raster), layout.to_chunk_order(do, *raster)
-    if config.backward == "mosaic":
-        dq, dk, dv = pallas_mosaic_backward.mosaic_backward(
-            q, k, v, indices, counts, out, lse, do, config.mosaic_backward, key_padding
-        )
-    else:
-        dq, dk, dv = pallas_triton.triton_backward(
-            q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton, key_padding
-        )
+    dq, dk, dv = sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config, key_padding)
     return dq, dk, dv, None, None
 
 

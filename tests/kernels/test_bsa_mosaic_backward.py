@@ -20,6 +20,7 @@ from kernels import (
     BSAInputError,
     GridPadding,
     KernelConfig,
+    MosaicConfig,
     block_mask_from_indices,
     sparse_attention_chunked,
 )
@@ -33,7 +34,27 @@ from tests.kernels.test_bsa_backends import GPU_ODD_GRID_CASES, RASTER_CASES
 INTERPRETED = MosaicBackwardConfig(interpret=True)
 
 
-class TestMosaicBackwardInterpret(BSABackendTests):
+class _BackwardTests(BSABackendTests):
+    """The shared checks for a backward kernel: those of the forward alone are `forward_checked_by`'s (the class
+    checking that forward kernel), the selection's `selection_checked_by`'s."""
+
+    forward_checked_by: str
+    selection_checked_by: str
+
+    def test_forward_matches_dense_attention(self):
+        pytest.skip(f"forward only: checked by {self.forward_checked_by}")
+
+    def test_given_the_mask_matches_the_original(self, bsa_fixture_cases):
+        pytest.skip(f"forward only: checked by {self.forward_checked_by}")
+
+    def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
+        pytest.skip(f"the selection does not depend on the backward kernel: checked by {self.selection_checked_by}")
+
+    def test_whole_call_matches_the_original(self, bsa_fixture_cases):
+        pytest.skip(f"forward only: checked by {self.forward_checked_by}")
+
+
+class TestMosaicBackwardInterpret(_BackwardTests):
     backend = "pallas_interpret"
     forward = "triton"  # the cheaper forward in its interpreter: the backward does not depend on which one ran
     backward = "mosaic"
@@ -47,26 +68,16 @@ class TestMosaicBackwardInterpret(BSABackendTests):
     )
     # keys padded along T and H (4 key blocks, 2 query blocks): padded keys masked, their dk and dv zero
     odd_grid_cases = (OddGridCase("q_3x5x4_k_7x5x4", (3, 5, 4), (7, 5, 4), (4, 4, 4), (4, 4, 4)),)
+    forward_checked_by = "TestTritonInterpret and TestMosaicInterpret"
+    selection_checked_by = "TestTritonInterpret"
 
     @pytest.fixture(autouse=True, scope="class")
     def _thread_programs_compiled_once(self):
         with thread_programs_compiled_once():  # the interpreter would compile each grid step's threads again
             yield
 
-    def test_forward_matches_dense_attention(self):
-        pytest.skip("forward only: TestTritonInterpret and TestMosaicInterpret check it")
-
     def test_whole_call_and_gradients_match_dense_attention(self):
         pytest.skip("the odd-grid case runs the whole call and its gradients through these kernels in the interpreter")
-
-    def test_given_the_mask_matches_the_original(self, bsa_fixture_cases):
-        pytest.skip("forward only: TestTritonInterpret and TestMosaicInterpret check it")
-
-    def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
-        pytest.skip("the selection does not depend on the backward kernel: TestTritonInterpret checks it")
-
-    def test_whole_call_matches_the_original(self, bsa_fixture_cases):
-        pytest.skip("forward only: TestTritonInterpret and TestMosaicInterpret check it")
 
     def test_unselected_key_block_gets_zero_gradient(self):
         q, k, v, _, _ = random_case(8, b=1, h=1, d=64, mq=2, mk=4, width=2)
@@ -111,6 +122,8 @@ def test_mosaic_backward_refuses_what_it_cannot_run():
         KernelConfig(backward="cutlass")
     with pytest.raises(BSAConfigError, match="stages must be an int >= 2"):
         MosaicBackwardConfig(stages=1)
+    with pytest.raises(BSAConfigError, match="KernelConfig.mosaic_backward must be a kernels.MosaicBackwardConfig"):
+        KernelConfig(mosaic_backward=MosaicConfig())
     mosaic = KernelConfig(forward="triton", backward="mosaic")
     with pytest.raises(BSAInputError, match="block_q=128, block_k=128.*use KernelConfig\\(backward='triton'\\)"):
         _gradient(mosaic, block=128)
@@ -148,7 +161,7 @@ def _gpu_gradient_case(name, **shape):
 
 
 @pytest.mark.gpu
-class TestMosaicBackwardGpu(BSABackendTests):
+class TestMosaicBackwardGpu(_BackwardTests):
     backend = "pallas"
     forward = "mosaic"
     backward = "mosaic"
@@ -171,15 +184,5 @@ class TestMosaicBackwardGpu(BSABackendTests):
         OddGridCase("cdf_7x13x10_chunk_2x4x8_d128", (7, 13, 10), (7, 13, 10), (2, 4, 8), (2, 4, 8), sparsity=None,
                     cdf_threshold=0.9, d=128),
     )
-
-    def test_forward_matches_dense_attention(self):
-        pytest.skip("forward only: TestMosaicGpu checks it")
-
-    def test_given_the_mask_matches_the_original(self, bsa_fixture_cases):
-        pytest.skip("forward only: TestMosaicGpu checks it")
-
-    def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
-        pytest.skip("the selection does not depend on the backward kernel: TestTritonGpu checks it")
-
-    def test_whole_call_matches_the_original(self, bsa_fixture_cases):
-        pytest.skip("forward only: TestMosaicGpu checks it")
+    forward_checked_by = "TestMosaicGpu"
+    selection_checked_by = "TestTritonGpu"
