@@ -7,18 +7,31 @@ Its matmul is the scheme's (`longcat_jax.quantization.matmul`): an FP8 GEMM with
 token on the fly, or weight-only with the weight converted inside the matmul. Bias and run-time LoRA updates
 are added in float32 before the one rounding to the activation dtype, as in `Linear`.
 
-Run-time LoRAs and many tokens: the quantized GEMM's result is float32 (the per-token and per-channel scales follow
-the GEMM), and so is each LoRA update; the bf16 `Linear`'s way out, joining the LoRAs to its GEMM, does not apply
-to an FP8 GEMM. Over all 168,960 tokens of the 720p refinement both float32 arrays of the qkv Linear ([168,960,
-12,288], 7.75 GiB each) were alive at once: more than a 24 GiB budget leaves beside the rest of the step (the same
-two arrays ran the bf16 refinement out of memory at 24 GiB on an H200). So a Linear with LoRAs multiplies at most
+Run-time LoRAs, weight-only (INT8, or e4m3 where the GPU has no FP8 GEMM): the weight is dequantized to the
+activation dtype inside the GEMM (its per-channel scale applied before the one rounding to bf16) and the LoRAs join
+that GEMM as they join the bf16 `Linear`'s (`layers.matmul_f32_out`), so the layer's memory and gradients are the
+bf16 Linear's. Keeping the scale on the float32 output instead, exact but one float32 [rows, out] array more per
+Linear, with the LoRA updates added as a second float32 array over `LORA_CHUNK_ROWS`-row chunks, made the LoRA
+training step at 84,480 tokens hold 23.7 GiB of temporaries in one block's backward against the bf16 model's 14.8
+GiB (XLA's buffer assignment for an H100, compiled on the CPU, 2026-12-03); the 48-block INT8 step then ran out of
+memory on an H200. Joined it holds 15.1 GiB. The bf16 rounding of the scaled weight costs little beside the INT8
+rounding: on one 4096 x 4096 GEMM (random N(0, 1/4096) weights, 512 tokens) the relative error against the bf16
+weights was 8.69e-3 with the scale on the output and 8.94e-3 with the scaled weight rounded (2026-12-03, CPU).
+
+Run-time LoRAs and FP8 compute: the FP8 GEMM's result is float32 (the per-token and per-channel scales follow
+the GEMM), and so is each LoRA update; joining the LoRAs to the GEMM does not apply to an FP8 GEMM. Over all
+168,960 tokens of the 720p refinement both float32 arrays of the qkv Linear ([168,960, 12,288], 7.75 GiB each) were
+alive at once: more than a 24 GiB budget leaves beside the rest of the step (the same two arrays ran the bf16
+refinement out of memory at 24 GiB on an H200). So an FP8 Linear with LoRAs multiplies at most
 `LORA_CHUNK_ROWS` rows at a time: matmul, bias, LoRA updates and rounding run per chunk in a loop that writes each
 chunk's rows of the output in place, and only one chunk's float32 arrays are alive. Every step works on each row
 alone (per-token activation scales; a per-tensor scale is computed over all rows first), so the output is the one
 of all rows at once. The chunks interleave, chunk i holding tokens i, i + n, i + 2n, ... of n (of every batch
 entry): with the tokens split over devices (context parallel), each device's contiguous tokens hold its share of
 every chunk, and taking a chunk moves nothing between devices (contiguous chunks would make XLA gather all tokens
-on every device).
+on every device). Differentiated (LoRA training on an FP8 base), the loop keeps every chunk's intermediates for
+the backward: 23.7 GiB of temporaries in one block's backward at 84,480 tokens (31.5 GiB all rows at once), against
+the bf16 model's 14.8 GiB (same compile-only measurement).
 
 Gradients (LoRA training on a quantized base): the weights are frozen and get none; the input's gradient is
 straight-through, dx = dy @ dequantized(W).T, one GEMM in the activation dtype with the weight converted inside
@@ -46,7 +59,7 @@ from flax import nnx
 from jax import lax
 
 from longcat_jax.checkpoint.param_tree import ParamPath
-from longcat_jax.models.dit.layers import Linear
+from longcat_jax.models.dit.layers import Linear, matmul_f32_out
 from longcat_jax.quantization.formats import dequantize_kernel, quantize_kernel
 from longcat_jax.quantization.matmul import activation_scale, quantized_dot
 from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, QuantScheme, scheme_for
@@ -180,9 +193,10 @@ class QuantizedLinear(nnx.Module):
         self.qscale.set_value(qscale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time."""
+        """x [..., in] -> [..., out] in the activation dtype; with LoRAs and FP8 compute, `lora_chunk_rows` rows at a
+        time."""
         x = x.astype(self.dtype)
-        if not self.loras:
+        if not self.loras or self.scheme.compute != FP8_COMPUTE:
             return self._rows(x, None)
         tokens = x.reshape(x.shape[0] if x.ndim > 2 else 1, -1, self.in_features)  # [B, T, in]
         x_scale = None
@@ -194,13 +208,24 @@ class QuantizedLinear(nnx.Module):
 
     def _rows(self, x: jax.Array, x_scale: jax.Array | None) -> jax.Array:
         """x [..., in] -> [..., out]: the quantized matmul, bias and LoRA updates summed in float32, rounded once."""
-        y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), x_scale, self.scheme,
-                              jnp.dtype(self.dtype))  # float32
+        if self.loras and self.scheme.compute != FP8_COMPUTE:
+            y = self._weight_only_joined(x)
+        else:
+            y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), x_scale, self.scheme,
+                                  jnp.dtype(self.dtype))  # float32
+            for adapter in self.loras:
+                y = y + adapter(x)
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)
-        for adapter in self.loras:
-            y = y + adapter(x)
         return y.astype(self.dtype)
+
+    def _weight_only_joined(self, x: jax.Array) -> jax.Array:
+        """x [..., in] -> float32 [..., out]: the weight dequantized to the activation dtype inside the GEMM, joined
+        to the LoRAs as the bf16 `Linear` joins them (see the module docstring)."""
+        dtype = jnp.dtype(self.dtype)
+        lows = tuple(adapter.low(x) for adapter in self.loras)  # [..., rank_i]
+        ups = tuple(adapter.scaled_up() for adapter in self.loras)  # [rank_i, out]
+        return matmul_f32_out(x, self.dequantized_kernel(dtype), lows, ups, dtype)
 
 
 def _module_at(model: nnx.Module, path: ParamPath):
