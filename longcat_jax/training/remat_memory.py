@@ -11,9 +11,13 @@ for an H100 by the CUDA plugin without a GPU) for the real-width DiT at 1, 2, 4 
 (the kept input) taken off. With "block" it is 67 bytes per token and hidden channel (21.6 GiB at 84,480 tokens,
 9.7 GiB at 37,440), the backward holding the qkv, rotated q/k, chunk-ordered q/k/v and SwiGLU activations of one
 block at once; "block_and_sublayers" recomputes the self attention and the FFN inside a block's backward, so they
-never overlap: 44 bytes (14.2 GiB at 84,480 tokens). The 720p BSA step under "block" was thus 25.3 GiB of weights
-+ 54.4 GiB of temporaries (XLA on an H200 tried to allocate 54.47 GiB and failed); this check now refuses it
-before minutes of loading and compiling, and names the mode that needs less.
+never overlap: 44 bytes by that compile (14.2 GiB at 84,480 tokens). The 720p BSA step under "block" was thus 25.3
+GiB of weights + 54.4 GiB of temporaries (XLA on an H200 tried to allocate 54.47 GiB and failed); this check refuses
+it before minutes of loading and compiling, and names the mode that needs less.
+
+The whole 48-block step under "block_and_sublayers" then ran on an H200 (2026-12-03) and peaked above that count:
+83.1 GiB with bf16 weights and 72.1 GiB with INT8 ones, against 79.4 and 67.4 GiB counted with 44 bytes. Its figure
+is therefore the measured one, 59 bytes (the larger gap, 4.7 GiB at 84,480 tokens, added): 84.2 and 72.2 GiB.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ KEEP_ATTENTION = "block_keep_attention"
 F32 = 4
 LORA_STATE_COPIES = 4  # the float32 factors, their gradients, AdamW's two moments
 # One block's backward working set in bytes per token and hidden channel with 2-byte activations (see the module
-# docstring: measured from XLA's buffer assignment for an H100); "none" keeps every block's intermediates and is not
-# checked.
-BLOCK_BACKWARD_BYTES = {"block": 67, KEEP_ATTENTION: 67, "block_and_sublayers": 44}
+# docstring: from XLA's buffer assignment for an H100; "block_and_sublayers" from the H200's measured peaks); "none"
+# keeps every block's intermediates and is not checked.
+BLOCK_BACKWARD_BYTES = {"block": 67, KEEP_ATTENTION: 67, "block_and_sublayers": 59}
 # What to try instead of each mode where it does not fit.
 LESS_MEMORY = {
     KEEP_ATTENTION: "set \"remat\": \"block\" (the attention is recomputed instead)",
