@@ -1,0 +1,146 @@
+"""cuDNN's FP8 flash attention against its bf16 one at the DiT's dense self-attention shapes: time and error.
+
+Where the time of the FP8 480p step goes (BENCHMARKS.md, "Quantized DiT step"): dense attention is about 3.6 s of
+the 6.9 s bf16 step, and FP8 GEMMs only speed up the rest, so the FP8 step stays at about 0.84 of bf16 unless the
+attention gets faster too. JAX ships cuDNN's FP8 attention (`jax._src.cudnn.fused_attention_stablehlo.
+dot_product_attention(..., use_fp8=True)`, forward for inference: e4m3 q, k, v with per-tensor descales, the
+softmax probabilities quantized to e4m3 with a fixed scale, and an e4m3 output). This script measures whether it
+is the lever, before it goes into the model.
+
+Per case:
+- q, k, v: `bsa_inputs.structured_qkv` (a video-like token field through the DiT's LayerNorm, qkv projection,
+  q/k RMSNorm and 3D RoPE), 32 heads of 128, bf16, tiled over the batch;
+- bf16: `jax.nn.dot_product_attention(implementation="cudnn")`, what `models.dit.attention.dense_attention` runs;
+- fp8: per-tensor scales (absmax / 448) for q, k and v, q, k, v cast to e4m3, the cuDNN FP8 call (softmax
+  probabilities scaled by 448, as they lie in [0, 1]; the output scaled by 448 / (absmax(v) * OUTPUT_HEADROOM),
+  as each output row is a convex combination of v's rows), the output cast back and descaled: timed whole;
+- error: relative L2 of each output against float32 attention (XLA, highest precision) over every
+  `--check-stride`-th query token.
+
+    python3 benchmarks/fp8_attention.py                      # 480p CFG batch (2 x 37,440 tokens)
+    python3 benchmarks/fp8_attention.py --cases t2v480p_cfg,refine84k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CASES = {
+    "t2v480p_cfg": dict(grid=(24, 30, 52), batch=2),  # 480p, 93 frames, the guided batch
+    "refine84k": dict(grid=(24, 44, 80), batch=1),  # 720p spatial refinement without BSA
+}
+E4M3_MAX = 448.0
+OUTPUT_HEADROOM = 1.125  # the quantized probabilities of a row may sum to a little more than 1
+
+
+def _fp8_params(q_scale, k_scale, v_scale):
+    """The cuDNN FP8 call's scale operands ([1, 1, 1, 1] float32 each); the backward's are unused here (ones)."""
+    import jax.numpy as jnp
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+    one = jnp.ones((1, 1, 1, 1), jnp.float32)
+    params = {name: one for name in cudnn_attention.fp8_params_keys}
+    as_operand = lambda x: jnp.reshape(x, (1, 1, 1, 1)).astype(jnp.float32)  # noqa: E731
+    params.update(descale_q=as_operand(q_scale), descale_k=as_operand(k_scale), descale_v=as_operand(v_scale),
+                  scale_s=as_operand(E4M3_MAX), descale_s=as_operand(1.0 / E4M3_MAX),
+                  scale_o=as_operand(E4M3_MAX / (v_scale * E4M3_MAX * OUTPUT_HEADROOM)))
+    return params
+
+
+def fp8_attention(q, k, v):
+    """q, k, v [B, S, H, D] bf16 -> [B, S, H, D] bf16 through cuDNN's FP8 flash attention (module docstring)."""
+    import jax.numpy as jnp
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
+
+    e4m3 = jnp.float8_e4m3fn
+    scales = [jnp.maximum(jnp.max(jnp.abs(x.astype(jnp.float32))), 1e-12) / E4M3_MAX for x in (q, k, v)]
+    quantized = [jnp.clip(x.astype(jnp.float32) / s, -E4M3_MAX, E4M3_MAX).astype(e4m3)
+                 for x, s in zip((q, k, v), scales, strict=True)]
+    params = _fp8_params(*scales)
+    out, _, _ = cudnn_attention.dot_product_attention(
+        *quantized, fp8_params=params, scale=1.0 / math.sqrt(q.shape[-1]), qkv_layout="BTNH", use_fp8=True)
+    return (out.astype(jnp.float32) / params["scale_o"].reshape(())).astype(q.dtype)
+
+
+def _timed_ms(fn, *args, iters: int) -> float:
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run_case(name: str, iters: int, stride: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from bsa_inputs import StructuredInputSpec, structured_qkv
+
+    from longcat_jax.metrics import rel_l2
+
+    case = CASES[name]
+    grid, batch = case["grid"], case["batch"]
+    q, k, v = structured_qkv(jax.random.key(0), grid, StructuredInputSpec())
+    q, k, v = (jnp.tile(x, (batch, 1, 1, 1)) for x in (q, k, v))  # [B, N, H, D]
+    bf16 = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="cudnn"))
+    fp8 = jax.jit(fp8_attention)
+    result = {"case": name, "tokens": math.prod(grid), "batch": batch, "device": jax.devices()[0].device_kind}
+    result["bf16_ms"] = _timed_ms(bf16, q, k, v, iters=iters)
+    result["fp8_ms"] = _timed_ms(fp8, q, k, v, iters=iters)
+    flops = 4 * batch * q.shape[2] * q.shape[1] ** 2 * q.shape[3]
+    result["bf16_tflops"] = flops / result["bf16_ms"] / 1e9
+    result["fp8_tflops"] = flops / result["fp8_ms"] / 1e9
+
+    @jax.jit
+    def reference(q, k, v):  # float32 attention of every stride-th query token of the first batch entry
+        q = q[:1, ::stride].astype(jnp.float32)
+        return jax.nn.dot_product_attention(q, k[:1].astype(jnp.float32), v[:1].astype(jnp.float32),
+                                            implementation="xla")
+
+    with jax.default_matmul_precision("highest"):
+        want = reference(q, k, v)
+    for label, fn in (("bf16", bf16), ("fp8", fp8)):
+        got = fn(q, k, v)[:1, ::stride]
+        result[f"{label}_rel_l2"] = float(rel_l2(got.astype(jnp.float32), want))
+        result[f"{label}_finite"] = bool(jnp.all(jnp.isfinite(got)))
+    result["speedup"] = result["bf16_ms"] / result["fp8_ms"]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="t2v480p_cfg", help="comma-separated subset of " + ", ".join(CASES))
+    parser.add_argument("--iters", type=int, default=10, help="timed calls after the compiling one")
+    parser.add_argument("--check-stride", type=int, default=64, help="query tokens checked: every N-th")
+    args = parser.parse_args()
+    cases = args.cases.split(",")
+    unknown = [case for case in cases if case not in CASES]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
+    import jax
+
+    if jax.default_backend() != "gpu":
+        parser.error("cuDNN attention needs an NVIDIA GPU (FP8: compute capability 8.9 or newer)")
+    print("case          tokens batch  bf16 ms  fp8 ms  fp8/bf16 speed-up  bf16 TFLOP/s  fp8 TFLOP/s  "
+          "rel L2 bf16 / fp8 (vs float32)")
+    for name in cases:
+        row = run_case(name, args.iters, args.check_stride)
+        print(json.dumps(row), flush=True)
+        print(f"{name:<13} {row['tokens']:>6} {row['batch']:>5} {row['bf16_ms']:>8.2f} {row['fp8_ms']:>7.2f} "
+              f"{row['speedup']:>18.2f}x {row['bf16_tflops']:>13.0f} {row['fp8_tflops']:>12.0f}  "
+              f"{row['bf16_rel_l2']:.2e} / {row['fp8_rel_l2']:.2e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
