@@ -18,6 +18,12 @@ it before minutes of loading and compiling, and names the mode that needs less.
 The whole 48-block step under "block_and_sublayers" then ran on an H200 (2026-12-03) and peaked above that count:
 83.1 GiB with bf16 weights and 72.1 GiB with INT8 ones, against 79.4 and 67.4 GiB counted with 44 bytes. Its figure
 is therefore the measured one, 59 bytes (the larger gap, 4.7 GiB at 84,480 tokens, added): 84.2 and 72.2 GiB.
+
+An FP8-compute base ("quantize": "fp8") runs its LoRA'd Linears over token chunks whose backward keeps more: one
+block's temporaries at 84,480 tokens were 23.65 GiB against 14.83 GiB for bf16 weights in the same compile-only
+measurement (`longcat_jax.models.dit.quantized_linear`), 27 bytes per token and channel more, added to every mode's
+figure for such a base (not measured on a GPU). "fp8-weight-only" (the same e4m3 weights, bf16 GEMMs) and "int8"
+join the LoRAs to their GEMMs and count as bf16.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from longcat_jax.memory.footprint import block_linears, dit_weights
 from longcat_jax.memory.sizes import format_size
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.params import module_path
+from longcat_jax.quantization.modes import FP8_COMPUTE, scheme_for
 from longcat_jax.training.config import TrainConfig
 from longcat_jax.training.shapes import token_grid
 
@@ -40,12 +47,14 @@ LORA_STATE_COPIES = 4  # the float32 factors, their gradients, AdamW's two momen
 # docstring: from XLA's buffer assignment for an H100; "block_and_sublayers" from the H200's measured peaks); "none"
 # keeps every block's intermediates and is not checked.
 BLOCK_BACKWARD_BYTES = {"block": 67, KEEP_ATTENTION: 67, "block_and_sublayers": 59}
+# What an FP8-compute base adds to it (module docstring: compile-only, one block at 84,480 tokens).
+FP8_COMPUTE_BACKWARD_BYTES = 27
 # What to try instead of each mode where it does not fit.
 LESS_MEMORY = {
     KEEP_ATTENTION: "set \"remat\": \"block\" (the attention is recomputed instead)",
     "block": "set \"remat\": \"block_and_sublayers\" (the self attention and FFN are recomputed once more)",
-    "block_and_sublayers": "train at a smaller size, quantize the frozen base (\"quantize\": \"int8\" or \"fp8\"), or "
-                           "split the weights over several GPUs (\"parallel\": {\"fsdp\": true})",
+    "block_and_sublayers": "train at a smaller size, quantize the frozen base (\"quantize\": \"int8\" or "
+                           "\"fp8-weight-only\"), or split the weights over several GPUs (\"parallel\": {\"fsdp\": true})",
 }
 
 
@@ -60,17 +69,23 @@ def kept_block_input_bytes(config: DiTConfig, tokens: int, act_bytes: int = 2) -
     return config.depth * tokens * config.hidden_size * act_bytes
 
 
-def block_backward_bytes(config: DiTConfig, tokens: int, mode: str, act_bytes: int = 2) -> int:
-    """One block's backward working set under `mode` for one clip of `tokens` tokens (measured; module docstring)."""
-    return BLOCK_BACKWARD_BYTES[mode] * tokens * config.hidden_size * act_bytes // 2
+def block_backward_bytes(config: DiTConfig, tokens: int, mode: str, act_bytes: int = 2,
+                         quantize: str = "none") -> int:
+    """One block's backward working set under `mode` for one clip of `tokens` tokens, the frozen base quantized
+    with `quantize` (measured; module docstring)."""
+    per_channel = BLOCK_BACKWARD_BYTES[mode]
+    scheme = scheme_for(quantize)
+    if scheme is not None and scheme.compute == FP8_COMPUTE:
+        per_channel += FP8_COMPUTE_BACKWARD_BYTES
+    return per_channel * tokens * config.hidden_size * act_bytes // 2
 
 
-def remat_bytes(config: DiTConfig, tokens: int, mode: str, act_bytes: int = 2) -> int:
+def remat_bytes(config: DiTConfig, tokens: int, mode: str, act_bytes: int = 2, quantize: str = "none") -> int:
     """What the step holds for one clip besides the weights and the LoRA's state under `mode` (not "none")."""
     kept = kept_block_input_bytes(config, tokens, act_bytes)
     if mode == KEEP_ATTENTION:
         kept += kept_attention_bytes(config, tokens, act_bytes)
-    return kept + block_backward_bytes(config, tokens, mode, act_bytes)
+    return kept + block_backward_bytes(config, tokens, mode, act_bytes, quantize)
 
 
 def lora_state_bytes(config: DiTConfig, modules: tuple[str, ...], rank: int) -> int:
@@ -96,7 +111,7 @@ def check_remat_fits(config: TrainConfig, dit_config: DiTConfig, max_tokens: int
     dtype = jnp.dtype(config.dtype)
     weights = dit_weights(dit_config, dtype=dtype, quantize=config.quantize).total
     lora = lora_state_bytes(dit_config, config.lora.modules, config.lora.rank)
-    activations = training.batch_size * remat_bytes(dit_config, max_tokens, mode, dtype.itemsize)
+    activations = training.batch_size * remat_bytes(dit_config, max_tokens, mode, dtype.itemsize, config.quantize)
     need = weights + lora + activations
     if need > memory.bytes:
         raise ConfigError(

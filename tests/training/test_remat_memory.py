@@ -92,3 +92,16 @@ def test_none_the_cpu_and_meshes_are_not_checked():
     check_remat_fits(_config("none"), DIT, TOKENS_720P_SPATIAL, small)
     check_remat_fits(_config("block"), DIT, TOKENS_720P_SPATIAL, DeviceMemory(GIB, "cpu", "a test's CPU"))
     check_remat_fits(_config("block"), DIT, TOKENS_720P_SPATIAL, small, devices=2)
+
+
+def test_an_fp8_compute_base_counts_its_chunked_linears_and_names_the_weight_only_modes():
+    # FP8 compute keeps 27 bytes per token and channel more in a block's backward (compile-only, remat_memory).
+    extra = (block_backward_bytes(DIT, TOKENS_720P_SPATIAL, "block_and_sublayers", quantize="fp8")
+             - block_backward_bytes(DIT, TOKENS_720P_SPATIAL, "block_and_sublayers", quantize="fp8-weight-only"))
+    assert round(extra / GIB, 1) == 8.7
+    assert block_backward_bytes(DIT, TOKENS_720P_SPATIAL, "block", quantize="int8") == block_backward_bytes(
+        DIT, TOKENS_720P_SPATIAL, "block")
+    with pytest.raises(ConfigError, match="fp8-weight-only"):
+        check_remat_fits(_config("block_and_sublayers", quantize="fp8"), DIT, TOKENS_720P_SPATIAL, ALL_OF_80_GIB)
+    check_remat_fits(_config("block_and_sublayers", quantize="fp8-weight-only"), DIT, TOKENS_720P_SPATIAL,
+                     ALL_OF_80_GIB)
