@@ -16,10 +16,10 @@ are not kept (XLA writes the rounded result), except the output projections', wh
 Linear with run-time LoRAs joins their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs
 a copy of its input; the earlier form, a second GEMM added in float32, kept two float32 results per Linear and ran
 the 720p refinement out of memory under a 24 GiB budget on an H200 (2026-12-03). A quantized Linear with run-time
-LoRAs (`longcat_jax.models.dit.quantized_linear`) joins them as the bf16 one does when weight-only (INT8), and is
-counted as it; with FP8 compute it cannot (an FP8 GEMM cannot take them): it keeps its GEMM's and the LoRAs' float32
-results, over at most `LORA_CHUNK_ROWS` rows at a time (`quantized_lora_bytes`; counted from what the code computes,
-not yet checked against XLA on a GPU). Without LoRAs
+LoRAs (`longcat_jax.models.dit.quantized_linear`) runs over at most `LORA_CHUNK_ROWS` rows at a time and keeps
+one chunk's float32 results: its GEMM's and the LoRAs' with FP8 compute (an FP8 GEMM cannot take them), one joined
+GEMM's weight-only (`quantized_lora_bytes`; counted from what the code computes, not yet checked against XLA on a
+GPU). Without LoRAs
 a quantized DiT is counted as the bf16 one: the FP8 step at 168,960 tokens under a 24 GiB cap (H200,
 `benchmarks/memory_budget.py --quantize fp8`, 2026-12-03) had 17.33 GiB of block temporaries (bf16: 13.86 GiB) and
 peaked at 19.4 GiB, below these counts' 19.53 GiB.
@@ -174,17 +174,16 @@ def dense_attention_is_fused(platform: str, act_bytes: int, head_dim: int) -> bo
 
 def quantized_lora_bytes(scheme: QuantScheme, batch: int, tokens: int, in_features: int, out_features: int,
                          act_bytes: int) -> int:
-    """Bytes an FP8 Linear with run-time LoRAs keeps beside its input and output while it runs over `batch` x
+    """Bytes a quantized Linear with run-time LoRAs keeps beside its input and output while it runs over `batch` x
     `tokens` rows: for each chunk of at most LORA_CHUNK_ROWS rows (`quantized_linear.token_chunks`; one chunk of
-    all rows when they are fewer), the FP8 GEMM's float32 result and the LoRAs' float32 update (both [rows, out],
-    summed and rounded by the chunk's last step), and the chunk's activations in e4m3 as the GEMM reads them. The
-    LoRAs' rank-wide parts ([rows, rank], a few MiB) are left out. A weight-only Linear joins its LoRAs to its GEMM
-    as a bf16 one does: 0 here, its bytes are the bf16 Linear's (`dit_activations`)."""
-    del act_bytes  # the activations are read as e4m3
-    if scheme.compute != FP8_COMPUTE:
-        return 0
+    all rows when they are fewer), with FP8 compute the GEMM's float32 result and the LoRAs' float32 update (both
+    [rows, out], summed and rounded by the chunk's last step) and the chunk's activations in e4m3; weight-only one
+    joined GEMM's float32 result and its joined input in the activation dtype (a copy, as the bf16 Linear's). The
+    LoRAs' rank-wide parts ([rows, rank], a few MiB) are left out."""
     _, per_chunk = token_chunks(batch, tokens, LORA_CHUNK_ROWS)
-    return batch * per_chunk * (2 * F32 * out_features + in_features)
+    if scheme.compute == FP8_COMPUTE:
+        return batch * per_chunk * (2 * F32 * out_features + in_features)
+    return batch * per_chunk * (F32 * out_features + act_bytes * in_features)
 
 
 def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_tokens: int | None,
@@ -200,8 +199,7 @@ def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_t
     keys = n + call.cond_tokens
     fused = dense_attention_is_fused(platform, a, config.head_dim)
     scheme = scheme_for(quantize)
-    # Weight-only Linears join their LoRAs to their GEMM as bf16 ones do (`quantized_linear`), and count as them.
-    quantized_lora = scheme is not None and call.lora and scheme.compute == FP8_COMPUTE
+    quantized_lora = scheme is not None and call.lora
     # Per token of the residual stream: the block's input and output.
     stream = 2 * a * c
     # With LoRAs: bytes per input feature of a bf16 Linear's input copy, joined to its LoRAs' part. Every Linear of

@@ -70,22 +70,17 @@ def test_dit_activations_grow_with_the_tokens_and_shrink_with_chunks():
     assert _activations(grid, chunk=8192, lora=True) > _activations(grid, chunk=8192)
 
 
-def test_an_fp8_linear_with_loras_keeps_one_chunk_of_float32_results():
-    """Two float32 [rows, out] (the GEMM's and the LoRAs') and the e4m3 rows the GEMM reads, over one chunk of at
-    most LORA_CHUNK_ROWS rows: the same for 168,960 and 84,480 tokens (chunks of 28,160), all rows when fewer."""
-    c, fp8 = DIT.hidden_size, SCHEMES["fp8"]
+def test_a_quantized_linear_with_loras_keeps_one_chunk_of_float32_results():
+    """FP8: two float32 [rows, out] (the GEMM's and the LoRAs') and the e4m3 rows the GEMM reads; weight-only: one
+    joined GEMM's float32 result and its joined input copy. Over one chunk of at most LORA_CHUNK_ROWS rows: the same
+    for 168,960 and 84,480 tokens (chunks of 28,160), all rows when fewer."""
+    c, fp8, int8 = DIT.hidden_size, SCHEMES["fp8"], SCHEMES["int8"]
     rows = token_chunks(1, 168960, LORA_CHUNK_ROWS)[1]
     assert rows == token_chunks(1, 84480, LORA_CHUNK_ROWS)[1] == 28160
     for tokens in (168960, 84480):
-        assert quantized_lora_bytes(fp8, 1, tokens, c, 3 * c, 2) == rows * (2 * 4 * 3 * c + 1 * c)
+        assert quantized_lora_bytes(fp8, 1, tokens, c, 3 * c, 2) == rows * (2 * 4 * 3 * c + 1 * c)  # e4m3 rows
+        assert quantized_lora_bytes(int8, 1, tokens, c, 3 * c, 2) == rows * (4 * 3 * c + 2 * c)  # bf16 rows
     assert quantized_lora_bytes(fp8, 2, 10000, c, c, 2) == 2 * 10000 * (2 * 4 * c + c)
-
-
-def test_a_weight_only_linear_with_loras_counts_as_the_bf16_one():
-    """INT8 Linears join their LoRAs to their GEMM as bf16 ones do (`quantized_linear`), so nothing extra."""
-    assert quantized_lora_bytes(SCHEMES["int8"], 1, 168960, DIT.hidden_size, 3 * DIT.hidden_size, 2) == 0
-    grid = (48, 44, 80)
-    assert _activations(grid, quantize="int8", lora=True) == _activations(grid, lora=True)
 
 
 def test_quantized_loras_are_counted_by_the_chunk_not_by_the_token(monkeypatch):

@@ -1,7 +1,7 @@
-"""A quantized Linear with run-time LoRAs over many tokens. FP8 compute: chunked, it gives the output and the LoRA
-gradients of all tokens at once, keeps its float32 temporaries to one chunk, its FP8 GEMMs stay FP8 GEMMs, and its
-chunks of tokens split over devices move nothing between them. Weight-only: it is the bf16 Linear of its dequantized
-weights, joined to its LoRAs, with that Linear's output, gradients and temporaries."""
+"""A quantized Linear with run-time LoRAs over many tokens: chunked, it gives the output and the LoRA gradients of all
+tokens at once, keeps its float32 temporaries to one chunk, its FP8 GEMMs stay FP8 GEMMs, and its chunks of tokens
+split over devices move nothing between them. Weight-only, it is the bf16 Linear of its dequantized weights joined to
+its LoRAs, with that Linear's output and gradients, and trained all rows at once that Linear's temporaries."""
 
 import re
 
@@ -20,7 +20,8 @@ from longcat_jax.quantization import CUBLAS_FP8_GEMM, FP8_E4M3, SCHEMES, QuantSc
 from longcat_jax.quantization.compile_options import FP8_GPU_COMPILER_OPTIONS
 
 PER_TENSOR_FP8 = QuantScheme("fp8", FP8_E4M3, "fp8", "per_tensor")
-SCHEME_CASES = {"fp8": SCHEMES["fp8"], "fp8-per-tensor": PER_TENSOR_FP8}  # the chunked ones (FP8 compute)
+SCHEME_CASES = {"fp8": SCHEMES["fp8"], "int8": SCHEMES["int8"], "fp8-weight-only": SCHEMES["fp8-weight-only"],
+                "fp8-per-tensor": PER_TENSOR_FP8}
 WEIGHT_ONLY = ["int8", "fp8-weight-only"]
 CHUNK = 32  # rows per chunk in the small cases below
 # x shapes: 2 x 50 tokens (5 interleaved chunks of 10 tokens), 100 rows (4 interleaved chunks of 25), 3 x 37
@@ -100,9 +101,10 @@ def _lora_gradients(layer, x, cotangent):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(factors, x)
 
 
-def test_lora_gradients_through_chunks_match_all_rows_at_once():
-    """As in LoRA training on an FP8 base: float32 factors, activations in float32 or bf16."""
-    scheme = SCHEMES["fp8"]
+@pytest.mark.parametrize("mode", ["fp8", "int8"])
+def test_lora_gradients_through_chunks_match_all_rows_at_once(mode):
+    """As in LoRA training on a quantized base: float32 factors, activations in float32 or bf16."""
+    scheme = SCHEMES[mode]
     shape = (1, 111, 64)  # 4 contiguous chunks of 28 tokens (111 = 3 x 37 has no divisor from 4 to 8)
     cotangent = jax.random.normal(jax.random.key(2), shape[:-1] + (48,), jnp.float32)
     for dtype in (jnp.float32, jnp.bfloat16):
@@ -138,7 +140,7 @@ def test_tokens_split_over_devices_are_chunked_without_moving_them():
         pytest.skip("needs 4 devices (tests/conftest.py asks XLA for 8 CPU devices)")
     mesh = Mesh(np.array(jax.devices()[:4]), ("context",))
     tokens = NamedSharding(mesh, P(None, "context"))
-    for mode in ("fp8", "int8"):  # int8: one GEMM over the local tokens
+    for mode in ("fp8", "int8"):
         layer = _quantized(SCHEMES[mode], dtype=jnp.bfloat16, lora_dtype=jnp.bfloat16, chunk_rows=CHUNK)
         graphdef, state = nnx.split(layer)
         state = jax.device_put(state, NamedSharding(mesh, P()))
@@ -220,11 +222,14 @@ def _bf16_twin(layer: QuantizedLinear) -> Linear:
 
 @pytest.mark.parametrize("mode", WEIGHT_ONLY)
 def test_a_weight_only_linear_with_loras_is_the_bf16_linear_of_its_dequantized_weights(mode):
-    """Output bit for bit, and the LoRA factors' and input's gradients (float32 factors, bf16 activations)."""
+    """Output bit for bit, in chunks or not, and the LoRA factors' and input's gradients all rows at once, as training
+    runs it (float32 factors, bf16 activations; in chunks the factors' gradients are summed over chunks, above)."""
     x = _input((2, 50, 64), jnp.bfloat16)
     cotangent = jax.random.normal(jax.random.key(2), (2, 50, 48), jnp.float32)
     layer = _quantized(SCHEMES[mode], dtype=jnp.bfloat16, lora_dtype=jnp.float32, chunk_rows=CHUNK)
     twin = _bf16_twin(layer)
+    np.testing.assert_array_equal(np.asarray(_call(layer, x)), np.asarray(_call(twin, x)))
+    layer.lora_chunk_rows = None
     np.testing.assert_array_equal(np.asarray(_call(layer, x)), np.asarray(_call(twin, x)))
     (factors, dx), (twin_factors, twin_dx) = _lora_gradients(layer, x, cotangent), _lora_gradients(twin, x, cotangent)
     np.testing.assert_array_equal(np.asarray(dx), np.asarray(twin_dx))
@@ -245,10 +250,23 @@ def _gradient_temp_bytes(layer, rows: int) -> int:
 
 @pytest.mark.parametrize("mode", WEIGHT_ONLY)
 def test_a_weight_only_linear_with_loras_trains_in_the_bf16_linears_memory(mode):
-    """LoRA training on an INT8 base: the gradient's temporaries over 84,480 tokens are the bf16 Linear's. (Keeping
-    the per-channel scale on a float32 output, with the LoRA updates as a second float32 array over chunks, held 8.8
-    GiB more in one real-size block's backward; see `quantized_linear`.)"""
-    layer = _quantized(SCHEMES[mode], dtype=jnp.bfloat16, lora_dtype=jnp.float32, chunk_rows=LORA_CHUNK_ROWS,
-                       in_features=512, out_features=1536, rank=16)
+    """LoRA training on an INT8 base (all rows at once): the gradient's temporaries over 84,480 tokens are the bf16
+    Linear's. (Keeping the per-channel scale on a float32 output, with the LoRA updates as a second float32 array
+    over chunks, held 8.8 GiB more in one real-size block's backward; see `quantized_linear`.)"""
+    layer = _quantized(SCHEME_CASES[mode], dtype=jnp.bfloat16, lora_dtype=jnp.float32, chunk_rows=None,
+                       in_features=512, out_features=1536, rank=16)  # all rows at once, as training sets
     quantized, bf16 = _gradient_temp_bytes(layer, 84480), _gradient_temp_bytes(_bf16_twin(layer), 84480)
     assert quantized <= bf16 + 2 * 1536 * 512 * 4, (quantized / 2**20, bf16 / 2**20)  # the converted kernel's room
+
+
+def test_lora_training_multiplies_all_rows_at_once_on_a_weight_only_base_and_in_chunks_on_an_fp8_one():
+    from longcat_jax.models.dit.quantized_linear import quantize_linears
+    from longcat_jax.training.config import LoRAConfig
+    from longcat_jax.training.trainable_lora import attach_trainable_lora
+    from tests.training.synthetic import small_dit
+
+    for mode, rows in (("int8", None), ("fp8-weight-only", None), ("fp8", LORA_CHUNK_ROWS)):
+        dit = quantize_linears(small_dit(), mode)
+        targets = attach_trainable_lora(dit, LoRAConfig(rank=2, alpha=2, targets=("all",)), seed=0)
+        quantized = [m for _, m in nnx.iter_modules(dit) if isinstance(m, QuantizedLinear)]
+        assert targets and quantized and {m.lora_chunk_rows for m in quantized} == {rows}, mode

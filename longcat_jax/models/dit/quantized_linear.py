@@ -7,31 +7,32 @@ Its matmul is the scheme's (`longcat_jax.quantization.matmul`): an FP8 GEMM with
 token on the fly, or weight-only with the weight converted inside the matmul. Bias and run-time LoRA updates
 are added in float32 before the one rounding to the activation dtype, as in `Linear`.
 
-Run-time LoRAs, weight-only (INT8, or e4m3 where the GPU has no FP8 GEMM): the weight is dequantized to the
-activation dtype inside the GEMM (its per-channel scale applied before the one rounding to bf16) and the LoRAs join
-that GEMM as they join the bf16 `Linear`'s (`layers.matmul_f32_out`), so the layer's memory and gradients are the
-bf16 Linear's. Keeping the scale on the float32 output instead, exact but one float32 [rows, out] array more per
-Linear, with the LoRA updates added as a second float32 array over `LORA_CHUNK_ROWS`-row chunks, made the LoRA
-training step at 84,480 tokens hold 23.7 GiB of temporaries in one block's backward against the bf16 model's 14.8
-GiB (XLA's buffer assignment for an H100, compiled on the CPU, 2026-12-03); the 48-block INT8 step then ran out of
-memory on an H200. Joined it holds 15.1 GiB. The bf16 rounding of the scaled weight costs little beside the INT8
-rounding: on one 4096 x 4096 GEMM (random N(0, 1/4096) weights, 512 tokens) the relative error against the bf16
-weights was 8.69e-3 with the scale on the output and 8.94e-3 with the scaled weight rounded (2026-12-03, CPU).
+Run-time LoRAs and many tokens: a quantized Linear with LoRAs multiplies at most `LORA_CHUNK_ROWS` rows at a time:
+matmul, bias, LoRA updates and rounding run per chunk in a loop that writes each chunk's rows of the output in
+place, and only one chunk's float32 arrays are alive. Every step works on each row alone (per-token activation
+scales; a per-tensor scale is computed over all rows first), so the output is the one of all rows at once. The
+chunks interleave, chunk i holding tokens i, i + n, i + 2n, ... of n (of every batch entry): with the tokens split
+over devices (context parallel), each device's contiguous tokens hold its share of every chunk, and taking a chunk
+moves nothing between devices (contiguous chunks would make XLA gather all tokens on every device). Why: over all
+168,960 tokens of the 720p refinement the float32 arrays of the qkv Linear ([168,960, 12,288], 7.75 GiB each) were
+alive at once, more than a 24 GiB budget leaves beside the rest of the step (the same arrays ran the bf16
+refinement out of memory at 24 GiB on an H200).
 
-Run-time LoRAs and FP8 compute: the FP8 GEMM's result is float32 (the per-token and per-channel scales follow
-the GEMM), and so is each LoRA update; joining the LoRAs to the GEMM does not apply to an FP8 GEMM. Over all
-168,960 tokens of the 720p refinement both float32 arrays of the qkv Linear ([168,960, 12,288], 7.75 GiB each) were
-alive at once: more than a 24 GiB budget leaves beside the rest of the step (the same two arrays ran the bf16
-refinement out of memory at 24 GiB on an H200). So an FP8 Linear with LoRAs multiplies at most
-`LORA_CHUNK_ROWS` rows at a time: matmul, bias, LoRA updates and rounding run per chunk in a loop that writes each
-chunk's rows of the output in place, and only one chunk's float32 arrays are alive. Every step works on each row
-alone (per-token activation scales; a per-tensor scale is computed over all rows first), so the output is the one
-of all rows at once. The chunks interleave, chunk i holding tokens i, i + n, i + 2n, ... of n (of every batch
-entry): with the tokens split over devices (context parallel), each device's contiguous tokens hold its share of
-every chunk, and taking a chunk moves nothing between devices (contiguous chunks would make XLA gather all tokens
-on every device). Differentiated (LoRA training on an FP8 base), the loop keeps every chunk's intermediates for
-the backward: 23.7 GiB of temporaries in one block's backward at 84,480 tokens (31.5 GiB all rows at once), against
-the bf16 model's 14.8 GiB (same compile-only measurement).
+Weight-only (INT8, or e4m3 where the GPU has no FP8 GEMM), each chunk is one GEMM: the weight dequantized to the
+activation dtype inside it (its per-channel scale applied before the one rounding to bf16), joined to the LoRAs as
+the bf16 `Linear` joins them (`layers.matmul_f32_out`): one float32 [rows, out] result, and gradients as the bf16
+Linear's. FP8 compute cannot take the LoRAs into its GEMM: its float32 result (the per-token and per-channel scales
+follow the GEMM) and the LoRA updates' are two arrays.
+
+Differentiated (LoRA training), the loop keeps every chunk's intermediates for the backward. Compiled for an H100
+without a GPU (XLA's buffer assignment, 2026-12-03), one real-size block's training step at 84,480 tokens held 14.8
+GiB of temporaries with bf16 weights; INT8 with the scale on a float32 output and the LoRAs as a second float32
+array: 23.7 GiB in chunks, 32.1 GiB all rows at once (the 48-block INT8 step ran out of memory on an H200); INT8
+joined, all rows at once: 15.1 GiB, and 24.2 GiB in chunks; FP8: 23.7 GiB in chunks, 31.5 GiB all rows at once. So
+LoRA training on a weight-only base multiplies all rows at once (`lora_chunk_rows` None, set by
+`training.trainable_lora`); on an FP8 base it keeps the chunks. The bf16 rounding of the scaled weight costs little
+beside the INT8 rounding: on one 4096 x 4096 GEMM (random N(0, 1/4096) weights, 512 tokens) the relative error
+against the bf16 weights was 8.94e-3 against 8.69e-3 with the scale on the output (2026-12-03, CPU).
 
 Gradients (LoRA training on a quantized base): the weights are frozen and get none; the input's gradient is
 straight-through, dx = dy @ dequantized(W).T, one GEMM in the activation dtype with the weight converted inside
@@ -142,7 +143,8 @@ class QuantizedLinear(nnx.Module):
     """y = x @ (qkernel * qscale[:, None]).T + bias, qkernel [out, in] in the scheme's format, qscale [out] float32.
 
     dtype: activation dtype (the output's); param_dtype: dtype of the bias and of run-time LoRA factors;
-    `lora_chunk_rows`: with LoRAs, the rows (tokens x batch) multiplied at once (see the module docstring).
+    `lora_chunk_rows`: with LoRAs, the rows (tokens x batch) multiplied at once, None: all (see the module docstring;
+    LoRA training on a weight-only base sets None, `training.trainable_lora`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, scheme: QuantScheme, use_bias: bool = True,
@@ -156,7 +158,7 @@ class QuantizedLinear(nnx.Module):
         self.qscale = nnx.Param(jnp.ones((out_features,), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
         self.loras = nnx.List([])
-        self.lora_chunk_rows = LORA_CHUNK_ROWS
+        self.lora_chunk_rows: int | None = LORA_CHUNK_ROWS
 
     @classmethod
     def from_linear(cls, linear: Linear, scheme: QuantScheme) -> QuantizedLinear:
@@ -193,10 +195,10 @@ class QuantizedLinear(nnx.Module):
         self.qscale.set_value(qscale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., in] -> [..., out] in the activation dtype; with LoRAs and FP8 compute, `lora_chunk_rows` rows at a
-        time."""
+        """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time (None: all
+        at once)."""
         x = x.astype(self.dtype)
-        if not self.loras or self.scheme.compute != FP8_COMPUTE:
+        if not self.loras or self.lora_chunk_rows is None:
             return self._rows(x, None)
         tokens = x.reshape(x.shape[0] if x.ndim > 2 else 1, -1, self.in_features)  # [B, T, in]
         x_scale = None
