@@ -180,7 +180,8 @@ class QuantizedLinear(nnx.Module):
         return self.param_dtype
 
     def dequantized_kernel(self, dtype=jnp.float32) -> jax.Array:
-        """The kernel [in, out] this layer multiplies by, in `dtype` (for inspection; the call never forms it)."""
+        """The kernel [in, out] this layer multiplies by, in `dtype` (a weight-only call with LoRAs forms it inside its
+        GEMM; otherwise for inspection)."""
         return dequantize_kernel(self.qkernel.get_value(), self.qscale.get_value(), dtype)
 
     def add_to_kernel(self, delta: jax.Array) -> None:
