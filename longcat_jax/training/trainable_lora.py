@@ -27,7 +27,6 @@ from longcat_jax.models.dit.layers import Linear, LoRAAdapter, LoRAWeight
 from longcat_jax.models.dit.lora import LoRA, LoRAFactors
 from longcat_jax.models.dit.params import ModulePath, module_path
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
-from longcat_jax.quantization.modes import FP8_COMPUTE
 from longcat_jax.sharding.spatial import to_host
 from longcat_jax.training.config import LoRAConfig
 
@@ -73,9 +72,8 @@ def initial_factors(in_features: int, out_features: int, rank: int, rng: np.rand
 def attach_trainable_lora(model: nnx.Module, lora: LoRAConfig, *, seed: int) -> list[LoRATarget]:
     """Adds a freshly initialised float32 LoRA to every target Linear of `model`; returns the targets.
 
-    Refuses a model that already has run-time LoRAs attached (merge them into the weights first). A weight-only
-    quantized Linear (INT8) then multiplies all its rows at once: its token chunks, which save memory at inference,
-    keep every chunk's arrays for the backward (`models.dit.quantized_linear`).
+    Refuses a model that already has run-time LoRAs attached (merge them into the weights first). Quantized Linears
+    are prepared for training (`QuantizedLinear.prepare_for_lora_training`).
     """
     targets = lora_targets(model.config, lora.modules)
     rng = np.random.default_rng(seed)
@@ -87,8 +85,8 @@ def attach_trainable_lora(model: nnx.Module, lora: LoRAConfig, *, seed: int) -> 
         down, up = initial_factors(linear.in_features, linear.out_features, lora.rank, rng)
         adapter = LoRAAdapter(down, up, lora.alpha / lora.rank, dtype=linear.dtype, param_dtype=jnp.float32)
         linear.loras = nnx.List([adapter])
-        if isinstance(linear, QuantizedLinear) and linear.scheme.compute != FP8_COMPUTE:
-            linear.lora_chunk_rows = None
+        if isinstance(linear, QuantizedLinear):
+            linear.prepare_for_lora_training()
     return targets
 
 

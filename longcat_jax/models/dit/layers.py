@@ -71,6 +71,14 @@ def _matmul_f32_out_bwd(dtype, residuals, grad):
 matmul_f32_out.defvjp(_matmul_f32_out_fwd, _matmul_f32_out_bwd)
 
 
+def matmul_with_loras(x: jax.Array, kernel: jax.Array, loras, dtype) -> jax.Array:
+    """x [..., in] @ kernel [in, out] plus every `LoRAAdapter` of `loras`, one GEMM (`matmul_f32_out`) with operands
+    in `dtype` -> float32 [..., out]."""
+    lows = tuple(adapter.low(x) for adapter in loras)  # [..., rank_i]
+    ups = tuple(adapter.scaled_up() for adapter in loras)  # [rank_i, out]
+    return matmul_f32_out(x, kernel, lows, ups, jnp.dtype(dtype))
+
+
 class LoRAScale(nnx.Variable):
     """The multiplier * alpha_scale of one run-time LoRA: a variable, so changing it does not retrace."""
 
@@ -133,9 +141,7 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        lows = tuple(adapter.low(x) for adapter in self.loras)  # [..., rank_i]
-        ups = tuple(adapter.scaled_up() for adapter in self.loras)  # [rank_i, out]
-        y = matmul_f32_out(x, self.kernel.get_value(), lows, ups, jnp.dtype(self.dtype))  # float32
+        y = matmul_with_loras(x, self.kernel.get_value(), self.loras, self.dtype)  # float32
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)
         return y.astype(self.dtype)

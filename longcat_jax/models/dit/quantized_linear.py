@@ -20,7 +20,7 @@ refinement out of memory at 24 GiB on an H200).
 
 Weight-only (INT8, or e4m3 where the GPU has no FP8 GEMM), each chunk is one GEMM: the weight dequantized to the
 activation dtype inside it (its per-channel scale applied before the one rounding to bf16), joined to the LoRAs as
-the bf16 `Linear` joins them (`layers.matmul_f32_out`): one float32 [rows, out] result, and gradients as the bf16
+the bf16 `Linear` joins them (`layers.matmul_with_loras`): one float32 [rows, out] result, and gradients as the bf16
 Linear's. FP8 compute cannot take the LoRAs into its GEMM: its float32 result (the per-token and per-channel scales
 follow the GEMM) and the LoRA updates' are two arrays.
 
@@ -29,8 +29,8 @@ without a GPU (XLA's buffer assignment, 2026-12-03), one real-size block's train
 GiB of temporaries with bf16 weights; INT8 with the scale on a float32 output and the LoRAs as a second float32
 array: 23.7 GiB in chunks, 32.1 GiB all rows at once (the 48-block INT8 step ran out of memory on an H200); INT8
 joined, all rows at once: 15.1 GiB, and 24.2 GiB in chunks; FP8: 23.7 GiB in chunks, 31.5 GiB all rows at once. So
-LoRA training on a weight-only base multiplies all rows at once (`lora_chunk_rows` None, set by
-`training.trainable_lora`); on an FP8 base it keeps the chunks. The bf16 rounding of the scaled weight costs little
+LoRA training on a weight-only base multiplies all rows at once (`prepare_for_lora_training`, which
+`training.trainable_lora` calls); on an FP8 base it keeps the chunks. The bf16 rounding of the scaled weight costs little
 beside the INT8 rounding: on one 4096 x 4096 GEMM (random N(0, 1/4096) weights, 512 tokens) the relative error
 against the bf16 weights was 8.94e-3 against 8.69e-3 with the scale on the output (2026-12-03, CPU).
 
@@ -60,7 +60,7 @@ from flax import nnx
 from jax import lax
 
 from longcat_jax.checkpoint.param_tree import ParamPath
-from longcat_jax.models.dit.layers import Linear, matmul_f32_out
+from longcat_jax.models.dit.layers import Linear, matmul_with_loras
 from longcat_jax.quantization.formats import dequantize_kernel, quantize_kernel
 from longcat_jax.quantization.matmul import activation_scale, quantized_dot
 from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, QuantScheme, scheme_for
@@ -143,8 +143,8 @@ class QuantizedLinear(nnx.Module):
     """y = x @ (qkernel * qscale[:, None]).T + bias, qkernel [out, in] in the scheme's format, qscale [out] float32.
 
     dtype: activation dtype (the output's); param_dtype: dtype of the bias and of run-time LoRA factors;
-    `lora_chunk_rows`: with LoRAs, the rows (tokens x batch) multiplied at once, None: all (see the module docstring;
-    LoRA training on a weight-only base sets None, `training.trainable_lora`).
+    `lora_chunk_rows`: with LoRAs, the rows (tokens x batch) multiplied at once, None: all (see the module docstring
+    and `prepare_for_lora_training`).
     """
 
     def __init__(self, in_features: int, out_features: int, *, scheme: QuantScheme, use_bias: bool = True,
@@ -195,6 +195,12 @@ class QuantizedLinear(nnx.Module):
         self.qkernel.set_value(qkernel)
         self.qscale.set_value(qscale)
 
+    def prepare_for_lora_training(self) -> None:
+        """Weight-only: multiply all rows at once from now on, as the chunks' backward keeps every chunk's arrays
+        (see the module docstring); FP8 compute keeps its chunks, which there hold less."""
+        if self.scheme.compute != FP8_COMPUTE:
+            self.lora_chunk_rows = None
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time (None: all
         at once)."""
@@ -211,8 +217,8 @@ class QuantizedLinear(nnx.Module):
 
     def _rows(self, x: jax.Array, x_scale: jax.Array | None) -> jax.Array:
         """x [..., in] -> [..., out]: the quantized matmul, bias and LoRA updates summed in float32, rounded once."""
-        if self.loras and self.scheme.compute != FP8_COMPUTE:
-            y = self._weight_only_joined(x)
+        if self.loras and self.scheme.compute != FP8_COMPUTE:  # the weight dequantized inside the joined GEMM
+            y = matmul_with_loras(x, self.dequantized_kernel(self.dtype), self.loras, self.dtype)
         else:
             y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), x_scale, self.scheme,
                                   jnp.dtype(self.dtype))  # float32
@@ -222,13 +228,6 @@ class QuantizedLinear(nnx.Module):
             y = y + self.bias.get_value().astype(jnp.float32)
         return y.astype(self.dtype)
 
-    def _weight_only_joined(self, x: jax.Array) -> jax.Array:
-        """x [..., in] -> float32 [..., out]: the weight dequantized to the activation dtype inside the GEMM, joined
-        to the LoRAs as the bf16 `Linear` joins them (see the module docstring)."""
-        dtype = jnp.dtype(self.dtype)
-        lows = tuple(adapter.low(x) for adapter in self.loras)  # [..., rank_i]
-        ups = tuple(adapter.scaled_up() for adapter in self.loras)  # [rank_i, out]
-        return matmul_f32_out(x, self.dequantized_kernel(dtype), lows, ups, dtype)
 
 
 def _module_at(model: nnx.Module, path: ParamPath):
