@@ -291,6 +291,8 @@ def _spawn(case: str, impl: str, args) -> dict | None:
 
 
 def main() -> None:
+    from longcat_jax.quantization.modes import GEMM_DTYPES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ", ".join(CASES))
     parser.add_argument("--depth", type=int, default=48, help="number of DiT blocks (48 = the real model)")
@@ -303,7 +305,7 @@ def main() -> None:
                         "and reports the scaling efficiency (speed-up over the first count / count ratio)")
     parser.add_argument("--quantize", default="none",
                         help="quantization modes to run ours in, comma-separated: none, fp8, fp8-weight-only, int8")
-    parser.add_argument("--fp8-gemm-dtype", default="float32", choices=["float32", "bfloat16"],
+    parser.add_argument("--fp8-gemm-dtype", default="float32", choices=list(GEMM_DTYPES),
                         help="what the FP8 GEMM writes before its scales are applied (`QuantScheme.gemm_dtype`)")
     parser.add_argument("--quality", action="store_true",
                         help="for quantized runs, also the step output's relative L2 against bf16, whole and per block")
