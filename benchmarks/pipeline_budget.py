@@ -26,10 +26,14 @@ Cases (`--cases`):
     24GiB_distill_refine     --distill --refine: 480p distilled, then the 720p refinement (frames doubled, BSA)
     48GiB_distill_refine     the same at 48 GiB
     16GiB_480p_distill       --distill: 480p t2v, distilled
+    80GiB_480p_t2v           480p t2v with guidance (50 steps, CFG: both branches in one batch of 2), an 80 GB card
+    80GiB_480p_t2v_fp8       the same with --quantize fp8
+    16GiB_480p_distill_int8  16GiB_480p_distill with --quantize int8
+    24GiB_distill_refine_int8 24GiB_distill_refine with --quantize int8
     16GiB_480p_distill_fp8   the same with --quantize fp8 (not in the default list: FP8's compile time on GPUs)
     24GiB_distill_refine_fp8 24GiB_distill_refine with --quantize fp8 (not in the default list either)
 
-Shortening for a time-limited machine: `--distill-steps N` (the distilled stage's steps, default 16),
+Shortening for a time-limited machine: `--steps N` (the 480p stage's steps, default 16 distilled, 50 guided),
 `--refine-steps N` (the refinement's schedule, started at t = 0.5: 4 gives 3 steps, the default 50 gives 26),
 `--num-frames` (default 93); `--case-timeout S` ends a case's process after S seconds (SIGTERM, then SIGKILL 20 s
 later) and `--deadline S` keeps the whole invocation within S seconds (a case that cannot start with 60 s left is
@@ -88,6 +92,10 @@ CASES = {
     "16GiB_480p_distill": Case("16GiB", ("--distill",)),
     "16GiB_480p_distill_fp8": Case("16GiB", ("--distill", "--quantize", "fp8")),
     "24GiB_distill_refine_fp8": Case("24GiB", ("--distill", "--refine", "--quantize", "fp8")),
+    "80GiB_480p_t2v": Case("80GiB", ()),
+    "80GiB_480p_t2v_fp8": Case("80GiB", ("--quantize", "fp8")),
+    "16GiB_480p_distill_int8": Case("16GiB", ("--distill", "--quantize", "int8")),
+    "24GiB_distill_refine_int8": Case("24GiB", ("--distill", "--refine", "--quantize", "int8")),
 }
 DEFAULT_CASES = ("24GiB_distill_refine", "48GiB_distill_refine", "16GiB_480p_distill")
 SMALL_CASES = {
@@ -240,8 +248,8 @@ def cli_flags(case: Case, args) -> list[str]:
     """The CLI's flags of `case` (the budget aside)."""
     flags = ["--model-path", str(args.checkpoint), "--prompt", PROMPT, "--num-frames", str(args.num_frames),
              "--context-parallel", "1", "--output-format", "npz", *case.flags]
-    if args.distill_steps is not None:
-        flags += ["--num-inference-steps", str(args.distill_steps)]
+    if args.steps is not None:
+        flags += ["--num-inference-steps", str(args.steps)]
     if args.refine_steps is not None and "--refine" in case.flags:
         flags += ["--refine-inference-steps", str(args.refine_steps)]
     if args.small:
@@ -303,8 +311,10 @@ def run_case(name: str, case: Case, args, gpu_bytes: int | None) -> dict:
 
 def describe_run(case: Case, args) -> str:
     """What a case runs, for the tables: frames, the stages and their steps."""
-    parts = [f"{args.num_frames} frames", "480p t2v distilled" if not args.small else "64x64 t2v distilled",
-             f"{args.distill_steps or 16} steps"]
+    distilled = "--distill" in case.flags
+    parts = [f"{args.num_frames} frames", f"{'64x64' if args.small else '480p'} t2v "
+             + ("distilled" if distilled else "guided (CFG batch of 2)"),
+             f"{args.steps or (16 if distilled else 50)} steps"]
     if "--refine" in case.flags:
         steps = args.refine_steps or 50
         parts.append(f"+ refinement {'704x1280' if not args.small else '128x128'}, frames doubled, "
@@ -429,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                         "build/, /dev/shm or the temporary folder: one holding it, else the first with room)")
     parser.add_argument("--force-write", action="store_true", help="write the checkpoint even if it is there")
     parser.add_argument("--num-frames", type=int, default=None, help="video frames (default 93; --small 5)")
-    parser.add_argument("--distill-steps", type=int, help="steps of the distilled stage (default 16; --small 1)")
+    parser.add_argument("--steps", "--distill-steps", type=int, dest="steps",
+                        help="steps of the 480p stage (default 16 distilled, 50 guided; --small 1)")
     parser.add_argument("--refine-steps", type=int, help="the refinement's schedule (default 50: 26 steps; --small 2)")
     parser.add_argument("--case-timeout", type=float, help="seconds before a case's process is stopped")
     parser.add_argument("--deadline", type=float, help="seconds the whole invocation may take")
@@ -450,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown case(s) {unknown}; choose from {', '.join(table)}")
     if args.small:
         args.num_frames = args.num_frames or 5
-        args.distill_steps = args.distill_steps or 1
+        args.steps = args.steps or 1
         args.refine_steps = args.refine_steps or 2
     args.num_frames = args.num_frames or 93
     args.checkpoint = args.checkpoint or default_checkpoint(args.small)

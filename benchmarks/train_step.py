@@ -3,7 +3,8 @@
 Cases (token grids of the latent after 1x2x2 patching, batch 1, 512 text tokens):
   t2v480p_dense   24x30x52 = 37,440 tokens: 480p, 93 frames, dense attention (cuDNN)
   refine84k_bsa   24x44x80 = 84,480 tokens: 720p spatial, BSA 0.9375 (gradients through the Pallas kernels' backward,
-                  `kernels.sparse_attention`'s custom_vjp)
+                  `kernels.sparse_attention`'s custom_vjp: by default the Mosaic GPU ones on Hopper, the Triton ones
+                  elsewhere; --bsa-backward as the training config's `bsa.backward`)
 
 Each case runs in its own process (`dit_step.run_child`, killed after --case-timeout) so its peak device memory is
 its own. In it: the weights are drawn on the device block by block (`memory_budget._make_dit`; with --quantize each
@@ -26,6 +27,7 @@ base's block Linears), LoRA factors and optimiser state in float32.
     python benchmarks/train_step.py                                          # both cases, one after the other
     python benchmarks/train_step.py --concurrent                             # case i on GPU i, at the same time
     python benchmarks/train_step.py --cases refine84k_bsa --quantize int8
+    python benchmarks/train_step.py --cases refine84k_bsa --bsa-backward mosaic   # the Mosaic GPU BSA backward
     python benchmarks/train_step.py --small                                  # a 256-wide 2-block DiT, any machine
     python benchmarks/train_step.py --cases t2v480p_dense --remat block_keep_attention   # the attention kept
     python benchmarks/train_step.py --cases refine84k_bsa --remat block_and_sublayers --quantize int8  # 72.1 GiB peak (H200)
@@ -44,7 +46,7 @@ import time
 from dit_step import _log, run_child  # siblings: the progress line and the one way to run a case in a process
 from memory_budget import _config, _make_dit, _peak_gib
 
-from longcat_jax.training.config import REMAT_MODES
+from longcat_jax.training.config import BSA_BACKWARDS, REMAT_MODES
 
 CASES = {
     "t2v480p_dense": dict(grid=(24, 30, 52), bsa=False),
@@ -103,6 +105,7 @@ def run_case(args) -> dict:
     import numpy as np
     from flax import nnx
 
+    from kernels import KernelConfig
     from longcat_jax.models.dit.config import DiTConfig
     from longcat_jax.quantization import check_quantize_supported, quantized_jit
     from longcat_jax.training.batches import Batch
@@ -123,6 +126,7 @@ def run_case(args) -> dict:
 
     start = time.perf_counter()
     model = _make_dit(config, quantize, None)
+    model.set_bsa(model.bsa, backend=model.bsa_backend, kernel_config=KernelConfig(backward=args.bsa_backward))
     frozen_gib = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model))) / 2**30
     lora = LoRAConfig(rank=LORA_RANK, alpha=LORA_ALPHA, targets=("attention", "ffn"))
     targets = attach_trainable_lora(model, lora, seed=0)
@@ -156,8 +160,8 @@ def run_case(args) -> dict:
 
     forward = quantized_jit(lambda factors, frozen, micro, key: micro_batch_loss(
         nnx.merge(graphdef, factors, frozen), micro, key, spec))
-    result = {"case": args.case, "quantize": args.quantize, "remat": args.remat, "tokens": t * h * w,
-              "device": device.device_kind,
+    result = {"case": args.case, "quantize": args.quantize, "remat": args.remat, "bsa_backward": args.bsa_backward,
+              "tokens": t * h * w, "device": device.device_kind,
               "frozen_gib": frozen_gib, "lora_gib": lora_gib, "opt_state_gib": state_gib,
               "lora_params_m": sum(x.size for x in jax.tree.leaves(factors)) / 1e6}
     state = {"factors": factors, "opt_state": opt_state, "step": 0}
@@ -188,11 +192,13 @@ def run_case(args) -> dict:
 
 def _spawn(case: str, args, gpu: int | None) -> dict | None:
     cmd = [sys.executable, __file__, "--child", "--case", case, "--depth", str(args.depth), "--iters", str(args.iters),
-           "--quantize", args.quantize, "--remat", args.remat] + ["--small"] * args.small
+           "--quantize", args.quantize, "--remat", args.remat, "--bsa-backward", args.bsa_backward]
+    cmd += ["--small"] * args.small
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    label = f"{case} quantize={args.quantize} remat={args.remat}" + (f" (GPU {gpu})" if gpu is not None else "")
+    label = f"{case} quantize={args.quantize} remat={args.remat} bsa_backward={args.bsa_backward}" + (
+        f" (GPU {gpu})" if gpu is not None else "")
     return run_child(cmd, label, args.case_timeout, env=env)
 
 
@@ -215,8 +221,9 @@ def _print_table(rows: list[dict], args) -> None:
     nan = float("nan")
     depth = min(args.depth, 2) if args.small else args.depth
     print(f"\ndepth {depth}{' (--small: 256 wide, 4x8x8 grid)' if args.small else ''}, batch 1, LoRA rank {LORA_RANK} "
-          f"on attention + FFN, remat {args.remat}, AdamW; median of {args.iters} after the compiling call; compile: "
-          "tracing + lowering + XLA; peak: the device's peak by the end of the training steps")
+          f"on attention + FFN, remat {args.remat}, BSA backward {args.bsa_backward}, AdamW; median of {args.iters} "
+          "after the compiling call; compile: tracing + lowering + XLA; peak: the device's peak by the end of the "
+          "training steps")
     print(f"{'case':<15} {'tokens':>7} {'quantize':<8} {'train s':>8} {'fwd s':>7} {'train/fwd':>9} "
           f"{'train compile s':>15} {'fwd compile s':>13} {'train 1st s':>11} {'peak GiB':>8} "
           f"{'frozen GiB':>10} {'LoRA+Adam GiB':>13} {'loss':>7}")
@@ -242,6 +249,9 @@ def main() -> None:
                         help="what the backward recomputes (longcat_jax.training.remat): every block but its self "
                              "attention (block_keep_attention), every whole block (block), every block and in its "
                              "backward its self attention and FFN once more (block_and_sublayers), nothing (none)")
+    parser.add_argument("--bsa-backward", default="auto", choices=list(BSA_BACKWARDS),
+                        help="the BSA case's backward kernels (kernels.KernelConfig.backward): auto (Mosaic GPU on "
+                             "Hopper, else Triton), Triton (any CUDA GPU) or Mosaic GPU (Hopper)")
     parser.add_argument("--case-timeout", type=float, default=None, help="seconds before a case's process is killed")
     parser.add_argument("--concurrent", action="store_true",
                         help="run the cases at the same time, case i on GPU i (needs a GPU per case)")

@@ -202,10 +202,11 @@ def bsa_attention(
     products; they differ when condition frames are attended to). Softmax scale 1/sqrt(D).
     Any grid: where the chunk shape does not divide it, the grid is padded to whole chunks and the output is
     that of the rule applied to the real tokens alone (edge blocks hold fewer tokens; see `padding`).
-    backend: "auto" (Pallas kernels on a GPU, reference elsewhere), "reference", "pallas" (GPU: the Triton-lowered
-        forward, or the Mosaic GPU one for Hopper if `kernel_config` asks for it, and the Triton backward) or
+    backend: "auto" (Pallas kernels on a GPU, reference elsewhere), "reference", "pallas" (GPU: the forward and
+        backward kernels `kernel_config` picks: Mosaic GPU on Hopper, Triton-lowered elsewhere, by default) or
         "pallas_interpret" (the same kernels through the Pallas interpreters, CPU).
-    kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100).
+    kernel_config: which forward and backward kernels and their launch settings (None: the defaults tuned on an
+        H100 and H200).
     Returns [B, Sq, H, D] in q's dtype, raster order.
     """
     if not isinstance(params, BSAParams):

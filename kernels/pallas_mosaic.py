@@ -8,8 +8,8 @@ take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttenti
 by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` pairs of query
 blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
 
-Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so the
-Triton backward kernels serve both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
+Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so either backward
+(Triton or `pallas_mosaic_backward`) serves both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
 grid padded to whole chunks, padded keys get logit -inf (`padding.mask_padded_keys`, on a wgmma-layout iota).
 """
 

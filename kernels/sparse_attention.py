@@ -22,7 +22,7 @@ from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 
 FORWARD_KERNELS = ("auto", "triton", "mosaic")
-BACKWARD_KERNELS = ("triton", "mosaic")
+BACKWARD_KERNELS = ("auto", "triton", "mosaic")
 # `checkpoint_name`s of the forward's output and log-sum-exp, the residuals the backward kernels need besides q, k, v:
 # a remat policy that saves these names (`jax.checkpoint_policies.save_only_these_names`) keeps the backward pass
 # from running the forward kernel again.
@@ -39,15 +39,16 @@ class KernelConfig:
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
     H100; for the Mosaic kernel one, as splitting measured no faster there).
-    backward: "triton" (the default, any CUDA GPU) or "mosaic" (the Hopper kernels of `pallas_mosaic_backward`,
-    refused where they cannot run; not yet measured against the Triton ones on a GPU).
+    backward: "auto" (the default: the Mosaic GPU kernels of `pallas_mosaic_backward` on a Hopper GPU where they
+    support the inputs, 1.2x the Triton ones on an H200 and a 720p LoRA training step 16.11 -> 15.63 s, see
+    BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
     """
 
     forward: str = "auto"
     triton: pallas_triton.TritonConfig = pallas_triton.TritonConfig()
     mosaic: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig()
     key_ranges: int | None = None
-    backward: str = "triton"
+    backward: str = "auto"
     mosaic_backward: pallas_mosaic_backward.MosaicBackwardConfig = pallas_mosaic_backward.MosaicBackwardConfig()
 
     def __post_init__(self):
@@ -81,6 +82,16 @@ class KernelConfig:
         """Refuses a "mosaic" backward these inputs or settings cannot run, before any kernel runs."""
         if self.backward == "mosaic":
             pallas_mosaic_backward.check(q, k, v, block_q, block_k, self.mosaic_backward)
+
+    def uses_mosaic_backward(self, q: jax.Array, k: jax.Array, v: jax.Array, block_q: int, block_k: int) -> bool:
+        """Whether the Mosaic GPU backward runs for these inputs: "mosaic" always (`check_backward` refused what it
+        cannot run), "auto" on a Hopper GPU where the kernels support the inputs and fit shared memory."""
+        if self.backward == "auto":
+            return (
+                pallas_mosaic_backward.supports(q, k, v, block_q, block_k) and not self.mosaic_backward.interpret
+                and _on_hopper() and pallas_mosaic_backward.fits(q.shape[-1], self.mosaic_backward)
+            )
+        return self.backward == "mosaic"
 
     def uses_mosaic(self, q: jax.Array, block_q: int, block_k: int, k_max: int) -> bool:
         """Whether the Mosaic GPU forward runs for these inputs (k_max: list width); refuses "mosaic" where it
@@ -170,10 +181,10 @@ def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, ra
 def sparse_attention_backward(
     q, k, v, indices, counts, out, lse, do, block_q, block_k, config: KernelConfig, key_padding: GridPadding | None = None
 ):
-    """(dq, dk, dv) from the backward kernels `config.backward` names, all arrays in chunk order (q, out, do
+    """(dq, dk, dv) from the backward kernels `config.backward` picks, all arrays in chunk order (q, out, do
     [B, Sq, H, D], k, v [B, Sk, H, D], lse [B, H, Sq] from the forward); `KernelConfig.check_backward` refuses
     beforehand what the Mosaic ones cannot run."""
-    if config.backward == "mosaic":
+    if config.uses_mosaic_backward(q, k, v, block_q, block_k):
         return pallas_mosaic_backward.mosaic_backward(
             q, k, v, indices, counts, out, lse, do, config.mosaic_backward, key_padding
         )

@@ -46,13 +46,14 @@ def _embed(graphdef, state, hidden_states, timestep, encoder_hidden_states, enco
                                             grid)
 
 
-@functools.partial(quantized_jit, static_argnames=("graphdef", "grid", "bsa", "bsa_backend", "num_cond_latents",
-                                             "return_kv", "skip_crs_attn"), donate_argnums=(2,))
-def _run_block(graphdef, state, x, text, text_mask, t_emb, kv_cache, *, grid, bsa, bsa_backend, num_cond_latents,
-               return_kv, skip_crs_attn):
+@functools.partial(quantized_jit, static_argnames=("graphdef", "grid", "bsa", "bsa_backend", "bsa_kernel_config",
+                                             "num_cond_latents", "return_kv", "skip_crs_attn"), donate_argnums=(2,))
+def _run_block(graphdef, state, x, text, text_mask, t_emb, kv_cache, *, grid, bsa, bsa_backend, bsa_kernel_config,
+               num_cond_latents, return_kv, skip_crs_attn):
     block = nnx.merge(graphdef, state)
-    return block(x, text, text_mask, t_emb, grid, bsa=bsa, bsa_backend=bsa_backend, num_cond_latents=num_cond_latents,
-                 kv_cache=kv_cache, return_kv=return_kv, skip_crs_attn=skip_crs_attn)
+    return block(x, text, text_mask, t_emb, grid, bsa=bsa, bsa_backend=bsa_backend,
+                 bsa_kernel_config=bsa_kernel_config, num_cond_latents=num_cond_latents, kv_cache=kv_cache,
+                 return_kv=return_kv, skip_crs_attn=skip_crs_attn)
 
 
 @functools.partial(quantized_jit, static_argnames=("graphdef", "grid"))
@@ -143,8 +144,8 @@ class StreamedDiT:
                               kv_cache=kv_cache)
         inputs = [self._on_device(a) for a in (hidden_states, timestep, encoder_hidden_states, encoder_attention_mask)]
         x, t_emb, text, text_mask = _embed(self._ends_graphdef, self._ends_state, *inputs, grid=grid)
-        settings = dict(grid=grid, bsa=dit.bsa, bsa_backend=dit.bsa_backend, num_cond_latents=num_cond_latents,
-                        return_kv=return_kv, skip_crs_attn=skip_crs_attn)
+        settings = dict(grid=grid, bsa=dit.bsa, bsa_backend=dit.bsa_backend, bsa_kernel_config=dit.bsa_kernel_config,
+                        num_cond_latents=num_cond_latents, return_kv=return_kv, skip_crs_attn=skip_crs_attn)
         keys, values = [], []
         for index, weights in self._stream():
             cache = None if kv_cache is None else (kv_cache[0][index], kv_cache[1][index])

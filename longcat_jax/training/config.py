@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels import BSAParams
+from kernels.sparse_attention import BACKWARD_KERNELS as BSA_BACKWARDS
 from longcat_jax.bsa_config import parse_bsa_config
 from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
@@ -177,6 +178,7 @@ class TrainConfig:
     training: TrainingConfig = TrainingConfig()
     bsa: BSAParams | None = None  # None: dense self attention
     bsa_backend: str = "auto"
+    bsa_backward: str = "auto"  # the Pallas backends' backward kernels: auto (mosaic on Hopper, else triton), triton, mosaic
     checkpoint: CheckpointConfig = CheckpointConfig()
     parallel: ParallelConfig = ParallelConfig()
     sample: SampleConfig = SampleConfig()
@@ -401,15 +403,22 @@ def _remat(r: _Reader) -> str:
     return r.choice("remat", TrainingConfig.remat, REMAT_MODES)
 
 
-def _bsa(raw: Mapping, source: str) -> tuple[BSAParams | None, str]:
+def _bsa(raw: Mapping, source: str, dtype: str) -> tuple[BSAParams | None, str, str]:
+    """(params, backend, backward) of the `bsa` section: a configs/bsa/*.json object plus `backend` (the kernels'
+    backend) and `backward` (the Pallas backward kernels: the Mosaic GPU ones take bf16 and 64-token chunks)."""
     section = raw.get("bsa", {"enable_bsa": False})
     if not isinstance(section, Mapping):
         raise ConfigError(f"{source}: 'bsa' must be a JSON object like configs/bsa/*.json, got {section!r}")
-    backend = section.get("backend", "auto")
-    if backend not in BSA_BACKENDS:
-        raise ConfigError(f"{source}: 'bsa.backend' must be one of {list(BSA_BACKENDS)}, got {backend!r}")
-    pair = {k: v for k, v in section.items() if k != "backend" and not k.startswith("_")}
-    return parse_bsa_config(pair, source=f"{source}: 'bsa'"), backend
+    r = _Reader({k: v for k, v in section.items() if k in ("backend", "backward")}, "bsa", source, ("backend", "backward"))
+    backend = r.choice("backend", TrainConfig.bsa_backend, BSA_BACKENDS)
+    backward = r.choice("backward", TrainConfig.bsa_backward, BSA_BACKWARDS)
+    pair = {k: v for k, v in section.items() if k not in ("backend", "backward") and not k.startswith("_")}
+    params = parse_bsa_config(pair, source=f"{source}: 'bsa'")
+    mosaic_fits = params is None or (dtype == "bfloat16" and params.chunk_size_q == params.chunk_size_k == 64)
+    if backward == "mosaic" and not mosaic_fits:
+        raise r.fail("backward", "'auto' or 'triton' unless dtype is bfloat16 and both chunk shapes hold 64 tokens (e.g. "
+                                 "[4, 4, 4]), what the Mosaic GPU backward takes")
+    return params, backend, backward
 
 
 def _checkpoint(raw: Mapping, source: str) -> CheckpointConfig:
@@ -461,12 +470,13 @@ def parse_train_config(raw: Mapping[str, Any], *, source: str = "train config") 
     top = _Reader(raw, "", source, TOP_LEVEL)
     data = _data(raw, source)
     training = _training(raw, source)
-    bsa, backend = _bsa(raw, source)
+    dtype = top.choice("dtype", TrainConfig.dtype, DTYPES)
+    bsa, backend, backward = _bsa(raw, source, dtype)
     parallel = _parallel(raw, source, training)
     return TrainConfig(
         data=data,
         model_path=top.path("model_path", None),
-        dtype=top.choice("dtype", TrainConfig.dtype, DTYPES),
+        dtype=dtype,
         quantize=top.choice("quantize", TrainConfig.quantize, QUANTIZE_MODES),
         output_dir=top.path("output_dir", TrainConfig.output_dir),
         task=_task(raw, source, data),
@@ -475,6 +485,7 @@ def parse_train_config(raw: Mapping[str, Any], *, source: str = "train config") 
         training=training,
         bsa=bsa,
         bsa_backend=backend,
+        bsa_backward=backward,
         checkpoint=_checkpoint(raw, source),
         parallel=parallel,
         sample=_sample(raw, source, parallel),

@@ -13,6 +13,7 @@ import logging
 
 import jax.numpy as jnp
 
+from kernels import KernelConfig
 from longcat_jax.checkpoint.layout import TEXT_ENCODER, TOKENIZER, VAE, check_checkpoint, dit_folder
 from longcat_jax.models.dit import DiTConfig, LongCatDiT, load_dit
 from longcat_jax.models.dit.loading import random_dit
@@ -86,9 +87,10 @@ def check_model_path(config: TrainConfig) -> None:
 
 
 def prepare_base_dit(dit: LongCatDiT, config: TrainConfig) -> LongCatDiT:
-    """A given base DiT made what the config trains: its block Linears quantized as `quantize` says, BSA set."""
+    """A given base DiT made what the config trains: its block Linears quantized as `quantize` says, BSA set (with
+    the backward kernels `bsa.backward` names; `kernels.bsa_attention` runs them interpreted under pallas_interpret)."""
     quantize_linears(dit, config.quantize)
-    dit.set_bsa(config.bsa, backend=config.bsa_backend)
+    dit.set_bsa(config.bsa, backend=config.bsa_backend, kernel_config=KernelConfig(backward=config.bsa_backward))
     return dit
 
 

@@ -135,6 +135,20 @@ def test_mosaic_backward_refuses_what_it_cannot_run():
     assert _gradient(too_deep, d=64).shape == (1, 4 * BLOCK, 1, 64)  # 3 stages fit head_dim 64
 
 
+def test_auto_backward_takes_mosaic_only_on_hopper_for_inputs_it_supports():
+    q = jnp.zeros((1, 4 * BLOCK, 1, 128), jnp.bfloat16)
+    auto = KernelConfig()
+    assert auto.backward == "auto"
+    on_hopper = jax.devices()[0].platform == "gpu" and str(jax.devices()[0].compute_capability).startswith("9.")
+    assert auto.uses_mosaic_backward(q, q, q, BLOCK, BLOCK) == on_hopper
+    # never where the kernels cannot run or are interpreted: 128-token blocks, float32, the CPU interpreter
+    assert not auto.uses_mosaic_backward(q, q, q, 2 * BLOCK, 2 * BLOCK)
+    assert not auto.uses_mosaic_backward(*(q.astype(jnp.float32),) * 3, BLOCK, BLOCK)
+    assert not auto.interpreted().uses_mosaic_backward(q, q, q, BLOCK, BLOCK)
+    assert KernelConfig(backward="mosaic").uses_mosaic_backward(q, q, q, BLOCK, BLOCK)
+    assert not KernelConfig(backward="triton").uses_mosaic_backward(q, q, q, BLOCK, BLOCK)
+
+
 @pytest.mark.parametrize("head_dim, stages, padded", [(128, 2, False), (64, 5, True)], ids=["d128", "d64_5_stages_padded"])
 def test_gpu_kernels_lower_for_hopper(head_dim, stages, padded):
     """The GPU path (wgmma, register layouts, shared memory within a CTA's), which the interpreter replaces, lowers

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from kernels import BSAParams
+from kernels import BSAParams, KernelConfig
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.metrics import rel_l2
@@ -108,15 +108,17 @@ def test_bsa_matches_original(fixtures_dir, model, cases):
         sparse.set_bsa(True)
     with pytest.raises(ConfigError, match="unknown BSA backend 'cuda'"):
         sparse.set_bsa(bsa, backend="cuda")
-    assert sparse.bsa is None  # a refused call changes nothing
+    with pytest.raises(ConfigError, match="kernel_config must be a kernels.KernelConfig or None, got dict"):
+        sparse.set_bsa(bsa, kernel_config={"backward": "mosaic"})
+    assert sparse.bsa is None and sparse.bsa_kernel_config is None  # a refused call changes nothing
 
 
 def test_the_bsa_setting_lives_in_one_place(fixtures_dir):
     """The DiT holds one setting, passed to every block's self attention at call time: no copy per block."""
     model = load_dit(fixtures_dir / "dit", dtype=jnp.float32)
-    model.set_bsa(BSAParams(sparsity=0.5))
+    model.set_bsa(BSAParams(sparsity=0.5), kernel_config=KernelConfig(backward="mosaic"))
     for block in model.blocks:
-        assert not hasattr(block.attn, "bsa")
+        assert not hasattr(block.attn, "bsa") and not hasattr(block.attn, "bsa_kernel_config")
     config = DiTConfig.from_dict({**model.config.to_dict(), "enable_bsa": True, "bsa_params": {"sparsity": 0.5}})
     assert load_dit(fixtures_dir / "dit", config=config, dtype=jnp.float32).bsa == BSAParams(sparsity=0.5)
 

@@ -1,21 +1,26 @@
 """LoRA gradients (and only those) through block-sparse attention in conditioned training: the Pallas kernels'
-backward, run by the interpreter on the CPU, with per-block rematerialisation, against the jnp reference."""
+backward, run by the interpreter on the CPU, with per-block rematerialisation, against the jnp reference; and the
+Mosaic GPU backward that the config's `bsa.backward` picks, against the Triton one."""
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kernels import BSAParams
+from kernels import BSAParams, KernelConfig
 from longcat_jax.metrics import rel_l2
-from longcat_jax.training.config import LoRAConfig, OptimizerConfig
+from longcat_jax.models.dit.loading import random_dit
+from longcat_jax.training.config import DataConfig, LoRAConfig, OptimizerConfig, TrainConfig
+from longcat_jax.training.models import prepare_base_dit
 from longcat_jax.training.objective import SigmaSampling
 from longcat_jax.training.remat import rematerialize_blocks
 from longcat_jax.training.step import StepSpec, micro_batch_loss
 from longcat_jax.training.trainable_lora import attach_trainable_lora, split_trainable
-from tests.training.synthetic import batch_of, small_dit, smooth_clip
+from tests.helpers.mosaic_interpret import thread_programs_compiled_once
+from tests.training.synthetic import batch_of, small_dit, small_dit_config, smooth_clip
 
 # head_dim 64 and 16-token chunks: what the Pallas kernels take. Latents 4x8x8 -> tokens (4, 4, 4), the first two
 # latent frames clean conditions (as continuation trains): condition queries over 2 key chunks, generated queries
@@ -25,14 +30,14 @@ TARGETS = ("attn.qkv", "attn.proj", "ffn.w2")  # before, after and past self att
 SPEC = StepSpec(OptimizerConfig(learning_rate=1e-3), steps=10, sigma=SigmaSampling("uniform"), num_cond_latents=2)
 
 
-def _first_micro_batch():
-    return {name: jnp.asarray(array[0]) for name, array in dataclasses.asdict(batch_of([smooth_clip(0, (16, 4, 8, 8))])).items()}
+def _first_micro_batch(latent_shape=(16, 4, 8, 8)):
+    return {name: jnp.asarray(array[0]) for name, array in dataclasses.asdict(batch_of([smooth_clip(0, latent_shape)])).items()}
 
 
-def _lora_model(*, remat: bool = False, **config):
-    """A small DiT with a rank-4 LoRA on `TARGETS` whose up factors are nonzero (as after some training), so every
-    factor gets a gradient."""
-    dit = small_dit(**config)
+def _lora_model(*, remat: bool = False, dit=None, **config):
+    """A small DiT (`dit`, or one of `config`) with a rank-4 LoRA on `TARGETS` whose up factors are nonzero (as after
+    some training), so every factor gets a gradient."""
+    dit = dit or small_dit(**config)
     attach_trainable_lora(dit, LoRAConfig(rank=4, alpha=4, targets=TARGETS), seed=1)
     if remat:
         rematerialize_blocks(dit)
@@ -68,3 +73,41 @@ def test_lora_gradients_through_the_pallas_bsa_backward_match_the_reference_with
     for name, got, want in zip(paths, jax.tree.leaves(pallas), jax.tree.leaves(reference)):
         assert np.all(np.isfinite(np.asarray(got))) and float(jnp.abs(want).max()) > 0, name
         assert rel_l2(got, want) < 1e-4, (name, rel_l2(got, want))
+
+
+# What the Mosaic GPU backward takes: 64-token chunks, head_dim 64, bf16 q, k, v. Latents 4x16x16 -> tokens (4, 8, 8),
+# 4 blocks; the two condition frames' grid (2, 8, 8) is padded to whole chunks (their key padding masked).
+MOSAIC_BSA = BSAParams(sparsity=0.5, cdf_threshold=None, chunk_3d_shape_q=(4, 4, 4), chunk_3d_shape_k=(4, 4, 4))
+
+
+def _bf16_gradients(backward: str):
+    """(LoRA factor gradients, latent_mean gradient [B, C, T, h, w]) of a bf16 DiT set up as training sets it up
+    (`prepare_base_dit`) with `bsa.backward` = `backward`, on the interpreted Pallas kernels."""
+    config = TrainConfig(data=DataConfig(folder=Path("clips")), dtype="bfloat16", bsa=MOSAIC_BSA,
+                         bsa_backend="pallas_interpret", bsa_backward=backward)
+    dit = prepare_base_dit(random_dit(small_dit_config(hidden=64, heads=1, bsa=MOSAIC_BSA), dtype=jnp.bfloat16), config)
+    assert dit.bsa_kernel_config == KernelConfig(backward=backward)
+    _, graphdef, factors, frozen = _lora_model(dit=dit)
+    micro = _first_micro_batch((16, 4, 16, 16))
+
+    def loss(factors, latent_mean):
+        model = nnx.merge(graphdef, factors, frozen)
+        return micro_batch_loss(model, {**micro, "latent_mean": latent_mean}, jax.random.key(4), SPEC)
+
+    traced = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(factors, micro["latent_mean"])
+    # the Triton backward's kernels are in the program exactly when it is the backward asked for
+    assert ("bsa_backward_dq" in str(traced.jaxpr)) == (backward == "triton")
+    with thread_programs_compiled_once():  # the Mosaic interpreter would compile each grid step's threads again
+        return traced.lower().compile()(factors, micro["latent_mean"])
+
+
+def test_lora_and_input_gradients_through_the_mosaic_bsa_backward_match_the_triton_one():
+    # The config's bsa.backward reaches the kernels: the Mosaic GPU backward (interpreted) gives the Triton one's
+    # gradients, through the condition frames' padded grid too (measured: bit-identical).
+    triton = _bf16_gradients("triton")
+    mosaic = _bf16_gradients("mosaic")
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(triton)[0]]
+    assert len(paths) == 2 * len(TARGETS) + 1
+    for name, got, want in zip(paths, jax.tree.leaves(mosaic), jax.tree.leaves(triton)):
+        assert np.all(np.isfinite(np.asarray(got))) and float(jnp.abs(want).max()) > 0, name
+        assert rel_l2(got, want) < 1e-3, (name, rel_l2(got, want))

@@ -22,6 +22,7 @@ def test_the_example_config_parses_with_its_documented_values():
     assert config.lora.rank == 128 and config.lora.alpha == 64.0
     assert config.lora.modules == BLOCK_LINEARS[:8]  # attention + ffn
     assert config.task.name == "t2v" and config.bsa is None and config.bsa_backend == "auto"
+    assert config.bsa_backward == "auto"
     assert config.cache_dir == Path("outputs/train/cache")
 
 
@@ -55,6 +56,21 @@ def test_conditioned_tasks_and_bsa_settings():
     assert config.bsa.sparsity == 0.5 and config.bsa.chunk_3d_shape_q == (1, 4, 4)
     assert config.bsa_backend == "reference"
     assert parse_train_config(_config(task={"name": "i2v"})).task.cond_video_frames() == 1
+
+
+def test_the_bsa_backward_kernels():
+    chunks = {"sparsity": 0.5, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}
+    assert parse_train_config(_config(bsa={"enable_bsa": True, "bsa_params": chunks})).bsa_backward == "auto"
+    mosaic = parse_train_config(_config(bsa={"enable_bsa": True, "backend": "pallas", "backward": "mosaic",
+                                             "bsa_params": chunks}))
+    assert mosaic.bsa_backward == "mosaic" and mosaic.bsa_backend == "pallas" and mosaic.bsa.chunk_size_q == 64
+    assert parse_train_config(_config(bsa={"enable_bsa": False, "backward": "mosaic"})).bsa_backward == "mosaic"
+    # what the Mosaic GPU backward cannot run (bf16 and 64-token chunks only) is refused before any model loads
+    for raw in (_config(dtype="float32", bsa={"enable_bsa": True, "backward": "mosaic", "bsa_params": chunks}),
+                _config(bsa={"enable_bsa": True, "backward": "mosaic",
+                             "bsa_params": {**chunks, "chunk_3d_shape_k": [1, 4, 4]}})):
+        with pytest.raises(ConfigError, match="'bsa.backward' must be 'auto' or 'triton' unless dtype is bfloat16"):
+            parse_train_config(raw)
 
 
 def test_null_means_off_or_all_where_documented():
@@ -116,6 +132,7 @@ def test_unknown_and_missing_keys_are_named(raw, named):
         ({"task": {"name": "continuation", "num_cond_frames": 6}}, "task.num_cond_frames"),
         ({"bsa": {"enable_bsa": True}}, "bsa_params"),
         ({"bsa": {"enable_bsa": False, "backend": "cuda"}}, "bsa.backend"),
+        ({"bsa": {"enable_bsa": False, "backward": "cutlass"}}, "bsa.backward"),
         ({"parallel": {"devices": 2}}, "training.batch_size"),
         ({"dtype": "float16"}, "dtype"),
         ({"checkpoint": {"every": -5}}, "checkpoint.every"),

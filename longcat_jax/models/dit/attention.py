@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import BSAParams, GridPadding, block_mask_from_indices, bsa_attention, bsa_selection
+from kernels import BSAParams, GridPadding, KernelConfig, block_mask_from_indices, bsa_attention, bsa_selection
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.layers import Linear, RMSNorm
 from longcat_jax.models.dit.rope import apply_rope, rope_tables
@@ -24,18 +24,21 @@ KV = tuple[jax.Array, jax.Array]
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None,
-           bsa_backend: str = "auto", context_parallel=None) -> jax.Array:
+           bsa_backend: str = "auto", bsa_kernel_config: KernelConfig | None = None,
+           context_parallel=None) -> jax.Array:
     """Softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D].
 
     With `bsa` set, each query chunk attends only to its selected key chunks (grids give the
-    (T, H, W) layout of q and k tokens); otherwise full dense attention. With `context_parallel`
-    (a `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads.
+    (T, H, W) layout of q and k tokens) by `kernels.bsa_attention` with `bsa_backend` and `bsa_kernel_config`
+    (the Pallas kernels and their settings; None: the defaults); otherwise full dense attention. With
+    `context_parallel` (a `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads.
     """
     if context_parallel is not None:
-        local = functools.partial(attend, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend)
+        local = functools.partial(attend, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
+                                  bsa_kernel_config=bsa_kernel_config)
         return context_parallel.head_parallel(local, q, k, v)
     if bsa is not None:
-        return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend)
+        return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend, kernel_config=bsa_kernel_config)
     return dense_attention(q, k, v)
 
 
@@ -72,21 +75,22 @@ class SelfAttention(nnx.Module):
         self.k_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.proj = Linear(hidden_size, hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-    def _attend(self, q, k, v, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None, bsa_backend: str) -> jax.Array:
+    def _attend(self, q, k, v, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None, bsa_backend: str,
+                bsa_kernel_config: KernelConfig | None) -> jax.Array:
         if bsa is not None and self.record_selection:
             indices, counts = bsa_selection(q, k, grid_q, grid_k, bsa)
             num_k_blocks = GridPadding.of(grid_k, bsa.chunk_3d_shape_k).num_blocks
             self.sow(nnx.Intermediate, "bsa_selection", block_mask_from_indices(indices, counts, num_k_blocks))
         return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
-                      context_parallel=self.context_parallel)
+                      bsa_kernel_config=bsa_kernel_config, context_parallel=self.context_parallel)
 
     def __call__(self, x: jax.Array, grid: Grid, *, bsa: BSAParams | None = None, bsa_backend: str = "auto",
-                 num_cond_latents: int = 0, kv_cache: KV | None = None,
-                 return_kv: bool = False) -> tuple[jax.Array, KV | None]:
+                 bsa_kernel_config: KernelConfig | None = None, num_cond_latents: int = 0,
+                 kv_cache: KV | None = None, return_kv: bool = False) -> tuple[jax.Array, KV | None]:
         """x: [B, N, C] with N = T*H*W of `grid`.
 
         bsa: block-sparse parameters (None: dense); as the original, used only when the latent has more than
-            one frame. bsa_backend: `kernels.bsa_attention`'s backend.
+            one frame. bsa_backend, bsa_kernel_config: `kernels.bsa_attention`'s backend and kernel_config.
 
         num_cond_latents: the first frames are conditions; their queries see only condition keys.
         kv_cache: (k, v) [B or 1, Nc, H, D] of `num_cond_latents` condition frames from an earlier
@@ -105,7 +109,8 @@ class SelfAttention(nnx.Module):
         new_cache = (k, v) if return_kv else None
 
         # As the original: block-sparse only for videos (more than one latent frame).
-        attend_with = functools.partial(self._attend, bsa=bsa if nt > 1 else None, bsa_backend=bsa_backend)
+        attend_with = functools.partial(self._attend, bsa=bsa if nt > 1 else None, bsa_backend=bsa_backend,
+                                        bsa_kernel_config=bsa_kernel_config)
         if kv_cache is not None:
             out = self._attend_after_cache(q, k, v, grid, num_cond_latents, kv_cache, attend_with)
         else:

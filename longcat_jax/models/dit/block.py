@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import BSAParams
+from kernels import BSAParams, KernelConfig
 from longcat_jax.models.dit.attention import KV, CrossAttention, Grid, SelfAttention
 from longcat_jax.models.dit.layers import LayerNorm, Linear, gated_residual, modulate
 
@@ -73,11 +73,12 @@ class DiTBlock(nnx.Module):
         self.ffn = FeedForwardSwiGLU(hidden_size, ffn_hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array, text: jax.Array, text_mask: jax.Array | None, t_emb: jax.Array, grid: Grid, *,
-                 bsa: BSAParams | None = None, bsa_backend: str = "auto", num_cond_latents: int = 0,
-                 kv_cache: KV | None = None, return_kv: bool = False,
+                 bsa: BSAParams | None = None, bsa_backend: str = "auto", bsa_kernel_config: KernelConfig | None = None,
+                 num_cond_latents: int = 0, kv_cache: KV | None = None, return_kv: bool = False,
                  skip_crs_attn: bool = False) -> tuple[jax.Array, KV | None]:
         """x: [B, N, C] (N = T*H*W of `grid`); text: [B, L, C]; text_mask: [B, L] bool or None;
-        t_emb: [B, T, C_t] float32; bsa: the DiT's self-attention setting (None: dense).
+        t_emb: [B, T, C_t] float32; bsa, bsa_backend, bsa_kernel_config: the DiT's self-attention setting
+        (`LongCatDiT.set_bsa`; bsa None: dense).
         Returns (x [B, N, C], this block's (k, v) if return_kv else None)."""
         b, n, c = x.shape
         nt = grid[0]
@@ -87,7 +88,8 @@ class DiTBlock(nnx.Module):
 
         x_mod = modulate(self.attn_norm, x.reshape(per_frame), shift_msa, scale_msa).reshape(b, n, c)
         attn_out, new_cache = self.attn(x_mod, grid, bsa=bsa, bsa_backend=bsa_backend,
-                                        num_cond_latents=num_cond_latents, kv_cache=kv_cache, return_kv=return_kv)
+                                        bsa_kernel_config=bsa_kernel_config, num_cond_latents=num_cond_latents,
+                                        kv_cache=kv_cache, return_kv=return_kv)
         x = gated_residual(x.reshape(per_frame), gate_msa, attn_out.reshape(per_frame))  # [B, T, S, C]
 
         group = frame_group(nt, n // nt, self.chunk_tokens)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import BACKENDS, BSAParams
+from kernels import BACKENDS, BSAParams, KernelConfig
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.models.dit.block import DiTBlock
 from longcat_jax.models.dit.config import DiTConfig
@@ -130,6 +130,7 @@ class LongCatDiT(_Ends, nnx.Module):
         # change retraces under jit). It starts as the config says, as the original's model does.
         self.bsa: BSAParams | None = config.bsa_params if config.enable_bsa else None
         self.bsa_backend = "auto"
+        self.bsa_kernel_config: KernelConfig | None = None
         self.patch_embed = PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size, rngs=rngs,
                                         dtype=dtype, param_dtype=param_dtype)
         self.timestep_embed = TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size, rngs=rngs,
@@ -151,9 +152,12 @@ class LongCatDiT(_Ends, nnx.Module):
         self.quantize = quantize if quantize not in (None, "none") else None
         quantize_linears(self, self.quantize)
 
-    def set_bsa(self, params: BSAParams | None, *, backend: str = "auto") -> None:
+    def set_bsa(self, params: BSAParams | None, *, backend: str = "auto", kernel_config: KernelConfig | None = None
+                ) -> None:
         """Self attention block-sparse with `params` in every block, or dense (None); like the original's
-        enable_bsa()/disable_bsa(). `backend` is `kernels.bsa_attention`'s. The next jit call retraces."""
+        enable_bsa()/disable_bsa(). `backend` and `kernel_config` are `kernels.bsa_attention`'s: the config picks the
+        Pallas backends' forward and backward kernels (training takes the Mosaic GPU backward by it; None: the
+        defaults). The next jit call retraces."""
         if params is not None and not isinstance(params, BSAParams):
             raise ConfigError(
                 f"set_bsa takes a kernels.BSAParams or None, got {type(params).__name__}; read a JSON config "
@@ -161,8 +165,12 @@ class LongCatDiT(_Ends, nnx.Module):
             )
         if backend not in BACKENDS:
             raise ConfigError(f"unknown BSA backend {backend!r}; choose one of {BACKENDS}")
+        if kernel_config is not None and not isinstance(kernel_config, KernelConfig):
+            raise ConfigError(f"set_bsa's kernel_config must be a kernels.KernelConfig or None, got "
+                              f"{type(kernel_config).__name__}")
         self.bsa = params
         self.bsa_backend = backend
+        self.bsa_kernel_config = kernel_config
 
     def set_context_parallel(self, plan) -> None:
         """Runs the blocks sequence-parallel by `plan` (a `longcat_jax.sharding.ContextParallel`; None: off).
@@ -220,8 +228,8 @@ class LongCatDiT(_Ends, nnx.Module):
                 block, x = cp.gather_block(block, x)
             block_cache = None if kv_cache is None else (kv_cache[0][index], kv_cache[1][index])
             x, new_cache = block(x, text, text_mask, t_emb, grid, bsa=self.bsa, bsa_backend=self.bsa_backend,
-                                 num_cond_latents=num_cond_latents, kv_cache=block_cache, return_kv=return_kv,
-                                 skip_crs_attn=skip_crs_attn)
+                                 bsa_kernel_config=self.bsa_kernel_config, num_cond_latents=num_cond_latents,
+                                 kv_cache=block_cache, return_kv=return_kv, skip_crs_attn=skip_crs_attn)
             if return_kv:
                 keys.append(new_cache[0])
                 values.append(new_cache[1])
