@@ -76,7 +76,8 @@ def test_cli_takes_a_preset_name_from_any_folder(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_built_wheel_carries_the_presets_and_the_examples_run_from_it(tmp_path):
     """A non-editable install: the wheel built from this tree, installed with --target, imported from outside the
-    repository; example 5 of examples/bsa_usage.py (which reads the `adaptive` preset by name) runs on it."""
+    repository; example 5 of examples/bsa_usage.py (which reads the `adaptive` preset by name) runs on it and reports
+    one row per DiT layer with a block count within the possible range (its only run in the suite)."""
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheels)],
                            capture_output=True, text=True)
@@ -106,3 +107,5 @@ def test_a_built_wheel_carries_the_presets_and_the_examples_run_from_it(tmp_path
     assert example.returncode == 0, example.stderr[-3000:]
     rows = [line.split() for line in example.stdout.splitlines() if line[:1].isdigit()]
     assert [row[0] for row in rows] == ["0", "1"]  # one row per layer of the built-in DiT
+    for _, kept, total, _density in rows:  # the mean kept key blocks per query block, within what there is
+        assert 1.0 <= float(kept) <= int(total)
