@@ -51,6 +51,9 @@ def _has_gpu() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
+    # The `slow` tests first (a stable sort: each group keeps its order): started last, one of them keeps a worker
+    # busy while the others have nothing left to run.
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if _has_gpu():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (jax.devices() has none)")

@@ -5,12 +5,14 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from longcat_jax import generate
 
 BALANCED = str(Path(__file__).resolve().parents[2] / "configs" / "bsa" / "config_720p_balanced.json")
 
 
+@pytest.mark.slow
 def test_t2v_with_bsa_on_a_grid_the_chunks_do_not_divide(tmp_path, caplog):
     # 128x208 pixels, 13 frames: token grid (4, 8, 13), 13 columns against the preset's 4x4x4 chunks
     output = tmp_path / "odd_grid.npz"

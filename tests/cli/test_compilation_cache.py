@@ -96,6 +96,7 @@ def test_cli_default_folder_and_none(tmp_path, caplog):
     assert jax.config.jax_compilation_cache_dir == str(default_cache_dir()) and default_cache_dir().is_dir()
 
 
+@pytest.mark.slow
 def test_cli_run_fills_the_named_folder(tmp_path, monkeypatch):
     """A run of the built-in model compiled afresh keeps its programs in --compilation-cache DIR, nothing elsewhere."""
     monkeypatch.chdir(tmp_path)

@@ -156,6 +156,7 @@ def test_checkpoint_missing_parts_are_named(checkpoint, tmp_path):
         _plan("--model-path", str(checkpoint), "--refine")
 
 
+@pytest.mark.slow
 def test_refine_from_video_with_a_condition_video(small_video, tmp_path):
     output = tmp_path / "refined.mp4"
     argv = ["--refine-from", str(small_video), "--video", str(small_video), "--num-cond-frames", "1",

@@ -115,6 +115,7 @@ print("depth", LongCatPipeline.from_pretrained(repo, dtype=jnp.float32).dit.conf
 """
 
 
+@pytest.mark.slow
 def test_a_hub_id_resolves_offline_from_the_hub_cache(hub_home, fixtures_dir, tmp_path):
     """HF_HUB_OFFLINE=1 (huggingface_hub reads it at import, hence a fresh process): the CLI and from_pretrained
     find the snapshot in the cache; an id the cache lacks is refused with the download command."""

@@ -22,6 +22,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo CPU collectives")
 def test_two_processes_share_one_mesh():
     root = Path(__file__).resolve().parents[2]

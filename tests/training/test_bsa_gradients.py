@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from kernels import BSAParams, KernelConfig
@@ -59,6 +60,7 @@ def _lora_grads(backend: str, *, remat: bool):
     return factors, frozen, grads(factors)
 
 
+@pytest.mark.slow
 def test_lora_gradients_through_the_pallas_bsa_backward_match_the_reference_with_remat():
     # The Pallas kernels (forward, Triton backward; interpreted on the CPU) with per-block remat, against the jnp
     # reference without it: equal gradients check both the kernels' backward and that remat changes nothing.

@@ -140,6 +140,7 @@ def test_keep_attention_runs_the_cudnn_self_attention_forward_once_per_block(mon
     assert counts["block_and_sublayers"] == {"self": 6, "cross": 4}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("bsa", "backend", "modes"),
     [(BSA, "pallas_interpret", ("block", "block_keep_attention", "block_and_sublayers")),

@@ -2,6 +2,7 @@
 seed, each the video generation makes with the LoRA saved at that step."""
 
 import numpy as np
+import pytest
 
 from longcat_jax.models.dit import load_lora
 from longcat_jax.pipelines.pipeline import LongCatPipeline
@@ -16,6 +17,7 @@ PROMPT = "a red square moves to the right"
 SAMPLE = {"every": 2, "prompt": PROMPT, "seed": 7, "num_inference_steps": 2}
 
 
+@pytest.mark.slow
 def test_a_sample_every_n_steps_is_what_generate_gives_with_that_steps_lora(tmp_path, monkeypatch):
     config = train_config(tmp_path, training={"steps": 4, "seed": 3, "log_every": 2}, optimizer={"learning_rate": 1e-2},
                           checkpoint={"every": 2, "keep": 5}, sample=SAMPLE)
