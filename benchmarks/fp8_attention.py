@@ -35,7 +35,6 @@ CASES = {
     "t2v480p_cfg": dict(grid=(24, 30, 52), batch=2),  # 480p, 93 frames, the guided batch
     "refine84k": dict(grid=(24, 44, 80), batch=1),  # 720p spatial refinement without BSA
 }
-E4M3_MAX = 448.0
 OUTPUT_HEADROOM = 1.125  # the quantized probabilities of a row may sum to a little more than 1
 
 
@@ -44,11 +43,14 @@ def _fp8_params(q_scale, k_scale, v_scale):
     import jax.numpy as jnp
     from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
+    from longcat_jax.quantization.formats import FP8_E4M3
+
+    e4m3_max = FP8_E4M3.max_value
     one = jnp.ones((1, 1, 1, 1), jnp.float32)
     params = {name: one for name in cudnn_attention.fp8_params_keys}
     as_operand = lambda x: jnp.reshape(x, (1, 1, 1, 1)).astype(jnp.float32)  # noqa: E731
     params.update(descale_q=as_operand(q_scale), descale_k=as_operand(k_scale), descale_v=as_operand(v_scale),
-                  scale_s=as_operand(E4M3_MAX), descale_s=as_operand(1.0 / E4M3_MAX),
+                  scale_s=as_operand(e4m3_max), descale_s=as_operand(1.0 / e4m3_max),
                   scale_o=as_operand(1.0 / (v_scale * OUTPUT_HEADROOM)))  # 448 / (absmax(v) * headroom)
     return params
 
@@ -58,10 +60,10 @@ def fp8_attention(q, k, v):
     import jax.numpy as jnp
     from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
 
-    e4m3 = jnp.float8_e4m3fn
-    scales = [jnp.maximum(jnp.max(jnp.abs(x.astype(jnp.float32))), 1e-12) / E4M3_MAX for x in (q, k, v)]
-    quantized = [jnp.clip(x.astype(jnp.float32) / s, -E4M3_MAX, E4M3_MAX).astype(e4m3)
-                 for x, s in zip((q, k, v), scales, strict=True)]
+    from longcat_jax.quantization.matmul import quantize_activations
+    from longcat_jax.quantization.modes import PER_TENSOR
+
+    quantized, scales = zip(*(quantize_activations(x, PER_TENSOR) for x in (q, k, v)), strict=True)  # e4m3, [] each
     params = _fp8_params(*scales)
     out, _, _ = cudnn_attention.dot_product_attention(
         *quantized, fp8_params=params, scale=1.0 / math.sqrt(q.shape[-1]), qkv_layout="BTNH", use_fp8=True)

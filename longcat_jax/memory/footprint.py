@@ -179,7 +179,8 @@ def quantized_lora_bytes(scheme: QuantScheme, batch: int, tokens: int, in_featur
     all rows when they are fewer), with FP8 compute the GEMM's float32 result and the LoRAs' float32 update (both
     [rows, out], summed and rounded by the chunk's last step) and the chunk's activations in e4m3; weight-only one
     joined GEMM's float32 result and its joined input in the activation dtype (a copy, as the bf16 Linear's). The
-    LoRAs' rank-wide parts ([rows, rank], a few MiB) are left out."""
+    LoRAs' rank-wide parts ([rows, rank], a few MiB) and a weight-only layer's dequantized kernel (at most 96 MiB in
+    bf16, one Linear at a time) are left out."""
     _, per_chunk = token_chunks(batch, tokens, LORA_CHUNK_ROWS)
     if scheme.compute == FP8_COMPUTE:
         return batch * per_chunk * (2 * F32 * out_features + in_features)

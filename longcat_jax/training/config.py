@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kernels import BSAParams
+from kernels.pallas_mosaic import BLOCK as MOSAIC_BLOCK
 from kernels.sparse_attention import BACKWARD_KERNELS as BSA_BACKWARDS
 from longcat_jax.bsa_config import parse_bsa_config
 from longcat_jax.errors import ConfigError
@@ -414,7 +415,7 @@ def _bsa(raw: Mapping, source: str, dtype: str) -> tuple[BSAParams | None, str, 
     backward = r.choice("backward", TrainConfig.bsa_backward, BSA_BACKWARDS)
     pair = {k: v for k, v in section.items() if k not in ("backend", "backward") and not k.startswith("_")}
     params = parse_bsa_config(pair, source=f"{source}: 'bsa'")
-    mosaic_fits = params is None or (dtype == "bfloat16" and params.chunk_size_q == params.chunk_size_k == 64)
+    mosaic_fits = params is None or (dtype == "bfloat16" and params.chunk_size_q == params.chunk_size_k == MOSAIC_BLOCK)
     if backward == "mosaic" and not mosaic_fits:
         raise r.fail("backward", "'auto' or 'triton' unless dtype is bfloat16 and both chunk shapes hold 64 tokens (e.g. "
                                  "[4, 4, 4]), what the Mosaic GPU backward takes")

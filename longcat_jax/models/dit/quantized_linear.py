@@ -180,8 +180,8 @@ class QuantizedLinear(nnx.Module):
         return self.param_dtype
 
     def dequantized_kernel(self, dtype=jnp.float32) -> jax.Array:
-        """The kernel [in, out] this layer multiplies by, in `dtype` (a weight-only call with LoRAs forms it inside its
-        GEMM; otherwise for inspection)."""
+        """The kernel [in, out] this layer multiplies by, in `dtype` (a weight-only call with LoRAs forms it once for its
+        joined GEMM; otherwise for inspection)."""
         return dequantize_kernel(self.qkernel.get_value(), self.qscale.get_value(), dtype)
 
     def add_to_kernel(self, delta: jax.Array) -> None:
@@ -205,20 +205,25 @@ class QuantizedLinear(nnx.Module):
         """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time (None: all
         at once)."""
         x = x.astype(self.dtype)
+        # weight-only with LoRAs: the weight dequantized once, for the joined GEMM of every chunk (converting int8 to
+        # bf16 grows it, so XLA would not hoist it out of the chunks' loop itself)
+        joined = self.dequantized_kernel(self.dtype) if self.loras and self.scheme.compute != FP8_COMPUTE else None
         if not self.loras or self.lora_chunk_rows is None:
-            return self._rows(x, None)
+            return self._rows(x, None, joined)
         tokens = x.reshape(x.shape[0] if x.ndim > 2 else 1, -1, self.in_features)  # [B, T, in]
         x_scale = None
         if self.scheme.compute == FP8_COMPUTE and self.scheme.activation_scaling == PER_TENSOR:
             x_scale = activation_scale(tokens, PER_TENSOR)  # of all rows, as unchunked
-        out = over_token_chunks(lambda chunk: self._rows(chunk, x_scale), tokens, self.out_features,
+        out = over_token_chunks(lambda chunk: self._rows(chunk, x_scale, joined), tokens, self.out_features,
                                 self.lora_chunk_rows)
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _rows(self, x: jax.Array, x_scale: jax.Array | None) -> jax.Array:
-        """x [..., in] -> [..., out]: the quantized matmul, bias and LoRA updates summed in float32, rounded once."""
-        if self.loras and self.scheme.compute != FP8_COMPUTE:  # the weight dequantized inside the joined GEMM
-            y = matmul_with_loras(x, self.dequantized_kernel(self.dtype), self.loras, self.dtype)
+    def _rows(self, x: jax.Array, x_scale: jax.Array | None, joined: jax.Array | None) -> jax.Array:
+        """x [..., in] -> [..., out]: the matmul, bias and LoRA updates summed in float32, rounded once. joined: the
+        dequantized kernel [in, out] of a weight-only layer with LoRAs, multiplied in one GEMM with them; None: the
+        scheme's quantized matmul, the LoRA updates added after it."""
+        if joined is not None:
+            y = matmul_with_loras(x, joined, self.loras, self.dtype)
         else:
             y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), x_scale, self.scheme,
                                   jnp.dtype(self.dtype))  # float32
@@ -227,7 +232,6 @@ class QuantizedLinear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)
         return y.astype(self.dtype)
-
 
 
 def _module_at(model: nnx.Module, path: ParamPath):
