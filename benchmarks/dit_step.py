@@ -98,12 +98,13 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     from longcat_jax.models.dit.quantized_linear import quantize_linears
     from longcat_jax.quantization import CUBLAS_FP8_GEMM, check_quantize_supported, compiler_options_for
     from longcat_jax.quantization.block_errors import block_errors
-    from longcat_jax.quantization.modes import SCHEMES
+    from longcat_jax.quantization.modes import FP8_COMPUTE, SCHEMES, uses_fp8_attention
     from longcat_jax.sharding import shard_dit
 
     check_quantize_supported(quantize)
     # The FP8 GEMM's output dtype is an option of the scheme (`QuantScheme.gemm_dtype`).
-    scheme = dataclasses.replace(SCHEMES["fp8"], gemm_dtype=fp8_gemm_dtype) if quantize == "fp8" else quantize
+    scheme = (dataclasses.replace(SCHEMES[quantize], gemm_dtype=fp8_gemm_dtype)
+              if quantize in SCHEMES and SCHEMES[quantize].compute == FP8_COMPUTE else quantize)
     config = DiTConfig.from_dict(_real_config(depth, case["bsa"], small))
     t, h, w = SMALL_GRID if small else case["grid"]
     b = case["batch"]
@@ -112,6 +113,7 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     # the tokens split over it (Ulysses all-to-all around self attention). Quantized Linears replace the bf16
     # ones one at a time, on the device, so the peak holds the bf16 model plus one layer.
     model = quantize_linears(random_dit(config, dtype=jnp.bfloat16, draw_on_device=True), scheme)
+    model.set_fp8_attention(uses_fp8_attention(scheme))  # 'fp8-attention': the dense self attention in FP8 too
     plan = shard_dit(model, context_parallel) if context_parallel > 1 else None
     devices = list(plan.mesh.devices.flat) if plan else jax.local_devices()[:1]
     jax.block_until_ready(nnx.state(model))
@@ -304,7 +306,8 @@ def main() -> None:
                         help="GPUs to shard the tokens over; a comma-separated list (e.g. 1,2,4,8) runs each count "
                         "and reports the scaling efficiency (speed-up over the first count / count ratio)")
     parser.add_argument("--quantize", default="none",
-                        help="quantization modes to run ours in, comma-separated: none, fp8, fp8-weight-only, int8")
+                        help="quantization modes to run ours in, comma-separated: none, fp8, fp8-attention, "
+                        "fp8-weight-only, int8")
     parser.add_argument("--fp8-gemm-dtype", default="float32", choices=list(GEMM_DTYPES),
                         help="what the FP8 GEMM writes before its scales are applied (`QuantScheme.gemm_dtype`)")
     parser.add_argument("--quality", action="store_true",
@@ -328,8 +331,9 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown --quantize mode(s) {unknown}; choose from {', '.join(MODES)}")
-    if args.fp8_gemm_dtype != "float32" and "fp8" not in modes:
-        parser.error(f"--fp8-gemm-dtype {args.fp8_gemm_dtype} applies to --quantize fp8 only; add fp8 to --quantize")
+    if args.fp8_gemm_dtype != "float32" and not {"fp8", "fp8-attention"} & set(modes):
+        parser.error(f"--fp8-gemm-dtype {args.fp8_gemm_dtype} applies to --quantize fp8 and fp8-attention only; add "
+                     "one of them to --quantize")
     if args.small and args.reference:
         parser.error("--small runs a toy config; the original runs the real one: drop --reference or --small")
     rows = []

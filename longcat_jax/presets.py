@@ -29,6 +29,7 @@ from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.text_encoder.loading import random_text_encoder
 from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
 from longcat_jax.models.vae import VAEConfig, random_vae
+from longcat_jax.quantization.modes import uses_fp8_attention
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +119,10 @@ def build_tiny_models(*, dtype=jnp.float32, seed: int = TINY_SEED, quantize: str
     with tempfile.TemporaryDirectory(prefix="longcat_tiny_tokenizer_") as folder:
         # The sentencepiece model is read into memory; the folder is not needed afterwards.
         tokenizer = build_tiny_tokenizer(folder, vocab_size=TINY_TEXT_CONFIG.vocab_size)
+    dit = quantize_linears(random_dit(TINY_DIT_CONFIG, seed=seed, dtype=dtype), quantize)
+    dit.set_fp8_attention(uses_fp8_attention(quantize))
     return TinyModels(
-        dit=quantize_linears(random_dit(TINY_DIT_CONFIG, seed=seed, dtype=dtype), quantize),
+        dit=dit,
         vae=random_vae(TINY_VAE_CONFIG, seed=seed + 1, dtype=jnp.float32),
         text_encoder=random_text_encoder(TINY_TEXT_CONFIG, seed=seed + 2, dtype=jnp.float32),
         tokenizer=tokenizer,

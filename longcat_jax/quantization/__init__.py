@@ -1,12 +1,13 @@
 """Quantized DiT weights: FP8 e4m3 (with FP8 GEMMs on Ada/Hopper) and INT8 weight-only, per-output-channel scales.
 
     formats   WeightFormat (FP8_E4M3, INT8), quantize_kernel / dequantize_kernel (numpy or jax)
-    modes     the `--quantize` modes ('none', 'fp8', 'fp8-weight-only', 'int8') as QuantSchemes
+    modes     the `--quantize` modes ('none', 'fp8', 'fp8-attention', 'fp8-weight-only', 'int8') as QuantSchemes
     policy    which DiT Linears are quantized, which stay in high precision and why
     tensors   quantize_tensors: the loaders' (path, array) stream quantized (or checked) tensor by tensor
     matmul    the FP8 GEMM and the weight-only matmul; the compiled HLO of one quantized Linear
+    attention FP8 dense attention ('fp8-attention'): cuDNN's on Hopper+, its float32 emulation elsewhere
     compile_options  quantized_jit: jax.jit that compiles FP8 programs on GPUs with the options they need
-    device    check_quantize_supported: FP8 compute needs compute capability 8.9+
+    device    check_quantize_supported: FP8 compute needs compute capability 8.9+, FP8 attention 9.0+
 
 The quantized Linear module itself is `longcat_jax.models.dit.quantized_linear.QuantizedLinear`. This package
 imports no model, so models, loaders and the converter can all use it.

@@ -12,7 +12,16 @@ from collections.abc import Sequence
 import jax
 
 from longcat_jax.errors import ConfigError
-from longcat_jax.quantization.modes import FP8_COMPUTE, FP8_WEIGHT_ONLY, INT8_MODE, QuantScheme, scheme_for
+from longcat_jax.quantization.attention import MIN_ATTENTION_CAPABILITY
+from longcat_jax.quantization.modes import (
+    FP8,
+    FP8_ATTENTION_PRECISION,
+    FP8_COMPUTE,
+    FP8_WEIGHT_ONLY,
+    INT8_MODE,
+    QuantScheme,
+    scheme_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +49,8 @@ def fp8_compute_supported(device: jax.Device) -> bool:
 
 
 def check_quantize_supported(mode: str | QuantScheme | None, devices: Sequence[jax.Device] | None = None) -> None:
-    """Raises ConfigError, naming the fix, if `mode` needs FP8 compute that a device in `devices` lacks.
+    """Raises ConfigError, naming the fix, if `mode` needs FP8 compute (or FP8 attention) that a device in `devices`
+    lacks.
 
     devices: default this process's local devices. Weight-only modes ('int8', 'fp8-weight-only') run anywhere.
     """
@@ -58,5 +68,16 @@ def check_quantize_supported(mode: str | QuantScheme | None, devices: Sequence[j
             f"{device.device_kind} has {found}. Use --quantize {INT8_MODE} (INT8 weight-only, any GPU, the same "
             f"memory), or --quantize {FP8_WEIGHT_ONLY} to keep an FP8 checkpoint's weights without FP8 math"
         )
+    if scheme.attention == FP8_ATTENTION_PRECISION:
+        for device in devices if devices is not None else jax.local_devices():
+            capability = compute_capability(device)
+            if device.platform == "cpu" or (capability is not None and capability >= MIN_ATTENTION_CAPABILITY):
+                continue
+            found = f"compute capability {capability[0]}.{capability[1]}" if capability else "no compute capability"
+            raise ConfigError(
+                f"--quantize {scheme.mode} runs cuDNN's FP8 attention, which needs compute capability "
+                f"{MIN_ATTENTION_CAPABILITY[0]}.{MIN_ATTENTION_CAPABILITY[1]} or newer (Hopper, Blackwell); "
+                f"{device.device_kind} has {found}. Use --quantize {FP8} (FP8 GEMMs, bf16 attention)"
+            )
     if any(d.platform == "cpu" for d in (devices or jax.local_devices())):
         logger.info("FP8 compute on the CPU is emulated by XLA: correct, but no faster than float32")

@@ -4,6 +4,9 @@
     fp8              FP8 e4m3 weights, per-output-channel scales; activations quantized to e4m3 on the fly
                      (one scale per token) and multiplied as real FP8 GEMMs. Needs FP8 tensor cores:
                      compute capability 8.9 or newer (Ada, Hopper, Blackwell)
+    fp8-attention    fp8, and the dense self attention in FP8 too (cuDNN's FP8 flash attention, compute capability
+                     9.0+: Hopper, Blackwell); opt-in: each attention call moves about 3e-2 from bf16
+                     (`quantization.attention`); block-sparse (BSA) and cross attention stay bf16. Inference only
     fp8-weight-only  the same FP8 weights, dequantized inside each matmul (bf16 math): for an FP8 checkpoint
                      on a GPU without FP8 tensor cores
     int8             INT8 weights, per-output-channel scales, dequantized inside each matmul: any GPU
@@ -21,6 +24,7 @@ from longcat_jax.quantization.formats import FP8_E4M3, INT8, WeightFormat
 
 NONE = "none"
 FP8 = "fp8"
+FP8_ATTENTION = "fp8-attention"
 FP8_WEIGHT_ONLY = "fp8-weight-only"
 INT8_MODE = "int8"
 
@@ -31,6 +35,9 @@ PER_TOKEN = "per_token"
 PER_TENSOR = "per_tensor"
 ACTIVATION_SCALINGS = (PER_TOKEN, PER_TENSOR)
 GEMM_DTYPES = ("float32", "bfloat16")
+BF16_ATTENTION = "bf16"
+FP8_ATTENTION_PRECISION = "fp8"
+ATTENTION_PRECISIONS = (BF16_ATTENTION, FP8_ATTENTION_PRECISION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +51,8 @@ class QuantScheme:
     (3.42e-2 vs 3.74e-2; a token 1e-6 below the largest flushes to zero under one scale per tensor), and no
     reduction over the whole tensor before the GEMM can start. gemm_dtype (FP8 compute only): the dtype the FP8
     GEMM writes before its scales are applied, 'float32' or 'bfloat16' (half the bytes written and read again by
-    the scaling, one more rounding).
+    the scaling, one more rounding). attention: the dense self attention's precision, 'bf16' or 'fp8' (FP8 compute
+    only; `longcat_jax.quantization.attention`).
     """
 
     mode: str
@@ -52,6 +60,7 @@ class QuantScheme:
     compute: str
     activation_scaling: str = PER_TOKEN
     gemm_dtype: str = "float32"
+    attention: str = BF16_ATTENTION
 
     def __post_init__(self):
         if self.compute not in (FP8_COMPUTE, WEIGHT_ONLY):
@@ -62,12 +71,17 @@ class QuantScheme:
             )
         if self.gemm_dtype not in GEMM_DTYPES:
             raise ConfigError(f"unknown FP8 GEMM output dtype {self.gemm_dtype!r}; use one of {GEMM_DTYPES}")
+        if self.attention not in ATTENTION_PRECISIONS:
+            raise ConfigError(f"unknown attention precision {self.attention!r}; use one of {ATTENTION_PRECISIONS}")
+        if self.attention == FP8_ATTENTION_PRECISION and self.compute != FP8_COMPUTE:
+            raise ConfigError("FP8 attention comes with FP8 compute: use the mode 'fp8-attention'")
         if self.compute == FP8_COMPUTE and self.weight != FP8_E4M3:
             raise ConfigError(f"FP8 compute needs FP8 e4m3 weights, not {self.weight.name}")
 
 
 SCHEMES: dict[str, QuantScheme] = {
     FP8: QuantScheme(FP8, FP8_E4M3, FP8_COMPUTE),
+    FP8_ATTENTION: QuantScheme(FP8_ATTENTION, FP8_E4M3, FP8_COMPUTE, attention=FP8_ATTENTION_PRECISION),
     FP8_WEIGHT_ONLY: QuantScheme(FP8_WEIGHT_ONLY, FP8_E4M3, WEIGHT_ONLY),
     INT8_MODE: QuantScheme(INT8_MODE, INT8, WEIGHT_ONLY),
 }
@@ -83,6 +97,12 @@ def scheme_for(mode: str | QuantScheme | None) -> QuantScheme | None:
     if mode not in SCHEMES:
         raise ConfigError(f"unknown quantization mode {mode!r}; choose one of {list(MODES)}")
     return SCHEMES[mode]
+
+
+def uses_fp8_attention(mode: str | QuantScheme | None) -> bool:
+    """Whether `mode` runs the dense self attention in FP8 ('fp8-attention')."""
+    scheme = scheme_for(mode)
+    return scheme is not None and scheme.attention == FP8_ATTENTION_PRECISION
 
 
 def modes_storing(fmt: WeightFormat) -> list[str]:

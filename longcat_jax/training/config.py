@@ -22,6 +22,7 @@ from longcat_jax.bsa_config import parse_bsa_config
 from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
 from longcat_jax.quantization.modes import MODES as QUANTIZE_MODES
+from longcat_jax.quantization.modes import uses_fp8_attention
 
 TASKS = ("t2v", "i2v", "continuation")
 RESOLUTIONS = ("480p", "720p")
@@ -474,11 +475,15 @@ def parse_train_config(raw: Mapping[str, Any], *, source: str = "train config") 
     dtype = top.choice("dtype", TrainConfig.dtype, DTYPES)
     bsa, backend, backward = _bsa(raw, source, dtype)
     parallel = _parallel(raw, source, training)
+    quantize = top.choice("quantize", TrainConfig.quantize, QUANTIZE_MODES)
+    if uses_fp8_attention(quantize):
+        raise ConfigError(f"{source}: 'quantize' {quantize!r} has no backward (cuDNN's FP8 attention is inference "
+                          "only); train on an FP8 base with 'fp8' (FP8 GEMMs, bf16 attention)")
     return TrainConfig(
         data=data,
         model_path=top.path("model_path", None),
         dtype=dtype,
-        quantize=top.choice("quantize", TrainConfig.quantize, QUANTIZE_MODES),
+        quantize=quantize,
         output_dir=top.path("output_dir", TrainConfig.output_dir),
         task=_task(raw, source, data),
         lora=_lora(raw, source),

@@ -65,7 +65,7 @@ def test_mode_none_passes_floats_and_refuses_a_quantized_checkpoint():
     with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.qkv\.qkernel is a quantized weight.*quantize='int8'"):
         list(quantize_tensors(iter(quantized), "none"))
     fp8 = list(quantize_tensors(iter(source), "fp8"))
-    with pytest.raises(CheckpointError, match="quantize='fp8' or 'fp8-weight-only'"):
+    with pytest.raises(CheckpointError, match="quantize='fp8' or 'fp8-attention' or 'fp8-weight-only'"):
         list(quantize_tensors(iter(fp8), None))
     with pytest.raises(ConfigError, match="unknown quantization mode 'fp4'"):
         list(quantize_tensors(iter(source), "fp4"))

@@ -18,6 +18,7 @@ from kernels import BSAParams, GridPadding, KernelConfig, block_mask_from_indice
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.layers import Linear, RMSNorm
 from longcat_jax.models.dit.rope import apply_rope, rope_tables
+from longcat_jax.quantization.attention import fp8_attention
 
 Grid = tuple[int, int, int]
 KV = tuple[jax.Array, jax.Array]
@@ -25,20 +26,23 @@ KV = tuple[jax.Array, jax.Array]
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None,
            bsa_backend: str = "auto", bsa_kernel_config: KernelConfig | None = None,
-           context_parallel=None) -> jax.Array:
+           context_parallel=None, fp8: bool = False) -> jax.Array:
     """Softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D].
 
     With `bsa` set, each query chunk attends only to its selected key chunks (grids give the
     (T, H, W) layout of q and k tokens) by `kernels.bsa_attention` with `bsa_backend` and `bsa_kernel_config`
-    (the Pallas kernels and their settings; None: the defaults); otherwise full dense attention. With
-    `context_parallel` (a `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads.
+    (the Pallas kernels and their settings; None: the defaults); otherwise full dense attention, in FP8 with `fp8`
+    (`longcat_jax.quantization.attention`, the mode 'fp8-attention'). With `context_parallel` (a
+    `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads.
     """
     if context_parallel is not None:
         local = functools.partial(attend, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
-                                  bsa_kernel_config=bsa_kernel_config)
+                                  bsa_kernel_config=bsa_kernel_config, fp8=fp8)
         return context_parallel.head_parallel(local, q, k, v)
     if bsa is not None:
         return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend, kernel_config=bsa_kernel_config)
+    if fp8:
+        return fp8_attention(q, k, v)
     return dense_attention(q, k, v)
 
 
@@ -62,6 +66,8 @@ class SelfAttention(nnx.Module):
     [B, H, Mq, Mk] as an `nnx.Intermediate` named `bsa_selection`, to be collected with `nnx.capture`
     (a diagnostic: it recomputes the selection). `context_parallel` (set by
     `LongCatDiT.set_context_parallel`) splits the heads over devices for the attention itself (Ulysses).
+    `fp8_attention` (set by `LongCatDiT.set_fp8_attention`, the mode 'fp8-attention') runs the dense attention in
+    FP8; block-sparse calls are not affected.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
@@ -70,6 +76,7 @@ class SelfAttention(nnx.Module):
         self.head_dim = hidden_size // num_heads
         self.record_selection = False
         self.context_parallel = None
+        self.fp8_attention = False
         self.qkv = Linear(hidden_size, 3 * hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.q_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.k_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
@@ -82,7 +89,8 @@ class SelfAttention(nnx.Module):
             num_k_blocks = GridPadding.of(grid_k, bsa.chunk_3d_shape_k).num_blocks
             self.sow(nnx.Intermediate, "bsa_selection", block_mask_from_indices(indices, counts, num_k_blocks))
         return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
-                      bsa_kernel_config=bsa_kernel_config, context_parallel=self.context_parallel)
+                      bsa_kernel_config=bsa_kernel_config, context_parallel=self.context_parallel,
+                      fp8=self.fp8_attention)
 
     def __call__(self, x: jax.Array, grid: Grid, *, bsa: BSAParams | None = None, bsa_backend: str = "auto",
                  bsa_kernel_config: KernelConfig | None = None, num_cond_latents: int = 0,

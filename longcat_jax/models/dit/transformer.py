@@ -25,6 +25,7 @@ from longcat_jax.models.dit.block import DiTBlock
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.embed import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, unpatchify
 from longcat_jax.models.dit.quantized_linear import quantize_linears
+from longcat_jax.quantization.modes import uses_fp8_attention
 
 # k and v of every block, each [depth, B, S_cond, H, D], after q/k RMSNorm and before RoPE.
 KVCache = tuple[jax.Array, jax.Array]
@@ -151,6 +152,7 @@ class LongCatDiT(_Ends, nnx.Module):
         # the large Linears of every block; the policy module lists what stays in high precision and why.
         self.quantize = quantize if quantize not in (None, "none") else None
         quantize_linears(self, self.quantize)
+        self.set_fp8_attention(uses_fp8_attention(self.quantize))
 
     def set_bsa(self, params: BSAParams | None, *, backend: str = "auto", kernel_config: KernelConfig | None = None
                 ) -> None:
@@ -180,6 +182,18 @@ class LongCatDiT(_Ends, nnx.Module):
         self.context_parallel = plan
         for block in self.blocks:
             block.attn.context_parallel = plan
+
+    def set_fp8_attention(self, on: bool) -> None:
+        """Runs every block's dense self attention in FP8 (`longcat_jax.quantization.attention`; the mode
+        'fp8-attention' sets it) or in the model's dtype (off); block-sparse calls are not affected. The next jit
+        call retraces."""
+        for block in self.blocks:
+            block.attn.fp8_attention = bool(on)
+
+    @property
+    def fp8_attention(self) -> bool:
+        """Whether the blocks' dense self attention runs in FP8 (see `set_fp8_attention`)."""
+        return self.blocks[0].attn.fp8_attention if len(self.blocks) else False
 
     def set_token_chunking(self, chunk_tokens: int | None) -> None:
         """Runs every block's cross attention and FFN over groups of whole latent frames of at most `chunk_tokens`

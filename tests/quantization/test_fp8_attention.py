@@ -1,0 +1,115 @@
+"""FP8 attention (`--quantize fp8-attention`): its arithmetic (emulated on the CPU, cuDNN under `gpu`), the DiT's
+switch, and the refusals around it.
+
+Tolerances are measured errors (CPU, jax 0.10.2, the inputs below) times 1.5: against float32 attention the
+emulation moved 6.31e-2 (bf16 output) and 6.86e-2 (e4m3 output), bf16 attention 4.38e-3.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from longcat_jax.errors import ConfigError
+from longcat_jax.metrics import rel_l2
+from longcat_jax.models.dit.transformer import LongCatDiT
+from longcat_jax.presets import TINY_DIT_CONFIG
+from longcat_jax.quantization import check_quantize_supported
+from longcat_jax.quantization.attention import OUTPUTS, emulated_fp8_attention, fp8_attention
+from longcat_jax.quantization.modes import SCHEMES, QuantScheme, uses_fp8_attention
+from longcat_jax.training.config import parse_train_config
+from tests.quantization.test_device import H100, L40S
+
+MARGIN = 1.5
+MEASURED = {"bfloat16": 6.31e-2, "e4m3": 6.86e-2}
+BF16_ATTENTION = 4.38e-3
+
+
+def _qkv(dtype=jnp.float32):
+    keys = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, (2, 192, 2, 64), jnp.float32) for key in keys)  # [B, S, H, D]
+    return (q * 1.5).astype(dtype), k.astype(dtype), v.astype(dtype)
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_emulated_fp8_attention_error(output):
+    q, k, v = _qkv()
+    want = jax.nn.dot_product_attention(q, k, v)
+    error = rel_l2(emulated_fp8_attention(q, k, v, output=output), want)
+    bf16 = rel_l2(jax.nn.dot_product_attention(*_qkv(jnp.bfloat16)).astype(jnp.float32), want)
+    assert bf16 < BF16_ATTENTION * MARGIN
+    assert 5 * bf16 < error < MEASURED[output] * MARGIN  # rounded to e4m3 for real, and no worse than measured
+
+
+def test_fp8_attention_on_the_cpu_is_the_emulation():
+    q, k, v = _qkv(jnp.bfloat16)
+    got = fp8_attention(q, k, v)
+    assert got.dtype == jnp.bfloat16 and got.shape == q.shape
+    assert jnp.array_equal(got, emulated_fp8_attention(q, k, v))
+
+
+def test_fp8_attention_refuses_shapes_cudnn_cannot_take():
+    q = jnp.zeros((1, 16, 2, 24))
+    with pytest.raises(ConfigError, match="head_dim that is a multiple of 16.*got 24.*--quantize fp8"):
+        fp8_attention(q, q, q)
+    with pytest.raises(ConfigError, match="k, v .* alike"):
+        fp8_attention(jnp.zeros((1, 16, 2, 32)), jnp.zeros((1, 8, 2, 32)), jnp.zeros((1, 9, 2, 32)))
+    with pytest.raises(ConfigError, match="unknown FP8 attention output 'fp16'"):
+        fp8_attention(jnp.zeros((1, 16, 2, 32)), jnp.zeros((1, 8, 2, 32)), jnp.zeros((1, 8, 2, 32)), output="fp16")
+
+
+def test_the_mode_needs_hopper_and_fp8_compute():
+    assert uses_fp8_attention("fp8-attention") and not uses_fp8_attention("fp8") and not uses_fp8_attention(None)
+    check_quantize_supported("fp8-attention", [H100])
+    check_quantize_supported("fp8", [L40S])
+    with pytest.raises(ConfigError, match=r"cuDNN's FP8 attention.*9\.0.*NVIDIA L40S has compute capability 8\.9\. "
+                                          r"Use --quantize fp8 "):
+        check_quantize_supported("fp8-attention", [L40S])
+    with pytest.raises(ConfigError, match="FP8 attention comes with FP8 compute"):
+        dataclasses.replace(SCHEMES["int8"], attention="fp8")
+    with pytest.raises(ConfigError, match="unknown attention precision 'fp16'"):
+        QuantScheme("fp8", SCHEMES["fp8"].weight, SCHEMES["fp8"].compute, attention="fp16")
+
+
+def test_training_refuses_fp8_attention(tmp_path):
+    raw = {"data": {"folder": str(tmp_path)}, "quantize": "fp8-attention"}
+    with pytest.raises(ConfigError, match="'quantize' 'fp8-attention' has no backward.*train on an FP8 base with 'fp8'"):
+        parse_train_config(raw, source="train.json")
+
+
+def test_the_dit_runs_its_dense_attention_in_fp8():
+    """The mode switches every block's dense self attention (and nothing else): the output moves from 'fp8', and
+    by about what one more rounding per attention call adds."""
+    config = TINY_DIT_CONFIG
+    models = {mode: LongCatDiT(config, rngs=nnx.Rngs(0), quantize=mode)
+              for mode in (None, "fp8", "fp8-attention")}
+    assert [m.fp8_attention for m in models.values()] == [False, False, True]
+    keys = jax.random.split(jax.random.key(1), 2)
+    latents = jax.random.normal(keys[0], (1, config.in_channels, 2, 8, 8))
+    text = jax.random.normal(keys[1], (1, 1, 8, config.caption_channels))
+    timestep = jnp.array([500.0])
+    out = {mode: model(latents, timestep, text) for mode, model in models.items()}
+    assert not jnp.array_equal(out["fp8"], out["fp8-attention"])
+    fp8_error = rel_l2(out["fp8"], out[None])
+    assert fp8_error < rel_l2(out["fp8-attention"], out[None]) < fp8_error + MEASURED["bfloat16"] * MARGIN
+    models["fp8-attention"].set_fp8_attention(False)
+    assert jnp.array_equal(models["fp8-attention"](latents, timestep, text), out["fp8"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_cudnn_fp8_attention_matches_its_emulation(output):
+    """cuDNN's FP8 attention (Hopper+) against the float32 emulation of the same roundings, and against float32
+    attention: no further from float32 than the emulation is, by a margin."""
+    if jax.default_backend() != "gpu":
+        pytest.skip("needs a GPU")
+    q, k, v = (jnp.tile(x, (1, 4, 1, 2)) for x in _qkv(jnp.bfloat16))  # [2, 768, 2, 128]
+    want = jax.nn.dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)), implementation="xla")
+    got = jax.jit(lambda q, k, v: fp8_attention(q, k, v, output=output))(q, k, v).astype(jnp.float32)
+    emulated = jax.jit(lambda q, k, v: emulated_fp8_attention(q, k, v, output=output))(q, k, v).astype(jnp.float32)
+    assert bool(jnp.all(jnp.isfinite(got)))
+    emulated_error = rel_l2(emulated, want)
+    assert rel_l2(got, want) < emulated_error * MARGIN
+    assert rel_l2(got, emulated) < emulated_error
