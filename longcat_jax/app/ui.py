@@ -40,8 +40,8 @@ TASK_LABELS = {
 # the gallery's columns (Gradio 6 sets them as this CSS variable; with another version the default layout stays).
 PAGE_CSS = f"#gallery .grid-container {{ --grid-cols: {GALLERY_COLUMNS} !important; }}"
 QUANTIZE_NOTE = ("Changing the quantization reloads the DiT and the other models (as long as the first load); the "
-                 "weights loaded now are named at the top. fp8 needs an Ada or Hopper GPU; int8 and "
-                 "fp8-weight-only run on any GPU.")
+                 "weights loaded now are named at the top. fp8 needs an Ada or Hopper GPU, fp8-attention (fp8 with "
+                 "the dense attention in FP8 too) a Hopper GPU; int8 and fp8-weight-only run on any GPU.")
 
 
 def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_MB) -> gr.Blocks:
