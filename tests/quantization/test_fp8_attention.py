@@ -1,8 +1,9 @@
 """FP8 attention (`--quantize fp8-attention`): its arithmetic (emulated on the CPU, cuDNN under `gpu`), the DiT's
 switch, and the refusals around it.
 
-Tolerances are measured errors (CPU, jax 0.10.2, the inputs below) times 1.5: against float32 attention the
-emulation moved 6.31e-2 (bf16 output) and 6.86e-2 (e4m3 output), bf16 attention 4.38e-3.
+Tolerances are measured errors times 1.5: against float32 attention, on the inputs below, the emulation moved 6.86e-2
+and bf16 attention 4.38e-3 (CPU, jax 0.10.2); cuDNN's FP8 attention moved 7.52e-2 on them tiled to head_dim 128 (one
+H200, jax 0.11.2, 2026-12-03).
 """
 
 import dataclasses
@@ -17,14 +18,16 @@ from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit.transformer import LongCatDiT
 from longcat_jax.presets import TINY_DIT_CONFIG
 from longcat_jax.quantization import check_quantize_supported
-from longcat_jax.quantization.attention import OUTPUTS, emulated_fp8_attention, fp8_attention
+from longcat_jax.quantization.attention import emulated_fp8_attention, fp8_attention
 from longcat_jax.quantization.modes import SCHEMES, QuantScheme, uses_fp8_attention
 from longcat_jax.training.config import parse_train_config
 from tests.quantization.test_device import H100, L40S
 
 MARGIN = 1.5
-MEASURED = {"bfloat16": 6.31e-2, "e4m3": 6.86e-2}
+EMULATED = 6.86e-2
+CUDNN = 7.52e-2
 BF16_ATTENTION = 4.38e-3
+FP8_ATTENTION_MOVES = 1.11e-2  # the tiny DiT's output, fp8-attention against fp8 (CPU, jax 0.10.2)
 
 
 def _qkv(dtype=jnp.float32):
@@ -33,14 +36,13 @@ def _qkv(dtype=jnp.float32):
     return (q * 1.5).astype(dtype), k.astype(dtype), v.astype(dtype)
 
 
-@pytest.mark.parametrize("output", OUTPUTS)
-def test_emulated_fp8_attention_error(output):
+def test_emulated_fp8_attention_error():
     q, k, v = _qkv()
     want = jax.nn.dot_product_attention(q, k, v)
-    error = rel_l2(emulated_fp8_attention(q, k, v, output=output), want)
+    error = rel_l2(emulated_fp8_attention(q, k, v), want)
     bf16 = rel_l2(jax.nn.dot_product_attention(*_qkv(jnp.bfloat16)).astype(jnp.float32), want)
     assert bf16 < BF16_ATTENTION * MARGIN
-    assert 5 * bf16 < error < MEASURED[output] * MARGIN  # rounded to e4m3 for real, and no worse than measured
+    assert 5 * bf16 < error < EMULATED * MARGIN  # rounded to e4m3 for real, and no worse than measured
 
 
 def test_fp8_attention_on_the_cpu_is_the_emulation():
@@ -56,8 +58,6 @@ def test_fp8_attention_refuses_shapes_cudnn_cannot_take():
         fp8_attention(q, q, q)
     with pytest.raises(ConfigError, match="k, v .* alike"):
         fp8_attention(jnp.zeros((1, 16, 2, 32)), jnp.zeros((1, 8, 2, 32)), jnp.zeros((1, 9, 2, 32)))
-    with pytest.raises(ConfigError, match="unknown FP8 attention output 'fp16'"):
-        fp8_attention(jnp.zeros((1, 16, 2, 32)), jnp.zeros((1, 8, 2, 32)), jnp.zeros((1, 8, 2, 32)), output="fp16")
 
 
 def test_the_mode_needs_hopper_and_fp8_compute():
@@ -80,8 +80,8 @@ def test_training_refuses_fp8_attention(tmp_path):
 
 
 def test_the_dit_runs_its_dense_attention_in_fp8():
-    """The mode switches every block's dense self attention (and nothing else): the output moves from 'fp8', and
-    by about what one more rounding per attention call adds."""
+    """The mode switches every block's dense self attention (and nothing else): the output moves from 'fp8' by about
+    what was measured, and stays within fp8's error plus one attention call's."""
     config = TINY_DIT_CONFIG
     models = {mode: LongCatDiT(config, rngs=nnx.Rngs(0), quantize=mode)
               for mode in (None, "fp8", "fp8-attention")}
@@ -91,25 +91,22 @@ def test_the_dit_runs_its_dense_attention_in_fp8():
     text = jax.random.normal(keys[1], (1, 1, 8, config.caption_channels))
     timestep = jnp.array([500.0])
     out = {mode: model(latents, timestep, text) for mode, model in models.items()}
-    assert not jnp.array_equal(out["fp8"], out["fp8-attention"])
     fp8_error = rel_l2(out["fp8"], out[None])
-    assert fp8_error < rel_l2(out["fp8-attention"], out[None]) < fp8_error + MEASURED["bfloat16"] * MARGIN
+    # measured (CPU, jax 0.10.2): fp8 2.67e-2 from float32, fp8-attention 2.60e-2 (the errors partly cancel) and
+    # 1.11e-2 from fp8
+    assert FP8_ATTENTION_MOVES / 10 < rel_l2(out["fp8-attention"], out["fp8"]) < FP8_ATTENTION_MOVES * MARGIN
+    assert rel_l2(out["fp8-attention"], out[None]) < fp8_error + EMULATED * MARGIN
     models["fp8-attention"].set_fp8_attention(False)
     assert jnp.array_equal(models["fp8-attention"](latents, timestep, text), out["fp8"])
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("output", OUTPUTS)
-def test_cudnn_fp8_attention_matches_its_emulation(output):
-    """cuDNN's FP8 attention (Hopper+) against the float32 emulation of the same roundings, and against float32
-    attention: no further from float32 than the emulation is, by a margin."""
+def test_cudnn_fp8_attention_error():
+    """cuDNN's FP8 attention (Hopper+) against float32 attention: rounded for real, no worse than measured."""
     if jax.default_backend() != "gpu":
         pytest.skip("needs a GPU")
     q, k, v = (jnp.tile(x, (1, 4, 1, 2)) for x in _qkv(jnp.bfloat16))  # [2, 768, 2, 128]
     want = jax.nn.dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)), implementation="xla")
-    got = jax.jit(lambda q, k, v: fp8_attention(q, k, v, output=output))(q, k, v).astype(jnp.float32)
-    emulated = jax.jit(lambda q, k, v: emulated_fp8_attention(q, k, v, output=output))(q, k, v).astype(jnp.float32)
+    got = jax.jit(fp8_attention)(q, k, v).astype(jnp.float32)
     assert bool(jnp.all(jnp.isfinite(got)))
-    emulated_error = rel_l2(emulated, want)
-    assert rel_l2(got, want) < emulated_error * MARGIN
-    assert rel_l2(got, emulated) < emulated_error
+    assert 5 * BF16_ATTENTION < rel_l2(got, want) < CUDNN * MARGIN
