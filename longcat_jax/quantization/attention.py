@@ -16,6 +16,11 @@ What is computed, per call (q [B, Sq, H, D], k and v [B, Sk, H, D]):
   gives 7.1e-3, only v 5.4e-3, only the probabilities 4.3e-3). A bf16 output would avoid it, but XLA refuses the
   FP8 attention call with a bf16 result ("Input datatypes do not match", jax 0.11.2 on an H200, 2026-12-03).
 
+Measured on one H200 (2026-12-03, BENCHMARKS.md "FP8 attention in the DiT"): 1.44x / 1.52x bf16 cuDNN per call at
+the 480p CFG batch / 84,480 tokens, 3.6e-2 from float32 attention per call; the whole 480p step 1.47x bf16, but its
+output moved 2.3e-1 from bf16 on random weights (fp8 alone: 6.8e-2), each block's update by 8.6e-2 (block 0) to
+2.6e-1 (block 47). Hence opt-in.
+
 Only the forward exists (inference): training refuses this mode. The cuDNN call is a JAX internal
 (`jax._src.cudnn.fused_attention_stablehlo.dot_product_attention(..., use_fp8=True)`), which is why it stays in this
 one file.

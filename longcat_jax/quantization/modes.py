@@ -5,8 +5,10 @@
                      (one scale per token) and multiplied as real FP8 GEMMs. Needs FP8 tensor cores:
                      compute capability 8.9 or newer (Ada, Hopper, Blackwell)
     fp8-attention    fp8, and the dense self attention in FP8 too (cuDNN's FP8 flash attention, compute capability
-                     9.0+: Hopper, Blackwell); opt-in: each attention call moves about 3e-2 from bf16
-                     (`quantization.attention`); block-sparse (BSA) and cross attention stay bf16. Inference only
+                     9.0+: Hopper, Blackwell); opt-in: each attention call moves about 3.6e-2 from float32,
+                     and the real-size 480p step's output (random weights) 2.3e-1 from bf16 against fp8's 6.8e-2,
+                     for 1.47x the bf16 step against fp8's 1.19x (BENCHMARKS.md). Block-sparse (BSA) and cross
+                     attention stay bf16. Inference only
     fp8-weight-only  the same FP8 weights, dequantized inside each matmul (bf16 math): for an FP8 checkpoint
                      on a GPU without FP8 tensor cores
     int8             INT8 weights, per-output-channel scales, dequantized inside each matmul: any GPU
