@@ -48,6 +48,11 @@ def fp8_compute_supported(device: jax.Device) -> bool:
     return device.platform == "gpu" and capability is not None and capability >= FP8_MIN_COMPUTE_CAPABILITY
 
 
+def _what_it_has(device) -> str:
+    capability = compute_capability(device)
+    return f"compute capability {capability[0]}.{capability[1]}" if capability else f"platform {device.platform}"
+
+
 def check_quantize_supported(mode: str | QuantScheme | None, devices: Sequence[jax.Device] | None = None) -> None:
     """Raises ConfigError, naming the fix, if `mode` needs FP8 compute (or FP8 attention) that a device in `devices`
     lacks.
@@ -57,27 +62,23 @@ def check_quantize_supported(mode: str | QuantScheme | None, devices: Sequence[j
     scheme = scheme_for(mode)
     if scheme is None or scheme.compute != FP8_COMPUTE:
         return
-    for device in devices if devices is not None else jax.local_devices():
-        if fp8_compute_supported(device):
-            continue
+    devices = list(devices) if devices is not None else jax.local_devices()
+    for device in devices:
+        if not fp8_compute_supported(device):
+            raise ConfigError(
+                f"--quantize {scheme.mode} runs FP8 matrix multiplies, which need an NVIDIA GPU of compute capability "
+                f"{FP8_MIN_COMPUTE_CAPABILITY[0]}.{FP8_MIN_COMPUTE_CAPABILITY[1]} or newer (Ada, Hopper); "
+                f"{device.device_kind} has {_what_it_has(device)}. Use --quantize {INT8_MODE} (INT8 weight-only, any "
+                f"GPU, the same memory), or --quantize {FP8_WEIGHT_ONLY} to keep an FP8 checkpoint's weights without "
+                "FP8 math"
+            )
         capability = compute_capability(device)
-        found = f"compute capability {capability[0]}.{capability[1]}" if capability else f"platform {device.platform}"
-        raise ConfigError(
-            f"--quantize {scheme.mode} runs FP8 matrix multiplies, which need an NVIDIA GPU of compute capability "
-            f"{FP8_MIN_COMPUTE_CAPABILITY[0]}.{FP8_MIN_COMPUTE_CAPABILITY[1]} or newer (Ada, Hopper); "
-            f"{device.device_kind} has {found}. Use --quantize {INT8_MODE} (INT8 weight-only, any GPU, the same "
-            f"memory), or --quantize {FP8_WEIGHT_ONLY} to keep an FP8 checkpoint's weights without FP8 math"
-        )
-    if scheme.attention == FP8_ATTENTION_PRECISION:
-        for device in devices if devices is not None else jax.local_devices():
-            capability = compute_capability(device)
-            if device.platform == "cpu" or (capability is not None and capability >= MIN_ATTENTION_CAPABILITY):
-                continue
-            found = f"compute capability {capability[0]}.{capability[1]}" if capability else "no compute capability"
+        if scheme.attention == FP8_ATTENTION_PRECISION and device.platform != "cpu" and (
+                capability is None or capability < MIN_ATTENTION_CAPABILITY):
             raise ConfigError(
                 f"--quantize {scheme.mode} runs cuDNN's FP8 attention, which needs compute capability "
                 f"{MIN_ATTENTION_CAPABILITY[0]}.{MIN_ATTENTION_CAPABILITY[1]} or newer (Hopper, Blackwell); "
-                f"{device.device_kind} has {found}. Use --quantize {FP8} (FP8 GEMMs, bf16 attention)"
+                f"{device.device_kind} has {_what_it_has(device)}. Use --quantize {FP8} (FP8 GEMMs, bf16 attention)"
             )
-    if any(d.platform == "cpu" for d in (devices or jax.local_devices())):
+    if any(d.platform == "cpu" for d in devices):
         logger.info("FP8 compute on the CPU is emulated by XLA: correct, but no faster than float32")

@@ -96,6 +96,9 @@ def test_the_dit_runs_its_dense_attention_in_fp8():
     # 1.11e-2 from fp8
     assert FP8_ATTENTION_MOVES / 10 < rel_l2(out["fp8-attention"], out["fp8"]) < FP8_ATTENTION_MOVES * MARGIN
     assert rel_l2(out["fp8-attention"], out[None]) < fp8_error + EMULATED * MARGIN
+    narrow_heads = dataclasses.replace(config, hidden_size=config.num_heads * 24)
+    with pytest.raises(ConfigError, match="head_dim that is a multiple of 16.*got 24"):
+        LongCatDiT(narrow_heads, rngs=nnx.Rngs(0), quantize="fp8-attention")  # at construction, before any call
     models["fp8-attention"].set_fp8_attention(False)
     assert jnp.array_equal(models["fp8-attention"](latents, timestep, text), out["fp8"])
 

@@ -25,6 +25,7 @@ from longcat_jax.models.dit.block import DiTBlock
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.embed import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, unpatchify
 from longcat_jax.models.dit.quantized_linear import quantize_linears
+from longcat_jax.quantization.attention import check_fp8_attention_shapes
 from longcat_jax.quantization.modes import uses_fp8_attention
 
 # k and v of every block, each [depth, B, S_cond, H, D], after q/k RMSNorm and before RoPE.
@@ -186,7 +187,11 @@ class LongCatDiT(_Ends, nnx.Module):
     def set_fp8_attention(self, on: bool) -> None:
         """Runs every block's dense self attention in FP8 (`longcat_jax.quantization.attention`; the mode
         'fp8-attention' sets it) or in the model's dtype (off); block-sparse calls are not affected. The next jit
-        call retraces."""
+        call retraces. Refuses a head_dim cuDNN's FP8 attention cannot take, before anything runs."""
+        if on:
+            head_dim = self.config.hidden_size // self.config.num_heads
+            check_fp8_attention_shapes((1, 1, self.config.num_heads, head_dim), (1, 1, self.config.num_heads, head_dim),
+                                       (1, 1, self.config.num_heads, head_dim))
         for block in self.blocks:
             block.attn.fp8_attention = bool(on)
 
