@@ -18,6 +18,9 @@ relative L2 error of our whole call against dense attention (cuDNN, bf16, on the
                                         [--inputs random,structured] [--modes "topk 0.9375,cdf 0.98"]
     python3 benchmarks/bsa_attention.py --small --inputs random,structured    # CPU, interpreted kernels, an 8x16x16 grid
 
+`--fp8` also times `KernelConfig(fp8=True)` (e4m3 operands, its quantization pass included) on each selection, in the
+same run as the bf16 kernel, with its error against dense attention, in a third table.
+
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
 """
@@ -243,6 +246,8 @@ def measure_mode(bench, size, latent, kind, mode, q, k, v, do, dense_out, torch_
         record["whole_fwd_bwd_ms"] = record[f"whole_fwd_bwd_ms_{bench.backward_kernels[0]}"]
         if len(grads) == 2:  # the largest relative L2 of dq, dk, dv between the two backward kernels
             record["bwd_rel_l2_mosaic_vs_triton"] = max(rel_l2(a, b) for a, b in zip(grads["mosaic"], grads["triton"]))
+    if args.fp8:
+        measure_fp8(record, bench, latent, params, (q, k, v), (qc, kc, vc, indices, counts), dense_out)
     if args.check and mode == "topk 0.9375":
         ours_kernel = fwd(qc, kc, vc, indices, counts)[0]
         ref = jax.jit(lambda *a: reference.blocked_attention(*a, block, block))(qc, kc, vc, indices, counts)
@@ -298,6 +303,35 @@ def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+def measure_fp8(record: dict, bench, latent, params: BSAParams, raster_qkv, chunked, dense_out) -> None:
+    """Adds the FP8 kernel's whole-call and kernel times and its error against dense attention (and against the bf16
+    kernel's output) to `record`."""
+    block = params.chunk_size_q
+    fp8 = dataclasses.replace(bench.config, fp8=True)
+    kernel_config = fp8.interpreted() if bench.backend == "pallas_interpret" else fp8
+    whole = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
+                                                  kernel_config=fp8))
+    fwd = jax.jit(lambda *a: sparse_attention_with_lse(*a, block, block, kernel_config))
+    record["fp8_whole_ms"] = bench.timer(whole, *raster_qkv)
+    record["fp8_kernel_ms"] = bench.timer(fwd, *chunked)
+    ours = whole(*raster_qkv)
+    record["fp8_rel_l2_vs_dense"] = error_vs_dense(ours, dense_out, bench.error_stride)
+    bf16 = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
+                                                 kernel_config=bench.config))(*raster_qkv)
+    record["fp8_rel_l2_vs_bf16"] = rel_l2(ours, bf16)
+
+
+def fp8_row(record: dict) -> tuple[str, ...]:
+    """One row of the FP8 table: its times against the bf16 kernel's (same run), its errors."""
+    return (
+        record["size"], record["inputs"], record["mode"],
+        f"{record['fp8_whole_ms']:.2f} / {record['fp8_kernel_ms']:.2f}",
+        f"{record['flops_fwd'] / record['fp8_kernel_ms'] / 1e9:.0f}",
+        f"{record['whole_ms'] / record['fp8_whole_ms']:.2f}x / {record['kernel_ms'] / record['fp8_kernel_ms']:.2f}x",
+        f"{record['fp8_rel_l2_vs_dense']:.2e}", f"{record['rel_l2_vs_dense']:.2e}", f"{record['fp8_rel_l2_vs_bf16']:.2e}",
+    )
+
+
 @dataclasses.dataclass
 class Bench:
     """The run's settings, shared by every measurement."""
@@ -335,6 +369,8 @@ def parse_args() -> argparse.Namespace:
                         help="our backward kernels to time, comma-separated subset of " + ", ".join(BACKWARD_KERNELS)
                              + " (with --check and both: the largest rel L2 of dq, dk, dv between them)")
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
+    parser.add_argument("--fp8", action="store_true",
+                        help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
     parser.add_argument("--small", action="store_true",
                         help=f"a CPU run in seconds: grid {SMALL['sizes']}, {SMALL['heads']} heads of {SMALL['head_dim']}, "
@@ -373,7 +409,7 @@ def main() -> None:
     device = jax.devices()[0].device_kind
     log.info("device %s, jax %s", device, jax.__version__)
     timing_rows = {kind: [] for kind in args.inputs.split(",")}
-    selection_rows, records = [], []
+    selection_rows, records, fp8_rows = [], [], []
     dense = jax.jit(dense_attention)
     dense_name = "dense cuDNN" if jax.default_backend() == "gpu" else "dense XLA"
     for size, latent in zip(args.sizes.split(","), args.grids):
@@ -406,6 +442,8 @@ def main() -> None:
                 log.info("%s", record)
                 timing_rows[kind].append(timing_row(record, bench.backward_kernels))
                 selection_rows.append(selection_row(record, dense_ms))
+                if args.fp8:
+                    fp8_rows.append(fp8_row(record))
                 log.info("row | %s |", " | ".join(timing_rows[kind][-1]))
                 if args.json:
                     Path(args.json).write_text(json.dumps({
@@ -423,6 +461,11 @@ def main() -> None:
           f"structured inputs: {args.spec})")
     print_table(("grid", "inputs", "mode", "kept key blocks", "query blocks keeping none", "rel L2 vs dense",
                  "ours whole ms", "dense ms", "dense / ours"), selection_rows)
+    if fp8_rows:
+        print("\nKernelConfig(fp8=True) against the bf16 kernel in the same run (kernel times include the e4m3 pass)")
+        print_table(("grid", "inputs", "mode", "fp8 ms whole / kernel", "fp8 kernel TFLOP/s",
+                     "bf16 / fp8 whole / kernel", "fp8 rel L2 vs dense", "bf16 rel L2 vs dense", "fp8 vs bf16"),
+                    fp8_rows)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,14 @@ Imports nothing from `longcat_jax`; the DiT calls `bsa_attention` with a `BSAPar
 that the chunks do not divide are padded to whole chunks inside, `GridPadding`).
 """
 
-from kernels.api import BACKENDS, bsa_attention, bsa_selection, resolve_backend, sparse_attention_chunked
+from kernels.api import (
+    BACKENDS,
+    bsa_attention,
+    bsa_selection,
+    fp8_forward_available,
+    resolve_backend,
+    sparse_attention_chunked,
+)
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.layout import (
     chunk_grid,
@@ -34,6 +41,7 @@ __all__ = [
     "bsa_selection",
     "chunk_grid",
     "chunk_order_permutation",
+    "fp8_forward_available",
     "from_chunk_order",
     "GridPadding",
     "indices_from_block_mask",

@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from kernels import layout, pallas_chunking, reference, selection
+from kernels import fp8_operands, layout, pallas_chunking, reference, selection
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 from kernels.params import BSAParams
-from kernels.sparse_attention import KernelConfig, sparse_attention
+from kernels.sparse_attention import KernelConfig, fp8_sparse_attention_with_lse, on_hopper, sparse_attention
 
 BACKENDS = ("auto", "reference", "pallas", "pallas_interpret")
 PALLAS_HEAD_DIMS = (64, 128)
@@ -33,6 +33,13 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "pallas" if jax.default_backend() == "gpu" else "reference"
     return backend
+
+
+def fp8_forward_available(backend: str = "auto") -> bool:
+    """Whether `KernelConfig(fp8=True)` can run on `backend`: the Mosaic kernel on a Hopper GPU, its interpreter, or
+    the reference backend's emulation."""
+    backend = resolve_backend(backend)
+    return backend != "pallas" or on_hopper()
 
 
 def _check_pallas_shapes(head_dim: int, chunk_size_q: int, chunk_size_k: int) -> None:
@@ -80,8 +87,9 @@ def sparse_attention_chunked(
 
     indices [B, H, Mq, K_max] int32 (entries past `counts` are ignored), counts [B, H, Mq] int32.
     Softmax scale 1/sqrt(D); a query block with count 0 outputs 0. Returns [B, Sq, H, D] in q's dtype.
-    Differentiable on every backend (the Pallas ones through their own backward kernels).
-    kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100).
+    Differentiable on every backend (the Pallas ones through their own backward kernels), except with FP8 operands.
+    kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100); with
+    `fp8=True` the reference backend emulates the FP8 kernel's roundings.
     key_padding: None, or the `GridPadding` of k's grid when k, v hold that grid padded to whole chunks (in
     chunk order): the padded keys then get no weight.
     """
@@ -105,7 +113,8 @@ def sparse_attention_chunked(
     backend = resolve_backend(backend)
     if backend == "reference":
         key_valid = None if key_padding is None else jnp.asarray(key_padding.real_token_mask())
-        return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid)
+        fp8 = kernel_config is not None and kernel_config.fp8
+        return _reference_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid, fp8)
     _check_pallas_shapes(q.shape[-1], chunk_size_q, chunk_size_k)
     return sparse_attention(
         q, k, v, indices.astype(jnp.int32), counts.astype(jnp.int32), chunk_size_q, chunk_size_k,
@@ -122,6 +131,41 @@ def _check_key_padding(key_padding: GridPadding, sk: int, chunk_size_k: int) -> 
             f"({math.prod(key_padding.padded)} tokens, {key_padding.block_size} a block), but k has {sk} tokens "
             f"in blocks of {chunk_size_k}"
         )
+
+
+def _reference_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid, fp8: bool):
+    """`reference.blocked_attention` on chunk-ordered tokens; with `fp8` on the FP8 kernel's roundings of q, k, v and
+    of the softmax weights (its emulation: inference only, like the kernel)."""
+    if not fp8:
+        return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid)
+
+    def emulated(q32, k32, v32):
+        q32, k32, v32 = fp8_operands.emulated_attention_inputs(q32, k32, v32)
+        out = reference.blocked_attention(q32, k32, v32, indices, counts, chunk_size_q, chunk_size_k, key_valid,
+                                          round_weights=fp8_operands.round_weights)
+        return out.astype(q.dtype)
+
+    return fp8_operands.inference_only(emulated, q, k, v)
+
+
+def _fp8_attention(q, k, v, grid_q: GridPadding, grid_k: GridPadding, params: BSAParams, config: KernelConfig,
+                   interpret: bool):
+    """The Pallas whole call on e4m3 operands, q, k, v [B, S, H, D] on padded grids in raster order: the chunking
+    kernels write e4m3 (V transposed) with per-head scales, then the FP8 Mosaic forward. Returns raster order."""
+    chunk_q, chunk_k = params.chunk_3d_shape_q, params.chunk_3d_shape_k
+    q_scale, k_scale, v_scale = (fp8_operands.head_scales(x) for x in (q, k, v))  # [B, H] each
+    q8, pooled_q = pallas_chunking.chunk_to_e4m3(q, q_scale, grid_q.padded, chunk_q, interpret=interpret)
+    k8, pooled_k = pallas_chunking.chunk_to_e4m3(k, k_scale, grid_k.padded, chunk_k, interpret=interpret)
+    v_t = pallas_chunking.chunk_to_e4m3(v, v_scale, grid_k.padded, chunk_k, transposed=True, interpret=interpret)
+    indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1],
+                              "pallas_interpret" if interpret else "pallas")
+    config.check_fp8(q, params.chunk_size_q, params.chunk_size_k, indices.shape[-1])
+    operands = fp8_operands.Fp8Operands(q8, k8, v_t, jnp.stack([q_scale * k_scale, v_scale], axis=-1))
+    key_padding = grid_k if grid_k.needed else None
+    out, _ = fp8_sparse_attention_with_lse(
+        operands, indices, counts, config, (grid_q.padded, chunk_q), key_padding, q.dtype
+    )
+    return out
 
 
 def _kernel_config(kernel_config: KernelConfig | None, backend: str) -> KernelConfig:
@@ -147,20 +191,27 @@ def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, ker
     key_padding = grid_k if grid_k.needed else None
     q, k, v = grid_q.pad(q), grid_k.pad(k), grid_k.pad(v)  # each unchanged where the chunks divide its grid
     padded_q, padded_k = grid_q.padded, grid_k.padded
-    v_c = layout.to_chunk_order(v, padded_k, chunk_k)  # [B, Sk, H, D]
+    fp8 = kernel_config is not None and kernel_config.fp8
     if backend == "reference":
         q_c = layout.to_chunk_order(q, padded_q, chunk_q)  # [B, Sq, H, D]
         k_c = layout.to_chunk_order(k, padded_k, chunk_k)
+        v_c = layout.to_chunk_order(v, padded_k, chunk_k)
         pooled_q = selection.pool_blocks(q_c, params.chunk_size_q)  # [B, H, Mq, D]
         pooled_k = selection.pool_blocks(k_c, params.chunk_size_k)
         indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], backend)
         key_valid = None if key_padding is None else jnp.asarray(key_padding.real_token_mask())
-        out_c = reference.blocked_attention(
-            q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, key_valid
+        out_c = _reference_attention(
+            q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, key_valid, fp8
         )
         return grid_q.crop(layout.from_chunk_order(out_c, padded_q, chunk_q))
     # Pallas: reorder and block means in one pass; the kernel returns raster order itself
     interpret = backend == "pallas_interpret"
+    if fp8:
+        config = _kernel_config(kernel_config, backend)
+        fp8_call = functools.partial(_fp8_attention, grid_q=grid_q, grid_k=grid_k, params=params, config=config,
+                                     interpret=interpret)
+        return grid_q.crop(fp8_operands.inference_only(fp8_call, q, k, v))
+    v_c = layout.to_chunk_order(v, padded_k, chunk_k)  # [B, Sk, H, D]
     q_c, pooled_q = pallas_chunking.chunk_and_pool(q, padded_q, chunk_q, interpret=interpret)
     k_c, pooled_k = pallas_chunking.chunk_and_pool(k, padded_k, chunk_k, interpret=interpret)
     indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], backend)
@@ -206,7 +257,8 @@ def bsa_attention(
         backward kernels `kernel_config` picks: Mosaic GPU on Hopper, Triton-lowered elsewhere, by default) or
         "pallas_interpret" (the same kernels through the Pallas interpreters, CPU).
     kernel_config: which forward and backward kernels and their launch settings (None: the defaults tuned on an
-        H100 and H200).
+        H100 and H200); `KernelConfig(fp8=True)`: the FP8 forward (Hopper; emulated on the reference backend),
+        inference only.
     Returns [B, Sq, H, D] in q's dtype, raster order.
     """
     if not isinstance(params, BSAParams):

@@ -11,6 +11,10 @@ blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `Kern
 Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so either backward
 (Triton or `pallas_mosaic_backward`) serves both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
 grid padded to whole chunks, padded keys get logit -inf (`padding.mask_padded_keys`, on a wgmma-layout iota).
+
+With FP8 operands (`fp8_operands.Fp8Operands`, `KernelConfig(fp8=True)`) both products are e4m3 wgmmas: q·k^T as
+above, and P·V with P rounded to e4m3 into a shared-memory tile (Mosaic GPU has no register relayout from the
+accumulator's layout to the 8-bit operand's) and V^T's K-major [D, 64] tiles gathered from a transposed V.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels.errors import BSAConfigError
+from kernels.fp8_operands import P_EXPONENT
 from kernels.padding import GridPadding, mask_padded_keys
 
 LOG2E = math.log2(math.e)
@@ -73,23 +78,32 @@ def aligned(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig) -> int:
-    """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows (barriers aside)."""
-    tile = BLOCK * head_dim * 2
+def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
+    """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows, with FP8 operands
+    the P tiles (barriers aside)."""
+    out_tile = BLOCK * head_dim * 2
+    tile = BLOCK * head_dim * (1 if fp8 else 2)  # q, K and V tiles
     buffers = (
         _CONSUMERS * tile,  # q
-        _CONSUMERS * tile,  # out
+        _CONSUMERS * out_tile,
         _CONSUMERS * config.k_stages * tile,
         _CONSUMERS * config.v_stages * tile,
         _CONSUMERS * aligned(k_max, _INDEX_ALIGN) * 4,
         _CONSUMERS * BLOCK * 4,
-    )
+    ) + ((_CONSUMERS * BLOCK * BLOCK,) if fp8 else ())
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
 
 
-def fits(head_dim: int, k_max: int, config: MosaicConfig) -> bool:
+def fits(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> bool:
     """Whether a CTA's shared memory holds the kernel for these lists (very long CDF lists need the Triton one)."""
-    return smem_bytes(head_dim, aligned(k_max, _INDEX_ALIGN), config) <= SMEM_BYTES
+    return smem_bytes(head_dim, aligned(k_max, _INDEX_ALIGN), config, fp8) <= SMEM_BYTES
+
+
+def tile_transforms(dtype, columns: int) -> tuple:
+    """Tiling and swizzle of a shared-memory tile whose rows hold `columns` elements of `dtype` (the wgmma operand
+    layout: a row of up to 128 bytes is one swizzle span)."""
+    swizzle = min(128, columns * jnp.dtype(dtype).itemsize)
+    return plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle)
 
 
 def interpret_params(interpret: bool) -> dict:
@@ -102,7 +116,8 @@ def interpret_params(interpret: bool) -> dict:
 
 
 def dot_f32(a, b, *, transpose_b=False):
-    """a @ b (or a @ b.T) accumulated in float32."""
+    """a @ b (or a @ b.T) accumulated in float32 (8-bit operands are widened first: the CPU has no FP8 dot)."""
+    a, b = (x.astype(jnp.float32) if x.dtype.itemsize == 1 else x for x in (a, b))
     return lax.dot_general(a, b, (((1,), (1 if transpose_b else 0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
@@ -126,7 +141,8 @@ def _pad_indices(indices: jax.Array) -> jax.Array:
 
 
 def mosaic_forward(
-    q, k, v, indices, starts, counts, config: MosaicConfig, raster_out=None, key_padding: GridPadding | None = None
+    q, k, v, indices, starts, counts, config: MosaicConfig, raster_out=None, key_padding: GridPadding | None = None,
+    fp8_scales=None, out_dtype=None,
 ):
     """Forward kernel: (out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32, base 2).
 
@@ -136,16 +152,20 @@ def mosaic_forward(
     straight to (T, H, W) raster order, one copy per run of a chunk's consecutive tokens, which saves the
     reorder pass after the kernel; lse stays in chunk order. key_padding: None, or the padding of k's grid (k
     then holds the padded grid): padded keys get no weight.
+    fp8_scales: None, or the [B, H, 2] float32 scales of FP8 operands (`fp8_operands.Fp8Operands`: q and k in e4m3,
+    v transposed to [B, H, D, Sk] in e4m3); out is then in `out_dtype`.
     """
     b, sq, h, d = q.shape
     mq = sq // BLOCK
-    dtype = q.dtype
+    fp8 = fp8_scales is not None
+    dtype = out_dtype if fp8 else q.dtype  # the output's
+    operand_dtype = q.dtype
     k_stages, v_stages = config.k_stages, config.v_stages
     indices = _pad_indices(indices)
     k_max = indices.shape[-1]
-    if not fits(d, k_max, config):
+    if not fits(d, k_max, config, fp8):
         raise BSAConfigError(
-            f"the Mosaic BSA kernel needs {smem_bytes(d, k_max, config)} bytes of shared memory with "
+            f"the Mosaic BSA kernel needs {smem_bytes(d, k_max, config, fp8)} bytes of shared memory with "
             f"k_stages={k_stages}, v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA "
             f"has {SMEM_BYTES}: lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim "
             "128), or use KernelConfig(forward='triton') for lists this long"
@@ -165,12 +185,12 @@ def mosaic_forward(
             return lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1)
         return plgpu.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1, layout=plgpu.Layout.WGMMA)
 
-    def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, scoped):
+    def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, out_ref, lse_ref, scoped):
         bi = lax.axis_index("batch")
         hi = lax.axis_index("heads")
         cta = lax.axis_index("ctas")
         wg = lax.axis_index("wg")
-        (q_smem2, o_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2), barriers = scoped
+        (q_smem2, o_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2, *p_smem2), barriers = scoped
         q_barriers, q_consumed, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers
 
         def query_block(r, w):
@@ -201,7 +221,8 @@ def mosaic_forward(
             def _wait_v():
                 plgpu.barrier_wait(v_consumed.at[v_barrier])
 
-            plgpu.copy_gmem_to_smem(v_ref.at[bi, rows, hi], v_smem2.at[w, v_slot], v_barriers.at[v_barrier])
+            v_block = v_ref.at[bi, hi, :, rows] if fp8 else v_ref.at[bi, rows, hi]  # [D, 64] (V^T) or [64, D]
+            plgpu.copy_gmem_to_smem(v_block, v_smem2.at[w, v_slot], v_barriers.at[v_barrier])
 
         def produce(consumers):
             """The producer warpgroup's work for these consumers, round by round: index lists, q, K/V blocks."""
@@ -254,6 +275,9 @@ def mosaic_forward(
             q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
+            # base-2 logit scale; with FP8 operands times q's and k's scales, and the weights' 2^P_EXPONENT
+            scale = logit_scale * scales_ref[bi, hi, 0] if fp8 else logit_scale
+            weight_exponent = P_EXPONENT if fp8 else 0
 
             def consume_round(r, done):
                 # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
@@ -301,13 +325,21 @@ def mosaic_forward(
                     plgpu.barrier_arrive(k_consumed.at[k_barrier])
                     if key_padding is not None:
                         logits = mask_padded_keys(logits, key_padding, block, key_positions())
-                    new_max = jnp.maximum(row_max, logits.max(axis=1) * logit_scale)
+                    new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
                     correction = jnp.exp2(row_max - new_max)
-                    weights = jnp.exp2(logits * logit_scale - lax.broadcast_in_dim(new_max, logits.shape, [0]))
+                    offset = new_max - weight_exponent if weight_exponent else new_max
+                    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
                     acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
                     row_sum = row_sum * correction + weights.sum(axis=1)
-                    weights = weights.astype(dtype)
-                    acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
+                    weights = weights.astype(operand_dtype)
+                    if fp8 and not config.interpret:
+                        # P·V's 8-bit A operand goes through shared memory (no register relayout to its layout), and
+                        # before the barrier, which takes no 8-bit arrays
+                        p_smem2[0].at[wg][...] = weights
+                        plgpu.commit_smem()
+                        acc, row_sum, new_max = lax.optimization_barrier((acc, row_sum, new_max))
+                    else:
+                        acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
                     if config.schedule_barrier:
                         plgpu.barrier_arrive(schedule)
                     plgpu.barrier_wait(v_barriers.at[v_barrier])
@@ -315,11 +347,16 @@ def mosaic_forward(
                         plgpu.barrier_wait(schedule)
 
                     if config.interpret:
-                        acc = acc + dot_f32(weights, v_smem[v_slot])
+                        acc = acc + dot_f32(weights, v_smem[v_slot], transpose_b=fp8)
                         wait_k(j + 1)
                     else:
+                        if fp8:  # the last step's wgmma has read the P tile before this step wrote it
+                            operands = (p_smem2[0].at[wg], v_smem.at[v_slot].transpose((1, 0)))
+                        else:
+                            operands = (weights, v_smem.at[v_slot])
+
                         def values_state(acc_ref):
-                            plgpu.wgmma(acc_ref, weights, v_smem.at[v_slot])
+                            plgpu.wgmma(acc_ref, *operands)
                             wait_k(j + 1)
 
                         acc = pl.run_state(values_state)(plgpu.ACC.init(acc))
@@ -341,10 +378,12 @@ def mosaic_forward(
 
                 # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
                 safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
+                if fp8:  # v's scale
+                    safe_sum = safe_sum / scales_ref[bi, hi, 1]
                 acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
                 plgpu.wait_smem_to_gmem(0)  # the last round's stores have read o_smem and lse_smem
                 o_smem[...] = acc.astype(dtype)
-                lse_smem[...] = row_max + jnp.log2(row_sum)
+                lse_smem[...] = row_max + jnp.log2(row_sum) - weight_exponent
                 plgpu.commit_smem()
 
                 def store_raster(o_smem, block):
@@ -388,17 +427,21 @@ def mosaic_forward(
                     plgpu.set_max_registers(40, action="decrease")
                     produce([w])
 
-    def entry(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref):
-        transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    def entry(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, *refs):
+        scales_ref, out_ref, lse_ref = refs if fp8 else (None, *refs)
+        transforms = tile_transforms(operand_dtype, d)
+        out_transforms = tile_transforms(dtype, d)
+        v_tile = (d, BLOCK) if fp8 else (BLOCK, d)
         scratch = (
-            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, BLOCK, d), operand_dtype, transforms=transforms),
             # raster stores copy a few rows at a time: those need the out tiles untiled and unswizzled
-            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=() if raster_out else transforms),
-            plgpu.SMEM((_CONSUMERS, k_stages, BLOCK, d), dtype, transforms=transforms),
-            plgpu.SMEM((_CONSUMERS, v_stages, BLOCK, d), dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=() if raster_out else out_transforms),
+            plgpu.SMEM((_CONSUMERS, k_stages, BLOCK, d), operand_dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
             plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
             plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
-        )
+        ) + ((plgpu.SMEM((_CONSUMERS, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
+             if fp8 else ())
         barriers = (
             plgpu.Barrier(num_barriers=_CONSUMERS),
             plgpu.Barrier(num_barriers=_CONSUMERS),
@@ -409,9 +452,11 @@ def mosaic_forward(
             plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
             plgpu.Barrier(num_arrivals=_CONSUMERS),
         )
+        buffers = len(scratch)
         pl.run_scoped(
             lambda *args: kernel(
-                idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, out_ref, lse_ref, (args[:6], args[6:])
+                idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, out_ref, lse_ref,
+                (args[:buffers], args[buffers:]),
             ),
             *scratch,
             *barriers,
@@ -421,7 +466,7 @@ def mosaic_forward(
     return plgpu.kernel(
         entry,
         out_type=(
-            jax.ShapeDtypeStruct(q.shape, dtype),
+            jax.ShapeDtypeStruct(q.shape, dtype),  # [B, Sq, H, D]
             jax.ShapeDtypeStruct((b, h, sq), jnp.float32),
         ),
         # Pallas Mosaic GPU launches the last grid axis fastest: the CTAs running together share one head, so
@@ -432,4 +477,4 @@ def mosaic_forward(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **interpret_params(config.interpret),
-    )(indices, starts, counts, q, k, v)
+    )(indices, starts, counts, q, k, v, *((fp8_scales,) if fp8 else ()))

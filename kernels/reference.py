@@ -14,10 +14,13 @@ import jax.numpy as jnp
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _masked_softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+def _masked_softmax_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, round_weights=None
+) -> jax.Array:
     """softmax(q k^T / sqrt(D)) v over the allowed keys; rows with no allowed key give 0.
 
-    q [..., Lq, D], k and v [..., Lk, D], allowed broadcastable to [..., Lq, Lk]; float32 math.
+    q [..., Lq, D], k and v [..., Lk, D], allowed broadcastable to [..., Lq, Lk]; float32 math. round_weights: None,
+    or how the unnormalised weights are rounded before the product with v (`fp8_operands.round_weights`).
     """
     logits = jnp.einsum("...qd,...kd->...qk", q, k, precision=_HIGHEST) * (q.shape[-1] ** -0.5)
     logits = jnp.where(allowed, logits, -jnp.inf)
@@ -25,6 +28,8 @@ def _masked_softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed:
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     weights = jnp.where(allowed, jnp.exp(logits - row_max), 0.0)
     denom = jnp.sum(weights, axis=-1, keepdims=True)
+    if round_weights is not None:
+        weights = round_weights(weights)
     weights = weights / jnp.where(denom > 0, denom, 1.0)
     return jnp.einsum("...qk,...kd->...qd", weights, v, precision=_HIGHEST)
 
@@ -51,11 +56,13 @@ def blocked_attention(
     chunk_size_q: int,
     chunk_size_k: int,
     key_valid: jax.Array | None = None,
+    round_weights=None,
 ) -> jax.Array:
     """Attention that gathers only the selected key blocks, one query block at a time.
 
     indices [B, H, Mq, K_max] (padded), counts [B, H, Mq]. key_valid: None (every key is real) or [Sk] bool,
-    False for padding keys, which then get no weight. Memory per step is that of one query block's selected
+    False for padding keys, which then get no weight. round_weights: None, or the rounding of the unnormalised
+    softmax weights (the FP8 kernel's emulation). Memory per step is that of one query block's selected
     keys, never Sq x Sk. Differentiable with jax.grad. Returns [B, Sq, H, D].
     """
     b, sq, h, d = q.shape
@@ -78,7 +85,7 @@ def blocked_attention(
         allowed = jnp.repeat(valid, chunk_size_k, axis=-1)[:, :, None, :]  # [B, H, 1, K_max * ck]
         if real_keys is not None:
             allowed = allowed & real_keys[idx].reshape(b, h, 1, width * chunk_size_k)
-        return _masked_softmax_attention(q_blk, k_sel, v_sel, allowed)  # [B, H, cq, D]
+        return _masked_softmax_attention(q_blk, k_sel, v_sel, allowed, round_weights)  # [B, H, cq, D]
 
     out = jax.lax.map(one_query_block, (q_blocks, per_block_indices, per_block_valid))  # [Mq, B, H, cq, D]
     return out.transpose(1, 0, 3, 2, 4).reshape(b, sq, h, d).astype(q.dtype)

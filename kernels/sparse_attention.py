@@ -5,7 +5,8 @@ Forward: the Triton-lowered kernel (`pallas_triton`, any CUDA GPU) or the Mosaic
 return the output and the base-2 log-sum-exp, so one backward (dq over the selection lists, dk/dv over the
 transposed lists; the Triton kernels, or the Mosaic GPU ones of `pallas_mosaic_backward` by `KernelConfig.backward`)
 serves either through `jax.custom_vjp`. On key grids padded to whole chunks every kernel masks the padded keys
-(`padding.GridPadding`).
+(`padding.GridPadding`). `KernelConfig(fp8=True)` runs the Mosaic forward on e4m3 operands (`fp8_operands`), for
+inference only: it has no backward.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from kernels import key_ranges, layout, pallas_mosaic, pallas_mosaic_backward, pallas_triton
+from kernels import fp8_operands, key_ranges, layout, pallas_mosaic, pallas_mosaic_backward, pallas_triton
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 
@@ -42,6 +43,11 @@ class KernelConfig:
     backward: "auto" (the default: the Mosaic GPU kernels of `pallas_mosaic_backward` on a Hopper GPU where they
     support the inputs, 1.2x the Triton ones on an H200 and a 720p LoRA training step 16.11 -> 15.63 s, see
     BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
+    fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: per-head scales of q, k and v, the softmax
+    weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
+    barrier: 1.23-1.32x faster than with it on an H200, BENCHMARKS.md); the reference backend emulates its
+    roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
+    differentiating it is refused.
     """
 
     forward: str = "auto"
@@ -50,6 +56,8 @@ class KernelConfig:
     key_ranges: int | None = None
     backward: str = "auto"
     mosaic_backward: pallas_mosaic_backward.MosaicBackwardConfig = pallas_mosaic_backward.MosaicBackwardConfig()
+    fp8: bool = False
+    mosaic_fp8: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig(schedule_barrier=False)
 
     def __post_init__(self):
         if self.backward not in BACKWARD_KERNELS:
@@ -57,6 +65,7 @@ class KernelConfig:
                 f"unknown BSA backward kernel KernelConfig.backward={self.backward!r}; choose one of {BACKWARD_KERNELS}"
             )
         for name, kind in (("triton", pallas_triton.TritonConfig), ("mosaic", pallas_mosaic.MosaicConfig),
+                           ("mosaic_fp8", pallas_mosaic.MosaicConfig),
                            ("mosaic_backward", pallas_mosaic_backward.MosaicBackwardConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise BSAConfigError(
@@ -68,6 +77,15 @@ class KernelConfig:
             )
         if self.key_ranges is not None and (not isinstance(self.key_ranges, int) or self.key_ranges < 1):
             raise BSAConfigError(f"KernelConfig.key_ranges must be None or an int >= 1, got {self.key_ranges!r}")
+        if not isinstance(self.fp8, bool):
+            raise BSAConfigError(f"KernelConfig.fp8 must be True or False, got {self.fp8!r}")
+        if self.fp8 and self.forward == "triton":
+            raise BSAConfigError("KernelConfig(fp8=True) runs the Mosaic GPU forward; use forward='auto' or 'mosaic'")
+        if self.fp8 and self.key_ranges not in (None, 1):
+            raise BSAConfigError(
+                f"KernelConfig(fp8=True) runs over all key blocks in one launch; got key_ranges={self.key_ranges}, "
+                "use key_ranges=None"
+            )
 
     def interpreted(self) -> KernelConfig:
         """The same settings run through the Pallas interpreters on the CPU."""
@@ -75,6 +93,7 @@ class KernelConfig:
             self,
             triton=dataclasses.replace(self.triton, interpret=True),
             mosaic=dataclasses.replace(self.mosaic, interpret=True),
+            mosaic_fp8=dataclasses.replace(self.mosaic_fp8, interpret=True),
             mosaic_backward=dataclasses.replace(self.mosaic_backward, interpret=True),
         )
 
@@ -89,7 +108,7 @@ class KernelConfig:
         if self.backward == "auto":
             return (
                 pallas_mosaic_backward.supports(q, k, v, block_q, block_k) and not self.mosaic_backward.interpret
-                and _on_hopper() and pallas_mosaic_backward.fits(q.shape[-1], self.mosaic_backward)
+                and on_hopper() and pallas_mosaic_backward.fits(q.shape[-1], self.mosaic_backward)
             )
         return self.backward == "mosaic"
 
@@ -97,6 +116,9 @@ class KernelConfig:
         """Whether the Mosaic GPU forward runs for these inputs (k_max: list width); refuses "mosaic" where it
         cannot. "auto" also leaves lists too long for its shared memory to the Triton kernel."""
         supported = pallas_mosaic.supports(q, block_q, block_k)
+        if self.fp8:
+            self.check_fp8(q, block_q, block_k, k_max)
+            return True
         if self.forward == "mosaic" and not supported:
             raise BSAInputError(
                 f"the Mosaic GPU BSA forward needs {pallas_mosaic.BLOCK}-token q and k blocks (4x4x4 chunks), "
@@ -105,13 +127,33 @@ class KernelConfig:
             )
         if self.forward == "auto":
             return (
-                supported and not self.mosaic.interpret and _on_hopper()
+                supported and not self.mosaic.interpret and on_hopper()
                 and pallas_mosaic.fits(q.shape[-1], k_max, self.mosaic)
             )
         return self.forward == "mosaic"
 
+    def check_fp8(self, q: jax.Array, block_q: int, block_k: int, k_max: int) -> None:
+        """Refuses FP8 operands where the Mosaic forward cannot take them (q: the bf16/f16 queries), naming the fix."""
+        if not pallas_mosaic.supports(q, block_q, block_k):
+            raise BSAInputError(
+                f"KernelConfig(fp8=True) needs {pallas_mosaic.BLOCK}-token q and k blocks (4x4x4 chunks), head_dim 64 "
+                f"or 128 and bf16/f16 inputs; got blocks {block_q}/{block_k}, head_dim {q.shape[-1]}, {q.dtype}; "
+                "use fp8=False"
+            )
+        if not self.mosaic_fp8.interpret and not on_hopper():
+            raise BSAInputError(
+                f"KernelConfig(fp8=True) needs a Hopper GPU (compute capability 9.x), the default device is "
+                f"{jax.devices()[0].device_kind}; use fp8=False (bf16 kernels) there"
+            )
+        if not pallas_mosaic.fits(q.shape[-1], k_max, self.mosaic_fp8, fp8=True):
+            raise BSAConfigError(
+                f"FP8 index lists of {k_max} key blocks do not fit the Mosaic kernel's shared memory with "
+                f"k_stages={self.mosaic_fp8.k_stages}, v_stages={self.mosaic_fp8.v_stages}; lower them in "
+                "KernelConfig.mosaic_fp8 or use fp8=False"
+            )
 
-def _on_hopper() -> bool:
+
+def on_hopper() -> bool:
     """Whether the default device is a Hopper GPU (compute capability 9.x), where the Mosaic kernel runs."""
     device = jax.devices()[0]
     return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith("9.")
@@ -132,6 +174,9 @@ def sparse_attention_with_lse(
     if ranges is None:
         ranges = 1 if mosaic else key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
     ranges = min(ranges, num_k_blocks)
+    if config.fp8:
+        operands = fp8_operands.quantize_operands(q, k, v)
+        return fp8_sparse_attention_with_lse(operands, indices, counts, config, raster, key_padding, q.dtype)
     starts = jnp.zeros_like(counts)
     if mosaic and ranges == 1:
         return pallas_mosaic.mosaic_forward(
@@ -156,6 +201,19 @@ def sparse_attention_with_lse(
     return out, lse
 
 
+def fp8_sparse_attention_with_lse(
+    operands: fp8_operands.Fp8Operands, indices, counts, config: KernelConfig, raster=None,
+    key_padding: GridPadding | None = None, out_dtype=jnp.bfloat16,
+):
+    """(out [B, Sq, H, D] in out_dtype, lse [B, H, Sq] float32 base 2) of the Mosaic forward on e4m3 operands, with
+    `config.mosaic_fp8`; the other arguments as in `sparse_attention_with_lse` (`KernelConfig.check_fp8` first)."""
+    counts = counts.astype(jnp.int32)
+    return pallas_mosaic.mosaic_forward(
+        operands.q, operands.k, operands.v_t, indices.astype(jnp.int32), jnp.zeros_like(counts), counts,
+        config.mosaic_fp8, raster_out=raster, key_padding=key_padding, fp8_scales=operands.scales, out_dtype=out_dtype,
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
 def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None, key_padding=None):
     """Block-sparse attention of chunk-ordered q [B, Sq, H, D] over k, v [B, Sk, H, D] (differentiable).
@@ -170,6 +228,8 @@ def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelC
 
 
 def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding):
+    if config.fp8:
+        raise BSAConfigError(fp8_operands.NO_GRADIENT)
     config.check_backward(q, k, v, block_q, block_k)
     out, lse = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding)
     # named (same values) so that a remat policy can keep them; the primal output is the named one too, so the layers

@@ -103,8 +103,8 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--fps", type=float, help="default 15 (30 after refinement)")
     add("--dtype", choices=tuple(DTYPES), help="default bfloat16 (float32 for the built-in model)")
     add("--quantize", choices=QUANTIZE_MODES, default="none",
-        help="DiT weights: fp8 (FP8 GEMMs, Ada/Hopper), fp8-attention (fp8 and the dense self attention in FP8, "
-        "Hopper), int8 or fp8-weight-only (any GPU), none (as stored)")
+        help="DiT weights: fp8 (FP8 GEMMs, Ada/Hopper), fp8-attention (fp8 and the self attention, dense "
+        "and BSA, in FP8, Hopper), int8 or fp8-weight-only (any GPU), none (as stored)")
     add("--context-parallel", type=int, metavar="N",
         help="split each video's tokens over N devices (default: all visible devices; 1: off)")
     add("--fsdp", action="store_true", help="with several devices: store the DiT and text encoder split over them")

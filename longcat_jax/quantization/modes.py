@@ -4,11 +4,11 @@
     fp8              FP8 e4m3 weights, per-output-channel scales; activations quantized to e4m3 on the fly
                      (one scale per token) and multiplied as real FP8 GEMMs. Needs FP8 tensor cores:
                      compute capability 8.9 or newer (Ada, Hopper, Blackwell)
-    fp8-attention    fp8, and the dense self attention in FP8 too (cuDNN's FP8 flash attention, compute capability
-                     9.0+: Hopper, Blackwell); opt-in: each attention call moves about 3.6e-2 from float32,
-                     and the real-size 480p step's output (random weights) 2.3e-1 from bf16 against fp8's 6.8e-2,
-                     for 1.47x the bf16 step against fp8's 1.19x (BENCHMARKS.md). Block-sparse (BSA) and cross
-                     attention stay bf16. Inference only
+    fp8-attention    fp8, and the self attention in FP8 too: dense through cuDNN's FP8 flash attention, block-sparse
+                     (BSA) through `kernels.KernelConfig(fp8=True)` (compute capability 9.0: Hopper); opt-in:
+                     each dense attention call moves about 3.6e-2 from float32, and the real-size 480p step's
+                     output (random weights) 2.3e-1 from bf16 against fp8's 6.8e-2, for 1.47x the bf16 step
+                     against fp8's 1.19x (BENCHMARKS.md). Cross attention stays bf16. Inference only
     fp8-weight-only  the same FP8 weights, dequantized inside each matmul (bf16 math): for an FP8 checkpoint
                      on a GPU without FP8 tensor cores
     int8             INT8 weights, per-output-channel scales, dequantized inside each matmul: any GPU
@@ -53,8 +53,8 @@ class QuantScheme:
     (3.42e-2 vs 3.74e-2; a token 1e-6 below the largest flushes to zero under one scale per tensor), and no
     reduction over the whole tensor before the GEMM can start. gemm_dtype (FP8 compute only): the dtype the FP8
     GEMM writes before its scales are applied, 'float32' or 'bfloat16' (half the bytes written and read again by
-    the scaling, one more rounding). attention: the dense self attention's precision, 'bf16' or 'fp8' (FP8 compute
-    only; `longcat_jax.quantization.attention`).
+    the scaling, one more rounding). attention: the self attention's precision, 'bf16' or 'fp8' (FP8 compute
+    only; dense: `longcat_jax.quantization.attention`, block-sparse: `kernels.KernelConfig(fp8=True)`).
     """
 
     mode: str
@@ -102,7 +102,7 @@ def scheme_for(mode: str | QuantScheme | None) -> QuantScheme | None:
 
 
 def uses_fp8_attention(mode: str | QuantScheme | None) -> bool:
-    """Whether `mode` runs the dense self attention in FP8 ('fp8-attention')."""
+    """Whether `mode` runs the self attention (dense and block-sparse) in FP8 ('fp8-attention')."""
     scheme = scheme_for(mode)
     return scheme is not None and scheme.attention == FP8_ATTENTION_PRECISION
 

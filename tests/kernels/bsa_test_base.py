@@ -17,8 +17,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from kernels import (
+    BSAConfigError,
     BSAParams,
     KernelConfig,
     MosaicConfig,
@@ -118,7 +120,9 @@ class BSABackendTests:
     """The checks every BSA backend runs; a subclass per backend sets the attributes below.
 
     backend: the `backend` argument; forward: `KernelConfig.forward` (None for the reference, which takes none);
-    backward: `KernelConfig.backward`.
+    backward: `KernelConfig.backward`; fp8: `KernelConfig.fp8` (the FP8 forward: its cases' `mosaic` settings go to
+    `mosaic_fp8`, and every gradient test checks instead that differentiating it is refused).
+    whole_call_tolerance: rel_l2 bound of the whole call against the original's fixtures.
     fixture_dtype / fixture_tolerance: inputs and rel_l2 bound of the fixture runs given the original's mask.
     fixture_names: the fixtures this backend runs (None: every one it takes); min_fixture_cases: how many at least.
     forward_cases / gradient_cases / whole_call_cases / odd_grid_cases: the parameters of the tests taking
@@ -129,6 +133,8 @@ class BSABackendTests:
     backend: str
     forward: str | None = None
     backward: str = "triton"
+    fp8: bool = False
+    whole_call_tolerance: float = OUTPUT_TOLERANCE
     fixture_dtype: type = jnp.bfloat16
     fixture_tolerance: float = OUTPUT_TOLERANCE
     fixture_names: frozenset[str] | None = None
@@ -154,9 +160,18 @@ class BSABackendTests:
         if self.forward is None:
             return None
         if case is None:
-            return KernelConfig(forward=self.forward, backward=self.backward)
-        return KernelConfig(forward=self.forward, backward=self.backward, triton=case.triton, mosaic=case.mosaic,
-                            mosaic_backward=case.mosaic_backward, key_ranges=case.key_ranges)
+            return KernelConfig(forward=self.forward, backward=self.backward, fp8=self.fp8)
+        mosaic = {"mosaic_fp8" if self.fp8 else "mosaic": case.mosaic}
+        return KernelConfig(forward=self.forward, backward=self.backward, triton=case.triton, **mosaic,
+                            mosaic_backward=case.mosaic_backward, key_ranges=case.key_ranges, fp8=self.fp8)
+
+    def assert_gradients_refused(self, attention, *qkv):
+        """The FP8 forward's check in place of a gradient test: differentiating it names the fix."""
+        def loss(q, k, v):
+            return jnp.sum(attention(q, k, v).astype(jnp.float32))
+
+        with pytest.raises(BSAConfigError, match="fp8=True.*no backward.*fp8=False"):
+            jax.grad(loss, argnums=(0, 1, 2))(*qkv)
 
     def takes(self, params: BSAParams) -> bool:
         """Whether this backend runs blocks of these sizes (the Mosaic kernels: 64 tokens only)."""
@@ -211,7 +226,7 @@ class BSABackendTests:
                 backend=self.backend, kernel_config=self.kernel_config(),
             )
             chex.assert_type(out, jnp.bfloat16)
-            assert rel_l2(out, arrays["out"]) < OUTPUT_TOLERANCE, name
+            assert rel_l2(out, arrays["out"]) < self.whole_call_tolerance, name
 
     def test_forward_matches_dense_attention(self, forward_case):
         case = forward_case
@@ -226,6 +241,10 @@ class BSABackendTests:
     def test_gradients_match_dense_attention(self, gradient_case):
         case = gradient_case
         q, k, v, indices, counts = case.inputs(5)
+        if self.fp8:
+            attention = self.chunked_attention(case.block_q, case.block_k, case)
+            self.assert_gradients_refused(lambda q, k, v: attention(q, k, v, indices, counts), q, k, v)
+            return
         do = jax.random.normal(jax.random.key(6), q.shape, jnp.float32)  # [B, Sq, H, D]
 
         def grads(attention, *qkv):
@@ -259,9 +278,17 @@ class BSABackendTests:
 
             return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(*qkv)
 
-        got_grads, got = output_and_grads(lambda q, k, v: bsa_attention(
-            q, k, v, latent, latent, params, backend=self.backend, kernel_config=self.kernel_config(),
-        ), *(x.astype(case.dtype) for x in (q, k, v)))
+        def attention(q, k, v):
+            return bsa_attention(q, k, v, latent, latent, params, backend=self.backend, kernel_config=self.kernel_config())
+
+        inputs = [x.astype(case.dtype) for x in (q, k, v)]
+        if self.fp8:  # the output alone, then the refused gradients
+            got = jax.jit(attention)(*inputs)
+            chex.assert_type(got, case.dtype)
+            assert rel_l2(got, dense_whole_call(q, k, v, latent, latent, params)) < case.tolerance
+            self.assert_gradients_refused(attention, *inputs)
+            return
+        got_grads, got = output_and_grads(attention, *inputs)
         want_grads, want = output_and_grads(lambda q, k, v: dense_whole_call(q, k, v, latent, latent, params), q, k, v)
         chex.assert_type(got, case.dtype)
         assert rel_l2(got, want) < case.tolerance
@@ -287,6 +314,9 @@ class BSABackendTests:
         chex.assert_type(got, case.dtype)
         # the truth takes the same rounded inputs, so that bf16 rounding cannot flip a near-tied selection
         assert rel_l2(got, truth(*inputs)) < case.tolerance
+        if self.fp8:
+            self.assert_gradients_refused(attention, *inputs)
+            return
         if not case.gradients:
             return
 

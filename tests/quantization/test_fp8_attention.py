@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from kernels import BSAParams
 from longcat_jax.errors import ConfigError
 from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit.transformer import LongCatDiT
@@ -28,6 +29,7 @@ EMULATED = 6.86e-2
 CUDNN = 7.52e-2
 BF16_ATTENTION = 4.38e-3
 FP8_ATTENTION_MOVES = 1.11e-2  # the tiny DiT's output, fp8-attention against fp8 (CPU, jax 0.10.2)
+FP8_BSA_MOVES = 1.12e-2  # the same with block-sparse self attention (the FP8 BSA forward's emulation)
 
 
 def _qkv(dtype=jnp.float32):
@@ -99,6 +101,24 @@ def test_the_dit_runs_its_dense_attention_in_fp8():
     narrow_heads = dataclasses.replace(config, hidden_size=config.num_heads * 24)
     with pytest.raises(ConfigError, match="head_dim that is a multiple of 16.*got 24"):
         LongCatDiT(narrow_heads, rngs=nnx.Rngs(0), quantize="fp8-attention")  # at construction, before any call
+    models["fp8-attention"].set_fp8_attention(False)
+    assert jnp.array_equal(models["fp8-attention"](latents, timestep, text), out["fp8"])
+
+
+def test_the_dit_runs_its_block_sparse_attention_in_fp8():
+    """With BSA on (two latent frames), the mode runs the FP8 BSA forward (emulated on the CPU): the output moves
+    from 'fp8' by about what was measured (1.12e-2, CPU, jax 0.10.2), and switching it off restores 'fp8' exactly."""
+    config = TINY_DIT_CONFIG
+    bsa = BSAParams(sparsity=0.5, chunk_3d_shape_q=(1, 2, 2), chunk_3d_shape_k=(1, 2, 2))
+    models = {mode: LongCatDiT(config, rngs=nnx.Rngs(0), quantize=mode) for mode in ("fp8", "fp8-attention")}
+    keys = jax.random.split(jax.random.key(1), 2)
+    latents = jax.random.normal(keys[0], (1, config.in_channels, 2, 8, 8))
+    text = jax.random.normal(keys[1], (1, 1, 8, config.caption_channels))
+    timestep = jnp.array([500.0])
+    for model in models.values():
+        model.set_bsa(bsa, backend="reference")
+    out = {mode: model(latents, timestep, text) for mode, model in models.items()}
+    assert FP8_BSA_MOVES / 10 < rel_l2(out["fp8-attention"], out["fp8"]) < FP8_BSA_MOVES * MARGIN
     models["fp8-attention"].set_fp8_attention(False)
     assert jnp.array_equal(models["fp8-attention"](latents, timestep, text), out["fp8"])
 

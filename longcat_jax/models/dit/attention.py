@@ -8,17 +8,29 @@ original only when the latent has more than one frame.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import BSAParams, GridPadding, KernelConfig, block_mask_from_indices, bsa_attention, bsa_selection
+from kernels import (
+    BSAParams,
+    GridPadding,
+    KernelConfig,
+    block_mask_from_indices,
+    bsa_attention,
+    bsa_selection,
+    fp8_forward_available,
+)
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.layers import Linear, RMSNorm
 from longcat_jax.models.dit.rope import apply_rope, rope_tables
 from longcat_jax.quantization.attention import fp8_attention
+
+_log = logging.getLogger(__name__)
 
 Grid = tuple[int, int, int]
 KV = tuple[jax.Array, jax.Array]
@@ -31,8 +43,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Gr
 
     With `bsa` set, each query chunk attends only to its selected key chunks (grids give the
     (T, H, W) layout of q and k tokens) by `kernels.bsa_attention` with `bsa_backend` and `bsa_kernel_config`
-    (the Pallas kernels and their settings; None: the defaults); otherwise full dense attention, in FP8 with `fp8`
-    (`longcat_jax.quantization.attention`, the mode 'fp8-attention'). With `context_parallel` (a
+    (the Pallas kernels and their settings; None: the defaults); otherwise full dense attention. With `fp8` (the mode
+    'fp8-attention') both in FP8: the block-sparse one by `KernelConfig(fp8=True)`, the dense one by
+    `longcat_jax.quantization.attention`. With `context_parallel` (a
     `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads.
     """
     if context_parallel is not None:
@@ -40,10 +53,21 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Gr
                                   bsa_kernel_config=bsa_kernel_config, fp8=fp8)
         return context_parallel.head_parallel(local, q, k, v)
     if bsa is not None:
+        if fp8 and fp8_forward_available(bsa_backend):
+            bsa_kernel_config = dataclasses.replace(bsa_kernel_config or KernelConfig(), fp8=True)
+        elif fp8:
+            _warn_bsa_stays_bf16()
         return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend, kernel_config=bsa_kernel_config)
     if fp8:
         return fp8_attention(q, k, v)
     return dense_attention(q, k, v)
+
+
+@functools.cache
+def _warn_bsa_stays_bf16() -> None:
+    """Says once (not once per block and trace) that 'fp8-attention' keeps block-sparse attention in bf16 here."""
+    _log.warning("--quantize fp8-attention: the FP8 block-sparse kernel needs a Hopper GPU; block-sparse attention "
+                 "stays bf16 on this device (dense attention runs in FP8)")
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -66,8 +90,8 @@ class SelfAttention(nnx.Module):
     [B, H, Mq, Mk] as an `nnx.Intermediate` named `bsa_selection`, to be collected with `nnx.capture`
     (a diagnostic: it recomputes the selection). `context_parallel` (set by
     `LongCatDiT.set_context_parallel`) splits the heads over devices for the attention itself (Ulysses).
-    `fp8_attention` (set by `LongCatDiT.set_fp8_attention`, the mode 'fp8-attention') runs the dense attention in
-    FP8; block-sparse calls are not affected.
+    `fp8_attention` (set by `LongCatDiT.set_fp8_attention`, the mode 'fp8-attention') runs the attention in FP8,
+    dense and block-sparse.
     """
 
     def __init__(self, hidden_size: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,

@@ -185,9 +185,10 @@ class LongCatDiT(_Ends, nnx.Module):
             block.attn.context_parallel = plan
 
     def set_fp8_attention(self, on: bool) -> None:
-        """Runs every block's dense self attention in FP8 (`longcat_jax.quantization.attention`; the mode
-        'fp8-attention' sets it) or in the model's dtype (off); block-sparse calls are not affected. The next jit
-        call retraces. Refuses a head_dim cuDNN's FP8 attention cannot take, before anything runs."""
+        """Runs every block's self attention in FP8 (the mode 'fp8-attention' sets it): dense through
+        `longcat_jax.quantization.attention`, block-sparse through `kernels.KernelConfig(fp8=True)`; off: in the
+        model's dtype. The next jit call retraces. Refuses a head_dim cuDNN's FP8 attention cannot take, before
+        anything runs."""
         if on:
             head_dim = self.config.hidden_size // self.config.num_heads
             check_fp8_attention_shapes((1, 1, self.config.num_heads, head_dim), (1, 1, self.config.num_heads, head_dim),
@@ -197,7 +198,7 @@ class LongCatDiT(_Ends, nnx.Module):
 
     @property
     def fp8_attention(self) -> bool:
-        """Whether the blocks' dense self attention runs in FP8 (see `set_fp8_attention`)."""
+        """Whether the blocks' self attention runs in FP8 (see `set_fp8_attention`)."""
         return self.blocks[0].attn.fp8_attention if len(self.blocks) else False
 
     def set_token_chunking(self, chunk_tokens: int | None) -> None:

@@ -1,0 +1,110 @@
+"""The FP8 BSA forward's own checks (`KernelConfig(fp8=True)`): its operands, its roundings against their float32
+emulation, the e4m3 chunking kernels, and what it refuses. The shared cases against float32 attention run in
+test_bsa_backends.py (TestReferenceFp8, TestMosaicFp8Interpret, TestMosaicFp8Gpu).
+
+Bounds are measured values times 1.25 (CPU, jax 0.10.2): the interpreted kernel moved 1.03e-2 from its emulation on
+`random_case(3)`, and both moved 4.93e-2 / 4.96e-2 from the bf16 reference on it.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kernels import (
+    BSAConfigError,
+    BSAInputError,
+    KernelConfig,
+    fp8_forward_available,
+    fp8_operands,
+    pallas_chunking,
+    sparse_attention_chunked,
+    to_chunk_order,
+)
+from longcat_jax.metrics import rel_l2
+from tests.helpers.bsa_cases import random_case
+
+KERNEL_VS_EMULATION = 1.03e-2 * 1.25
+FP8_VS_BF16 = 4.93e-2
+
+
+def _chunked(backend, fp8, inputs):
+    config = KernelConfig(fp8=fp8)
+    return jax.jit(lambda *a: sparse_attention_chunked(*a, 64, 64, backend=backend, kernel_config=config))(*inputs)
+
+
+def test_the_kernel_rounds_like_its_emulation():
+    inputs = random_case(3, b=1, h=2, d=64, mq=3, mk=5, width=4)
+    kernel, emulated, bf16 = (_chunked("pallas_interpret", True, inputs), _chunked("reference", True, inputs),
+                              _chunked("reference", False, inputs))
+    assert rel_l2(kernel, emulated) < KERNEL_VS_EMULATION
+    # both really round to e4m3: far from bf16 attention, by about the measured amount
+    for fp8 in (kernel, emulated):
+        assert FP8_VS_BF16 / 2 < rel_l2(fp8, bf16) < FP8_VS_BF16 * 1.25
+
+
+def test_operands_and_their_emulation_agree():
+    q, k, v = (jax.random.normal(key, (2, 128, 3, 64), jnp.float32) * scale
+               for key, scale in zip(jax.random.split(jax.random.key(0), 3), (1.0, 30.0, 1e-3)))
+    v = v.at[1, :, 2].set(0.0)  # one head of zeros: scale 1, no NaN
+    operands = fp8_operands.quantize_operands(q, k, v)
+    assert operands.q.dtype == operands.k.dtype == operands.v_t.dtype == jnp.float8_e4m3fn
+    assert operands.v_t.shape == (2, 3, 64, 128) and operands.scales.shape == (2, 3, 2)
+    scales = [fp8_operands.head_scales(x) for x in (q, k, v)]
+    np.testing.assert_allclose(operands.scales[..., 0], scales[0] * scales[1], rtol=1e-6)
+    assert float(scales[2][1, 2]) == 1.0
+    emulated = fp8_operands.emulated_attention_inputs(q, k, v)
+    for x8, scale, want in ((operands.q, scales[0], emulated[0]), (operands.k, scales[1], emulated[1]),
+                            (jnp.transpose(operands.v_t, (0, 3, 1, 2)), scales[2], emulated[2])):
+        np.testing.assert_array_equal(x8.astype(jnp.float32) * scale[:, None, :, None], want)
+    for x, want in zip((q, k, v), emulated):  # e4m3's 3 mantissa bits: within 2^-4 of each value, relatively
+        assert bool(jnp.all(jnp.abs(want - x) <= jnp.abs(x) / 16 + 1e-30 + jnp.max(jnp.abs(x)) * 2**-9 / 448))
+        assert bool(jnp.all(jnp.isfinite(want)))
+
+
+def test_weights_keep_their_small_values():
+    """The 2^P_EXPONENT scale keeps weights down to 2^-17 (e4m3's smallest subnormal after the scale)."""
+    weights = jnp.array([1.0, 0.5, 2.0**-14, 2.0**-17, 2.0**-19, 0.3])
+    rounded = fp8_operands.round_weights(weights)
+    np.testing.assert_array_equal(rounded[:4], weights[:4])
+    assert float(rounded[4]) == 0.0
+    assert abs(float(rounded[5]) - 0.3) <= 0.3 / 16
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_e4m3_chunking_kernel_matches_xla(transposed):
+    latent, chunk = (4, 8, 8), (4, 4, 4)
+    x = jax.random.normal(jax.random.key(1), (2, 256, 3, 64), jnp.bfloat16) * 5
+    scale = fp8_operands.head_scales(x)
+    got = pallas_chunking.chunk_to_e4m3(x, scale, latent, chunk, transposed=transposed, interpret=True)
+    x_c = to_chunk_order(x, latent, chunk)
+    want = (x_c.astype(jnp.float32) * (1.0 / scale)[:, None, :, None]).astype(jnp.float8_e4m3fn)
+    if transposed:
+        np.testing.assert_array_equal(got.astype(jnp.float32), jnp.transpose(want, (0, 2, 3, 1)).astype(jnp.float32))
+        return
+    tokens, pooled = got
+    np.testing.assert_array_equal(tokens.astype(jnp.float32), want.astype(jnp.float32))
+    _, want_pooled = pallas_chunking.chunk_and_pool(x, latent, chunk, interpret=True)
+    np.testing.assert_allclose(pooled, want_pooled, rtol=1e-6, atol=1e-6)  # the means of the unscaled tokens
+
+
+def test_config_refusals():
+    with pytest.raises(BSAConfigError, match="fp8=True.*Mosaic GPU forward.*forward='auto' or 'mosaic'"):
+        KernelConfig(forward="triton", fp8=True)
+    with pytest.raises(BSAConfigError, match="one launch; got key_ranges=2, use key_ranges=None"):
+        KernelConfig(fp8=True, key_ranges=2)
+    with pytest.raises(BSAConfigError, match="KernelConfig.fp8 must be True or False, got 'yes'"):
+        KernelConfig(fp8="yes")
+    inputs = random_case(0, b=1, h=1, d=64, mq=2, mk=3, width=2, block_q=32, block_k=32)
+    with pytest.raises(BSAInputError, match="fp8=True.*64-token q and k blocks.*got blocks 32/32.*use fp8=False"):
+        jax.jit(lambda *a: sparse_attention_chunked(*a, 32, 32, backend="pallas_interpret",
+                                                    kernel_config=KernelConfig(fp8=True)))(*inputs)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal where there is no Hopper GPU")
+def test_fp8_needs_a_hopper_gpu():
+    assert fp8_forward_available("reference") and fp8_forward_available("pallas_interpret")
+    assert not fp8_forward_available("pallas")
+    inputs = random_case(0, b=1, h=1, d=64, mq=2, mk=3, width=2)
+    with pytest.raises(BSAInputError, match="needs a Hopper GPU.*use fp8=False"):
+        _chunked("pallas", True, inputs)
