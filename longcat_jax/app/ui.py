@@ -41,7 +41,7 @@ TASK_LABELS = {
 PAGE_CSS = f"#gallery .grid-container {{ --grid-cols: {GALLERY_COLUMNS} !important; }}"
 QUANTIZE_NOTE = ("Changing the quantization reloads the DiT and the other models (as long as the first load); the "
                  "weights loaded now are named at the top. fp8 needs an Ada or Hopper GPU, fp8-attention (fp8 with "
-                 "the dense attention in FP8 too) a Hopper GPU; int8 and fp8-weight-only run on any GPU.")
+                 "the self attention, dense and block-sparse, in FP8 too) a Hopper GPU; int8 and fp8-weight-only run on any GPU.")
 
 
 def build_app(engine: Engine, *, max_upload_mb: float = form.DEFAULT_MAX_UPLOAD_MB) -> gr.Blocks:
