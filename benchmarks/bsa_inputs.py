@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels import BSAParams, select_blocks, to_chunk_order
+from kernels import BSAParams, block_mask_from_indices, select_blocks, to_chunk_order
 from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.errors import ConfigError
 from longcat_jax.models.dit.config import DiTConfig
@@ -61,6 +61,7 @@ Grid = tuple[int, int, int]
 RELEASED_DIT = DiTConfig()  # the released 13.6B model: hidden 4096, 32 heads of 128
 FILTER_TRUNCATION = 3.0  # Gaussian taps out to 3 standard deviations
 CDF_THRESHOLDS = (0.9, 0.98)  # the statistics report what CDF selection keeps at these thresholds
+PAIR_SPARSITIES = (0.875, 0.9375, 0.96875)  # top-k points at which `pair_sharing` measures neighbouring query blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,11 +280,37 @@ def cdf_selection(q: jax.Array, k: jax.Array, grid: Grid) -> dict:
     return result
 
 
+@functools.partial(jax.jit, static_argnames=("grid", "params"))
+def _pair_sharing_arrays(q: jax.Array, k: jax.Array, grid: Grid, params: BSAParams) -> dict:
+    q_c, k_c = (to_chunk_order(x, grid, (4, 4, 4)) for x in (q, k))
+    indices, counts = select_blocks(q_c, k_c, params)
+    mask = block_mask_from_indices(indices, counts, k_c.shape[1] // 64)  # [B, H, Mq, Mk]
+    first, second = mask[:, :, 0::2], mask[:, :, 1::2]  # query blocks 2m and 2m+1: chunk neighbours along W
+    shared = jnp.sum(first & second, -1).astype(jnp.float32)  # [B, H, Mq / 2]
+    union = jnp.sum(first | second, -1).astype(jnp.float32)
+    return {"shared_of_own": jnp.mean(shared / jnp.sum(first, -1)),
+            "useful_fraction": jnp.sum(jnp.sum(first, -1) + jnp.sum(second, -1)) / (2 * jnp.sum(union))}
+
+
+def pair_sharing(q: jax.Array, k: jax.Array, grid: Grid) -> dict:
+    """For each top-k sparsity of PAIR_SPARSITIES (4x4x4 chunks), how much two neighbouring query blocks (2m, 2m+1 in
+    chunk order) share their selected key blocks: `shared_of_own`, the mean fraction of block 2m's list that 2m+1 also
+    selected; `useful_fraction`, the share of a 128-row tile's work that either block asked for, were the pair run
+    as one tile over the union of its lists ((|A| + |B|) / (2 |A u B|), over all pairs). {} where the chunks do not
+    divide the grid or the query blocks are odd in number."""
+    if any(n % 4 for n in grid) or (math.prod(grid) // 64) % 2:
+        return {}
+    return {str(sparsity): {name: float(value) for name, value in
+                            _pair_sharing_arrays(q, k, grid, BSAParams(sparsity=sparsity)).items()}
+            for sparsity in PAIR_SPARSITIES}
+
+
 def input_statistics(key: jax.Array, grid: Grid, spec: StructuredInputSpec) -> dict:
     """What the inputs look like: the cosine similarity of v (a linear map of the tokens) and the mean q.k logit
     between neighbouring tokens and tokens half the grid apart ("far"); the RMS of q, k and v; whether the RoPE
     rotates every token but the one at position (0, 0, 0), keeping norms and each token's own q.k; and what CDF
-    selection keeps of them (`cdf_selection`)."""
+    selection keeps of them (`cdf_selection`); how much neighbouring query blocks share their top-k selections
+    (`pair_sharing`)."""
     nt, nh, nw = grid
     offsets = (("t+1", (1, 0, 0)), ("h+1", (0, 1, 0)), ("w+1", (0, 0, 1)), ("far", (nt // 2, nh // 2, nw // 2)))
     q_plain, k_plain, v = qkv_before_rope(key, grid, spec)
@@ -292,7 +319,7 @@ def input_statistics(key: jax.Array, grid: Grid, spec: StructuredInputSpec) -> d
     result = {"grid": list(grid), "spec": dataclasses.asdict(spec), "shape": list(q.shape), "dtype": str(q.dtype)}
     for group in ("v_cosine", "logit"):
         result[group] = {name: values.pop(f"{group}/{name}") for name, _ in offsets}
-    return {**result, **values, "cdf_selection": cdf_selection(q, k, grid)}
+    return {**result, **values, "cdf_selection": cdf_selection(q, k, grid), "pair_sharing": pair_sharing(q, k, grid)}
 
 
 def parse_grid(text: str) -> Grid:

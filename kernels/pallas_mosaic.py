@@ -275,7 +275,7 @@ def mosaic_forward(
             q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
-            # base-2 logit scale; with FP8 operands times q's and k's scales, and the weights' 2^P_EXPONENT
+            # the base-2 logit scale, with FP8 operands times q's and k's scales; FP8 weights are 2^P_EXPONENT larger
             scale = logit_scale * scales_ref[bi, hi, 0] if fp8 else logit_scale
             weight_exponent = P_EXPONENT if fp8 else 0
 

@@ -75,6 +75,17 @@ def test_cdf_selection_keeps_part_of_the_blocks(input_stats):
     assert 0.0 < kept["0.9"] <= kept["0.98"] < 0.8, kept
 
 
+def test_pair_sharing_of_neighbouring_query_blocks(input_stats):
+    """How much query blocks 2m and 2m+1 share their top-k lists. Every top-k list has the same length k, so the useful
+    share of a 128-row tile over both lists, k / (2k - shared), is 1 / (2 - shared_of_own): two figures computed
+    separately from the same masks must satisfy it."""
+    sharing = input_stats["pair_sharing"]
+    assert set(sharing) == {"0.875", "0.9375", "0.96875"}
+    for sparsity, values in sharing.items():
+        assert 0.0 <= values["shared_of_own"] <= 1.0, (sparsity, values)
+        assert values["useful_fraction"] == pytest.approx(1.0 / (2.0 - values["shared_of_own"]), rel=1e-5), sparsity
+
+
 @pytest.mark.slow
 def test_small_benchmark_reports_selection_on_random_and_structured_inputs(tmp_path):
     """`--small` runs the whole benchmark path in the interpreters and reports, per input kind and selection, the kept
