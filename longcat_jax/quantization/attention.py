@@ -58,17 +58,28 @@ def check_fp8_attention_shapes(q_shape, k_shape, v_shape) -> None:
                           "use --quantize fp8 (bf16 attention) for this model")
 
 
-def fp8_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def tensor_scales(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The per-tensor e4m3 scales of q, k and v that `fp8_attention` uses. Computed before the heads are split over
+    devices (context parallelism) and handed to each device's call, they keep the result that of one device: scales
+    taken over a device's own heads moved the tiny DiT's output by 7.7e-3 on 8 CPU devices (as much as FP8 attention
+    itself moved it, 7.0e-3)."""
+    return activation_scale(q, PER_TENSOR), activation_scale(k, PER_TENSOR), activation_scale(v, PER_TENSOR)
+
+
+def fp8_attention(q: jax.Array, k: jax.Array, v: jax.Array, scales=None) -> jax.Array:
     """Softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D] in q's dtype, in FP8 (module doc).
 
-    On a GPU: cuDNN (compute capability 9.0+; `longcat_jax.quantization.check_quantize_supported` refuses others
-    before anything is loaded). Elsewhere: `emulated_fp8_attention`, the same roundings in float32."""
+    scales: None (this call's `tensor_scales`) or the (q, k, v) scales to use. On a GPU: cuDNN (compute capability
+    9.0+; `longcat_jax.quantization.check_quantize_supported` refuses others before anything is loaded). Elsewhere:
+    `emulated_fp8_attention`, the same roundings in float32."""
     check_fp8_attention_shapes(q.shape, k.shape, v.shape)
+    scales = tensor_scales(q, k, v) if scales is None else scales
     if jax.default_backend() != "gpu":
-        return emulated_fp8_attention(q, k, v)
+        return emulated_fp8_attention(q, k, v, scales)
     from jax._src.cudnn import fused_attention_stablehlo as cudnn
 
-    (q8, q_scale), (k8, k_scale), (v8, v_scale) = (quantize_activations(x, PER_TENSOR) for x in (q, k, v))
+    q_scale, k_scale, v_scale = scales
+    q8, k8, v8 = (quantize_activations(x, PER_TENSOR, scale)[0] for x, scale in zip((q, k, v), scales))
     out_scale = 1.0 / (v_scale * OUTPUT_HEADROOM)  # the real output times this fills e4m3's range
     one = _scalar_operand(1.0)
     params = {name: one for name in cudnn.fp8_params_keys}  # the backward's scales: unused by the forward
@@ -87,18 +98,19 @@ def _rounded_to_e4m3(x: jax.Array, scale) -> jax.Array:
     return lax.optimization_barrier(to_format(x / scale, FP8_E4M3)).astype(jnp.float32) * scale
 
 
-def emulated_fp8_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def emulated_fp8_attention(q: jax.Array, k: jax.Array, v: jax.Array, scales=None) -> jax.Array:
     """`fp8_attention`'s arithmetic in float32 with its e4m3 roundings (the [B, H, Sq, Sk] scores are materialised:
-    for the CPU and small models, and as the benchmark's reference for cuDNN's call)."""
+    for the CPU and small models, and as the benchmark's reference for cuDNN's call); scales as there."""
     check_fp8_attention_shapes(q.shape, k.shape, v.shape)
-    qf, kf, vf = (_rounded_to_e4m3(x.astype(jnp.float32), activation_scale(x, PER_TENSOR)) for x in (q, k, v))
+    scales = tensor_scales(q, k, v) if scales is None else scales
+    qf, kf, vf = (_rounded_to_e4m3(x.astype(jnp.float32), scale) for x, scale in zip((q, k, v), scales))
     scores = jnp.einsum("bqhd,bkhd->bhqk", qf, kf, precision="highest") / math.sqrt(q.shape[-1])  # [B, H, Sq, Sk]
     probabilities = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
     row_sums = jnp.sum(probabilities, axis=-1)  # [B, H, Sq], float32, before the probabilities' rounding
     probabilities = _rounded_to_e4m3(probabilities, 1.0 / PROBABILITY_SCALE)
     out = jnp.einsum("bhqk,bkhd->bqhd", probabilities, vf, precision="highest")
     out = out / jnp.transpose(row_sums, (0, 2, 1))[..., None]
-    out_scale = FP8_E4M3.max_value / (jnp.max(jnp.abs(v.astype(jnp.float32))) * OUTPUT_HEADROOM)
+    out_scale = 1.0 / (scales[2] * OUTPUT_HEADROOM)  # as `fp8_attention`'s
     return _rounded_to_e4m3(out, 1.0 / out_scale).astype(q.dtype)
 
 

@@ -15,6 +15,7 @@ from kernels import BSAParams
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.loading import random_dit
+from longcat_jax.models.dit.quantized_linear import quantize_linears
 from longcat_jax.sharding import bytes_per_device, make_mesh, shard_dit
 
 TOL = 2e-5  # float32: only the order of a few reductions may differ
@@ -92,6 +93,25 @@ def test_sharded_forward_equals_single_device(model_pair, bsa, num_cond_latents)
         assert set(found) <= {"all-to-all", "collective-permute"}, found
     else:
         assert found == ["all-to-all"] * (2 * len(sharded.blocks)), found
+
+
+@needs_8
+def test_fp8_attention_on_the_mesh_equals_one_device():
+    """'fp8-attention' (its CPU emulation) on 8 devices gives one device's output, dense and block-sparse: dense FP8
+    attention takes its per-tensor scales over all heads before they are split (over each device's own heads the
+    output moved 7.7e-3, as much as FP8 attention itself), block-sparse FP8 scales each head on its own."""
+    config = DiTConfig(hidden_size=128, depth=1, num_heads=8, caption_channels=16, adaln_tembed_dim=16,
+                       frequency_embedding_size=32, enable_bsa=True, bsa_params=BSA, text_tokens_zero_pad=True)
+    single, sharded = random_dit(config), random_dit(config)
+    for model in (single, sharded):
+        quantize_linears(model, "fp8")
+        model.set_fp8_attention(True)
+    shard_dit(sharded, make_mesh(8))
+    args = inputs(frames=8)
+    for bsa in (None, BSA):
+        for model in (single, sharded):
+            model.set_bsa(bsa)
+        assert_close(run(sharded, args), run(single, args))
 
 
 @needs_8

@@ -28,7 +28,7 @@ from kernels import (
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.layers import Linear, RMSNorm
 from longcat_jax.models.dit.rope import apply_rope, rope_tables
-from longcat_jax.quantization.attention import fp8_attention
+from longcat_jax.quantization.attention import fp8_attention, tensor_scales
 
 _log = logging.getLogger(__name__)
 
@@ -38,19 +38,23 @@ KV = tuple[jax.Array, jax.Array]
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None,
            bsa_backend: str = "auto", bsa_kernel_config: KernelConfig | None = None,
-           context_parallel=None, fp8: bool = False) -> jax.Array:
+           context_parallel=None, fp8: bool = False, fp8_scales=None) -> jax.Array:
     """Softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D].
 
     With `bsa` set, each query chunk attends only to its selected key chunks (grids give the
     (T, H, W) layout of q and k tokens) by `kernels.bsa_attention` with `bsa_backend` and `bsa_kernel_config`
     (the Pallas kernels and their settings; None: the defaults); otherwise full dense attention. With `fp8` (the mode
     'fp8-attention') both in FP8: the block-sparse one by `KernelConfig(fp8=True)`, the dense one by
-    `longcat_jax.quantization.attention`. With `context_parallel` (a
-    `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads.
+    `longcat_jax.quantization.attention` (with `fp8_scales` if given, else the call's own per-tensor scales). With
+    `context_parallel` (a `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads; dense
+    FP8 attention then takes its scales from all heads, so the result does not depend on the number of devices
+    (block-sparse FP8 scales each head on its own).
     """
     if context_parallel is not None:
+        if fp8 and bsa is None:
+            fp8_scales = tensor_scales(q, k, v)
         local = functools.partial(attend, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
-                                  bsa_kernel_config=bsa_kernel_config, fp8=fp8)
+                                  bsa_kernel_config=bsa_kernel_config, fp8=fp8, fp8_scales=fp8_scales)
         return context_parallel.head_parallel(local, q, k, v)
     if bsa is not None:
         if fp8 and fp8_forward_available(bsa_backend):
@@ -59,7 +63,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Gr
             _warn_bsa_stays_bf16()
         return bsa_attention(q, k, v, grid_q, grid_k, bsa, backend=bsa_backend, kernel_config=bsa_kernel_config)
     if fp8:
-        return fp8_attention(q, k, v)
+        return fp8_attention(q, k, v, fp8_scales)
     return dense_attention(q, k, v)
 
 
