@@ -92,9 +92,25 @@ class TestTritonInterpret(BSABackendTests):
         pytest.skip("half a minute in the interpreters; the float32 whole-call case covers this path on the CPU")
 
 
-class TestMosaicInterpret(BSABackendTests):
+class _InMosaicInterpreter(BSABackendTests):
+    """What the classes of the Mosaic GPU forward in its interpreter share (collected through their subclasses)."""
+
     backend = "pallas_interpret"
     forward = "mosaic"
+
+    @pytest.fixture(autouse=True, scope="class")
+    def _thread_programs_compiled_once(self):
+        with thread_programs_compiled_once():  # the interpreter would compile each grid step's threads again
+            yield
+
+    def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
+        pytest.skip("the selection does not depend on the forward kernel: TestTritonInterpret checks it")
+
+    def test_whole_call_matches_the_original(self, bsa_fixture_cases):
+        pytest.skip("minutes in the Mosaic GPU interpreter; the given-mask and raster-order tests cover this path")
+
+
+class TestMosaicInterpret(_InMosaicInterpreter):
     # the two smallest 64-token-block fixtures: head_dim 128, and q shorter than k (condition frames)
     fixture_names = frozenset({"topk_0.75_d128", "cond_q_shorter_than_k"})
     forward_cases = (
@@ -114,17 +130,6 @@ class TestMosaicInterpret(BSABackendTests):
     odd_grid_cases = (
         OddGridCase("q_3x5x4_k_7x5x4", (3, 5, 4), (7, 5, 4), (4, 4, 4), (4, 4, 4), gradients=False),
     )
-
-    @pytest.fixture(autouse=True, scope="class")
-    def _thread_programs_compiled_once(self):
-        with thread_programs_compiled_once():  # the interpreter would compile each grid step's threads again
-            yield
-
-    def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
-        pytest.skip("the selection does not depend on the forward kernel: TestTritonInterpret checks it")
-
-    def test_whole_call_matches_the_original(self, bsa_fixture_cases):
-        pytest.skip("minutes in the Mosaic GPU interpreter; the given-mask and raster-order tests cover this path")
 
 
 @pytest.mark.gpu
@@ -178,9 +183,7 @@ class TestReferenceFp8(BSABackendTests):
         pytest.skip("the selection does not depend on FP8: TestReference checks it")
 
 
-class TestMosaicFp8Interpret(BSABackendTests):
-    backend = "pallas_interpret"
-    forward = "mosaic"
+class TestMosaicFp8Interpret(_InMosaicInterpreter):
     fp8 = True
     fixture_names = frozenset({"topk_0.75_d128"})
     fixture_tolerance = FP8_FIXTURE_TOLERANCE
@@ -196,17 +199,6 @@ class TestMosaicFp8Interpret(BSABackendTests):
         OddGridCase("q_3x5x4_k_7x5x4", (3, 5, 4), (7, 5, 4), (4, 4, 4), (4, 4, 4), gradients=False,
                     tolerance=FP8_TOLERANCE),
     )
-
-    @pytest.fixture(autouse=True, scope="class")
-    def _thread_programs_compiled_once(self):
-        with thread_programs_compiled_once():
-            yield
-
-    def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
-        pytest.skip("the selection does not depend on the forward kernel: TestTritonInterpret checks it")
-
-    def test_whole_call_matches_the_original(self, bsa_fixture_cases):
-        pytest.skip("minutes in the Mosaic GPU interpreter; the given-mask and raster-order tests cover this path")
 
 
 @pytest.mark.gpu
