@@ -45,8 +45,8 @@ class KernelConfig:
     BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
     fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: per-head scales of q, k and v, the softmax
     weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
-    barrier: 1.23-1.32x faster than with it on an H200, BENCHMARKS.md); the reference backend emulates its
-    roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
+    barrier: 1.07-1.10x faster than with it on an H200 at 84,480 tokens, BENCHMARKS.md); the reference backend
+    emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
     """
 
