@@ -20,7 +20,7 @@ from kernels import MosaicConfig, TritonConfig
 from tests.helpers.mosaic_interpret import thread_programs_compiled_once
 from tests.kernels.bsa_test_base import BSABackendTests, KernelCase, OddGridCase, WholeCallCase
 
-FP8_TOLERANCE = 6.5e-2  # measured on the CPU: 4.8e-2 to 5.2e-2 from float32 (emulated and interpreted), x1.25
+FP8_TOLERANCE = 6.6e-2  # measured on the CPU: 4.8e-2 to 5.3e-2 from float32 (emulated and interpreted), x1.25
 FP8_FIXTURE_TOLERANCE = 1.05e-1  # the fixtures: 6.3e-2 to 8.15e-2 from the original's output, x1.25
 
 RASTER_CASES = (  # the Mosaic forward writes these straight to raster order, in runs of cw tokens
@@ -177,6 +177,8 @@ class TestReferenceFp8(BSABackendTests):
     whole_call_cases = (WholeCallCase("4x8x8_chunk_4x4x4", (4, 8, 8), (4, 4, 4), tolerance=FP8_TOLERANCE),)
     odd_grid_cases = (
         OddGridCase("q_5x9x11_k_7x9x11", (5, 9, 11), (7, 9, 11), (4, 4, 4), (4, 4, 4), tolerance=FP8_TOLERANCE),
+        OddGridCase("cdf_7x13x10_chunk_2x4x8", (7, 13, 10), (7, 13, 10), (2, 4, 8), (2, 4, 8), sparsity=None,
+                    cdf_threshold=0.9, tolerance=FP8_TOLERANCE),
     )
 
     def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
@@ -217,8 +219,7 @@ class TestMosaicFp8Gpu(BSABackendTests):
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)
-    odd_grid_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE)
-                           for case in GPU_ODD_GRID_CASES if case.chunk_q == case.chunk_k == (4, 4, 4))
+    odd_grid_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in GPU_ODD_GRID_CASES)
 
     def test_selection_matches_the_original_block_mask(self, bsa_fixture_cases):
         pytest.skip("the selection does not depend on the forward kernel: TestTritonGpu checks it")
