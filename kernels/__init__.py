@@ -1,7 +1,8 @@
 """Block-sparse attention (BSA) for LongCat-Video: selection, layout, reference and Pallas kernels.
 
 Imports nothing from `longcat_jax`; the DiT calls `bsa_attention` with a `BSAParams`, on any token grid (grids
-that the chunks do not divide are padded to whole chunks inside, `GridPadding`).
+that the chunks do not divide are padded to whole chunks inside, `GridPadding`). `KernelConfig` picks the kernels;
+`KernelConfig(fp8=True)` runs the forward on e4m3 operands (Hopper, inference only; `fp8_operands`).
 """
 
 from kernels.api import (
