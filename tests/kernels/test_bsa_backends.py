@@ -188,8 +188,6 @@ class TestReferenceFp8(BSABackendTests):
 
 class TestMosaicFp8Interpret(_InMosaicInterpreter):
     fp8 = True
-    fixture_names = frozenset({"topk_0.75_d128"})
-    fixture_tolerance = FP8_FIXTURE_TOLERANCE
     forward_cases = (
         KernelCase("default_fp8_settings", b=1, h=2, d=64, mq=3, mk=5, width=4, tolerance=FP8_TOLERANCE,
                    mosaic=MosaicConfig(schedule_barrier=False)),
@@ -202,6 +200,9 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
         OddGridCase("q_3x5x4_k_7x5x4", (3, 5, 4), (7, 5, 4), (4, 4, 4), (4, 4, 4), gradients=False,
                     tolerance=FP8_TOLERANCE),
     )
+
+    def test_given_the_mask_matches_the_original(self, bsa_fixture_cases):
+        pytest.skip("the CPU's time: TestReferenceFp8 runs the fixtures on the emulation, TestMosaicFp8Gpu natively")
 
 
 @pytest.mark.gpu
