@@ -158,9 +158,13 @@ def test_checkpoint_missing_parts_are_named(checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_refine_from_video_with_a_condition_video(small_video, tmp_path):
+    """The refine task with a condition video, on a quantized DiT whose attention, block-sparse in the refinement, runs
+    in FP8 (`--quantize fp8-attention`: the FP8 BSA forward's emulation on the CPU); tests/cli/test_quantized_tasks.py
+    runs the other tasks quantized."""
     output = tmp_path / "refined.mp4"
     argv = ["--refine-from", str(small_video), "--video", str(small_video), "--num-cond-frames", "1",
-            "--height", "64", "--width", "64", "--refine-inference-steps", "2", "--output-path", str(output)]
+            "--height", "64", "--width", "64", "--refine-inference-steps", "2", "--quantize", "fp8-attention",
+            "--output-path", str(output)]
     assert _plan(*argv).stages.output_shape == (18, 64, 64)
     assert generate.main(argv) == 0
     frames, fps = read_video(output)

@@ -107,7 +107,7 @@ def test_fp8_attention_on_the_mesh_equals_one_device():
         quantize_linears(model, "fp8")
         model.set_fp8_attention(True)
     shard_dit(sharded, make_mesh(8))
-    args = inputs(frames=8)
+    args = inputs(frames=4)
     for bsa in (None, BSA):
         for model in (single, sharded):
             model.set_bsa(bsa)
