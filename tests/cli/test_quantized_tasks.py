@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 
 from longcat_jax import generate
 from longcat_jax.pipelines.tasks import plan_run
-from longcat_jax.video_io import read_video, write_mp4
+from longcat_jax.video_io import read_video
+from tests.helpers.task_inputs import write_task_inputs
 
 SMALL = ("--height", "64", "--width", "64", "--num-frames", "5", "--num-inference-steps", "2",
          "--refine-inference-steps", "2")
@@ -21,11 +21,8 @@ SMALL = ("--height", "64", "--width", "64", "--num-frames", "5", "--num-inferenc
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("inputs")
-    rng = np.random.default_rng(0)
-    PIL.Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "frame.png")
-    write_mp4(folder / "clip.mp4", rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8), fps=15)
-    return {"IMAGE": str(folder / "frame.png"), "VIDEO": str(folder / "clip.mp4")}
+    paths = write_task_inputs(tmp_path_factory.mktemp("inputs"))
+    return {"IMAGE": paths["image"], "VIDEO": paths["video"]}
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 
 from longcat_jax import generate
@@ -15,7 +14,7 @@ from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v
 from longcat_jax.pipelines.options import GeneratedVideo
 from longcat_jax.pipelines.request import RunRequest
 from longcat_jax.pipelines.tasks import TASKS, Task, plan_run
-from longcat_jax.video_io import write_mp4
+from tests.helpers.task_inputs import write_task_inputs
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "bsa"
 NO_BSA = str(PRESETS / "config_480p_no_bsa.json")
@@ -24,11 +23,7 @@ SMALL = ("--height", "64", "--width", "64", "--num-frames", "5")
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, str]:
-    folder = tmp_path_factory.mktemp("inputs")
-    rng = np.random.default_rng(0)
-    PIL.Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(folder / "frame.png")
-    write_mp4(folder / "clip.mp4", rng.integers(0, 256, (9, 64, 64, 3), dtype=np.uint8), fps=15)
-    return {"image": str(folder / "frame.png"), "video": str(folder / "clip.mp4")}
+    return write_task_inputs(tmp_path_factory.mktemp("inputs"))
 
 
 def _plan(*argv: str):
