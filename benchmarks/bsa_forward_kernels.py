@@ -4,7 +4,9 @@ Kernel alone (with its key-range split and merge where a variant asks for one), 
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
-(`MosaicConfig.rounds`), p2 = two producer warpgroups.
+(`MosaicConfig.rounds`), p2 = two producer warpgroups, overlap = `MosaicConfig.overlap` (FlashAttention-3's
+intra-warpgroup overlap), fp8 = the FP8 forward (`KernelConfig(fp8=True)`) on e4m3 operands quantized before the
+timed call (its rel. L2 against the first variant is FP8's own error too).
 
     python3 benchmarks/bsa_forward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -22,7 +24,8 @@ import jax.numpy as jnp  # noqa: E402
 from bsa_attention import Timer, rel_l2  # noqa: E402  (this script's sibling)
 
 from kernels import BSAParams, KernelConfig, MosaicConfig, select_blocks  # noqa: E402
-from kernels.sparse_attention import sparse_attention_with_lse  # noqa: E402
+from kernels.fp8_operands import quantize_operands  # noqa: E402
+from kernels.sparse_attention import fp8_sparse_attention_with_lse, sparse_attention_with_lse  # noqa: E402
 
 
 def _mosaic(ranges, **settings) -> KernelConfig:
@@ -39,7 +42,23 @@ VARIANTS = {
     "mosaic n4 r2": _mosaic(2, rounds=4),
     "mosaic n4 p2": _mosaic(1, rounds=4, producers=2),
     "mosaic n4 no schedule barrier": _mosaic(1, rounds=4, schedule_barrier=False),
+    "mosaic n2 no schedule barrier": _mosaic(1, rounds=2, schedule_barrier=False),
+    "mosaic n2 overlap": _mosaic(1, rounds=2, schedule_barrier=False, overlap=True),
+    "mosaic n4 overlap": _mosaic(1, rounds=4, schedule_barrier=False, overlap=True),
+    "mosaic n2 overlap k3": _mosaic(1, rounds=2, schedule_barrier=False, overlap=True, k_stages=3),
+    "fp8": KernelConfig(fp8=True),
+    "fp8 overlap": KernelConfig(fp8=True, mosaic_fp8=MosaicConfig(schedule_barrier=False, overlap=True)),
+    "fp8 overlap k3": KernelConfig(
+        fp8=True, mosaic_fp8=MosaicConfig(schedule_barrier=False, overlap=True, k_stages=3)),
 }
+
+
+def _timed_kernel(config: KernelConfig, q, k, v):
+    """(jitted kernel, its arguments before indices and counts): FP8 variants take e4m3 operands made here."""
+    if config.fp8:
+        operands = jax.jit(quantize_operands)(q, k, v)
+        return jax.jit(lambda o, i, c: fp8_sparse_attention_with_lse(o, i, c, config)[0]), (operands,)
+    return jax.jit(lambda *a: sparse_attention_with_lse(*a, 64, 64, config)[0]), (q, k, v)
 
 
 def main() -> None:
@@ -65,11 +84,11 @@ def main() -> None:
             flops = 4 * shape[-1] * 64 * 64 * int(jnp.sum(counts))
             expected = None
             for name in names:
-                kernel = jax.jit(lambda *a, c=VARIANTS[name]: sparse_attention_with_lse(*a, 64, 64, c)[0])
-                out = kernel(q, k, v, indices, counts)
+                kernel, inputs = _timed_kernel(VARIANTS[name], q, k, v)
+                out = kernel(*inputs, indices, counts)
                 error = "" if expected is None else f"{rel_l2(out, expected):.1e}"
                 expected = out if expected is None else expected
-                ms = Timer()(kernel, q, k, v, indices, counts)
+                ms = Timer()(kernel, *inputs, indices, counts)
                 print(f"| {size} | {sparsity} | {name} | {ms:.2f} | {flops / ms / 1e9:.0f} | {error} |", flush=True)
 
 

@@ -31,8 +31,8 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels import pallas_mosaic
 from kernels.errors import BSAConfigError, BSAInputError
+from kernels.mosaic_common import BLOCK, LOG2E, SMEM_ALIGN, SMEM_BYTES, aligned, dot_f32, interpret_params
 from kernels.padding import GridPadding, mask_padded_keys
-from kernels.pallas_mosaic import BLOCK, LOG2E, SMEM_ALIGN, SMEM_BYTES, aligned, dot_f32, interpret_params
 from kernels.selection import transpose_selection
 
 _CONSUMERS = 2  # consumer warpgroups (blocks) per CTA

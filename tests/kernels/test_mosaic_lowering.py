@@ -1,0 +1,74 @@
+"""The Mosaic GPU kernels lower for CUDA on a machine without a GPU.
+
+The interpreter tests (test_bsa_backends.py) replace what only the GPU path builds (wgmma accumulators and their
+run_state scopes, register layouts, the FP8 P tiles) with plain dots, so a mistake there showed up only on a GPU.
+Lowering for the "cuda" platform runs Pallas' Mosaic GPU lowering of every kernel on the CPU, in seconds; ptxas and
+the run itself stay with the `gpu`-marked tests.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from kernels import MosaicBackwardConfig, MosaicConfig
+from kernels.fp8_operands import quantize_operands
+from kernels.padding import GridPadding
+from kernels.pallas_mosaic import mosaic_forward
+from kernels.pallas_mosaic_backward import mosaic_backward
+
+GRID, CHUNK = (4, 8, 12), (4, 4, 4)  # 384 tokens: 6 blocks of 64
+PADDED = GridPadding.of((3, 7, 10), CHUNK)  # the same padded grid, short of whole chunks on every axis
+B, H, D = 1, 2, 128
+BLOCKS = 6
+
+FORWARD_CONFIGS = {
+    "schedule_barrier": MosaicConfig(),
+    "no_schedule_barrier": MosaicConfig(schedule_barrier=False),
+    "overlap": MosaicConfig(schedule_barrier=False, overlap=True),
+    "overlap_two_producers": MosaicConfig(schedule_barrier=False, overlap=True, producers=2),
+}
+
+
+def _inputs():
+    q = k = v = jnp.zeros((B, BLOCKS * 64, H, D), jnp.bfloat16)  # [B, S, H, D] chunk order
+    indices = jnp.tile(jnp.arange(4, dtype=jnp.int32), (B, H, BLOCKS, 1))  # [B, H, Mq, 4]
+    counts = jnp.full((B, H, BLOCKS), 4, jnp.int32)
+    starts = jnp.zeros_like(counts)
+    return q, k, v, indices, starts, counts
+
+
+def _lowered_for_cuda(fn, *args) -> str:
+    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+@pytest.mark.parametrize("name", list(FORWARD_CONFIGS))
+def test_forward_lowers_for_cuda(name, fp8):
+    q, k, v, indices, starts, counts = _inputs()
+    config = FORWARD_CONFIGS[name]
+    if fp8:
+        operands = quantize_operands(q, k, v)
+
+        def forward(operands, indices, starts, counts):
+            return mosaic_forward(operands.q, operands.k, operands.v_t, indices, starts, counts, config,
+                                  raster_out=(GRID, CHUNK), key_padding=PADDED, fp8_scales=operands.scales,
+                                  out_dtype=jnp.bfloat16)
+
+        text = _lowered_for_cuda(forward, operands, indices, starts, counts)
+    else:
+        def forward(q, k, v, indices, starts, counts):
+            return mosaic_forward(q, k, v, indices, starts, counts, config, raster_out=(GRID, CHUNK),
+                                  key_padding=PADDED)
+
+        text = _lowered_for_cuda(forward, q, k, v, indices, starts, counts)
+    assert "custom_call @mosaic_gpu" in text
+
+
+def test_backward_lowers_for_cuda():
+    q, k, v, indices, _, counts = _inputs()
+    lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
+
+    def backward(q, k, v, indices, counts, lse):
+        return mosaic_backward(q, k, v, indices, counts, q, lse, q, MosaicBackwardConfig(), key_padding=PADDED)
+
+    assert "custom_call @mosaic_gpu" in _lowered_for_cuda(backward, q, k, v, indices, counts, lse)
