@@ -1,5 +1,5 @@
 """What the Mosaic GPU BSA kernels (`pallas_mosaic` forward, `pallas_mosaic_backward`) share: the block size and
-shared-memory budget of a Hopper CTA, tile layouts, the interpreter's switches and the online-softmax step."""
+shared-memory budget of a Hopper CTA, tile layouts and the interpreter's switches."""
 
 from __future__ import annotations
 
@@ -40,21 +40,3 @@ def dot_f32(a, b, *, transpose_b=False):
     """a @ b (or a @ b.T) accumulated in float32 (8-bit operands are widened first: the CPU has no FP8 dot)."""
     a, b = (x.astype(jnp.float32) if x.dtype.itemsize == 1 else x for x in (a, b))
     return lax.dot_general(a, b, (((1,), (1 if transpose_b else 0,)), ((), ())), preferred_element_type=jnp.float32)
-
-
-def online_softmax(logits, row_max, row_sum, scale, weight_exponent):
-    """One key block's online-softmax step in base 2: (weights [64, 64] f32, new_max, new_sum, correction [64]).
-
-    logits [64, 64] unscaled; row_max / row_sum [64] of the blocks before; correction rescales their output.
-    weight_exponent: the weights come out 2^weight_exponent too large (FP8's P scale), row_sum with them.
-    """
-    new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
-    correction = jnp.exp2(row_max - new_max)
-    offset = new_max - weight_exponent if weight_exponent else new_max
-    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
-    return weights, new_max, row_sum * correction + weights.sum(axis=1), correction
-
-
-def rescale_rows(acc, factor):
-    """acc [64, D] with each row times factor [64]."""
-    return acc * lax.broadcast_in_dim(factor, acc.shape, [0])

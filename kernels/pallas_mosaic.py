@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +38,6 @@ from kernels.mosaic_common import (
     aligned,
     dot_f32,
     interpret_params,
-    online_softmax,
-    rescale_rows,
     tile_transforms,
 )
 from kernels.padding import GridPadding, mask_padded_keys
@@ -59,9 +56,6 @@ class MosaicConfig:
     its V does not hold up the other's K); schedule_barrier: make the two consumers alternate on the tensor
     cores; rounds: pairs of query blocks each CTA works through in turn, so that its producer gathers the next
     pair's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
-    overlap: FlashAttention-3's intra-warpgroup overlap: each consumer issues block j's q·k^T and block j-1's P·V
-    together and runs block j's softmax while the tensor cores still work on that P·V (runs without the schedule
-    barrier; with FP8 operands the P tile is double-buffered);
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
     wgmma on a transposed operand, no in-place accumulator and no register layouts, so there the two products
     are plain dots; the pipeline, barriers, index gathering and softmax are the GPU's.
@@ -72,7 +66,6 @@ class MosaicConfig:
     producers: int = 1
     schedule_barrier: bool = True
     rounds: int = 2
-    overlap: bool = False
     interpret: bool = False
 
     def __post_init__(self):
@@ -83,11 +76,6 @@ class MosaicConfig:
                 raise BSAConfigError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
         if self.producers not in (1, 2):
             raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
-        if self.overlap and self.schedule_barrier:
-            raise BSAConfigError(
-                f"MosaicConfig(overlap=True) runs its consumers without turn-taking, got {self.schedule_barrier=}: "
-                "pass schedule_barrier=False with overlap=True"
-            )
 
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
@@ -102,20 +90,31 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
         _CONSUMERS * config.v_stages * tile,
         _CONSUMERS * aligned(k_max, _INDEX_ALIGN) * 4,
         _CONSUMERS * BLOCK * 4,
-    ) + ((_CONSUMERS * math.prod(p_tiles(config)) * BLOCK * BLOCK,) if fp8 else ())
+    ) + ((_CONSUMERS * BLOCK * BLOCK,) if fp8 else ())
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
-
-
-def p_tiles(config: MosaicConfig) -> tuple[int, ...]:
-    """The leading shape of a consumer's FP8 P tiles: two when its next softmax writes one while the tensor cores read
-    the other, else one tile (no axis: a static index into the tile inside a run_state failed to lower on jax 0.11.2).
-    """
-    return (2,) if config.overlap else ()
 
 
 def fits(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> bool:
     """Whether a CTA's shared memory holds the kernel for these lists (very long CDF lists need the Triton one)."""
     return smem_bytes(head_dim, aligned(k_max, _INDEX_ALIGN), config, fp8) <= SMEM_BYTES
+
+
+def online_softmax(logits, row_max, row_sum, scale, weight_exponent):
+    """One key block's online-softmax step in base 2: (weights [64, 64] f32, new_max, new_sum, correction [64]).
+
+    logits [64, 64] unscaled; row_max / row_sum [64] of the blocks before; correction rescales their output.
+    weight_exponent: the weights come out 2^weight_exponent too large (FP8's P scale), row_sum with them.
+    """
+    new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
+    correction = jnp.exp2(row_max - new_max)
+    offset = new_max - weight_exponent if weight_exponent else new_max
+    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
+    return weights, new_max, row_sum * correction + weights.sum(axis=1), correction
+
+
+def rescale_rows(acc, factor):
+    """acc [64, D] with each row times factor [64]."""
+    return acc * lax.broadcast_in_dim(factor, acc.shape, [0])
 
 
 def supports(q: jax.Array, block_q: int, block_k: int) -> bool:
@@ -357,133 +356,7 @@ def mosaic_forward(
                     plgpu.barrier_arrive(v_consumed.at[v_barrier])
                     return acc, new_max, row_sum
 
-                def visit_overlapped():
-                    """The key blocks with FlashAttention-3's intra-warpgroup overlap: block j's q·k^T and block j-1's
-                    P·V are issued together and block j's softmax runs while that P·V is on the tensor cores. The
-                    first block's q·k^T, the last block's P·V and an odd block left over by the two-block loop run
-                    apart, each waited for in its own branch or step, so no wgmma is in flight across a branch (ptxas
-                    would serialise them all). Carries block j-1's weights (in registers, or with FP8 in the P tile
-                    of j-1's parity)."""
-                    p_tile = p_smem2[0].at[wg] if fp8 and not config.interpret else None  # [2, 64, 64] e4m3
-
-                    def v_barrier_of(j):
-                        return wg * v_stages + lax.rem(done + j, jnp.int32(v_stages))
-
-                    def k_tile(j):
-                        return k_smem.at[lax.rem(done + j, jnp.int32(k_stages))]
-
-                    def v_tile(j):
-                        return v_smem.at[lax.rem(done + j, jnp.int32(v_stages))]
-
-                    def add_values(acc_ref, j, weights):
-                        plgpu.barrier_wait(v_barriers.at[v_barrier_of(j)])
-                        if p_tile is not None:
-                            plgpu.wgmma(acc_ref, p_tile.at[lax.rem(j, 2)], v_tile(j).transpose((1, 0)))
-                        else:
-                            plgpu.wgmma(acc_ref, weights, v_tile(j))
-
-                    def with_values(acc, j, weights):
-                        """acc plus block j's P·V, waited for."""
-                        if config.interpret:
-                            plgpu.barrier_wait(v_barriers.at[v_barrier_of(j)])
-                            acc = acc + dot_f32(weights, v_tile(j)[...], transpose_b=fp8)
-                        else:
-                            acc = pl.run_state(lambda acc_ref: add_values(acc_ref, j, weights))(plgpu.ACC.init(acc))
-                        plgpu.barrier_arrive(v_consumed.at[v_barrier_of(j)])
-                        return acc
-
-                    def block_of(j):
-                        return None if key_padding is None else idx_ref[bi, hi, own_block, first + j]
-
-                    def softmax_step(j, block, logits, row_max, row_sum):
-                        plgpu.barrier_arrive(k_consumed.at[k_barrier_of(done + j)])
-                        if key_padding is not None:
-                            logits = mask_padded_keys(logits, key_padding, block, key_positions())
-                        weights, new_max, new_sum, _ = online_softmax(logits, row_max, row_sum, scale, weight_exponent)
-                        weights = weights.astype(operand_dtype)
-                        if p_tile is not None:
-                            p_tile.at[lax.rem(j, 2)][...] = weights
-                            plgpu.commit_smem()
-                            weights = None
-                        wait_k(j + 1)
-                        return new_max, new_sum, weights
-
-                    def first_block():
-                        block = block_of(0)
-                        if config.interpret:
-                            logits = dot_f32(q_smem[...], k_tile(0)[...], transpose_b=True)
-                        else:
-                            def logits_scope(s_ref):
-                                plgpu.wgmma(s_ref, q_smem, k_tile(0).transpose((1, 0)))
-                                return s_ref[...]
-
-                            logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
-                        return softmax_step(0, block, logits, row_max, row_sum)
-
-                    def overlapped_step(j, carry):
-                        acc, row_max, row_sum, weights = carry
-                        block = block_of(j)
-                        if config.interpret:
-                            logits = dot_f32(q_smem[...], k_tile(j)[...], transpose_b=True)
-                            plgpu.barrier_wait(v_barriers.at[v_barrier_of(j - 1)])
-                            acc = acc + dot_f32(weights, v_tile(j - 1)[...], transpose_b=fp8)
-                            new_max, new_sum, weights = softmax_step(j, block, logits, row_max, row_sum)
-                        else:
-                            def state(refs):
-                                acc_ref, max_ref, sum_ref, weights_ref = refs
-
-                                def logits_scope(s_ref):
-                                    plgpu.wgmma(s_ref, q_smem, k_tile(j).transpose((1, 0)))
-                                    add_values(acc_ref, j - 1, weights)
-                                    return plgpu.wgmma_accumulator_load(s_ref, wait_n=1)  # P·V may still run
-
-                                logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
-                                max_ref[...], sum_ref[...], new_weights = softmax_step(j, block, logits, row_max, row_sum)
-                                if new_weights is not None:
-                                    weights_ref[...] = new_weights
-
-                            acc, new_max, new_sum, weights = pl.run_state(state)(
-                                (plgpu.ACC.init(acc), row_max, row_sum, weights))
-                        plgpu.barrier_arrive(v_consumed.at[v_barrier_of(j - 1)])
-                        return rescale_rows(acc, jnp.exp2(row_max - new_max)), new_max, new_sum, weights
-
-                    no_weights = None if p_tile is not None else fragment(
-                        jnp.zeros((BLOCK, BLOCK), operand_dtype), plgpu.Layout.WGMMA)
-                    any_block = count > 0
-                    row_max_, row_sum_, weights = lax.cond(any_block, first_block, lambda: (row_max, row_sum, no_weights))
-                    def sequential_step(j, carry):
-                        """Block j without overlap: both products waited for before the softmax."""
-                        acc, row_max, row_sum, weights = carry
-                        block = block_of(j)
-                        if config.interpret:
-                            logits = dot_f32(q_smem[...], k_tile(j)[...], transpose_b=True)
-                        else:
-                            def logits_scope(s_ref):
-                                plgpu.wgmma(s_ref, q_smem, k_tile(j).transpose((1, 0)))
-                                return s_ref[...]
-
-                            logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
-                        acc = with_values(acc, j - 1, weights)
-                        new_max, new_sum, weights = softmax_step(j, block, logits, row_max, row_sum)
-                        return rescale_rows(acc, jnp.exp2(row_max - new_max)), new_max, new_sum, weights
-
-                    def two_steps(i, carry):
-                        # two blocks per iteration: the weights the softmax writes while a P·V reads the others are
-                        # then never the loop-carried ones (one register set for both made ptxas serialise the wgmmas)
-                        j = 1 + 2 * i
-                        return overlapped_step(j + 1, overlapped_step(j, carry))
-
-                    carry = lax.fori_loop(0, (count - 1) // 2, two_steps, (acc, row_max_, row_sum_, weights))
-                    odd_last = (count > 1) & (lax.rem(count - 1, 2) == 1)
-                    acc_, row_max_, row_sum_, weights = lax.fori_loop(
-                        0, odd_last.astype(jnp.int32), lambda _, c: sequential_step(count - 1, c), carry)
-                    acc_ = lax.cond(any_block, lambda: with_values(acc_, count - 1, weights), lambda: acc_)
-                    return acc_, row_max_, row_sum_
-
-                if config.overlap:
-                    acc, row_max, row_sum = visit_overlapped()
-                else:
-                    acc, row_max, row_sum = lax.fori_loop(0, count, visit_key_block, (acc, row_max, row_sum))
+                acc, row_max, row_sum = lax.fori_loop(0, count, visit_key_block, (acc, row_max, row_sum))
                 plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
 
                 def idle_step(_, carry):
@@ -560,8 +433,8 @@ def mosaic_forward(
             plgpu.SMEM((_CONSUMERS, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
             plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
             plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
-        ) + ((plgpu.SMEM((_CONSUMERS, *p_tiles(config), BLOCK, BLOCK), operand_dtype,
-                         transforms=tile_transforms(operand_dtype, BLOCK)),) if fp8 else ())
+        ) + ((plgpu.SMEM((_CONSUMERS, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
+             if fp8 else ())
         barriers = (
             plgpu.Barrier(num_barriers=_CONSUMERS),
             plgpu.Barrier(num_barriers=_CONSUMERS),

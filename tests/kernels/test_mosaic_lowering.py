@@ -1,7 +1,7 @@
 """The Mosaic GPU kernels lower for CUDA on a machine without a GPU.
 
 The interpreter tests (test_bsa_backends.py) replace what only the GPU path builds (wgmma accumulators and their
-run_state scopes, register layouts, the FP8 P tiles) with plain dots, so a mistake there showed up only on a GPU.
+run_state scopes, register layouts, the FP8 P tile) with plain dots, so a mistake there showed up only on a GPU.
 Lowering for the "cuda" platform runs Pallas' Mosaic GPU lowering of every kernel on the CPU, in seconds; ptxas and
 the run itself stay with the `gpu`-marked tests.
 """
@@ -24,8 +24,7 @@ BLOCKS = 6
 FORWARD_CONFIGS = {
     "schedule_barrier": MosaicConfig(),
     "no_schedule_barrier": MosaicConfig(schedule_barrier=False),
-    "overlap": MosaicConfig(schedule_barrier=False, overlap=True),
-    "overlap_two_producers": MosaicConfig(schedule_barrier=False, overlap=True, producers=2),
+    "two_producers_one_round": MosaicConfig(producers=2, rounds=1),
 }
 
 
