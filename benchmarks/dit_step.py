@@ -85,7 +85,7 @@ def _median_time(fn, warmup: int, iters: int) -> float:
 
 
 def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int, quantize: str = "none",
-             quality: bool = False, small: bool = False, report=None, fp8_gemm_dtype: str = "float32") -> dict:
+             quality: bool = False, small: bool = False, report=None, fp8_gemm_dtype: str = "bfloat16") -> dict:
     """Times our step; `report(result)` gets the result as soon as the timing is done and again with the quality
     figures, so a process killed during the quality pass still leaves its timing."""
     import jax
@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--quantize", default="none",
                         help="quantization modes to run ours in, comma-separated: none, fp8, fp8-attention, "
                         "fp8-weight-only, int8")
-    parser.add_argument("--fp8-gemm-dtype", default="float32", choices=list(GEMM_DTYPES),
+    parser.add_argument("--fp8-gemm-dtype", default="bfloat16", choices=list(GEMM_DTYPES),
                         help="what the FP8 GEMM writes before its scales are applied (`QuantScheme.gemm_dtype`)")
     parser.add_argument("--quality", action="store_true",
                         help="for quantized runs, also the step output's relative L2 against bf16, whole and per block")
@@ -331,7 +331,7 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown --quantize mode(s) {unknown}; choose from {', '.join(MODES)}")
-    if args.fp8_gemm_dtype != "float32" and not {"fp8", "fp8-attention"} & set(modes):
+    if args.fp8_gemm_dtype != "bfloat16" and not {"fp8", "fp8-attention"} & set(modes):
         parser.error(f"--fp8-gemm-dtype {args.fp8_gemm_dtype} applies to --quantize fp8 and fp8-attention only; add "
                      "one of them to --quantize")
     if args.small and args.reference:

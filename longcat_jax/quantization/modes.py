@@ -52,8 +52,10 @@ class QuantScheme:
     DiT (8.55e-4 vs 8.56e-4) and on Gaussian GEMMs (3.73e-2 vs 3.74e-2), lower where token magnitudes spread
     (3.42e-2 vs 3.74e-2; a token 1e-6 below the largest flushes to zero under one scale per tensor), and no
     reduction over the whole tensor before the GEMM can start. gemm_dtype (FP8 compute only): the dtype the FP8
-    GEMM writes before its scales are applied, 'float32' or 'bfloat16' (half the bytes written and read again by
-    the scaling, one more rounding). attention: the self attention's precision, 'bf16' or 'fp8' (FP8 compute
+    GEMM writes before its scales are applied, 'bfloat16' (the default: half the bytes written and read again by the
+    scaling; the 480p FP8 step 5.89 -> 5.78 s on an H200, and its one more rounding moved a 4096-wide Gaussian
+    GEMM's error 3.743e-2 -> 3.747e-2 and the fixture DiT's bf16 output error 2.45e-3 -> 2.47e-3, BENCHMARKS.md) or
+    'float32'. attention: the self attention's precision, 'bf16' or 'fp8' (FP8 compute
     only; dense: `longcat_jax.quantization.attention`, block-sparse: `kernels.KernelConfig(fp8=True)`).
     """
 
@@ -61,7 +63,7 @@ class QuantScheme:
     weight: WeightFormat
     compute: str
     activation_scaling: str = PER_TOKEN
-    gemm_dtype: str = "float32"
+    gemm_dtype: str = "bfloat16"
     attention: str = BF16_ATTENTION
 
     def __post_init__(self):

@@ -45,10 +45,12 @@ def test_fp8_dot_is_the_product_of_the_quantized_operands():
 def test_the_schemes_gemm_dtype_decides_what_the_fp8_gemm_writes():
     x, w, _ = _operands()
     qkernel, qscale = quantize_kernel(w, FP8_E4M3)
-    bf16_gemm = dataclasses.replace(SCHEMES["fp8"], gemm_dtype="bfloat16")
+    bf16_gemm = SCHEMES["fp8"]  # the default
+    f32_gemm = dataclasses.replace(SCHEMES["fp8"], gemm_dtype="float32")
     got = quantized_dot(x, qkernel, qscale, bf16_gemm)
     np.testing.assert_array_equal(got, fp8_dot(x, qkernel, qscale, gemm_dtype=jnp.bfloat16))
-    assert not np.array_equal(got, quantized_dot(x, qkernel, qscale, SCHEMES["fp8"]))
+    np.testing.assert_array_equal(quantized_dot(x, qkernel, qscale, f32_gemm), fp8_dot(x, qkernel, qscale))
+    assert not np.array_equal(got, quantized_dot(x, qkernel, qscale, f32_gemm))
     dots = [line for line in linear_stablehlo(64, 128, 96, bf16_gemm).splitlines() if "dot_general" in line]
     assert len(dots) == 1 and dots[0].endswith("-> tensor<64x96xbf16>")  # e4m3 operands, a bf16 result
     with pytest.raises(ConfigError, match="FP8 GEMM output dtype 'float16'"):

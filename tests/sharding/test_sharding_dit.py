@@ -13,6 +13,7 @@ from flax import nnx
 
 from kernels import BSAParams
 from longcat_jax.errors import InputError
+from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.loading import random_dit
 from longcat_jax.models.dit.quantized_linear import quantize_linears
@@ -20,6 +21,7 @@ from longcat_jax.sharding import bytes_per_device, make_mesh, shard_dit
 
 TOL = 2e-5  # float32: only the order of a few reductions may differ
 GPU_TOL = 1e-4  # float32 on GPUs: matmuls of other row counts may pick other reduction orders
+MESH_FP8_TOL = 1e-3  # relative L2, FP8 attention on the mesh: measured 1.5e-4; per-device scales gave 7.7e-3
 BSA = BSAParams(sparsity=0.5, chunk_3d_shape_q=(2, 2, 2), chunk_3d_shape_k=(2, 2, 2))
 COLLECTIVES = r"\b(all-to-all|all-gather|all-reduce|reduce-scatter|collective-permute)(?:-start)?\("
 
@@ -99,7 +101,11 @@ def test_sharded_forward_equals_single_device(model_pair, bsa, num_cond_latents)
 def test_fp8_attention_on_the_mesh_equals_one_device():
     """'fp8-attention' (its CPU emulation) on 8 devices gives one device's output, dense and block-sparse: dense FP8
     attention takes its per-tensor scales over all heads before they are split (over each device's own heads the
-    output moved 7.7e-3, as much as FP8 attention itself), block-sparse FP8 scales each head on its own."""
+    output moved 7.7e-3, as much as FP8 attention itself), block-sparse FP8 scales each head on its own.
+
+    Within MESH_FP8_TOL, not float32's TOL: with the FP8 GEMMs writing bf16 (the default) the dense case moved 1.5e-4
+    (its other cases 1.5e-7), as e4m3 rounding ties, frequent on bf16 values, fall either way; with float32 GEMM
+    outputs all four cases were within 1.6e-7."""
     config = DiTConfig(hidden_size=128, depth=1, num_heads=8, caption_channels=16, adaln_tembed_dim=16,
                        frequency_embedding_size=32, enable_bsa=True, bsa_params=BSA, text_tokens_zero_pad=True)
     single, sharded = random_dit(config), random_dit(config)
@@ -111,7 +117,7 @@ def test_fp8_attention_on_the_mesh_equals_one_device():
     for bsa in (None, BSA):
         for model in (single, sharded):
             model.set_bsa(bsa)
-        assert_close(run(sharded, args), run(single, args))
+        assert rel_l2(run(sharded, args), run(single, args)) < MESH_FP8_TOL
 
 
 @needs_8
