@@ -36,7 +36,9 @@ def test_fp8_dot_is_the_product_of_the_quantized_operands():
     xq, x_scale = quantize_activations(x)
     assert xq.dtype == jnp.float8_e4m3fn and x_scale.shape == (256, 1)
     dequantized = (np.asarray(xq, np.float64) * np.asarray(x_scale)) @ np.asarray(dequantize_kernel(qkernel, qscale), np.float64)
-    assert rel_l2(got, dequantized) < 1e-6  # scales applied exactly once, after the GEMM
+    # scales applied exactly once, after the GEMM (a scale applied twice or not at all is off by O(1)); a Hopper FP8
+    # GEMM accumulates with fewer bits than float32: 4.4e-5 on an H200, 2026-12-04
+    assert rel_l2(got, dequantized) < (1e-6 if jax.default_backend() == "cpu" else 1e-4)
     assert rel_l2(got, exact) < FP8_GEMM_TOL
     # A bf16 GEMM output (cheaper to write) changes little next to the e4m3 rounding.
     assert rel_l2(fp8_dot(x, qkernel, qscale, gemm_dtype=jnp.bfloat16), got) < 5e-3
