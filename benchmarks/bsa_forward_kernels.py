@@ -5,8 +5,8 @@ bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; e
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
 (`MosaicConfig.rounds`), p2 = two producer warpgroups, kN / vN = N K / V stages, fp8 = the FP8 forward
-(`KernelConfig(fp8=True)`, without the schedule barrier) on e4m3 operands quantized before the timed call (its rel. L2
-against the first variant is FP8's own error too).
+(`KernelConfig(fp8=True)`, its default launch settings but the named ones) on e4m3 operands quantized before the
+timed call (its rel. L2 against the first variant is FP8's own error too).
 
     python3 benchmarks/bsa_forward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -14,6 +14,7 @@ against the first variant is FP8's own error too).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 
@@ -33,7 +34,8 @@ def _mosaic(ranges, **settings) -> KernelConfig:
 
 
 def _fp8(**settings) -> KernelConfig:
-    return KernelConfig(fp8=True, mosaic_fp8=MosaicConfig(schedule_barrier=False, **settings))
+    """The FP8 forward with its default launch settings (`KernelConfig.mosaic_fp8`) but `settings`."""
+    return KernelConfig(fp8=True, mosaic_fp8=dataclasses.replace(KernelConfig().mosaic_fp8, **settings))
 
 
 VARIANTS = {
@@ -47,7 +49,7 @@ VARIANTS = {
     "mosaic n4 p2": _mosaic(1, rounds=4, producers=2),
     "mosaic n4 no schedule barrier": _mosaic(1, rounds=4, schedule_barrier=False),
     "mosaic n2 no schedule barrier": _mosaic(1, rounds=2, schedule_barrier=False),
-    "fp8": KernelConfig(fp8=True),
+    "fp8": _fp8(),
     "fp8 n1": _fp8(rounds=1),
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),

@@ -85,7 +85,7 @@ def _median_time(fn, warmup: int, iters: int) -> float:
 
 
 def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int, quantize: str = "none",
-             quality: bool = False, small: bool = False, report=None, fp8_gemm_dtype: str = "bfloat16") -> dict:
+             quality: bool = False, small: bool = False, report=None, fp8_gemm_dtype: str | None = None) -> dict:
     """Times our step; `report(result)` gets the result as soon as the timing is done and again with the quality
     figures, so a process killed during the quality pass still leaves its timing."""
     import jax
@@ -102,9 +102,10 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     from longcat_jax.sharding import shard_dit
 
     check_quantize_supported(quantize)
-    # The FP8 GEMM's output dtype is an option of the scheme (`QuantScheme.gemm_dtype`).
-    scheme = (dataclasses.replace(SCHEMES[quantize], gemm_dtype=fp8_gemm_dtype)
-              if quantize in SCHEMES and SCHEMES[quantize].compute == FP8_COMPUTE else quantize)
+    # The FP8 GEMM's output dtype is an option of the scheme (`QuantScheme.gemm_dtype`); None keeps the scheme's.
+    fp8_compute = quantize in SCHEMES and SCHEMES[quantize].compute == FP8_COMPUTE
+    scheme = (dataclasses.replace(SCHEMES[quantize], gemm_dtype=fp8_gemm_dtype or SCHEMES[quantize].gemm_dtype)
+              if fp8_compute else quantize)
     config = DiTConfig.from_dict(_real_config(depth, case["bsa"], small))
     t, h, w = SMALL_GRID if small else case["grid"]
     b = case["batch"]
@@ -117,7 +118,8 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     plan = shard_dit(model, context_parallel) if context_parallel > 1 else None
     devices = list(plan.mesh.devices.flat) if plan else jax.local_devices()[:1]
     jax.block_until_ready(nnx.state(model))
-    _log(f"random weights made on the device (quantize={quantize}, FP8 GEMM output {fp8_gemm_dtype})")
+    gemm = f", FP8 GEMM output {scheme.gemm_dtype}" if fp8_compute else ""
+    _log(f"random weights made on the device (quantize={quantize}{gemm})")
     leaves = jax.tree.leaves(nnx.state(model))
     num_params = sum(x.size for x in leaves)
     weights_gib = sum(x.nbytes for x in leaves) / 2**30
@@ -284,7 +286,9 @@ def run_child(cmd: list[str], label: str, timeout: float | None = None, env: dic
 def _spawn(case: str, impl: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--child", "--case", case, "--impl", impl, "--depth", str(args.depth),
            "--warmup", str(args.warmup), "--iters", str(args.iters), "--context-parallel", str(args.context_parallel),
-           "--quantize", args.quantize, "--fp8-gemm-dtype", args.fp8_gemm_dtype]
+           "--quantize", args.quantize]
+    if args.fp8_gemm_dtype:
+        cmd += ["--fp8-gemm-dtype", args.fp8_gemm_dtype]
     if args.reference:
         cmd += ["--reference", args.reference]
     cmd += ["--quality"] * args.quality + ["--small"] * args.small
@@ -308,8 +312,9 @@ def main() -> None:
     parser.add_argument("--quantize", default="none",
                         help="quantization modes to run ours in, comma-separated: none, fp8, fp8-attention, "
                         "fp8-weight-only, int8")
-    parser.add_argument("--fp8-gemm-dtype", default="bfloat16", choices=list(GEMM_DTYPES),
-                        help="what the FP8 GEMM writes before its scales are applied (`QuantScheme.gemm_dtype`)")
+    parser.add_argument("--fp8-gemm-dtype", choices=list(GEMM_DTYPES),
+                        help="what the FP8 GEMM writes before its scales are applied (`QuantScheme.gemm_dtype`; "
+                        "default: the scheme's, bfloat16)")
     parser.add_argument("--quality", action="store_true",
                         help="for quantized runs, also the step output's relative L2 against bf16, whole and per block")
     parser.add_argument("--small", action="store_true", help="a 256-wide, 2-block DiT on a 4x8x8 grid (any machine)")
@@ -331,7 +336,7 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown --quantize mode(s) {unknown}; choose from {', '.join(MODES)}")
-    if args.fp8_gemm_dtype != "bfloat16" and not {"fp8", "fp8-attention"} & set(modes):
+    if args.fp8_gemm_dtype and not {"fp8", "fp8-attention"} & set(modes):
         parser.error(f"--fp8-gemm-dtype {args.fp8_gemm_dtype} applies to --quantize fp8 and fp8-attention only; add "
                      "one of them to --quantize")
     if args.small and args.reference:

@@ -112,11 +112,6 @@ def online_softmax(logits, row_max, row_sum, scale, weight_exponent):
     return weights, new_max, row_sum * correction + weights.sum(axis=1), correction
 
 
-def rescale_rows(acc, factor):
-    """acc [64, D] with each row times factor [64]."""
-    return acc * lax.broadcast_in_dim(factor, acc.shape, [0])
-
-
 def supports(q: jax.Array, block_q: int, block_k: int) -> bool:
     """Whether this kernel can run on these inputs: 64-token q and k blocks, head_dim 64 or 128, bf16/f16."""
     return (
@@ -323,7 +318,7 @@ def mosaic_forward(
                         logits = mask_padded_keys(logits, key_padding, block, key_positions())
                     weights, new_max, row_sum, correction = online_softmax(
                         logits, row_max, row_sum, scale, weight_exponent)
-                    acc = rescale_rows(acc, correction)
+                    acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
                     weights = weights.astype(operand_dtype)
                     if fp8 and not config.interpret:
                         # P·V's 8-bit A operand goes through shared memory (no register relayout to its layout), and

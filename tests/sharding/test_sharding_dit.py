@@ -21,7 +21,7 @@ from longcat_jax.sharding import bytes_per_device, make_mesh, shard_dit
 
 TOL = 2e-5  # float32: only the order of a few reductions may differ
 GPU_TOL = 1e-4  # float32 on GPUs: matmuls of other row counts may pick other reduction orders
-MESH_FP8_TOL = 1e-3  # relative L2, FP8 attention on the mesh: measured 1.5e-4; per-device scales gave 7.7e-3
+MESH_FP8_TOL = 1e-3  # relative L2, FP8 attention on the mesh: measured 1.5e-4; per-device scales gave 8.5e-3 here
 BSA = BSAParams(sparsity=0.5, chunk_3d_shape_q=(2, 2, 2), chunk_3d_shape_k=(2, 2, 2))
 COLLECTIVES = r"\b(all-to-all|all-gather|all-reduce|reduce-scatter|collective-permute)(?:-start)?\("
 
@@ -105,7 +105,8 @@ def test_fp8_attention_on_the_mesh_equals_one_device():
 
     Within MESH_FP8_TOL, not float32's TOL: with the FP8 GEMMs writing bf16 (the default) the dense case moved 1.5e-4
     (its other cases 1.5e-7), as e4m3 rounding ties, frequent on bf16 values, fall either way; with float32 GEMM
-    outputs all four cases were within 1.6e-7."""
+    outputs all four cases were within 1.6e-7. Scales over each device's own heads moved the dense case 8.5e-3
+    (BENCHMARKS.md, "CPU figures quoted in the README")."""
     config = DiTConfig(hidden_size=128, depth=1, num_heads=8, caption_channels=16, adaln_tembed_dim=16,
                        frequency_embedding_size=32, enable_bsa=True, bsa_params=BSA, text_tokens_zero_pad=True)
     single, sharded = random_dit(config), random_dit(config)
