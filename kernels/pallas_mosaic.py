@@ -99,19 +99,6 @@ def fits(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> 
     return smem_bytes(head_dim, aligned(k_max, _INDEX_ALIGN), config, fp8) <= SMEM_BYTES
 
 
-def online_softmax(logits, row_max, row_sum, scale, weight_exponent):
-    """One key block's online-softmax step in base 2: (weights [64, 64] f32, new_max, new_sum, correction [64]).
-
-    logits [64, 64] unscaled; row_max / row_sum [64] of the blocks before; correction rescales their output.
-    weight_exponent: the weights come out 2^weight_exponent too large (FP8's P scale), row_sum with them.
-    """
-    new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
-    correction = jnp.exp2(row_max - new_max)
-    offset = new_max - weight_exponent if weight_exponent else new_max
-    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
-    return weights, new_max, row_sum * correction + weights.sum(axis=1), correction
-
-
 def supports(q: jax.Array, block_q: int, block_k: int) -> bool:
     """Whether this kernel can run on these inputs: 64-token q and k blocks, head_dim 64 or 128, bf16/f16."""
     return (
@@ -316,9 +303,12 @@ def mosaic_forward(
                     plgpu.barrier_arrive(k_consumed.at[k_barrier])
                     if key_padding is not None:
                         logits = mask_padded_keys(logits, key_padding, block, key_positions())
-                    weights, new_max, row_sum, correction = online_softmax(
-                        logits, row_max, row_sum, scale, weight_exponent)
+                    new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
+                    correction = jnp.exp2(row_max - new_max)
+                    offset = new_max - weight_exponent if weight_exponent else new_max
+                    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
                     acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
+                    row_sum = row_sum * correction + weights.sum(axis=1)
                     weights = weights.astype(operand_dtype)
                     if fp8 and not config.interpret:
                         # P·V's 8-bit A operand goes through shared memory (no register relayout to its layout), and
