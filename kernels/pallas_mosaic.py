@@ -56,7 +56,8 @@ class MosaicConfig:
     its V does not hold up the other's K); schedule_barrier: make the two consumers alternate on the tensor
     cores; rounds: pairs of query blocks each CTA works through in turn, so that its producer gathers the next
     pair's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
-    interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
+    row_sums_on_tensor_cores: the softmax row sums come out of P·V's wgmma group (P times a ones column, an
+    N=8 product into a [64, 8] accumulator) instead of a row reduction of P per key block; interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
     wgmma on a transposed operand, no in-place accumulator and no register layouts, so there the two products
     are plain dots; the pipeline, barriers, index gathering and softmax are the GPU's.
     """
@@ -66,6 +67,7 @@ class MosaicConfig:
     producers: int = 1
     schedule_barrier: bool = True
     rounds: int = 2
+    row_sums_on_tensor_cores: bool = False
     interpret: bool = False
 
     def __post_init__(self):
@@ -80,7 +82,7 @@ class MosaicConfig:
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
     """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows, with FP8 operands
-    the P tiles (barriers aside)."""
+    the P tiles, with row sums on the tensor cores the ones columns (barriers aside)."""
     out_tile = BLOCK * head_dim * 2
     tile = BLOCK * head_dim * (1 if fp8 else 2)  # q, K and V tiles
     buffers = (
@@ -90,7 +92,9 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
         _CONSUMERS * config.v_stages * tile,
         _CONSUMERS * aligned(k_max, _INDEX_ALIGN) * 4,
         _CONSUMERS * BLOCK * 4,
-    ) + ((_CONSUMERS * BLOCK * BLOCK,) if fp8 else ())
+    ) + ((_CONSUMERS * BLOCK * BLOCK,) if fp8 else ()) + (
+        (_CONSUMERS * 8 * tile // head_dim,) if config.row_sums_on_tensor_cores else ()
+    )
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
 
 
@@ -152,6 +156,7 @@ def mosaic_forward(
     rounds = config.rounds
     num_ctas = -(-mq // (_CONSUMERS * rounds))  # per (batch, head)
     logit_scale = d**-0.5 * LOG2E  # logits in base-2 units
+    tc_sums = config.row_sums_on_tensor_cores
 
     def fragment(x, layout):
         # the interpreter has no register layouts
@@ -163,13 +168,15 @@ def mosaic_forward(
             return lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1)
         return plgpu.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1, layout=plgpu.Layout.WGMMA)
 
-    def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, out_ref, lse_ref, scoped):
+    def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, ones_ref, out_ref, lse_ref, scoped):
         bi = lax.axis_index("batch")
         hi = lax.axis_index("heads")
         cta = lax.axis_index("ctas")
         wg = lax.axis_index("wg")
-        (q_smem2, o_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2, *p_smem2), barriers = scoped
-        q_barriers, q_consumed, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers
+        (q_smem2, o_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2, *extra_smem2), barriers = scoped
+        p_smem2 = extra_smem2[:1] if fp8 else []
+        ones_smem2 = extra_smem2[-1] if tc_sums else None
+        q_barriers, q_consumed, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers[:8]
 
         def query_block(r, w):
             """Consumer w's query block in round r (clamped; `valid` says whether it exists)."""
@@ -256,6 +263,10 @@ def mosaic_forward(
             # the base-2 logit scale, with FP8 operands times q's and k's scales; FP8 weights are 2^P_EXPONENT larger
             scale = logit_scale * scales_ref[bi, hi, 0] if fp8 else logit_scale
             weight_exponent = P_EXPONENT if fp8 else 0
+            if tc_sums:  # the ones column of the row sums' product, [8, 64] as a K-major B operand
+                ones_smem = ones_smem2.at[wg]
+                plgpu.copy_gmem_to_smem(ones_ref, ones_smem, barriers[8].at[wg])
+                plgpu.barrier_wait(barriers[8].at[wg])
 
             def consume_round(r, done):
                 # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
@@ -266,7 +277,10 @@ def mosaic_forward(
                     first = starts_ref[bi, hi, own_block]
                 plgpu.barrier_wait(q_barriers.at[wg])
                 row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-                row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
+                if tc_sums:  # [64, 8]: column 0 holds the row sums, the other columns 0
+                    row_sum = fragment(jnp.full((BLOCK, 8), 0, jnp.float32), plgpu.Layout.WGMMA)
+                else:
+                    row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 acc = fragment(jnp.full((BLOCK, d), 0, jnp.float32), plgpu.Layout.WGMMA)
 
                 def k_barrier_of(step):
@@ -308,7 +322,10 @@ def mosaic_forward(
                     offset = new_max - weight_exponent if weight_exponent else new_max
                     weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
                     acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
-                    row_sum = row_sum * correction + weights.sum(axis=1)
+                    if tc_sums:
+                        row_sum = row_sum * lax.broadcast_in_dim(correction, row_sum.shape, [0])
+                    else:
+                        row_sum = row_sum * correction + weights.sum(axis=1)
                     weights = weights.astype(operand_dtype)
                     if fp8 and not config.interpret:
                         # P·V's 8-bit A operand goes through shared memory (no register relayout to its layout), and
@@ -326,18 +343,24 @@ def mosaic_forward(
 
                     if config.interpret:
                         acc = acc + dot_f32(weights, v_smem[v_slot], transpose_b=fp8)
+                        if tc_sums:
+                            row_sum = row_sum + dot_f32(weights, ones_smem[...], transpose_b=True)
                         wait_k(j + 1)
                     else:
-                        if fp8:  # the last step's wgmma has read the P tile before this step wrote it
-                            operands = (p_smem2[0].at[wg], v_smem.at[v_slot].transpose((1, 0)))
-                        else:
-                            operands = (weights, v_smem.at[v_slot])
+                        # the last step's wgmma has read the P tile before this step wrote it
+                        p_operand = p_smem2[0].at[wg] if fp8 else weights
+                        v_operand = v_smem.at[v_slot].transpose((1, 0)) if fp8 else v_smem.at[v_slot]
 
-                        def values_state(acc_ref):
-                            plgpu.wgmma(acc_ref, *operands)
+                        def values_state(refs):
+                            plgpu.wgmma(refs[0], p_operand, v_operand)
+                            if tc_sums:
+                                plgpu.wgmma(refs[1], p_operand, ones_smem.transpose((1, 0)))
                             wait_k(j + 1)
 
-                        acc = pl.run_state(values_state)(plgpu.ACC.init(acc))
+                        if tc_sums:
+                            acc, row_sum = pl.run_state(values_state)((plgpu.ACC.init(acc), plgpu.ACC.init(row_sum)))
+                        else:
+                            (acc,) = pl.run_state(values_state)((plgpu.ACC.init(acc),))
                     plgpu.barrier_arrive(v_consumed.at[v_barrier])
                     return acc, new_max, row_sum
 
@@ -354,6 +377,8 @@ def mosaic_forward(
                     lax.fori_loop(count, functools.reduce(jnp.maximum, counts), idle_step, 0)
                 pl.when(wg == 0)(schedule_sync)
 
+                if tc_sums:
+                    row_sum = row_sum.sum(axis=1)
                 # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
                 safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
                 if fp8:  # v's scale
@@ -406,7 +431,10 @@ def mosaic_forward(
                     produce([w])
 
     def entry(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, *refs):
-        scales_ref, out_ref, lse_ref = refs if fp8 else (None, *refs)
+        refs = list(refs)
+        scales_ref = refs.pop(0) if fp8 else None
+        ones_ref = refs.pop(0) if tc_sums else None
+        out_ref, lse_ref = refs
         transforms = tile_transforms(operand_dtype, d)
         out_transforms = tile_transforms(dtype, d)
         v_tile = (d, BLOCK) if fp8 else (BLOCK, d)
@@ -419,7 +447,8 @@ def mosaic_forward(
             plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
             plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
         ) + ((plgpu.SMEM((_CONSUMERS, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
-             if fp8 else ())
+             if fp8 else ()) + ((plgpu.SMEM((_CONSUMERS, 8, BLOCK), operand_dtype,
+                                            transforms=tile_transforms(operand_dtype, BLOCK)),) if tc_sums else ())
         barriers = (
             plgpu.Barrier(num_barriers=_CONSUMERS),
             plgpu.Barrier(num_barriers=_CONSUMERS),
@@ -429,11 +458,11 @@ def mosaic_forward(
             plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
             plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
             plgpu.Barrier(num_arrivals=_CONSUMERS),
-        )
+        ) + ((plgpu.Barrier(num_barriers=_CONSUMERS),) if tc_sums else ())
         buffers = len(scratch)
         pl.run_scoped(
             lambda *args: kernel(
-                idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, out_ref, lse_ref,
+                idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, ones_ref, out_ref, lse_ref,
                 (args[:buffers], args[buffers:]),
             ),
             *scratch,
@@ -455,4 +484,10 @@ def mosaic_forward(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **interpret_params(config.interpret),
-    )(indices, starts, counts, q, k, v, *((fp8_scales,) if fp8 else ()))
+    )(indices, starts, counts, q, k, v, *((fp8_scales,) if fp8 else ()), *((_ones_column(operand_dtype),) if tc_sums else ()))
+
+
+def _ones_column(dtype) -> jax.Array:
+    """[8, 64]: the row-sum product's B operand, K-major (row 0 ones, the rest zeros: P times it is P's row sums
+    in column 0)."""
+    return jnp.zeros((8, BLOCK), dtype).at[0].set(1)
