@@ -4,7 +4,8 @@ Kernel alone (with its key-range split and merge where a variant asks for one), 
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
-(`MosaicConfig.rounds`), p2 = two producer warpgroups, tc sums = row sums on the tensor cores, kN / vN = N K / V stages, fp8 = the FP8 forward
+(`MosaicConfig.rounds`), p2 = two producer warpgroups,
+kN / vN = N K / V stages, tc sums = row sums on the tensor cores, fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings but the named ones) on e4m3 operands quantized before the
 timed call (its rel. L2 against the first variant is FP8's own error too).
 

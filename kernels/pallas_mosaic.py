@@ -57,9 +57,10 @@ class MosaicConfig:
     cores; rounds: pairs of query blocks each CTA works through in turn, so that its producer gathers the next
     pair's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
     row_sums_on_tensor_cores: the softmax row sums come out of P·V's wgmma group (P times a ones column, an
-    N=8 product into a [64, 8] accumulator) instead of a row reduction of P per key block; interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no
-    wgmma on a transposed operand, no in-place accumulator and no register layouts, so there the two products
-    are plain dots; the pipeline, barriers, index gathering and softmax are the GPU's.
+    N=8 product into a [64, 8] accumulator) instead of a row reduction of P per key block; interpret: run through
+    the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
+    in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
+    index gathering and softmax are the GPU's.
     """
 
     k_stages: int = 2
