@@ -45,7 +45,8 @@ class KernelConfig:
     BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
     fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: per-head scales of q, k and v, the softmax
     weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
-    barrier: 1.07-1.10x faster than with it on an H200 at 84,480 tokens, BENCHMARKS.md); the reference backend
+    barrier, 1.07-1.10x faster than with it on an H200 at 84,480 tokens, and with the row sums by reduction, which
+    the FP8 kernel measured 1-7% faster than on the tensor cores, unlike bf16's, BENCHMARKS.md); the reference backend
     emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
     """
@@ -57,7 +58,9 @@ class KernelConfig:
     backward: str = "auto"
     mosaic_backward: pallas_mosaic_backward.MosaicBackwardConfig = pallas_mosaic_backward.MosaicBackwardConfig()
     fp8: bool = False
-    mosaic_fp8: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig(schedule_barrier=False)
+    mosaic_fp8: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig(
+        schedule_barrier=False, row_sums_on_tensor_cores=False
+    )
 
     def __post_init__(self):
         if self.backward not in BACKWARD_KERNELS:

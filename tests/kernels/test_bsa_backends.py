@@ -16,7 +16,7 @@ import dataclasses
 import jax.numpy as jnp
 import pytest
 
-from kernels import MosaicConfig, TritonConfig
+from kernels import KernelConfig, MosaicConfig, TritonConfig
 from tests.helpers.mosaic_interpret import thread_programs_compiled_once
 from tests.kernels.bsa_test_base import BSABackendTests, KernelCase, OddGridCase, WholeCallCase
 
@@ -122,8 +122,8 @@ class TestMosaicInterpret(_InMosaicInterpreter):
                    list_width=300, mosaic=MosaicConfig(producers=2, rounds=2)),
         KernelCase("three_k_stages_one_round_per_cta", b=1, h=2, d=64, mq=4, mk=5, width=4,
                    mosaic=MosaicConfig(k_stages=3, rounds=1)),
-        KernelCase("row_sums_on_tensor_cores", b=1, h=2, d=64, mq=3, mk=5, width=4,
-                   mosaic=MosaicConfig(row_sums_on_tensor_cores=True)),
+        KernelCase("row_sums_by_reduction", b=1, h=2, d=64, mq=3, mk=5, width=4,
+                   mosaic=MosaicConfig(row_sums_on_tensor_cores=False)),
         KernelCase("key_ranges_2", b=1, h=1, d=64, mq=3, mk=5, width=4, key_ranges=2),
     )
     gradient_cases = (KernelCase("through_the_triton_backward", b=1, h=1, d=64, mq=2, mk=3, width=2),)
@@ -153,10 +153,9 @@ class TestMosaicGpu(BSABackendTests):
         KernelCase("schedule_barrier", b=2, h=3, d=128, mq=9, mk=12, width=7),
         KernelCase("no_schedule_barrier", b=2, h=3, d=128, mq=9, mk=12, width=7,
                    mosaic=MosaicConfig(schedule_barrier=False)),
-        KernelCase("row_sums_on_tensor_cores", b=2, h=3, d=128, mq=9, mk=12, width=7,
-                   mosaic=MosaicConfig(row_sums_on_tensor_cores=True)),
-        KernelCase("row_sums_on_tensor_cores_d64", b=2, h=3, d=64, mq=9, mk=12, width=7,
-                   mosaic=MosaicConfig(row_sums_on_tensor_cores=True)),
+        KernelCase("row_sums_by_reduction", b=2, h=3, d=128, mq=9, mk=12, width=7,
+                   mosaic=MosaicConfig(row_sums_on_tensor_cores=False)),
+        KernelCase("d64", b=2, h=3, d=64, mq=9, mk=12, width=7),
         *_gpu_key_range_cases(),
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)
@@ -196,11 +195,11 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
     fp8 = True
     forward_cases = (
         KernelCase("default_fp8_settings", b=1, h=2, d=64, mq=3, mk=5, width=4, tolerance=FP8_TOLERANCE,
-                   mosaic=MosaicConfig(schedule_barrier=False)),
+                   mosaic=KernelConfig().mosaic_fp8),
         KernelCase("head_dim_128_schedule_barrier_two_producers_long_lists", b=2, h=1, d=128, mq=7, mk=6, width=5,
                    list_width=300, mosaic=MosaicConfig(producers=2), tolerance=FP8_TOLERANCE),
         KernelCase("row_sums_on_tensor_cores", b=1, h=2, d=64, mq=3, mk=5, width=4, tolerance=FP8_TOLERANCE,
-                   mosaic=MosaicConfig(schedule_barrier=False, row_sums_on_tensor_cores=True)),
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, row_sums_on_tensor_cores=True)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = (WholeCallCase("4x8x12_chunk_4x4x4", (4, 8, 12), (4, 4, 4), tolerance=FP8_TOLERANCE),)
@@ -221,13 +220,14 @@ class TestMosaicFp8Gpu(BSABackendTests):
     min_fixture_cases = 6
     fixture_tolerance = whole_call_tolerance = FP8_FIXTURE_TOLERANCE
     forward_cases = (
-        KernelCase("default_fp8_settings", b=2, h=3, d=128, mq=9, mk=12, width=7, tolerance=FP8_TOLERANCE),
+        KernelCase("default_fp8_settings", b=2, h=3, d=128, mq=9, mk=12, width=7, tolerance=FP8_TOLERANCE,
+                   mosaic=KernelConfig().mosaic_fp8),
         KernelCase("schedule_barrier_long_lists", b=2, h=3, d=128, mq=9, mk=24, width=10, tolerance=FP8_TOLERANCE,
                    mosaic=MosaicConfig(schedule_barrier=True)),
         KernelCase("d64_three_stages", b=2, h=3, d=64, mq=9, mk=12, width=7, tolerance=FP8_TOLERANCE,
                    mosaic=MosaicConfig(k_stages=3, v_stages=3, schedule_barrier=False)),
         KernelCase("row_sums_on_tensor_cores", b=2, h=3, d=128, mq=9, mk=12, width=7, tolerance=FP8_TOLERANCE,
-                   mosaic=MosaicConfig(schedule_barrier=False, row_sums_on_tensor_cores=True)),
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, row_sums_on_tensor_cores=True)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

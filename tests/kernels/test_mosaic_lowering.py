@@ -25,7 +25,7 @@ FORWARD_CONFIGS = {
     "schedule_barrier": MosaicConfig(),
     "no_schedule_barrier": MosaicConfig(schedule_barrier=False),
     "two_producers_one_round": MosaicConfig(producers=2, rounds=1),
-    "row_sums_on_tensor_cores": MosaicConfig(row_sums_on_tensor_cores=True),
+    "row_sums_by_reduction": MosaicConfig(row_sums_on_tensor_cores=False),
 }
 
 
