@@ -85,9 +85,11 @@ def _median_time(fn, warmup: int, iters: int) -> float:
 
 
 def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: int, quantize: str = "none",
-             quality: bool = False, small: bool = False, report=None, fp8_gemm_dtype: str | None = None) -> dict:
+             quality: bool = False, small: bool = False, report=None, fp8_gemm_dtype: str | None = None,
+             profile: bool = False) -> dict:
     """Times our step; `report(result)` gets the result as soon as the timing is done and again with the quality
-    figures, so a process killed during the quality pass still leaves its timing."""
+    figures, so a process killed during the quality pass still leaves its timing. `profile`: one more step under
+    the profiler, its largest device ops printed (`device_profile`)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -150,6 +152,11 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
               "device": str(devices[0].device_kind), "devices": len(devices)}
     report = report or (lambda result: None)
     report(result)
+    if profile:
+        from device_profile import print_top  # this script's sibling
+
+        print_top(lambda: compiled(state, latents, timestep, text, mask).block_until_ready(), prefix="  [profile] ",
+                  label=f"one step, quantize={quantize}")
     if quality and quantize != "none":
         out = compiled(state, latents, timestep, text, mask)
         reference = random_dit(config, dtype=jnp.bfloat16, draw_on_device=True)  # the same draws, unquantized
@@ -236,7 +243,7 @@ def _child(args) -> None:
     case = CASES[args.case]
     if args.impl == "ours":
         result = run_ours(case, args.depth, args.warmup, args.iters, args.context_parallel, args.quantize, args.quality,
-                          args.small, report=_print_result, fp8_gemm_dtype=args.fp8_gemm_dtype)
+                          args.small, report=_print_result, fp8_gemm_dtype=args.fp8_gemm_dtype, profile=args.profile)
     else:
         result = run_original(case, args.depth, args.warmup, args.iters, args.reference)
     _print_result(result)
@@ -291,7 +298,7 @@ def _spawn(case: str, impl: str, args) -> dict | None:
         cmd += ["--fp8-gemm-dtype", args.fp8_gemm_dtype]
     if args.reference:
         cmd += ["--reference", args.reference]
-    cmd += ["--quality"] * args.quality + ["--small"] * args.small
+    cmd += ["--quality"] * args.quality + ["--small"] * args.small + ["--profile"] * args.profile
     label = f"{impl} {case}" + (f" quantize={args.quantize}" if impl == "ours" else "")
     return run_child(cmd, label, args.case_timeout)
 
@@ -318,6 +325,8 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true",
                         help="for quantized runs, also the step output's relative L2 against bf16, whole and per block")
     parser.add_argument("--small", action="store_true", help="a 256-wide, 2-block DiT on a 4x8x8 grid (any machine)")
+    parser.add_argument("--profile", action="store_true",
+                        help="ours: one more step under the profiler, its largest device ops printed")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["ours", "original"], help=argparse.SUPPRESS)
