@@ -156,7 +156,7 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
         from device_profile import print_top  # this script's sibling
 
         print_top(lambda: compiled(state, latents, timestep, text, mask).block_until_ready(), prefix="  [profile] ",
-                  label=f"one step, quantize={quantize}")
+                  label=f"one step, quantize={quantize}", hlo_text=compiled.as_text())
     if quality and quantize != "none":
         out = compiled(state, latents, timestep, text, mask)
         reference = random_dit(config, dtype=jnp.bfloat16, draw_on_device=True)  # the same draws, unquantized
