@@ -61,7 +61,11 @@ def fusion_sources(hlo_text: str, name: str, most: int = 2) -> str:
     """Where XLA fusion `name` of a compiled program's text comes from: its output shape and the `most` source
     places (file:line of the JAX code, and its caller) its fused instructions name most often; "" when the text has
     no such instruction."""
-    head = re.search(rf"^\s*(?:ROOT )?%?{re.escape(name)} = (\S+) .*?calls=%?([\w.\-]+)", hlo_text, re.M)
+    # a GPU kernel is named after its fusion instruction, "." turned into "_" ("fusion_12" for %fusion.12)
+    candidates = (name, re.sub(r"_(\d+)$", r".\1", name))
+    heads = (re.search(rf"^\s*(?:ROOT )?%?{re.escape(c)} = (\S+) .*?calls=%?([\w.\-]+)", hlo_text, re.M)
+             for c in candidates)
+    head = next((h for h in heads if h), None)
     if not head:
         return ""
     shape, computation = head.groups()
