@@ -66,6 +66,13 @@ def tensor_scales(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, 
     return activation_scale(q, PER_TENSOR), activation_scale(k, PER_TENSOR), activation_scale(v, PER_TENSOR)
 
 
+def output_scale(v_scale: jax.Array) -> jax.Array:
+    """The per-tensor e4m3 scale of `fp8_attention`'s output, from v's (`tensor_scales`): the output is e4m3 values
+    times this. The output projection's FP8 GEMM takes it as its activation scale (`SelfAttention`), so the output
+    is not rounded a second time onto per-token scales."""
+    return v_scale * OUTPUT_HEADROOM
+
+
 def fp8_attention(q: jax.Array, k: jax.Array, v: jax.Array, scales=None) -> jax.Array:
     """Softmax attention q [B, Sq, H, D] over k, v [B, Sk, H, D] -> [B, Sq, H, D] in q's dtype, in FP8 (module doc).
 
@@ -80,7 +87,7 @@ def fp8_attention(q: jax.Array, k: jax.Array, v: jax.Array, scales=None) -> jax.
 
     q_scale, k_scale, v_scale = scales
     q8, k8, v8 = (quantize_activations(x, PER_TENSOR, scale)[0] for x, scale in zip((q, k, v), scales))
-    out_scale = 1.0 / (v_scale * OUTPUT_HEADROOM)  # the real output times this fills e4m3's range
+    out_scale = 1.0 / output_scale(v_scale)  # the real output times this fills e4m3's range
     one = _scalar_operand(1.0)
     params = {name: one for name in cudnn.fp8_params_keys}  # the backward's scales: unused by the forward
     params.update(descale_q=_scalar_operand(q_scale), descale_k=_scalar_operand(k_scale),
@@ -110,8 +117,7 @@ def emulated_fp8_attention(q: jax.Array, k: jax.Array, v: jax.Array, scales=None
     probabilities = _rounded_to_e4m3(probabilities, 1.0 / PROBABILITY_SCALE)
     out = jnp.einsum("bhqk,bkhd->bqhd", probabilities, vf, precision="highest")
     out = out / jnp.transpose(row_sums, (0, 2, 1))[..., None]
-    out_scale = 1.0 / (scales[2] * OUTPUT_HEADROOM)  # as `fp8_attention`'s
-    return _rounded_to_e4m3(out, 1.0 / out_scale).astype(q.dtype)
+    return _rounded_to_e4m3(out, output_scale(scales[2])).astype(q.dtype)
 
 
 def _scalar_operand(x) -> jax.Array:

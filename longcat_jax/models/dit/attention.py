@@ -27,8 +27,11 @@ from kernels import (
 )
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.layers import Linear, RMSNorm
+from longcat_jax.models.dit.quantized_linear import QuantizedLinear
 from longcat_jax.models.dit.rope import apply_rope, rope_tables
-from longcat_jax.quantization.attention import fp8_attention, tensor_scales
+from longcat_jax.quantization.attention import fp8_attention, output_scale, tensor_scales
+from longcat_jax.quantization.matmul import activation_scale
+from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR
 
 _log = logging.getLogger(__name__)
 
@@ -162,7 +165,18 @@ class SelfAttention(nnx.Module):
                 out = attend_with(q, k, v, grid, grid)
         if self.context_parallel is not None:
             out = self.context_parallel.shard_tokens(out)  # back to token-split: all-to-all
-        return self.proj(out.reshape(b, n, c)), new_cache
+        out = out.reshape(b, n, c)
+        whole_dense_fp8 = kv_cache is None and num_cond_latents == 0 and (bsa is None or nt == 1)
+        if self._proj_takes_fp8_output() and whole_dense_fp8:
+            # one dense FP8 attention call over this v wrote e4m3 values times this scale: the projection's FP8
+            # GEMM takes them on that scale rather than rounding them again per token
+            return self.proj(out, x_scale=output_scale(activation_scale(v, PER_TENSOR))), new_cache
+        return self.proj(out), new_cache
+
+    def _proj_takes_fp8_output(self) -> bool:
+        """Whether the dense attention runs in FP8 and the output projection is an FP8 GEMM."""
+        return (self.fp8_attention and isinstance(self.proj, QuantizedLinear)
+                and self.proj.scheme.compute == FP8_COMPUTE)
 
     def _attend_after_cache(self, q, k, v, grid: Grid, num_cond_latents: int, kv_cache: KV, attend_with) -> jax.Array:
         """Queries of the new frames over [cached condition keys, new keys], RoPE over the joint grid;

@@ -201,18 +201,19 @@ class QuantizedLinear(nnx.Module):
         if self.scheme.compute != FP8_COMPUTE:
             self.lora_chunk_rows = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, x_scale: jax.Array | None = None) -> jax.Array:
         """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time (None: all
-        at once)."""
+        at once). x_scale: a per-tensor FP8 activation scale the caller knows x's values to lie on (e4m3 values
+        times it: FP8 attention's output, `quantization.attention.output_scale`), used instead of the scheme's
+        activation scales, so those values are not rounded again; weight-only schemes ignore it."""
         x = x.astype(self.dtype)
         # weight-only with LoRAs: the weight dequantized once, for the joined GEMM of every chunk (converting int8 to
         # bf16 grows it, so XLA would not hoist it out of the chunks' loop itself)
         joined = self.dequantized_kernel(self.dtype) if self.loras and self.scheme.compute != FP8_COMPUTE else None
         if not self.loras or self.lora_chunk_rows is None:
-            return self._rows(x, None, joined)
+            return self._rows(x, x_scale, joined)
         tokens = x.reshape(x.shape[0] if x.ndim > 2 else 1, -1, self.in_features)  # [B, T, in]
-        x_scale = None
-        if self.scheme.compute == FP8_COMPUTE and self.scheme.activation_scaling == PER_TENSOR:
+        if x_scale is None and self.scheme.compute == FP8_COMPUTE and self.scheme.activation_scaling == PER_TENSOR:
             x_scale = activation_scale(tokens, PER_TENSOR)  # of all rows, as unchunked
         out = over_token_chunks(lambda chunk: self._rows(chunk, x_scale, joined), tokens, self.out_features,
                                 self.lora_chunk_rows)
