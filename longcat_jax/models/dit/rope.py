@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 ROPE_BASE = 10000.0
 
@@ -46,13 +47,16 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int) -> tuple[jax.Array, j
         ],
         axis=-1,
     ).reshape(nt * nh * nw, head_dim)
-    return jnp.cos(angles), jnp.sin(angles)
+    # materialised once ([S, D], small): left to itself XLA fused the cos and sin into each use, recomputing them for
+    # every batch item and head
+    return lax.optimization_barrier((jnp.cos(angles), jnp.sin(angles)))
 
 
 def _rotate_pairs(x: jax.Array) -> jax.Array:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) along the last axis."""
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) along the last axis: each pair reversed, times (-1, 1), all
+    elementwise (stacking the two halves made XLA write RoPE through a concatenate fusion, in float32)."""
     pairs = x.reshape(*x.shape[:-1], x.shape[-1] // 2, 2)
-    return jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
+    return (jnp.flip(pairs, axis=-1) * jnp.array([-1, 1], x.dtype)).reshape(x.shape)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
