@@ -16,7 +16,6 @@ from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.layers import LoRAAdapter
 from longcat_jax.models.dit.lora import LoRA
 from longcat_jax.models.dit.params import dit_tensors
-from longcat_jax.models.dit.quantized_linear import quantize_linears
 from longcat_jax.models.dit.transformer import LongCatDiT
 from longcat_jax.quantization import quantize_tensors
 
@@ -28,12 +27,13 @@ forward = nnx.jit(lambda model, *args, **kwargs: model(*args, **kwargs), static_
 
 
 def load_quantized_dit(fixtures: Path, mode, dtype=jnp.float32) -> LongCatDiT:
-    """The fixture `dit/` through `quantize_tensors` into a `quantize_linears` skeleton (the loader recipe)."""
+    """The fixture `dit/` through `quantize_tensors` into a quantized skeleton (the loader recipe, `load_dit`: the
+    model built with `quantize`, so 'fp8-attention' also switches its attention to FP8)."""
     folder = Path(fixtures) / "dit"
     config = DiTConfig.from_json(folder / "config.json")
     tensors = quantize_tensors(dit_tensors(SafetensorsCheckpoint(folder), config), mode, source=str(folder))
     return fill_model(
-        lambda: quantize_linears(LongCatDiT(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype), mode),
+        lambda: LongCatDiT(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=dtype, quantize=mode),
         tensors, source=str(folder),
     )
 

@@ -27,7 +27,8 @@ from tests.quantization.fixture_dit import attach_lora, load_quantized_dit, read
 
 MARGIN = 1.5
 # (activation dtype, mode) -> measured t2v output rel L2 vs our unquantized DiT of that dtype (fixture DiT).
-FIXTURE_T2V = {("float32", "fp8"): 8.55e-4, ("float32", "int8"): 1.57e-4}
+FIXTURE_T2V = {("float32", "fp8"): 8.55e-4, ("float32", "int8"): 1.57e-4, ("float32", "fp8-attention"): 8.57e-4}
+FIXTURE_FP8_ATTENTION_MOVES = 1.13e-4  # the fixture DiT's t2v output, fp8-attention against fp8 (CPU, 2026-12-04)
 FIXTURE_LORA_BF16_FP8 = 8.35e-3  # bf16, fp8 base, LoRA at run time vs bf16 unquantized with the LoRA
 RANDOM_T2V = {"fp8": 2.47e-2, "int8": 4.51e-3}  # random DiT of the fixture config, float32
 INT8_TARGET = 1e-2
@@ -43,13 +44,17 @@ def reference_t2v(fixtures_dir, cases):
     return run_case(load_quantized_dit(fixtures_dir, "none"), cases, "t2v")
 
 
-@pytest.mark.parametrize("mode", ["fp8", "int8"])
+@pytest.mark.parametrize("mode", ["fp8", "int8", "fp8-attention"])
 def test_fixture_dit_quantized_while_loading(fixtures_dir, cases, reference_t2v, mode):
     model = load_quantized_dit(fixtures_dir, mode)
     assert isinstance(model.blocks[1].ffn.w2, QuantizedLinear)
+    assert model.fp8_attention == (mode == "fp8-attention")
     error = rel_l2(run_case(model, cases, "t2v"), reference_t2v)
     measured = FIXTURE_T2V[("float32", mode)]
     assert measured / 10 < error < measured * MARGIN  # quantized for real, and no worse than measured
+    if mode == "fp8-attention":  # its attention in FP8 too: away from 'fp8' by about what was measured
+        moved = rel_l2(run_case(model, cases, "t2v"), run_case(load_quantized_dit(fixtures_dir, "fp8"), cases, "t2v"))
+        assert FIXTURE_FP8_ATTENTION_MOVES / 10 < moved < FIXTURE_FP8_ATTENTION_MOVES * MARGIN
 
 
 def test_run_time_lora_on_a_quantized_bf16_base(fixtures_dir, cases):
