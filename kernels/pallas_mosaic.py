@@ -7,6 +7,7 @@ that gathers the selected K and V blocks into shared memory by TMA, a few steps 
 take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are launched head
 by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` pairs of query
 blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
+In bf16 the softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`, 1.05-1.13x).
 
 Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so either backward
 (Triton or `pallas_mosaic_backward`) serves both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
