@@ -7,7 +7,7 @@ that gathers the selected K and V blocks into shared memory by TMA, a few steps 
 take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are launched head
 by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` pairs of query
 blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
-In bf16 the softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`, 1.05-1.13x).
+In bf16 the softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`, 1.06-1.13x).
 
 Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so either backward
 (Triton or `pallas_mosaic_backward`) serves both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
@@ -46,6 +46,7 @@ from kernels.padding import GridPadding, mask_padded_keys
 _CONSUMERS = 2  # consumer warpgroups (query blocks) per CTA
 _INDEX_ALIGN = 32  # int32 entries per 128 bytes: TMA wants 128-byte aligned shared-memory rows
 _INDEX_CHUNK = 256  # the most entries one TMA copies along a dimension
+_ONES_ROWS = 8  # N of the row sums' product (wgmma's smallest): a [64, 8] accumulator, the sums in its column 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,7 @@ class MosaicConfig:
     row_sums_on_tensor_cores: the softmax row sums come out of P·V's wgmma group (P times a ones column, an
     N=8 product into a [64, 8] accumulator, rescaled with the output's accumulator and reduced once at the end)
     instead of a row reduction of P per key block (on an H200 the bf16 kernel 1.06-1.13x faster with it, the FP8
-    one 1-7% slower, BENCHMARKS.md; the sums are then of the rounded P the output multiplies); interpret: run through
+    one 0.4-7% slower, BENCHMARKS.md; the sums are then of the rounded P the output multiplies); interpret: run through
     the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
     in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
     index gathering and softmax are the GPU's.
@@ -97,7 +98,7 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
         _CONSUMERS * aligned(k_max, _INDEX_ALIGN) * 4,
         _CONSUMERS * BLOCK * 4,
     ) + ((_CONSUMERS * BLOCK * BLOCK,) if fp8 else ()) + (
-        (_CONSUMERS * 8 * tile // head_dim,) if config.row_sums_on_tensor_cores else ()
+        (_CONSUMERS * _ONES_ROWS * BLOCK * (1 if fp8 else 2),) if config.row_sums_on_tensor_cores else ()
     )
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
 
@@ -181,6 +182,7 @@ def mosaic_forward(
         p_smem2 = extra_smem2[:1] if fp8 else []
         ones_smem2 = extra_smem2[-1] if tc_sums else None
         q_barriers, q_consumed, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers[:8]
+        ones_loaded = barriers[8] if tc_sums else None
 
         def query_block(r, w):
             """Consumer w's query block in round r (clamped; `valid` says whether it exists)."""
@@ -269,8 +271,8 @@ def mosaic_forward(
             weight_exponent = P_EXPONENT if fp8 else 0
             if tc_sums:  # the ones column of the row sums' product, [8, 64] as a K-major B operand
                 ones_smem = ones_smem2.at[wg]
-                plgpu.copy_gmem_to_smem(ones_ref, ones_smem, barriers[8].at[wg])
-                plgpu.barrier_wait(barriers[8].at[wg])
+                plgpu.copy_gmem_to_smem(ones_ref, ones_smem, ones_loaded.at[wg])
+                plgpu.barrier_wait(ones_loaded.at[wg])
 
             def consume_round(r, done):
                 # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
@@ -282,7 +284,7 @@ def mosaic_forward(
                 plgpu.barrier_wait(q_barriers.at[wg])
                 row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 if tc_sums:  # [64, 8]: column 0 holds the row sums, the other columns 0
-                    row_sum = fragment(jnp.full((BLOCK, 8), 0, jnp.float32), plgpu.Layout.WGMMA)
+                    row_sum = fragment(jnp.full((BLOCK, _ONES_ROWS), 0, jnp.float32), plgpu.Layout.WGMMA)
                 else:
                     row_sum = fragment(jnp.full((BLOCK,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 acc = fragment(jnp.full((BLOCK, d), 0, jnp.float32), plgpu.Layout.WGMMA)
@@ -451,7 +453,7 @@ def mosaic_forward(
             plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
             plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
         ) + ((plgpu.SMEM((_CONSUMERS, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
-             if fp8 else ()) + ((plgpu.SMEM((_CONSUMERS, 8, BLOCK), operand_dtype,
+             if fp8 else ()) + ((plgpu.SMEM((_CONSUMERS, _ONES_ROWS, BLOCK), operand_dtype,
                                             transforms=tile_transforms(operand_dtype, BLOCK)),) if tc_sums else ())
         barriers = (
             plgpu.Barrier(num_barriers=_CONSUMERS),
@@ -494,4 +496,4 @@ def mosaic_forward(
 def _ones_column(dtype) -> jax.Array:
     """[8, 64]: the row-sum product's B operand, K-major (row 0 ones, the rest zeros: P times it is P's row sums
     in column 0)."""
-    return jnp.zeros((8, BLOCK), dtype).at[0].set(1)
+    return jnp.zeros((_ONES_ROWS, BLOCK), dtype).at[0].set(1)

@@ -46,7 +46,7 @@ class KernelConfig:
     fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: per-head scales of q, k and v, the softmax
     weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
     barrier, 1.07-1.10x faster than with it on an H200 at 84,480 tokens, and with the row sums by reduction, which
-    the FP8 kernel measured 1-7% faster than on the tensor cores, unlike bf16's, BENCHMARKS.md); the reference backend
+    the FP8 kernel measured 0.4-7% faster than on the tensor cores, unlike bf16's, BENCHMARKS.md); the reference backend
     emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
     """

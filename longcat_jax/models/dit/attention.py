@@ -30,8 +30,7 @@ from longcat_jax.models.dit.layers import Linear, RMSNorm
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
 from longcat_jax.models.dit.rope import apply_rope, rope_tables
 from longcat_jax.quantization.attention import fp8_attention, output_scale, tensor_scales
-from longcat_jax.quantization.matmul import activation_scale
-from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR
+from longcat_jax.quantization.modes import FP8_COMPUTE
 
 _log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Gr
     (block-sparse FP8 scales each head on its own).
     """
     if context_parallel is not None:
-        if fp8 and bsa is None:
+        if fp8 and bsa is None and fp8_scales is None:
             fp8_scales = tensor_scales(q, k, v)
         local = functools.partial(attend, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
                                   bsa_kernel_config=bsa_kernel_config, fp8=fp8, fp8_scales=fp8_scales)
@@ -114,14 +113,14 @@ class SelfAttention(nnx.Module):
         self.proj = Linear(hidden_size, hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def _attend(self, q, k, v, grid_q: Grid, grid_k: Grid, bsa: BSAParams | None, bsa_backend: str,
-                bsa_kernel_config: KernelConfig | None) -> jax.Array:
+                bsa_kernel_config: KernelConfig | None, fp8_scales=None) -> jax.Array:
         if bsa is not None and self.record_selection:
             indices, counts = bsa_selection(q, k, grid_q, grid_k, bsa)
             num_k_blocks = GridPadding.of(grid_k, bsa.chunk_3d_shape_k).num_blocks
             self.sow(nnx.Intermediate, "bsa_selection", block_mask_from_indices(indices, counts, num_k_blocks))
         return attend(q, k, v, grid_q=grid_q, grid_k=grid_k, bsa=bsa, bsa_backend=bsa_backend,
                       bsa_kernel_config=bsa_kernel_config, context_parallel=self.context_parallel,
-                      fp8=self.fp8_attention)
+                      fp8=self.fp8_attention, fp8_scales=fp8_scales)
 
     def __call__(self, x: jax.Array, grid: Grid, *, bsa: BSAParams | None = None, bsa_backend: str = "auto",
                  bsa_kernel_config: KernelConfig | None = None, num_cond_latents: int = 0,
@@ -150,6 +149,7 @@ class SelfAttention(nnx.Module):
         # As the original: block-sparse only for videos (more than one latent frame).
         attend_with = functools.partial(self._attend, bsa=bsa if nt > 1 else None, bsa_backend=bsa_backend,
                                         bsa_kernel_config=bsa_kernel_config)
+        x_scale = None  # the projection's FP8 activation scale, where the attention output is on one
         if kv_cache is not None:
             out = self._attend_after_cache(q, k, v, grid, num_cond_latents, kv_cache, attend_with)
         else:
@@ -162,16 +162,20 @@ class SelfAttention(nnx.Module):
                 out_noise = attend_with(q[:, n_cond:], k, v, (nt - num_cond_latents, nh, nw), grid)
                 out = jnp.concatenate([out_cond, out_noise], axis=1)
             else:
-                out = attend_with(q, k, v, grid, grid)
+                # one dense FP8 call writes e4m3 values times output_scale(v's scale): the projection's FP8 GEMM
+                # takes them on that scale, from the same scales, rather than rounding them again per token
+                scales = tensor_scales(q, k, v) if self._proj_takes_fp8_output() and (bsa is None or nt == 1) else None
+                out = attend_with(q, k, v, grid, grid, fp8_scales=scales)
+                x_scale = None if scales is None else output_scale(scales[2])
+        return self._project(out, x_scale), new_cache
+
+    def _project(self, out: jax.Array, x_scale: jax.Array | None) -> jax.Array:
+        """The output projection of out [B, N, H, D] (head-split under context parallelism) -> [B, N, C]; x_scale:
+        the FP8 attention output's scale for the FP8 projection, or None."""
         if self.context_parallel is not None:
             out = self.context_parallel.shard_tokens(out)  # back to token-split: all-to-all
-        out = out.reshape(b, n, c)
-        whole_dense_fp8 = kv_cache is None and num_cond_latents == 0 and (bsa is None or nt == 1)
-        if self._proj_takes_fp8_output() and whole_dense_fp8:
-            # one dense FP8 attention call over this v wrote e4m3 values times this scale: the projection's FP8
-            # GEMM takes them on that scale rather than rounding them again per token
-            return self.proj(out, x_scale=output_scale(activation_scale(v, PER_TENSOR))), new_cache
-        return self.proj(out), new_cache
+        out = out.reshape(*out.shape[:2], -1)
+        return self.proj(out) if x_scale is None else self.proj(out, x_scale=x_scale)
 
     def _proj_takes_fp8_output(self) -> bool:
         """Whether the dense attention runs in FP8 and the output projection is an FP8 GEMM."""
