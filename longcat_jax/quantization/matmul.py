@@ -64,10 +64,24 @@ def fp8_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, *, scaling: str
     output is scaled per token (or tensor) and per channel.
     """
     xq, x_scale = quantize_activations(x, scaling, x_scale)
+    return e4m3_gemm(xq, qkernel, gemm_dtype).astype(jnp.float32) * x_scale * qscale.astype(jnp.float32)
+
+
+def e4m3_gemm(xq: jax.Array, qkernel: jax.Array, gemm_dtype=jnp.float32) -> jax.Array:
+    """xq [..., K] e4m3 @ qkernel [N, K] e4m3 .T -> [..., N] in `gemm_dtype`, unscaled: the FP8 GEMM itself."""
     # Precision DEFAULT: the operands are e4m3 already, and a global "highest" default must not change the GEMM.
-    acc = lax.dot_general(xq, qkernel, _contract_last(x), precision=lax.Precision.DEFAULT,
-                          preferred_element_type=gemm_dtype)  # [..., N]
-    return acc.astype(jnp.float32) * x_scale * qscale.astype(jnp.float32)
+    return lax.dot_general(xq, qkernel, _contract_last(xq), precision=lax.Precision.DEFAULT,
+                           preferred_element_type=gemm_dtype)
+
+
+def straight_through_input_grad(grad: jax.Array, qkernel: jax.Array, qscale: jax.Array, dtype) -> jax.Array:
+    """The input gradient of x [..., K] -> x @ dequantized(qkernel [N, K]).T with the activation quantization taken
+    as the identity: grad [..., N] @ dequantized(qkernel), one GEMM in `dtype` with the weight converted inside it
+    and its per-channel scale on the gradient -> float32 [..., K]. Differentiating the FP8 GEMM itself would round
+    the gradient to e4m3 (3 mantissa bits, nothing below 2^-9)."""
+    scaled = (grad * qscale.astype(jnp.float32)).astype(dtype)  # [..., N]
+    return lax.dot_general(scaled, qkernel.astype(dtype), (((grad.ndim - 1,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
 
 
 def weight_only_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array) -> jax.Array:

@@ -14,6 +14,8 @@ from flax import nnx
 from kernels import BSAParams, KernelConfig
 from longcat_jax.models.dit.attention import KV, CrossAttention, Grid, SelfAttention
 from longcat_jax.models.dit.layers import LayerNorm, Linear, gated_residual, modulate
+from longcat_jax.models.dit.quantized_linear import QuantizedLinear
+from longcat_jax.quantization.swiglu import fp8_swiglu_ffn
 
 
 def frame_group(frames: int, tokens_per_frame: int, chunk_tokens: int | None) -> int:
@@ -42,7 +44,9 @@ def over_frame_groups(update, x: jax.Array, per_frame: tuple[jax.Array, ...], gr
 
 
 class FeedForwardSwiGLU(nnx.Module):
-    """w2(silu(w1 x) * w3 x), no biases."""
+    """w2(silu(w1 x) * w3 x), no biases. With the three Linears plain FP8 ones (`QuantizedLinear.plain_fp8`) it runs
+    as one FP8 FFN whose hidden activation is quantized for w2 without being written in bf16
+    (`quantization.swiglu`)."""
 
     def __init__(self, hidden_size: int, ffn_hidden_size: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32):
@@ -51,6 +55,14 @@ class FeedForwardSwiGLU(nnx.Module):
         self.w3 = Linear(hidden_size, ffn_hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        """x [..., C] -> [..., C] in the Linears' dtype."""
+        linears = (self.w1, self.w2, self.w3)
+        if all(isinstance(linear, QuantizedLinear) and linear.plain_fp8 for linear in linears):
+            dtype = jnp.dtype(self.w2.dtype)
+            gemm_dtype = jnp.dtype(self.w2.scheme.gemm_dtype)
+            y = fp8_swiglu_ffn(x.astype(dtype), self.w1.quantized_weight, self.w3.quantized_weight,
+                               self.w2.quantized_weight, gemm_dtype, dtype)
+            return y.astype(dtype)
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
 
 

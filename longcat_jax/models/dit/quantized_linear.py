@@ -62,8 +62,8 @@ from jax import lax
 from longcat_jax.checkpoint.param_tree import ParamPath
 from longcat_jax.models.dit.layers import Linear, matmul_with_loras
 from longcat_jax.quantization.formats import dequantize_kernel, quantize_kernel
-from longcat_jax.quantization.matmul import activation_scale, quantized_dot
-from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, QuantScheme, scheme_for
+from longcat_jax.quantization.matmul import activation_scale, quantized_dot, straight_through_input_grad
+from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, PER_TOKEN, QuantScheme, scheme_for
 from longcat_jax.quantization.policy import is_quantized_module
 
 # Rows (tokens) a quantized Linear with run-time LoRAs multiplies at once (see the module docstring): the DiT's
@@ -87,9 +87,7 @@ def _quantized_matmul_fwd(x, qkernel, qscale, x_scale, scheme, dtype):
 
 def _quantized_matmul_bwd(scheme, dtype, residuals, grad):
     qkernel, qscale, x_scale = residuals
-    scaled = (grad * qscale.astype(jnp.float32)).astype(dtype)  # [..., N]
-    dx = lax.dot_general(scaled, qkernel.astype(dtype), (((grad.ndim - 1,), (0,)), ((), ())),
-                         preferred_element_type=jnp.float32)  # [..., K]
+    dx = straight_through_input_grad(grad, qkernel, qscale, dtype)  # [..., K]
     return dx.astype(dtype), None, None, None if x_scale is None else jnp.zeros_like(x_scale)
 
 
@@ -200,6 +198,18 @@ class QuantizedLinear(nnx.Module):
         (see the module docstring); FP8 compute keeps its chunks, which there hold less."""
         if self.scheme.compute != FP8_COMPUTE:
             self.lora_chunk_rows = None
+
+    @property
+    def plain_fp8(self) -> bool:
+        """An FP8 GEMM with per-token activation scales and nothing else (no bias, no LoRA): its matmul can be
+        joined with its neighbours' (`quantization.swiglu`)."""
+        return (self.scheme.compute == FP8_COMPUTE and self.scheme.activation_scaling == PER_TOKEN
+                and self.bias is None and not self.loras)
+
+    @property
+    def quantized_weight(self) -> tuple[jax.Array, jax.Array]:
+        """(qkernel [out, in], qscale [out])."""
+        return self.qkernel.get_value(), self.qscale.get_value()
 
     def __call__(self, x: jax.Array, x_scale: jax.Array | None = None) -> jax.Array:
         """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time (None: all

@@ -1,0 +1,141 @@
+"""The FP8 SwiGLU FFN (`quantization.swiglu`): the three FP8 Linears' product with two bf16 roundings fewer, the FFN
+module taking it only for plain FP8 Linears, straight-through gradients, and (GPU) no bf16 hidden activation."""
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from longcat_jax.metrics import rel_l2
+from longcat_jax.models.dit.block import FeedForwardSwiGLU
+from longcat_jax.models.dit.layers import LoRAAdapter
+from longcat_jax.models.dit.quantized_linear import QuantizedLinear
+from longcat_jax.quantization.compile_options import FP8_GPU_COMPILER_OPTIONS
+from longcat_jax.quantization.formats import FP8_E4M3, to_format
+from longcat_jax.quantization.matmul import CUBLAS_FP8_GEMM, activation_scale, quantize_activations
+from longcat_jax.quantization.modes import SCHEMES
+from longcat_jax.quantization.swiglu import fp8_swiglu_ffn
+
+HIDDEN, FFN = 128, 352
+
+
+def _ffns(hidden=HIDDEN, ffn=FFN, dtype=jnp.bfloat16):
+    """(the FFN with FP8 Linears, the same FFN in float32) from one draw of float32 weights."""
+    exact = FeedForwardSwiGLU(hidden, ffn, rngs=nnx.Rngs(0), dtype=jnp.float32, param_dtype=jnp.float32)
+    quantized = FeedForwardSwiGLU(hidden, ffn, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=jnp.float32)
+    for name in ("w1", "w2", "w3"):
+        setattr(quantized, name, QuantizedLinear.from_linear(getattr(quantized, name), SCHEMES["fp8"]))
+    return quantized, exact
+
+
+def _tokens(shape=(2, 96, HIDDEN), seed=1):
+    return jax.random.normal(jax.random.key(seed), shape, jnp.float32).astype(jnp.bfloat16)
+
+
+def _three_linears(ffn: FeedForwardSwiGLU, x):
+    return ffn.w2(jax.nn.silu(ffn.w1(x)) * ffn.w3(x))
+
+
+def _stepwise(ffn: FeedForwardSwiGLU, x) -> np.ndarray:
+    """The fused FFN's arithmetic written out step by step in float64 on the quantized operands (no barrier), the
+    GEMM outputs in bf16 as the scheme writes them."""
+    xq, x_scale = quantize_activations(x)
+
+    def linear_acc(q, linear):  # the FP8 GEMM, its output rounded to the scheme's bf16
+        acc = np.asarray(q, np.float64) @ np.asarray(linear.qkernel.get_value(), np.float64).T
+        return np.asarray(jnp.asarray(acc, jnp.float32).astype(jnp.bfloat16), np.float64)
+
+    def channel_scale(linear):
+        return np.asarray(linear.qscale.get_value(), np.float64)
+
+    gate = linear_acc(xq, ffn.w1) * np.asarray(x_scale) * channel_scale(ffn.w1)
+    up = linear_acc(xq, ffn.w3) * np.asarray(x_scale) * channel_scale(ffn.w3)
+    hidden = jnp.asarray(gate / (1.0 + np.exp(-gate)) * up, jnp.float32)
+    h_scale = activation_scale(hidden)
+    hq = to_format(hidden / h_scale, FP8_E4M3)
+    return linear_acc(hq, ffn.w2) * np.asarray(h_scale) * channel_scale(ffn.w2)
+
+
+def test_the_fused_ffn_is_the_quantized_product_without_the_bf16_roundings():
+    ffn, exact = _ffns()
+    x = _tokens()
+    fused = ffn(x)
+    assert fused.dtype == jnp.bfloat16 and fused.shape == x.shape
+    # the module took the fused path: the FFN function itself, bit for bit
+    weights = [linear.quantized_weight for linear in (ffn.w1, ffn.w3, ffn.w2)]
+    np.testing.assert_array_equal(fused, fp8_swiglu_ffn(x, *weights, jnp.bfloat16, jnp.bfloat16).astype(jnp.bfloat16))
+    # ... which is the quantized arithmetic (float32 against float64 and the final bf16 rounding are what differ)
+    assert rel_l2(fused, _stepwise(ffn, x)) < 5e-3
+    # and as accurate as the three Linears: their extra bf16 roundings of gate, up and their product (about 2e-3 each)
+    # add in quadrature to the e4m3 roundings' 6.3e-2 (1.65e-3 and 6.38e-2 against 6.35e-2 here, 2026-12-04, CPU)
+    reference = exact(x.astype(jnp.float32))
+    unfused = _three_linears(ffn, x)
+    assert rel_l2(fused, unfused) > 1e-3  # the two paths really differ
+    assert rel_l2(fused, reference) < 1.05 * rel_l2(unfused, reference)
+
+
+def test_the_ffn_keeps_the_three_linears_when_one_has_a_lora_or_per_tensor_scales():
+    ffn, _ = _ffns()
+    x = _tokens()
+    rng = np.random.default_rng(2)
+    down = jnp.asarray(rng.standard_normal((FFN, 4)) * 0.05, jnp.float32)
+    up = jnp.asarray(rng.standard_normal((4, HIDDEN)) * 0.05, jnp.float32)
+    ffn.w2.loras.append(LoRAAdapter(down, up, 1.0, dtype=jnp.bfloat16, param_dtype=jnp.float32))
+    assert not ffn.w2.plain_fp8
+    np.testing.assert_array_equal(ffn(x), _three_linears(ffn, x))
+
+    per_tensor, _ = _ffns()
+    per_tensor.w1.scheme = dataclasses.replace(SCHEMES["fp8"], activation_scaling="per_tensor")
+    assert not per_tensor.w1.plain_fp8
+    np.testing.assert_array_equal(per_tensor(x), _three_linears(per_tensor, x))
+
+
+def test_its_gradient_is_straight_through():
+    """The input gradient treats each activation quantization as the identity: close to the float FFN's gradient
+    with the dequantized weights, and to the three quantized Linears' (whose backward is straight-through too)."""
+    ffn, _ = _ffns()
+    x = _tokens(seed=3)
+    cotangent = _tokens(seed=4)
+
+    def vjp(fn, x):
+        return jax.vjp(fn, x)[1](cotangent.astype(fn(x).dtype))[0].astype(jnp.float32)
+
+    fused = vjp(ffn, x)
+    assert fused.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(fused)))
+    dequantized = FeedForwardSwiGLU(HIDDEN, FFN, rngs=nnx.Rngs(0), dtype=jnp.float32, param_dtype=jnp.float32)
+    for name in ("w1", "w2", "w3"):
+        getattr(dequantized, name).kernel.set_value(getattr(ffn, name).dequantized_kernel())
+    float_grad = vjp(dequantized, x.astype(jnp.float32))
+    unfused_grad = vjp(lambda x: _three_linears(ffn, x), x)
+    assert rel_l2(fused, float_grad) <= 1.1 * rel_l2(unfused_grad, float_grad)
+    assert rel_l2(fused, unfused_grad) < 3e-2
+
+
+def _fusion_outputs(hlo: str, rows: int, ffn: int) -> list[str]:
+    """The compiled program's fusions whose result is a [rows, ffn] array that is not e4m3."""
+    pattern = re.compile(rf"= (\w+)\[{rows},{ffn}\]\S* fusion\(")
+    return [dtype for dtype in pattern.findall(hlo) if dtype != "f8e4m3fn"]
+
+
+@pytest.mark.gpu
+def test_on_fp8_gpus_the_hidden_activation_is_only_written_in_e4m3():
+    device = jax.devices()[0]
+    capability = tuple(int(p) for p in str(getattr(device, "compute_capability", "0.0")).split(".")[:2])
+    if capability < (8, 9):
+        pytest.skip(f"{device.device_kind} (compute capability {capability}) has no FP8 tensor cores")
+    rows, hidden, ffn_size = 4096, 1024, 2816
+    ffn, _ = _ffns(hidden, ffn_size)
+    x = jax.ShapeDtypeStruct((rows, hidden), jnp.bfloat16)
+
+    def compiled(fn):
+        return jax.jit(fn, compiler_options=FP8_GPU_COMPILER_OPTIONS).lower(x).compile().as_text()
+
+    fused = compiled(ffn)
+    assert fused.count(CUBLAS_FP8_GEMM) >= 3
+    assert _fusion_outputs(fused, rows, ffn_size) == []
+    # the three Linears write the SwiGLU output in bf16 before quantizing it: what the check above would catch
+    assert _fusion_outputs(compiled(lambda x: _three_linears(ffn, x)), rows, ffn_size)
