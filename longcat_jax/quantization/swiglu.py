@@ -7,7 +7,10 @@ per-token amax pass and read again by the pass that quantizes it for w2's FP8 GE
 unscaled outputs are read twice instead: once by the per-token amax reduction and once by the quantization, each
 recomputing the scales and the SwiGLU in float32 on the fly. XLA would merge the two identical recomputations into
 one array with two readers and write it; an optimization barrier on the GEMM outputs (no copy: it passes the same
-buffers on) gives the second reader inputs of its own, so each recomputation fuses into its one consumer.
+buffers on) gives the second reader inputs of its own, so each recomputation fuses into its one consumer. On NVIDIA
+GPUs the amax and the quantization are one Pallas Triton kernel instead (`swiglu_kernel`), which reads each GEMM
+output once; `row_kernel=False` keeps the XLA form there too (the DiT's FFN asks for it when its tokens are split
+over devices: XLA's sharding propagation cannot split a kernel's rows, and would gather them).
 
 The numbers are those of the three Linears except for two roundings fewer: the gate and up projections and h are no
 longer rounded to bf16 before h is quantized. Gradients (LoRA training on an FP8 base) are straight-through, as in
@@ -27,6 +30,7 @@ from jax import lax
 from longcat_jax.quantization.formats import FP8_E4M3, to_format
 from longcat_jax.quantization.matmul import activation_scale, e4m3_gemm, quantize_activations, straight_through_input_grad
 from longcat_jax.quantization.modes import PER_TOKEN
+from longcat_jax.quantization.swiglu_kernel import swiglu_quantize
 
 QuantizedWeight = tuple[jax.Array, jax.Array]  # (qkernel [out, in] e4m3, qscale [out] float32)
 
@@ -45,33 +49,52 @@ def _hidden(gate_acc, up_acc, x_scale, w1_scale, w3_scale) -> jax.Array:
     return jax.nn.silu(gate) * up
 
 
-def _forward(x, w1, w3, w2, gemm_dtype):
+def quantized_hidden_xla(gate_acc, up_acc, x_scale, w1_scale, w3_scale) -> tuple[jax.Array, jax.Array]:
+    """(hq [..., F] e4m3, h_scale [..., 1]) of silu(gate) * up, written for XLA: two recomputations kept apart."""
+    h_scale = activation_scale(_hidden(gate_acc, up_acc, x_scale, w1_scale, w3_scale), PER_TOKEN)  # [..., 1]
+    gate_again, up_again = lax.optimization_barrier((gate_acc, up_acc))
+    hq = to_format(_hidden(gate_again, up_again, x_scale, w1_scale, w3_scale) / h_scale, FP8_E4M3)
+    return hq, h_scale
+
+
+def _quantized_hidden_kernel(gate_acc, up_acc, x_scale, w1_scale, w3_scale) -> tuple[jax.Array, jax.Array]:
+    """`quantized_hidden_xla`'s result from the Triton row kernel, the leading axes flattened into rows."""
+    lead, width = gate_acc.shape[:-1], gate_acc.shape[-1]
+    hq, h_scale = swiglu_quantize(gate_acc.reshape(-1, width), up_acc.reshape(-1, width), x_scale.reshape(-1, 1),
+                                  w1_scale, w3_scale)
+    return hq.reshape(*lead, width), h_scale.reshape(*lead, 1)
+
+
+def _forward(x, w1, w3, w2, gemm_dtype, row_kernel):
     """(y float32 [..., C], residuals for the backward)."""
     xq, x_scale = quantize_activations(x, PER_TOKEN)  # [..., C] e4m3, [..., 1]
     gate_acc = e4m3_gemm(xq, w1[0], gemm_dtype)  # [..., F]
     up_acc = e4m3_gemm(xq, w3[0], gemm_dtype)  # [..., F]
-    h_scale = activation_scale(_hidden(gate_acc, up_acc, x_scale, w1[1], w3[1]), PER_TOKEN)  # [..., 1]
-    gate_again, up_again = lax.optimization_barrier((gate_acc, up_acc))
-    hq = to_format(_hidden(gate_again, up_again, x_scale, w1[1], w3[1]) / h_scale, FP8_E4M3)  # [..., F] e4m3
+    operands = (gate_acc, up_acc, x_scale, w1[1], w3[1])
+    if row_kernel:
+        hq, h_scale = lax.platform_dependent(*operands, cuda=_quantized_hidden_kernel, default=quantized_hidden_xla)
+    else:
+        hq, h_scale = quantized_hidden_xla(*operands)
     y = e4m3_gemm(hq, w2[0], gemm_dtype).astype(jnp.float32) * h_scale * w2[1].astype(jnp.float32)  # [..., C]
     return y, (gate_acc, up_acc, x_scale)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def fp8_swiglu_ffn(x: jax.Array, w1: QuantizedWeight, w3: QuantizedWeight, w2: QuantizedWeight, gemm_dtype,
-                   dtype) -> jax.Array:
+                   dtype, row_kernel: bool = True) -> jax.Array:
     """w2(silu(w1 x) * w3 x) with FP8 GEMMs and per-token activation scales: x [..., C] in `dtype` -> float32
     [..., C]. gemm_dtype: the FP8 GEMMs' output dtype (`QuantScheme.gemm_dtype`); dtype: x's (static, so the
-    backward returns the input gradient in it)."""
-    return _forward(x, w1, w3, w2, gemm_dtype)[0]
+    backward returns the input gradient in it); row_kernel: the Triton row kernel on NVIDIA GPUs (see the module
+    docstring)."""
+    return _forward(x, w1, w3, w2, gemm_dtype, row_kernel)[0]
 
 
-def _fp8_swiglu_ffn_fwd(x, w1, w3, w2, gemm_dtype, dtype):
-    y, (gate_acc, up_acc, x_scale) = _forward(x, w1, w3, w2, gemm_dtype)
+def _fp8_swiglu_ffn_fwd(x, w1, w3, w2, gemm_dtype, dtype, row_kernel):
+    y, (gate_acc, up_acc, x_scale) = _forward(x, w1, w3, w2, gemm_dtype, row_kernel)
     return y, (gate_acc, up_acc, x_scale, w1, w3, w2)
 
 
-def _fp8_swiglu_ffn_bwd(gemm_dtype, dtype, residuals, grad):
+def _fp8_swiglu_ffn_bwd(gemm_dtype, dtype, row_kernel, residuals, grad):
     gate_acc, up_acc, x_scale, w1, w3, w2 = residuals
     gate, up = _gate_and_up(gate_acc, up_acc, x_scale, w1[1], w3[1])  # [..., F]
     d_hidden = straight_through_input_grad(grad, *w2, dtype)  # [..., F]

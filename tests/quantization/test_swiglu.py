@@ -18,7 +18,8 @@ from longcat_jax.quantization.compile_options import FP8_GPU_COMPILER_OPTIONS
 from longcat_jax.quantization.formats import FP8_E4M3, to_format
 from longcat_jax.quantization.matmul import CUBLAS_FP8_GEMM, activation_scale, quantize_activations
 from longcat_jax.quantization.modes import SCHEMES
-from longcat_jax.quantization.swiglu import fp8_swiglu_ffn
+from longcat_jax.quantization.swiglu import fp8_swiglu_ffn, quantized_hidden_xla
+from longcat_jax.quantization.swiglu_kernel import swiglu_quantize
 
 HIDDEN, FFN = 128, 352
 
@@ -121,21 +122,68 @@ def _fusion_outputs(hlo: str, rows: int, ffn: int) -> list[str]:
     return [dtype for dtype in pattern.findall(hlo) if dtype != "f8e4m3fn"]
 
 
-@pytest.mark.gpu
-def test_on_fp8_gpus_the_hidden_activation_is_only_written_in_e4m3():
+def _gemm_outputs(rows=40, width=352, seed=5):
+    """Unscaled GEMM outputs and scales as the FFN hands them over, with a row of zeros and one of large values."""
+    keys = jax.random.split(jax.random.key(seed), 5)
+    gate_acc = jax.random.normal(keys[0], (rows, width)) * 40.0
+    up_acc = jax.random.normal(keys[1], (rows, width)) * 40.0
+    gate_acc, up_acc = (a.at[3].set(0.0).at[7].multiply(1e4).astype(jnp.bfloat16) for a in (gate_acc, up_acc))
+    x_scale = jax.random.uniform(keys[2], (rows, 1), minval=1e-3, maxval=2e-2)
+    w1_scale, w3_scale = (jax.random.uniform(k, (width,), minval=1e-3, maxval=3e-3) for k in keys[3:])
+    return gate_acc, up_acc, x_scale, w1_scale, w3_scale
+
+
+@pytest.mark.parametrize("width", [352, 256])  # padded to 512 with masked columns; a power of two as it is
+def test_the_row_kernel_is_the_xla_form_in_the_interpreter(width):
+    operands = _gemm_outputs(width=width)
+    hq, h_scale = swiglu_quantize(*operands, interpret=True)
+    want_hq, want_scale = quantized_hidden_xla(*operands)
+    assert hq.dtype == jnp.float8_e4m3fn and hq.shape == want_hq.shape and h_scale.shape == want_scale.shape
+    np.testing.assert_allclose(h_scale, want_scale, rtol=1e-6)
+    np.testing.assert_array_equal(hq.astype(jnp.float32), want_hq.astype(jnp.float32))
+    assert float(jnp.max(jnp.abs(hq[7].astype(jnp.float32)))) == FP8_E4M3.max_value  # the row's own scale
+    assert not bool(jnp.any(hq[3].astype(jnp.float32)))  # a zero row stays zero (floored scale, no NaN)
+
+
+def test_the_row_kernel_lowers_to_triton_for_cuda():
+    operands = _gemm_outputs()
+    text = jax.jit(swiglu_quantize).trace(*operands).lower(lowering_platforms=("cuda",)).as_text()
+    assert "swiglu_quantize" in text and "triton" in text.lower()
+
+
+def _fp8_gpu():
     device = jax.devices()[0]
     capability = tuple(int(p) for p in str(getattr(device, "compute_capability", "0.0")).split(".")[:2])
     if capability < (8, 9):
         pytest.skip(f"{device.device_kind} (compute capability {capability}) has no FP8 tensor cores")
+
+
+@pytest.mark.gpu
+def test_on_fp8_gpus_the_row_kernel_is_the_xla_form():
+    _fp8_gpu()
+    operands = _gemm_outputs(rows=4096, width=2816)
+    hq, h_scale = swiglu_quantize(*operands)
+    want_hq, want_scale = jax.jit(quantized_hidden_xla)(*operands)
+    np.testing.assert_allclose(h_scale, want_scale, rtol=1e-5)
+    # the GPU's exp and division may differ from XLA's in the last bit, which can move a value across an e4m3 tie
+    assert rel_l2(hq.astype(jnp.float32) * h_scale, want_hq.astype(jnp.float32) * want_scale) < 1e-3
+
+
+@pytest.mark.gpu
+def test_on_fp8_gpus_the_hidden_activation_is_only_written_in_e4m3():
+    _fp8_gpu()
     rows, hidden, ffn_size = 4096, 1024, 2816
     ffn, _ = _ffns(hidden, ffn_size)
+    weights = [linear.quantized_weight for linear in (ffn.w1, ffn.w3, ffn.w2)]
     x = jax.ShapeDtypeStruct((rows, hidden), jnp.bfloat16)
 
     def compiled(fn):
         return jax.jit(fn, compiler_options=FP8_GPU_COMPILER_OPTIONS).lower(x).compile().as_text()
 
-    fused = compiled(ffn)
-    assert fused.count(CUBLAS_FP8_GEMM) >= 3
-    assert _fusion_outputs(fused, rows, ffn_size) == []
+    for row_kernel in (True, False):
+        hlo = compiled(lambda x: fp8_swiglu_ffn(x, *weights, jnp.bfloat16, jnp.bfloat16, row_kernel))
+        assert hlo.count(CUBLAS_FP8_GEMM) >= 3
+        assert _fusion_outputs(hlo, rows, ffn_size) == []
+        assert ("swiglu_quantize" in hlo) == row_kernel
     # the three Linears write the SwiGLU output in bf16 before quantizing it: what the check above would catch
     assert _fusion_outputs(compiled(lambda x: _three_linears(ffn, x)), rows, ffn_size)

@@ -46,13 +46,15 @@ def over_frame_groups(update, x: jax.Array, per_frame: tuple[jax.Array, ...], gr
 class FeedForwardSwiGLU(nnx.Module):
     """w2(silu(w1 x) * w3 x), no biases. With the three Linears plain FP8 ones (`QuantizedLinear.plain_fp8`) it runs
     as one FP8 FFN whose hidden activation is quantized for w2 without being written in bf16
-    (`quantization.swiglu`)."""
+    (`quantization.swiglu`); `context_parallel` (set by `LongCatDiT.set_context_parallel`) keeps that in XLA's form,
+    which XLA can split over devices."""
 
     def __init__(self, hidden_size: int, ffn_hidden_size: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
                  param_dtype=jnp.float32):
         self.w1 = Linear(hidden_size, ffn_hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w2 = Linear(ffn_hidden_size, hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w3 = Linear(hidden_size, ffn_hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.context_parallel = None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [..., C] -> [..., C] in the Linears' dtype."""
@@ -61,7 +63,7 @@ class FeedForwardSwiGLU(nnx.Module):
             dtype = jnp.dtype(self.w2.dtype)
             gemm_dtype = jnp.dtype(self.w2.scheme.gemm_dtype)
             y = fp8_swiglu_ffn(x.astype(dtype), self.w1.quantized_weight, self.w3.quantized_weight,
-                               self.w2.quantized_weight, gemm_dtype, dtype)
+                               self.w2.quantized_weight, gemm_dtype, dtype, self.context_parallel is None)
             return y.astype(dtype)
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
 

@@ -183,6 +183,7 @@ class LongCatDiT(_Ends, nnx.Module):
         self.context_parallel = plan
         for block in self.blocks:
             block.attn.context_parallel = plan
+            block.ffn.context_parallel = plan
 
     def set_fp8_attention(self, on: bool) -> None:
         """Runs every block's self attention in FP8 (the mode 'fp8-attention' sets it): dense through
