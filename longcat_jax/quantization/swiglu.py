@@ -65,9 +65,9 @@ def _quantized_hidden_kernel(gate_acc, up_acc, x_scale, w1_scale, w3_scale) -> t
     return hq.reshape(*lead, width), h_scale.reshape(*lead, 1)
 
 
-def _forward(x, w1, w3, w2, gemm_dtype, row_kernel):
+def _forward(x, w1, w3, w2, gemm_dtype, row_kernel, prequantized):
     """(y float32 [..., C], residuals for the backward)."""
-    xq, x_scale = quantize_activations(x, PER_TOKEN)  # [..., C] e4m3, [..., 1]
+    xq, x_scale = quantize_activations(x, PER_TOKEN) if prequantized is None else prequantized  # [..., C] e4m3, [..., 1]
     gate_acc = e4m3_gemm(xq, w1[0], gemm_dtype)  # [..., F]
     up_acc = e4m3_gemm(xq, w3[0], gemm_dtype)  # [..., F]
     operands = (gate_acc, up_acc, x_scale, w1[1], w3[1])
@@ -81,16 +81,18 @@ def _forward(x, w1, w3, w2, gemm_dtype, row_kernel):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def fp8_swiglu_ffn(x: jax.Array, w1: QuantizedWeight, w3: QuantizedWeight, w2: QuantizedWeight, gemm_dtype,
-                   dtype, row_kernel: bool = True) -> jax.Array:
+                   dtype, row_kernel: bool, prequantized: tuple[jax.Array, jax.Array] | None) -> jax.Array:
     """w2(silu(w1 x) * w3 x) with FP8 GEMMs and per-token activation scales: x [..., C] in `dtype` -> float32
     [..., C]. gemm_dtype: the FP8 GEMMs' output dtype (`QuantScheme.gemm_dtype`); dtype: x's (static, so the
     backward returns the input gradient in it); row_kernel: the Triton row kernel on NVIDIA GPUs (see the module
-    docstring)."""
-    return _forward(x, w1, w3, w2, gemm_dtype, row_kernel)[0]
+    docstring); prequantized: x's per-token e4m3 form (xq [..., C], x_scale [..., 1]) made by the caller
+    (`modulated_kernel`), used instead of quantizing x here; x then only carries the gradient, and XLA drops its
+    computation from a forward pass."""
+    return _forward(x, w1, w3, w2, gemm_dtype, row_kernel, prequantized)[0]
 
 
-def _fp8_swiglu_ffn_fwd(x, w1, w3, w2, gemm_dtype, dtype, row_kernel):
-    y, (gate_acc, up_acc, x_scale) = _forward(x, w1, w3, w2, gemm_dtype, row_kernel)
+def _fp8_swiglu_ffn_fwd(x, w1, w3, w2, gemm_dtype, dtype, row_kernel, prequantized):
+    y, (gate_acc, up_acc, x_scale) = _forward(x, w1, w3, w2, gemm_dtype, row_kernel, prequantized)
     return y, (gate_acc, up_acc, x_scale, w1, w3, w2)
 
 
@@ -102,7 +104,7 @@ def _fp8_swiglu_ffn_bwd(gemm_dtype, dtype, row_kernel, residuals, grad):
     d_gate = d_hidden * up * sigmoid * (1.0 + gate * (1.0 - sigmoid))
     d_up = d_hidden * gate * sigmoid
     dx = straight_through_input_grad(d_gate, *w1, dtype) + straight_through_input_grad(d_up, *w3, dtype)
-    return dx.astype(dtype), None, None, None
+    return dx.astype(dtype), None, None, None, None
 
 
 fp8_swiglu_ffn.defvjp(_fp8_swiglu_ffn_fwd, _fp8_swiglu_ffn_bwd)

@@ -68,7 +68,7 @@ def test_the_fused_ffn_is_the_quantized_product_without_the_bf16_roundings():
     assert fused.dtype == jnp.bfloat16 and fused.shape == x.shape
     # the module took the fused path: the FFN function itself, bit for bit
     weights = [linear.quantized_weight for linear in (ffn.w1, ffn.w3, ffn.w2)]
-    np.testing.assert_array_equal(fused, fp8_swiglu_ffn(x, *weights, jnp.bfloat16, jnp.bfloat16).astype(jnp.bfloat16))
+    np.testing.assert_array_equal(fused, fp8_swiglu_ffn(x, *weights, jnp.bfloat16, jnp.bfloat16, True, None).astype(jnp.bfloat16))
     # ... which is the quantized arithmetic (float32 against float64 and the final bf16 rounding are what differ)
     assert rel_l2(fused, _stepwise(ffn, x)) < 5e-3
     # and as accurate as the three Linears: their extra bf16 roundings of gate, up and their product (about 2e-3 each)
@@ -181,7 +181,7 @@ def test_on_fp8_gpus_the_hidden_activation_is_only_written_in_e4m3():
         return jax.jit(fn, compiler_options=FP8_GPU_COMPILER_OPTIONS).lower(x).compile().as_text()
 
     for row_kernel in (True, False):
-        hlo = compiled(lambda x: fp8_swiglu_ffn(x, *weights, jnp.bfloat16, jnp.bfloat16, row_kernel))
+        hlo = compiled(lambda x: fp8_swiglu_ffn(x, *weights, jnp.bfloat16, jnp.bfloat16, row_kernel, None))
         assert hlo.count(CUBLAS_FP8_GEMM) >= 3
         assert _fusion_outputs(hlo, rows, ffn_size) == []
         assert ("swiglu_quantize" in hlo) == row_kernel

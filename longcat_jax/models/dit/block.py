@@ -13,8 +13,10 @@ from flax import nnx
 
 from kernels import BSAParams, KernelConfig
 from longcat_jax.models.dit.attention import KV, CrossAttention, Grid, SelfAttention
-from longcat_jax.models.dit.layers import LayerNorm, Linear, gated_residual, modulate
+from longcat_jax.models.dit.layers import LayerNorm, Linear, gated_residual, modulate, modulate_f32
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
+from longcat_jax.quantization.matmul import quantize_activations
+from longcat_jax.quantization.modulated_kernel import fits_row_kernel, modulated_quantize
 from longcat_jax.quantization.swiglu import fp8_swiglu_ffn
 
 
@@ -56,14 +58,20 @@ class FeedForwardSwiGLU(nnx.Module):
         self.w3 = Linear(hidden_size, ffn_hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.context_parallel = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x [..., C] -> [..., C] in the Linears' dtype."""
-        linears = (self.w1, self.w2, self.w3)
-        if all(isinstance(linear, QuantizedLinear) and linear.plain_fp8 for linear in linears):
+    @property
+    def fused_fp8(self) -> bool:
+        """Whether the three Linears are plain FP8 ones, so the FFN runs as `quantization.swiglu`'s one function."""
+        return all(isinstance(linear, QuantizedLinear) and linear.plain_fp8 for linear in (self.w1, self.w2, self.w3))
+
+    def __call__(self, x: jax.Array, prequantized: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """x [..., C] -> [..., C] in the Linears' dtype. prequantized (fused FP8 only): x's per-token e4m3 form
+        (xq [..., C], x_scale [..., 1]), made by the caller; x then only carries the gradient."""
+        if self.fused_fp8:
             dtype = jnp.dtype(self.w2.dtype)
             gemm_dtype = jnp.dtype(self.w2.scheme.gemm_dtype)
             y = fp8_swiglu_ffn(x.astype(dtype), self.w1.quantized_weight, self.w3.quantized_weight,
-                               self.w2.quantized_weight, gemm_dtype, dtype, self.context_parallel is None)
+                               self.w2.quantized_weight, gemm_dtype, dtype, self.context_parallel is None,
+                               prequantized)
             return y.astype(dtype)
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
 
@@ -147,4 +155,26 @@ class DiTBlock(nnx.Module):
         del first_frame
         b, g, s, c = x.shape
         x_mod = modulate(self.ffn_norm, x, shift, scale).reshape(b, g * s, c)
-        return gated_residual(x, gate, self.ffn(x_mod).reshape(x.shape))
+        ffn_out = self.ffn(x_mod, self._quantized_ffn_input(x, shift, scale))
+        return gated_residual(x, gate, ffn_out.reshape(x.shape))
+
+    def _quantized_ffn_input(self, x: jax.Array, shift: jax.Array, scale: jax.Array):
+        """For a fused FP8 FFN on one device: (xq [B, g*S, C] e4m3, x_scale [B, g*S, 1]), the modulated x quantized
+        per token from the float32 modulation, on NVIDIA GPUs in one pass over x (`modulated_kernel`); else None
+        (the FFN quantizes x_mod itself). x [B, g, S, C]; shift, scale [B, g, 1, C]. Its inputs take no gradient:
+        the FFN's gradient reaches them through x_mod."""
+        b, g, s, c = x.shape
+        if not (self.ffn.fused_fp8 and self.ffn.context_parallel is None and self.ffn_norm.scale is None
+                and fits_row_kernel(c)):
+            return None
+
+        def row_kernel(x, shift, scale):
+            xq, x_scale = modulated_quantize(x.reshape(-1, c), shift.reshape(-1, c), scale.reshape(-1, c),
+                                             rows_per_group=s, eps=self.ffn_norm.eps)
+            return xq.reshape(b, g * s, c), x_scale.reshape(b, g * s, 1)
+
+        def xla_form(x, shift, scale):
+            return quantize_activations(modulate_f32(self.ffn_norm, x, shift, scale).reshape(b, g * s, c))
+
+        operands = [jax.lax.stop_gradient(a) for a in (x, shift, scale)]
+        return jax.lax.platform_dependent(*operands, cuda=row_kernel, default=xla_form)

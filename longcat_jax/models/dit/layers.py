@@ -188,13 +188,15 @@ class LayerNorm(nnx.Module):
         return self.normalize_f32(x).astype(x.dtype)
 
 
-def modulate(norm: LayerNorm, x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-    """adaLN: norm(x) * (1 + scale) + shift in float32, returned in x's dtype.
+def modulate_f32(norm: LayerNorm, x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """adaLN: norm(x) * (1 + scale) + shift in float32. x: [B, T, S, C] (tokens grouped per latent frame); shift,
+    scale: [B, T, 1, C] float32."""
+    return norm.normalize_f32(x) * (1.0 + scale) + shift
 
-    x: [B, T, S, C] (tokens grouped per latent frame); shift, scale: [B, T, 1, C] float32.
-    """
-    out = norm.normalize_f32(x) * (1.0 + scale) + shift
-    return out.astype(x.dtype)
+
+def modulate(norm: LayerNorm, x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """`modulate_f32` returned in x's dtype."""
+    return modulate_f32(norm, x, shift, scale).astype(x.dtype)
 
 
 def gated_residual(x: jax.Array, gate: jax.Array, update: jax.Array) -> jax.Array:
