@@ -182,7 +182,8 @@ def test_on_fp8_gpus_the_hidden_activation_is_only_written_in_e4m3():
 
     for row_kernel in (True, False):
         hlo = compiled(lambda x: fp8_swiglu_ffn(x, *weights, jnp.bfloat16, jnp.bfloat16, row_kernel, None))
-        assert hlo.count(CUBLAS_FP8_GEMM) >= 3
+        # w1 and w3 share their input: XLA may join them into one GEMM (it did on an H200, 2026-12-04)
+        assert hlo.count(CUBLAS_FP8_GEMM) >= 2
         assert _fusion_outputs(hlo, rows, ffn_size) == []
         assert ("swiglu_quantize" in hlo) == row_kernel
     # the three Linears write the SwiGLU output in bf16 before quantizing it: what the check above would catch
