@@ -63,7 +63,13 @@ def fp8_dot(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, *, scaling: str
     `quantize_activations`), the GEMM takes both e4m3 operands and accumulates in float32, and its `gemm_dtype`
     output is scaled per token (or tensor) and per channel.
     """
-    xq, x_scale = quantize_activations(x, scaling, x_scale)
+    return prequantized_dot(*quantize_activations(x, scaling, x_scale), qkernel, qscale, gemm_dtype=gemm_dtype)
+
+
+def prequantized_dot(xq: jax.Array, x_scale: jax.Array, qkernel: jax.Array, qscale: jax.Array, *,
+                     gemm_dtype=jnp.float32) -> jax.Array:
+    """(xq [..., K] e4m3, x_scale [..., 1] or []) @ dequantized(qkernel [N, K]).T -> float32 [..., N]: the FP8 GEMM
+    on activations already quantized, its `gemm_dtype` output scaled per token (or tensor) and per channel."""
     return e4m3_gemm(xq, qkernel, gemm_dtype).astype(jnp.float32) * x_scale * qscale.astype(jnp.float32)
 
 

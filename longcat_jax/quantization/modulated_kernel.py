@@ -1,15 +1,17 @@
-"""LayerNorm, adaLN modulation and per-token e4m3 quantization of a GEMM input in one pass: a Pallas Triton kernel.
+"""LayerNorm, its modulation and per-token e4m3 quantization of a GEMM input in one pass: a Pallas Triton kernel.
 
-The FP8 FFN's input is norm(x) * (1 + scale) + shift, quantized per token for its w1/w3 GEMMs. XLA computes the
-row's mean, variance and absolute maximum in separate fusions, each reading the row again, and recomputes the block's
-residual sum in each of them: 59 + 48 ms of the 4.6 s 480p `fp8-attention` step on an H200 for the e4m3 output
-and its amax alone (BENCHMARKS.md). Here one program takes one token row of the materialised x and keeps it in
-registers for all three reductions, so x is read once and only the e4m3 row and its scale are written.
+The inputs of a DiT block's FP8 GEMMs are LayerNorm(x) * multiplier + offset (adaLN: 1 + scale and shift per latent
+frame, for the self attention and the FFN; the cross attention's norm: its own weight and bias), quantized per token.
+XLA computes the row's mean, variance and absolute maximum in separate fusions, each reading the row again, and
+recomputes the block's residual sums in each of them: for the FFN input 22.5 + 15.9 ms of the 4.6 s 480p
+`fp8-attention` step on an H200, for the cross attention's 58.8 + 48.3 ms (BENCHMARKS.md). Here one program takes one
+token row of the materialised x and keeps it in registers for all three reductions, so x is read once and only the
+e4m3 row and its scale are written.
 
-Shapes: x [R, C] (C a power of two: Triton's tensors are; the DiT's 4,096), shift, scale [G, C] float32 with
-`rows_per_group` consecutive rows per group (the tokens of one latent frame share its modulation). Returns
-(xq [R, C] e4m3, x_scale [R, 1] float32), xq * x_scale ~= the modulated row, as `quantize_activations` of the float32
-modulated row gives it.
+Shapes: x [R, C] (C a power of two: Triton's tensors are; the DiT's 4,096), multiplier, offset [G, C] float32 with
+`rows_per_group` consecutive rows per group (the tokens of one latent frame share its modulation; one group for a
+norm's own weight and bias). Returns (xq [R, C] e4m3, x_scale [R, 1] float32), xq * x_scale ~= the row, as
+`quantize_activations` of the float32 row gives it.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ def fits_row_kernel(width: int) -> bool:
     return width > 0 and width & (width - 1) == 0
 
 
-def _modulated_quantize_kernel(x_ref, shift_ref, scale_ref, xq_ref, x_scale_ref, *, eps: float):
-    """One token row: x_ref, shift_ref, scale_ref, xq_ref [1, C]; x_scale_ref [1, 1]."""
+def _modulated_quantize_kernel(x_ref, multiplier_ref, offset_ref, xq_ref, x_scale_ref, *, eps: float):
+    """One token row: x_ref, multiplier_ref, offset_ref, xq_ref [1, C]; x_scale_ref [1, 1]."""
     x = x_ref[...].astype(jnp.float32)
     mean = jnp.mean(x, axis=1, keepdims=True)
     centered = x - mean
     variance = jnp.mean(centered * centered, axis=1, keepdims=True)
-    modulated = centered * jax.lax.rsqrt(variance + eps) * (1.0 + scale_ref[...]) + shift_ref[...]  # [1, C]
+    modulated = centered * jax.lax.rsqrt(variance + eps) * multiplier_ref[...] + offset_ref[...]  # [1, C]
     absmax = jnp.max(jnp.abs(modulated), axis=1, keepdims=True)
     x_scale = jnp.maximum(absmax, MIN_ACTIVATION_ABSMAX) / FP8_E4M3.max_value
     x_scale_ref[...] = x_scale
@@ -47,16 +49,16 @@ def _modulated_quantize_kernel(x_ref, shift_ref, scale_ref, xq_ref, x_scale_ref,
 
 
 @functools.partial(jax.jit, static_argnames=("rows_per_group", "eps", "interpret"))
-def modulated_quantize(x: jax.Array, shift: jax.Array, scale: jax.Array, *, rows_per_group: int, eps: float,
+def modulated_quantize(x: jax.Array, multiplier: jax.Array, offset: jax.Array, *, rows_per_group: int, eps: float,
                        interpret: bool = False) -> tuple[jax.Array, jax.Array]:
-    """(xq [R, C] e4m3, x_scale [R, 1] float32) of LayerNorm(x) * (1 + scale) + shift (see the module docstring).
+    """(xq [R, C] e4m3, x_scale [R, 1] float32) of LayerNorm(x) * multiplier + offset (see the module docstring).
     `interpret`: Pallas' interpreter (any backend; the tests on the CPU), otherwise the Triton kernel (NVIDIA GPUs)."""
     rows, width = x.shape
     if not fits_row_kernel(width):
         raise ValueError(f"the row kernel needs a power-of-two width, got {width=}")
-    if rows != shift.shape[0] * rows_per_group or shift.shape != scale.shape:
-        raise ValueError(f"{rows=} tokens need {rows // rows_per_group} shift/scale rows of {rows_per_group=}, "
-                         f"got {shift.shape=} and {scale.shape=}")
+    if rows != multiplier.shape[0] * rows_per_group or multiplier.shape != offset.shape:
+        raise ValueError(f"{rows=} tokens need {rows // rows_per_group} multiplier/offset rows of {rows_per_group=}, "
+                         f"got {multiplier.shape=} and {offset.shape=}")
     row_block = pl.BlockSpec((1, width), lambda r: (r, 0))
     group_block = pl.BlockSpec((1, width), lambda r: (r // rows_per_group, 0))
     return pl.pallas_call(
@@ -69,4 +71,4 @@ def modulated_quantize(x: jax.Array, shift: jax.Array, scale: jax.Array, *, rows
         compiler_params=plgpu.CompilerParams(num_warps=ROW_WARPS, num_stages=1),
         interpret=interpret,
         name="modulated_quantize",
-    )(x, shift.astype(jnp.float32), scale.astype(jnp.float32))
+    )(x, multiplier.astype(jnp.float32), offset.astype(jnp.float32))

@@ -28,7 +28,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from longcat_jax.quantization.formats import FP8_E4M3, to_format
-from longcat_jax.quantization.matmul import activation_scale, e4m3_gemm, quantize_activations, straight_through_input_grad
+from longcat_jax.quantization.matmul import (
+    activation_scale,
+    e4m3_gemm,
+    prequantized_dot,
+    quantize_activations,
+    straight_through_input_grad,
+)
 from longcat_jax.quantization.modes import PER_TOKEN
 from longcat_jax.quantization.swiglu_kernel import swiglu_quantize
 
@@ -75,7 +81,7 @@ def _forward(x, w1, w3, w2, gemm_dtype, row_kernel, prequantized):
         hq, h_scale = lax.platform_dependent(*operands, cuda=_quantized_hidden_kernel, default=quantized_hidden_xla)
     else:
         hq, h_scale = quantized_hidden_xla(*operands)
-    y = e4m3_gemm(hq, w2[0], gemm_dtype).astype(jnp.float32) * h_scale * w2[1].astype(jnp.float32)  # [..., C]
+    y = prequantized_dot(hq, h_scale, *w2, gemm_dtype=gemm_dtype)  # [..., C]
     return y, (gate_acc, up_acc, x_scale)
 
 

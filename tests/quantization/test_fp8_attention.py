@@ -130,9 +130,9 @@ def _projection_scales(monkeypatch, model, *args) -> list:
     """The x_scale of every QuantizedLinear call of one model call."""
     scales, call = [], QuantizedLinear.__call__
 
-    def recording(self, x, x_scale=None):
+    def recording(self, x, x_scale=None, prequantized=None):
         scales.append(x_scale)
-        return call(self, x, x_scale)
+        return call(self, x, x_scale, prequantized)
 
     monkeypatch.setattr(QuantizedLinear, "__call__", recording)
     model(*args)

@@ -124,8 +124,10 @@ class SelfAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, grid: Grid, *, bsa: BSAParams | None = None, bsa_backend: str = "auto",
                  bsa_kernel_config: KernelConfig | None = None, num_cond_latents: int = 0,
-                 kv_cache: KV | None = None, return_kv: bool = False) -> tuple[jax.Array, KV | None]:
-        """x: [B, N, C] with N = T*H*W of `grid`.
+                 kv_cache: KV | None = None, return_kv: bool = False,
+                 prequantized: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, KV | None]:
+        """x: [B, N, C] with N = T*H*W of `grid`; prequantized: x's per-token e4m3 form for an FP8 qkv Linear
+        (`QuantizedLinear.__call__`), or None.
 
         bsa: block-sparse parameters (None: dense); as the original, used only when the latent has more than
             one frame. bsa_backend, bsa_kernel_config: `kernels.bsa_attention`'s backend and kernel_config.
@@ -137,7 +139,8 @@ class SelfAttention(nnx.Module):
         """
         b, n, c = x.shape
         nt, nh, nw = grid
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+        qkv = (self.qkv(x) if prequantized is None else self.qkv(x, prequantized=prequantized))
+        qkv = qkv.reshape(b, n, 3, self.num_heads, self.head_dim)
         q = self.q_norm(qkv[:, :, 0])  # [B, N, H, D]
         k = self.k_norm(qkv[:, :, 1])
         v = qkv[:, :, 2]
@@ -220,11 +223,14 @@ class CrossAttention(nnx.Module):
         self.k_norm = RMSNorm(self.head_dim, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.proj = Linear(hidden_size, hidden_size, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
-    def __call__(self, x: jax.Array, text: jax.Array, text_mask: jax.Array | None) -> jax.Array:
-        """x: [B, N, C]; text: [B, L, C]; text_mask: [B, L] bool (True = a real token) or None (all real)."""
+    def __call__(self, x: jax.Array, text: jax.Array, text_mask: jax.Array | None,
+                 prequantized: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        """x: [B, N, C]; text: [B, L, C]; text_mask: [B, L] bool (True = a real token) or None (all real);
+        prequantized: x's per-token e4m3 form for an FP8 q Linear (`QuantizedLinear.__call__`), or None."""
         b, n, c = x.shape
         length = text.shape[1]
-        q = self.q_norm(self.q(x).reshape(b, n, self.num_heads, self.head_dim))
+        q = self.q(x) if prequantized is None else self.q(x, prequantized=prequantized)
+        q = self.q_norm(q.reshape(b, n, self.num_heads, self.head_dim))
         kv = self.kv(text).reshape(b, length, 2, self.num_heads, self.head_dim)
         k = self.k_norm(kv[:, :, 0])
         v = kv[:, :, 1]

@@ -13,7 +13,7 @@ from flax import nnx
 
 from kernels import BSAParams, KernelConfig
 from longcat_jax.models.dit.attention import KV, CrossAttention, Grid, SelfAttention
-from longcat_jax.models.dit.layers import LayerNorm, Linear, gated_residual, modulate, modulate_f32
+from longcat_jax.models.dit.layers import LayerNorm, Linear, gated_residual, modulate
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
 from longcat_jax.quantization.matmul import quantize_activations
 from longcat_jax.quantization.modulated_kernel import fits_row_kernel, modulated_quantize
@@ -109,9 +109,11 @@ class DiTBlock(nnx.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mods, 6, axis=-1)
 
         x_mod = modulate(self.attn_norm, x.reshape(per_frame), shift_msa, scale_msa).reshape(b, n, c)
+        prequantized = self._prequantized_input(self.attn.qkv, self.attn_norm, x.reshape(per_frame),
+                                                (shift_msa, scale_msa))
         attn_out, new_cache = self.attn(x_mod, grid, bsa=bsa, bsa_backend=bsa_backend,
                                         bsa_kernel_config=bsa_kernel_config, num_cond_latents=num_cond_latents,
-                                        kv_cache=kv_cache, return_kv=return_kv)
+                                        kv_cache=kv_cache, return_kv=return_kv, prequantized=prequantized)
         x = gated_residual(x.reshape(per_frame), gate_msa, attn_out.reshape(per_frame))  # [B, T, S, C]
 
         group = frame_group(nt, n // nt, self.chunk_tokens)
@@ -136,14 +138,19 @@ class DiTBlock(nnx.Module):
         b, nt, s, c = x.shape
         n_free = text_free * s
         normed = self.cross_norm(x.reshape(b, nt * s, c))
-        noise_out = self.cross_attn(normed[:, n_free:], text, text_mask)
+        prequantized = self._prequantized_input(self.cross_attn.q, self.cross_norm, x)
+        if prequantized is not None:
+            prequantized = tuple(a[:, n_free:] for a in prequantized)
+        noise_out = self.cross_attn(normed[:, n_free:], text, text_mask, prequantized)
         cross_out = jnp.concatenate([jnp.zeros((b, n_free, c), noise_out.dtype), noise_out], axis=1)
         return x + cross_out.astype(x.dtype).reshape(x.shape)
 
     def _cross_residual(self, x: jax.Array, first_frame, text, text_mask, text_free: int) -> jax.Array:
         """x [B, g, S, C] (frames first_frame ...) + its cross attention; frames below `text_free` keep x."""
         b, g, s, c = x.shape
-        update = self.cross_attn(self.cross_norm(x.reshape(b, g * s, c)), text, text_mask).reshape(x.shape)
+        prequantized = self._prequantized_input(self.cross_attn.q, self.cross_norm, x)
+        update = self.cross_attn(self.cross_norm(x.reshape(b, g * s, c)), text, text_mask, prequantized)
+        update = update.reshape(x.shape)
         updated = x + update.astype(x.dtype)
         if text_free == 0:
             return updated
@@ -155,26 +162,39 @@ class DiTBlock(nnx.Module):
         del first_frame
         b, g, s, c = x.shape
         x_mod = modulate(self.ffn_norm, x, shift, scale).reshape(b, g * s, c)
-        ffn_out = self.ffn(x_mod, self._quantized_ffn_input(x, shift, scale))
+        prequantized = self._prequantized_input(self.ffn.w1, self.ffn_norm, x, (shift, scale)) if self.ffn.fused_fp8 else None
+        ffn_out = self.ffn(x_mod, prequantized)
         return gated_residual(x, gate, ffn_out.reshape(x.shape))
 
-    def _quantized_ffn_input(self, x: jax.Array, shift: jax.Array, scale: jax.Array):
-        """For a fused FP8 FFN on one device: (xq [B, g*S, C] e4m3, x_scale [B, g*S, 1]), the modulated x quantized
-        per token from the float32 modulation, on NVIDIA GPUs in one pass over x (`modulated_kernel`); else None
-        (the FFN quantizes x_mod itself). x [B, g, S, C]; shift, scale [B, g, 1, C]. Its inputs take no gradient:
-        the FFN's gradient reaches them through x_mod."""
+    def _prequantized_input(self, linear, norm: LayerNorm, x: jax.Array, modulation=None):
+        """The per-token e4m3 form (xq [B, g*S, C], scale [B, g*S, 1]) of `linear`'s input, norm(x) modulated by
+        `modulation` (shift, scale [B, g, 1, C]: adaLN) or by the norm's own weight and bias (None), computed from
+        the float32 row (one rounding fewer than quantizing the bf16 input): on NVIDIA GPUs in one pass over x
+        (`quantization.modulated_kernel`), elsewhere as XLA's fusions. None where `linear` cannot take it (not an
+        FP8 per-token Linear, or with LoRAs), the tokens are split over devices (XLA cannot split the kernel's rows)
+        or C is not a power of two. x [B, g, S, C]. Its inputs take no gradient: the Linear's reaches them through
+        its float input."""
         b, g, s, c = x.shape
-        if not (self.ffn.fused_fp8 and self.ffn.context_parallel is None and self.ffn_norm.scale is None
+        if not (isinstance(linear, QuantizedLinear) and linear.takes_prequantized and self.attn.context_parallel is None
                 and fits_row_kernel(c)):
             return None
+        if modulation is None:
+            weight = jnp.ones((c,), jnp.float32) if norm.scale is None else norm.scale.get_value()
+            bias = jnp.zeros((c,), jnp.float32) if norm.bias is None else norm.bias.get_value()
+            multiplier, offset, rows_per_group = weight.reshape(1, c), bias.reshape(1, c), b * g * s
+        else:
+            shift, scale = modulation
+            multiplier, offset, rows_per_group = (1.0 + scale).reshape(-1, c), shift.reshape(-1, c), s
 
-        def row_kernel(x, shift, scale):
-            xq, x_scale = modulated_quantize(x.reshape(-1, c), shift.reshape(-1, c), scale.reshape(-1, c),
-                                             rows_per_group=s, eps=self.ffn_norm.eps)
+        def xla_form(x, multiplier, offset):  # as norm.normalize_f32 / modulate_f32 compute it, op for op
+            shape = (1, 1, 1, c) if modulation is None else (b, g, 1, c)
+            out = norm.standardize_f32(x) * multiplier.reshape(shape) + offset.reshape(shape)  # [B, g, S, C]
+            return quantize_activations(out.reshape(b, g * s, c))
+
+        def row_kernel(x, multiplier, offset):
+            xq, x_scale = modulated_quantize(x.reshape(-1, c), multiplier, offset, rows_per_group=rows_per_group,
+                                             eps=norm.eps)
             return xq.reshape(b, g * s, c), x_scale.reshape(b, g * s, 1)
 
-        def xla_form(x, shift, scale):
-            return quantize_activations(modulate_f32(self.ffn_norm, x, shift, scale).reshape(b, g * s, c))
-
-        operands = [jax.lax.stop_gradient(a) for a in (x, shift, scale)]
+        operands = [jax.lax.stop_gradient(a) for a in (x, multiplier.astype(jnp.float32), offset.astype(jnp.float32))]
         return jax.lax.platform_dependent(*operands, cuda=row_kernel, default=xla_form)

@@ -174,12 +174,16 @@ class LayerNorm(nnx.Module):
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype)) if affine else None
         self.bias = nnx.Param(jnp.zeros((dim,), param_dtype)) if affine else None
 
-    def normalize_f32(self, x: jax.Array) -> jax.Array:
-        """The normalized (and affine-transformed) input, in float32."""
+    def standardize_f32(self, x: jax.Array) -> jax.Array:
+        """The normalized input before the affine transform, in float32."""
         xf = x.astype(jnp.float32)
         mean = jnp.mean(xf, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
-        out = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        return (xf - mean) * jax.lax.rsqrt(var + self.eps)
+
+    def normalize_f32(self, x: jax.Array) -> jax.Array:
+        """The normalized (and affine-transformed) input, in float32."""
+        out = self.standardize_f32(x)
         if self.scale is not None:
             out = out * self.scale.get_value().astype(jnp.float32) + self.bias.get_value().astype(jnp.float32)
         return out

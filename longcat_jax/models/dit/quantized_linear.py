@@ -62,7 +62,7 @@ from jax import lax
 from longcat_jax.checkpoint.param_tree import ParamPath
 from longcat_jax.models.dit.layers import Linear, matmul_with_loras
 from longcat_jax.quantization.formats import dequantize_kernel, quantize_kernel
-from longcat_jax.quantization.matmul import activation_scale, quantized_dot, straight_through_input_grad
+from longcat_jax.quantization.matmul import activation_scale, prequantized_dot, quantized_dot, straight_through_input_grad
 from longcat_jax.quantization.modes import FP8_COMPUTE, PER_TENSOR, PER_TOKEN, QuantScheme, scheme_for
 from longcat_jax.quantization.policy import is_quantized_module
 
@@ -72,23 +72,29 @@ from longcat_jax.quantization.policy import is_quantized_module
 LORA_CHUNK_ROWS = 32768
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def _quantized_matmul(x: jax.Array, qkernel: jax.Array, qscale: jax.Array, x_scale: jax.Array | None,
-                      scheme: QuantScheme, dtype) -> jax.Array:
+                      prequantized: tuple[jax.Array, jax.Array] | None, scheme: QuantScheme, dtype) -> jax.Array:
     """`quantized_dot` of x [..., K] in `dtype` -> float32 [..., N], with the straight-through gradient of the module
     docstring (dtype: x's, static, so the backward returns the input gradient in it). x_scale: the FP8 activation
-    scale computed before (None: x's own); it gets no gradient, as the quantization is taken as the identity."""
-    return quantized_dot(x, qkernel, qscale, scheme, x_scale=x_scale)
+    scale computed before (None: x's own); it gets no gradient, as the quantization is taken as the identity.
+    prequantized (FP8 compute): x's per-token e4m3 form (xq [..., K], scale [..., 1]) made by the caller, multiplied
+    instead of x, which then only carries the gradient."""
+    return _quantized_matmul_fwd(x, qkernel, qscale, x_scale, prequantized, scheme, dtype)[0]
 
 
-def _quantized_matmul_fwd(x, qkernel, qscale, x_scale, scheme, dtype):
-    return quantized_dot(x, qkernel, qscale, scheme, x_scale=x_scale), (qkernel, qscale, x_scale)
+def _quantized_matmul_fwd(x, qkernel, qscale, x_scale, prequantized, scheme, dtype):
+    if prequantized is not None:
+        y = prequantized_dot(*prequantized, qkernel, qscale, gemm_dtype=jnp.dtype(scheme.gemm_dtype))
+    else:
+        y = quantized_dot(x, qkernel, qscale, scheme, x_scale=x_scale)
+    return y, (qkernel, qscale, x_scale)
 
 
 def _quantized_matmul_bwd(scheme, dtype, residuals, grad):
     qkernel, qscale, x_scale = residuals
     dx = straight_through_input_grad(grad, qkernel, qscale, dtype)  # [..., K]
-    return dx.astype(dtype), None, None, None if x_scale is None else jnp.zeros_like(x_scale)
+    return dx.astype(dtype), None, None, None if x_scale is None else jnp.zeros_like(x_scale), None
 
 
 _quantized_matmul.defvjp(_quantized_matmul_fwd, _quantized_matmul_bwd)
@@ -200,23 +206,35 @@ class QuantizedLinear(nnx.Module):
             self.lora_chunk_rows = None
 
     @property
+    def takes_prequantized(self) -> bool:
+        """An FP8 GEMM with per-token activation scales and no LoRA: it can take its input already quantized
+        (`__call__`'s prequantized)."""
+        return self.scheme.compute == FP8_COMPUTE and self.scheme.activation_scaling == PER_TOKEN and not self.loras
+
+    @property
     def plain_fp8(self) -> bool:
-        """An FP8 GEMM with per-token activation scales and nothing else (no bias, no LoRA): its matmul can be
-        joined with its neighbours' (`quantization.swiglu`)."""
-        return (self.scheme.compute == FP8_COMPUTE and self.scheme.activation_scaling == PER_TOKEN
-                and self.bias is None and not self.loras)
+        """`takes_prequantized` and no bias: its matmul can be joined with its neighbours' (`quantization.swiglu`)."""
+        return self.takes_prequantized and self.bias is None
 
     @property
     def quantized_weight(self) -> tuple[jax.Array, jax.Array]:
         """(qkernel [out, in], qscale [out])."""
         return self.qkernel.get_value(), self.qscale.get_value()
 
-    def __call__(self, x: jax.Array, x_scale: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, x_scale: jax.Array | None = None,
+                 prequantized: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """x [..., in] -> [..., out] in the activation dtype; with LoRAs, `lora_chunk_rows` rows at a time (None: all
         at once). x_scale: a per-tensor FP8 activation scale the caller knows x's values to lie on (e4m3 values
         times it: FP8 attention's output, `quantization.attention.output_scale`), used instead of the scheme's
-        activation scales, so those values are not rounded again; weight-only schemes ignore it."""
+        activation scales, so those values are not rounded again; weight-only schemes ignore it. prequantized (only
+        where `takes_prequantized`): x's per-token e4m3 form (xq [..., in], scale [..., 1]) made by the caller
+        (`quantization.modulated_kernel`), multiplied instead of x, which then only carries the gradient."""
         x = x.astype(self.dtype)
+        if prequantized is not None:
+            if not self.takes_prequantized:
+                raise ValueError(f"a {self.scheme.mode!r} Linear with {len(self.loras)} LoRAs cannot take a prequantized "
+                                 "input (FP8 compute with per-token scales and no LoRA can)")
+            return self._rows(x, None, None, prequantized)
         # weight-only with LoRAs: the weight dequantized once, for the joined GEMM of every chunk (converting int8 to
         # bf16 grows it, so XLA would not hoist it out of the chunks' loop itself)
         joined = self.dequantized_kernel(self.dtype) if self.loras and self.scheme.compute != FP8_COMPUTE else None
@@ -229,15 +247,16 @@ class QuantizedLinear(nnx.Module):
                                 self.lora_chunk_rows)
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _rows(self, x: jax.Array, x_scale: jax.Array | None, joined: jax.Array | None) -> jax.Array:
+    def _rows(self, x: jax.Array, x_scale: jax.Array | None, joined: jax.Array | None,
+              prequantized: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         """x [..., in] -> [..., out]: the matmul, bias and LoRA updates summed in float32, rounded once. joined: the
         dequantized kernel [in, out] of a weight-only layer with LoRAs, multiplied in one GEMM with them; None: the
         scheme's quantized matmul, the LoRA updates added after it."""
         if joined is not None:
             y = matmul_with_loras(x, joined, self.loras, self.dtype)
         else:
-            y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), x_scale, self.scheme,
-                                  jnp.dtype(self.dtype))  # float32
+            y = _quantized_matmul(x, self.qkernel.get_value(), self.qscale.get_value(), x_scale, prequantized,
+                                  self.scheme, jnp.dtype(self.dtype))  # float32
             for adapter in self.loras:
                 y = y + adapter(x)
         if self.bias is not None:
