@@ -103,8 +103,8 @@ class RecomputedSelfAttention(SelfAttention):
 class RecomputedFeedForward(FeedForwardSwiGLU):
     """A `FeedForwardSwiGLU` whose call runs under `jax.checkpoint` (see `RecomputedSelfAttention`)."""
 
-    def __call__(self, x):
-        return _checkpointed(self, FeedForwardSwiGLU, (x,))
+    def __call__(self, x, prequantized=None):
+        return _checkpointed(self, FeedForwardSwiGLU, (x, prequantized))
 
 
 # mode -> (block class, self attention class, FFN class)

@@ -188,5 +188,3 @@ def test_on_fp8_gpus_the_hidden_activation_is_only_written_in_e4m3():
         assert hlo.count(CUBLAS_FP8_GEMM) >= 3
         assert _fusion_outputs(hlo, rows, ffn_size) == []
         assert ("pallas_call" in hlo) == row_kernel  # the kernel's custom call (its instruction name on an H200)
-    # the three Linears write the SwiGLU output in bf16 before quantizing it: what the check above would catch
-    assert _fusion_outputs(compiled(lambda x: _three_linears(ffn, x)), rows, ffn_size)
