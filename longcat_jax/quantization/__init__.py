@@ -6,6 +6,9 @@
     tensors   quantize_tensors: the loaders' (path, array) stream quantized (or checked) tensor by tensor
     matmul    the FP8 GEMM and the weight-only matmul; the compiled HLO of one quantized Linear
     attention FP8 dense attention ('fp8-attention'): cuDNN's on Hopper+, its float32 emulation elsewhere
+    swiglu    the FP8 SwiGLU FFN whose hidden activation is quantized for w2 without a bf16 copy
+    swiglu_kernel     its amax and quantization in one pass: a Pallas Triton row kernel (NVIDIA GPUs)
+    modulated_kernel  LayerNorm, modulation and per-token quantization of a GEMM input: a Pallas Triton row kernel
     compile_options  quantized_jit: jax.jit that compiles FP8 programs on GPUs with the options they need
     device    check_quantize_supported: FP8 compute needs compute capability 8.9+, FP8 attention 9.0+
 
