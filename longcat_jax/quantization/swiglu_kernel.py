@@ -7,7 +7,9 @@ the row's hidden values stay in registers between its amax and its quantization,
 and only the e4m3 row and its scale are written.
 
 A row is loaded as one power-of-two block (Triton's tensors are powers of two), its columns past the FFN width
-masked: 11,008 -> 16,384, over `ROW_WARPS` warps (64 float32 values a thread).
+masked: 11,008 -> 16,384, over `ROW_WARPS` warps (128 float32 values a thread). Four warps measured fastest on an
+H200 (`benchmarks/row_kernels.py`: 2.66 ms a call against 3.03 / 3.81 / 4.09 with 8 / 16 / 32; in the 480p step
+118 ms against 130 with 8), though every choice stays near 1.5 TB/s: one row a program, no pipelining.
 
 Shapes: gate_acc, up_acc [R, F] (the GEMMs' unscaled outputs, any float dtype); x_scale [R, 1] float32 (the
 per-token scale of the GEMMs' shared e4m3 input); w1_scale, w3_scale [F] float32 (per channel). Returns
@@ -27,7 +29,7 @@ from jax.experimental.pallas import triton as plgpu
 from longcat_jax.quantization.formats import FP8_E4M3
 from longcat_jax.quantization.matmul import MIN_ACTIVATION_ABSMAX
 
-ROW_WARPS = 8
+ROW_WARPS = 4
 
 
 def _swiglu_quantize_kernel(gate_ref, up_ref, x_scale_ref, w1_scale_ref, w3_scale_ref, hq_ref, h_scale_ref, *,
@@ -51,11 +53,13 @@ def _swiglu_quantize_kernel(gate_ref, up_ref, x_scale_ref, w1_scale_ref, w3_scal
     plgpu.store(hq_ref, quantized.astype(FP8_E4M3.dtype), mask=valid)
 
 
-@functools.partial(jax.jit, static_argnames="interpret")
+@functools.partial(jax.jit, static_argnames=("interpret", "num_warps"))
 def swiglu_quantize(gate_acc: jax.Array, up_acc: jax.Array, x_scale: jax.Array, w1_scale: jax.Array,
-                    w3_scale: jax.Array, *, interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+                    w3_scale: jax.Array, *, interpret: bool = False,
+                    num_warps: int = ROW_WARPS) -> tuple[jax.Array, jax.Array]:
     """(hq [R, F] e4m3, h_scale [R, 1] float32) of silu(gate) * up (see the module docstring). `interpret`: Pallas'
-    interpreter (any backend; the tests on the CPU), otherwise the Triton kernel (NVIDIA GPUs)."""
+    interpreter (any backend; the tests on the CPU), otherwise the Triton kernel (NVIDIA GPUs); num_warps: a
+    program's warps (`benchmarks/row_kernels.py` compares them)."""
     rows, width = gate_acc.shape
     padded = pl.next_power_of_2(width)
     row_block = pl.BlockSpec((1, padded), lambda r: (r, 0))
@@ -68,7 +72,7 @@ def swiglu_quantize(gate_acc: jax.Array, up_acc: jax.Array, x_scale: jax.Array, 
         out_specs=[row_block, scale_block],
         out_shape=[jax.ShapeDtypeStruct((rows, width), FP8_E4M3.dtype),
                    jax.ShapeDtypeStruct((rows, 1), jnp.float32)],
-        compiler_params=plgpu.CompilerParams(num_warps=ROW_WARPS, num_stages=1),
+        compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=1),
         interpret=interpret,
         name="swiglu_quantize",
     )(gate_acc, up_acc, x_scale.astype(jnp.float32), w1_scale.astype(jnp.float32)[None, :],
