@@ -176,6 +176,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, config_source: st
     model = prepare_base_dit(dit, config) if dit is not None else load_base_dit(config)
     targets = attach_trainable_lora(model, config.lora, seed=training.seed)
     rematerialize_blocks(model, training.remat)
+    model.set_row_kernels(mesh is None)  # a batch split over devices: XLA's forms, which XLA can split
     graphdef, factors, frozen = split_trainable(model)
     factors, frozen = placement.replicated(factors), placement.frozen(frozen)
     nnx.update(model, factors, frozen)  # the model holds the placed arrays only (no second copy of the weights)

@@ -11,6 +11,8 @@ from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit.block import DiTBlock
 from longcat_jax.models.dit.layers import LayerNorm, LoRAAdapter, modulate_f32
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
+from longcat_jax.models.dit.transformer import LongCatDiT
+from longcat_jax.presets import TINY_DIT_CONFIG
 from longcat_jax.quantization.matmul import quantize_activations
 from longcat_jax.quantization.modes import SCHEMES
 from longcat_jax.quantization.modulated_kernel import modulated_quantize
@@ -104,6 +106,10 @@ def test_a_block_hands_its_fp8_linears_their_inputs_quantized_from_float32():
     np.testing.assert_array_equal(quantized(block.ffn.w1, block.ffn_norm, (shift, scale)), want_modulated)
     want_affine = quantize_activations(block.cross_norm.normalize_f32(x).reshape(-1, c))[0].astype(jnp.float32)
     np.testing.assert_array_equal(quantized(block.cross_attn.q, block.cross_norm), want_affine)
+    # with the row kernels off (arrays split over devices), the Linears quantize their inputs themselves
+    block.row_kernels = False
+    assert block._prequantized_input(block.attn.qkv, block.attn_norm, x, (shift, scale)) is None
+    block.row_kernels = True
     # a bf16 Linear, or an FP8 one with a LoRA, takes its input as it is
     assert block._prequantized_input(block.attn.proj, block.attn_norm, x, (shift, scale)) is None
     block.ffn.w1.loras.append(LoRAAdapter(jnp.zeros((c, 2)), jnp.zeros((2, 704)), 1.0, dtype=jnp.bfloat16,
@@ -157,3 +163,12 @@ def test_on_gpus_the_row_kernel_is_the_xla_form():
     np.testing.assert_allclose(x_scale, want_scale, rtol=1e-5)
     # reduction order and rsqrt may differ in the last bits, which can move a value across an e4m3 tie
     assert rel_l2(xq.astype(jnp.float32) * x_scale, want_xq.astype(jnp.float32) * want_scale) < 1e-3
+
+
+def test_context_parallelism_turns_the_row_kernels_off():
+    model = LongCatDiT(TINY_DIT_CONFIG, rngs=nnx.Rngs(0), quantize="fp8")
+    assert all(block.row_kernels and block.ffn.row_kernels for block in model.blocks)
+    model.set_context_parallel(object())  # stands for a plan: only whether one is set matters here
+    assert not any(block.row_kernels or block.ffn.row_kernels for block in model.blocks)
+    model.set_context_parallel(None)
+    assert all(block.row_kernels and block.ffn.row_kernels for block in model.blocks)

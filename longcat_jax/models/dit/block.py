@@ -48,7 +48,7 @@ def over_frame_groups(update, x: jax.Array, per_frame: tuple[jax.Array, ...], gr
 class FeedForwardSwiGLU(nnx.Module):
     """w2(silu(w1 x) * w3 x), no biases. With the three Linears plain FP8 ones (`QuantizedLinear.plain_fp8`) it runs
     as one FP8 FFN whose hidden activation is quantized for w2 without being written in bf16
-    (`quantization.swiglu`); `context_parallel` (set by `LongCatDiT.set_context_parallel`) keeps that in XLA's form,
+    (`quantization.swiglu`); `row_kernels` off (`LongCatDiT.set_row_kernels`) keeps its quantization in XLA's form,
     which XLA can split over devices."""
 
     def __init__(self, hidden_size: int, ffn_hidden_size: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
@@ -56,7 +56,7 @@ class FeedForwardSwiGLU(nnx.Module):
         self.w1 = Linear(hidden_size, ffn_hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w2 = Linear(ffn_hidden_size, hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.w3 = Linear(hidden_size, ffn_hidden_size, use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.context_parallel = None
+        self.row_kernels = True
 
     @property
     def fused_fp8(self) -> bool:
@@ -70,7 +70,7 @@ class FeedForwardSwiGLU(nnx.Module):
             dtype = jnp.dtype(self.w2.dtype)
             gemm_dtype = jnp.dtype(self.w2.scheme.gemm_dtype)
             y = fp8_swiglu_ffn(x.astype(dtype), self.w1.quantized_weight, self.w3.quantized_weight,
-                               self.w2.quantized_weight, gemm_dtype, dtype, self.context_parallel is None,
+                               self.w2.quantized_weight, gemm_dtype, dtype, self.row_kernels,
                                prequantized)
             return y.astype(dtype)
         return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
@@ -80,12 +80,15 @@ class DiTBlock(nnx.Module):
     """Self attention, cross attention and FFN, each with its residual; adaLN per latent frame in float32.
 
     `chunk_tokens` (set by `LongCatDiT.set_token_chunking`; None: off) runs the cross attention and the FFN over
-    groups of whole latent frames of at most that many tokens (see the module docstring).
+    groups of whole latent frames of at most that many tokens (see the module docstring). `row_kernels` (on unless
+    `LongCatDiT.set_row_kernels` turns it off): an FP8 block's GEMM inputs are quantized by a Pallas row kernel on
+    NVIDIA GPUs (`_prequantized_input`).
     """
 
     def __init__(self, hidden_size: int, num_heads: int, ffn_hidden_size: int, adaln_tembed_dim: int, *,
                  rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
         self.chunk_tokens: int | None = None
+        self.row_kernels = True
         self.adaln = Linear(adaln_tembed_dim, 6 * hidden_size, rngs=rngs, dtype=jnp.float32, param_dtype=param_dtype)
         self.attn_norm = LayerNorm(hidden_size, affine=False, rngs=rngs)
         self.ffn_norm = LayerNorm(hidden_size, affine=False, rngs=rngs)
@@ -171,11 +174,11 @@ class DiTBlock(nnx.Module):
         `modulation` (shift, scale [B, g, 1, C]: adaLN) or by the norm's own weight and bias (None), computed from
         the float32 row (one rounding fewer than quantizing the bf16 input): on NVIDIA GPUs in one pass over x
         (`quantization.modulated_kernel`), elsewhere as XLA's fusions. None where `linear` cannot take it (not an
-        FP8 per-token Linear, or with LoRAs), the tokens are split over devices (XLA cannot split the kernel's rows)
-        or C is not a power of two. x [B, g, S, C]. Its inputs take no gradient: the Linear's reaches them through
-        its float input."""
+        FP8 per-token Linear, or with LoRAs), `row_kernels` is off (the arrays are split over devices, and XLA cannot
+        split a kernel's rows) or C is not a power of two. x [B, g, S, C]. Its inputs take no gradient: the
+        Linear's reaches them through its float input."""
         b, g, s, c = x.shape
-        if not (isinstance(linear, QuantizedLinear) and linear.takes_prequantized and self.attn.context_parallel is None
+        if not (isinstance(linear, QuantizedLinear) and linear.takes_prequantized and self.row_kernels
                 and fits_row_kernel(c)):
             return None
         if modulation is None:

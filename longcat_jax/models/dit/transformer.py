@@ -183,7 +183,16 @@ class LongCatDiT(_Ends, nnx.Module):
         self.context_parallel = plan
         for block in self.blocks:
             block.attn.context_parallel = plan
-            block.ffn.context_parallel = plan
+        self.set_row_kernels(plan is None)
+
+    def set_row_kernels(self, on: bool) -> None:
+        """Whether FP8 blocks quantize their GEMM inputs with Pallas row kernels on NVIDIA GPUs (on by default). Off
+        for arrays split over devices (context parallelism sets it; data-parallel training too): XLA's sharding
+        propagation cannot split a kernel's rows and would gather them, while XLA's own form splits. The next jit
+        call retraces."""
+        for block in self.blocks:
+            block.row_kernels = on
+            block.ffn.row_kernels = on
 
     def set_fp8_attention(self, on: bool) -> None:
         """Runs every block's self attention in FP8 (the mode 'fp8-attention' sets it): dense through
