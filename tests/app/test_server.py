@@ -1,7 +1,8 @@
 """The served page without a browser (Gradio in this process, on the built-in model): files come only from the
 output folder. A result there is served; a file outside it, a path that climbs out of it, a symbolic link that
 points out of it and a URL are refused by the app's own guard (`confine.OutputFolderOnly`) before Gradio sees
-them. Skipped without Gradio."""
+them. Skipped without Gradio, which is imported by the `server` fixture rather than at collection (its import takes
+seconds, paid then only by the xdist worker that runs these tests)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("gradio")
-
-from longcat_jax.app.confine import REFUSAL  # noqa: E402  (after the skip: it imports starlette, Gradio's)
-from longcat_jax.app.engine import AppSettings, Engine  # noqa: E402
+from longcat_jax.app.engine import AppSettings, Engine
 
 
 def _free_port() -> int:
@@ -28,6 +26,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> tuple[str, Path]:
     """The page on a free localhost port, as `python -m longcat_jax.app` serves it: (its URL, the output folder)."""
+    pytest.importorskip("gradio")
     from longcat_jax.app.ui import build_app, serve
 
     folder = tmp_path_factory.mktemp("served")
@@ -52,6 +51,13 @@ def _get(url: str) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
+def _refusal() -> tuple[int, bytes]:
+    """The app's guard's answer to a refused file (`confine` imports starlette, Gradio's: after the fixture's skip)."""
+    from longcat_jax.app.confine import REFUSAL
+
+    return 403, REFUSAL.encode()
+
+
 def _file_url(base: str, target: str, form: str = "=") -> str:
     return f"{base}/gradio_api/file{form}{urllib.parse.quote(target)}"
 
@@ -72,13 +78,13 @@ def test_files_outside_the_output_folder_are_refused(server, form):
     link.unlink(missing_ok=True)
     link.symlink_to(secret)
     for target in (str(secret), f"{output_dir}/../secret.txt", str(link), "/etc/hostname"):
-        assert _get(_file_url(base, target, form)) == (403, REFUSAL.encode()), target
+        assert _get(_file_url(base, target, form)) == _refusal(), target
 
 
 def test_a_url_is_not_fetched(server):
     base, _ = server
     for url in ("https://example.com/video.mp4", "http://127.0.0.1:1/x.png", "file:///etc/hostname"):
-        assert _get(_file_url(base, url)) == (403, REFUSAL.encode()), url
+        assert _get(_file_url(base, url)) == _refusal(), url
 
 
 def test_the_page_is_served(server):

@@ -20,6 +20,7 @@ from longcat_jax.models.text_encoder.tiny_tokenizer import build_tiny_tokenizer
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.tasks import plan_run
 from longcat_jax.video_io import read_video
+from tests.helpers.xla_flags import subprocess_xla_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -119,8 +120,9 @@ print("depth", LongCatPipeline.from_pretrained(repo, dtype=jnp.float32).dit.conf
 def test_a_hub_id_resolves_offline_from_the_hub_cache(hub_home, fixtures_dir, tmp_path):
     """HF_HUB_OFFLINE=1 (huggingface_hub reads it at import, hence a fresh process): the CLI and from_pretrained
     find the snapshot in the cache; an id the cache lacks is refused with the download command."""
-    env = {**os.environ, "HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "JAX_PLATFORMS": "cpu"}
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XLA_FLAGS"):
+    env = {**os.environ, "HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": subprocess_xla_flags()}
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
         env.pop(name, None)
     output = tmp_path / "hub.mp4"
     run = subprocess.run([sys.executable, "-c", _OFFLINE_RUN, REPO, str(output)], cwd=tmp_path, env=env,

@@ -16,6 +16,7 @@ from longcat_jax.bsa_config import parse_bsa_config, read_bsa_config
 from longcat_jax.configs import bsa_preset_files, short_preset_names
 from longcat_jax.errors import ConfigError
 from longcat_jax.pipelines.tasks import plan_run
+from tests.helpers.xla_flags import subprocess_xla_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGED = ROOT / "longcat_jax" / "configs" / "bsa"
@@ -89,8 +90,8 @@ def test_a_built_wheel_carries_the_presets_and_the_examples_run_from_it(tmp_path
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                              capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-3000:]
-    env = {**os.environ, "PYTHONPATH": str(site), "TQDM_DISABLE": "1", "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = {**os.environ, "PYTHONPATH": str(site), "TQDM_DISABLE": "1", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": subprocess_xla_flags()}
     check = subprocess.run(
         [sys.executable, "-c", "import longcat_jax, sys; from longcat_jax.bsa_config import read_bsa_config; "
          "print(longcat_jax.__file__); print(read_bsa_config('fast').sparsity)"],

@@ -13,13 +13,14 @@ import pytest
 
 from longcat_jax.signals import Terminated, sigterm_as_interrupt
 from longcat_jax.video_io import write_mp4
+from tests.helpers.xla_flags import subprocess_xla_flags
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sigterm_during_denoising_ends_the_cli_like_ctrl_c(tmp_path):
     output = tmp_path / "clip.mp4"
-    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}  # one CPU device: a quick start
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}  # one CPU device: a quick start
     env["PYTHONPATH"] = str(ROOT)
     command = [sys.executable, "-m", "longcat_jax.generate", "--height", "64", "--width", "64", "--num-frames", "5",
                "--num-inference-steps", "1000", "--output-path", str(output)]

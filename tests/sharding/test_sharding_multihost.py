@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.xla_flags import subprocess_xla_flags
+
 PROCESSES = 2
 
 
@@ -27,7 +29,7 @@ def _free_port() -> int:
 def test_two_processes_share_one_mesh():
     root = Path(__file__).resolve().parents[2]
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+    env = dict(os.environ, XLA_FLAGS=subprocess_xla_flags(4), JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(root), str(root / "tests")]), LONGCAT_COORDINATOR=f"localhost:{port}",
                LONGCAT_NUM_PROCESSES=str(PROCESSES))
     workers = [
