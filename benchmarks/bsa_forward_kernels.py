@@ -4,8 +4,7 @@ Kernel alone (with its key-range split and merge where a variant asks for one), 
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
-(`MosaicConfig.rounds`), p2 / p3 = a producer warpgroup per consumer, c3 = three consumer warpgroups (no schedule
-barrier),
+(`MosaicConfig.rounds`), p2 = two producer warpgroups,
 kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
 reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings but the named ones) on e4m3 operands quantized before the
@@ -53,9 +52,6 @@ VARIANTS = {
     "mosaic n4 no schedule barrier": _mosaic(1, rounds=4, schedule_barrier=False),
     "mosaic n2 no schedule barrier": _mosaic(1, rounds=2, schedule_barrier=False),
     "mosaic n2 reduced sums": _mosaic(1, rounds=2, row_sums_on_tensor_cores=False),
-    "mosaic c3 k1 v1": _mosaic(1, consumers=3, k_stages=1, v_stages=1, schedule_barrier=False),
-    "mosaic c3 k1 v1 n4": _mosaic(1, consumers=3, k_stages=1, v_stages=1, schedule_barrier=False, rounds=4),
-    "mosaic c3 k1 v1 p3": _mosaic(1, consumers=3, k_stages=1, v_stages=1, schedule_barrier=False, producers=3),
     "fp8": _fp8(),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
     "fp8 n1": _fp8(rounds=1),

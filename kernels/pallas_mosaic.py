@@ -1,14 +1,13 @@
 """Block-sparse attention forward as a Pallas Mosaic GPU kernel for Hopper (wgmma + TMA, warp-specialised).
 
 Why a second forward: the Triton lowering runs one warpgroup per query block with no warp specialisation,
-so the softmax of a 64x64 tile cannot hide behind the tensor cores. Here each CTA holds two (or three,
-`MosaicConfig.consumers`) consumer warpgroups, each on its own 64-token query block with its own key-block
-list, and a producer warpgroup that gathers the selected K and V blocks into shared memory by TMA, a few steps
-ahead. Two consumers take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs
-are launched head by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds`
-sets of query blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it
-on Hopper. In bf16 the softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`,
-1.06-1.13x).
+so the softmax of a 64x64 tile cannot hide behind the tensor cores. Here each CTA holds two consumer
+warpgroups, each on its own 64-token query block with its own key-block list, and a producer warpgroup
+that gathers the selected K and V blocks into shared memory by TMA, a few steps ahead. The consumers
+take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are launched head
+by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` pairs of query
+blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
+In bf16 the softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`, 1.06-1.13x).
 
 Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so either backward
 (Triton or `pallas_mosaic_backward`) serves both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
@@ -44,7 +43,7 @@ from kernels.mosaic_common import (
 )
 from kernels.padding import GridPadding, mask_padded_keys
 
-_REGISTERS = 65_536  # 32-bit registers of a Hopper SM: what the warpgroups' `set_max_registers` may share
+_CONSUMERS = 2  # consumer warpgroups (query blocks) per CTA
 _INDEX_ALIGN = 32  # int32 entries per 128 bytes: TMA wants 128-byte aligned shared-memory rows
 _INDEX_CHUNK = 256  # the most entries one TMA copies along a dimension
 _ONES_ROWS = 8  # N of the row sums' product (wgmma's smallest): a [64, 8] accumulator, the sums in its column 0
@@ -54,15 +53,11 @@ _ONES_ROWS = 8  # N of the row sums' product (wgmma's smallest): a [64, 8] accum
 class MosaicConfig:
     """Launch settings of the Hopper kernel.
 
-    consumers: consumer warpgroups per CTA, each on its own query block: 2, or 3 (more products in flight to
-    hide each one's softmax behind, as ThunderKittens' Hopper attention does; its shared memory then holds one K
-    and one V stage each with head_dim 128, and the schedule barrier, a two-party turn, is off);
-    k_stages / v_stages: K / V blocks in flight per consumer (shared memory allows 4 in all with head_dim 128 and
-    two consumers); producers: 1 (one producer warpgroup gathers for all consumers) or one per consumer (so a
-    consumer waiting on its V does not hold up another's K); schedule_barrier: make the two consumers alternate on
-    the tensor cores; rounds: sets of query blocks (one per consumer) each CTA works through in turn, so that its
-    producer gathers the next set's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and
-    exposed latencies);
+    k_stages / v_stages: K / V blocks in flight per consumer (shared memory allows 4 in all with head_dim 128);
+    producers: 1 (one producer warpgroup gathers for both consumers) or 2 (one each, so a consumer waiting on
+    its V does not hold up the other's K); schedule_barrier: make the two consumers alternate on the tensor
+    cores; rounds: pairs of query blocks each CTA works through in turn, so that its producer gathers the next
+    pair's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
     row_sums_on_tensor_cores: the softmax row sums come out of P·V's wgmma group (P times a ones column, an
     N=8 product into a [64, 8] accumulator, rescaled with the output's accumulator and reduced once at the end)
     instead of a row reduction of P per key block (on an H200 the bf16 kernel 1.06-1.13x faster with it, the FP8
@@ -72,7 +67,6 @@ class MosaicConfig:
     index gathering and softmax are the GPU's.
     """
 
-    consumers: int = 2
     k_stages: int = 2
     v_stages: int = 2
     producers: int = 1
@@ -84,52 +78,27 @@ class MosaicConfig:
     def __post_init__(self):
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise BSAConfigError(f"MosaicConfig.rounds must be an int >= 1, got {self.rounds!r}")
-        if self.consumers not in (2, 3):
-            raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")
-        # two consumers keep two stages of each (one stalls the tensor cores between blocks); three may run on one
-        least = 2 if self.consumers == 2 else 1
         for name in ("k_stages", "v_stages"):
-            if getattr(self, name) < least:
-                raise BSAConfigError(
-                    f"MosaicConfig.{name} must be at least {least} with consumers={self.consumers}, "
-                    f"got {getattr(self, name)}"
-                )
-        if self.producers not in (1, self.consumers):
-            raise BSAConfigError(
-                f"MosaicConfig.producers must be 1 or {self.consumers} (one per consumer), got {self.producers}"
-            )
-        if self.schedule_barrier and self.consumers != 2:
-            raise BSAConfigError(
-                f"MosaicConfig.schedule_barrier is a turn between two consumers; with consumers={self.consumers} "
-                "set schedule_barrier=False"
-            )
-
-    def producer_registers(self) -> int:
-        """Registers per producer thread (`set_max_registers`): it only issues copies and waits; with three
-        consumers the fewest Hopper allows, so that theirs stay above 128."""
-        return 40 if self.consumers == 2 else 24
-
-    def consumer_registers(self) -> int:
-        """Registers per consumer thread: what the producers leave of the SM's, in steps of 8 (at most 232)."""
-        left = _REGISTERS - self.producers * 128 * self.producer_registers()
-        return min(232, left // (self.consumers * 128) // 8 * 8)
+            if getattr(self, name) < 2:
+                raise BSAConfigError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
+        if self.producers not in (1, 2):
+            raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
 
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
     """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows, with FP8 operands
     the P tiles, with row sums on the tensor cores the ones columns (barriers aside)."""
-    consumers = config.consumers
     out_tile = BLOCK * head_dim * 2
     tile = BLOCK * head_dim * (1 if fp8 else 2)  # q, K and V tiles
     buffers = (
-        consumers * tile,  # q
-        consumers * out_tile,
-        consumers * config.k_stages * tile,
-        consumers * config.v_stages * tile,
-        consumers * aligned(k_max, _INDEX_ALIGN) * 4,
-        consumers * BLOCK * 4,
-    ) + ((consumers * BLOCK * BLOCK,) if fp8 else ()) + (
-        (consumers * _ONES_ROWS * BLOCK * (1 if fp8 else 2),) if config.row_sums_on_tensor_cores else ()
+        _CONSUMERS * tile,  # q
+        _CONSUMERS * out_tile,
+        _CONSUMERS * config.k_stages * tile,
+        _CONSUMERS * config.v_stages * tile,
+        _CONSUMERS * aligned(k_max, _INDEX_ALIGN) * 4,
+        _CONSUMERS * BLOCK * 4,
+    ) + ((_CONSUMERS * BLOCK * BLOCK,) if fp8 else ()) + (
+        (_CONSUMERS * _ONES_ROWS * BLOCK * (1 if fp8 else 2),) if config.row_sums_on_tensor_cores else ()
     )
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
 
@@ -189,8 +158,8 @@ def mosaic_forward(
             "128), or use KernelConfig(forward='triton') for lists this long"
         )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
-    rounds, consumers = config.rounds, config.consumers
-    num_ctas = -(-mq // (consumers * rounds))  # per (batch, head)
+    rounds = config.rounds
+    num_ctas = -(-mq // (_CONSUMERS * rounds))  # per (batch, head)
     logit_scale = d**-0.5 * LOG2E  # logits in base-2 units
     tc_sums = config.row_sums_on_tensor_cores
 
@@ -217,10 +186,10 @@ def mosaic_forward(
 
         def query_block(r, w):
             """Consumer w's query block in round r (clamped; `valid` says whether it exists)."""
-            return jnp.minimum((cta * rounds + r) * consumers + w, mq - 1)
+            return jnp.minimum((cta * rounds + r) * _CONSUMERS + w, mq - 1)
 
         def valid(r, w):
-            return (cta * rounds + r) * consumers + w < mq
+            return (cta * rounds + r) * _CONSUMERS + w < mq
 
         def count_of(r, w):
             return jnp.where(valid(r, w), counts_ref[bi, hi, query_block(r, w)], 0)
@@ -246,39 +215,39 @@ def mosaic_forward(
             v_block = v_ref.at[bi, hi, :, rows] if fp8 else v_ref.at[bi, rows, hi]  # [D, 64] (V^T) or [64, D]
             plgpu.copy_gmem_to_smem(v_block, v_smem2.at[w, v_slot], v_barriers.at[v_barrier])
 
-        def produce(served):
-            """The producer warpgroup's work for the consumers `served`, round by round: index lists, q, K/V blocks."""
+        def produce(consumers):
+            """The producer warpgroup's work for these consumers, round by round: index lists, q, K/V blocks."""
 
             def produce_round(r, done):
-                # done[i]: blocks gathered so far for served[i], over all rounds (their stage slots run on)
-                for w in served:
+                # done[i]: blocks gathered so far for consumers[i], over all rounds (their stage slots run on)
+                for w in consumers:
                     for c, (start, size) in enumerate(index_chunks):
                         plgpu.copy_gmem_to_smem(
                             idx_ref.at[bi, hi, query_block(r, w), pl.ds(start, size)],
                             idx_smem2.at[w, pl.ds(start, size)],
                             idx_barriers.at[w * len(index_chunks) + c],
                         )
-                for w in served:
+                for w in consumers:
                     pl.when(r > 0)(lambda: plgpu.barrier_wait(q_consumed.at[w]))  # last round's q is read
                     rows = pl.ds(query_block(r, w) * BLOCK, BLOCK)
                     plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, hi], q_smem2.at[w], q_barriers.at[w])
-                for w in served:
+                for w in consumers:
                     for c in range(len(index_chunks)):
                         plgpu.barrier_wait(idx_barriers.at[w * len(index_chunks) + c])
-                counts = [count_of(r, w) for w in served]
-                firsts = [starts_ref[bi, hi, query_block(r, w)] for w in served]
+                counts = [count_of(r, w) for w in consumers]
+                firsts = [starts_ref[bi, hi, query_block(r, w)] for w in consumers]
 
                 @pl.loop(0, functools.reduce(jnp.maximum, counts))
                 def _gather(step):
-                    for i, w in enumerate(served):
+                    for i, w in enumerate(consumers):
                         @pl.when(step < counts[i])
                         def _fetch(i=i, w=w):
                             fetch_blocks(w, done[i] + step, idx_smem2[w, firsts[i] + step])
 
                 return tuple(n + c for n, c in zip(done, counts, strict=True))
 
-            done = lax.fori_loop(0, rounds, produce_round, tuple(jnp.int32(0) for _ in served))
-            for i, w in enumerate(served):
+            done = lax.fori_loop(0, rounds, produce_round, tuple(jnp.int32(0) for _ in consumers))
+            for i, w in enumerate(consumers):
                 # wait out the last releases, so every barrier phase is observed before the CTA ends
                 plgpu.barrier_wait(q_consumed.at[w])
                 for stages, consumed in ((k_stages, k_consumed), (v_stages, v_consumed)):
@@ -291,9 +260,9 @@ def mosaic_forward(
                 plgpu.barrier_arrive(schedule)
                 plgpu.barrier_wait(schedule)
 
-        @pl.when(wg < consumers)
+        @pl.when(wg < _CONSUMERS)
         def _consumer():
-            plgpu.set_max_registers(config.consumer_registers(), action="increase")
+            plgpu.set_max_registers(232 if config.producers == 1 else 216, action="increase")
             q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
@@ -307,8 +276,8 @@ def mosaic_forward(
 
             def consume_round(r, done):
                 # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
-                counts = [count_of(r, w) for w in range(consumers)]
-                count = functools.reduce(lambda n, w: jnp.where(wg == w, counts[w], n), range(1, consumers), counts[0])
+                counts = [count_of(r, w) for w in range(_CONSUMERS)]
+                count = jnp.where(wg == 0, counts[0], counts[1])
                 if key_padding is not None:  # where this consumer's list starts, to read its key blocks' indices
                     own_block = query_block(r, wg)
                     first = starts_ref[bi, hi, own_block]
@@ -456,15 +425,15 @@ def mosaic_forward(
             plgpu.wait_smem_to_gmem(0)
 
         if config.producers == 1:
-            @pl.when(wg == consumers)
+            @pl.when(wg == _CONSUMERS)
             def _producer():
-                plgpu.set_max_registers(config.producer_registers(), action="decrease")
-                produce(range(consumers))
+                plgpu.set_max_registers(40, action="decrease")
+                produce(range(_CONSUMERS))
         else:
-            for w in range(consumers):
-                @pl.when(wg == consumers + w)
+            for w in range(_CONSUMERS):
+                @pl.when(wg == _CONSUMERS + w)
                 def _producer():
-                    plgpu.set_max_registers(config.producer_registers(), action="decrease")
+                    plgpu.set_max_registers(40, action="decrease")
                     produce([w])
 
     def entry(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, *refs):
@@ -476,26 +445,26 @@ def mosaic_forward(
         out_transforms = tile_transforms(dtype, d)
         v_tile = (d, BLOCK) if fp8 else (BLOCK, d)
         scratch = (
-            plgpu.SMEM((consumers, BLOCK, d), operand_dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, BLOCK, d), operand_dtype, transforms=transforms),
             # raster stores copy a few rows at a time: those need the out tiles untiled and unswizzled
-            plgpu.SMEM((consumers, BLOCK, d), dtype, transforms=() if raster_out else out_transforms),
-            plgpu.SMEM((consumers, k_stages, BLOCK, d), operand_dtype, transforms=transforms),
-            plgpu.SMEM((consumers, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
-            plgpu.SMEM((consumers, k_max), jnp.int32),
-            plgpu.SMEM((consumers, BLOCK), jnp.float32),
-        ) + ((plgpu.SMEM((consumers, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
-             if fp8 else ()) + ((plgpu.SMEM((consumers, _ONES_ROWS, BLOCK), operand_dtype,
+            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=() if raster_out else out_transforms),
+            plgpu.SMEM((_CONSUMERS, k_stages, BLOCK, d), operand_dtype, transforms=transforms),
+            plgpu.SMEM((_CONSUMERS, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
+            plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
+            plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
+        ) + ((plgpu.SMEM((_CONSUMERS, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
+             if fp8 else ()) + ((plgpu.SMEM((_CONSUMERS, _ONES_ROWS, BLOCK), operand_dtype,
                                             transforms=tile_transforms(operand_dtype, BLOCK)),) if tc_sums else ())
         barriers = (
-            plgpu.Barrier(num_barriers=consumers),
-            plgpu.Barrier(num_barriers=consumers),
-            plgpu.Barrier(num_barriers=consumers * len(index_chunks)),
-            plgpu.Barrier(num_barriers=consumers * k_stages),
-            plgpu.Barrier(num_barriers=consumers * v_stages),
-            plgpu.Barrier(num_barriers=consumers * k_stages),
-            plgpu.Barrier(num_barriers=consumers * v_stages),
-            plgpu.Barrier(num_arrivals=consumers),
-        ) + ((plgpu.Barrier(num_barriers=consumers),) if tc_sums else ())
+            plgpu.Barrier(num_barriers=_CONSUMERS),
+            plgpu.Barrier(num_barriers=_CONSUMERS),
+            plgpu.Barrier(num_barriers=_CONSUMERS * len(index_chunks)),
+            plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
+            plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
+            plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
+            plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
+            plgpu.Barrier(num_arrivals=_CONSUMERS),
+        ) + ((plgpu.Barrier(num_barriers=_CONSUMERS),) if tc_sums else ())
         buffers = len(scratch)
         pl.run_scoped(
             lambda *args: kernel(
@@ -517,7 +486,7 @@ def mosaic_forward(
         # its selected K/V blocks stay in L2 (heads fastest missed L2 on 96% of the gathers on an H100)
         grid=(b, h, num_ctas),
         grid_names=("batch", "heads", "ctas"),
-        num_threads=consumers + config.producers,
+        num_threads=_CONSUMERS + config.producers,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **interpret_params(config.interpret),

@@ -124,9 +124,6 @@ class TestMosaicInterpret(_InMosaicInterpreter):
                    mosaic=MosaicConfig(k_stages=3, rounds=1)),
         KernelCase("row_sums_by_reduction", b=1, h=2, d=64, mq=3, mk=5, width=4,
                    mosaic=MosaicConfig(row_sums_on_tensor_cores=False)),
-        # 7 query blocks over 2 rounds of 3: the last round holds one; one K and one V stage per consumer
-        KernelCase("three_consumers_one_stage_rounds", b=1, h=1, d=64, mq=7, mk=5, width=4,
-                   mosaic=MosaicConfig(consumers=3, k_stages=1, v_stages=1, schedule_barrier=False, rounds=2)),
         KernelCase("key_ranges_2", b=1, h=1, d=64, mq=3, mk=5, width=4, key_ranges=2),
     )
     gradient_cases = (KernelCase("through_the_triton_backward", b=1, h=1, d=64, mq=2, mk=3, width=2),)

@@ -26,9 +26,6 @@ FORWARD_CONFIGS = {
     "no_schedule_barrier": MosaicConfig(schedule_barrier=False),
     "two_producers_one_round": MosaicConfig(producers=2, rounds=1),
     "row_sums_by_reduction": MosaicConfig(row_sums_on_tensor_cores=False),
-    "three_consumers_one_stage": MosaicConfig(consumers=3, k_stages=1, v_stages=1, schedule_barrier=False),
-    "three_consumers_three_producers": MosaicConfig(consumers=3, k_stages=1, v_stages=1, schedule_barrier=False,
-                                                    producers=3, rounds=1),
 }
 
 
