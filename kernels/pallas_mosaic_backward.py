@@ -43,12 +43,17 @@ class MosaicBackwardConfig:
     """Launch settings of the Hopper backward kernels.
 
     stages: gathered blocks in flight per consumer (2 fits head_dim 128 in shared memory, more fit head_dim 64);
+    longest_first: hand the blocks to the CTAs in order of falling list length (per batch and head) rather than in
+    block order, so that a CTA's two consumers get lists of about the same length and the longest lists start first.
+    The transposed lists of the dk/dv kernel are uneven under top-k (21 to 188 query blocks against a mean of 82
+    at 84,480 tokens and 0.9375, random inputs), and a CTA lasts as long as its longer list;
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots;
     the pipeline, barriers, gathers and the elementwise work are the GPU's.
     """
 
     stages: int = 2
+    longest_first: bool = True
     interpret: bool = False
 
     def __post_init__(self):
@@ -242,12 +247,17 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
     dtype, d = spec.dtype, spec.d
     num_ctas = -(-m // _CONSUMERS)
     n_own, n_gathered = len(spec.own), len(spec.gathered)
+    # [B, H, M] int32: the block at each CTA position (the consumers of CTA c take positions 2c and 2c + 1)
+    if config.longest_first:
+        order = jnp.argsort(-counts, axis=-1, stable=True).astype(jnp.int32)
+    else:
+        order = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), counts.shape)
 
     def tile_or_rows(ref, kind, bi, hi, block):
         rows = pl.ds(block * BLOCK, BLOCK)
         return ref.at[bi, rows, hi] if kind == "tile" else ref.at[bi, hi, rows]
 
-    def kernel(idx_ref, counts_ref, in_refs, out_refs, own_smem2, gathered_smem2, barriers):
+    def kernel(idx_ref, counts_ref, order_ref, in_refs, out_refs, own_smem2, gathered_smem2, barriers):
         own_loaded, consumed, *loaded = barriers  # loaded: one barrier group per gathered buffer (32 at most each)
         bi = lax.axis_index("batch")
         hi = lax.axis_index("heads")
@@ -255,8 +265,8 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
         wg = lax.axis_index("wg")
 
         def block_of(w):
-            """Consumer w's block (clamped; `valid` says whether it exists)."""
-            return jnp.minimum(cta * _CONSUMERS + w, m - 1)
+            """Consumer w's block (its position clamped; `valid` says whether it exists)."""
+            return order_ref[bi, hi, jnp.minimum(cta * _CONSUMERS + w, m - 1)]
 
         def valid(w):
             return cta * _CONSUMERS + w < m
@@ -329,7 +339,7 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
                 def _drain(step, w=w):
                     plgpu.barrier_wait(consumed.at[w * stages + lax.rem(step, jnp.int32(stages))])
 
-    def bsa_mosaic_backward(idx_ref, counts_ref, *refs):  # the kernel's name in programs and profiles
+    def bsa_mosaic_backward(idx_ref, counts_ref, order_ref, *refs):  # the kernel's name in programs and profiles
         in_refs, out_refs = refs[:len(inputs)], refs[len(inputs):]
         transforms = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
 
@@ -349,7 +359,7 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
         )
         pl.run_scoped(
             lambda *args: kernel(
-                idx_ref, counts_ref, in_refs, out_refs, args[:n_own], args[n_own:n_own + n_gathered],
+                idx_ref, counts_ref, order_ref, in_refs, out_refs, args[:n_own], args[n_own:n_own + n_gathered],
                 args[n_own + n_gathered:],
             ),
             *scratch,
@@ -367,7 +377,7 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **interpret_params(config.interpret),
-    )(indices, counts, *inputs)
+    )(indices, counts, order, *inputs)
 
 
 def mosaic_backward(
