@@ -9,9 +9,13 @@ import tempfile
 from pathlib import Path
 
 # Eight CPU devices for the multi-device (context parallel) tests; must be set before JAX starts its backends. On a
-# machine without an NVIDIA driver, XLA also compiles without LLVM's optimisations: the tests' programs are small and
-# compiled far more often than run, and two end-to-end CLI tests took 30.4 s instead of 44.8 s (2026-12-04).
-_CPU_ONLY_FLAGS = "" if shutil.which("nvidia-smi") else " --xla_backend_optimization_level=0"
+# machine without an NVIDIA driver, XLA also compiles without LLVM's optimisations and with XLA:CPU's older fusion
+# code generator: the tests' programs are small and compiled far more often than run. Without the optimisations two
+# end-to-end CLI tests took 30.4 s instead of 44.8 s; with the older fusion emitters XLA's compiling took 33.0 s
+# instead of 65.0 s in the Triton and Mosaic interpreter classes of tests/kernels/test_bsa_backends.py (123 s
+# instead of 153 s in all) and 15.9 s instead of 26.7-28.8 s in tests/pipelines/test_pipelines.py (2-core CPU,
+# one process, 2026-12-04).
+_CPU_ONLY_FLAGS = "" if shutil.which("nvidia-smi") else " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8" + _CPU_ONLY_FLAGS)
 
 

@@ -115,16 +115,14 @@ class TestMosaicInterpret(_InMosaicInterpreter):
     fixture_names = frozenset({"topk_0.75_d128", "cond_q_shorter_than_k"})
     forward_cases = (
         KernelCase("schedule_barrier", b=1, h=2, d=64, mq=3, mk=5, width=4),
-        KernelCase("no_schedule_barrier", b=1, h=2, d=64, mq=3, mk=5, width=4,
-                   mosaic=MosaicConfig(schedule_barrier=False)),
+        # settings that do not interact share a case: each case is a compile in the interpreter
+        KernelCase("no_schedule_barrier_row_sums_by_reduction", b=1, h=2, d=64, mq=3, mk=5, width=4,
+                   mosaic=MosaicConfig(schedule_barrier=False, row_sums_on_tensor_cores=False)),
         # 7 query blocks over 2 rounds of 2 pairs: the second CTA's last round is half empty
         KernelCase("head_dim_128_two_producers_long_lists_rounds", b=2, h=1, d=128, mq=7, mk=6, width=5,
                    list_width=300, mosaic=MosaicConfig(producers=2, rounds=2)),
-        KernelCase("three_k_stages_one_round_per_cta", b=1, h=2, d=64, mq=4, mk=5, width=4,
-                   mosaic=MosaicConfig(k_stages=3, rounds=1)),
-        KernelCase("row_sums_by_reduction", b=1, h=2, d=64, mq=3, mk=5, width=4,
-                   mosaic=MosaicConfig(row_sums_on_tensor_cores=False)),
-        KernelCase("key_ranges_2", b=1, h=1, d=64, mq=3, mk=5, width=4, key_ranges=2),
+        KernelCase("three_k_stages_one_round_per_cta_key_ranges_2", b=1, h=2, d=64, mq=4, mk=5, width=4,
+                   mosaic=MosaicConfig(k_stages=3, rounds=1), key_ranges=2),
     )
     gradient_cases = (KernelCase("through_the_triton_backward", b=1, h=1, d=64, mq=2, mk=3, width=2),)
     whole_call_cases = RASTER_CASES
