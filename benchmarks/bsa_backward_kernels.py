@@ -12,7 +12,6 @@ handed to the CTAs longest list first), mosaic block order (`longest_first=False
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 
@@ -20,7 +19,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from bsa_attention import Timer, rel_l2  # noqa: E402  (this script's sibling)
+from bsa_attention import Timer, rel_l2  # noqa: E402  (this script's siblings)
+from bsa_forward_kernels import parse_variant_args  # noqa: E402
 
 from kernels import BSAParams, KernelConfig, MosaicBackwardConfig, select_blocks  # noqa: E402
 from kernels.sparse_attention import sparse_attention_backward, sparse_attention_with_lse  # noqa: E402
@@ -33,16 +33,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="24x44x80,48x44x80", help="latent grids TxHxW, comma-separated")
-    parser.add_argument("--sparsities", default="0.875,0.9375,0.96875")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
-    args = parser.parse_args()
-    names = args.variants.split(",")
-    unknown = sorted(set(names) - set(VARIANTS))
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    args, names = parse_variant_args(__doc__, VARIANTS)
     print("| grid | sparsity | backward | ms | effective TFLOP/s | rel. L2 vs first (max of dq, dk, dv) |")
     print("|---|---|---|---|---|---|")
     forward_config = KernelConfig()

@@ -70,17 +70,24 @@ def _timed_kernel(config: KernelConfig, q, k, v):
     return jax.jit(lambda *a: sparse_attention_with_lse(*a, 64, 64, config)[0]), (q, k, v)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_variant_args(description: str, variants: dict) -> tuple[argparse.Namespace, list[str]]:
+    """The command line the kernel-variant scripts share (sizes, sparsities, variants): (arguments, variant names);
+    an unknown variant is refused with the known ones named."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="24x44x80,48x44x80", help="latent grids TxHxW, comma-separated")
     parser.add_argument("--sparsities", default="0.875,0.9375,0.96875")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(variants), help="comma-separated subset of " + ", ".join(variants))
     args = parser.parse_args()
     names = args.variants.split(",")
-    unknown = sorted(set(names) - set(VARIANTS))
+    unknown = sorted(set(names) - set(variants))
     if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        parser.error(f"unknown variants {unknown}; choose from {list(variants)}")
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    return args, names
+
+
+def main() -> None:
+    args, names = parse_variant_args(__doc__, VARIANTS)
     print("| grid | sparsity | kernel | ms | effective TFLOP/s | rel. L2 vs first |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
