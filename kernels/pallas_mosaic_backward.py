@@ -59,6 +59,8 @@ class MosaicBackwardConfig:
     def __post_init__(self):
         if not isinstance(self.stages, int) or self.stages < 2:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
+        if not isinstance(self.longest_first, bool):
+            raise BSAConfigError(f"MosaicBackwardConfig.longest_first must be True or False, got {self.longest_first!r}")
 
 
 def smem_bytes(head_dim: int, config: MosaicBackwardConfig) -> int:

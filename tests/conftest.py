@@ -67,9 +67,10 @@ def pytest_xdist_auto_num_workers(config):
     PYTEST_XDIST_AUTO_NUM_WORKERS sets the number.
 
     A worker runs one Python thread for most of a test (tracing, XLA's compiles, waits on a subprocess, a server or a
-    browser), so one worker per core left a share of the cores idle: on a 2-core machine, tests/pipelines,
-    tests/memory and tests/sharding/test_sharding_pipeline.py took 168 s with 2 workers (1.72 cores busy) and 146 s
-    with 3 (1.90 cores busy) (2026-12-04).
+    browser), so one worker per core can leave a core idle. Measured on a 2-core machine (tests/pipelines,
+    tests/memory and tests/sharding/test_sharding_pipeline.py, 2026-12-04): 168 s with 2 workers against 146 s with 3
+    in one pair of runs; with the older fusion emitters (above) 127 and 106 s with 2 against 116 and 119 s with 3,
+    no difference beyond the spread. The whole suite's 14 min 45 s (README) was measured with 3.
     """
     count = yield
     return count if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else count + 1

@@ -1,8 +1,8 @@
 """XLA_FLAGS for the tests' subprocesses: the session's (conftest.py) with the host device count of the caller's choosing.
 
-conftest.py asks for 8 host devices and, on a machine without an NVIDIA driver, compiles without LLVM's optimisations
+conftest.py asks for 8 host devices and, on a machine without an NVIDIA driver, adds flags that make XLA compile faster
 (the tests' programs are compiled far more often than run). A subprocess that replaced XLA_FLAGS wholesale to pick its
-device count also dropped the second: a two-process mesh test took 24.6 s with LLVM's optimisations, 16.2 s without
+device count also dropped those: a two-process mesh test took 24.6 s with LLVM's optimisations, 16.2 s without
 (2-core CPU, 2026-12-04).
 """
 

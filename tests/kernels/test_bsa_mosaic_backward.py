@@ -123,6 +123,8 @@ def test_mosaic_backward_refuses_what_it_cannot_run():
         KernelConfig(backward="cutlass")
     with pytest.raises(BSAConfigError, match="stages must be an int >= 2"):
         MosaicBackwardConfig(stages=1)
+    with pytest.raises(BSAConfigError, match="longest_first must be True or False, got 'no'"):
+        MosaicBackwardConfig(longest_first="no")
     with pytest.raises(BSAConfigError, match="KernelConfig.mosaic_backward must be a kernels.MosaicBackwardConfig"):
         KernelConfig(mosaic_backward=MosaicConfig())
     mosaic = KernelConfig(forward="triton", backward="mosaic")
