@@ -5,7 +5,8 @@ The backward alone (dq, dk, dv from q, k, v, out, lse and a random cotangent), o
 TFLOP/s count the selected blocks only, 2.5 x 4*D*64*64 per pair (the flash-attention convention, as in
 `bsa_attention.py`). Every variant's dq, dk and dv are checked against the first variant's (the largest relative
 L2 of the three) before it is timed. Variant names: triton, mosaic (the default `MosaicBackwardConfig`: blocks
-handed to the CTAs longest list first), mosaic block order (`longest_first=False`).
+handed to the CTAs longest list first, each step's accumulating product deferred), mosaic block order
+(`longest_first=False`), mosaic waited (`deferred_accumulate=False`: each step ends waiting for its product).
 
     python3 benchmarks/bsa_backward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -29,6 +30,7 @@ VARIANTS = {
     "triton": KernelConfig(backward="triton"),
     "mosaic": KernelConfig(backward="mosaic"),
     "mosaic block order": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(longest_first=False)),
+    "mosaic waited": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(deferred_accumulate=False)),
 }
 
 

@@ -47,6 +47,10 @@ class MosaicBackwardConfig:
     block order, so that a CTA's two consumers get lists of about the same length and the longest lists start first.
     The transposed lists of the dk/dv kernel are uneven under top-k (21 to 188 query blocks against a mean of 82
     at 84,480 tokens and 0.9375, random inputs), and a CTA lasts as long as its longer list;
+    deferred_accumulate: issue each step's accumulating product (dq += ds k, dk += ds^T q) without waiting for it,
+    and release that step's gathered tiles only after the next step's first product has been waited for: the
+    accumulating product then runs on the tensor cores behind the next step's first one instead of ending the step
+    with a wait. False waits for it at the end of each step (the earlier schedule);
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots;
     the pipeline, barriers, gathers and the elementwise work are the GPU's.
@@ -54,13 +58,15 @@ class MosaicBackwardConfig:
 
     stages: int = 2
     longest_first: bool = True
+    deferred_accumulate: bool = True
     interpret: bool = False
 
     def __post_init__(self):
         if not isinstance(self.stages, int) or self.stages < 2:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
-        if not isinstance(self.longest_first, bool):
-            raise BSAConfigError(f"MosaicBackwardConfig.longest_first must be True or False, got {self.longest_first!r}")
+        for name in ("longest_first", "deferred_accumulate"):
+            if not isinstance(getattr(self, name), bool):
+                raise BSAConfigError(f"MosaicBackwardConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
 
 def smem_bytes(head_dim: int, config: MosaicBackwardConfig) -> int:
@@ -110,7 +116,10 @@ class _Kernel:
 
     own: [(input index, "tile" | "rows")] each consumer loads once for its block; gathered: the same for what
     the producer gathers per list entry; keys_are_own: whether the consumer's own block is the key block (dk/dv)
-    rather than the list's entries (dq); `init`, `step` and `finish` are the consumer's work.
+    rather than the list's entries (dq); `init`, `step` and `finish` are the consumer's work. `step` returns the
+    carry and the operands of its accumulating product (dq += ds k or dk += ds^T q: a [64, 64] tile in registers,
+    a [64, D] tile in shared memory), which `_launch` issues, waited for or deferred; it calls `after_first_wait`
+    once its first product has been waited for. `finish` gets that product's [64, D] float32 sum.
     """
 
     own: tuple[tuple[int, str], ...]
@@ -159,10 +168,10 @@ class _DqKernel(_Kernel):
 
     def init(self, own):
         _, _, lse_smem, delta_smem = own
-        return (self.zeros((BLOCK, self.d)), self.load_rows(lse_smem, 1), self.load_rows(delta_smem, 1))
+        return self.load_rows(lse_smem, 1), self.load_rows(delta_smem, 1)
 
-    def step(self, carry, own, gathered, key_block):
-        dq, lse, delta = carry
+    def step(self, carry, own, gathered, key_block, after_first_wait):
+        lse, delta = carry
         q_smem, do_smem = own[:2]
         k_smem, v_smem = gathered
         if self.interpret:
@@ -176,16 +185,17 @@ class _DqKernel(_Kernel):
 
             zeros = self.zeros((BLOCK, BLOCK))
             logits, dprobs = pl.run_state(products)((plgpu.ACC.init(zeros), plgpu.ACC.init(zeros)))
+        after_first_wait()
         if self.key_padding is not None:
             logits = mask_padded_keys(logits, self.key_padding, key_block, self.positions(1))
         probs = jnp.exp2(logits * self.logit_scale - lax.broadcast_in_dim(lse, logits.shape, [0]))
         dlogits = (probs * (dprobs - lax.broadcast_in_dim(delta, logits.shape, [0]))).astype(self.dtype)
-        return self.accumulate(dq, dlogits, k_smem), lse, delta
+        return carry, (dlogits, k_smem)  # dq += dlogits k
 
-    def finish(self, carry, own):
+    def finish(self, acc, carry, own):
         """Writes dq into the q tile (free once the last product is done); returns the tiles to store."""
         q_smem = own[0]
-        q_smem[...] = (carry[0] * self.scale).astype(self.dtype)
+        q_smem[...] = (acc * self.scale).astype(self.dtype)
         return (q_smem,)
 
 
@@ -196,10 +206,10 @@ class _DkDvKernel(_Kernel):
     keys_are_own = True
 
     def init(self, own):
-        return self.zeros((BLOCK, self.d)), self.zeros((BLOCK, self.d))
+        return (self.zeros((BLOCK, self.d)),)  # dv
 
-    def step(self, carry, own, gathered, key_block):
-        dk, dv = carry
+    def step(self, carry, own, gathered, key_block, after_first_wait):
+        (dv,) = carry
         k_smem, v_smem = own
         q_smem, do_smem, lse_smem, delta_smem = gathered
         lse = self.load_rows(lse_smem, 0)
@@ -212,6 +222,7 @@ class _DkDvKernel(_Kernel):
                 return acc_ref[...]
 
             logits_t = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))
+        after_first_wait()
         if self.key_padding is not None:
             logits_t = mask_padded_keys(logits_t, self.key_padding, key_block, self.positions(0))
         probs_t = jnp.exp2(logits_t * self.logit_scale - lax.broadcast_in_dim(lse, logits_t.shape, [1]))
@@ -227,13 +238,13 @@ class _DkDvKernel(_Kernel):
 
             dv, dprobs_t = pl.run_state(products)((plgpu.ACC.init(dv), plgpu.ACC.init(self.zeros((BLOCK, BLOCK)))))
         dlogits_t = (probs_t * (dprobs_t - lax.broadcast_in_dim(delta, logits_t.shape, [1]))).astype(self.dtype)
-        return self.accumulate(dk, dlogits_t, q_smem), dv
+        return (dv,), (dlogits_t, q_smem)  # dk += dlogits_t q
 
-    def finish(self, carry, own):
+    def finish(self, acc, carry, own):
         """Writes dk and dv into the k and v tiles (free once the last product is done)."""
         k_smem, v_smem = own
-        k_smem[...] = (carry[0] * self.scale).astype(self.dtype)
-        v_smem[...] = carry[1].astype(self.dtype)
+        k_smem[...] = (acc * self.scale).astype(self.dtype)
+        v_smem[...] = carry[0].astype(self.dtype)
         return k_smem, v_smem
 
 
@@ -288,11 +299,17 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
             for i in range(n_own):
                 plgpu.barrier_wait(own_loaded.at[wg * n_own + i])
 
-            def visit(j, carry):
+            count = count_of(wg)
+            deferred = config.deferred_accumulate
+
+            def release(j):
+                plgpu.barrier_arrive(consumed.at[wg * stages + lax.rem(j, jnp.int32(stages))])
+
+            def visit(j, state, acc_ref=None):
+                acc, carry = state
                 slot = lax.rem(j, jnp.int32(stages))
-                barrier = wg * stages + slot
                 for group in loaded:
-                    plgpu.barrier_wait(group.at[barrier])
+                    plgpu.barrier_wait(group.at[wg * stages + slot])
                 if spec.key_padding is None:
                     key_block = None
                 elif spec.keys_are_own:
@@ -300,12 +317,32 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
                 else:
                     key_block = idx_ref[bi, hi, own_block, j]
                 gathered = [smem.at[wg, slot] for smem in gathered_smem2]
-                carry = spec.step(carry, own, gathered, key_block)
-                plgpu.barrier_arrive(consumed.at[barrier])
-                return carry
 
-            carry = lax.fori_loop(0, count_of(wg), visit, spec.init(own))
-            tiles = spec.finish(carry, own)
+                def after_first_wait():
+                    # deferred: entry j - 1's accumulating product ended with this step's first wait
+                    if deferred:
+                        pl.when(j > 0)(lambda: release(j - 1))
+
+                carry, (a, b_smem) = spec.step(carry, own, gathered, key_block, after_first_wait)
+                if acc_ref is not None:
+                    plgpu.wgmma(acc_ref, a, b_smem)  # waited for by the next step's first product
+                else:
+                    acc = spec.accumulate(acc, a, b_smem)
+                if not deferred:
+                    release(j)
+                return acc, carry
+
+            if deferred and not config.interpret:
+                def accumulate_in_scope(acc_ref):  # [64, D] float32 wgmma accumulator, zero at first
+                    _, carry = lax.fori_loop(0, count, functools.partial(visit, acc_ref=acc_ref), (None, spec.init(own)))
+                    return acc_ref[...], carry
+
+                acc, carry = pl.run_scoped(accumulate_in_scope, plgpu.ACC((BLOCK, spec.d), jnp.float32))
+            else:
+                acc, carry = lax.fori_loop(0, count, visit, (spec.zeros((BLOCK, spec.d)), spec.init(own)))
+            if deferred:
+                pl.when(count > 0)(lambda: release(count - 1))
+            tiles = spec.finish(acc, carry, own)
             plgpu.commit_smem()
 
             @pl.when(valid(wg))

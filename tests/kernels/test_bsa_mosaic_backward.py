@@ -63,9 +63,11 @@ class TestMosaicBackwardInterpret(_BackwardTests):
         # 3 stages over lists of up to 3 entries: every slot refilled only after its release
         KernelCase("uneven_counts_odd_block_counts_three_stages", b=1, h=2, d=64, mq=3, mk=5, width=3,
                    mosaic_backward=MosaicBackwardConfig(stages=3)),
-        # blocks handed out in block order (the other case: longest list first, the default)
-        KernelCase("head_dim_128_two_batches_sentinel_padded_block_order", b=2, h=1, d=128, mq=2, mk=3, width=3,
-                   sentinel_padded=True, mosaic_backward=MosaicBackwardConfig(longest_first=False)),
+        # blocks handed out in block order, each step's accumulating product waited for and its tiles released at
+        # its end (the other case: longest list first, deferred products, the defaults)
+        KernelCase("head_dim_128_two_batches_sentinel_padded_block_order_waited", b=2, h=1, d=128, mq=2, mk=3,
+                   width=3, sentinel_padded=True,
+                   mosaic_backward=MosaicBackwardConfig(longest_first=False, deferred_accumulate=False)),
     )
     # keys padded along T and H (4 key blocks, 2 query blocks): padded keys masked, their dk and dv zero
     odd_grid_cases = (OddGridCase("q_3x5x4_k_7x5x4", (3, 5, 4), (7, 5, 4), (4, 4, 4), (4, 4, 4)),)
@@ -125,6 +127,8 @@ def test_mosaic_backward_refuses_what_it_cannot_run():
         MosaicBackwardConfig(stages=1)
     with pytest.raises(BSAConfigError, match="longest_first must be True or False, got 'no'"):
         MosaicBackwardConfig(longest_first="no")
+    with pytest.raises(BSAConfigError, match="deferred_accumulate must be True or False, got 1"):
+        MosaicBackwardConfig(deferred_accumulate=1)
     with pytest.raises(BSAConfigError, match="KernelConfig.mosaic_backward must be a kernels.MosaicBackwardConfig"):
         KernelConfig(mosaic_backward=MosaicConfig())
     mosaic = KernelConfig(forward="triton", backward="mosaic")
@@ -190,8 +194,9 @@ class TestMosaicBackwardGpu(_BackwardTests):
         _gpu_gradient_case("8192_tokens_24_heads", b=1, h=24, d=128, mq=128, mk=128, width=16),
         # head_dim 64 with the default 2 stages over lists of up to all 32 key blocks, no padding
         _gpu_gradient_case("d64_two_stages_lists_up_to_32", b=1, h=2, d=64, mq=32, mk=32, width=32),
-        _gpu_gradient_case("d128_block_order", b=2, h=3, d=128, mq=12, mk=20, width=11,
-                           mosaic_backward=MosaicBackwardConfig(longest_first=False)),
+        # block order, each step's accumulating product waited for (the others: the defaults)
+        _gpu_gradient_case("d128_block_order_waited", b=2, h=3, d=128, mq=12, mk=20, width=11,
+                           mosaic_backward=MosaicBackwardConfig(longest_first=False, deferred_accumulate=False)),
     )
     whole_call_cases = RASTER_CASES
     # all of 64-token chunks: padded key grids, gradients included. Besides the shared ones, two that take the CDF

@@ -64,11 +64,13 @@ def test_forward_lowers_for_cuda(name, fp8):
     assert "custom_call @mosaic_gpu" in text
 
 
-def test_backward_lowers_for_cuda():
+@pytest.mark.parametrize("deferred", [True, False], ids=["deferred_accumulate", "waited_accumulate"])
+def test_backward_lowers_for_cuda(deferred):
     q, k, v, indices, _, counts = _inputs()
     lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
+    config = MosaicBackwardConfig(deferred_accumulate=deferred)
 
     def backward(q, k, v, indices, counts, lse):
-        return mosaic_backward(q, k, v, indices, counts, q, lse, q, MosaicBackwardConfig(), key_padding=PADDED)
+        return mosaic_backward(q, k, v, indices, counts, q, lse, q, config, key_padding=PADDED)
 
     assert "custom_call @mosaic_gpu" in _lowered_for_cuda(backward, q, k, v, indices, counts, lse)
