@@ -11,8 +11,8 @@ numpy on the CPU), the relative L2 error of the output for:
 - the MSE-optimal 256-level scalar code for a Gaussian (Lloyd-Max, levels fitted to 20M N(0, 1) draws, one scale
   per output channel): no 8-bit scalar code of one weight at a time does better on these weights;
 - the rate-distortion bound of a Gaussian source at 8 bits a weight, 2^-8: no 8-bit code of any kind (vector codes,
-  error-compensating rounding such as GPTQ) can have a lower weight error, and with inputs of equal variance in every
-  channel, as here, the output's relative error equals the weight's.
+  error-compensating rounding such as GPTQ) can have a lower weight error, and with isotropic inputs (uncorrelated
+  channels of equal variance), as here, the output's relative error equals the weight's.
 
     python3 benchmarks/int8_error_bound.py
 """
