@@ -85,7 +85,7 @@ def main() -> None:
         # the DiT's self attention calls the name it imported: swapped for the emulation in that mode only
         dit_attention.fp8_attention = emulated_fp8_attention if mode.endswith("emulated") else fp8_attention
         graphdef, state = nnx.split(model)
-        out = jax.jit(lambda state, *a: nnx.merge(graphdef, state)(*a))(state, *inputs)
+        out = jax.jit(lambda state, *a, g=graphdef: nnx.merge(g, state)(*a))(state, *inputs)
         want, blocks = block_errors(reference, model, *inputs)
         updates = np.array([e.update_rel for e in blocks])
         worst = int(np.argmax(updates))
@@ -93,7 +93,7 @@ def main() -> None:
               + " / ".join(f"{updates[i]:.2e}" for i in shown)
               + f" | {np.median(updates):.2e} | {updates[worst]:.2e} ({worst}) |", flush=True)
         print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
-        del model
+        del model, graphdef, state, out, want  # one candidate model on the device at a time
     dit_attention.fp8_attention = fp8_attention
 
 
