@@ -65,6 +65,21 @@ def _real_config(depth: int, bsa: bool, small: bool = False) -> dict:
 _START = time.perf_counter()
 
 
+def random_inputs(grid: tuple[int, int, int], batch: int):
+    """The DiT's call arguments for a token grid (T, H, W) after its 1x2x2 patches: latents [B, 16, T, 2H, 2W] and
+    text [B, 1, 512, 4096] N(0, 1) in bf16, timestep 700, the two batch entries' text masks 200 and 120 tokens long."""
+    import jax
+    import jax.numpy as jnp
+
+    t, h, w = grid
+    keys = jax.random.split(jax.random.key(2), 2)
+    latents = jax.random.normal(keys[0], (batch, 16, t, 2 * h, 2 * w), jnp.bfloat16)
+    text = jax.random.normal(keys[1], (batch, 1, TEXT_LEN, 4096), jnp.bfloat16)
+    mask = (jnp.arange(TEXT_LEN)[None, :] < jnp.array([200, 120][:batch])[:, None]).astype(jnp.int32)
+    timestep = jnp.full((batch,), 700.0, jnp.float32)
+    return latents, timestep, text, mask
+
+
 def _log(message: str) -> None:
     """A progress line with the seconds since the process started (streamed by the parent)."""
     print(f"  [{time.perf_counter() - _START:7.1f} s] {message}", flush=True)
@@ -125,11 +140,7 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     leaves = jax.tree.leaves(nnx.state(model))
     num_params = sum(x.size for x in leaves)
     weights_gib = sum(x.nbytes for x in leaves) / 2**30
-    keys = jax.random.split(jax.random.key(2), 2)
-    latents = jax.random.normal(keys[0], (b, 16, t, 2 * h, 2 * w), jnp.bfloat16)
-    text = jax.random.normal(keys[1], (b, 1, TEXT_LEN, 4096), jnp.bfloat16)
-    mask = (jnp.arange(TEXT_LEN)[None, :] < jnp.array([200, 120][:b])[:, None]).astype(jnp.int32)
-    timestep = jnp.full((b,), 700.0, jnp.float32)
+    latents, timestep, text, mask = random_inputs((t, h, w), b)
     if plan:
         latents, text, mask, timestep = jax.device_put((latents, text, mask, timestep), plan.replicated)
 

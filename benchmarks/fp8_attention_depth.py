@@ -28,7 +28,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from dit_step import TEXT_LEN, _real_config  # noqa: E402  (this script's sibling)
+from dit_step import _real_config, random_inputs  # noqa: E402  (this script's sibling)
 from flax import nnx  # noqa: E402
 
 from longcat_jax.metrics import rel_l2  # noqa: E402
@@ -41,16 +41,6 @@ from longcat_jax.quantization.block_errors import block_errors  # noqa: E402
 from longcat_jax.quantization.modes import SCHEMES  # noqa: E402
 
 MODES = ("fp8", "fp8-attention", "fp8-attention-emulated")
-
-
-def _inputs(grid, batch):
-    t, h, w = grid
-    keys = jax.random.split(jax.random.key(2), 2)
-    latents = jax.random.normal(keys[0], (batch, 16, t, 2 * h, 2 * w), jnp.bfloat16)  # patch 1x2x2
-    text = jax.random.normal(keys[1], (batch, 1, TEXT_LEN, 4096), jnp.bfloat16)
-    mask = (jnp.arange(TEXT_LEN)[None, :] < jnp.array([200, 120][:batch])[:, None]).astype(jnp.int32)
-    timestep = jnp.full((batch,), 700.0, jnp.float32)
-    return latents, timestep, text, mask
 
 
 def main() -> None:
@@ -69,7 +59,7 @@ def main() -> None:
         parser.error(f"--grid takes TxHxW and --modes a subset of {', '.join(MODES)}; got {args.grid!r}, {unknown}")
     config = DiTConfig.from_dict(_real_config(args.depth, bsa=False, small=args.small))
     args.depth = config.depth
-    inputs = _inputs(grid, args.batch)
+    inputs = random_inputs(grid, args.batch)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; grid {grid} x batch {args.batch} "
           f"({int(np.prod(grid))} tokens each), depth {args.depth}", flush=True)
     reference = random_dit(config, dtype=jnp.bfloat16, draw_on_device=True)
