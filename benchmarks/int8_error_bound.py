@@ -1,4 +1,4 @@
-"""How small one 8-bit weight GEMM's error can get on Gaussian weights: the floor under #22's INT8 target.
+"""How small one 8-bit weight GEMM's error can get on Gaussian weights with isotropic inputs.
 
 The INT8 weight-only DiT moved the real-size step output 2.5-2.8e-2 from bf16 on random weights (kernels
 N(0, 1/fan_in)), with 8.7e-3 relative error per GEMM (BENCHMARKS.md, "Quantized DiT step"). Every block adds about
@@ -12,7 +12,9 @@ numpy on the CPU), the relative L2 error of the output for:
   per output channel): no 8-bit scalar code of one weight at a time does better on these weights;
 - the rate-distortion bound of a Gaussian source at 8 bits a weight, 2^-8: no 8-bit code of any kind (vector codes,
   error-compensating rounding such as GPTQ) can have a lower weight error, and with isotropic inputs (uncorrelated
-  channels of equal variance), as here, the output's relative error equals the weight's.
+  channels of equal variance), as here, the output's relative error equals the weight's. The DiT's inputs are far
+  from isotropic (`gemm_input_isotropy.py`), which lowers the floor for codes that use them (error-compensating
+  rounding) but not for codes that round each weight alone.
 
     python3 benchmarks/int8_error_bound.py
 """
