@@ -65,14 +65,15 @@ def _real_config(depth: int, bsa: bool, small: bool = False) -> dict:
 _START = time.perf_counter()
 
 
-def random_inputs(grid: tuple[int, int, int], batch: int):
+def random_inputs(grid: tuple[int, int, int], batch: int, seed: int = 2):
     """The DiT's call arguments for a token grid (T, H, W) after its 1x2x2 patches: latents [B, 16, T, 2H, 2W] and
-    text [B, 1, 512, 4096] N(0, 1) in bf16, timestep 700, the two batch entries' text masks 200 and 120 tokens long."""
+    text [B, 1, 512, 4096] N(0, 1) in bf16 (drawn from `seed`), timestep 700, the two batch entries' text masks 200
+    and 120 tokens long."""
     import jax
     import jax.numpy as jnp
 
     t, h, w = grid
-    keys = jax.random.split(jax.random.key(2), 2)
+    keys = jax.random.split(jax.random.key(seed), 2)
     latents = jax.random.normal(keys[0], (batch, 16, t, 2 * h, 2 * w), jnp.bfloat16)
     text = jax.random.normal(keys[1], (batch, 1, TEXT_LEN, 4096), jnp.bfloat16)
     mask = (jnp.arange(TEXT_LEN)[None, :] < jnp.array([200, 120][:batch])[:, None]).astype(jnp.int32)

@@ -1,0 +1,122 @@
+"""What error-compensating rounding (GPTQ) would do for `--quantize int8` on the DiT's Linears: a probe, not the feature.
+
+`gemm_input_isotropy.py` found the inputs of the DiT's GEMMs far from isotropic, which leaves room under round-to-
+nearest for rounding that uses them. This script runs a random real-config DiT (float32) twice eagerly on different
+random inputs, keeping each Linear's input second moment M = x^T x / N (calibration and held-out), and for the chosen
+Linears compares, against the float32 kernel W [in, out]:
+
+- round-to-nearest INT8 with one absmax scale per output channel (what `--quantize int8` stores), and
+- GPTQ (Frantar et al., 2022) into the same INT8 grid with the same scales: the input rows quantized in order, each
+  row's rounding error spread over the rows not yet quantized through the Cholesky factor of the damped inverse of
+  the calibration M (blocks of 128 rows, 1% damping);
+
+by the output's relative L2 error sqrt(tr(E^T M E) / tr(W^T M W)), E the kernel's error, on the calibration and on
+the held-out inputs. The quantized weights keep the INT8 format, so a GPTQ checkpoint would load and run as today.
+
+    python3 benchmarks/gptq_probe.py [--grid 4x32x32] [--batch 2] [--depth 2] [--layers blocks/1/ffn/w1,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax.numpy as jnp
+import numpy as np
+from dit_step import _real_config, random_inputs  # this script's siblings
+from flax import nnx
+from gemm_input_isotropy import InputMoments
+
+from longcat_jax.models.dit import layers
+from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.dit.loading import random_dit
+
+LAYERS = "blocks/1/attn/qkv,blocks/1/attn/proj,blocks/1/cross_attn/q,blocks/1/ffn/w1"
+BLOCK_ROWS = 128
+DAMPING = 0.01  # times the mean diagonal of M
+
+
+def input_moments(model, grid, batch, seed) -> InputMoments:
+    """Each block Linear's x^T x (float64) over one eager forward on `random_inputs(grid, batch, seed)`."""
+    moments = InputMoments(model)
+    plain_call = layers.Linear.__call__
+
+    def recording_call(linear, x):
+        moments.record(linear, x)
+        return plain_call(linear, x)
+
+    layers.Linear.__call__ = recording_call
+    try:
+        model(*random_inputs(grid, batch, seed))
+    finally:
+        layers.Linear.__call__ = plain_call
+    return moments
+
+
+def int8_scales(w: np.ndarray) -> np.ndarray:
+    """[out] absmax / 127 per output channel of w [in, out], as `--quantize int8` stores."""
+    return np.maximum(np.abs(w).max(axis=0), 1e-12) / 127
+
+
+def rounded(w: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(w / scales), -127, 127) * scales
+
+
+def gptq(w: np.ndarray, moment: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """w [in, out] rounded to the INT8 grid of `scales` in input-row order, each row's error compensated on the rows
+    after it (GPTQ's lazy-batch form)."""
+    w = w.astype(np.float64).copy()
+    d = w.shape[0]
+    hessian = moment + DAMPING * np.mean(np.diag(moment)) * np.eye(d)
+    upper = np.linalg.cholesky(np.linalg.inv(hessian)).T  # [in, in] upper Cholesky factor of H^-1
+    q = np.empty_like(w)
+    for start in range(0, d, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, d)
+        errors = np.empty((stop - start, w.shape[1]))
+        for i in range(start, stop):
+            q[i] = rounded(w[i], scales)
+            errors[i - start] = (w[i] - q[i]) / upper[i, i]
+            w[i + 1:stop] -= np.outer(upper[i, i + 1:stop], errors[i - start])
+        w[stop:] -= upper[start:stop, stop:].T @ errors
+    return q
+
+
+def output_error(error: np.ndarray, w: np.ndarray, moment: np.ndarray) -> float:
+    """sqrt(tr(E^T M E) / tr(W^T M W)): the output's relative L2 error over the inputs whose second moment is M."""
+    return float(np.sqrt(np.sum(error * (moment @ error)) / np.sum(w * (moment @ w))))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default="4x32x32", help="token grid TxHxW (after the 1x2x2 patches)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--layers", default=LAYERS, help="comma-separated Linear paths")
+    parser.add_argument("--small", action="store_true", help="a 256-wide DiT (a check on any machine)")
+    args = parser.parse_args()
+    grid = tuple(int(n) for n in args.grid.split("x"))
+    config = DiTConfig.from_dict(_real_config(args.depth, bsa=False, small=args.small))
+    model = random_dit(config, dtype=jnp.float32, draw_on_device=True)
+    calibration = input_moments(model, grid, args.batch, seed=2)
+    held_out = input_moments(model, grid, args.batch, seed=3)
+    kernels = {calibration.names[id(node)]: np.asarray(node.kernel.get_value(), np.float64)
+               for _, node in nnx.iter_graph(model) if isinstance(node, layers.Linear)}
+    print(f"grid {grid} x batch {args.batch}, width {config.hidden_size}, depth {config.depth}")
+    print("| Linear | tokens | RTN calibration / held-out | GPTQ calibration / held-out | held-out RTN / GPTQ | s |")
+    print("|---|---|---|---|---|---|")
+    for name in args.layers.split(","):
+        if name not in kernels or name not in calibration.sums:
+            parser.error(f"no block Linear {name!r} with recorded inputs; these have: {', '.join(sorted(kernels))}")
+        start = time.perf_counter()
+        w, scales = kernels[name], int8_scales(kernels[name])
+        m_cal = calibration.sums[name] / calibration.tokens[name]
+        m_out = held_out.sums[name] / held_out.tokens[name]
+        rtn, compensated = rounded(w, scales) - w, gptq(w, m_cal, scales) - w
+        errors = [output_error(e, w, m) for e in (rtn, compensated) for m in (m_cal, m_out)]
+        print(f"| {name} | {calibration.tokens[name]} | {errors[0]:.3e} / {errors[1]:.3e} | "
+              f"{errors[2]:.3e} / {errors[3]:.3e} | {errors[1] / errors[3]:.2f}x | {time.perf_counter() - start:.0f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
