@@ -53,6 +53,23 @@ class InputMoments:
         self.tokens[name] = self.tokens.get(name, 0) + rows.shape[0]
 
 
+def input_moments(model: nnx.Module, grid, batch: int, seed: int = 2) -> InputMoments:
+    """Each block Linear's x^T x (float64) over one eager forward of `model` on `random_inputs(grid, batch, seed)`."""
+    moments = InputMoments(model)
+    plain_call = layers.Linear.__call__
+
+    def recording_call(linear, x):
+        moments.record(linear, x)
+        return plain_call(linear, x)
+
+    layers.Linear.__call__ = recording_call  # eager run: every Linear's input is a concrete array
+    try:
+        model(*random_inputs(grid, batch, seed))
+    finally:
+        layers.Linear.__call__ = plain_call
+    return moments
+
+
 def log_ratio(moment: np.ndarray, tokens: int, corrected: bool) -> float:
     """ln(GM / AM) of the eigenvalues of `moment` [d, d] (the second-moment matrix of `tokens` rows)."""
     d = moment.shape[0]
@@ -76,18 +93,7 @@ def main() -> None:
         parser.error(f"--grid takes TxHxW, got {args.grid!r}")
     config = DiTConfig.from_dict(_real_config(args.depth, bsa=False, small=args.small))
     model = random_dit(config, dtype=jnp.float32, draw_on_device=True)
-    moments = InputMoments(model)
-    plain_call = layers.Linear.__call__
-
-    def recording_call(linear, x):
-        moments.record(linear, x)
-        return plain_call(linear, x)
-
-    layers.Linear.__call__ = recording_call  # eager run: every Linear's input is a concrete array
-    try:
-        model(*random_inputs(grid, args.batch))
-    finally:
-        layers.Linear.__call__ = plain_call
+    moments = input_moments(model, grid, args.batch)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; grid {grid} x batch {args.batch}, "
           f"width {config.hidden_size}, depth {config.depth}")
     print("| Linear | input width | tokens | sqrt(GM/AM) raw | sqrt(GM/AM) corrected | 8-bit floor (corrected) |")

@@ -23,9 +23,9 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
-from dit_step import _real_config, random_inputs  # this script's siblings
+from dit_step import _real_config  # this script's siblings
 from flax import nnx
-from gemm_input_isotropy import InputMoments
+from gemm_input_isotropy import input_moments
 
 from longcat_jax.models.dit import layers
 from longcat_jax.models.dit.config import DiTConfig
@@ -34,23 +34,6 @@ from longcat_jax.models.dit.loading import random_dit
 LAYERS = "blocks/1/attn/qkv,blocks/1/attn/proj,blocks/1/cross_attn/q,blocks/1/ffn/w1"
 BLOCK_ROWS = 128
 DAMPING = 0.01  # times the mean diagonal of M
-
-
-def input_moments(model, grid, batch, seed) -> InputMoments:
-    """Each block Linear's x^T x (float64) over one eager forward on `random_inputs(grid, batch, seed)`."""
-    moments = InputMoments(model)
-    plain_call = layers.Linear.__call__
-
-    def recording_call(linear, x):
-        moments.record(linear, x)
-        return plain_call(linear, x)
-
-    layers.Linear.__call__ = recording_call
-    try:
-        model(*random_inputs(grid, batch, seed))
-    finally:
-        layers.Linear.__call__ = plain_call
-    return moments
 
 
 def int8_scales(w: np.ndarray) -> np.ndarray:
