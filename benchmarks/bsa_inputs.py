@@ -330,6 +330,14 @@ def parse_grid(text: str) -> Grid:
     return tuple(int(part) for part in parts)
 
 
+def grid_argument(text: str) -> Grid:
+    """`parse_grid` as an argparse type: a bad grid is refused with its message, not a traceback."""
+    try:
+        return parse_grid(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", default="24x44x80", help="latent token grid TxHxW")

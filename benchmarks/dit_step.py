@@ -51,9 +51,9 @@ TEXT_LEN = 512
 SMALL_GRID = (4, 8, 8)
 
 
-def _real_config(depth: int, bsa: bool, small: bool = False) -> dict:
+def real_config(depth: int, bsa: bool, small: bool = False) -> dict:
     if small:
-        return {**_real_config(min(depth, 2), bsa), "hidden_size": 256, "num_heads": 4}
+        return {**real_config(min(depth, 2), bsa), "hidden_size": 256, "num_heads": 4}
     return {
         "in_channels": 16, "out_channels": 16, "hidden_size": 4096, "depth": depth, "num_heads": 32,
         "caption_channels": 4096, "mlp_ratio": 4, "adaln_tembed_dim": 512, "frequency_embedding_size": 256,
@@ -72,6 +72,8 @@ def random_inputs(grid: tuple[int, int, int], batch: int, seed: int = 2):
     import jax
     import jax.numpy as jnp
 
+    if batch not in (1, 2):
+        raise ValueError(f"random_inputs makes a batch of 1 or 2 (one text mask per CFG entry), got {batch}")
     t, h, w = grid
     keys = jax.random.split(jax.random.key(seed), 2)
     latents = jax.random.normal(keys[0], (batch, 16, t, 2 * h, 2 * w), jnp.bfloat16)
@@ -124,7 +126,7 @@ def run_ours(case: dict, depth: int, warmup: int, iters: int, context_parallel: 
     fp8_compute = quantize in SCHEMES and SCHEMES[quantize].compute == FP8_COMPUTE
     scheme = (dataclasses.replace(SCHEMES[quantize], gemm_dtype=fp8_gemm_dtype or SCHEMES[quantize].gemm_dtype)
               if fp8_compute else quantize)
-    config = DiTConfig.from_dict(_real_config(depth, case["bsa"], small))
+    config = DiTConfig.from_dict(real_config(depth, case["bsa"], small))
     t, h, w = SMALL_GRID if small else case["grid"]
     b = case["batch"]
     # Drawn on the device one parameter at a time (one small program per distinct shape; one program drawing
@@ -222,7 +224,7 @@ def run_original(case: dict, depth: int, warmup: int, iters: int, reference: str
     _install_flash_attn_shim()
     from longcat_video.modules.longcat_video_dit import LongCatVideoTransformer3DModel
 
-    config = _real_config(depth, case["bsa"])
+    config = real_config(depth, case["bsa"])
     config.update(enable_flashattn2=True, cp_split_hw=[1, 1])
     torch.manual_seed(0)
     with torch.device("cuda"):

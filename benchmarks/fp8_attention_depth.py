@@ -28,7 +28,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from dit_step import _real_config, random_inputs  # noqa: E402  (this script's sibling)
+from bsa_inputs import grid_argument  # noqa: E402  (this script's siblings)
+from dit_step import random_inputs, real_config  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from longcat_jax.metrics import rel_l2  # noqa: E402
@@ -45,19 +46,19 @@ MODES = ("fp8", "fp8-attention", "fp8-attention-emulated")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", default="8x16x16", help="token grid TxHxW (after the 1x2x2 patches)")
-    parser.add_argument("--batch", type=int, default=2, help="2: a CFG batch, as at 480p")
+    parser.add_argument("--grid", type=grid_argument, default="8x16x16", help="token grid TxHxW (after the 1x2x2 patches)")
+    parser.add_argument("--batch", type=int, choices=(1, 2), default=2, help="2: a CFG batch, as at 480p")
     parser.add_argument("--depth", type=int, default=48)
     parser.add_argument("--every", type=int, default=6, help="print every n-th block's error (and the last)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ", ".join(MODES))
     parser.add_argument("--small", action="store_true", help="a 256-wide DiT of 2 blocks (a check on any machine)")
     args = parser.parse_args()
-    grid = tuple(int(n) for n in args.grid.split("x"))
+    grid = args.grid
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
-    if len(grid) != 3 or unknown:
-        parser.error(f"--grid takes TxHxW and --modes a subset of {', '.join(MODES)}; got {args.grid!r}, {unknown}")
-    config = DiTConfig.from_dict(_real_config(args.depth, bsa=False, small=args.small))
+    if unknown:
+        parser.error(f"unknown --modes {unknown}; choose from {', '.join(MODES)}")
+    config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
     args.depth = config.depth
     inputs = random_inputs(grid, args.batch)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; grid {grid} x batch {args.batch} "

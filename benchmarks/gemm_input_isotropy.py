@@ -24,7 +24,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from dit_step import _real_config, random_inputs  # this script's sibling
+from bsa_inputs import grid_argument  # this script's siblings
+from dit_step import random_inputs, real_config
 from flax import nnx
 from scipy.special import digamma
 
@@ -83,15 +84,13 @@ def log_ratio(moment: np.ndarray, tokens: int, corrected: bool) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", default="4x32x32", help="token grid TxHxW (after the 1x2x2 patches)")
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--grid", type=grid_argument, default="4x32x32", help="token grid TxHxW (after the 1x2x2 patches)")
+    parser.add_argument("--batch", type=int, choices=(1, 2), default=2)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--small", action="store_true", help="a 256-wide DiT (a check on any machine)")
     args = parser.parse_args()
-    grid = tuple(int(n) for n in args.grid.split("x"))
-    if len(grid) != 3:
-        parser.error(f"--grid takes TxHxW, got {args.grid!r}")
-    config = DiTConfig.from_dict(_real_config(args.depth, bsa=False, small=args.small))
+    grid = args.grid
+    config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
     model = random_dit(config, dtype=jnp.float32, draw_on_device=True)
     moments = input_moments(model, grid, args.batch)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; grid {grid} x batch {args.batch}, "

@@ -23,26 +23,31 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
-from dit_step import _real_config  # this script's siblings
+from bsa_inputs import grid_argument  # this script's siblings
+from dit_step import real_config
 from flax import nnx
 from gemm_input_isotropy import input_moments
 
 from longcat_jax.models.dit import layers
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.loading import random_dit
+from longcat_jax.quantization.formats import INT8, dequantize_kernel, quantize_kernel, to_format
 
 LAYERS = "blocks/1/attn/qkv,blocks/1/attn/proj,blocks/1/cross_attn/q,blocks/1/ffn/w1"
 BLOCK_ROWS = 128
 DAMPING = 0.01  # times the mean diagonal of M
 
 
-def int8_scales(w: np.ndarray) -> np.ndarray:
-    """[out] absmax / 127 per output channel of w [in, out], as `--quantize int8` stores."""
-    return np.maximum(np.abs(w).max(axis=0), 1e-12) / 127
+def round_to_nearest(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """w [in, out] as `--quantize int8` stores and reads it (`formats.quantize_kernel`): (the dequantized kernel
+    [in, out], the per-output-channel scales [out])."""
+    qkernel, qscale = quantize_kernel(w.astype(np.float32), INT8)
+    return dequantize_kernel(qkernel, qscale, np.float64), qscale.astype(np.float64)
 
 
-def rounded(w: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(w / scales), -127, 127) * scales
+def rounded(row: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """One input row [out] on the INT8 grid of `scales` (`formats.to_format`'s clipping and rounding)."""
+    return to_format(row / scales, INT8).astype(np.float64) * scales
 
 
 def gptq(w: np.ndarray, moment: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -71,14 +76,14 @@ def output_error(error: np.ndarray, w: np.ndarray, moment: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", default="4x32x32", help="token grid TxHxW (after the 1x2x2 patches)")
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--grid", type=grid_argument, default="4x32x32", help="token grid TxHxW (after the 1x2x2 patches)")
+    parser.add_argument("--batch", type=int, choices=(1, 2), default=2)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--layers", default=LAYERS, help="comma-separated Linear paths")
     parser.add_argument("--small", action="store_true", help="a 256-wide DiT (a check on any machine)")
     args = parser.parse_args()
-    grid = tuple(int(n) for n in args.grid.split("x"))
-    config = DiTConfig.from_dict(_real_config(args.depth, bsa=False, small=args.small))
+    grid = args.grid
+    config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
     model = random_dit(config, dtype=jnp.float32, draw_on_device=True)
     calibration = input_moments(model, grid, args.batch, seed=2)
     held_out = input_moments(model, grid, args.batch, seed=3)
@@ -91,10 +96,11 @@ def main() -> None:
         if name not in kernels or name not in calibration.sums:
             parser.error(f"no block Linear {name!r} with recorded inputs; these have: {', '.join(sorted(kernels))}")
         start = time.perf_counter()
-        w, scales = kernels[name], int8_scales(kernels[name])
+        w = kernels[name]
+        nearest, scales = round_to_nearest(w)
         m_cal = calibration.sums[name] / calibration.tokens[name]
         m_out = held_out.sums[name] / held_out.tokens[name]
-        rtn, compensated = rounded(w, scales) - w, gptq(w, m_cal, scales) - w
+        rtn, compensated = nearest - w, gptq(w, m_cal, scales) - w
         errors = [output_error(e, w, m) for e in (rtn, compensated) for m in (m_cal, m_out)]
         print(f"| {name} | {calibration.tokens[name]} | {errors[0]:.3e} / {errors[1]:.3e} | "
               f"{errors[2]:.3e} / {errors[3]:.3e} | {errors[1] / errors[3]:.2f}x | {time.perf_counter() - start:.0f} |",

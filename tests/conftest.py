@@ -70,7 +70,7 @@ def pytest_xdist_auto_num_workers(config):
     browser), so one worker per core can leave a core idle. Measured on a 2-core machine (tests/pipelines,
     tests/memory and tests/sharding/test_sharding_pipeline.py, 2026-12-04): 168 s with 2 workers against 146 s with 3
     in one pair of runs; with the older fusion emitters (above) 127 and 106 s with 2 against 116 and 119 s with 3,
-    no difference beyond the spread. The whole suite's 14 min 45 s (README) was measured with 3.
+    no difference beyond the spread. The suite's times in the README were measured with 3.
     """
     count = yield
     return count if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") else count + 1
