@@ -56,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="store the DiT's large Linears as FP8 e4m3 or INT8 with per-output-channel scales "
                         "(about half the bf16 size); load the result with the same --quantize (fp8: also "
                         "fp8-weight-only)")
+    parser.add_argument("--calibration", metavar="random|FILE.npz",
+                        help="with --quantize: round the DiT's quantized weights by GPTQ on these DiT inputs, one block "
+                        "at a time on the default JAX device (a GPU takes minutes at the real size): 'random' for "
+                        "stand-in inputs, or an .npz of recorded inputs (latents, timestep, text, text_mask; see "
+                        "longcat_jax.models.dit.calibration_inputs); without it weights round to nearest")
     args = parser.parse_args(argv)
+    if args.calibration is not None and args.quantize == "none":
+        parser.error("--calibration rounds quantized weights; pass --quantize int8 or fp8 with it")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(message)s")
     # Imported after logging is configured: Orbax's first log line would otherwise configure it (absl does).
     from convert.api import convert_checkpoint
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         done = convert_checkpoint(args.src, args.dst, resume=args.resume, allow_incomplete=args.allow_incomplete,
-                                  progress=not args.quiet, quantize=args.quantize)
+                                  progress=not args.quiet, quantize=args.quantize,
+                                  calibration=args.calibration)
     except KeyboardInterrupt as e:
         # A save cut short leaves Orbax's asyncio tasks unfinished; their complaints at garbage collection
         # ("Task was destroyed but it is pending", "coroutine ... was never awaited") are noise here.

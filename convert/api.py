@@ -37,13 +37,14 @@ from longcat_jax.checkpoint.layout import (
 )
 from longcat_jax.checkpoint.orbax_chunks import PARTIAL_SUFFIX, is_converted, partial_bytes, save_part
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
-from longcat_jax.errors import CheckpointError
+from longcat_jax.errors import CheckpointError, ConfigError
 from longcat_jax.json_io import read_json_object
 from longcat_jax.quantization import quantize_tensors, scheme_for
 
 logger = logging.getLogger(__name__)
 
 LORA_CONFIG = {"format": "longcat-dit-lora"}
+RANDOM_CALIBRATION = "random"  # `--calibration random`: `random_calibration`'s stand-in inputs
 _RESUME_FIX = "free some space, then run the same command with --resume to continue"
 
 
@@ -66,14 +67,14 @@ class _Job(NamedTuple):
     ckpt: SafetensorsCheckpoint
 
 
-def _dit_part(folder: Path):
+def _dit_part(folder: Path, block_order: bool = False):
     """The DiT in either naming (the original's `dit/`, FastVideo's `transformer/`); its config.json is written in
-    the original's form."""
+    the original's form. `block_order`: its tensors in the order GPTQ calibration reads them."""
     from longcat_jax.models.dit.config import DiTConfig, original_form
     from longcat_jax.models.dit.fastvideo_params import checkpoint_dit_tensors
 
     config, ckpt = DiTConfig.from_json(folder / "config.json"), SafetensorsCheckpoint(folder)
-    tensors, count = checkpoint_dit_tensors(ckpt, config)
+    tensors, count = checkpoint_dit_tensors(ckpt, config, block_order=block_order)
     return config, original_form(_read_json(folder / "config.json")), ckpt, tensors, count
 
 
@@ -110,19 +111,40 @@ def _primed(tensors: Iterator) -> Iterator:
     return itertools.chain([first], tensors)
 
 
-def _plan(src: Path, quantize: str | None = None) -> list[_Job]:
+def _calibration_inputs(calibration, config):
+    """`calibration` ('random', an .npz path, or `CalibrationInputs`) as checked inputs for the DiT of `config`."""
+    from longcat_jax.models.dit.calibration_inputs import CalibrationInputs, random_calibration
+
+    if isinstance(calibration, CalibrationInputs):
+        inputs = calibration
+    elif str(calibration) == RANDOM_CALIBRATION:
+        inputs = random_calibration(config)
+    else:
+        inputs = CalibrationInputs.load(calibration)
+    inputs.check_fits(config)
+    return inputs
+
+
+def _plan(src: Path, quantize: str | None = None, calibration=None) -> list[_Job]:
     """Every model part and LoRA of `src`, each checked; the DiT's stream quantized by `quantize` (a
-    `longcat_jax.quantization` mode), one tensor at a time."""
+    `longcat_jax.quantization` mode), one tensor at a time, or with `calibration` by GPTQ one block at a time."""
     jobs = []
     dit_config = None
     for part, make in MODEL_PARTS.items():
         folder = dit_folder(src) if part == DIT else src / part
         if not folder.is_dir():
             continue
-        config, config_dict, ckpt, tensors, count = make(folder)
+        config, config_dict, ckpt, tensors, count = (
+            make(folder, block_order=True) if part == DIT and calibration is not None else make(folder))
         if part == DIT:
             dit_config = config
-            tensors = quantize_tensors(tensors, quantize, source=str(folder))
+            if calibration is None:
+                tensors = quantize_tensors(tensors, quantize, source=str(folder))
+            else:
+                from longcat_jax.models.dit.calibration import gptq_tensors
+
+                tensors = gptq_tensors(tensors, config, quantize, _calibration_inputs(calibration, config),
+                                       source=str(folder))
             if folder.name == FASTVIDEO_DIT:
                 logger.info("%s: FastVideo's layout of the DiT, converted to %s/", folder, DIT)
         jobs.append(_Job(part, folder.name, Path(part), config_dict, _primed(tensors), count, ckpt))
@@ -159,8 +181,17 @@ def _check_space(dst: Path, jobs, copies: list[Path], *, resume: bool) -> None:
     require_space(dst, needed, what="the conversion", fix="free some space or choose a folder on another disk")
 
 
+def _settings(quantize, calibration) -> dict[str, str]:
+    """What a resumed conversion must repeat (the calibration only when there is one, so conversions begun before it
+    existed still resume)."""
+    settings = {"quantize": quantize or "none"}
+    if calibration is not None:
+        settings["calibration"] = str(getattr(calibration, "source", calibration))
+    return settings
+
+
 def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False, allow_incomplete: bool = False,
-                       progress: bool = True, quantize: str | None = None) -> dict[str, Path]:
+                       progress: bool = True, quantize: str | None = None, calibration=None) -> dict[str, Path]:
     """Converts every part of the original checkpoint folder `src` (or FastVideo's conversion of it) into `dst`;
     returns {part: folder}.
 
@@ -170,14 +201,18 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False
     non-float tensor; a truncated, missing or malformed shard; a bad config; a destination holding
     something else) before writing. `quantize` ('fp8', 'fp8-weight-only' or 'int8') stores the DiT's large Linears
     quantized with per-output-channel scales (load the result with the same `--quantize`); LoRAs stay float.
+    `calibration` (with `quantize`): round the quantized kernels by GPTQ (`longcat_jax.models.dit.calibration`) on
+    these DiT inputs: 'random' (stand-ins), the path of an .npz file of recorded inputs, or a `CalibrationInputs`;
+    None rounds to nearest. The stored format is the same either way.
     `resume` continues an interrupted conversion into `dst`; without it, an
     unfinished conversion found there is cleared and begun again. `progress` shows a bar per part.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise CheckpointError(f"source {src} is not a folder; pass the downloaded LongCat-Video folder")
-    scheme_for(quantize)  # an unknown mode is refused before anything is read
-    jobs = _plan(src, quantize)
+    if scheme_for(quantize) is None and calibration is not None:  # an unknown mode is refused before anything is read
+        raise ConfigError("calibration rounds quantized weights; pass a quantize mode with it (--quantize int8 or fp8)")
+    jobs = _plan(src, quantize, calibration)
     copies = [src / name for name in COPIED_PARTS if (src / name).is_dir()]
     if not jobs and not copies:
         raise CheckpointError(
@@ -193,7 +228,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False
         )
     parts = sorted({job.source for job in jobs} | {f.name for f in copies})
     target = destination.prepare(dst, src, destination.source_fingerprint(src, parts), resume=resume,
-                                 settings={"quantize": quantize or "none"})
+                                 settings=_settings(quantize, calibration))
     done: dict[str, Path] = {}
     try:
         _check_space(dst, jobs, copies, resume=resume)

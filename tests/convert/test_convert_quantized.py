@@ -59,3 +59,32 @@ def test_resume_with_another_quantize_mode_names_both_modes(fixtures_dir, tmp_pa
     with pytest.raises(CheckpointError, match=r"begun with \{'quantize': 'int8'\}.*asks for \{'quantize': 'fp8'\}"):
         destination.prepare(dst, src, fingerprint, resume=True, settings={"quantize": "fp8"})
     destination.prepare(dst, src, fingerprint, resume=True, settings={"quantize": "int8"})  # the same: resumes
+
+
+def test_calibrated_int8_conversion_keeps_the_scales_and_changes_the_rounding(quantized_int8, tmp_path):
+    original, nearest = quantized_int8
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dit").symlink_to(original, target_is_directory=True)
+    dst = tmp_path / "gptq"
+    assert convert_main([str(src), str(dst), "--quiet", "--allow-incomplete", "--quantize", "int8",
+                         "--calibration", "random"]) == 0
+    gptq = load_dit(dst / "dit", dtype=jnp.float32, quantize="int8")
+    rounded = load_dit(nearest, dtype=jnp.float32, quantize="int8")
+    for block in (0, 1):
+        ours, theirs = gptq.blocks[block].ffn.w2, rounded.blocks[block].ffn.w2
+        np.testing.assert_array_equal(ours.qscale.get_value(), theirs.qscale.get_value())
+        assert not np.array_equal(ours.qkernel.get_value(), theirs.qkernel.get_value())
+
+
+def test_calibration_is_refused_without_a_mode_or_with_a_missing_file(fixtures_dir, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dit").symlink_to(fixtures_dir / "dit", target_is_directory=True)
+    with pytest.raises(SystemExit):
+        convert_main([str(src), str(tmp_path / "out"), "--calibration", "random"])
+    assert "pass --quantize int8 or fp8" in capsys.readouterr().err
+    assert convert_main([str(src), str(tmp_path / "out"), "--allow-incomplete", "--quantize", "int8",
+                         "--calibration", str(tmp_path / "calls.npz")]) == 1
+    assert "calls.npz does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -29,7 +29,7 @@ from longcat_jax.checkpoint.param_tree import ParamPath
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.dit.config import DiTConfig
-from longcat_jax.models.dit.params import OriginalTensor, dit_tensors, original_tensors, to_our_layout
+from longcat_jax.models.dit.params import OriginalTensor, block_order_key, dit_tensors, original_tensors, to_our_layout
 
 # Original module name inside one block -> FastVideo's module name(s) there; several: the original's fused
 # Linear split along its outputs into equal parts, in this order.
@@ -122,9 +122,10 @@ def _listing(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names[:5]) + (f" (+{len(names) - 5} more)" if len(names) > 5 else "")
 
 
-def fastvideo_dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tuple[ParamPath, np.ndarray]]:
+def fastvideo_dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig, *,
+                          block_order: bool = False) -> Iterator[tuple[ParamPath, np.ndarray]]:
     """(our path, array in our layout) for each parameter of a FastVideo `transformer/` checkpoint, dtype kept;
-    split parts are read together and joined.
+    split parts are read together and joined. `block_order`: in `params.block_order_key`'s order.
 
     Raises CheckpointError, at the call (before anything is read), on a tensor name without a place in the DiT
     of `config`, an expected tensor the checkpoint lacks, a shape that does not fit, a non-float dtype, or the
@@ -162,7 +163,10 @@ def fastvideo_dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Ite
                 f"{[ckpt.dtype(n).name for n in parts]}; the checkpoint is damaged, download it again"
             )
     expected = original_tensors(config)
-    return _joined(ckpt, [(expected[original], groups[original]) for original in sorted(groups)])
+    plan = [(expected[original], groups[original]) for original in sorted(groups)]
+    if block_order:
+        plan.sort(key=lambda entry: block_order_key(entry[0].path))
+    return _joined(ckpt, plan)
 
 
 def _joined(ckpt: SafetensorsCheckpoint,
@@ -181,9 +185,11 @@ def uses_fastvideo_names(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> bool
     return len(names & (theirs - ours)) > len(names & (ours - theirs))
 
 
-def checkpoint_dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> tuple[Iterator[tuple[ParamPath, np.ndarray]], int]:
+def checkpoint_dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig, *,
+                           block_order: bool = False) -> tuple[Iterator[tuple[ParamPath, np.ndarray]], int]:
     """The tensor stream of a DiT safetensors checkpoint in either naming (the original's `dit/` or FastVideo's
-    `transformer/`, told apart by its names) and the number of tensors it yields."""
+    `transformer/`, told apart by its names) and the number of tensors it yields; `block_order` as `dit_tensors`."""
     if uses_fastvideo_names(ckpt, config):
-        return fastvideo_dit_tensors(ckpt, config), len({t.original for t in fastvideo_tensors(config).values()})
-    return dit_tensors(ckpt, config), len(ckpt.names())
+        return (fastvideo_dit_tensors(ckpt, config, block_order=block_order),
+                len({t.original for t in fastvideo_tensors(config).values()}))
+    return dit_tensors(ckpt, config, block_order=block_order), len(ckpt.names())

@@ -116,8 +116,18 @@ class LoRAAdapter(nnx.Module):
         return jnp.dot(self.low(x), self.scaled_up(), preferred_element_type=jnp.float32)
 
 
+class InputMoment(nnx.Variable):
+    """A calibration sum kept on a Linear while it records its inputs (`Linear.record_inputs`): x^T x [in, in] float32
+    or the number of rows summed."""
+
+
 class Linear(nnx.Module):
-    """y = x @ kernel + bias, kernel [in, out]; `loras` holds the run-time LoRA adapters (none by default)."""
+    """y = x @ kernel + bias, kernel [in, out]; `loras` holds the run-time LoRA adapters (none by default).
+
+    `record_inputs()` makes every call add its inputs' x^T x (float32, exact products) and row count to
+    `input_moment` / `input_rows` (GPTQ calibration, `longcat_jax.models.dit.calibration`); under `nnx.jit` the sums
+    come back with the module. Not inside a loop that the block traces (token chunking): the calibration runs
+    the blocks unchunked."""
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True, rngs: nnx.Rngs,
                  dtype=jnp.float32, param_dtype=jnp.float32):
@@ -128,6 +138,17 @@ class Linear(nnx.Module):
         self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), param_dtype))
         self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
         self.loras = nnx.List([])
+        self.input_moment: InputMoment | None = nnx.data(None)
+        self.input_rows: InputMoment | None = nnx.data(None)
+
+    def record_inputs(self, on: bool = True) -> None:
+        """Starts (from zero) or stops summing this Linear's inputs' second moment (see the class docstring)."""
+        self.input_moment = InputMoment(jnp.zeros((self.in_features,) * 2, jnp.float32)) if on else None
+        self.input_rows = InputMoment(jnp.zeros((), jnp.int32)) if on else None
+
+    def input_second_moment(self) -> jax.Array:
+        """The recorded x^T x / rows [in, in] float32 (after `record_inputs()` and at least one call)."""
+        return self.input_moment.get_value() / self.input_rows.get_value()
 
     @property
     def lora_dtype(self):
@@ -141,6 +162,11 @@ class Linear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
+        if self.input_moment is not None:
+            rows = x.reshape(-1, self.in_features).astype(jnp.float32)  # [N, in]
+            moment = jnp.dot(rows.T, rows, precision=jax.lax.Precision.HIGHEST)
+            self.input_moment.set_value(self.input_moment.get_value() + moment)
+            self.input_rows.set_value(self.input_rows.get_value() + rows.shape[0])
         y = matmul_with_loras(x, self.kernel.get_value(), self.loras, self.dtype)  # float32
         if self.bias is not None:
             y = y + self.bias.get_value().astype(jnp.float32)

@@ -139,8 +139,16 @@ def original_tensors(config: DiTConfig) -> Mapping[str, OriginalTensor]:
     return types.MappingProxyType(table)
 
 
-def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tuple[ParamPath, np.ndarray]]:
-    """(our path, array in our layout) for each tensor of an original `dit/` checkpoint, dtype kept.
+def block_order_key(path: ParamPath) -> tuple[int, int]:
+    """Sort key of a DiT parameter path: the layers outside the blocks first, then block 0, 1, 2, ... (the order
+    GPTQ calibration reads a checkpoint in: each block's inputs are the previous block's outputs)."""
+    return (1, int(path[1])) if path[0] == "blocks" else (0, 0)
+
+
+def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig, *,
+                block_order: bool = False) -> Iterator[tuple[ParamPath, np.ndarray]]:
+    """(our path, array in our layout) for each tensor of an original `dit/` checkpoint, dtype kept; in the
+    checkpoint's name order, or with `block_order` in `block_order_key`'s (the reads are random access either way).
 
     Raises CheckpointError, before yielding anything, on a name without a place in the model, a
     shape that does not fit `config`, a model parameter the checkpoint lacks, or a non-float dtype.
@@ -172,5 +180,7 @@ def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig) -> Iterator[tupl
             "the download is incomplete or config.json does not belong to these weights"
         )
     ckpt.require_float(ckpt.names(), "the DiT")
+    if block_order:
+        plan.sort(key=lambda entry: block_order_key(entry[1]))
     for name, path, axes in plan:
         yield path, to_our_layout(ckpt.read(name), axes)

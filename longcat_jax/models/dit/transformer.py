@@ -105,17 +105,38 @@ class _Ends:
         return unpatchify(x.reshape(b, -1, x.shape[-1]), grid, cfg.patch_size, cfg.out_channels).astype(jnp.float32)
 
 
-class DiTEnds(_Ends, nnx.Module):
-    """The layers of a `LongCatDiT` outside its blocks (shared with it, not copied): `nnx.split(DiTEnds(dit))` gives
-    their weights alone, for running `embed` and `unembed` as separate compiled functions."""
+def _input_layers(config: DiTConfig, rngs: nnx.Rngs, dtype, param_dtype):
+    """A DiT's patch embedding, timestep embedder and caption embedder, new."""
+    return (PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size, rngs=rngs, dtype=dtype,
+                         param_dtype=param_dtype),
+            TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size, rngs=rngs,
+                             param_dtype=param_dtype),
+            CaptionEmbedder(config.caption_channels, config.hidden_size, rngs=rngs, dtype=dtype,
+                            param_dtype=param_dtype))
 
-    def __init__(self, dit: LongCatDiT):
-        self.config = dit.config
-        self.dtype = dit.dtype
-        self.patch_embed = dit.patch_embed
-        self.timestep_embed = dit.timestep_embed
-        self.caption_embed = dit.caption_embed
-        self.final_layer = dit.final_layer
+
+def _final_layer(config: DiTConfig, rngs: nnx.Rngs, param_dtype) -> FinalLayer:
+    return FinalLayer(config.hidden_size, math.prod(config.patch_size), config.out_channels, config.adaln_tembed_dim,
+                      rngs=rngs, param_dtype=param_dtype)
+
+
+class DiTEnds(_Ends, nnx.Module):
+    """The layers of a DiT outside its blocks. `DiTEnds(dit)` shares a `LongCatDiT`'s (not copied):
+    `nnx.split(DiTEnds(dit))` gives their weights alone, for running `embed` and `unembed` as separate compiled
+    functions. `DiTEnds(config=..., rngs=...)` builds new ones, with the parameter paths a `LongCatDiT` has for them,
+    for code that runs the blocks of a checkpoint one at a time (`models.dit.calibration`)."""
+
+    def __init__(self, dit: LongCatDiT | None = None, *, config: DiTConfig | None = None,
+                 rngs: nnx.Rngs | None = None, dtype=jnp.float32, param_dtype=jnp.float32):
+        if dit is not None:
+            self.config, self.dtype = dit.config, dit.dtype
+            self.patch_embed, self.timestep_embed = dit.patch_embed, dit.timestep_embed
+            self.caption_embed, self.final_layer = dit.caption_embed, dit.final_layer
+            return
+        self.config, self.dtype = config, dtype
+        self.patch_embed, self.timestep_embed, self.caption_embed = _input_layers(config, rngs, dtype, param_dtype)
+        self.final_layer = _final_layer(config, rngs, param_dtype)
+
 
 class LongCatDiT(_Ends, nnx.Module):
     """Patch embedding, timestep/caption embedders, `depth` single-stream blocks, final layer, unpatchify.
@@ -133,12 +154,7 @@ class LongCatDiT(_Ends, nnx.Module):
         self.bsa: BSAParams | None = config.bsa_params if config.enable_bsa else None
         self.bsa_backend = "auto"
         self.bsa_kernel_config: KernelConfig | None = None
-        self.patch_embed = PatchEmbed3D(config.patch_size, config.in_channels, config.hidden_size, rngs=rngs,
-                                        dtype=dtype, param_dtype=param_dtype)
-        self.timestep_embed = TimestepEmbedder(config.adaln_tembed_dim, config.frequency_embedding_size, rngs=rngs,
-                                               param_dtype=param_dtype)
-        self.caption_embed = CaptionEmbedder(config.caption_channels, config.hidden_size, rngs=rngs, dtype=dtype,
-                                             param_dtype=param_dtype)
+        self.patch_embed, self.timestep_embed, self.caption_embed = _input_layers(config, rngs, dtype, param_dtype)
         self.blocks = nnx.List(
             [
                 DiTBlock(config.hidden_size, config.num_heads, config.ffn_hidden_size, config.adaln_tembed_dim,
@@ -146,8 +162,7 @@ class LongCatDiT(_Ends, nnx.Module):
                 for _ in range(config.depth)
             ]
         )
-        self.final_layer = FinalLayer(config.hidden_size, math.prod(config.patch_size), config.out_channels,
-                                      config.adaln_tembed_dim, rngs=rngs, param_dtype=param_dtype)
+        self.final_layer = _final_layer(config, rngs, param_dtype)
         self.context_parallel = None
         # quantize: a `longcat_jax.quantization` mode ('fp8', 'fp8-weight-only', 'int8'; None/'none': none) for
         # the large Linears of every block; the policy module lists what stays in high precision and why.

@@ -1,0 +1,69 @@
+"""The whole DiT quantized with GPTQ (`models.dit.calibration`) against round to nearest, on inputs it was not fitted to.
+
+A random DiT of the real config (`dit_step.real_config`: width 4096, kernels N(0, 1/fan_in), weights in `--dtype`)
+of `--depth` blocks is quantized by `--quantize` twice: round to nearest (what `convert --quantize` writes without
+`--calibration`) and GPTQ on `random_calibration` (`--calls` calls on `--grid`, seed 0). Both run on held-out calls
+(seed 1: other latents, text and timesteps) next to the unquantized DiT, activations in `--dtype`, and the script
+prints the DiT output's relative L2 against the unquantized output for each call, and the GPTQ pass's time.
+
+    python3 benchmarks/gptq_dit.py [--depth 4] [--grid 4x32x32] [--calls 4] [--quantize int8] [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+from bsa_inputs import grid_argument  # this script's siblings
+from dit_step import real_config
+from flax import nnx
+
+from longcat_jax.metrics import rel_l2
+from longcat_jax.models.dit.calibration import gptq_quantize_dit
+from longcat_jax.models.dit.calibration_inputs import random_calibration
+from longcat_jax.models.dit.config import DiTConfig
+from longcat_jax.models.dit.loading import random_dit
+from longcat_jax.models.dit.quantized_linear import quantize_linears
+
+forward = nnx.jit(lambda model, *args: model(*args))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--grid", type=grid_argument, default="4x32x32", help="token grid TxHxW of each call")
+    parser.add_argument("--calls", type=int, default=4, help="calibration calls (held-out: half as many, at least 1)")
+    parser.add_argument("--quantize", choices=("int8", "fp8-weight-only"), default="int8")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--small", action="store_true", help="a 256-wide DiT (a check on any machine)")
+    args = parser.parse_args()
+    if args.depth < 1 or args.calls < 1:
+        parser.error(f"--depth and --calls must be positive, got {args.depth} and {args.calls}")
+    dtype = jnp.dtype(args.dtype)
+    config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
+    model = random_dit(config, dtype=dtype, draw_on_device=True)
+    calibration = random_calibration(config, args.grid, args.calls, seed=0)
+    held_out = random_calibration(config, args.grid, max(1, args.calls // 2), seed=1)
+    start = time.perf_counter()
+    gptq = gptq_quantize_dit(model, args.quantize, calibration, progress=True)
+    jax.block_until_ready(nnx.state(gptq))
+    seconds = time.perf_counter() - start
+    nearest = quantize_linears(random_dit(config, dtype=dtype, draw_on_device=True),
+                               args.quantize)
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; width {config.hidden_size}, depth "
+          f"{config.depth}, {args.quantize}, activations {args.dtype}; calibration {calibration.calls} x grid "
+          f"{args.grid}; GPTQ pass {seconds:.1f} s")
+    print("| held-out call | timestep | round to nearest | GPTQ | ratio |")
+    print("|---|---|---|---|---|")
+    for index in range(held_out.calls):
+        call = [jnp.asarray(a) for a in held_out.call(index)]
+        reference = forward(model, *call)
+        errors = [rel_l2(forward(quantized, *call), reference) for quantized in (nearest, gptq)]
+        print(f"| {index} | {float(call[1][0]):.0f} | {errors[0]:.3e} | {errors[1]:.3e} | "
+              f"{errors[0] / errors[1]:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
