@@ -35,6 +35,7 @@ from longcat_jax.bsa_config import parse_override_value
 from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
 from longcat_jax.errors import ConfigError, InputError, LongCatError
+from longcat_jax.pipelines.calibration_record import check_record_path, recording_dit_calls
 from longcat_jax.pipelines.request import RunRequest
 from longcat_jax.pipelines.tasks import DTYPES, TASKS, plan_run, run_plan
 from longcat_jax.provenance import (
@@ -114,6 +115,9 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--compilation-cache", metavar="DIR|none",
         help="keep compiled programs in DIR so later runs skip compiling (default: $LONGCAT_COMPILATION_CACHE, "
         "else ~/.cache/longcat_jax/jax_cache); none: off")
+    add("--record-calibration", type=Path, metavar="FILE.npz",
+        help="save the run's DiT calls (up to 32, spread over its denoising steps) as GPTQ calibration inputs for "
+        "`python -m convert SRC DST --quantize int8 --calibration FILE.npz`")
     add("--prompts", type=Path, metavar="FILE",
         help="generate every item of FILE with the models loaded once: a text file (one prompt a line) or .jsonl "
         "(objects with prompt, negative_prompt, seed, image, video, num_frames, height, width, output); "
@@ -156,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_modes(request, given)
         enable_compilation_cache(request.compilation_cache)  # before anything compiles
+        if request.record_calibration is not None:
+            check_record_path(request.record_calibration)
         if request.prompts is not None:
-            return run_batch(request, command)
+            with recording_dit_calls(request.record_calibration):
+                return run_batch(request, command)
         asked, recorded = request, None
         if request.from_json is not None:
             recorded = read_sidecar(request.from_json)
@@ -165,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_run(asked)
         if recorded is not None:
             _warn_of_differences(request.from_json, recorded, planned_record(plan, asked))
-        frames, fps, stats = run_plan(plan)
+        with recording_dit_calls(request.record_calibration):
+            frames, fps, stats = run_plan(plan)
         if jax.process_index() != 0:
             return 0  # with several hosts, process 0 writes the video
         path = write_video_and_sidecar(plan, asked, frames, fps, stats, command=command)

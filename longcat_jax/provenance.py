@@ -83,7 +83,8 @@ SECTION_KEYS = {  # the keys of each object-valued section
 }
 LIST_KEYS = {"stages": STAGE_KEYS, "loras": ("path", "multiplier")}  # the keys of each list section's objects
 TIMING_KEYS = ("stage", "seconds", "steps", "seconds_per_step")
-LOCAL_FIELDS = ("output_path", "compilation_cache")  # this machine's business: --from-json takes the command line's
+# This machine's business: --from-json takes the command line's.
+LOCAL_FIELDS = ("output_path", "compilation_cache", "record_calibration")
 RUN_MODE_FIELDS = ("prompts", "batch_size", "from_json")  # how the CLI was driven: not part of a video's request
 REQUEST_FIELDS = {field.name: field for field in dataclasses.fields(RunRequest)}
 PATH_FIELDS = tuple(name for name, field in REQUEST_FIELDS.items() if "Path" in str(field.type))

@@ -22,6 +22,7 @@ from flax import nnx
 from longcat_jax.errors import InputError
 from longcat_jax.models.dit.transformer import KVCache, LongCatDiT
 from longcat_jax.nan_guard import check_finite
+from longcat_jax.pipelines.calibration_record import record_dit_call
 from longcat_jax.pipelines.guidance import cfg_zero_star, split_uncond_cond
 from longcat_jax.pipelines.scheduler import Schedule, euler_step, frame_timesteps
 from longcat_jax.progress import stepping
@@ -166,6 +167,8 @@ class Denoiser:
                     "through guided_kv_cache (guided steps run both branches of each video)"
                 )
         embeddings, mask = text.for_step(guided)
+        record_dit_call(latents, embeddings, mask, timestep, guided=guided,
+                        conditioned=num_cond_latents > 0 or kv_cache is not None)
         args = (
             self._committed(latents),
             self._committed(embeddings),

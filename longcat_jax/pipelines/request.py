@@ -79,6 +79,7 @@ class RunRequest:
     fsdp: bool = False
     max_device_memory: str | None = None  # a budget like 24GiB for the memory plan (`longcat_jax.memory`)
     compilation_cache: str | None = None  # read by the CLI before planning (`longcat_jax.compilation_cache`)
+    record_calibration: Path | None = None  # read by the CLI: the run's DiT calls saved for GPTQ
     prompts: Path | None = None  # a file of items, each run as a request of its own (`longcat_jax.batch`)
     batch_size: int = 1  # with --prompts: t2v items of one shape denoised together, up to this many
     from_json: Path | None = None  # a sidecar whose request is run again (`longcat_jax.provenance`)
