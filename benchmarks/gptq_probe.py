@@ -6,9 +6,10 @@ random inputs, keeping each Linear's input second moment M = x^T x / N (calibrat
 Linears compares, against the float32 kernel W [in, out]:
 
 - round-to-nearest INT8 with one absmax scale per output channel (what `--quantize int8` stores), and
-- GPTQ (Frantar et al., 2022) into the same INT8 grid with the same scales: the input rows quantized in order, each
-  row's rounding error spread over the rows not yet quantized through the Cholesky factor of the damped inverse of
-  the calibration M (blocks of 128 rows, 1% damping);
+- GPTQ (Frantar et al., 2022) into the same INT8 grid with the same scales, as `convert --calibration` rounds
+  (`longcat_jax.quantization.gptq`, float32): the input rows quantized in order, each row's rounding error spread
+  over the rows not yet quantized through the Cholesky factor of the damped inverse of the calibration M (blocks of
+  128 rows, 1% damping). BENCHMARKS.md's table came from this script's own float64 numpy version of it (eccafaf);
 
 by the output's relative L2 error sqrt(tr(E^T M E) / tr(W^T M W)), E the kernel's error, on the calibration and on
 the held-out inputs. The quantized weights keep the INT8 format, so a GPTQ checkpoint would load and run as today.
@@ -31,42 +32,15 @@ from gemm_input_isotropy import input_moments
 from longcat_jax.models.dit import layers
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.loading import random_dit
-from longcat_jax.quantization.formats import INT8, dequantize_kernel, quantize_kernel, to_format
+from longcat_jax.quantization.formats import INT8, dequantize_kernel, quantize_kernel
+from longcat_jax.quantization.gptq import gptq_quantize_kernel
 
 LAYERS = "blocks/1/attn/qkv,blocks/1/attn/proj,blocks/1/cross_attn/q,blocks/1/ffn/w1"
-BLOCK_ROWS = 128
-DAMPING = 0.01  # times the mean diagonal of M
 
 
-def round_to_nearest(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """w [in, out] as `--quantize int8` stores and reads it (`formats.quantize_kernel`): (the dequantized kernel
-    [in, out], the per-output-channel scales [out])."""
-    qkernel, qscale = quantize_kernel(w.astype(np.float32), INT8)
-    return dequantize_kernel(qkernel, qscale, np.float64), qscale.astype(np.float64)
-
-
-def rounded(row: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """One input row [out] on the INT8 grid of `scales` (`formats.to_format`'s clipping and rounding)."""
-    return to_format(row / scales, INT8).astype(np.float64) * scales
-
-
-def gptq(w: np.ndarray, moment: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """w [in, out] rounded to the INT8 grid of `scales` in input-row order, each row's error compensated on the rows
-    after it (GPTQ's lazy-batch form)."""
-    w = w.astype(np.float64).copy()
-    d = w.shape[0]
-    hessian = moment + DAMPING * np.mean(np.diag(moment)) * np.eye(d)
-    upper = np.linalg.cholesky(np.linalg.inv(hessian)).T  # [in, in] upper Cholesky factor of H^-1
-    q = np.empty_like(w)
-    for start in range(0, d, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, d)
-        errors = np.empty((stop - start, w.shape[1]))
-        for i in range(start, stop):
-            q[i] = rounded(w[i], scales)
-            errors[i - start] = (w[i] - q[i]) / upper[i, i]
-            w[i + 1:stop] -= np.outer(upper[i, i + 1:stop], errors[i - start])
-        w[stop:] -= upper[start:stop, stop:].T @ errors
-    return q
+def round_to_nearest(w: np.ndarray) -> np.ndarray:
+    """w [in, out] as `--quantize int8` stores and reads it (`formats.quantize_kernel`), dequantized [in, out]."""
+    return dequantize_kernel(*quantize_kernel(w.astype(np.float32), INT8), np.float64)
 
 
 def output_error(error: np.ndarray, w: np.ndarray, moment: np.ndarray) -> float:
@@ -97,10 +71,12 @@ def main() -> None:
             parser.error(f"no block Linear {name!r} with recorded inputs; these have: {', '.join(sorted(kernels))}")
         start = time.perf_counter()
         w = kernels[name]
-        nearest, scales = round_to_nearest(w)
+        nearest = round_to_nearest(w)
         m_cal = calibration.sums[name] / calibration.tokens[name]
         m_out = held_out.sums[name] / held_out.tokens[name]
-        rtn, compensated = nearest - w, gptq(w, m_cal, scales) - w
+        compensated = dequantize_kernel(*(np.asarray(a) for a in gptq_quantize_kernel(w.astype(np.float32), m_cal, INT8)),
+                                        np.float64) - w
+        rtn = nearest - w
         errors = [output_error(e, w, m) for e in (rtn, compensated) for m in (m_cal, m_out)]
         print(f"| {name} | {calibration.tokens[name]} | {errors[0]:.3e} / {errors[1]:.3e} | "
               f"{errors[2]:.3e} / {errors[3]:.3e} | {errors[1] / errors[3]:.2f}x | {time.perf_counter() - start:.0f} |",
