@@ -4,7 +4,10 @@ A random DiT of the real config (`dit_step.real_config`: width 4096, kernels N(0
 of `--depth` blocks is quantized by `--quantize` twice: round to nearest (what `convert --quantize` writes without
 `--calibration`) and GPTQ on `random_calibration` (`--calls` calls on `--grid`, seed 0). Both run on held-out calls
 (seed 1: other latents, text and timesteps) next to the unquantized DiT, activations in `--dtype`, and the script
-prints the DiT output's relative L2 against the unquantized output for each call, and the GPTQ pass's time.
+prints the DiT output's relative L2 against the unquantized output for each call, and the GPTQ pass's time. With
+bfloat16 activations it also prints the distance of each of the three (unquantized, round to nearest, GPTQ) from the
+unquantized weights run with float32 activations: the unquantized one's is the rounding of the activations alone,
+a floor that every bf16 comparison carries.
 
     python3 benchmarks/gptq_dit.py [--depth 4] [--grid 4x32x32] [--calls 4] [--quantize int8] [--dtype bfloat16]
 """
@@ -55,14 +58,21 @@ def main() -> None:
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; width {config.hidden_size}, depth "
           f"{config.depth}, {args.quantize}, activations {args.dtype}; calibration {calibration.calls} x grid "
           f"{args.grid}; GPTQ pass {seconds:.1f} s")
-    print("| held-out call | timestep | round to nearest | GPTQ | ratio |")
-    print("|---|---|---|---|---|")
+    exact = random_dit(config, dtype=jnp.float32, param_dtype=dtype, draw_on_device=True) if dtype != jnp.float32 else None
+    print("| held-out call | timestep | round to nearest | GPTQ | ratio | vs float32 activations: unquantized / round to "
+          "nearest / GPTQ |")
+    print("|---|---|---|---|---|---|")
     for index in range(held_out.calls):
         call = [jnp.asarray(a) for a in held_out.call(index)]
         reference = forward(model, *call)
-        errors = [rel_l2(forward(quantized, *call), reference) for quantized in (nearest, gptq)]
+        outputs = [forward(quantized, *call) for quantized in (nearest, gptq)]
+        errors = [rel_l2(output, reference) for output in outputs]
+        floor = "(float32 run)"
+        if exact is not None:
+            exact_output = forward(exact, *call)
+            floor = " / ".join(f"{rel_l2(output, exact_output):.3e}" for output in (reference, *outputs))
         print(f"| {index} | {float(call[1][0]):.0f} | {errors[0]:.3e} | {errors[1]:.3e} | "
-              f"{errors[0] / errors[1]:.2f}x |", flush=True)
+              f"{errors[0] / errors[1]:.2f}x | {floor} |", flush=True)
 
 
 if __name__ == "__main__":
