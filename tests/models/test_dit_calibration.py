@@ -1,5 +1,7 @@
 """GPTQ for the whole DiT (`models.dit.calibration`) on the fixture DiT, its calibration inputs and its stream checks."""
 
+import logging
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -42,8 +44,13 @@ def test_linear_records_its_inputs_second_moment():
     assert linear.input_moment is None
 
 
-def test_gptq_dit_is_closer_to_the_float_dit_than_round_to_nearest(fixture_dit, calibration, fixtures_dir):
-    gptq = gptq_quantize_dit(fixture_dit, "int8", calibration)
+def test_gptq_dit_is_closer_to_the_float_dit_than_round_to_nearest(fixture_dit, calibration, fixtures_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        gptq = gptq_quantize_dit(fixture_dit, "int8", calibration)
+    # 4 calls of 128 tokens and 64 text tokens: w2 (768 inputs) sees 512 rows, the text's kv (256 inputs) 256 rows, both
+    # under twice their inputs; qkv (512 rows of 256 inputs) is not warned of.
+    assert "cross_attn.kv (256 rows, 256 inputs), ffn.w2 (512 rows, 768 inputs)" in caplog.text
+    assert "attn.qkv" not in caplog.text
     assert isinstance(gptq.blocks[1].ffn.w2, QuantizedLinear)
     nearest = load_dit(fixtures_dir / "dit", dtype=jnp.float32, quantize="int8")
     held_out = random_calibration(fixture_dit.config, (2, 8, 8), calls=1, text_tokens=TEXT_TOKENS, seed=1)

@@ -42,6 +42,7 @@ from longcat_jax.quantization.policy import QKERNEL, QSCALE, QUANTIZED_BLOCK_LIN
 logger = logging.getLogger(__name__)
 
 CPU_WARNING_WIDTH = 2048  # DiTs at least this wide are slow to calibrate on a CPU
+ROWS_PER_INPUT = 2  # fewer calibration rows than this times a Linear's input width: warned of
 
 
 @nnx.jit(static_argnames="grid")
@@ -78,6 +79,17 @@ def _blocks(stream: Iterator, first: tuple[ParamPath, np.ndarray], source: str) 
         yield index, current
         index, current = index + 1, [(path, array)]
     yield index, current
+
+
+def _warn_of_few_rows(linears: dict) -> None:
+    """Warns of Linears whose calibration saw fewer input rows than `ROWS_PER_INPUT` times their input width: there
+    GPTQ fits the calibration inputs' few directions and can round worse than to nearest on other inputs (measured on
+    a 256-wide DiT: w2 fitted on 256 rows of its 768 inputs had 1.4x round to nearest's error on held-out ones)."""
+    few = [f"{'.'.join(inner)} ({int(linear.input_rows.get_value())} rows, {linear.in_features} inputs)"
+           for inner, linear in linears.items() if linear.input_rows.get_value() < ROWS_PER_INPUT * linear.in_features]
+    if few:
+        logger.warning("GPTQ calibration has few input rows for %s; give more or longer calibration calls (the text's "
+                       "kv sees the prompts' tokens only: more prompts)", ", ".join(few))
 
 
 def gptq_tensors(tensors: Iterable[tuple[ParamPath, np.ndarray]], config: DiTConfig, mode: str,
@@ -127,6 +139,8 @@ def gptq_tensors(tensors: Iterable[tuple[ParamPath, np.ndarray]], config: DiTCon
             linear.record_inputs()
         for embedded, grid in states:
             _run_block(block, embedded.x, embedded.text, embedded.text_mask, embedded.t_emb, grid)
+        if index == 0:
+            _warn_of_few_rows(linears)
         rounded = {}
         for path, array in block_tensors:
             if is_quantized_kernel(path):
