@@ -8,6 +8,8 @@ from convert.__main__ import main as convert_main
 from longcat_jax.errors import CheckpointError, ConfigError
 from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit import load_dit
+from longcat_jax.models.dit.calibration_inputs import random_calibration
+from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.quantized_linear import QuantizedLinear
 
 
@@ -67,8 +69,10 @@ def test_calibrated_int8_conversion_keeps_the_scales_and_changes_the_rounding(qu
     src.mkdir()
     (src / "dit").symlink_to(original, target_is_directory=True)
     dst = tmp_path / "gptq"
+    calls = tmp_path / "calls.npz"  # fewer, smaller calls than `--calibration random`'s, which are sized for 4096 wide
+    random_calibration(DiTConfig.from_json(original / "config.json"), (2, 8, 8), calls=4, text_tokens=64).save(calls)
     assert convert_main([str(src), str(dst), "--quiet", "--allow-incomplete", "--quantize", "int8",
-                         "--calibration", "random"]) == 0
+                         "--calibration", str(calls)]) == 0
     gptq = load_dit(dst / "dit", dtype=jnp.float32, quantize="int8")
     rounded = load_dit(nearest, dtype=jnp.float32, quantize="int8")
     for block in (0, 1):

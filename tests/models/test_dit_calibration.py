@@ -1,5 +1,6 @@
 """GPTQ for the whole DiT (`models.dit.calibration`) on the fixture DiT, its calibration inputs and its stream checks."""
 
+import inspect
 import logging
 
 import jax.numpy as jnp
@@ -76,6 +77,19 @@ def test_stream_has_the_layout_and_scales_of_round_to_nearest(fixture_dit, calib
         else:
             np.testing.assert_array_equal(gptq[path], array, err_msg=str(path))  # scales and unquantized tensors
     assert changed == 16  # every quantized kernel of the 2 blocks is rounded differently
+
+
+def test_default_random_calibration_gives_every_real_linear_twice_its_inputs_in_rows():
+    from longcat_jax.models.dit.calibration import ROWS_PER_INPUT
+    from longcat_jax.models.dit.config import DiTConfig
+
+    config = DiTConfig()  # the released model's sizes
+    calls = inspect.signature(random_calibration).parameters["calls"].default
+    inputs = random_calibration(config, calls=1)  # one call has the default's shapes
+    grid = [a // p for a, p in zip(inputs.latents.shape[2:], config.patch_size, strict=True)]
+    video_rows, text_rows = calls * int(np.prod(grid)), calls * inputs.text.shape[2]
+    assert video_rows >= ROWS_PER_INPUT * config.ffn_hidden_size  # w2, the widest input
+    assert text_rows >= ROWS_PER_INPUT * config.hidden_size  # the text's kv
 
 
 def test_block_order_puts_the_other_layers_first_then_blocks_in_order(fixtures_dir, fixture_dit):

@@ -101,10 +101,12 @@ class CalibrationInputs:
                    arrays["text"].astype(np.float32), arrays["text_mask"].astype(np.int32), source=str(path))
 
 
-def random_calibration(config: DiTConfig, grid: tuple[int, int, int] = (4, 32, 32), calls: int = 4,
+def random_calibration(config: DiTConfig, grid: tuple[int, int, int] = (4, 16, 32), calls: int = 16,
                        text_tokens: int = TEXT_TOKENS, seed: int = 0) -> CalibrationInputs:
     """`calls` DiT calls on a token grid (T, H, W) (after the patches): latents and text N(0, 1), timesteps evenly
-    spread over (0, 1000), prompts of 3/4 of `text_tokens` tokens."""
+    spread over (0, 1000), prompts of 3/4 of `text_tokens` tokens. The defaults give every quantized Linear of the
+    real config at least twice as many input rows as it has inputs (`calibration.ROWS_PER_INPUT`): 32,768 token rows
+    for w2's 11,008 inputs, 8,192 text rows for the kv's 4,096."""
     if min(grid) < 1 or calls < 1 or text_tokens < 1:
         raise InputError(f"random calibration needs a positive grid, calls and text_tokens; got {grid=}, {calls=}, "
                          f"{text_tokens=}")
