@@ -2,14 +2,15 @@
 
 A random DiT of the real config (`dit_step.real_config`: width 4096, kernels N(0, 1/fan_in), weights in `--dtype`)
 of `--depth` blocks is quantized by `--quantize` twice: round to nearest (what `convert --quantize` writes without
-`--calibration`) and GPTQ on `random_calibration` (`--calls` calls on `--grid`, seed 0). Both run on held-out calls
-(seed 1: other latents, text and timesteps) next to the unquantized DiT, activations in `--dtype`, and the script
-prints the DiT output's relative L2 against the unquantized output for each call, and the GPTQ pass's time. With
+`--calibration`) and GPTQ on `random_calibration` (`--calls` calls on `--grid`, seed 0; by default what `convert
+--calibration random` uses). Both run on `--held-out` calls (seed 1: other latents, text and timesteps) next to the
+unquantized DiT, activations in `--dtype`, and the script prints the DiT output's relative L2 against the
+unquantized output for each call, and the GPTQ pass's time. With
 bfloat16 activations it also prints the distance of each of the three (unquantized, round to nearest, GPTQ) from the
 unquantized weights run with float32 activations: the unquantized one's is the rounding of the activations alone,
 a floor that every bf16 comparison carries.
 
-    python3 benchmarks/gptq_dit.py [--depth 4] [--grid 4x32x32] [--calls 4] [--quantize int8] [--dtype bfloat16]
+    python3 benchmarks/gptq_dit.py [--depth 4] [--grid 4x16x32] [--calls 16] [--quantize int8] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -36,19 +37,22 @@ forward = nnx.jit(lambda model, *args: model(*args))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--grid", type=grid_argument, default="4x32x32", help="token grid TxHxW of each call")
-    parser.add_argument("--calls", type=int, default=4, help="calibration calls (held-out: half as many, at least 1)")
+    parser.add_argument("--grid", type=grid_argument, default="4x16x32",
+                        help="token grid TxHxW of each call (default: `convert --calibration random`'s)")
+    parser.add_argument("--calls", type=int, default=16, help="calibration calls (default: the converter's)")
+    parser.add_argument("--held-out", type=int, default=2, help="held-out calls, on the same grid")
     parser.add_argument("--quantize", choices=("int8", "fp8-weight-only"), default="int8")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--small", action="store_true", help="a 256-wide DiT (a check on any machine)")
     args = parser.parse_args()
-    if args.depth < 1 or args.calls < 1:
-        parser.error(f"--depth and --calls must be positive, got {args.depth} and {args.calls}")
+    if min(args.depth, args.calls, args.held_out) < 1:
+        parser.error(f"--depth, --calls and --held-out must be positive, got {args.depth}, {args.calls}, "
+                     f"{args.held_out}")
     dtype = jnp.dtype(args.dtype)
     config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
     model = random_dit(config, dtype=dtype, draw_on_device=True)
     calibration = random_calibration(config, args.grid, args.calls, seed=0)
-    held_out = random_calibration(config, args.grid, max(1, args.calls // 2), seed=1)
+    held_out = random_calibration(config, args.grid, args.held_out, seed=1)
     start = time.perf_counter()
     gptq = gptq_quantize_dit(model, args.quantize, calibration, progress=True)
     jax.block_until_ready(nnx.state(gptq))
