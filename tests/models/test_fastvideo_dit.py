@@ -19,7 +19,7 @@ from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.fastvideo_lora_params import dit_lora_tensors, is_fastvideo_lora, lora_tensor_count
 from longcat_jax.models.dit.fastvideo_params import checkpoint_dit_tensors, fastvideo_tensors, original_module
 from longcat_jax.models.dit.lora_params import lora_tensors
-from longcat_jax.models.dit.params import original_tensors
+from longcat_jax.models.dit.params import block_order_key, original_tensors
 from tests.helpers.dit_checkpoints import write_safetensors
 from tests.helpers.fastvideo_checkpoint import fastvideo_dit, fastvideo_dit_config, fastvideo_lora, read_all
 
@@ -82,6 +82,16 @@ def test_the_stream_yields_one_tensor_per_parameter(transformer, fixtures_dir):
     config = DiTConfig.from_json(transformer / "config.json")
     tensors, count = checkpoint_dit_tensors(SafetensorsCheckpoint(transformer), config)
     assert count == len(list(tensors)) == len(SafetensorsCheckpoint(fixtures_dir / "dit").names())
+
+
+def test_block_order_gives_the_original_layouts_stream_in_the_same_order(transformer, fixtures_dir):
+    config = DiTConfig.from_json(transformer / "config.json")
+    ours, _ = checkpoint_dit_tensors(SafetensorsCheckpoint(transformer), config, block_order=True)
+    theirs, _ = checkpoint_dit_tensors(SafetensorsCheckpoint(fixtures_dir / "dit"), config, block_order=True)
+    ours, theirs = list(ours), list(theirs)
+    assert [block_order_key(path) for path, _ in ours] == sorted(block_order_key(path) for path, _ in ours)
+    assert {path for path, _ in ours} == {path for path, _ in theirs}
+    assert [block_order_key(p) for p, _ in ours] == [block_order_key(p) for p, _ in theirs]
 
 
 def _refusal(tmp_path, fastvideo_tensors_of_fixture, fixture_config, change) -> str:
