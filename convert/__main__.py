@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(about half the bf16 size); load the result with the same --quantize (fp8: also "
                         "fp8-weight-only)")
     parser.add_argument("--calibration", metavar="random|FILE.npz",
-                        help="with --quantize: round the DiT's quantized weights by GPTQ on these DiT inputs, one block "
-                        "at a time on the default JAX device (a GPU takes minutes at the real size): 'random' for "
-                        "stand-in inputs, or an .npz of recorded inputs (latents, timestep, text, text_mask; see "
-                        "longcat_jax.models.dit.calibration_inputs); without it weights round to nearest")
+                        help="with --quantize: round the DiT's quantized weights by GPTQ on these DiT inputs, one "
+                        "block at a time on the default JAX device (use a GPU: on 2 CPU cores a real-size block took "
+                        "about 10 minutes): 'random' for stand-in inputs, or an .npz of recorded inputs (`generate "
+                        "--record-calibration`; see longcat_jax.models.dit.calibration_inputs); without it weights "
+                        "round to nearest")
     args = parser.parse_args(argv)
     if args.calibration is not None and args.quantize == "none":
         parser.error("--calibration rounds quantized weights; pass --quantize int8 or fp8 with it")
