@@ -15,7 +15,7 @@ and GPTQ into the INT8 grid cut block 1's held-out GEMM error 6.3-6.5x against r
 The algorithm is GPTQ's lazy-batch form: the damped M = H is inverted through its Cholesky factor, U is the upper
 Cholesky factor of H^-1, and rows are rounded in blocks of `BLOCK_ROWS`: inside a block row by row (each error
 divided by U's diagonal, subtracted from the block's later rows through U's row), then the block's errors update
-all later rows at once with one GEMM. Everything runs in float32 on the kernel's device (one jitted program per
+all later rows at once with one GEMM. Everything runs in float32 on the default JAX device (one jitted program per
 kernel shape); a kernel whose input width is not a multiple of `BLOCK_ROWS` is padded with zero rows, which round
 to zero and change nothing.
 """
@@ -83,7 +83,7 @@ def _gptq(kernel: jax.Array, moment: jax.Array, scales: jax.Array, fmt: WeightFo
 def gptq_quantize_kernel(kernel, moment, fmt: WeightFormat, *, damping: float = DAMPING):
     """kernel [in, out] and its inputs' second moment `moment` [in, in] (x^T x over the calibration tokens divided
     by their count) -> (qkernel [out, in] in `fmt`, qscale [out] float32), the layout and scales of
-    `formats.quantize_kernel`, with GPTQ's rounding. numpy or jax inputs; jax arrays out (on the kernel's device).
+    `formats.quantize_kernel`, with GPTQ's rounding. numpy or jax inputs; jax arrays out.
     """
     if kernel.ndim != 2 or tuple(moment.shape) != (kernel.shape[0], kernel.shape[0]):
         raise ConfigError(f"GPTQ needs a kernel [in, out] and its inputs' moment [in, in]; got kernel "
