@@ -20,6 +20,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from bsa_inputs import grid_argument  # this script's siblings
 from dit_step import real_config
 from flax import nnx
@@ -57,27 +58,32 @@ def main() -> None:
     gptq = gptq_quantize_dit(model, args.quantize, calibration, progress=True)
     jax.block_until_ready(nnx.state(gptq))
     seconds = time.perf_counter() - start
-    nearest = quantize_linears(random_dit(config, dtype=dtype, draw_on_device=True),
-                               args.quantize)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; width {config.hidden_size}, depth "
           f"{config.depth}, {args.quantize}, activations {args.dtype}; calibration {calibration.calls} x grid "
-          f"{args.grid}; GPTQ pass {seconds:.1f} s")
-    exact = random_dit(config, dtype=jnp.float32, param_dtype=dtype, draw_on_device=True) if dtype != jnp.float32 else None
+          f"{args.grid}; GPTQ pass {seconds:.1f} s", flush=True)
+    calls = [[jnp.asarray(a) for a in held_out.call(index)] for index in range(held_out.calls)]
+    # One model beside the unquantized one and GPTQ's at a time (at the real size each bf16 copy is 27 GB); round to
+    # nearest is the unquantized model itself, quantized in place last.
+    outputs = {"unquantized": [np.asarray(forward(model, *call)) for call in calls],
+               "gptq": [np.asarray(forward(gptq, *call)) for call in calls]}
+    if dtype != jnp.float32:
+        exact = random_dit(config, dtype=jnp.float32, param_dtype=dtype, draw_on_device=True)
+        outputs["exact"] = [np.asarray(forward(exact, *call)) for call in calls]
+        del exact
+    nearest = quantize_linears(model, args.quantize)
+    outputs["nearest"] = [np.asarray(forward(nearest, *call)) for call in calls]
     print("| held-out call | timestep | round to nearest | GPTQ | ratio | vs float32 activations: unquantized / round to "
           "nearest / GPTQ |")
     print("|---|---|---|---|---|---|")
-    for index in range(held_out.calls):
-        call = [jnp.asarray(a) for a in held_out.call(index)]
-        reference = forward(model, *call)
-        outputs = [forward(quantized, *call) for quantized in (nearest, gptq)]
-        errors = [rel_l2(output, reference) for output in outputs]
+    for index, call in enumerate(calls):
+        reference = outputs["unquantized"][index]
+        errors = [rel_l2(outputs[name][index], reference) for name in ("nearest", "gptq")]
         floor = "(float32 run)"
-        if exact is not None:
-            exact_output = forward(exact, *call)
-            floor = " / ".join(f"{rel_l2(output, exact_output):.3e}" for output in (reference, *outputs))
+        if "exact" in outputs:
+            floor = " / ".join(f"{rel_l2(outputs[name][index], outputs['exact'][index]):.3e}"
+                               for name in ("unquantized", "nearest", "gptq"))
         print(f"| {index} | {float(call[1][0]):.0f} | {errors[0]:.3e} | {errors[1]:.3e} | "
               f"{errors[0] / errors[1]:.2f}x | {floor} |", flush=True)
-
 
 if __name__ == "__main__":
     main()
