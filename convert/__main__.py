@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                         "fp8-weight-only)")
     parser.add_argument("--calibration", metavar="random|FILE.npz",
                         help="with --quantize: round the DiT's quantized weights by GPTQ on these DiT inputs, one "
-                        "block at a time on the default JAX device (use a GPU: on 2 CPU cores a real-size block took "
-                        "about 10 minutes): 'random' for stand-in inputs, or an .npz of recorded inputs (`generate "
-                        "--record-calibration`; see longcat_jax.models.dit.calibration_inputs); without it weights "
-                        "round to nearest")
+                        "block at a time on the default JAX device (the real size took about 4 minutes on an H200, "
+                        "about 10 minutes a block on 2 CPU cores): 'random' for stand-in inputs, or an .npz of "
+                        "recorded inputs (`generate --record-calibration`; see "
+                        "longcat_jax.models.dit.calibration_inputs); without it weights round to nearest")
     args = parser.parse_args(argv)
     if args.calibration is not None and args.quantize == "none":
         parser.error("--calibration rounds quantized weights; pass --quantize int8 or fp8 with it")
