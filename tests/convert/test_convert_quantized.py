@@ -92,3 +92,11 @@ def test_calibration_is_refused_without_a_mode_or_with_a_missing_file(fixtures_d
                          "--calibration", str(tmp_path / "calls.npz")]) == 1
     assert "calls.npz does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    calls = random_calibration(DiTConfig.from_json(fixtures_dir / "dit" / "config.json"), (2, 8, 8), calls=1,
+                               text_tokens=8)
+    narrow = tmp_path / "narrow.npz"  # text of another width than this DiT's caption_channels
+    type(calls)(calls.latents, calls.timestep, calls.text[..., :32], calls.text_mask).save(narrow)
+    assert convert_main([str(src), str(tmp_path / "out"), "--allow-incomplete", "--quantize", "int8",
+                         "--calibration", str(narrow)]) == 1
+    assert "caption_channels is 64" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
