@@ -127,6 +127,21 @@ def transpose_selection(
     """Key block -> the query blocks that selected it, for the dk/dv pass.
 
     Returns (indices [B, H, Mk, Mq] int32 ascending, padded with Mq; counts [B, H, Mk] int32).
+    Without a sort: each selected pair's place in its key block's list is the number of earlier query blocks that
+    selected that key block (a running sum of the mask down the query blocks), and the pairs are scattered there.
     """
+    b, h, m, width = indices.shape
     mask = block_mask_from_indices(indices, counts, num_k_blocks)  # [B, H, Mq, Mk]
-    return indices_from_block_mask(jnp.swapaxes(mask, -1, -2))
+    rank = jnp.cumsum(mask, axis=2, dtype=jnp.int32)  # [B, H, Mq, Mk]: query blocks up to this one keeping the key block
+    valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]  # [B, H, Mq, W]
+    key_blocks = jnp.where(valid, indices, 0)
+    places = jnp.take_along_axis(rank, key_blocks, axis=-1) - 1  # [B, H, Mq, W]
+    rows = (
+        jnp.arange(b)[:, None, None, None],
+        jnp.arange(h)[None, :, None, None],
+        jnp.where(valid, key_blocks, num_k_blocks),  # past counts: a dropped row
+        places,
+    )
+    query_blocks = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32)[:, None], indices.shape)
+    k_indices = jnp.full((b, h, num_k_blocks + 1, m), m, jnp.int32).at[rows].set(query_blocks, unique_indices=True)
+    return k_indices[:, :, :num_k_blocks], rank[:, :, -1]
