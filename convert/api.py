@@ -135,6 +135,11 @@ def _plan(src: Path, quantize: str | None = None, calibration=None) -> list[_Job
             make(folder, block_order=True) if part == DIT and calibration is not None else make(folder))
         if part == DIT:
             dit_config = config
+            if scheme_for(quantize) is not None:  # each quantized kernel is written as two tensors, qkernel and qscale
+                from longcat_jax.models.dit.params import expected_parameters
+                from longcat_jax.quantization.policy import is_quantized_kernel
+
+                count += sum(map(is_quantized_kernel, expected_parameters(config)))
             if calibration is None:
                 tensors = quantize_tensors(tensors, quantize, source=str(folder))
             else:

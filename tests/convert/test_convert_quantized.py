@@ -34,6 +34,15 @@ def test_int8_conversion_reloads_as_the_model_quantized_while_loading(quantized_
     assert rel_l2(qkv_converted.dequantized_kernel(), bf16_kernel) < 1e-2
 
 
+def test_the_progress_total_counts_what_the_quantized_stream_writes(fixtures_dir, tmp_path):
+    from convert.api import _plan
+
+    (tmp_path / "dit").symlink_to(fixtures_dir / "dit", target_is_directory=True)
+    for quantize in (None, "int8"):
+        (job,) = _plan(tmp_path, quantize)
+        assert sum(1 for _ in job.tensors) == job.count, quantize
+
+
 def test_quantized_checkpoint_refuses_a_mismatched_mode(quantized_int8):
     _, converted = quantized_int8
     with pytest.raises(ConfigError, match="int8 weights.*--quantize int8"):
