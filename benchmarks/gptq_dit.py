@@ -10,7 +10,8 @@ bfloat16 activations it also prints the distance of each of the three (unquantiz
 unquantized weights run with float32 activations: the unquantized one's is the rounding of the activations alone,
 a floor that every bf16 comparison carries. And (`--nudge`, bfloat16 only) how far the bf16 DiT moves from
 itself when a fraction of its quantized layers' weights are moved by one bf16 ulp, a weight change far smaller than
-any 8-bit rounding's: the least any weight change measured against a bf16 run can show.
+any 8-bit rounding's (printed beside round to nearest's): how much of a weight change's error against a bf16 run is
+bf16's own sensitivity.
 
     python3 benchmarks/gptq_dit.py [--depth 4] [--grid 4x16x32] [--calls 16] [--quantize int8] [--dtype bfloat16]
         [--nudge 0.01] [--skip-gptq]
@@ -36,6 +37,8 @@ from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.layers import Linear
 from longcat_jax.models.dit.loading import random_dit
 from longcat_jax.models.dit.quantized_linear import quantize_linears
+from longcat_jax.quantization.formats import dequantize_kernel, quantize_kernel
+from longcat_jax.quantization.modes import scheme_for
 from longcat_jax.quantization.policy import is_quantized_module
 
 forward = nnx.jit(lambda model, *args: model(*args))
@@ -50,19 +53,39 @@ def _nudged(kernel: jax.Array, key: jax.Array, fraction: float, sign: int) -> ja
     return lax.bitcast_convert_type(jnp.where(chosen, bits + jnp.uint16(1) * sign, bits), kernel.dtype)
 
 
+def _quantized_linears(model: nnx.Module) -> list[Linear]:
+    return [module for path, module in nnx.iter_modules(model)
+            if isinstance(module, Linear) and is_quantized_module(tuple(path))]
+
+
+def _relative_change(pairs) -> float:
+    """Relative L2 change over every (before, after) kernel pair, as one vector."""
+    changed = total = 0.0
+    for before, after in pairs:
+        before, after = before.astype(jnp.float32), after.astype(jnp.float32)
+        changed += float(jnp.sum(jnp.square(after - before)))
+        total += float(jnp.sum(jnp.square(before)))
+    return (changed / total) ** 0.5
+
+
 def nudge(model: nnx.Module, fraction: float, sign: int) -> float:
     """Moves, in place, a `fraction` of the weights of every Linear the quantization policy selects by one bf16 ulp
     (sign 1), or moves them back (sign -1); returns the weights' relative L2 change."""
-    changed = total = 0.0
-    linears = [module for path, module in nnx.iter_modules(model)
-               if isinstance(module, Linear) and is_quantized_module(tuple(path))]
-    for index, linear in enumerate(linears):
+    pairs = []
+    for index, linear in enumerate(_quantized_linears(model)):
         kernel = linear.kernel.get_value()
         moved = _nudged(kernel, jax.random.key(index), fraction, sign)
-        changed += float(jnp.sum(jnp.square(moved.astype(jnp.float32) - kernel.astype(jnp.float32))))
-        total += float(jnp.sum(jnp.square(kernel.astype(jnp.float32))))
+        pairs.append((kernel, moved))
         linear.kernel.set_value(moved)
-    return (changed / total) ** 0.5
+    return _relative_change(pairs)
+
+
+def rounding_change(model: nnx.Module, mode: str) -> float:
+    """The relative L2 change round to nearest (`--quantize mode` without calibration) makes to the weights of the
+    Linears the quantization policy selects."""
+    fmt = scheme_for(mode).weight
+    return _relative_change((kernel, dequantize_kernel(*quantize_kernel(kernel, fmt), jnp.float32))
+                            for kernel in (linear.kernel.get_value() for linear in _quantized_linears(model)))
 
 
 def main() -> None:
@@ -114,25 +137,28 @@ def main() -> None:
             outputs["nudged"] = [np.asarray(forward(model, *call)) for call in calls]
             nudge(model, args.nudge, -1)
             print(f"nudge: {args.nudge:.2%} of the quantized layers' weights one ulp off, the weights' relative L2 "
-                  f"change {weight_change:.3e}", flush=True)
+                  f"change {weight_change:.3e}; round to nearest {args.quantize}: {rounding_change(model, args.quantize):.3e}",
+                  flush=True)
     nearest = quantize_linears(model, args.quantize)
     outputs["nearest"] = [np.asarray(forward(nearest, *call)) for call in calls]
     print("| held-out call | timestep | round to nearest | GPTQ | ratio | vs float32 activations: unquantized / round to "
           "nearest / GPTQ | nudged |")
     print("|---|---|---|---|---|---|---|")
+    def distance(name, index, to):
+        return f"{rel_l2(outputs[name][index], to):.3e}" if name in outputs else "-"
+
     for index, call in enumerate(calls):
         reference = outputs["unquantized"][index]
-        def distance(name, to):
-            return f"{rel_l2(outputs[name][index], to):.3e}" if name in outputs else "-"
-
         ratio = "-"
         if "gptq" in outputs:
             ratio = f"{rel_l2(outputs['nearest'][index], reference) / rel_l2(outputs['gptq'][index], reference):.2f}x"
         floor = "(float32 run)"
         if "exact" in outputs:
-            floor = " / ".join(distance(name, outputs["exact"][index]) for name in ("unquantized", "nearest", "gptq"))
-        print(f"| {index} | {float(call[1][0]):.0f} | {distance('nearest', reference)} | {distance('gptq', reference)} "
-              f"| {ratio} | {floor} | {distance('nudged', reference)} |", flush=True)
+            floor = " / ".join(distance(name, index, outputs["exact"][index])
+                               for name in ("unquantized", "nearest", "gptq"))
+        print(f"| {index} | {float(call[1][0]):.0f} | {distance('nearest', index, reference)} | "
+              f"{distance('gptq', index, reference)} | {ratio} | {floor} | {distance('nudged', index, reference)} |",
+              flush=True)
 
 if __name__ == "__main__":
     main()

@@ -93,5 +93,6 @@ def gptq_quantize_kernel(kernel, moment, fmt: WeightFormat, *, damping: float = 
                           "produced NaN; check the calibration inputs")
     if not 0.0 < damping:
         raise ConfigError(f"GPTQ's damping must be positive, got {damping=}")
-    _, scales = quantize_kernel(kernel, fmt)  # round to nearest's scales, bit for bit
-    return _gptq(jnp.asarray(kernel), jnp.asarray(moment, jnp.float32), jnp.asarray(scales), fmt, float(damping))
+    kernel = jnp.asarray(kernel)  # one copy to the device, where both the scales and GPTQ are computed
+    _, scales = quantize_kernel(kernel, fmt)  # round to nearest's scales, bit for bit (its device path)
+    return _gptq(kernel, jnp.asarray(moment, jnp.float32), scales, fmt, float(damping))
