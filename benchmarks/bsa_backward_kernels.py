@@ -5,8 +5,10 @@ The backward alone (dq, dk, dv from q, k, v, out, lse and a random cotangent), o
 TFLOP/s count the selected blocks only, 2.5 x 4*D*64*64 per pair (the flash-attention convention, as in
 `bsa_attention.py`). Every variant's dq, dk and dv are checked against the first variant's (the largest relative
 L2 of the three) before it is timed. Variant names: triton, mosaic (the default `MosaicBackwardConfig`: blocks
-handed to the CTAs longest list first, each step's accumulating product deferred), mosaic block order
-(`longest_first=False`), mosaic waited (`deferred_accumulate=False`: each step ends waiting for its product).
+handed to the CTAs longest list first, each step's accumulating product deferred, a list entry's gathers on one
+barrier), mosaic block order
+(`longest_first=False`), mosaic waited (`deferred_accumulate=False`: each step ends waiting for its product),
+mosaic barrier per buffer (`one_gather_barrier=False`: one barrier per gathered buffer, each waited for).
 
     python3 benchmarks/bsa_backward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -31,6 +33,8 @@ VARIANTS = {
     "mosaic": KernelConfig(backward="mosaic"),
     "mosaic block order": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(longest_first=False)),
     "mosaic waited": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(deferred_accumulate=False)),
+    "mosaic barrier per buffer": KernelConfig(backward="mosaic",
+                                              mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
 }
 
 

@@ -4,7 +4,7 @@ Kernel alone (with its key-range split and merge where a variant asks for one), 
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
-(`MosaicConfig.rounds`), p2 = two producer warpgroups,
+(`MosaicConfig.rounds`), p2 = two producer warpgroups, cN = N consumer warpgroups (`MosaicConfig.consumers`),
 kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
 reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings but the named ones) on e4m3 operands quantized before the
@@ -53,12 +53,13 @@ VARIANTS = {
     "mosaic n2 no schedule barrier": _mosaic(1, rounds=2, schedule_barrier=False),
     "mosaic n2 reduced sums": _mosaic(1, rounds=2, row_sums_on_tensor_cores=False),
     "fp8": _fp8(),
-    "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
-    "fp8 n1": _fp8(rounds=1),
+    "fp8 c2 n2": _fp8(consumers=2, rounds=2),
+    "fp8 c2 k3 v3": _fp8(consumers=2, rounds=2, k_stages=3, v_stages=3),
+    "fp8 c2 p2": _fp8(consumers=2, rounds=2, producers=2),
+    "fp8 n2": _fp8(rounds=2),
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),
-    "fp8 k3 v3": _fp8(k_stages=3, v_stages=3),
-    "fp8 p2": _fp8(producers=2),
+    "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
 }
 
 

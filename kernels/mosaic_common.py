@@ -3,6 +3,7 @@ shared-memory budget of a Hopper CTA, tile layouts and the interpreter's switche
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import jax.numpy as jnp
@@ -13,6 +14,8 @@ LOG2E = math.log2(math.e)
 BLOCK = 64  # tokens per query block and per key block
 SMEM_BYTES = 232_448  # shared memory one CTA may use on Hopper
 SMEM_ALIGN = 1024  # Pallas Mosaic GPU aligns each scratch buffer to this
+# jax 0.10 requires `plgpu.load`'s index as its own argument; 0.11 deprecates that (the index goes through `ref.at`)
+_LOAD_NEEDS_INDEX = inspect.signature(plgpu.load).parameters["idx"].default is inspect.Parameter.empty
 
 
 def aligned(n: int, to: int) -> int:
@@ -25,6 +28,13 @@ def tile_transforms(dtype, columns: int) -> tuple:
     layout: a row of up to 128 bytes is one swizzle span)."""
     swizzle = min(128, columns * jnp.dtype(dtype).itemsize)
     return plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(swizzle)
+
+
+def load_whole(ref, layout):
+    """All of a shared-memory ref in registers, in `layout` (either jax's form of `plgpu.load`, no warning)."""
+    if _LOAD_NEEDS_INDEX:
+        return plgpu.load(ref, (), layout=layout)
+    return plgpu.load(ref, layout=layout)
 
 
 def interpret_params(interpret: bool) -> dict:

@@ -1,12 +1,13 @@
 """Block-sparse attention forward as a Pallas Mosaic GPU kernel for Hopper (wgmma + TMA, warp-specialised).
 
 Why a second forward: the Triton lowering runs one warpgroup per query block with no warp specialisation,
-so the softmax of a 64x64 tile cannot hide behind the tensor cores. Here each CTA holds two consumer
-warpgroups, each on its own 64-token query block with its own key-block list, and a producer warpgroup
-that gathers the selected K and V blocks into shared memory by TMA, a few steps ahead. The consumers
-take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are launched head
-by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` pairs of query
-blocks; on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so `KernelConfig` picks it on Hopper.
+so the softmax of a 64x64 tile cannot hide behind the tensor cores. Here each CTA holds two (or three,
+`MosaicConfig.consumers`) consumer warpgroups, each on its own 64-token query block with its own key-block list,
+and a producer warpgroup that gathers the selected K and V blocks into shared memory by TMA, a few steps ahead.
+The consumers take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are
+launched head by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` sets of
+query blocks (one per consumer); on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so
+`KernelConfig` picks it on Hopper.
 In bf16 the softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`, 1.06-1.13x).
 
 Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so either backward
@@ -43,7 +44,10 @@ from kernels.mosaic_common import (
 )
 from kernels.padding import GridPadding, mask_padded_keys
 
-_CONSUMERS = 2  # consumer warpgroups (query blocks) per CTA
+# registers per thread of a consumer / producer warpgroup: (consumers * theirs + producers * 40 or 24) * 128 threads
+# within the SM's 65,536
+_CONSUMER_REGISTERS = {(2, 1): 232, (2, 2): 216, (3, 1): 160}
+_PRODUCER_REGISTERS = {2: 40, 3: 24}
 _INDEX_ALIGN = 32  # int32 entries per 128 bytes: TMA wants 128-byte aligned shared-memory rows
 _INDEX_CHUNK = 256  # the most entries one TMA copies along a dimension
 _ONES_ROWS = 8  # N of the row sums' product (wgmma's smallest): a [64, 8] accumulator, the sums in its column 0
@@ -56,8 +60,12 @@ class MosaicConfig:
     k_stages / v_stages: K / V blocks in flight per consumer (shared memory allows 4 in all with head_dim 128);
     producers: 1 (one producer warpgroup gathers for both consumers) or 2 (one each, so a consumer waiting on
     its V does not hold up the other's K); schedule_barrier: make the two consumers alternate on the tensor
-    cores; rounds: pairs of query blocks each CTA works through in turn, so that its producer gathers the next
-    pair's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
+    cores; rounds: sets of query blocks (one per consumer) each CTA works through in turn, so that its producer
+    gathers the next set's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
+    consumers: consumer warpgroups (query blocks) per CTA, 2 or 3. Three fill more of the tensor cores' idle time
+    between one consumer's products and its next ones (each consumer's step is a chain of product, softmax,
+    product), at 160 registers each instead of 232; they need schedule_barrier=False and one producer, and fit
+    shared memory with FP8 operands (or head_dim 64);
     row_sums_on_tensor_cores: the softmax row sums come out of P·V's wgmma group (P times a ones column, an
     N=8 product into a [64, 8] accumulator, rescaled with the output's accumulator and reduced once at the end)
     instead of a row reduction of P per key block (on an H200 the bf16 kernel 1.06-1.13x faster with it, the FP8
@@ -72,6 +80,7 @@ class MosaicConfig:
     producers: int = 1
     schedule_barrier: bool = True
     rounds: int = 2
+    consumers: int = 2
     row_sums_on_tensor_cores: bool = True
     interpret: bool = False
 
@@ -83,6 +92,13 @@ class MosaicConfig:
                 raise BSAConfigError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
         if self.producers not in (1, 2):
             raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
+        if self.consumers not in (2, 3):
+            raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")
+        if self.consumers == 3 and (self.schedule_barrier or self.producers != 1):
+            raise BSAConfigError(
+                f"MosaicConfig(consumers=3) needs schedule_barrier=False and producers=1 (the turn-taking and the "
+                f"per-consumer producers are for two), got {self.schedule_barrier=}, {self.producers=}"
+            )
 
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
@@ -90,15 +106,16 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
     the P tiles, with row sums on the tensor cores the ones columns (barriers aside)."""
     out_tile = BLOCK * head_dim * 2
     tile = BLOCK * head_dim * (1 if fp8 else 2)  # q, K and V tiles
+    consumers = config.consumers
     buffers = (
-        _CONSUMERS * tile,  # q
-        _CONSUMERS * out_tile,
-        _CONSUMERS * config.k_stages * tile,
-        _CONSUMERS * config.v_stages * tile,
-        _CONSUMERS * aligned(k_max, _INDEX_ALIGN) * 4,
-        _CONSUMERS * BLOCK * 4,
-    ) + ((_CONSUMERS * BLOCK * BLOCK,) if fp8 else ()) + (
-        (_CONSUMERS * _ONES_ROWS * BLOCK * (1 if fp8 else 2),) if config.row_sums_on_tensor_cores else ()
+        consumers * tile,  # q
+        consumers * out_tile,
+        consumers * config.k_stages * tile,
+        consumers * config.v_stages * tile,
+        consumers * aligned(k_max, _INDEX_ALIGN) * 4,
+        consumers * BLOCK * 4,
+    ) + ((consumers * BLOCK * BLOCK,) if fp8 else ()) + (
+        (consumers * _ONES_ROWS * BLOCK * (1 if fp8 else 2),) if config.row_sums_on_tensor_cores else ()
     )
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
 
@@ -106,6 +123,14 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
 def fits(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> bool:
     """Whether a CTA's shared memory holds the kernel for these lists (very long CDF lists need the Triton one)."""
     return smem_bytes(head_dim, aligned(k_max, _INDEX_ALIGN), config, fp8) <= SMEM_BYTES
+
+
+def fitted(config: MosaicConfig, head_dim: int, k_max: int, fp8: bool = False) -> MosaicConfig:
+    """`config`, or with two consumers where three do not fit lists of `k_max` key blocks in shared memory (long
+    CDF lists; each consumer holds its whole list): a launch setting, so the kernel runs rather than refuses."""
+    if config.consumers == 3 and not fits(head_dim, k_max, config, fp8):
+        return dataclasses.replace(config, consumers=2)
+    return config
 
 
 def supports(q: jax.Array, block_q: int, block_k: int) -> bool:
@@ -147,9 +172,10 @@ def mosaic_forward(
     fp8 = fp8_scales is not None
     dtype = out_dtype if fp8 else q.dtype  # the output's
     operand_dtype = q.dtype
-    k_stages, v_stages = config.k_stages, config.v_stages
     indices = _pad_indices(indices)
     k_max = indices.shape[-1]
+    config = fitted(config, d, k_max, fp8)
+    k_stages, v_stages = config.k_stages, config.v_stages
     if not fits(d, k_max, config, fp8):
         raise BSAConfigError(
             f"the Mosaic BSA kernel needs {smem_bytes(d, k_max, config, fp8)} bytes of shared memory with "
@@ -158,8 +184,8 @@ def mosaic_forward(
             "128), or use KernelConfig(forward='triton') for lists this long"
         )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
-    rounds = config.rounds
-    num_ctas = -(-mq // (_CONSUMERS * rounds))  # per (batch, head)
+    rounds, consumers = config.rounds, config.consumers
+    num_ctas = -(-mq // (consumers * rounds))  # per (batch, head)
     logit_scale = d**-0.5 * LOG2E  # logits in base-2 units
     tc_sums = config.row_sums_on_tensor_cores
 
@@ -186,10 +212,10 @@ def mosaic_forward(
 
         def query_block(r, w):
             """Consumer w's query block in round r (clamped; `valid` says whether it exists)."""
-            return jnp.minimum((cta * rounds + r) * _CONSUMERS + w, mq - 1)
+            return jnp.minimum((cta * rounds + r) * consumers + w, mq - 1)
 
         def valid(r, w):
-            return (cta * rounds + r) * _CONSUMERS + w < mq
+            return (cta * rounds + r) * consumers + w < mq
 
         def count_of(r, w):
             return jnp.where(valid(r, w), counts_ref[bi, hi, query_block(r, w)], 0)
@@ -215,39 +241,39 @@ def mosaic_forward(
             v_block = v_ref.at[bi, hi, :, rows] if fp8 else v_ref.at[bi, rows, hi]  # [D, 64] (V^T) or [64, D]
             plgpu.copy_gmem_to_smem(v_block, v_smem2.at[w, v_slot], v_barriers.at[v_barrier])
 
-        def produce(consumers):
-            """The producer warpgroup's work for these consumers, round by round: index lists, q, K/V blocks."""
+        def produce(served):
+            """The producer warpgroup's work for the consumers it serves, round by round: index lists, q, K/V blocks."""
 
             def produce_round(r, done):
-                # done[i]: blocks gathered so far for consumers[i], over all rounds (their stage slots run on)
-                for w in consumers:
+                # done[i]: blocks gathered so far for served[i], over all rounds (their stage slots run on)
+                for w in served:
                     for c, (start, size) in enumerate(index_chunks):
                         plgpu.copy_gmem_to_smem(
                             idx_ref.at[bi, hi, query_block(r, w), pl.ds(start, size)],
                             idx_smem2.at[w, pl.ds(start, size)],
                             idx_barriers.at[w * len(index_chunks) + c],
                         )
-                for w in consumers:
+                for w in served:
                     pl.when(r > 0)(lambda: plgpu.barrier_wait(q_consumed.at[w]))  # last round's q is read
                     rows = pl.ds(query_block(r, w) * BLOCK, BLOCK)
                     plgpu.copy_gmem_to_smem(q_ref.at[bi, rows, hi], q_smem2.at[w], q_barriers.at[w])
-                for w in consumers:
+                for w in served:
                     for c in range(len(index_chunks)):
                         plgpu.barrier_wait(idx_barriers.at[w * len(index_chunks) + c])
-                counts = [count_of(r, w) for w in consumers]
-                firsts = [starts_ref[bi, hi, query_block(r, w)] for w in consumers]
+                counts = [count_of(r, w) for w in served]
+                firsts = [starts_ref[bi, hi, query_block(r, w)] for w in served]
 
                 @pl.loop(0, functools.reduce(jnp.maximum, counts))
                 def _gather(step):
-                    for i, w in enumerate(consumers):
+                    for i, w in enumerate(served):
                         @pl.when(step < counts[i])
                         def _fetch(i=i, w=w):
                             fetch_blocks(w, done[i] + step, idx_smem2[w, firsts[i] + step])
 
                 return tuple(n + c for n, c in zip(done, counts, strict=True))
 
-            done = lax.fori_loop(0, rounds, produce_round, tuple(jnp.int32(0) for _ in consumers))
-            for i, w in enumerate(consumers):
+            done = lax.fori_loop(0, rounds, produce_round, tuple(jnp.int32(0) for _ in served))
+            for i, w in enumerate(served):
                 # wait out the last releases, so every barrier phase is observed before the CTA ends
                 plgpu.barrier_wait(q_consumed.at[w])
                 for stages, consumed in ((k_stages, k_consumed), (v_stages, v_consumed)):
@@ -260,9 +286,9 @@ def mosaic_forward(
                 plgpu.barrier_arrive(schedule)
                 plgpu.barrier_wait(schedule)
 
-        @pl.when(wg < _CONSUMERS)
+        @pl.when(wg < consumers)
         def _consumer():
-            plgpu.set_max_registers(232 if config.producers == 1 else 216, action="increase")
+            plgpu.set_max_registers(_CONSUMER_REGISTERS[consumers, config.producers], action="increase")
             q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
@@ -276,8 +302,8 @@ def mosaic_forward(
 
             def consume_round(r, done):
                 # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
-                counts = [count_of(r, w) for w in range(_CONSUMERS)]
-                count = jnp.where(wg == 0, counts[0], counts[1])
+                counts = [count_of(r, w) for w in range(consumers)]
+                count = functools.reduce(lambda n, w: jnp.where(wg == w, counts[w], n), range(1, consumers), counts[0])
                 if key_padding is not None:  # where this consumer's list starts, to read its key blocks' indices
                     own_block = query_block(r, wg)
                     first = starts_ref[bi, hi, own_block]
@@ -425,15 +451,15 @@ def mosaic_forward(
             plgpu.wait_smem_to_gmem(0)
 
         if config.producers == 1:
-            @pl.when(wg == _CONSUMERS)
+            @pl.when(wg == consumers)
             def _producer():
-                plgpu.set_max_registers(40, action="decrease")
-                produce(range(_CONSUMERS))
+                plgpu.set_max_registers(_PRODUCER_REGISTERS[consumers], action="decrease")
+                produce(range(consumers))
         else:
-            for w in range(_CONSUMERS):
-                @pl.when(wg == _CONSUMERS + w)
+            for w in range(consumers):
+                @pl.when(wg == consumers + w)
                 def _producer():
-                    plgpu.set_max_registers(40, action="decrease")
+                    plgpu.set_max_registers(_PRODUCER_REGISTERS[consumers], action="decrease")
                     produce([w])
 
     def entry(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, *refs):
@@ -445,26 +471,26 @@ def mosaic_forward(
         out_transforms = tile_transforms(dtype, d)
         v_tile = (d, BLOCK) if fp8 else (BLOCK, d)
         scratch = (
-            plgpu.SMEM((_CONSUMERS, BLOCK, d), operand_dtype, transforms=transforms),
+            plgpu.SMEM((consumers, BLOCK, d), operand_dtype, transforms=transforms),
             # raster stores copy a few rows at a time: those need the out tiles untiled and unswizzled
-            plgpu.SMEM((_CONSUMERS, BLOCK, d), dtype, transforms=() if raster_out else out_transforms),
-            plgpu.SMEM((_CONSUMERS, k_stages, BLOCK, d), operand_dtype, transforms=transforms),
-            plgpu.SMEM((_CONSUMERS, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
-            plgpu.SMEM((_CONSUMERS, k_max), jnp.int32),
-            plgpu.SMEM((_CONSUMERS, BLOCK), jnp.float32),
-        ) + ((plgpu.SMEM((_CONSUMERS, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
-             if fp8 else ()) + ((plgpu.SMEM((_CONSUMERS, _ONES_ROWS, BLOCK), operand_dtype,
+            plgpu.SMEM((consumers, BLOCK, d), dtype, transforms=() if raster_out else out_transforms),
+            plgpu.SMEM((consumers, k_stages, BLOCK, d), operand_dtype, transforms=transforms),
+            plgpu.SMEM((consumers, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
+            plgpu.SMEM((consumers, k_max), jnp.int32),
+            plgpu.SMEM((consumers, BLOCK), jnp.float32),
+        ) + ((plgpu.SMEM((consumers, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
+             if fp8 else ()) + ((plgpu.SMEM((consumers, _ONES_ROWS, BLOCK), operand_dtype,
                                             transforms=tile_transforms(operand_dtype, BLOCK)),) if tc_sums else ())
         barriers = (
-            plgpu.Barrier(num_barriers=_CONSUMERS),
-            plgpu.Barrier(num_barriers=_CONSUMERS),
-            plgpu.Barrier(num_barriers=_CONSUMERS * len(index_chunks)),
-            plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
-            plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
-            plgpu.Barrier(num_barriers=_CONSUMERS * k_stages),
-            plgpu.Barrier(num_barriers=_CONSUMERS * v_stages),
-            plgpu.Barrier(num_arrivals=_CONSUMERS),
-        ) + ((plgpu.Barrier(num_barriers=_CONSUMERS),) if tc_sums else ())
+            plgpu.Barrier(num_barriers=consumers),
+            plgpu.Barrier(num_barriers=consumers),
+            plgpu.Barrier(num_barriers=consumers * len(index_chunks)),
+            plgpu.Barrier(num_barriers=consumers * k_stages),
+            plgpu.Barrier(num_barriers=consumers * v_stages),
+            plgpu.Barrier(num_barriers=consumers * k_stages),
+            plgpu.Barrier(num_barriers=consumers * v_stages),
+            plgpu.Barrier(num_arrivals=consumers),
+        ) + ((plgpu.Barrier(num_barriers=consumers),) if tc_sums else ())
         buffers = len(scratch)
         pl.run_scoped(
             lambda *args: kernel(
@@ -486,7 +512,7 @@ def mosaic_forward(
         # its selected K/V blocks stay in L2 (heads fastest missed L2 on 96% of the gathers on an H100)
         grid=(b, h, num_ctas),
         grid_names=("batch", "heads", "ctas"),
-        num_threads=_CONSUMERS + config.producers,
+        num_threads=consumers + config.producers,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **interpret_params(config.interpret),

@@ -31,7 +31,16 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels import pallas_mosaic
 from kernels.errors import BSAConfigError, BSAInputError
-from kernels.mosaic_common import BLOCK, LOG2E, SMEM_ALIGN, SMEM_BYTES, aligned, dot_f32, interpret_params
+from kernels.mosaic_common import (
+    BLOCK,
+    LOG2E,
+    SMEM_ALIGN,
+    SMEM_BYTES,
+    aligned,
+    dot_f32,
+    interpret_params,
+    load_whole,
+)
 from kernels.padding import GridPadding, mask_padded_keys
 from kernels.selection import transpose_selection
 
@@ -51,6 +60,9 @@ class MosaicBackwardConfig:
     and release that step's gathered tiles only after the next step's first product has been waited for: the
     accumulating product then runs on the tensor cores behind the next step's first one instead of ending the step
     with a wait. False waits for it at the end of each step (the earlier schedule);
+    one_gather_barrier: the producer's gathers of one list entry (q, do, lse and delta rows; or k and v) all arrive
+    on one barrier, which the consumer waits for once a step, rather than one barrier per gathered buffer (0.6-1.3%
+    faster on an H200, BENCHMARKS.md);
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots;
     the pipeline, barriers, gathers and the elementwise work are the GPU's.
@@ -59,12 +71,13 @@ class MosaicBackwardConfig:
     stages: int = 2
     longest_first: bool = True
     deferred_accumulate: bool = True
+    one_gather_barrier: bool = True
     interpret: bool = False
 
     def __post_init__(self):
         if not isinstance(self.stages, int) or self.stages < 2:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
-        for name in ("longest_first", "deferred_accumulate"):
+        for name in ("longest_first", "deferred_accumulate", "one_gather_barrier"):
             if not isinstance(getattr(self, name), bool):
                 raise BSAConfigError(f"MosaicBackwardConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -141,7 +154,7 @@ class _Kernel:
         """[64] float32 rows from shared memory, laid out to broadcast along `reduced_axis` of a wgmma tile."""
         if self.interpret:
             return ref[...]
-        return plgpu.load(ref, (), layout=plgpu.Layout.WGMMA.reduce(reduced_axis))
+        return load_whole(ref, plgpu.Layout.WGMMA.reduce(reduced_axis))
 
     def accumulate(self, acc, a, b_smem):
         """acc + a @ b in float32: acc [64, D] wgmma accumulator, a [64, 64] in registers, b_smem [64, D] in shared memory."""
@@ -272,6 +285,8 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
 
     def kernel(idx_ref, counts_ref, order_ref, in_refs, out_refs, own_smem2, gathered_smem2, barriers):
         own_loaded, consumed, *loaded = barriers  # loaded: one barrier group per gathered buffer (32 at most each)
+        if config.one_gather_barrier:
+            loaded = loaded * n_gathered  # every gathered buffer arrives on the one group
         bi = lax.axis_index("batch")
         hi = lax.axis_index("heads")
         cta = lax.axis_index("ctas")
@@ -308,7 +323,7 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
             def visit(j, state, acc_ref=None):
                 acc, carry = state
                 slot = lax.rem(j, jnp.int32(stages))
-                for group in loaded:
+                for group in loaded[:1] if config.one_gather_barrier else loaded:
                     plgpu.barrier_wait(group.at[wg * stages + slot])
                 if spec.key_padding is None:
                     key_block = None
@@ -394,7 +409,9 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
         barriers = (
             plgpu.Barrier(num_barriers=_CONSUMERS * n_own),
             plgpu.Barrier(num_barriers=_CONSUMERS * stages),
-            *(plgpu.Barrier(num_barriers=_CONSUMERS * stages) for _ in spec.gathered),
+            *((plgpu.Barrier(num_arrivals=n_gathered, num_barriers=_CONSUMERS * stages),)
+              if config.one_gather_barrier else
+              (plgpu.Barrier(num_barriers=_CONSUMERS * stages) for _ in spec.gathered)),
         )
         pl.run_scoped(
             lambda *args: kernel(

@@ -46,7 +46,9 @@ class KernelConfig:
     fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: per-head scales of q, k and v, the softmax
     weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
     barrier, 1.07-1.10x faster than with it on an H200 at 84,480 tokens, and with the row sums by reduction, which
-    the FP8 kernel measured 0.4-7% faster than on the tensor cores, unlike bf16's, BENCHMARKS.md); the reference backend
+    the FP8 kernel measured 0.4-7% faster than on the tensor cores, unlike bf16's, and with three consumer warpgroups
+    of one round each, where the lists fit (`pallas_mosaic.fitted`), 1.01-1.11x faster than two on an H200,
+    BENCHMARKS.md); the reference backend
     emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
     """
@@ -59,7 +61,7 @@ class KernelConfig:
     mosaic_backward: pallas_mosaic_backward.MosaicBackwardConfig = pallas_mosaic_backward.MosaicBackwardConfig()
     fp8: bool = False
     mosaic_fp8: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig(
-        schedule_barrier=False, row_sums_on_tensor_cores=False
+        schedule_barrier=False, row_sums_on_tensor_cores=False, consumers=3, rounds=1
     )
 
     def __post_init__(self):
@@ -148,7 +150,8 @@ class KernelConfig:
                 f"KernelConfig(fp8=True) needs a Hopper GPU (compute capability 9.x), the default device is "
                 f"{jax.devices()[0].device_kind}; use fp8=False (bf16 kernels) there"
             )
-        if not pallas_mosaic.fits(q.shape[-1], k_max, self.mosaic_fp8, fp8=True):
+        if not pallas_mosaic.fits(q.shape[-1], k_max, pallas_mosaic.fitted(self.mosaic_fp8, q.shape[-1], k_max, True),
+                                  fp8=True):
             raise BSAConfigError(
                 f"FP8 index lists of {k_max} key blocks do not fit the Mosaic kernel's shared memory with "
                 f"k_stages={self.mosaic_fp8.k_stages}, v_stages={self.mosaic_fp8.v_stages}; lower them in "

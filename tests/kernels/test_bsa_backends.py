@@ -124,6 +124,9 @@ class TestMosaicInterpret(_InMosaicInterpreter):
                    list_width=300, mosaic=MosaicConfig(producers=2, rounds=2)),
         KernelCase("three_k_stages_one_round_per_cta_key_ranges_2", b=1, h=2, d=64, mq=4, mk=5, width=4,
                    mosaic=MosaicConfig(k_stages=3, rounds=1), key_ranges=2),
+        # 7 query blocks over 2 rounds of 3 consumers: the second round's last two consumers have none
+        KernelCase("three_consumers_rounds", b=1, h=2, d=64, mq=7, mk=5, width=4,
+                   mosaic=MosaicConfig(consumers=3, schedule_barrier=False)),
     )
     gradient_cases = (KernelCase("through_the_triton_backward", b=1, h=1, d=64, mq=2, mk=3, width=2),)
     whole_call_cases = RASTER_CASES
@@ -155,6 +158,8 @@ class TestMosaicGpu(BSABackendTests):
         KernelCase("row_sums_by_reduction", b=2, h=3, d=128, mq=9, mk=12, width=7,
                    mosaic=MosaicConfig(row_sums_on_tensor_cores=False)),
         KernelCase("d64", b=2, h=3, d=64, mq=9, mk=12, width=7),
+        KernelCase("d64_three_consumers", b=2, h=3, d=64, mq=10, mk=12, width=7,
+                   mosaic=MosaicConfig(consumers=3, schedule_barrier=False)),
         *_gpu_key_range_cases(),
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)
@@ -199,6 +204,10 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
                    list_width=300, mosaic=MosaicConfig(producers=2), tolerance=FP8_TOLERANCE),
         KernelCase("row_sums_on_tensor_cores", b=1, h=2, d=64, mq=3, mk=5, width=4, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, row_sums_on_tensor_cores=True)),
+        # the FP8 default is three consumers of one round each; two consumers over rounds, the second half empty
+        KernelCase("head_dim_128_two_consumers_rounds", b=1, h=2, d=128, mq=7, mk=5, width=4,
+                   tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = (WholeCallCase("4x8x12_chunk_4x4x4", (4, 8, 12), (4, 4, 4), tolerance=FP8_TOLERANCE),)
@@ -227,6 +236,9 @@ class TestMosaicFp8Gpu(BSABackendTests):
                    mosaic=MosaicConfig(k_stages=3, v_stages=3, schedule_barrier=False)),
         KernelCase("row_sums_on_tensor_cores", b=2, h=3, d=128, mq=9, mk=12, width=7, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, row_sums_on_tensor_cores=True)),
+        KernelCase("two_consumers_two_rounds_long_lists", b=2, h=3, d=128, mq=10, mk=24, width=10,
+                   tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

@@ -41,11 +41,16 @@ def _lowered_for_cuda(fn, *args) -> str:
     return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-@pytest.mark.parametrize("name", list(FORWARD_CONFIGS))
+# three consumers fit head_dim 128 in shared memory with FP8 operands only
+THREE_CONSUMERS = MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False)
+
+
+@pytest.mark.parametrize(("name", "fp8"), [
+    *((name, fp8) for name in FORWARD_CONFIGS for fp8 in (False, True)), ("three_consumers", True)
+])
 def test_forward_lowers_for_cuda(name, fp8):
     q, k, v, indices, starts, counts = _inputs()
-    config = FORWARD_CONFIGS[name]
+    config = FORWARD_CONFIGS.get(name, THREE_CONSUMERS)
     if fp8:
         operands = quantize_operands(q, k, v)
 
@@ -64,11 +69,12 @@ def test_forward_lowers_for_cuda(name, fp8):
     assert "custom_call @mosaic_gpu" in text
 
 
-@pytest.mark.parametrize("deferred", [True, False], ids=["deferred_accumulate", "waited_accumulate"])
-def test_backward_lowers_for_cuda(deferred):
+@pytest.mark.parametrize(("deferred", "one_barrier"), [(True, True), (False, True), (True, False)],
+                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer"])
+def test_backward_lowers_for_cuda(deferred, one_barrier):
     q, k, v, indices, _, counts = _inputs()
     lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
-    config = MosaicBackwardConfig(deferred_accumulate=deferred)
+    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier)
 
     def backward(q, k, v, indices, counts, lse):
         return mosaic_backward(q, k, v, indices, counts, q, lse, q, config, key_padding=PADDED)
