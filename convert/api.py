@@ -185,10 +185,14 @@ def _check_space(dst: Path, jobs, copies: list[Path], *, resume: bool) -> None:
 
 def _settings(quantize, calibration) -> dict[str, str]:
     """What a resumed conversion must repeat (the calibration only when there is one, so conversions begun before it
-    existed still resume)."""
+    existed still resume; a calibration file with its size and modification time, as the source's files)."""
     settings = {"quantize": quantize or "none"}
     if calibration is not None:
         settings["calibration"] = str(getattr(calibration, "source", calibration))
+        if str(calibration) != RANDOM_CALIBRATION and Path(str(calibration)).is_file():
+            # a recorded-inputs file rewritten between the two runs would round the rest differently
+            stat = Path(str(calibration)).stat()
+            settings["calibration"] += f" ({stat.st_size} bytes, modified {stat.st_mtime_ns} ns)"
     return settings
 
 

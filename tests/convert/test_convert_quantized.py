@@ -72,6 +72,29 @@ def test_resume_with_another_quantize_mode_names_both_modes(fixtures_dir, tmp_pa
     destination.prepare(dst, src, fingerprint, resume=True, settings={"quantize": "int8"})  # the same: resumes
 
 
+def test_resume_refuses_a_calibration_file_rewritten_since(fixtures_dir, tmp_path):
+    import os
+
+    from convert import destination
+    from convert.api import _settings
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dit").symlink_to(fixtures_dir / "dit", target_is_directory=True)
+    dst, recorded = tmp_path / "dst", tmp_path / "calls.npz"
+    recorded.write_bytes(b"first recording")
+    fingerprint = destination.source_fingerprint(src, ["dit"])
+    begun = _settings("int8", str(recorded))
+    destination.prepare(dst, src, fingerprint, resume=False, settings=begun)
+    (dst / "dit").mkdir()  # an unfinished conversion of ours
+    destination.prepare(dst, src, fingerprint, resume=True, settings=_settings("int8", str(recorded)))  # unchanged
+    recorded.write_bytes(b"another recording, same path")
+    os.utime(recorded, ns=(1, 1))
+    with pytest.raises(CheckpointError, match="cannot resume: .*calls.npz .*bytes, modified"):
+        destination.prepare(dst, src, fingerprint, resume=True, settings=_settings("int8", str(recorded)))
+    assert _settings("int8", "random") == {"quantize": "int8", "calibration": "random"}
+
+
 def test_calibrated_int8_conversion_keeps_the_scales_and_changes_the_rounding(quantized_int8, tmp_path):
     original, nearest = quantized_int8
     src = tmp_path / "src"
