@@ -47,7 +47,7 @@ class KernelConfig:
     weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
     barrier, 1.07-1.10x faster than with it on an H200 at 84,480 tokens, and with the row sums by reduction, which
     the FP8 kernel measured 0.4-7% faster than on the tensor cores, unlike bf16's, and with three consumer warpgroups
-    of one round each, where the lists fit (`pallas_mosaic.fitted`), 1.01-1.11x faster than two on an H200,
+    of one round each, where the lists fit (`pallas_mosaic.fitted`), 1.04-1.07x two of two rounds on an H200,
     BENCHMARKS.md); the reference backend
     emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
