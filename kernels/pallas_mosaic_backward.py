@@ -31,16 +31,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels import pallas_mosaic
 from kernels.errors import BSAConfigError, BSAInputError
-from kernels.mosaic_common import (
-    BLOCK,
-    LOG2E,
-    SMEM_ALIGN,
-    SMEM_BYTES,
-    aligned,
-    dot_f32,
-    interpret_params,
-    load_whole,
-)
+from kernels.mosaic_common import BLOCK, LOG2E, SMEM_ALIGN, SMEM_BYTES, aligned, dot_f32, interpret_params, load_whole
 from kernels.padding import GridPadding, mask_padded_keys
 from kernels.selection import transpose_selection
 
