@@ -189,9 +189,9 @@ def _settings(quantize, calibration) -> dict[str, str]:
     settings = {"quantize": quantize or "none"}
     if calibration is not None:
         settings["calibration"] = str(getattr(calibration, "source", calibration))
-        if str(calibration) != RANDOM_CALIBRATION and Path(str(calibration)).is_file():
+        if isinstance(calibration, str | Path) and str(calibration) != RANDOM_CALIBRATION and Path(calibration).is_file():
             # a recorded-inputs file rewritten between the two runs would round the rest differently
-            stat = Path(str(calibration)).stat()
+            stat = Path(calibration).stat()
             settings["calibration"] += f" ({stat.st_size} bytes, modified {stat.st_mtime_ns} ns)"
     return settings
 

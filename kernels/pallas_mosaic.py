@@ -4,7 +4,7 @@ Why a second forward: the Triton lowering runs one warpgroup per query block wit
 so the softmax of a 64x64 tile cannot hide behind the tensor cores. Here each CTA holds two (or three,
 `MosaicConfig.consumers`) consumer warpgroups, each on its own 64-token query block with its own key-block list,
 and a producer warpgroup that gathers the selected K and V blocks into shared memory by TMA, a few steps ahead.
-The consumers take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are
+Two consumers can take turns on the tensor cores (a shared "schedule" barrier), as in FlashAttention-3. CTAs are
 launched head by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` sets of
 query blocks (one per consumer); on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so
 `KernelConfig` picks it on Hopper.

@@ -93,6 +93,9 @@ def test_resume_refuses_a_calibration_file_rewritten_since(fixtures_dir, tmp_pat
     with pytest.raises(CheckpointError, match="cannot resume: .*calls.npz .*bytes, modified"):
         destination.prepare(dst, src, fingerprint, resume=True, settings=_settings("int8", str(recorded)))
     assert _settings("int8", "random") == {"quantize": "int8", "calibration": "random"}
+    inputs = random_calibration(DiTConfig.from_json(fixtures_dir / "dit" / "config.json"), (2, 8, 8), calls=1,
+                                text_tokens=8)  # in memory: named by its source, as before
+    assert _settings("int8", inputs) == {"quantize": "int8", "calibration": inputs.source}
 
 
 def test_calibrated_int8_conversion_keeps_the_scales_and_changes_the_rounding(quantized_int8, tmp_path):
