@@ -68,8 +68,9 @@ class MosaicConfig:
     shared memory with FP8 operands (or head_dim 64);
     row_sums_on_tensor_cores: the softmax row sums come out of P·V's wgmma group (P times a ones column, an
     N=8 product into a [64, 8] accumulator, rescaled with the output's accumulator and reduced once at the end)
-    instead of a row reduction of P per key block (on an H200 the bf16 kernel 1.06-1.13x faster with it, the FP8
-    one 0.4-7% slower, BENCHMARKS.md; the sums are then of the rounded P the output multiplies); interpret: run through
+    instead of a row reduction of P per key block (on an H200 the bf16 kernel 1.06-1.13x faster with it; the sums
+    are then of the rounded P the output multiplies). `KernelConfig` refuses it for the FP8 kernel, whose output it
+    moved 8.5e-2 to 4.2e-1 on an H200, more the longer the lists (BENCHMARKS.md); interpret: run through
     the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
     in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
     index gathering and softmax are the GPU's.

@@ -64,7 +64,7 @@ class KernelCase:
     sentinel_padded: bool = False
     key_ranges: int | None = None
     triton: TritonConfig = TritonConfig()
-    mosaic: MosaicConfig = MosaicConfig()
+    mosaic: MosaicConfig | None = None  # None: the forward's default (`KernelConfig.mosaic` or `.mosaic_fp8`)
     mosaic_backward: MosaicBackwardConfig = MosaicBackwardConfig()
 
     def inputs(self, seed):
@@ -161,7 +161,7 @@ class BSABackendTests:
             return None
         if case is None:
             return KernelConfig(forward=self.forward, backward=self.backward, fp8=self.fp8)
-        mosaic = {"mosaic_fp8" if self.fp8 else "mosaic": case.mosaic}
+        mosaic = {} if case.mosaic is None else {"mosaic_fp8" if self.fp8 else "mosaic": case.mosaic}
         return KernelConfig(forward=self.forward, backward=self.backward, triton=case.triton, **mosaic,
                             mosaic_backward=case.mosaic_backward, key_ranges=case.key_ranges, fp8=self.fp8)
 
