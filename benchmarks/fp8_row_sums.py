@@ -15,6 +15,7 @@ Hopper GPU (`--native`), where the reading to check is whether the tensor-core s
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 
@@ -55,14 +56,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lists", default="8,32,96,192,384", help="key blocks per list, comma-separated")
     parser.add_argument("--native", action="store_true", help="run the kernel on the GPU (Hopper), not interpreted")
+    parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, {'native' if args.native else 'interpreter'}")
     print("| key blocks per list | reduced sums vs float32 | tensor-core sums vs float32 | tensor-core vs reduced |")
     print("|---|---|---|---|")
+    rows = []
     for key_blocks in (int(n) for n in args.lists.split(",")):
         reduced, tensor_cores, dense = outputs(key_blocks, args.native)
-        print(f"| {key_blocks} | {rel_l2(reduced, dense):.3e} | {rel_l2(tensor_cores, dense):.3e} | "
-              f"{rel_l2(tensor_cores, reduced):.3e} |", flush=True)
+        rows.append({"key_blocks": key_blocks, "reduced_vs_f32": float(rel_l2(reduced, dense)),
+                     "tensor_cores_vs_f32": float(rel_l2(tensor_cores, dense)),
+                     "tensor_cores_vs_reduced": float(rel_l2(tensor_cores, reduced))})
+        print("| {key_blocks} | {reduced_vs_f32:.3e} | {tensor_cores_vs_f32:.3e} | {tensor_cores_vs_reduced:.3e} |"
+              .format(**rows[-1]), flush=True)
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(rows, file, indent=1)
 
 
 if __name__ == "__main__":

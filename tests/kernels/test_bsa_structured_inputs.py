@@ -7,32 +7,18 @@ read the JSON they write: the generator's statistics (`benchmarks/bsa_inputs.py`
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.benchmark_scripts import run_benchmark
+
 GRID, HEADS, HEAD_DIM = (8, 16, 16), 2, 64  # the benchmark's --small size: 2,048 tokens, 32 key blocks of 64
-
-
-def _run(script: str, *args: str, json_path: Path, timeout: int) -> dict:
-    """Runs benchmarks/<script> on the CPU with --json json_path; returns the JSON (the output is in the failure)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json", str(json_path)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return json.loads(json_path.read_text())
 
 
 @pytest.fixture(scope="module")
 def input_stats(tmp_path_factory) -> dict:
     grid = "x".join(str(n) for n in GRID)
     path = tmp_path_factory.mktemp("bsa_inputs") / "stats.json"
-    return _run("bsa_inputs.py", "--grid", grid, "--heads", str(HEADS), "--head-dim", str(HEAD_DIM), json_path=path,
+    return run_benchmark("bsa_inputs.py", "--grid", grid, "--heads", str(HEADS), "--head-dim", str(HEAD_DIM), json_path=path,
                 timeout=600)
 
 
@@ -90,7 +76,7 @@ def test_pair_sharing_of_neighbouring_query_blocks(input_stats):
 def test_small_benchmark_reports_selection_on_random_and_structured_inputs(tmp_path):
     """`--small` runs the whole benchmark path in the interpreters and reports, per input kind and selection, the kept
     fraction and the error against dense attention; structured inputs give CDF selection peaked scores to work on."""
-    result = _run("bsa_attention.py", "--small", "--inputs", "random,structured", "--modes", "topk 0.875,cdf 0.98",
+    result = run_benchmark("bsa_attention.py", "--small", "--inputs", "random,structured", "--modes", "topk 0.875,cdf 0.98",
                   json_path=tmp_path / "small.json", timeout=900)
     records = {(r["inputs"], r["mode"]): r for r in result["records"]}
     assert set(records) == {(kind, mode) for kind in ("random", "structured") for mode in ("topk 0.875", "cdf 0.98")}
