@@ -25,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from bsa_attention import Timer, rel_l2  # noqa: E402  (this script's siblings)
 from bsa_forward_kernels import parse_variant_args  # noqa: E402
 
-from kernels import BSAParams, KernelConfig, MosaicBackwardConfig, select_blocks  # noqa: E402
+from kernels import BSAConfigError, BSAParams, KernelConfig, MosaicBackwardConfig, select_blocks  # noqa: E402
 from kernels.sparse_attention import sparse_attention_backward, sparse_attention_with_lse  # noqa: E402
 
 VARIANTS = {
@@ -57,7 +57,11 @@ def main() -> None:
                 config = VARIANTS[name]
                 kernel = jax.jit(lambda *a, c=config: sparse_attention_backward(*a, 64, 64, c))
                 arguments = (q, k, v, indices, counts, out, lse, do)
-                grads = kernel(*arguments)
+                try:
+                    grads = kernel(*arguments)
+                except BSAConfigError as refused:  # settings that do not fit: the other variants still run
+                    print(f"| {size} | {sparsity} | {name} | refused: {refused} | | |", flush=True)
+                    continue
                 error = "" if expected is None else f"{max(rel_l2(a, b) for a, b in zip(grads, expected)):.1e}"
                 expected = grads if expected is None else expected
                 ms = Timer()(kernel, *arguments)
