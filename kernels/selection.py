@@ -139,9 +139,10 @@ def transpose_selection(
     rows = (
         jnp.arange(b)[:, None, None, None],
         jnp.arange(h)[None, :, None, None],
-        jnp.where(valid, key_blocks, num_k_blocks),  # past counts: a dropped row
-        places,
+        jnp.where(valid, key_blocks, num_k_blocks),  # past counts: out of range, dropped
+        jnp.where(valid, places, jnp.arange(m * width, dtype=jnp.int32).reshape(m, width)),  # and distinct there too
     )
     query_blocks = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32)[:, None], indices.shape)
-    k_indices = jnp.full((b, h, num_k_blocks + 1, m), m, jnp.int32).at[rows].set(query_blocks, unique_indices=True)
-    return k_indices[:, :, :num_k_blocks], rank[:, :, -1]
+    k_indices = jnp.full((b, h, num_k_blocks, m), m, jnp.int32).at[rows].set(query_blocks, mode="drop",
+                                                                             unique_indices=True)
+    return k_indices, rank[:, :, -1]
