@@ -121,17 +121,23 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves
 
 
-def fits(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> bool:
-    """Whether a CTA's shared memory holds the kernel for these lists (very long CDF lists need the Triton one)."""
+def _holds(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool) -> bool:
+    """Whether exactly these settings fit a CTA's shared memory (no fallback)."""
     return smem_bytes(head_dim, aligned(k_max, _INDEX_ALIGN), config, fp8) <= SMEM_BYTES
 
 
 def fitted(config: MosaicConfig, head_dim: int, k_max: int, fp8: bool = False) -> MosaicConfig:
-    """`config`, or with two consumers where three do not fit lists of `k_max` key blocks in shared memory (long
-    CDF lists; each consumer holds its whole list): a launch setting, so the kernel runs rather than refuses."""
-    if config.consumers == 3 and not fits(head_dim, k_max, config, fp8):
+    """The settings the kernel runs with: `config`, or with two consumers where three do not fit lists of `k_max` key
+    blocks in shared memory (long CDF lists; each consumer holds its whole list), so it runs rather than refuses."""
+    if config.consumers == 3 and not _holds(head_dim, k_max, config, fp8):
         return dataclasses.replace(config, consumers=2)
     return config
+
+
+def fits(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> bool:
+    """Whether a CTA's shared memory holds the kernel for these lists with these settings, as `fitted` runs them
+    (very long CDF lists need the Triton one)."""
+    return _holds(head_dim, k_max, fitted(config, head_dim, k_max, fp8), fp8)
 
 
 def supports(q: jax.Array, block_q: int, block_k: int) -> bool:

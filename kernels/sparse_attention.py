@@ -157,8 +157,7 @@ class KernelConfig:
                 f"KernelConfig(fp8=True) needs a Hopper GPU (compute capability 9.x), the default device is "
                 f"{jax.devices()[0].device_kind}; use fp8=False (bf16 kernels) there"
             )
-        if not pallas_mosaic.fits(q.shape[-1], k_max, pallas_mosaic.fitted(self.mosaic_fp8, q.shape[-1], k_max, True),
-                                  fp8=True):
+        if not pallas_mosaic.fits(q.shape[-1], k_max, self.mosaic_fp8, fp8=True):
             raise BSAConfigError(
                 f"FP8 index lists of {k_max} key blocks do not fit the Mosaic kernel's shared memory with "
                 f"k_stages={self.mosaic_fp8.k_stages}, v_stages={self.mosaic_fp8.v_stages}; lower them in "
