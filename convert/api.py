@@ -191,8 +191,8 @@ def _settings(quantize, calibration) -> dict[str, str]:
         settings["calibration"] = str(getattr(calibration, "source", calibration))
         if isinstance(calibration, str | Path) and str(calibration) != RANDOM_CALIBRATION and Path(calibration).is_file():
             # a recorded-inputs file rewritten between the two runs would round the rest differently
-            stat = Path(calibration).stat()
-            settings["calibration"] += f" ({stat.st_size} bytes, modified {stat.st_mtime_ns} ns)"
+            size, modified = destination.file_stamp(Path(calibration))
+            settings["calibration"] += f" ({size} bytes, modified {modified} ns)"
     return settings
 
 

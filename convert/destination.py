@@ -32,14 +32,19 @@ class Destination:
     created: bool  # this run made the folder, so it removes it again if it finishes nothing
 
 
+def file_stamp(file: Path) -> list[int]:
+    """[size, mtime_ns] of a file: what a resumed conversion compares to tell that an input did not change."""
+    stat = file.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def source_fingerprint(src: Path, parts: Iterable[str]) -> dict[str, list[int]]:
-    """{file relative to src: [size, mtime_ns]} of every file of the parts converted or copied."""
+    """{file relative to src: `file_stamp`} of every file of the parts converted or copied."""
     found = {}
     for part in parts:
         for file in sorted((src / part).rglob("*")):
             if file.is_file():
-                stat = file.stat()
-                found[file.relative_to(src).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+                found[file.relative_to(src).as_posix()] = file_stamp(file)
     return found
 
 
