@@ -91,7 +91,7 @@ class StreamedDiT:
         self.prefetch = prefetch
         self.device_sharding = SingleDeviceSharding(device, memory_kind=device.default_memory().kind)
         self.host_sharding = SingleDeviceSharding(device, memory_kind=PINNED_HOST)
-        ends = DiTEnds(dit)
+        ends = DiTEnds.of(dit)
         self._ends_graphdef, ends_state = nnx.split(ends)
         self._ends_state = jax.device_put(ends_state, self.device_sharding)
         nnx.update(ends, self._ends_state)

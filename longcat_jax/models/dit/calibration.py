@@ -113,7 +113,7 @@ def gptq_tensors(tensors: Iterable[tuple[ParamPath, np.ndarray]], config: DiTCon
     if first is None or first[0][1] != 0:
         raise CheckpointError(f"{source}: GPTQ calibration needs the DiT's blocks after its other layers, from block "
                               f"0 on (params.block_order_key); got {'no block' if first is None else path_str(first[0])}")
-    end_layers = fill_model(lambda: DiTEnds(config=config, rngs=nnx.Rngs(0), dtype=dtype), ends, source=source)
+    end_layers = fill_model(lambda: DiTEnds.new(config, rngs=nnx.Rngs(0), dtype=dtype), ends, source=source)
     yield from ends
     states = []
     for index in range(inputs.calls):

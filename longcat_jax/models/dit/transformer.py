@@ -121,21 +121,28 @@ def _final_layer(config: DiTConfig, rngs: nnx.Rngs, param_dtype) -> FinalLayer:
 
 
 class DiTEnds(_Ends, nnx.Module):
-    """The layers of a DiT outside its blocks. `DiTEnds(dit)` shares a `LongCatDiT`'s (not copied):
-    `nnx.split(DiTEnds(dit))` gives their weights alone, for running `embed` and `unembed` as separate compiled
-    functions. `DiTEnds(config=..., rngs=...)` builds new ones, with the parameter paths a `LongCatDiT` has for them,
-    for code that runs the blocks of a checkpoint one at a time (`models.dit.calibration`)."""
+    """The layers of a DiT outside its blocks, for code that runs `embed` and `unembed` apart from the blocks.
+    `DiTEnds.of(dit)` shares a `LongCatDiT`'s (not copied): `nnx.split(DiTEnds.of(dit))` gives their weights alone,
+    for running `embed` and `unembed` as separate compiled functions. `DiTEnds.new(config, rngs=...)` builds new
+    ones, with the parameter paths a `LongCatDiT` has for them, for code that runs the blocks of a checkpoint one at
+    a time (`models.dit.calibration`)."""
 
-    def __init__(self, dit: LongCatDiT | None = None, *, config: DiTConfig | None = None,
-                 rngs: nnx.Rngs | None = None, dtype=jnp.float32, param_dtype=jnp.float32):
-        if dit is not None:
-            self.config, self.dtype = dit.config, dit.dtype
-            self.patch_embed, self.timestep_embed = dit.patch_embed, dit.timestep_embed
-            self.caption_embed, self.final_layer = dit.caption_embed, dit.final_layer
-            return
+    def __init__(self, config: DiTConfig, dtype, patch_embed: PatchEmbed3D, timestep_embed: TimestepEmbedder,
+                 caption_embed: CaptionEmbedder, final_layer: FinalLayer):
         self.config, self.dtype = config, dtype
-        self.patch_embed, self.timestep_embed, self.caption_embed = _input_layers(config, rngs, dtype, param_dtype)
-        self.final_layer = _final_layer(config, rngs, param_dtype)
+        self.patch_embed, self.timestep_embed, self.caption_embed = patch_embed, timestep_embed, caption_embed
+        self.final_layer = final_layer
+
+    @classmethod
+    def of(cls, dit: LongCatDiT) -> DiTEnds:
+        """The end layers of `dit`, shared with it."""
+        return cls(dit.config, dit.dtype, dit.patch_embed, dit.timestep_embed, dit.caption_embed, dit.final_layer)
+
+    @classmethod
+    def new(cls, config: DiTConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32) -> DiTEnds:
+        """New end layers for `config`, initialised from `rngs`."""
+        return cls(config, dtype, *_input_layers(config, rngs, dtype, param_dtype),
+                   _final_layer(config, rngs, param_dtype))
 
 
 class LongCatDiT(_Ends, nnx.Module):
