@@ -35,7 +35,7 @@ from longcat_jax.bsa_config import parse_override_value
 from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
 from longcat_jax.errors import ConfigError, InputError, LongCatError
-from longcat_jax.pipelines.calibration_record import check_record_path, recording_dit_calls
+from longcat_jax.pipelines.calibration_record import recording_dit_calls
 from longcat_jax.pipelines.request import RunRequest
 from longcat_jax.pipelines.tasks import DTYPES, TASKS, plan_run, run_plan
 from longcat_jax.provenance import (
@@ -160,19 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_modes(request, given)
         enable_compilation_cache(request.compilation_cache)  # before anything compiles
-        if request.record_calibration is not None:
-            check_record_path(request.record_calibration)
-        if request.prompts is not None:
-            with recording_dit_calls(request.record_calibration):
+        with recording_dit_calls(request.record_calibration):  # its path is checked here, before any work
+            if request.prompts is not None:
                 return run_batch(request, command)
-        asked, recorded = request, None
-        if request.from_json is not None:
-            recorded = read_sidecar(request.from_json)
-            asked = request_from_record(recorded, request, given)
-        plan = plan_run(asked)
-        if recorded is not None:
-            _warn_of_differences(request.from_json, recorded, planned_record(plan, asked))
-        with recording_dit_calls(request.record_calibration):
+            asked, recorded = request, None
+            if request.from_json is not None:
+                recorded = read_sidecar(request.from_json)
+                asked = request_from_record(recorded, request, given)
+            plan = plan_run(asked)
+            if recorded is not None:
+                _warn_of_differences(request.from_json, recorded, planned_record(plan, asked))
             frames, fps, stats = run_plan(plan)
         if jax.process_index() != 0:
             return 0  # with several hosts, process 0 writes the video

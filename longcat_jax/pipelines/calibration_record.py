@@ -8,7 +8,8 @@ and the prompt's). Left out: steps with condition frames or a KV cache (their pe
 number) and steps of another shape than the first recorded (a refinement stage), since a calibration file holds
 calls of one shape. When the block ends normally, at most `max_calls` calls, evenly spread over those recorded,
 are written (`CalibrationInputs.save`) and the file is named in the log. The host keeps every recorded call until
-then (a 480p call is about 15 MB: latents and the text's embeddings in float32).
+then (a 480p call's latents are about 10 MB in float32; the steps of one prompt share one copy of its text
+embeddings).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ MAX_CALLS = 32
 _active = threading.local()
 
 
-class _Recorder:
+class CallRecorder:
     """The calls one `recording_dit_calls` block has seen: (latents [C, T, H, W], timestep, text [1, L, C], mask [L])."""
 
     def __init__(self, path: Path, max_calls: int):
         self.path, self.max_calls = path, max_calls
         self.calls: list[tuple[np.ndarray, float, np.ndarray, np.ndarray]] = []
         self.skipped = 0
+        self._text_on_host: tuple[object, object, np.ndarray, np.ndarray] | None = None  # (text, mask, copies)
 
     def add(self, latents, text, mask, timestep: float, *, guided: bool, conditioned: bool) -> None:
         if conditioned:
@@ -44,11 +46,20 @@ class _Recorder:
         latents = np.asarray(latents, np.float32)  # [B, C, T, H, W]
         if guided:
             latents = np.concatenate([latents, latents])  # the step's model input: [uncond; cond]
-        text, mask = np.asarray(text, np.float32), np.asarray(mask, np.int32)  # [B', 1, L, C], [B', L]
+        text, mask = self._host_copy(text, mask)  # [B', 1, L, C], [B', L]
         if self.calls and (latents.shape[1:], text.shape[1:]) != (self.calls[0][0].shape, self.calls[0][2].shape):
             self.skipped += 1
             return
         self.calls += [(latents[i], float(timestep), text[i], mask[i]) for i in range(latents.shape[0])]
+
+    def _host_copy(self, text, mask) -> tuple[np.ndarray, np.ndarray]:
+        """text and mask on the host, copied once for the steps that feed the same arrays (a run's steps all do):
+        the recorded calls then share one copy of the text's embeddings instead of holding one each."""
+        held = self._text_on_host
+        if held is None or held[0] is not text or held[1] is not mask:
+            held = (text, mask, np.asarray(text, np.float32), np.asarray(mask, np.int32))
+            self._text_on_host = held
+        return held[2], held[3]
 
     def save(self) -> None:
         if not self.calls:
@@ -77,14 +88,15 @@ def check_record_path(path: str | Path) -> Path:
 
 @contextlib.contextmanager
 def recording_dit_calls(path: str | Path | None, max_calls: int = MAX_CALLS):
-    """Records the denoising steps run inside the block (see the module docstring); None records nothing."""
+    """Records the denoising steps run inside the block (see the module docstring) and yields the `CallRecorder`;
+    None records nothing (and yields None)."""
     if path is None:
-        yield
+        yield None
         return
-    recorder = _Recorder(check_record_path(path), max_calls)
+    recorder = CallRecorder(check_record_path(path), max_calls)
     _active.recorder = recorder
     try:
-        yield
+        yield recorder
     finally:
         _active.recorder = None
     recorder.save()
