@@ -108,17 +108,22 @@ def sidecar_path(output: Path, output_format: str) -> Path:
 def write_video_and_sidecar(plan: RunPlan, asked: RunRequest, frames: np.ndarray, fps: float, stats: RunStats, *,
                             command: Sequence[str], batch: BatchItem | None = None) -> Path:
     """Writes the video of `plan` and its sidecar (`build_record`; `asked`: the request as given, before its
-    hub id was resolved), each atomically: the sidecar first, so that a video on disk always has one (a failed
-    video write removes it again). Returns the video's path."""
+    hub id was resolved), each atomically: the sidecar first, so that a video on disk always has one. A failed
+    video write leaves what was there: the sidecar it replaced is put back (the old video is untouched), or the new
+    one is removed. Returns the video's path."""
     output_format = plan.setup.request.output_format
     sidecar = sidecar_path(plan.output_path, output_format)
     record = build_record(plan, asked, frames.shape, fps, stats, command=command, batch=batch)
+    previous = sidecar.read_bytes() if sidecar.is_file() else None
     _write_json(sidecar, record)
     try:
         with stats.stage("write output"):
             return save_video(plan.output_path, frames, fps, output_format)
     except BaseException:
-        sidecar.unlink(missing_ok=True)
+        if previous is None:
+            sidecar.unlink(missing_ok=True)
+        else:
+            _write_bytes(sidecar, previous)
         raise
 
 
@@ -391,13 +396,17 @@ def _git_state() -> tuple[str | None, bool | None]:
 
 
 def _write_json(path: Path, record: Mapping[str, Any]) -> None:
-    """`record` into `path` atomically (a hidden temporary file moved into place), with the usual permissions."""
+    """`record` into `path` atomically, with the usual permissions (`_write_bytes`)."""
+    _write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """`data` into `path` atomically (a hidden temporary file moved into place), with the usual permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(record, file, indent=2)
-            file.write("\n")
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(temp, 0o666 & ~mask)

@@ -12,6 +12,7 @@ import pytest
 
 from longcat_jax import generate, provenance
 from longcat_jax.errors import ConfigError
+from longcat_jax.video_io import OutputError
 from longcat_jax.provenance import (
     FORMAT,
     FORMAT_VERSION,
@@ -147,3 +148,20 @@ def test_no_git_is_no_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", no_git)
     assert provenance._git_state() == (None, None)
+
+
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_failed_video_write_leaves_the_sidecar_that_was_there(first_run, tmp_path, monkeypatch, overwrite):
+    output = tmp_path / "cat.npz"
+    sidecar = sidecar_path(output, "npz")
+    if overwrite:
+        output.write_bytes(first_run.read_bytes())
+        sidecar.write_bytes(sidecar_path(first_run, "npz").read_bytes())
+    before = {path: path.read_bytes() for path in (output, sidecar) if path.exists()}
+
+    def failing_write(path, *args):
+        raise OutputError(f"cannot write {path}: disk gone; nothing was written; choose another --output-path")
+
+    monkeypatch.setattr(provenance, "save_video", failing_write)
+    assert generate.main([*SMALL, "--seed", "8", "--output-path", str(output)]) == 2
+    assert {path: path.read_bytes() for path in (output, sidecar) if path.exists()} == before
