@@ -28,6 +28,7 @@ from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.refine import plan_refinement, run_refine
 from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.scheduler import make_schedule, with_uniform_tail
+from longcat_jax.seeds import key_from_seed
 from longcat_jax.video_io import resize_frames, to_model_input
 
 
@@ -87,7 +88,7 @@ def run_continuation(pipe: LongCatPipeline, video: np.ndarray, prompt: str, plan
     first `plan.num_cond_frames` of them the re-decoded condition."""
     sampling = plan.sampling
     text = pipe.encode_text(prompt, sampling.negative_prompt)
-    noise_key, cond_key = jax.random.split(jax.random.key(plan.seed))
+    noise_key, cond_key = jax.random.split(key_from_seed(plan.seed))
     with pipe.stats.stage("encode condition"):
         cond_frames = resize_frames(video[-plan.num_cond_frames :], plan.height, plan.width, "lanczos")
         cond = pipe.encode_frames(to_model_input(cond_frames), cond_key)  # [1, C, Tc, h, w]

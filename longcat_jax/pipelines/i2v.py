@@ -15,6 +15,7 @@ from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.refine import plan_refinement, run_refine
 from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.t2v import GenerationPlan, decode_video, denoise_generation, encode_generation_text
+from longcat_jax.seeds import key_from_seed
 from longcat_jax.video_io import resize_frames, to_model_input
 
 
@@ -33,7 +34,7 @@ def plan_i2v(image_size: tuple[int, int], options: GenerationOptions, context: P
 def run_i2v(pipe: LongCatPipeline, image: np.ndarray, prompt: str, plan: GenerationPlan) -> GeneratedVideo:
     """The video of a checked i2v plan, starting from `image` (uint8 [H, W, 3])."""
     text = encode_generation_text(pipe, prompt, plan)
-    noise_key, cond_key = jax.random.split(jax.random.key(plan.seed))
+    noise_key, cond_key = jax.random.split(key_from_seed(plan.seed))
     with pipe.stats.stage("encode image"):
         pixels = to_model_input(resize_frames(image[None], plan.height, plan.width, "lanczos"))  # [1, 3, 1, H, W]
         cond = pipe.encode_frames(pixels, cond_key)  # [1, C, 1, h, w]

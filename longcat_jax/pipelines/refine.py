@@ -33,6 +33,7 @@ from longcat_jax.pipelines.options import GeneratedVideo, PlanContext, RefineOpt
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.scheduler import make_schedule, noise_to_level, start_at
+from longcat_jax.seeds import key_from_seed
 from longcat_jax.video_io import resize_frames, to_model_input, upsample_for_refine
 
 BSA_LATENT_GRANULARITY = 4  # latent frames per BSA chunk along time
@@ -166,7 +167,7 @@ def run_refine(pipe: LongCatPipeline, stage1: np.ndarray, prompt: str, plan: Ref
     """The refined video of a checked plan; the condition (`image` or `cond_video`) is the one it was planned for."""
     _check_condition(image, cond_video, plan.num_cond_frames)
     text = pipe.encode_text(prompt)
-    noise_key, video_key, cond_key = jax.random.split(jax.random.key(plan.seed), 3)
+    noise_key, video_key, cond_key = jax.random.split(key_from_seed(plan.seed), 3)
     schedule = start_at(make_schedule(plan.num_inference_steps, config=pipe.scheduler_config), plan.t_thresh)
     with pipe.stats.stage("refine upsample + encode"):
         video = upsample_for_refine(stage1, plan.num_frames, plan.height, plan.width)  # [1, 3, F', H, W]

@@ -32,7 +32,7 @@ MAX_NUM_FRAMES = 1 + 4 * 256  # one clip, 68 s at 15 fps; longer videos: --task 
 MAX_INFERENCE_STEPS = 1000  # the schedule's training timesteps
 MAX_NUM_SEGMENTS = 1000  # long video: 80,000 new frames at the defaults, 89 minutes at 15 fps
 SEED_HEADROOM = 2**16  # later stages derive seeds up to this above --seed (refinement, segments, windows)
-MAX_SEED = 2**63 - 1 - SEED_HEADROOM  # jax.random.key takes a signed 64-bit integer
+MAX_SEED = 2**63 - 1 - SEED_HEADROOM  # a signed 64-bit integer (key_from_seed counts every bit of it)
 POSITIVE_FIELDS = ("height", "width", "num_frames", "num_cond_frames", "fps", "num_inference_steps",
                    "refine_inference_steps", "refine_height", "refine_width")
 BOUNDS = {"height": MAX_SIDE, "width": MAX_SIDE, "refine_height": MAX_SIDE, "refine_width": MAX_SIDE,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 
 from kernels import BSAParams
@@ -25,6 +24,7 @@ from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.refine import plan_refinement, run_refine
 from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.scheduler import make_schedule
+from longcat_jax.seeds import key_from_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ def plan_t2v(options: GenerationOptions, context: PlanContext) -> GenerationPlan
 def run_t2v(pipe: LongCatPipeline, prompt: str, plan: GenerationPlan) -> GeneratedVideo:
     """The video of a checked t2v plan."""
     text = encode_generation_text(pipe, prompt, plan)
-    latents = pipe.noise(jax.random.key(plan.seed), plan.latent_frames, plan.height, plan.width)
+    latents = pipe.noise(key_from_seed(plan.seed), plan.latent_frames, plan.height, plan.width)
     latents = denoise_generation(pipe, latents, text, plan, num_cond_latents=0, stage="t2v")
     return GeneratedVideo(decode_video(pipe, latents), pipe.defaults.fps)
 

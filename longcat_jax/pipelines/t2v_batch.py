@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-import jax
 import jax.numpy as jnp
 
 from longcat_jax.errors import InputError
@@ -21,6 +20,7 @@ from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.refine import run_refine
 from longcat_jax.pipelines.request import RunSetup, TaskStages
 from longcat_jax.pipelines.t2v import GenerationPlan, decode_video, denoise_generation, encode_generation_text
+from longcat_jax.seeds import key_from_seed
 
 
 def batch_key(plan: GenerationPlan) -> Hashable:
@@ -39,7 +39,7 @@ def run_t2v_batch(pipe: LongCatPipeline, prompts: Sequence[str], plans: Sequence
                          "group them by t2v_batch.batch_key")
     text = stack_text([encode_generation_text(pipe, prompt, plan) for prompt, plan in zip(prompts, plans)])
     latents = jnp.concatenate(  # [B, C, T, h, w]
-        [pipe.noise(jax.random.key(plan.seed), plan.latent_frames, plan.height, plan.width) for plan in plans], axis=0
+        [pipe.noise(key_from_seed(plan.seed), plan.latent_frames, plan.height, plan.width) for plan in plans], axis=0
     )
     latents = denoise_generation(pipe, latents, text, plans[0], num_cond_latents=0, stage="t2v")
     return [GeneratedVideo(decode_video(pipe, latents[index : index + 1]), pipe.defaults.fps) for index in range(len(plans))]

@@ -33,7 +33,7 @@ BSA_BACKENDS = ("auto", "reference", "pallas", "pallas_interpret")
 # Rematerialisation of the DiT blocks in the backward pass (`longcat_jax.training.remat` says what each keeps).
 REMAT_MODES = ("block", "block_keep_attention", "block_and_sublayers", "none")
 LEGACY_REMAT = {True: "block", False: "none"}  # the boolean of earlier configs
-MAX_SEED = 2**63 - 1  # seeds become jax.random.key(seed), which takes a signed 64-bit integer
+MAX_SEED = 2**63 - 1  # seeds become longcat_jax.seeds.key_from_seed(seed) (every bit counted); kept signed for JSON
 
 # LoRA targets: the original's module names inside a DiT block (what its LoRA files are keyed by), and groups.
 BLOCK_LINEARS = (

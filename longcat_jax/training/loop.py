@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from longcat_jax.errors import InputError
 from longcat_jax.memory.device import device_memory
 from longcat_jax.models.dit import LongCatDiT
+from longcat_jax.seeds import key_from_seed
 from longcat_jax.training.batches import BatchLoader, BatchPlan
 from longcat_jax.training.cache import CacheManifest, require_manifest
 from longcat_jax.training.checkpoints import TrainCheckpoints
@@ -193,7 +194,7 @@ def run_training(config: TrainConfig, *, resume: bool = False, config_source: st
     loader = BatchLoader(plan, config.cache_dir, manifest.clips, training.grad_accumulation, sizes.text_length)
     schedule = learning_rate_schedule(config.optimizer, training.steps)
     metrics_log = MetricsLog(config.output_dir, start)
-    base_key = jax.random.key(training.seed)
+    base_key = key_from_seed(training.seed)
     losses: list[float] = []
     seconds: list[float] = []
     done = start

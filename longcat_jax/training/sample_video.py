@@ -27,6 +27,7 @@ from longcat_jax.pipelines.options import GenerationOptions, PlanContext
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.scheduler import SchedulerConfig, make_schedule
 from longcat_jax.pipelines.t2v import GenerationPlan, plan_t2v
+from longcat_jax.seeds import key_from_seed
 from longcat_jax.training.config import TrainConfig
 from longcat_jax.training.models import DTYPES, generation_defaults, load_encoders
 from longcat_jax.training.shapes import VAE_SPATIAL_FACTOR
@@ -83,7 +84,7 @@ class SampleVideos:
     def write(self, model: LongCatDiT, step: int) -> Path:
         """Samples a video with `model` (its LoRA as trained after `step` steps) and writes it; returns the path."""
         sampling = self.plan.sampling
-        latents = self.pipe.noise(jax.random.key(self.plan.seed), self.plan.latent_frames, self.plan.height,
+        latents = self.pipe.noise(key_from_seed(self.plan.seed), self.plan.latent_frames, self.plan.height,
                                   self.plan.width)
         schedule = make_schedule(sampling.num_inference_steps, distill=False, config=self.pipe.scheduler_config)
         latents = sample(Denoiser(model), latents, schedule, self.text, guidance_scale=sampling.guidance_scale,

@@ -12,7 +12,6 @@ import pytest
 
 from longcat_jax import generate, provenance
 from longcat_jax.errors import ConfigError
-from longcat_jax.video_io import OutputError
 from longcat_jax.provenance import (
     FORMAT,
     FORMAT_VERSION,
@@ -22,6 +21,7 @@ from longcat_jax.provenance import (
     request_from_record,
     sidecar_path,
 )
+from longcat_jax.video_io import OutputError
 
 SMALL = ["--height", "32", "--width", "32", "--num-frames", "5", "--num-inference-steps", "1", "--output-format", "npz",
          "--context-parallel", "1"]
