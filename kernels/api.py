@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kernels import fp8_operands, layout, pallas_chunking, reference, selection
 from kernels.errors import BSAConfigError, BSAInputError
@@ -32,17 +33,24 @@ def resolve_backend(backend: str) -> str:
         raise BSAConfigError(f"unknown BSA backend {backend!r}; choose one of {BACKENDS}")
     if backend == "auto":
         return "pallas" if jax.default_backend() == "gpu" else "reference"
+    if backend == "pallas" and jax.default_backend() != "gpu":
+        raise BSAConfigError(
+            f"BSA backend 'pallas' runs its kernels on an NVIDIA GPU, but JAX runs on {jax.default_backend()} here; "
+            "use 'pallas_interpret' (the same kernels through the Pallas interpreters) or 'reference'"
+        )
     return backend
 
 
 def fp8_forward_available(backend: str = "auto") -> bool:
     """Whether `KernelConfig(fp8=True)` can run on `backend`: the Mosaic kernel on a Hopper GPU, its interpreter, or
-    the reference backend's emulation."""
-    backend = resolve_backend(backend)
+    the reference backend's emulation (a question, so "pallas" off a GPU answers False rather than raising)."""
+    backend = backend if backend == "pallas" else resolve_backend(backend)
     return backend != "pallas" or on_hopper()
 
 
-def _check_pallas_shapes(head_dim: int, chunk_size_q: int, chunk_size_k: int) -> None:
+def check_pallas_shapes(head_dim: int, chunk_size_q: int, chunk_size_k: int) -> None:
+    """Refuses (BSAInputError, naming the fix) a head_dim or block sizes the Pallas kernels cannot run: for callers
+    that know them before any work (a training run's config) as well as for `bsa_attention`."""
     if head_dim not in PALLAS_HEAD_DIMS:
         raise BSAInputError(
             f"the Pallas BSA kernel supports head_dim {PALLAS_HEAD_DIMS}, got {head_dim}; "
@@ -85,7 +93,7 @@ def sparse_attention_chunked(
 ) -> jax.Array:
     """Attention of chunk-ordered q [B, Sq, H, D] over the selected key blocks of k, v [B, Sk, H, D].
 
-    indices [B, H, Mq, K_max] int32 (entries past `counts` are ignored), counts [B, H, Mq] int32.
+    indices [B, H, Mq, K_max] int32 (entries past `counts` are ignored), counts [B, H, Mq] int32 in 0..K_max.
     Softmax scale 1/sqrt(D); a query block with count 0 outputs 0. Returns [B, Sq, H, D] in q's dtype.
     Differentiable on every backend (the Pallas ones through their own backward kernels), except with FP8 operands.
     kernel_config: which forward kernel and its launch settings (None: the defaults tuned on an H100); with
@@ -107,6 +115,7 @@ def sparse_attention_chunked(
             f"indices must be [B, H, Mq, K_max] = [{b}, {h}, {mq}, K] and counts [{b}, {h}, {mq}], "
             f"got {indices.shape} and {counts.shape}"
         )
+    _check_counts(counts, indices.shape[-1])
     if key_padding is not None:
         _check_key_padding(key_padding, sk, chunk_size_k)
         key_padding = key_padding if key_padding.needed else None
@@ -115,11 +124,27 @@ def sparse_attention_chunked(
         key_valid = None if key_padding is None else jnp.asarray(key_padding.real_token_mask())
         fp8 = kernel_config is not None and kernel_config.fp8
         return _reference_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid, fp8)
-    _check_pallas_shapes(q.shape[-1], chunk_size_q, chunk_size_k)
+    check_pallas_shapes(q.shape[-1], chunk_size_q, chunk_size_k)
     return sparse_attention(
         q, k, v, indices.astype(jnp.int32), counts.astype(jnp.int32), chunk_size_q, chunk_size_k,
         _kernel_config(kernel_config, backend), None, key_padding,
     )
+
+
+def _check_counts(counts, width: int) -> None:
+    """Refuses concrete counts outside 0..K_max (the index lists' width): past it the backends read different
+    entries. Traced counts (inside `jit`) cannot be read here; keeping them in range is the caller's part."""
+    if isinstance(counts, jax.core.Tracer):
+        return
+    counts = np.asarray(counts)  # on the host: jnp ops here would be staged into an enclosing trace
+    if counts.size == 0:
+        return
+    low, high = int(counts.min()), int(counts.max())
+    if low < 0 or high > width:
+        raise BSAInputError(
+            f"counts must be in 0..{width} (the index lists' width K_max), got {low}..{high}; a count says how many "
+            "of a query block's index entries are real"
+        )
 
 
 def _check_key_padding(key_padding: GridPadding, sk: int, chunk_size_k: int) -> None:
@@ -267,7 +292,7 @@ def bsa_attention(
     latent_q, latent_k = _checked_grids(q, k, latent_shape_q, latent_shape_k, params)
     backend = resolve_backend(backend)
     if backend != "reference":
-        _check_pallas_shapes(q.shape[-1], params.chunk_size_q, params.chunk_size_k)
+        check_pallas_shapes(q.shape[-1], params.chunk_size_q, params.chunk_size_k)
     return _bsa_attention(q, k, v, latent_q, latent_k, params, backend, kernel_config)
 
 

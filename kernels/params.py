@@ -14,6 +14,7 @@ from typing import Any
 from kernels.errors import BSAConfigError
 
 ChunkShape = tuple[int, int, int]
+_COUNT_TOLERANCE = 1e-6  # (1 - sparsity) * num_k_blocks within this below a whole number counts as that number
 
 
 def _chunk_shape_problem(name: str, value: Any) -> str | None:
@@ -44,9 +45,10 @@ class BSAParams:
     """How block-sparse attention selects key blocks for each query block.
 
     sparsity: fraction of key blocks dropped by top-k, in [0, 1); top-k keeps
-        int((1 - sparsity) * num_k_blocks) blocks. None: no top-k rule.
+        (1 - sparsity) * num_k_blocks blocks, rounded down, and at least one. None: no top-k rule.
     cdf_threshold: keep the best blocks while the cumulative softmax of block scores stays at or
-        below it, in (0, 1]. None: no CDF rule. With both rules the larger count wins.
+        below it, in (0, 1], and at least the best one; 1 keeps every block. None: no CDF rule. With both
+        rules the larger count wins.
     chunk_3d_shape_q / chunk_3d_shape_k: (t, h, w) size of the 3D token chunks that form one
         query / key block; a grid they do not divide is padded to whole chunks (edge blocks hold fewer
         real tokens, see `padding`).
@@ -87,10 +89,14 @@ class BSAParams:
         return math.prod(self.chunk_3d_shape_k)
 
     def num_topk(self, num_k_blocks: int) -> int:
-        """Blocks the top-k rule keeps out of `num_k_blocks` (0 without a sparsity)."""
-        if self.sparsity is None:
+        """Blocks the top-k rule keeps out of `num_k_blocks` (0 without a sparsity): (1 - sparsity) of them rounded
+        down as the original does, but with a tolerance for the float product (the original's int() keeps 0 of
+        10 blocks at 0.9, from 0.9999999999999998) and at least one, since a query block that attends to nothing
+        outputs 0 (the original's top-k keeps none at 0.9375 of fewer than 16 blocks: a small grid's attention
+        output was then all zeros). The released presets' counts (powers of two) are unchanged."""
+        if self.sparsity is None or num_k_blocks == 0:
             return 0
-        return int((1.0 - self.sparsity) * num_k_blocks)
+        return max(1, math.floor((1.0 - self.sparsity) * num_k_blocks + _COUNT_TOLERANCE))
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> BSAParams:

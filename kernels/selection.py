@@ -2,9 +2,12 @@
 
 Each block of q and k (one 3D chunk of tokens, already contiguous in chunk order) is mean-pooled;
 block scores are pooled_q @ pooled_k^T. Per query block the rules of the original LongCat BSA:
-top-k keeps int((1 - sparsity) * Mk) blocks; CDF sorts softmax(scores / sqrt(D)) descending and
-keeps the blocks whose cumulative sum is at or below the threshold (searchsorted right); with both
-rules the larger count wins. Shapes stay static under `jit`: index lists are padded to a fixed
+top-k keeps (1 - sparsity) * Mk blocks, rounded down; CDF sorts softmax(scores / sqrt(D)) descending
+and keeps the blocks whose cumulative sum is at or below the threshold (searchsorted right); with both
+rules the larger count wins. Unlike the original, each rule keeps at least the best block (the original's
+keep none where one block holds more than the threshold, or where the top-k count rounds to 0, and such a
+query block outputs 0), and a threshold of 1 keeps every block (the float32 cumulative sum can end above 1,
+which dropped the last block, differently on each backend). Shapes stay static under `jit`: index lists are padded to a fixed
 width with the sentinel Mk, and a count per query block says how many entries are real.
 """
 
@@ -68,8 +71,6 @@ def select_from_scores(
     num_topk = params.num_topk(num_k_blocks)
     counts_shape = scores.shape[:-1]
     if params.cdf_threshold is None:
-        if num_topk == 0:  # top-k keeps nothing: one padding entry per list, count 0
-            return jnp.full((*counts_shape, 1), num_k_blocks, jnp.int32), jnp.zeros(counts_shape, jnp.int32)
         if backend in ("pallas", "pallas_interpret"):
             indices = pallas_topk.top_k_indices(scores, width, interpret=backend == "pallas_interpret")
         else:
@@ -78,7 +79,10 @@ def select_from_scores(
     weights = jax.nn.softmax(scores * (head_dim**-0.5), axis=-1)
     order = jnp.argsort(-weights, axis=-1, stable=True).astype(jnp.int32)  # [B, H, Mq, Mk], best first
     cdf = jnp.cumsum(jnp.take_along_axis(weights, order, axis=-1), axis=-1)
-    counts = jnp.maximum(jnp.sum(cdf <= params.cdf_threshold, axis=-1, dtype=jnp.int32), num_topk)
+    if params.cdf_threshold >= 1.0:
+        counts = jnp.full(counts_shape, num_k_blocks, jnp.int32)
+    else:
+        counts = jnp.maximum(jnp.sum(cdf <= params.cdf_threshold, axis=-1, dtype=jnp.int32), max(num_topk, 1))
     valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]
     indices = jnp.sort(jnp.where(valid, order, num_k_blocks), axis=-1)
     return indices, counts

@@ -1,12 +1,13 @@
 """The training run: checks, model set-up, the step loop with its progress bar, checkpoints and the LoRA files.
 
 Everything that can be wrong with the data, config or output folder is refused before the DiT is loaded: a
-missing or stale cache, BSA chunks that do not tile a bucket (or the sample video's size), a `quantize` mode the
-devices cannot run, checkpoints in the output folder without `--resume` (or none with it). Then: the sample
-video's prompt encoded (with `sample.every`), the base DiT (frozen; its block Linears quantized with
-`quantize`), a fresh float32 LoRA on the targets, per-block rematerialisation, placement on one device or the
-mesh, AdamW state; with `--resume` the newest checkpoint's factors, optimiser state and step. Each step logs
-loss, learning rate, gradient norm and time (bar, log, CSV).
+missing or stale cache, BSA chunks that do not tile a bucket (or the sample video's size), a BSA backend the
+platform cannot run or whose Pallas kernels cannot take the DiT's head size or the chunks, a `quantize` mode the
+devices cannot run, checkpoints in the output folder without `--resume` (or none with it, or one past
+`training.steps`). Then: the sample video's prompt encoded (with `sample.every`), the base DiT (frozen; its block
+Linears quantized with `quantize`), a fresh float32 LoRA on the targets, per-block rematerialisation, placement on
+one device or the mesh, AdamW state; with `--resume` the newest checkpoint's factors, optimiser state and step.
+Each step logs loss, learning rate, gradient norm and time (bar, log, CSV).
 
 Outputs in `output_dir`: `checkpoints/<step>/` (Orbax, the last `checkpoint.keep`), `lora/step_<N>.safetensors`
 at every checkpoint and `lora.safetensors` at the end, both in the original LoRA format (`--lora` loads them),
@@ -27,13 +28,13 @@ import jax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from longcat_jax.errors import InputError
+from longcat_jax.errors import CheckpointError, InputError
 from longcat_jax.memory.device import device_memory
-from longcat_jax.models.dit import LongCatDiT
+from longcat_jax.models.dit import DiTConfig, LongCatDiT
 from longcat_jax.seeds import key_from_seed
 from longcat_jax.training.batches import BatchLoader, BatchPlan
 from longcat_jax.training.cache import CacheManifest, require_manifest
-from longcat_jax.training.checkpoints import TrainCheckpoints
+from longcat_jax.training.checkpoints import ORDER_KEYS, TrainCheckpoints
 from longcat_jax.training.config import TrainConfig
 from longcat_jax.training.lora_file import save_lora_file
 from longcat_jax.training.models import (
@@ -52,7 +53,7 @@ from longcat_jax.training.remat import rematerialize_blocks
 from longcat_jax.training.remat_memory import check_remat_fits, max_clip_tokens
 from longcat_jax.training.run_log import MetricsLog
 from longcat_jax.training.sample_video import SampleVideos
-from longcat_jax.training.shapes import check_bsa_tiling, num_cond_latents
+from longcat_jax.training.shapes import check_bsa_backend, check_bsa_tiling, num_cond_latents
 from longcat_jax.training.step import StepSpec, train_step
 from longcat_jax.training.trainable_lora import (
     LoRATarget,
@@ -111,6 +112,8 @@ def _run_meta(config: TrainConfig, manifest: CacheManifest, cond_latents: int) -
         "task": {"name": config.task.name, "num_cond_latents": cond_latents},
         "lora": {"rank": config.lora.rank, "alpha": config.lora.alpha, "modules": list(config.lora.modules)},
         "clips_digest": manifest.clips_digest(),
+        "training": {key: getattr(config.training, key) for key in ORDER_KEYS + ("steps",)},
+        "schedule": config.optimizer.schedule,
     }
 
 
@@ -121,9 +124,13 @@ def step_spec(config: TrainConfig, cond_latents: int) -> StepSpec:
     return StepSpec(config.optimizer, training.steps, sigma, cond_latents)
 
 
-def _check_run(config: TrainConfig, config_source: str, resume: bool) -> tuple[CacheManifest, int, int | None]:
-    """The cheap checks; returns (manifest, condition latents, step to resume from)."""
+def _check_run(config: TrainConfig, config_source: str, resume: bool,
+               dit: LongCatDiT | None) -> tuple[CacheManifest, int, int | None, DiTConfig]:
+    """The cheap checks; returns (manifest, condition latents, step to resume from, config of the DiT trained:
+    `dit`'s, or the one `model_path` holds, read without its weights)."""
     check_model_path(config)
+    dit_config = dit.config if dit is not None else base_dit_config(config)
+    check_bsa_backend(config.bsa, config.bsa_backend, dit_config.head_dim)
     manifest = require_manifest(config.cache_dir, cache_fingerprint(config), config_source)
     cond = num_cond_latents(config)
     check_bsa_tiling(config.bsa, [clip.bucket for clip in manifest.clips], cond)
@@ -133,14 +140,19 @@ def _check_run(config: TrainConfig, config_source: str, resume: bool) -> tuple[C
     if not resume and latest is not None:
         raise InputError(f"{config.output_dir} already holds checkpoints up to step {latest}; pass --resume to "
                          "continue that run, or set 'output_dir' to a new folder to start another")
-    if resume and latest >= config.training.steps:
+    if resume and latest > config.training.steps:
+        # Resuming would relabel the later step's factors as the final LoRA of step 'training.steps'.
+        raise CheckpointError(f"{config.output_dir} holds checkpoints up to step {latest}, past 'training.steps' "
+                              f"{config.training.steps}; set 'training.steps' to {latest} or more to resume that "
+                              "run, or set 'output_dir' to a new folder to train a shorter one")
+    if resume and latest == config.training.steps:
         logger.info("Checkpoint %d already reaches 'training.steps' %d: nothing left to train; raise "
                     "'training.steps' to train on", latest, config.training.steps)
     buckets = sorted({clip.bucket for clip in manifest.clips})
     logger.info("Training on %d clips in %d bucket(s) (latent T x h x w: %s); %d entries skipped at prepare",
                 len(manifest.clips), len(buckets), ", ".join("x".join(map(str, b)) for b in buckets),
                 len(manifest.skipped))
-    return manifest, cond, latest
+    return manifest, cond, latest, dit_config
 
 
 def _save_lora(model: LongCatDiT, targets: list[LoRATarget], config: TrainConfig, path: Path, step: int) -> Path:
@@ -160,19 +172,18 @@ def run_training(config: TrainConfig, *, resume: bool = False, config_source: st
     until_step: stop (with a checkpoint) after this many optimiser steps, before `training.steps`; `--resume`
     continues later, e.g. across the time limit of a cluster job.
     """
-    manifest, cond, latest = _check_run(config, config_source, resume)
+    manifest, cond, latest, dit_config = _check_run(config, config_source, resume, dit)
     training = config.training
     start = latest or 0
     end = min(training.steps, until_step) if until_step is not None else training.steps
     mesh = training_mesh(config)
     placement = Placement(mesh, config.parallel.fsdp)
-    check_remat_fits(config, dit.config if dit is not None else base_dit_config(config),
-                     max_clip_tokens(clip.bucket for clip in manifest.clips), device_memory(),
+    check_remat_fits(config, dit_config, max_clip_tokens(clip.bucket for clip in manifest.clips), device_memory(),
                      devices=1 if mesh is None else mesh.size)
     samples = None
     if config.sample.enabled:  # before the DiT loads: the text encoder is released again right after
         bucket = min(clip.bucket for clip in manifest.clips)
-        samples = SampleVideos.create(config, dit.config if dit is not None else base_dit_config(config), bucket)
+        samples = SampleVideos.create(config, dit_config, bucket)
 
     model = prepare_base_dit(dit, config) if dit is not None else load_base_dit(config)
     targets = attach_trainable_lora(model, config.lora, seed=training.seed)

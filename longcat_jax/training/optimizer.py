@@ -16,6 +16,8 @@ import optax
 
 from longcat_jax.training.config import OptimizerConfig
 
+DECAYING_SCHEDULES = ("linear", "cosine")  # the schedules whose rates depend on the step count (`steps`)
+
 
 def learning_rate_schedule(config: OptimizerConfig, steps: int) -> optax.Schedule:
     """The learning rate as a function of the optimiser step (see the module docstring)."""

@@ -1,4 +1,5 @@
-"""Sizes: the frame size a clip trains at, the latent and token grids that follow, and the BSA checks on them.
+"""Sizes: the frame size a clip trains at, the latent and token grids that follow, and the BSA checks on them
+(the grids BSA can attend over, the sizes and platform its Pallas backends can run).
 
 A clip trains at the fixed `data.height` x `data.width`, or at the bucket of `data.resolution`'s table (the
 original's, as i2v uses them) nearest its aspect ratio, scaled by the model's size scale with sides kept
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kernels import BSAParams
+from kernels import BSAConfigError, BSAInputError, BSAParams, check_pallas_shapes, resolve_backend
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.pipelines.bsa import check_bsa_grids
 from longcat_jax.pipelines.buckets import VAE_TEMPORAL_FACTOR
@@ -61,3 +62,27 @@ def check_bsa_tiling(bsa: BSAParams | None, latent_shapes: Iterable[tuple[int, i
                 f"conditions): {err}. Pick more 'data.num_frames' than condition frames, or 'bsa': "
                 "{\"enable_bsa\": false}"
             ) from err
+
+
+def check_bsa_backend(bsa: BSAParams | None, backend: str, head_dim: int) -> None:
+    """Refuses, before the DiT loads, a `bsa.backend` this machine or model cannot run. Without it JAX fails deep in
+    the first step's compile ('pallas' off a GPU), or the first step's trace refuses the DiT's head size or the
+    chunk sizes the Pallas kernels ('pallas', 'pallas_interpret', 'auto' on a GPU) cannot take, both only after
+    the DiT has loaded. `head_dim`: the DiT's hidden_size / num_heads."""
+    if bsa is None:
+        return
+    try:
+        resolved = resolve_backend(backend)  # refuses 'pallas' off a GPU
+    except BSAConfigError as err:
+        raise ConfigError(f"'bsa.backend': {err} (or 'auto': the Pallas kernels on a GPU, the reference elsewhere)") from err
+    if resolved == "reference":
+        return
+    try:
+        check_pallas_shapes(head_dim, bsa.chunk_size_q, bsa.chunk_size_k)
+    except BSAInputError as err:
+        kernels = "the Pallas kernels on this GPU" if backend == "auto" else "the Pallas kernels"
+        raise ConfigError(
+            f"BSA backend {backend!r} runs {kernels}, which cannot train this model with these chunks "
+            f"(head_dim {head_dim}, {bsa.chunk_size_q}-token q and {bsa.chunk_size_k}-token k chunks): {err}. In "
+            "the config: 'bsa.bsa_params.chunk_3d_shape_q' / 'chunk_3d_shape_k', or 'bsa.backend': 'reference'"
+        ) from err

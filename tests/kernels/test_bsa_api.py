@@ -18,8 +18,10 @@ from kernels import (
     inverse_permutation,
     pallas_topk,
     reference,
+    resolve_backend,
     select_blocks,
     selection,
+    sparse_attention_chunked,
     to_chunk_order,
 )
 
@@ -109,15 +111,50 @@ def test_cdf_counts_follow_the_cumulative_softmax_and_combine_with_topk_by_max()
     np.testing.assert_array_equal(counts_both, np.maximum(counts, 4))
 
 
-def test_empty_selection_gives_zero_output():
-    # a tiny threshold keeps no block for query blocks whose best block already exceeds it
-    q, k = _random_qk(jax.random.key(3))
+@pytest.mark.parametrize("rule", [dict(sparsity=None, cdf_threshold=1e-6), dict(sparsity=0.9375)])
+def test_each_rule_keeps_at_least_the_best_block(rule):
+    # The original keeps none here (the best block alone holds more than the threshold; 0.9375 of 8 blocks rounds
+    # to 0), and such a query block outputs 0.
+    q, k = _random_qk(jax.random.key(3), mk=8)
     chunk = (1, 2, 2)
-    params = BSAParams(sparsity=None, cdf_threshold=1e-6, chunk_3d_shape_q=chunk, chunk_3d_shape_k=chunk)
-    indices, counts = select_blocks(q, k, params)
-    np.testing.assert_array_equal(counts, 0)
-    out = reference.blocked_attention(q, k, k, indices, counts, 4, 4)
+    indices, counts = select_blocks(q, k, BSAParams(**rule, chunk_3d_shape_q=chunk, chunk_3d_shape_k=chunk))
+    np.testing.assert_array_equal(counts, 1)
+    np.testing.assert_array_equal(indices[..., 0], jnp.argmax(selection.block_scores(q, k, 4, 4), axis=-1))
+
+
+def test_a_cdf_threshold_of_one_keeps_every_block():
+    q, k = _random_qk(jax.random.key(5), mq=8, mk=64)  # a float32 cumulative sum of 64 weights can end above 1
+    chunk = (1, 2, 2)
+    indices, counts = select_blocks(q, k, BSAParams(sparsity=None, cdf_threshold=1.0, chunk_3d_shape_q=chunk,
+                                                    chunk_3d_shape_k=chunk))
+    np.testing.assert_array_equal(counts, 64)
+    np.testing.assert_array_equal(indices, np.broadcast_to(np.arange(64), indices.shape))
+
+
+@pytest.mark.parametrize("sparsity, blocks, kept", [(0.9, 10, 1), (0.8, 5, 1), (0.9, 30, 3), (0.9, 100, 10),
+                                                    (0.9375, 8, 1), (0.9375, 1320, 82), (0.875, 1320, 165)])
+def test_topk_counts_round_down_without_float_error_and_keep_one(sparsity, blocks, kept):
+    assert BSAParams(sparsity=sparsity).num_topk(blocks) == kept
+
+
+def test_a_query_block_with_count_zero_outputs_zero():
+    q, k = _random_qk(jax.random.key(3))
+    indices = jnp.zeros((1, 2, 8, 1), jnp.int32)
+    out = reference.blocked_attention(q, k, k, indices, jnp.zeros((1, 2, 8), jnp.int32), 4, 4)
     np.testing.assert_array_equal(out, 0.0)
+
+
+def test_counts_past_the_index_width_are_refused():
+    q, k = _random_qk(jax.random.key(3), d=64)
+    indices = jnp.zeros((1, 2, 8, 2), jnp.int32)
+    with pytest.raises(BSAInputError, match=r"counts must be in 0..2 .*got 5..5"):
+        sparse_attention_chunked(q, k, k, indices, jnp.full((1, 2, 8), 5, jnp.int32), 4, 4, backend="reference")
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal where there is no GPU")
+def test_the_pallas_backend_off_a_gpu_is_refused_with_the_fix():
+    with pytest.raises(BSAConfigError, match="'pallas' runs its kernels on an NVIDIA GPU.*use 'pallas_interpret'"):
+        resolve_backend("pallas")
 
 
 def test_mask_and_index_conversions_agree():

@@ -1,0 +1,106 @@
+"""What a run refuses before the DiT loads (BSA the Pallas kernels cannot run, a checkpoint past 'training.steps'),
+and what `--resume` warns about (settings the data order or a decaying learning-rate schedule follow from)."""
+
+import logging
+
+import jax.numpy as jnp
+import pytest
+
+from longcat_jax.errors import CheckpointError, ConfigError
+from longcat_jax.training import loop
+from longcat_jax.training.checkpoints import TrainCheckpoints
+from longcat_jax.training.shapes import num_cond_latents
+from tests.training.synthetic import small_dit, smooth_clip, train_config, write_cache
+
+FACTORS = {"a": jnp.arange(3.0)}
+OPT_STATE = {"m": jnp.ones(3)}
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Makes loading (or preparing) a DiT fail the test: the checks must refuse before it."""
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the DiT was loaded before the config was refused")
+
+    monkeypatch.setattr(loop, "load_base_dit", loaded)
+    monkeypatch.setattr(loop, "prepare_base_dit", loaded)
+
+
+def test_bsa_the_pallas_kernels_cannot_run_is_refused_before_the_dit_loads(tmp_path, no_model_loads):
+    chunk = [1, 2, 2]  # 4-token chunks: the Pallas kernels need 16 or more
+    config = train_config(tmp_path, bsa={"enable_bsa": True, "backend": "pallas_interpret", "bsa_params": {
+        "sparsity": 0.5, "chunk_3d_shape_q": chunk, "chunk_3d_shape_k": chunk}})
+    write_cache(config, {"clip.mp4": smooth_clip(0)})
+    with pytest.raises(ConfigError, match=r"'pallas_interpret'.*4-token q.*chunk_3d_shape_q"):
+        loop.run_training(config, dit=small_dit(hidden=128, heads=2))
+
+
+def _checkpoint_at(config, step: int, meta: dict) -> None:
+    checkpoints = TrainCheckpoints(config.output_dir, keep=3)
+    checkpoints.save(step, FACTORS, OPT_STATE, meta)
+    checkpoints.close()
+
+
+def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused_before_the_dit_loads(tmp_path, no_model_loads):
+    # It would write the final lora.safetensors labelled step 4 with the factors of step 6.
+    config = train_config(tmp_path, training={"steps": 4, "seed": 3})
+    write_cache(config, {"clip.mp4": smooth_clip(0)})
+    _checkpoint_at(config, 6, {})
+    with pytest.raises(CheckpointError, match=r"up to step 6, past 'training.steps' 4; set 'training.steps' to 6 or "
+                                              r"more .* or set 'output_dir' to a new folder"):
+        loop.run_training(config, resume=True)
+
+
+def _meta(config, manifest) -> dict:
+    return loop._run_meta(config, manifest, num_cond_latents(config))
+
+
+def _resume_warnings(tmp_path, caplog, saved: dict, resumed: dict, *, old_checkpoint: bool = False) -> list[str]:
+    """The warnings of restoring a step-4 checkpoint of a run with `training` settings `saved` into a run with
+    `resumed` (a checkpoint from before the meta held them with `old_checkpoint`)."""
+    saved_config = train_config(tmp_path, training=saved["training"], optimizer=saved.get("optimizer", {}))
+    config = train_config(tmp_path, training=resumed["training"], optimizer=resumed.get("optimizer", {}))
+    manifest = write_cache(config, {"clip.mp4": smooth_clip(0)})
+    saved_meta = _meta(saved_config, manifest)
+    if old_checkpoint:
+        del saved_meta["training"], saved_meta["schedule"]
+    _checkpoint_at(config, 4, saved_meta)
+    checkpoints = TrainCheckpoints(config.output_dir, keep=3)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longcat_jax.training.checkpoints"):
+        factors, opt_state = checkpoints.restore(4, FACTORS, OPT_STATE, _meta(config, manifest))
+    checkpoints.close()
+    assert (factors["a"] == FACTORS["a"]).all() and (opt_state["m"] == OPT_STATE["m"]).all()
+    return [record.getMessage() for record in caplog.records]
+
+
+SAVED = {"steps": 8, "batch_size": 1, "grad_accumulation": 1, "seed": 3}
+
+
+def test_resume_warns_about_a_changed_data_order_naming_old_and_new_values(tmp_path, caplog):
+    assert _resume_warnings(tmp_path / "same", caplog, {"training": SAVED}, {"training": SAVED}) == []
+    changed = {**SAVED, "batch_size": 2, "grad_accumulation": 2, "seed": 99}
+    (warning,) = _resume_warnings(tmp_path / "changed", caplog, {"training": SAVED}, {"training": changed})
+    assert ("'training.seed' 99 (was 3), 'training.batch_size' 2 (was 1), 'training.grad_accumulation' 2 (was 1)"
+            in warning), warning
+    assert "repeat or skip clips" in warning and "checkpoint's values" in warning
+    # A checkpoint written before the meta recorded these settings resumes without a warning.
+    assert _resume_warnings(tmp_path / "old", caplog, {"training": SAVED}, {"training": changed},
+                            old_checkpoint=True) == []
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_resume_warns_that_more_steps_reshape_a_decaying_schedule(tmp_path, caplog, schedule):
+    optimizer = {"schedule": schedule}
+    (warning,) = _resume_warnings(tmp_path, caplog, {"training": SAVED, "optimizer": optimizer},
+                                  {"training": {**SAVED, "steps": 20}, "optimizer": optimizer})
+    assert f"'training.steps' 20 (was 8): the {schedule} learning-rate schedule" in warning, warning
+    assert "reshaped from step 4" in warning and "resume with 'training.steps' 8 to keep it" in warning
+
+
+def test_more_steps_on_a_constant_schedule_resume_without_a_warning(tmp_path, caplog):
+    # Training longer at a constant rate (with or without warm-up): the rate of every step stays as it was.
+    optimizer = {"schedule": "constant", "warmup_steps": 2}
+    assert _resume_warnings(tmp_path, caplog, {"training": SAVED, "optimizer": optimizer},
+                            {"training": {**SAVED, "steps": 20}, "optimizer": optimizer}) == []
