@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from longcat_jax.errors import InputError
@@ -66,9 +66,12 @@ def check_output_path(path: str | Path, output_format: str) -> Path:
     folder = nearest_existing(path.parent)
     if not folder.is_dir():
         raise InputError(f"cannot write {path}: {folder} is a file, not a folder; choose another --output-path")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write {path}: the folder {folder} is not writable (read-only, or not yours); "
-                         "choose another --output-path")
+    try:  # a file made and removed at once: permissions alone miss read-only and special file systems (/proc)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write {path}: the folder {folder} is not writable (read-only, not yours, or a "
+                         f"special file system such as /proc: {err.strerror}); choose another --output-path") from err
     return path
 
 

@@ -8,8 +8,9 @@ temporary one beside it (an existing output there stays untouched). ffmpeg's exi
 that fails (a full disk, a folder that is not writable) ends in one `OutputError` line that says what and where.
 `longcat_jax.output_path` checks the same before a run.
 
-In: `read_image` / `read_video` give uint8 frames (a video that decodes to fewer frames than its container says is
-read with a warning); `resize_frames` resizes them with PIL (Lanczos is what the
+In: `read_image` / `read_video` give uint8 frames (a 16-bit image scaled to 8 bits, an animation refused as an
+image; a video that decodes to fewer frames than its container says is read with a warning, one that ffmpeg cannot
+read refused with ffmpeg's last lines); `resize_frames` resizes them with PIL (Lanczos is what the
 original's diffusers preprocessing uses for i2v and continuation inputs, bicubic what its demos use to resize
 outputs back); `to_model_input` maps uint8 frames to the VAE's [-1, 1] float32 [B, 3, F, H, W] layout.
 `upsample_for_refine` is the refinement stage's input: linear (align_corners) resize in space and time.
@@ -23,6 +24,7 @@ import functools
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -35,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 
 from longcat_jax.errors import InputError, LongCatError
 from longcat_jax.nan_guard import check_finite
@@ -46,6 +49,9 @@ OUTPUT_FORMATS = ("mp4", "npz", "frames")
 # The container's duration may count other streams (audio) and round: fewer decoded frames than it implies are
 # reported only past this many (or 5 %).
 TRUNCATION_TOLERANCE_FRAMES = 2
+MAX_FPS = 240.0  # an mp4 written at 1000 fps or more reads back at 0 fps; ffmpeg fails outright near 1e12
+FFMPEG_ERROR_LINES = 4  # of ffmpeg's output, in an unreadable video's error: its last lines say what went wrong
+FFMPEG_CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\] ")  # "[in#0 @ 0x5607b2ce2040] ": which ffmpeg part says it
 RESIZE_METHODS = {
     "lanczos": PIL.Image.Resampling.LANCZOS,
     "bicubic": PIL.Image.Resampling.BICUBIC,
@@ -136,13 +142,33 @@ def _upsample_unit_frames(frames: jax.Array, num_frames: int, height: int, width
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """An image file (PNG, JPEG, ...) as uint8 RGB [H, W, 3], EXIF rotation applied and alpha dropped."""
+    """An image file (PNG, JPEG, ...) as uint8 RGB [H, W, 3], EXIF rotation applied and alpha dropped.
+
+    A 16-bit image is scaled to 8 bits by its range, not clipped (PIL's RGB conversion clips 16-bit gray at 255: a
+    nearly white image). An animation (GIF, APNG, WebP) and an image whose brightness range is undefined (32-bit
+    integer or float pixels) are refused by name: reading either as a still image would give a wrong one.
+    """
     path = _existing(path, "image")
     try:
-        image = iio.imread(path, plugin="pillow", mode="RGB", rotate=True)
-    except Exception as err:  # imageio raises many types for unreadable files
+        with PIL.Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1 and image.format != "MPO":  # a camera's MPO JPEG: its first image is the photo
+                raise InputError(f"--image {path} holds {frames} frames (an animation); give a still image (PNG or "
+                                 f"JPEG), or use it as a video: --task continuation --video {path}")
+            # 16-bit gray: "I;16", or "I" (32-bit) from a PNG, which cannot hold more than 16 (older Pillows)
+            sixteen_bit = image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")
+            if image.mode in ("I", "F") and not sixteen_bit:
+                raise InputError(f"image {path} has {image.mode} pixels (32-bit integer or float), whose brightness "
+                                 "range is not defined; save it as an 8- or 16-bit PNG")
+            image = PIL.ImageOps.exif_transpose(image)
+            if sixteen_bit:
+                gray = np.rint(np.asarray(image).astype(np.float32) * np.float32(255 / 65535)).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=-1)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except InputError:
+        raise
+    except Exception as err:  # PIL raises many types for unreadable files
         raise InputError(f"cannot read image {path}: {err}; give a PNG or JPEG file") from err
-    return np.asarray(image, dtype=np.uint8)
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
@@ -157,13 +183,27 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
         width, height = meta["size"]
         frames = [np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3) for raw in reader]
     except (OSError, RuntimeError, StopIteration, ValueError) as err:
-        raise InputError(f"cannot read video {path}: {err}; give an mp4 (or another format ffmpeg reads)") from err
+        raise InputError(f"cannot read video {path}: {_ffmpeg_error(err)}; give an mp4 (or another format ffmpeg "
+                         "reads)") from err
     finally:
         reader.close()
     if not frames:
         raise InputError(f"video {path} has no frames")
     _warn_if_truncated(path, len(frames), meta)
     return np.stack(frames), float(meta["fps"])
+
+
+def _ffmpeg_error(err: Exception) -> str:
+    """imageio-ffmpeg's error in one line: its own message and the last `FFMPEG_ERROR_LINES` lines of ffmpeg's
+    output after its banner (version, build configuration, library versions: some 40 lines that say nothing of
+    the file), each without its `FFMPEG_CONTEXT` prefix."""
+    message, _, output = str(err).partition("=== stderr ===")
+    lines, in_banner = [], False
+    for line in output.splitlines():
+        in_banner = line.startswith("ffmpeg version") or (in_banner and line[:1].isspace())
+        if line.strip() and not in_banner:
+            lines.append(FFMPEG_CONTEXT.sub("", line.strip()))
+    return "; ".join(part for part in [message.strip(), *lines[-FFMPEG_ERROR_LINES:]] if part)
 
 
 def _warn_if_truncated(path: Path, decoded: int, meta: dict) -> None:
@@ -383,8 +423,8 @@ def _ffmpeg_subprocess() -> Iterator[None]:
 
 
 def _check_fps(fps: float) -> None:
-    if not (math.isfinite(fps) and fps > 0):
-        raise InputError(f"fps must be a positive finite number, got {fps}")
+    if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise InputError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps}")
 
 
 def _existing(path: str | Path, what: str) -> Path:

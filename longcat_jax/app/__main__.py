@@ -3,7 +3,8 @@
     python -m longcat_jax.app                                    # built-in tiny model (random weights), CPU or GPU
     python -m longcat_jax.app --model-path LongCat-Video --quantize int8 --port 7860
 
-It binds to 127.0.0.1 (this machine only) unless `--host` says otherwise, and makes no network call: Gradio's
+It binds to 127.0.0.1 (this machine only) unless `--host` says otherwise (a host:port it cannot bind is refused
+before the models load), and makes no network call: Gradio's
 analytics are off, and it serves files from `--output-dir` only (results, their provenance, uploads and Gradio's
 working copies all go there; `confine.OutputFolderOnly` refuses any other path or URL). Gradio is an optional
 extra (`pip install -e '.[app]'`); nothing else in longcat_jax imports it.
@@ -12,9 +13,11 @@ extra (`pip install -e '.[app]'`); nothing else in longcat_jax imports it.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from longcat_jax.app.engine import AppSettings, Engine
 from longcat_jax.app.form import DEFAULT_MAX_UPLOAD_MB
 from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
-from longcat_jax.errors import LongCatError
+from longcat_jax.errors import InputError, LongCatError
 from longcat_jax.pipelines.tasks import DTYPES
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
 
@@ -56,9 +59,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuses a --port outside 1..65535 and a host:port the server could not bind (a port in use, a host that is
+    not this machine's), by binding it as the server (uvicorn) does and releasing it: before the models load, not
+    after minutes of warm-up."""
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port; give one in 1..65535, e.g. --port 7860")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: a just-closed port is free
+            probe.bind((host, port))
+    except OSError as err:  # socket.gaierror (a host name that does not resolve) too
+        reason = err.strerror or str(err)
+        if err.errno in (errno.EADDRINUSE, errno.EACCES):  # EACCES: a port below 1024 without root
+            raise InputError(f"cannot serve on {host}:{port} ({reason}); pick another --port: one no other program "
+                             "uses, 1024 or above unless run as root") from err
+        raise InputError(f"cannot serve on {host}:{port} ({reason}); give a --host of this machine: 127.0.0.1 "
+                         "(this machine only) or 0.0.0.0 (every network interface)") from err
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_cli_logging()
+    try:
+        check_address(args.host, args.port)
+    except InputError as err:
+        logger.error("%s", err)
+        return 2
     if importlib.util.find_spec("gradio") is None:
         logger.error("%s", MISSING_GRADIO)
         return 2

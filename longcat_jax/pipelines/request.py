@@ -18,7 +18,7 @@ import numpy as np
 
 from longcat_jax.errors import InputError
 from longcat_jax.pipelines.options import GenerationOptions, PlanContext, RefineOptions
-from longcat_jax.video_io import read_image, read_video, subsample_to_fps
+from longcat_jax.video_io import MAX_FPS, read_image, read_video, subsample_to_fps
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ POSITIVE_FIELDS = ("height", "width", "num_frames", "num_cond_frames", "fps", "n
                    "refine_inference_steps", "refine_height", "refine_width")
 BOUNDS = {"height": MAX_SIDE, "width": MAX_SIDE, "refine_height": MAX_SIDE, "refine_width": MAX_SIDE,
           "num_frames": MAX_NUM_FRAMES, "num_cond_frames": MAX_NUM_FRAMES, "num_inference_steps": MAX_INFERENCE_STEPS,
-          "refine_inference_steps": MAX_INFERENCE_STEPS, "num_segments": MAX_NUM_SEGMENTS}
+          "refine_inference_steps": MAX_INFERENCE_STEPS, "num_segments": MAX_NUM_SEGMENTS, "fps": MAX_FPS}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from longcat_jax import batch, generate
+from longcat_jax.errors import ConfigError
 from longcat_jax.pipelines.options import GenerationOptions
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.t2v import plan_t2v, run_t2v
@@ -160,9 +161,49 @@ def test_item_requests_and_their_outputs(tmp_path):
     assert (first.seed, first.task, first.prompts) == (5, "i2v", None)
     assert second.output_path == Path("outputs/mine/sub/named.mp4") and second.video == Path("/abs/clip.mp4")
     assert (second.seed, second.prompt) == (9, None)  # no prompt: the task's default
+
+
+
+def test_a_json_file_is_read_as_json_lines_or_an_array(tmp_path):
+    lines = _write_jsonl(tmp_path / "lines.json", [{"prompt": "a cat", "seed": 7}, None, {"prompt": "a dog"}])
+    items = read_prompts_file(lines)
+    assert [(item.line, item.values) for item in items] == [(1, {"prompt": "a cat", "seed": 7}),
+                                                            (3, {"prompt": "a dog"})]
+    array = tmp_path / "array.json"
+    array.write_text('\n[\n  {"prompt": "a cat",\n   "seed": 7},\n\n  {"prompt": "a dog"}, {"prompt": "a bird"}\n]\n')
+    assert [(item.line, item.values) for item in read_prompts_file(array)] == [
+        (3, {"prompt": "a cat", "seed": 7}), (6, {"prompt": "a dog"}), (6, {"prompt": "a bird"})]
+    one = tmp_path / "one.json"
+    one.write_text('{\n  "prompt": "a cat",\n  "seed": 7\n}\n')
+    assert [(item.line, item.values) for item in read_prompts_file(one)] == [(1, {"prompt": "a cat", "seed": 7})]
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(ConfigError, match="has no prompts"):
+        read_prompts_file(tmp_path / "empty.json")
+    (tmp_path / "broken.json").write_text('[\n  {"prompt": "a cat"}\n  {"prompt": "a dog"}\n]')
+    with pytest.raises(ConfigError, match=r"broken\.json is not valid JSON \(Expecting ',' delimiter at line 3 "
+                                          r"column 3\); a \.json file holds a JSON array of objects"):
+        read_prompts_file(tmp_path / "broken.json")
+    (tmp_path / "bad.json").write_text('[{"prompt": "a cat"}, "a dog", {"prompt": "a bird", "sed": 1}]')
+    with pytest.raises(ConfigError, match=r"line 1: expected a JSON object, got str; line 1: unknown key 'sed'"):
+        read_prompts_file(tmp_path / "bad.json")
+    (tmp_path / "words.json").write_text("a cat\na dog\n")
+    with pytest.raises(ConfigError, match=r"line 1: not valid JSON .*; line 2: not valid JSON"):
+        read_prompts_file(tmp_path / "words.json")
+
+
+def test_a_text_line_that_is_a_json_object_is_a_prompt_as_written_with_a_warning(tmp_path, caplog):
     text = tmp_path / "plain.txt"
-    text.write_text('{"prompt": "a text line is a prompt as written"}\n')
-    assert read_prompts_file(text)[0].prompt == '{"prompt": "a text line is a prompt as written"}'
+    text.write_text('a cat\n{"prompt": "a dog"}\n[1]\n{"prompt": "a bird"}\n')
+    with caplog.at_level(logging.WARNING):
+        items = read_prompts_file(text)
+    assert [item.prompt for item in items] == ["a cat", '{"prompt": "a dog"}', "[1]", '{"prompt": "a bird"}']
+    assert f"prompts file {text}: lines 2, 4 are JSON objects, read as a prompt as written" in caplog.text
+    assert "name the file .jsonl" in caplog.text
+    caplog.clear()
+    text.write_text("a cat\n{not json}\n")
+    with caplog.at_level(logging.WARNING):
+        read_prompts_file(text)
+    assert caplog.text == ""
 
 
 def test_groups_are_t2v_items_of_one_shape_up_to_the_batch_size(tmp_path):
@@ -184,3 +225,11 @@ def test_two_items_with_one_output_fail_the_second(tmp_path):
     assert [entry.outcome for entry in entries] == ["pending", "failed"]
     assert "line 1's too" in entries[1].error
     assert dataclasses.replace(entries[0]).asked.output_path.name == "same.npz"
+
+
+@pytest.mark.parametrize("name", ["prompts.txt", "prompts.jsonl"])
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, name):
+    path = tmp_path / name
+    first = '{"prompt": "A cat"}' if name.endswith(".jsonl") else "A cat"
+    path.write_text(f"\ufeff{first}\n", encoding="utf-8")  # as Windows Notepad saves UTF-8
+    assert [item.prompt for item in read_prompts_file(path)] == ["A cat"]

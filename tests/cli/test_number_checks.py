@@ -5,7 +5,6 @@ take. A negative guidance scale runs, with a warning."""
 import logging
 import re
 
-import jax
 import pytest
 
 from longcat_jax import generate
@@ -14,6 +13,7 @@ from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.pipelines import tasks
 from longcat_jax.pipelines.request import MAX_SEED, SEED_HEADROOM
 from longcat_jax.pipelines.tasks import plan_run
+from longcat_jax.seeds import key_from_seed
 
 SMALL = ("--height", "64", "--width", "64", "--num-frames", "5")
 
@@ -42,6 +42,7 @@ def _plan(*argv: str):
         (["--fps", "inf"], "--fps must be a finite number, got inf"),
         (["--fps", "nan"], "--fps must be a finite number, got nan"),
         (["--fps", "-3"], "--fps must be positive, got -3.0"),
+        (["--fps", "1000"], "--fps 1000.0 is past its bound of 240.0"),
         (["--height", "100000"], "--height 100000 is past its bound of 4096; use at most 4096"),
         (["--width", "4112"], "--width 4112 is past its bound of 4096"),
         (["--num-frames", "100000"], "--num-frames 100000 is past its bound of 1025; use at most 1025; longer videos"),
@@ -65,8 +66,8 @@ def test_meaningless_numbers_are_refused_before_any_model(argv, message, caplog)
 
 
 def test_the_largest_seed_works_for_every_derived_seed():
-    """MAX_SEED plus the headroom every later stage adds is a key jax.random.key takes."""
-    jax.random.key(MAX_SEED + SEED_HEADROOM)
+    """MAX_SEED plus the headroom every later stage adds is a seed key_from_seed takes."""
+    key_from_seed(MAX_SEED + SEED_HEADROOM)
     plan = _plan("--seed", str(MAX_SEED), "--refine", *SMALL)
     assert plan.stages.refinement.seed <= MAX_SEED + SEED_HEADROOM
 

@@ -87,6 +87,13 @@ def test_a_read_only_folder_is_refused(tmp_path):
         shutil.rmtree(base)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_no_file_can_be_made_in_is_refused_even_as_root():
+    """/proc takes no new files, whoever asks (root included, whom permission bits let write anywhere)."""
+    with pytest.raises(InputError, match=r"cannot write /proc/foo\.mp4: the folder /proc is not writable \(.*/proc: "):
+        _plan("--output-path", "/proc/foo.mp4")
+
+
 def _refusal_as_unprivileged(path: Path) -> str:
     """The start of check_output_path's refusal of `path` (up to ' (read-only'), as a user that is not root."""
     if os.geteuid() != 0:

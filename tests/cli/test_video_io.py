@@ -2,12 +2,15 @@
 
 import logging
 import os
+import struct
 import warnings
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
+import PIL.PngImagePlugin
 import pytest
 
 from longcat_jax.errors import InputError
@@ -132,6 +135,53 @@ def test_read_image_formats(tmp_path):
     assert jpeg.shape == (20, 30, 3) and np.abs(jpeg.astype(int) - rgb.astype(int)).mean() < 8
 
 
+def _png16(path, samples):
+    """Writes uint16 samples [H, W] (gray) or [H, W, 3] (RGB) as a 16-bit PNG (PIL writes 16-bit gray only)."""
+    height, width = samples.shape[:2]
+    color_type = 2 if samples.ndim == 3 else 0
+    rows = samples.astype(">u2").reshape(height, -1).view(np.uint8)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)  # filter type 0 before each row
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def test_16_bit_images_are_scaled_to_8_bits(tmp_path, monkeypatch):
+    ramp = (np.arange(64 * 48).reshape(48, 64) * 21).astype(np.uint16)  # 0 .. 64,491
+    want = np.rint(ramp / 257.0)
+    PIL.Image.fromarray(ramp).save(tmp_path / "gray.png")  # PIL's I;16: clipped at 255 by an RGB conversion
+    _png16(tmp_path / "gray_by_hand.png", ramp)
+    for name in ("gray.png", "gray_by_hand.png"):
+        gray = read_image(tmp_path / name)
+        assert gray.shape == (48, 64, 3) and np.abs(gray.astype(float) - want[..., None]).max() <= 0.5
+    with monkeypatch.context() as older_pillow:  # older Pillows open a 16-bit gray PNG as 32-bit "I"
+        older_pillow.setitem(PIL.PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+        assert PIL.Image.open(tmp_path / "gray.png").mode == "I"
+        assert np.abs(read_image(tmp_path / "gray.png").astype(float) - want[..., None]).max() <= 0.5
+    color = np.stack([ramp, 65535 - ramp, np.full_like(ramp, 32768)], axis=-1)
+    _png16(tmp_path / "rgb.png", color)
+    rgb = read_image(tmp_path / "rgb.png")
+    assert np.abs(rgb.astype(float) - color / 257.0).max() <= 1
+    assert abs(rgb.mean() - color.mean() / 257) < 0.5
+    PIL.Image.fromarray(ramp.astype(np.int32)).save(tmp_path / "deep.tif")  # 32-bit integers: no known range
+    with pytest.raises(InputError, match=r"deep\.tif has I pixels .* save it as an 8- or 16-bit PNG"):
+        read_image(tmp_path / "deep.tif")
+
+
+def test_an_animation_is_not_an_image(tmp_path):
+    frames = [PIL.Image.fromarray(frame) for frame in _gradient_frames(4, 20, 30)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(InputError, match=r"--image .*anim\.gif holds 4 frames .* --task continuation --video"):
+        read_image(tmp_path / "anim.gif")
+    frames[0].save(tmp_path / "camera.mpo", save_all=True, append_images=frames[1:2], format="MPO")
+    still = read_image(tmp_path / "camera.mpo")  # a camera's multi-picture JPEG: the photo is its first image
+    assert still.shape == (20, 30, 3) and np.abs(still.astype(int) - _gradient_frames(1, 20, 30)[0]).mean() < 8
+
+
 def test_read_refusals(tmp_path):
     with pytest.raises(InputError, match="not found"):
         read_image(tmp_path / "missing.png")
@@ -141,8 +191,11 @@ def test_read_refusals(tmp_path):
     with pytest.raises(InputError, match="cannot read image"):
         read_image(tmp_path / "text.png")
     (tmp_path / "text.mp4").write_text("not a video")
-    with pytest.raises(InputError, match="video"):
+    with pytest.raises(InputError, match="cannot read video") as refusal:
         read_video(tmp_path / "text.mp4")
+    message = str(refusal.value)  # ffmpeg's last lines, without its banner of version and build configuration
+    assert "Invalid data found when processing input" in message and message.count(";") <= 6
+    assert "configuration:" not in message and "libavcodec" not in message and "\n" not in message
 
 
 def test_model_range_conversions():

@@ -77,7 +77,10 @@ def load_lora(path: str | Path, *, multiplier: float = 1.0, name: str | None = N
 
 def parse_lora_spec(spec: str) -> tuple[Path, float]:
     """`PATH[:MULTIPLIER]` (as `--lora` takes it) -> (path, multiplier); refuses a missing file and a multiplier
-    that is not a finite number (nan or inf make every weight the LoRA touches NaN: a black video)."""
+    that is not a finite number (nan or inf make every weight the LoRA touches NaN: a black video).
+
+    A last `:` part that is not a number is refused as a multiplier, unless it belongs to the path: a file of that
+    whole name exists, or the part holds a `/` (a colon in a folder's name)."""
     path, multiplier = spec, 1.0
     head, sep, tail = spec.rpartition(":")
     if sep and head:
@@ -85,7 +88,9 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
             multiplier = float(tail)
             path = head
         except ValueError:
-            path = spec
+            if not (Path(spec).exists() or "/" in tail):
+                raise InputError(f"--lora {spec}: the multiplier {tail!r} is not a number; write PATH:MULTIPLIER, "
+                                 f"e.g. {head}:0.8") from None
     if not math.isfinite(multiplier):
         raise InputError(f"LoRA multiplier {tail} in --lora {spec} is not a finite number; give one such as 0.8")
     if not Path(path).exists():
