@@ -75,9 +75,11 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--video", type=Path, help="continuation: the video to continue; refine: a condition video")
     add("--height", type=int, help="t2v/long: multiple of 16 (default 480; tiny 128); refine: multiple of 64")
     add("--width", type=int, help="t2v/long: multiple of 16 (default 832; tiny 208); refine: multiple of 64")
-    add("--num-frames", type=int, help="1 + 4k (default 93; tiny 13); other counts are rounded down")
+    add("--num-frames", type=int, help="1 + 4k (default 93; tiny 13); other counts become n // 4 * 4 + 1 (94 and 92 -> 93)")
     add("--num-cond-frames", type=int, help="continuation/long: condition frames, 1 + 4k (default 13; tiny 5)")
-    add("--num-inference-steps", type=int, help="default 50 (16 with --distill; tiny 4)")
+    add("--num-inference-steps", type=int,
+        help="default 50 (16 with --distill; tiny 4); continuation (and long's segments) runs the schedule's steps above "
+        "t=500, then 10 even steps to 0, as the original does (the sidecar's timings count the steps run)")
     add("--refine-inference-steps", type=int, help="schedule of the refinement, started at t=0.5 (default 50)")
     add("--guidance-scale", type=float, help="default 4.0 (1.0 with --distill)")
     add("--seed", type=int, default=42, help="noise seed, 0 to 2^63 - 65537 (default %(default)s)")
@@ -119,9 +121,10 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         help="save the run's DiT calls (up to 32, spread over its denoising steps) as GPTQ calibration inputs for "
         "`python -m convert SRC DST --quantize int8 --calibration FILE.npz`")
     add("--prompts", type=Path, metavar="FILE",
-        help="generate every item of FILE with the models loaded once: a text file (one prompt a line) or .jsonl "
-        "(objects with prompt, negative_prompt, seed, image, video, num_frames, height, width, output); "
-        "--output-path is then the folder (default outputs/<FILE name>); items whose output exists are skipped")
+        help="generate every item of FILE with the models loaded once: a text file (one prompt a line), .jsonl "
+        "or .json (JSON lines or an array; objects with prompt, negative_prompt, seed, image, video, num_frames, "
+        "height, width, output); --output-path is then the folder (default outputs/<FILE name>); items whose "
+        "output exists are skipped")
     add("--batch-size", type=int, default=1, metavar="N",
         help="with --prompts: denoise up to N t2v items of one shape together (default %(default)s)")
     add("--from-json", type=Path, metavar="NAME.json",

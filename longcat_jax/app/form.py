@@ -3,8 +3,8 @@ it with the CLI's messages.
 
 What the page adds: uploads are checked (size, and an image or video file name) before they are read; the seed
 may be "random"; a custom BSA is written as a `--bsa-config` file; LoRAs are one `PATH[:MULTIPLIER]` a line. Only
-the inputs the chosen task reads (the registry's table) go into the request, so a file left in a field of another
-task is not an error.
+the inputs and settings the chosen task reads (the registry's tables) go into the request, so a file or a number
+left in a field of another task is not an error.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from longcat_jax.app.engine import AppSettings
 from longcat_jax.configs import short_preset_names
 from longcat_jax.errors import InputError
 from longcat_jax.pipelines.request import RunRequest
-from longcat_jax.pipelines.tasks import TASKS
+from longcat_jax.pipelines.tasks import TASKS, setting_applies
 
 BSA_DEFAULT = "model default"
 BSA_CUSTOM = "custom"
@@ -85,26 +85,31 @@ def build_request(values: FormValues, settings: AppSettings, work_dir: Path,
         "refine_from": _upload(values.refine_from, "video", VIDEO_SUFFIXES, max_upload_mb),
     }
     height, width = _size(values) if task.name in SIZED_TASKS else (None, None)
+    refine = values.refine and task.generates
+    stage_settings = {
+        "negative_prompt": values.negative_prompt or None,
+        "height": height,
+        "width": width,
+        "resolution": values.resolution,
+        "num_frames": _integer(values.num_frames),
+        "num_cond_frames": _integer(values.num_cond_frames),
+        "num_inference_steps": _integer(values.num_inference_steps),
+        "refine_inference_steps": _integer(values.refine_inference_steps),
+        "guidance_scale": values.guidance_scale or None,
+        "distill": values.distill,
+        "spatial_refine_only": values.spatial_refine_only,
+        "num_segments": 1 if values.num_segments is None else int(values.num_segments),
+    }
     return settings.request(
         task=task.name,
         prompt=(values.prompt or "").strip() or None,
-        negative_prompt=values.negative_prompt or None,
         **{field: path for field, path in inputs.items() if field in task.reads},
-        height=height,
-        width=width,
+        # the fields of other tasks keep what was typed there, which this task would not read (and the CLI refuses)
+        **{field: value for field, value in stage_settings.items() if setting_applies(field, task, refine)},
         refine_height=_integer(values.refine_height),
         refine_width=_integer(values.refine_width),
-        resolution=values.resolution,
-        num_frames=_integer(values.num_frames),
-        num_cond_frames=_integer(values.num_cond_frames),
-        num_inference_steps=_integer(values.num_inference_steps),
-        refine_inference_steps=_integer(values.refine_inference_steps),
-        guidance_scale=values.guidance_scale or None,
         seed=parse_seed(values.seed),
-        distill=values.distill and task.generates,
-        refine=values.refine and task.generates,
-        spatial_refine_only=values.spatial_refine_only,
-        num_segments=1 if values.num_segments is None else int(values.num_segments),
+        refine=refine,
         bsa_config=_bsa_config(values, work_dir),
         lora=tuple(line.strip() for line in (values.loras or "").splitlines() if line.strip()),
         quantize=values.quantize,

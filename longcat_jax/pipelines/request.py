@@ -89,13 +89,13 @@ def check_request_numbers(request: RunRequest) -> None:
     """Refuses, naming the flag and the fix, numbers that cannot mean anything: a guidance scale or frame rate that
     is not finite (inf guidance gives NaN latents, a black video; nan would quietly mean no guidance), zero or
     negative sizes and counts (0 would otherwise fall back to the default without a word, as None does), values
-    past `BOUNDS`, and seeds `jax.random.key` cannot take. A negative guidance scale is allowed, with a warning."""
+    past `BOUNDS`, and seeds out of range. A guidance scale below 1 (no guidance) is allowed, with a warning."""
     for field in ("guidance_scale", "fps"):
         value = getattr(request, field)
         if value is not None and not math.isfinite(value):
             raise InputError(f"{_flag(field)} must be a finite number, got {value}; leave it out for the default")
-    if request.guidance_scale is not None and request.guidance_scale < 0:
-        logger.warning("--guidance-scale %g is negative, which turns guidance off (it runs above 1; the default is 4, "
+    if request.guidance_scale is not None and request.guidance_scale < 1:
+        logger.warning("--guidance-scale %g is below 1, which turns guidance off (it runs above 1; the default is 4, "
                        "1 with --distill)", request.guidance_scale)
     if request.num_segments < 0:
         raise InputError(f"--num-segments must be 0 or more, got {request.num_segments}")

@@ -88,6 +88,59 @@ TASKS: dict[str, Task] = {
 }
 
 
+GENERATING = tuple(name for name, task in TASKS.items() if task.generates)
+# The settings of a stage and the tasks that read them (a refinement stage's own: `REFINE_SETTINGS`). Given to another
+# task they would change nothing; `_check_flags` warns of them, and the app's form leaves them out (`setting_applies`).
+SETTING_READERS: dict[str, tuple[str, ...]] = {
+    "height": ("t2v", "long", "refine"),
+    "width": ("t2v", "long", "refine"),
+    "num_frames": ("t2v", "i2v", "continuation", "long"),
+    "num_cond_frames": ("continuation", "long", "refine"),
+    "num_inference_steps": GENERATING,
+    "guidance_scale": GENERATING,
+    "negative_prompt": GENERATING,
+    "distill": GENERATING,
+    "resolution": ("i2v", "continuation", "long"),
+    "num_segments": ("long",),
+}
+REFINE_SETTINGS = ("refine_inference_steps", "spatial_refine_only")  # read where a refinement stage runs
+_SETTING_HINTS = {
+    ("height", "i2v"): "; it takes the bucket of --resolution nearest its input's aspect ratio",
+    ("num_inference_steps", "refine"): "; the refinement's steps: --refine-inference-steps",
+    ("guidance_scale", "refine"): "; the refinement runs without guidance",
+    ("negative_prompt", "refine"): "; the refinement runs without guidance",
+    ("distill", "refine"): "; the refinement has its own LoRA and schedule (--refine-inference-steps)",
+    ("num_frames", "refine"): "; it refines every frame of --refine-from",
+}
+_REQUEST_DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunRequest)}
+
+
+def setting_applies(field: str, task: Task, refine: bool) -> bool:
+    """Whether `task` (with `refine`: followed by a refinement stage) reads the RunRequest setting `field`; fields
+    outside `SETTING_READERS` and `REFINE_SETTINGS` (inputs, prompts, output, precision, ...) are not settings."""
+    if field in REFINE_SETTINGS:
+        return refine or not task.generates
+    return task.name in SETTING_READERS.get(field, (task.name,))
+
+
+def _warn_of_unread_settings(request: RunRequest, task: Task) -> None:
+    """Warns, naming the tasks that read it, of each setting given (not its default) that this run ignores. A
+    warning, not a refusal: shared flags (a shell alias, a `--prompts` run's flags over items of several tasks) are
+    meant for the tasks that read them."""
+    for field in (*SETTING_READERS, *REFINE_SETTINGS):
+        if getattr(request, field) == _REQUEST_DEFAULTS[field] or setting_applies(field, task, request.refine):
+            continue
+        flag = "--" + field.replace("_", "-")
+        if field in REFINE_SETTINGS:
+            logger.warning("%s is a setting of the refinement stage, which this run does not have (add --refine): "
+                           "ignored", flag)
+            continue
+        side = "height" if field == "width" else field
+        hint = _SETTING_HINTS.get((side, "i2v" if task.name == "continuation" else task.name), "")
+        logger.warning("%s is read by --task %s, not by --task %s%s: ignored", flag,
+                       " or ".join(SETTING_READERS[field]), task.name, hint)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
     """A checked run: the task, its setup, the stages its planner made, and where the video goes."""
@@ -225,6 +278,7 @@ def _check_flags(request: RunRequest, task: Task) -> None:
     if len(given) > 1:
         raise InputError(f"--task {task.name} takes one condition: {' or '.join(given)}, not both")
     check_request_numbers(request)
+    _warn_of_unread_settings(request, task)
     if request.refine_height is not None:
         if task.generates and not request.refine:
             raise InputError("--refine-height/--refine-width set the refinement's size; add --refine")

@@ -83,10 +83,11 @@ def test_a_lora_multiplier_must_be_finite(tmp_path, multiplier):
     assert parse_lora_spec(f"{lora}:0.5") == (lora, 0.5)
 
 
-def test_a_negative_guidance_scale_runs_with_a_warning(caplog):
+@pytest.mark.parametrize("scale", ["-2", "0.5"])
+def test_a_guidance_scale_below_one_runs_unguided_with_a_warning(caplog, scale):
     with caplog.at_level(logging.WARNING):
-        plan = _plan("--guidance-scale", "-2", *SMALL)
-    assert "--guidance-scale -2 is negative, which turns guidance off" in caplog.text
+        plan = _plan("--guidance-scale", scale, *SMALL)
+    assert f"--guidance-scale {scale} is below 1, which turns guidance off" in caplog.text
     assert not plan.stages.generation.sampling.guided
 
 

@@ -165,3 +165,34 @@ def test_the_planned_output_shape_is_what_the_task_returns(inputs, monkeypatch, 
     plan = _plan(*argv, *SMALL)
     video = plan.task.run(None, plan.setup, plan.stages)
     assert video.frames.shape[:3] == plan.stages.output_shape
+
+
+@pytest.mark.parametrize("argv, warning", [
+    (("--task", "i2v", "--image", "image", "--height", "256", "--width", "256"),
+     "--height is read by --task t2v or long or refine, not by --task i2v; it takes the bucket of --resolution"),
+    (("--task", "refine", "--refine-from", "video", "--num-inference-steps", "7"),
+     "--num-inference-steps is read by --task t2v or i2v or continuation or long, not by --task refine; the "
+     "refinement's steps: --refine-inference-steps"),
+    (("--task", "refine", "--refine-from", "video", "--distill"), "--distill is read by"),
+    (("--num-cond-frames", "5"), "--num-cond-frames is read by --task continuation or long or refine, not by --task t2v"),
+    (("--num-segments", "3"), "--num-segments is read by --task long, not by --task t2v"),
+    (("--resolution", "720p"), "--resolution is read by --task i2v or continuation or long, not by --task t2v"),
+    (("--refine-inference-steps", "5"), "--refine-inference-steps is a setting of the refinement stage"),
+    (("--spatial-refine-only",), "--spatial-refine-only is a setting of the refinement stage"),
+])
+def test_a_setting_the_task_does_not_read_is_named_in_a_warning(inputs, caplog, argv, warning):
+    argv = [str(inputs.get(a, a)) for a in argv]
+    with caplog.at_level(logging.WARNING):
+        _plan(*SMALL, *argv)
+    assert warning in caplog.text
+
+
+@pytest.mark.parametrize("argv", [
+    (*SMALL, "--task", "long", "--num-cond-frames", "1", "--num-segments", "2", "--resolution", "720p"),
+    (*SMALL, "--refine", "--refine-inference-steps", "3", "--spatial-refine-only"),
+    ("--task", "refine", "--refine-from", "video", "--height", "64", "--refine-inference-steps", "3"),
+])
+def test_settings_the_task_reads_give_no_warning(inputs, caplog, argv):
+    with caplog.at_level(logging.WARNING):
+        _plan(*[str(inputs.get(a, a)) for a in argv])
+    assert "is read by" not in caplog.text and "setting of the refinement" not in caplog.text
