@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted conversion into DST, keeping its finished parts and chunks "
-                        "(the source must be unchanged); without it an unfinished conversion in DST is cleared and "
-                        "begun again")
+                        "(the source must be unchanged; with --calibration the finished blocks are not rounded again); "
+                        "without it an unfinished conversion in DST is cleared and begun again")
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="convert a source that lacks parts every generation run needs (dit/, vae/, "
                         "text_encoder/, tokenizer/), e.g. only a LoRA; `generate` refuses such a folder")

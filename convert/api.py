@@ -35,7 +35,13 @@ from longcat_jax.checkpoint.layout import (
     lora_sources,
     missing_parts,
 )
-from longcat_jax.checkpoint.orbax_chunks import PARTIAL_SUFFIX, is_converted, partial_bytes, save_part
+from longcat_jax.checkpoint.orbax_chunks import (
+    PARTIAL_SUFFIX,
+    finished_tensors,
+    is_converted,
+    partial_bytes,
+    save_part,
+)
 from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError, ConfigError
 from longcat_jax.json_io import read_json_object
@@ -122,9 +128,12 @@ def _calibration_inputs(calibration, config):
     return CalibrationInputs.load(calibration)  # `gptq_tensors` checks them against the config
 
 
-def _plan(src: Path, quantize: str | None = None, calibration=None) -> list[_Job]:
+def _plan(src: Path, quantize: str | None = None, calibration=None, *, progress: bool = True,
+          resume_into: Path | None = None) -> list[_Job]:
     """Every model part and LoRA of `src`, each checked; the DiT's stream quantized by `quantize` (a
-    `longcat_jax.quantization` mode), one tensor at a time, or with `calibration` by GPTQ one block at a time."""
+    `longcat_jax.quantization` mode), one tensor at a time, or with `calibration` by GPTQ one block at a time
+    (its bar shown when `progress`; resuming into `resume_into`, the blocks finished there are taken as written,
+    not rounded again)."""
     jobs = []
     dit_config = None
     for part, make in MODEL_PARTS.items():
@@ -145,8 +154,9 @@ def _plan(src: Path, quantize: str | None = None, calibration=None) -> list[_Job
             else:
                 from longcat_jax.models.dit.calibration import gptq_tensors
 
+                finished = finished_tensors(resume_into / DIT) if resume_into is not None else ()
                 tensors = gptq_tensors(tensors, config, quantize, _calibration_inputs(calibration, config),
-                                       source=str(folder))
+                                       source=str(folder), progress=progress, finished=finished)
             if folder.name == FASTVIDEO_DIT:
                 logger.info("%s: FastVideo's layout of the DiT, converted to %s/", folder, DIT)
         jobs.append(_Job(part, folder.name, Path(part), config_dict, _primed(tensors), count, ckpt))
@@ -183,6 +193,17 @@ def _check_space(dst: Path, jobs, copies: list[Path], *, resume: bool) -> None:
     require_space(dst, needed, what="the conversion", fix="free some space or choose a folder on another disk")
 
 
+def _refuse_converted_source(src: Path) -> None:
+    """Refuses a source that is already our conversion (a part or LoRA with our index), which would otherwise be
+    reported as a download lacking its safetensors files."""
+    loras = sorted((src / LORA_DIR).glob("*"))  # (none when there is no lora/)
+    converted = [p.relative_to(src).as_posix() for p in [*(src / part for part in MODEL_PARTS), *loras]
+                 if is_converted(p)]
+    if converted:
+        raise CheckpointError(f"{src} is already a converted checkpoint ({', '.join(converted)} converted); use it as "
+                              "--model-path as it is, or pass the original download as the source to convert again")
+
+
 def _settings(quantize, calibration) -> dict[str, str]:
     """What a resumed conversion must repeat (the calibration only when there is one, so conversions begun before it
     existed still resume; a calibration file with its size and modification time, as the source's files)."""
@@ -205,20 +226,29 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, resume: bool = False
     `lora/refinement_lora`). Raises CheckpointError/ConfigError naming the problem
     (a part a generation run needs missing, unless `allow_incomplete`; an unmapped, missing, misshapen or
     non-float tensor; a truncated, missing or malformed shard; a bad config; a destination holding
-    something else) before writing. `quantize` ('fp8', 'fp8-weight-only' or 'int8') stores the DiT's large Linears
-    quantized with per-output-channel scales (load the result with the same `--quantize`); LoRAs stay float.
+    something else, or `src` itself; a `src` already converted; `quantize` without a DiT) before writing.
+    `quantize` ('fp8', 'fp8-weight-only' or 'int8') stores the DiT's large Linears quantized with
+    per-output-channel scales (load the result with the same `--quantize`); LoRAs stay float.
     `calibration` (with `quantize`): round the quantized kernels by GPTQ (`longcat_jax.models.dit.calibration`) on
     these DiT inputs: 'random' (stand-ins), the path of an .npz file of recorded inputs, or a `CalibrationInputs`;
     None rounds to nearest. The stored format is the same either way.
-    `resume` continues an interrupted conversion into `dst`; without it, an
-    unfinished conversion found there is cleared and begun again. `progress` shows a bar per part.
+    `resume` continues an interrupted conversion into `dst` (GPTQ takes the finished blocks as written); without
+    it, an unfinished conversion found there is cleared and begun again. `progress` shows a bar per part.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise CheckpointError(f"source {src} is not a folder; pass the downloaded LongCat-Video folder")
     if scheme_for(quantize) is None and calibration is not None:  # an unknown mode is refused before anything is read
         raise ConfigError("calibration rounds quantized weights; pass a quantize mode with it (--quantize int8 or fp8)")
-    jobs = _plan(src, quantize, calibration)
+    if dst.resolve() == src.resolve():
+        raise CheckpointError(f"destination {dst} is the source folder; the conversion is written beside the "
+                              f"download, not into it: pass a new folder as DST (e.g. {src.resolve().name}-converted)")
+    _refuse_converted_source(src)
+    if scheme_for(quantize) is not None and not dit_folder(src).is_dir():
+        given = f"--quantize {quantize}" + (" and --calibration" if calibration is not None else "")
+        raise ConfigError(f"{given} quantize the DiT, but {src} has no {DIT}/ (nor FastVideo's {FASTVIDEO_DIT}/); "
+                          "drop them to convert the rest (LoRAs are stored in float either way)")
+    jobs = _plan(src, quantize, calibration, progress=progress, resume_into=dst if resume else None)
     copies = [src / name for name in COPIED_PARTS if (src / name).is_dir()]
     if not jobs and not copies:
         raise CheckpointError(

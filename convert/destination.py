@@ -54,7 +54,11 @@ def _listing(names: list[str]) -> str:
 
 
 def _ours(dst: Path, name: str) -> bool:
-    """True if `dst/name` is something a conversion writes (a part, its .partial, the marker, lora/ of ours)."""
+    """True if `dst/name` is something a conversion writes (a part, its .partial, the marker, lora/ of ours). A model
+    part counts only converted (a conversion renames it into place when finished): the same name in an original
+    download is not ours."""
+    if name in MODEL_PARTS:
+        return is_converted(dst / name)
     if name == MARKER or name.removesuffix(PARTIAL_SUFFIX) in _PARTS:
         return True
     if name != LORA_DIR or not (dst / LORA_DIR).is_dir():
@@ -90,8 +94,10 @@ def _refuse_non_empty(dst: Path, *, resume: bool) -> None:
             f"{prefix}destination {dst} already holds a finished conversion ({', '.join(names)}); use it as "
             "--model-path as it is, or choose a new folder (or remove this one) to convert again"
         )
+    unconverted = [f"{name}/" for name in foreign if name in MODEL_PARTS]
+    download = f" ({', '.join(unconverted)} not converted: it looks like an original download)" if unconverted else ""
     raise CheckpointError(f"{prefix}destination {dst} is not empty: it holds {_listing(foreign)}, which this "
-                          "converter did not write; choose a new or empty folder")
+                          f"converter did not write{download}; choose a new or empty folder")
 
 
 def _check_resumable(dst: Path, src: Path, fingerprint: dict[str, list[int]], settings: dict[str, str]) -> None:

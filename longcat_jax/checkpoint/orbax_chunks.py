@@ -52,6 +52,7 @@ _DTYPES = {
     "float32": np.dtype(np.float32),
     "float64": np.dtype(np.float64),
     "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),  # a float dtype safetensors may hold (F8_E5M2): kept as given
     "int64": np.dtype(np.int64),
     "int32": np.dtype(np.int32),
     "int8": np.dtype(np.int8),
@@ -160,6 +161,25 @@ def partial_bytes(dst: str | Path) -> int:
         return sum(record["size"] for files in chunks.values() for record in files.values())
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return 0
+
+
+def finished_tensors(dst: str | Path) -> Iterator[tuple[ParamPath, np.ndarray]]:
+    """(path, array) of the tensors an interrupted `save_part` of `dst` finished (in `<dst>.partial`), in the order
+    it wrote them, one chunk in memory at a time, each chunk verified against its checksums; nothing if there are
+    none. Read when first iterated, so a resumed `save_part` started before then has dropped what it does not keep;
+    a stream that is resumed can take back what it wrote instead of computing it again (GPTQ's rounded kernels)."""
+    tmp = partial_dir(Path(dst))
+    try:
+        progress = json.loads((tmp / PROGRESS_NAME).read_text())
+        entries, chunks = _validated_index(tmp / PROGRESS_NAME, progress, require_all_chunks=True)
+    except (FileNotFoundError, json.JSONDecodeError, CheckpointError):
+        return
+    with _orbax_quiet():
+        checkpointer = ocp.PyTreeCheckpointer()
+    for chunk in sorted({entry["chunk"] for entry in entries}):
+        name = chunk_name(chunk)
+        _verify_chunk(tmp, name, chunks[name])
+        yield from _restore_chunk(checkpointer, tmp, name, [entry for entry in entries if entry["chunk"] == chunk])
 
 
 def save_part(

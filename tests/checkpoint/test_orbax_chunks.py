@@ -33,15 +33,18 @@ def _files(chunk_dir):
 
 
 def test_float8_and_int8_round_trip(tmp_path):
+    """float8 e5m2 too: safetensors may hold it, so a DiT with one converts."""
     rng = np.random.default_rng(1)
     tensors = [
         (("blocks", 0, "qkv", "kernel"), rng.standard_normal((16, 8), dtype=np.float32).astype(ml_dtypes.float8_e4m3fn)),
         (("blocks", 0, "qkv", "scale"), rng.standard_normal((8,), dtype=np.float32)),
         (("blocks", 0, "proj", "kernel"), rng.integers(-128, 128, (8, 8), dtype=np.int8)),
         (("blocks", 0, "proj", "scale"), np.float32(0.25) * np.ones((8,), np.float32)),
+        (("blocks", 0, "w2", "kernel"), rng.standard_normal((8, 8), dtype=np.float32).astype(ml_dtypes.float8_e5m2)),
     ]
     save_part(iter(tensors), tmp_path / "q", {}, progress=False)
-    assert [e["dtype"] for e in read_index(tmp_path / "q")] == ["float8_e4m3fn", "float32", "int8", "float32"]
+    assert [e["dtype"] for e in read_index(tmp_path / "q")] == ["float8_e4m3fn", "float32", "int8", "float32",
+                                                               "float8_e5m2"]
     back = list(iter_part(tmp_path / "q"))
     for (path, got), (want_path, want) in zip(back, tensors, strict=True):
         assert path == want_path and got.dtype == want.dtype and got.shape == want.shape

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from convert.__main__ import main as convert_main
+from longcat_jax.checkpoint.orbax_chunks import iter_part, read_index
 from longcat_jax.errors import CheckpointError, ConfigError
 from longcat_jax.metrics import rel_l2
 from longcat_jax.models.dit import load_dit
@@ -66,7 +67,7 @@ def test_resume_with_another_quantize_mode_names_both_modes(fixtures_dir, tmp_pa
     dst = tmp_path / "dst"
     fingerprint = destination.source_fingerprint(src, ["dit"])
     destination.prepare(dst, src, fingerprint, resume=False, settings={"quantize": "int8"})
-    (dst / "dit").mkdir()  # an unfinished conversion of ours
+    (dst / "dit.partial").mkdir()  # an unfinished conversion of ours
     with pytest.raises(CheckpointError, match=r"begun with \{'quantize': 'int8'\}.*asks for \{'quantize': 'fp8'\}"):
         destination.prepare(dst, src, fingerprint, resume=True, settings={"quantize": "fp8"})
     destination.prepare(dst, src, fingerprint, resume=True, settings={"quantize": "int8"})  # the same: resumes
@@ -86,7 +87,7 @@ def test_resume_refuses_a_calibration_file_rewritten_since(fixtures_dir, tmp_pat
     fingerprint = destination.source_fingerprint(src, ["dit"])
     begun = _settings("int8", str(recorded))
     destination.prepare(dst, src, fingerprint, resume=False, settings=begun)
-    (dst / "dit").mkdir()  # an unfinished conversion of ours
+    (dst / "dit.partial").mkdir()  # an unfinished conversion of ours
     destination.prepare(dst, src, fingerprint, resume=True, settings=_settings("int8", str(recorded)))  # unchanged
     recorded.write_bytes(b"another recording, same path")
     os.utime(recorded, ns=(1, 1))
@@ -98,7 +99,8 @@ def test_resume_refuses_a_calibration_file_rewritten_since(fixtures_dir, tmp_pat
     assert _settings("int8", inputs) == {"quantize": "int8", "calibration": inputs.source}
 
 
-def test_calibrated_int8_conversion_keeps_the_scales_and_changes_the_rounding(quantized_int8, tmp_path):
+def test_calibrated_int8_conversion_keeps_the_scales_and_changes_the_rounding(quantized_int8, tmp_path, capsys):
+    """... and --quiet hides GPTQ's progress bar too."""
     original, nearest = quantized_int8
     src = tmp_path / "src"
     src.mkdir()
@@ -108,6 +110,7 @@ def test_calibrated_int8_conversion_keeps_the_scales_and_changes_the_rounding(qu
     random_calibration(DiTConfig.from_json(original / "config.json"), (2, 8, 8), calls=4, text_tokens=64).save(calls)
     assert convert_main([str(src), str(dst), "--quiet", "--allow-incomplete", "--quantize", "int8",
                          "--calibration", str(calls)]) == 0
+    assert "block" not in capsys.readouterr().err  # the GPTQ bar counts blocks
     gptq = load_dit(dst / "dit", dtype=jnp.float32, quantize="int8")
     rounded = load_dit(nearest, dtype=jnp.float32, quantize="int8")
     for block in (0, 1):
@@ -135,3 +138,45 @@ def test_calibration_is_refused_without_a_mode_or_with_a_missing_file(fixtures_d
                          "--calibration", str(narrow)]) == 1
     assert "caption_channels is 64" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_gptq_conversion_takes_the_finished_blocks_as_written(fixtures_dir, tmp_path, monkeypatch):
+    """Only the unfinished block is rounded again; the finished ones run forward on their stored kernels to give it
+    its inputs, so the result is the uninterrupted conversion's."""
+    from longcat_jax.checkpoint import orbax_chunks
+    from longcat_jax.models.dit import calibration
+    from longcat_jax.quantization.policy import QUANTIZED_BLOCK_LINEARS
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "dit").symlink_to(fixtures_dir / "dit", target_is_directory=True)
+    calls = tmp_path / "calls.npz"
+    random_calibration(DiTConfig.from_json(fixtures_dir / "dit" / "config.json"), (2, 8, 8), calls=1,
+                       text_tokens=8).save(calls)
+    args = ["-q", "--allow-incomplete", "--quantize", "int8", "--calibration", str(calls)]
+    assert convert_main([str(src), str(tmp_path / "whole"), *args]) == 0
+    whole = list(iter_part(tmp_path / "whole" / "dit"))
+    last_save = 1 + max(entry["chunk"] for entry in read_index(tmp_path / "whole" / "dit"))  # the last block's
+    saves, rounded = [], []
+    real_save, real_round = orbax_chunks._save_chunk, calibration.gptq_quantize_kernel
+
+    def save(*a):
+        saves.append(1)
+        if len(saves) == last_save:
+            raise KeyboardInterrupt
+        real_save(*a)
+
+    def round_kernel(*a, **k):
+        rounded.append(1)
+        return real_round(*a, **k)
+
+    monkeypatch.setattr(orbax_chunks, "_save_chunk", save)
+    monkeypatch.setattr(calibration, "gptq_quantize_kernel", round_kernel)
+    assert convert_main([str(src), str(tmp_path / "dst"), *args]) == 130
+    rounded.clear()
+    assert convert_main([str(src), str(tmp_path / "dst"), *args, "--resume"]) == 0
+    assert len(rounded) == len(QUANTIZED_BLOCK_LINEARS)  # the last block's kernels only
+    resumed = list(iter_part(tmp_path / "dst" / "dit"))
+    assert [path for path, _ in resumed] == [path for path, _ in whole]
+    for (path, a), (_, b) in zip(resumed, whole, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=str(path))

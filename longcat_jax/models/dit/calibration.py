@@ -92,12 +92,38 @@ def _warn_of_few_rows(linears: dict) -> None:
                        "kv sees the prompts' tokens only: more prompts)", ", ".join(few))
 
 
+def _stored_kernels(finished: Iterator[tuple[ParamPath, np.ndarray]]):
+    """A function of a block index giving {kernel path: (qkernel, qscale)} of the block's quantized kernels in
+    `finished` (a prefix of the quantized stream, read once in order), kernels with both arrays only."""
+    pending = next(finished, None)
+
+    def block(index: int) -> dict[ParamPath, tuple[np.ndarray, np.ndarray]]:
+        nonlocal pending
+        found = {}
+        while pending is not None and (pending[0][0] != "blocks" or pending[0][1] <= index):
+            path, array = tuple(pending[0]), pending[1]
+            if path[0] == "blocks" and path[1] == index and path[-1] in (QKERNEL, QSCALE):
+                found[path] = array
+            pending = next(finished, None)
+        kernels = {path[:-1] for path in found}
+        return {(*k, "kernel"): (found[(*k, QKERNEL)], found[(*k, QSCALE)]) for k in kernels
+                if (*k, QKERNEL) in found and (*k, QSCALE) in found}
+
+    return block
+
+
 def gptq_tensors(tensors: Iterable[tuple[ParamPath, np.ndarray]], config: DiTConfig, mode: str,
                  inputs: CalibrationInputs, *, dtype=jnp.bfloat16, source: str = "checkpoint",
-                 progress: bool = True) -> Iterator[tuple[ParamPath, np.ndarray]]:
+                 progress: bool = True, finished: Iterable[tuple[ParamPath, np.ndarray]] = ()
+                 ) -> Iterator[tuple[ParamPath, np.ndarray]]:
     """A float DiT tensor stream in `block_order_key`'s order -> the same stream with each quantized Linear's
     kernel as (qkernel, qscale) rounded by GPTQ on `inputs` (run with activations in `dtype`); the other tensors
-    pass unchanged. Refuses a mode that quantizes nothing, inputs the DiT cannot take, and a stream out of order."""
+    pass unchanged. Refuses a mode that quantizes nothing, inputs the DiT cannot take, and a stream out of order.
+
+    `finished`: what an interrupted run of this same stream wrote (a prefix of its output, read lazily when block 0
+    is reached: `orbax_chunks.finished_tensors`). Its kernels are taken as stored instead of rounded again, and a
+    block whose kernels are all stored skips GPTQ's recording pass: it only runs forward on them to give the next
+    block its inputs, as the interrupted run did, so a resumed conversion writes what an uninterrupted one would."""
     scheme = scheme_for(mode)
     if scheme is None:
         raise ConfigError("GPTQ calibration quantizes; choose a quantize mode ('fp8', 'fp8-weight-only', 'int8')")
@@ -131,22 +157,26 @@ def gptq_tensors(tensors: Iterable[tuple[ParamPath, np.ndarray]], config: DiTCon
         return DiTBlock(config.hidden_size, config.num_heads, config.ffn_hidden_size, config.adaln_tembed_dim,
                         rngs=nnx.Rngs(0), dtype=dtype, param_dtype=jnp.float32)
 
+    stored = _stored_kernels(iter(finished))
     for index, block_tensors in tqdm(_blocks(stream, first, source), total=config.depth,
                                      desc="GPTQ", unit="block", disable=not progress):
         block = fill_model(make_block, ((path[2:], array) for path, array in block_tensors),
                            source=f"{source} block {index}")
         linears = {inner: _module(block, inner) for inner in QUANTIZED_BLOCK_LINEARS}
-        for linear in linears.values():
-            linear.record_inputs()
-        for embedded, grid in states:
-            _run_block(block, embedded.x, embedded.text, embedded.text_mask, embedded.t_emb, grid)
-        if index == 0:
-            _warn_of_few_rows(linears)
+        kept = stored(index)
+        if any(is_quantized_kernel(path) and path not in kept for path, _ in block_tensors):
+            for linear in linears.values():
+                linear.record_inputs()
+            for embedded, grid in states:
+                _run_block(block, embedded.x, embedded.text, embedded.text_mask, embedded.t_emb, grid)
+            if index == 0:
+                _warn_of_few_rows(linears)
         rounded = {}
         for path, array in block_tensors:
             if is_quantized_kernel(path):
                 linear = linears[tuple(path[2:-1])]
-                qkernel, qscale = gptq_quantize_kernel(array, linear.input_second_moment(), scheme.weight)
+                qkernel, qscale = kept[path] if path in kept else gptq_quantize_kernel(
+                    array, linear.input_second_moment(), scheme.weight)
                 linear.record_inputs(False)
                 linear.kernel.set_value(dequantize_kernel(qkernel, qscale, jnp.float32))
                 rounded[path] = (np.asarray(qkernel), np.asarray(qscale))

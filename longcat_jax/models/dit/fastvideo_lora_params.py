@@ -17,7 +17,6 @@ name, factor, shape and dtype is checked before anything is yielded.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Iterator, Mapping
 
@@ -28,7 +27,7 @@ from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.fastvideo_params import original_module
-from longcat_jax.models.dit.lora_params import ALPHA, DOWN, LORA_PREFIX, UP, lora_tensors
+from longcat_jax.models.dit.lora_params import ALPHA, DOWN, LORA_PREFIX, UP, lora_tensors, require_lora_shapes
 from longcat_jax.models.dit.params import ModulePath, expected_parameters, module_path
 
 A, B, ALPHA_NAME = "lora_A", "lora_B", "lora_alpha"
@@ -65,6 +64,9 @@ def _plan(ckpt: SafetensorsCheckpoint, config: DiTConfig | None) -> dict[ModuleP
             raise CheckpointError(f"{ckpt.path}: LoRA tensor {name!r} targets {match.group('module')!r}, which is not "
                                   "a Linear of the DiT")
         linear = linears.setdefault(ours[0], _Linear(original, parts))
+        if linear.original != original:
+            raise CheckpointError(f"{ckpt.path}: LoRA tensors of {linear.original!r} and of {original!r} (as {name!r}) "
+                                  f"both update {path_str(ours[0])} (a block number written two ways); keep one of them")
         linear.names.setdefault(part, {})[match.group("slot")] = name
     expected = expected_parameters(config) if config is not None else None
     for path, linear in linears.items():
@@ -81,10 +83,8 @@ def _check(ckpt: SafetensorsCheckpoint, path: ModulePath, linear: _Linear,
         if missing:
             present = next(iter(names.values()))
             raise CheckpointError(f"{ckpt.path}: the LoRA of {present.rpartition('.')[0]!r} lacks {missing}")
-        a, b, alpha = (ckpt.shape(names[slot]) for slot in (A, B, ALPHA_NAME))
-        if len(a) != 2 or len(b) != 2 or a[0] != b[1] or math.prod(alpha) != 1:
-            raise CheckpointError(f"{ckpt.path}: {names[A]} {a}, {names[B]} {b} and {names[ALPHA_NAME]} {alpha} do not "
-                                  f"form a LoRA ({A} [rank, in], {B} [out, rank], {ALPHA_NAME} one number)")
+        require_lora_shapes(ckpt, names[A].rpartition(".")[0], names[A], [names[B]], names[ALPHA_NAME],
+                            f"{A} [rank, in], {B} [out, rank], {ALPHA_NAME} one number")
     widths = {(ckpt.shape(n[A])[1], ckpt.shape(n[B])[0]) for n in linear.names.values()}
     if len(widths) != 1:
         raise CheckpointError(f"{ckpt.path}: the LoRA parts of {linear.original!r} ({sorted(linear.names)}) map "

@@ -9,8 +9,9 @@ parts become one block-diagonal matrix, which computes the same), P + ("alpha_sc
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -23,6 +24,8 @@ from longcat_jax.models.dit.params import ModulePath, expected_parameters, modul
 LORA_PREFIX = "lora___lorahyphen___"
 LORA_HYPHEN = "___lorahyphen___"
 DOWN, UP, ALPHA = "lora_down", "lora_up", "alpha_scale"
+_FORM = ("lora_down.weight [rank, in], lora_up.weight [out, rank] or lora_up.blocks.N.weight [out / n, rank / n] "
+         "each, alpha_scale one number")
 _TENSOR_NAME = re.compile(r"(?P<lora>.+?)\.(?:(?P<down>lora_down\.weight)|(?P<up>lora_up\.weight)"
                           r"|lora_up\.blocks\.(?P<part>\d+)\.weight|(?P<alpha>alpha_scale))")
 
@@ -30,6 +33,22 @@ _TENSOR_NAME = re.compile(r"(?P<lora>.+?)\.(?:(?P<down>lora_down\.weight)|(?P<up
 def original_module_name(lora_name: str) -> str:
     """'lora___lorahyphen___blocks___lorahyphen___0___lorahyphen___attn___lorahyphen___qkv' -> 'blocks.0.attn.qkv'."""
     return lora_name.removeprefix(LORA_PREFIX).replace(LORA_HYPHEN, ".")
+
+
+def require_lora_shapes(ckpt: SafetensorsCheckpoint, module: str, down: str, ups: Sequence[str], alpha: str,
+                        form: str) -> None:
+    """Refuses factors of the LoRA of `module` (the tensor names' common prefix) that cannot form a LoRA, naming
+    them and the `form` they must have: the down factor and every up factor 2-D, the ups' ranks adding up to the
+    down's, the alpha one number. Checked from the headers at plan time (both namings share it), so a bad file
+    fails before anything is written instead of at a reshape or at use."""
+    down_shape, alpha_shape = ckpt.shape(down), ckpt.shape(alpha)
+    up_shapes = [ckpt.shape(up) for up in ups]
+    if (len(down_shape) != 2 or any(len(s) != 2 for s in up_shapes) or math.prod(alpha_shape) != 1
+            or down_shape[0] != sum(s[1] for s in up_shapes)):
+        factors = ", ".join(f"{name.removeprefix(module + '.')} {list(shape)}" for name, shape in
+                            [(down, down_shape), *zip(ups, up_shapes, strict=True), (alpha, alpha_shape)])
+        raise CheckpointError(f"{ckpt.path}: the LoRA of {module!r} has {factors}, which do not form a LoRA ({form}); "
+                              "the file is damaged or not a LoRA, get it again")
 
 
 def _up_matrix(ckpt: SafetensorsCheckpoint, names: dict[str, str], parts: dict[int, str]) -> np.ndarray:
@@ -49,8 +68,9 @@ def lora_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig | None = None) -
     """(our path, array) for each factor of an original LongCat LoRA file, one Linear at a time.
 
     Every name is checked before anything is yielded: unknown names, modules the DiT does not
-    have (or that are not Linear), missing factors, non-float dtypes and (with `config`) shapes that
-    do not fit the DiT's Linear raise CheckpointError.
+    have (or that are not Linear), one module named twice (`___1___` and `___01___`), missing factors,
+    factors that do not form a LoRA (`require_lora_shapes`), non-float dtypes and (with `config`)
+    shapes that do not fit the DiT's Linear raise CheckpointError.
     """
     modules: dict[str, dict[str, str]] = {}
     split_parts: dict[str, dict[int, str]] = {}
@@ -67,6 +87,7 @@ def lora_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig | None = None) -
             modules.setdefault(lora, {})[slot] = name
     expected = expected_parameters(config) if config is not None else None
     plan: list[tuple[ModulePath, dict[str, str], dict[int, str]]] = []
+    targets: dict[ModulePath, str] = {}  # our module path -> the LoRA name updating it
     for lora, names in modules.items():
         original = original_module_name(lora)
         mapped = module_path(original)
@@ -78,13 +99,18 @@ def lora_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig | None = None) -
         missing = [s for s in (DOWN, ALPHA) if s not in names] + ([] if UP in names or parts else [UP])
         if missing:
             raise CheckpointError(f"{ckpt.path}: LoRA {lora!r} lacks {missing}")
-        rank_total = ckpt.shape(names[DOWN])[0]
+        if mapped[0] in targets:
+            raise CheckpointError(f"{ckpt.path}: LoRAs {targets[mapped[0]]!r} and {lora!r} both update "
+                                  f"{path_str(mapped[0])} (a block number written two ways); keep one of them")
+        targets[mapped[0]] = lora
+        ups = [names[UP]] if UP in names else [parts[i] for i in sorted(parts)]
+        require_lora_shapes(ckpt, lora, names[DOWN], ups, names[ALPHA], _FORM)
+        up_shapes = [ckpt.shape(up) for up in ups]
+        if len(set(up_shapes)) != 1:
+            raise CheckpointError(f"{ckpt.path}: the lora_up parts of LoRA {lora!r} have different shapes {up_shapes}; "
+                                  "the parts of one Linear share one shape")
         in_features = ckpt.shape(names[DOWN])[1]
-        up_shapes = [ckpt.shape(names[UP])] if UP in names else [ckpt.shape(parts[i]) for i in sorted(parts)]
         out_features = sum(s[0] for s in up_shapes)
-        if sum(s[1] for s in up_shapes) != rank_total or len({s for s in up_shapes}) != 1:
-            raise CheckpointError(f"{ckpt.path}: LoRA {lora!r} has down {ckpt.shape(names[DOWN])} and up {up_shapes}, "
-                                  "whose ranks do not agree")
         if expected is not None:
             kernel = expected.get((*mapped[0], "kernel"))
             if kernel is None:

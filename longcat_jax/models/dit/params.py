@@ -150,12 +150,13 @@ def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig, *,
     """(our path, array in our layout) for each tensor of an original `dit/` checkpoint, dtype kept; in the
     checkpoint's name order, or with `block_order` in `block_order_key`'s (the reads are random access either way).
 
-    Raises CheckpointError, before yielding anything, on a name without a place in the model, a
-    shape that does not fit `config`, a model parameter the checkpoint lacks, or a non-float dtype.
+    Raises CheckpointError, before yielding anything, on a name without a place in the model, two names for one
+    place (`blocks.1.` and `blocks.01.`), a shape that does not fit `config`, a model parameter the checkpoint
+    lacks, or a non-float dtype.
     """
     expected = expected_parameters(config)
     plan: list[tuple[str, ParamPath, Axes]] = []
-    seen: set[ParamPath] = set()
+    seen: dict[ParamPath, str] = {}  # our path -> the checkpoint's name for it
     for name in ckpt.names():
         mapped = _map_name(name)
         if mapped is None or mapped[0] not in expected:
@@ -171,7 +172,12 @@ def dit_tensors(ckpt: SafetensorsCheckpoint, config: DiTConfig, *,
                 f"model built from config.json needs {expected[path]} for {path_str(path)}; "
                 "is config.json the one of these weights?"
             )
-        seen.add(path)
+        if path in seen:
+            raise CheckpointError(
+                f"{ckpt.path}: tensors {seen[path]!r} and {name!r} are both {path_str(path)} (a block number written "
+                "two ways); keep one of them"
+            )
+        seen[path] = name
         plan.append((name, path, axes))
     missing = sorted(path_str(p) for p in expected if p not in seen)
     if missing:
