@@ -100,8 +100,15 @@ def resize_frames(frames: np.ndarray, height: int, width: int, method: str = "la
     )
 
 
-def subsample_to_fps(frames: np.ndarray, fps: float, target_fps: float) -> np.ndarray:
-    """Every n-th frame, n = max(1, round(fps / target_fps)), as the continuation demo prepares its input."""
+def frames_at_fps(frames: np.ndarray, fps: float, target_fps: float) -> np.ndarray:
+    """`frames` (at `fps`) taken at about `target_fps`: every n-th frame, n = max(1, round(fps / target_fps)), as the
+    continuation demo prepares its input; where that n is 1 but the video is slower (fps at most 2/3 of the
+    target), each frame repeated round(target_fps / fps) times instead. The demo takes such a video as it is, so
+    that it plays faster: a 15 fps video (LongCat's own output) as the 30 fps refinement's condition frames played
+    at double speed at the head of the refined video."""
+    repeat = round(target_fps / fps)
+    if repeat >= 2:
+        return np.repeat(frames, repeat, axis=0)
     return frames[:: max(1, round(fps / target_fps))]
 
 

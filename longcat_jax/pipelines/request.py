@@ -18,7 +18,7 @@ import numpy as np
 
 from longcat_jax.errors import InputError
 from longcat_jax.pipelines.options import GenerationOptions, PlanContext, RefineOptions
-from longcat_jax.video_io import MAX_FPS, read_image, read_video, subsample_to_fps
+from longcat_jax.video_io import MAX_FPS, frames_at_fps, read_image, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -136,15 +136,15 @@ def read_inputs(request: RunRequest) -> RunInputs:
     video = refine_video = stage1 = None
     if request.video is not None:
         raw, fps = read_video(request.video)
-        video = subsample_to_fps(raw, fps, GENERATION_FPS)
-        refine_video = subsample_to_fps(raw, fps, GENERATION_FPS if request.spatial_refine_only else REFINED_FPS)
+        video = frames_at_fps(raw, fps, GENERATION_FPS)
+        refine_video = frames_at_fps(raw, fps, GENERATION_FPS if request.spatial_refine_only else REFINED_FPS)
     if request.refine_from is not None:
         raw, fps = read_video(request.refine_from)
-        if fps < 0.75 * GENERATION_FPS:
+        stage1 = frames_at_fps(raw, fps, GENERATION_FPS)
+        if len(stage1) * fps < 0.75 * GENERATION_FPS * len(raw):  # a rate no stride or repeat brings near 15 fps
             logger.warning("refinement takes %g fps input (LongCat's first stage); %s is %g fps, so the output plays "
                            "faster than the input; --fps sets the frame rate written", GENERATION_FPS,
                            request.refine_from, fps)
-        stage1 = subsample_to_fps(raw, fps, GENERATION_FPS)
     return RunInputs(image, video, refine_video, stage1)
 
 

@@ -15,12 +15,12 @@ import pytest
 
 from longcat_jax.errors import InputError
 from longcat_jax.video_io import (
+    frames_at_fps,
     read_image,
     read_video,
     resize_align_corners,
     resize_frames,
     save_video,
-    subsample_to_fps,
     to_model_input,
     to_uint8_frames,
     upsample_for_refine,
@@ -223,8 +223,11 @@ def test_resizing():
     assert resize_frames(frames, 40, 60) is frames
     with pytest.raises(InputError, match="resize method"):
         resize_frames(frames, 16, 32, method="nearest-ish")
-    assert subsample_to_fps(np.arange(10), 30, 15).tolist() == [0, 2, 4, 6, 8]
-    assert subsample_to_fps(np.arange(4), 15, 15).tolist() == [0, 1, 2, 3]
+    assert frames_at_fps(np.arange(10), 30, 15).tolist() == [0, 2, 4, 6, 8]
+    assert frames_at_fps(np.arange(4), 15, 15).tolist() == [0, 1, 2, 3]
+    assert frames_at_fps(np.arange(4), 25, 30).tolist() == [0, 1, 2, 3]  # near the rate: as it is, as the demo
+    # a 15 fps video (LongCat's own output) as the 30 fps refinement's condition: each frame twice, so it keeps time
+    assert frames_at_fps(np.arange(3), 15, 30).tolist() == [0, 0, 1, 1, 2, 2]
 
 
 def test_align_corners_resize_and_refine_upsampling():

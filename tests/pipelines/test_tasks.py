@@ -12,8 +12,9 @@ from longcat_jax import generate
 from longcat_jax.errors import InputError
 from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v
 from longcat_jax.pipelines.options import GeneratedVideo
-from longcat_jax.pipelines.request import RunRequest
+from longcat_jax.pipelines.request import RunRequest, read_inputs
 from longcat_jax.pipelines.tasks import TASKS, Task, plan_run
+from longcat_jax.video_io import write_mp4
 from tests.helpers.task_inputs import write_task_inputs
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "bsa"
@@ -196,3 +197,20 @@ def test_settings_the_task_reads_give_no_warning(inputs, caplog, argv):
     with caplog.at_level(logging.WARNING):
         _plan(*[str(inputs.get(a, a)) for a in argv])
     assert "is read by" not in caplog.text and "setting of the refinement" not in caplog.text
+
+
+def test_a_15_fps_video_keeps_its_timing_as_the_30_fps_refinements_condition(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    clip = write_mp4(tmp_path / "clip15.mp4", frames, fps=15)
+    inputs = read_inputs(RunRequest(task="continuation", video=clip, refine=True))
+    assert len(inputs.video) == 9 and len(inputs.refine_video) == 18  # each frame twice at 30 fps
+    spatial = read_inputs(RunRequest(task="continuation", video=clip, refine=True, spatial_refine_only=True))
+    assert len(spatial.refine_video) == 9
+
+
+@pytest.mark.parametrize("fps, warned", [(7.5, False), (10.5, True), (15, False)])
+def test_a_stage1_video_no_stride_or_repeat_brings_to_15_fps_is_warned_of(tmp_path, caplog, fps, warned):
+    clip = write_mp4(tmp_path / "stage1.mp4", np.zeros((6, 32, 32, 3), np.uint8), fps=fps)
+    with caplog.at_level(logging.WARNING):
+        read_inputs(RunRequest(task="refine", refine_from=clip))
+    assert ("so the output plays faster than the input" in caplog.text) == warned
