@@ -44,10 +44,13 @@ def checkpoint_models(root: Path, dit_config: DiTConfig, *, dtype, quantize: str
     return Models(dit_config, text, vae, dtype, dtype, dtype, quantize, lora_bytes, dit_loads_after_text=True)
 
 
-def builtin_models(*, dtype, quantize: str | None) -> Models:
-    """The built-in tiny model's (its text encoder and VAE are float32; every model is made at once)."""
+def builtin_models(*, dtype, quantize: str | None, user_loras: Sequence[Path] = ()) -> Models:
+    """The built-in tiny model's (its text encoder and VAE are float32; every model is made at once), with the
+    device bytes of the user LoRAs from their headers (which reads them: a file that is no LoRA is refused here,
+    before any model is built)."""
+    lora_bytes = sum(lora_device_bytes(p, np.dtype(dtype).itemsize) for p in user_loras)
     return Models(TINY_DIT_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONFIG, dtype, jnp.float32, jnp.float32, quantize,
-                  dit_loads_after_text=False)
+                  lora_bytes, dit_loads_after_text=False)
 
 
 def _device_count(context_parallel: int | None) -> int:
@@ -62,13 +65,13 @@ def plan_run_memory(request, stages, context) -> MemoryPlan:
     `PlanContext`. Logs the plan; refuses what cannot fit the budget (or the device without one)."""
     builtin = request.model_path is None
     dtype = DTYPES[request.dtype] if request.dtype else (jnp.float32 if builtin else jnp.bfloat16)
+    user_loras = [parse_lora_spec(spec)[0] for spec in request.lora]
     if builtin:
-        models = builtin_models(dtype=dtype, quantize=request.quantize)
+        models = builtin_models(dtype=dtype, quantize=request.quantize, user_loras=user_loras)
     else:
         root = Path(request.model_path)
         named = ([DISTILL_LORA] if request.distill else []) + ([REFINE_LORA] if stages.refinement is not None else [])
         named_loras = [p for name in named if (p := lora_path(root, name)) is not None]
-        user_loras = [parse_lora_spec(spec)[0] for spec in request.lora]
         models = checkpoint_models(root, context.dit_config, dtype=dtype, quantize=request.quantize,
                                    named_loras=named_loras, user_loras=user_loras)
     guided = any(getattr(getattr(plan, "sampling", None), "guided", False)

@@ -3,8 +3,10 @@ the colon belongs to the path: a file of that whole name, or a folder whose name
 
 import pytest
 
-from longcat_jax.errors import InputError
+from longcat_jax import generate
+from longcat_jax.errors import InputError, LongCatError
 from longcat_jax.models.dit.lora import parse_lora_spec
+from longcat_jax.pipelines import tasks
 
 
 def test_a_multiplier_that_is_not_a_number_is_named(tmp_path):
@@ -24,3 +26,10 @@ def test_a_colon_that_belongs_to_the_path_is_kept(tmp_path):
     assert parse_lora_spec(f"{named}:0.5") == (named, 0.5)
     with pytest.raises(InputError, match=r"LoRA .*run:1/style\.safetensors not found"):  # a folder named 'run:1'
         parse_lora_spec(str(tmp_path / "run:1" / "style.safetensors"))
+
+
+def test_a_file_that_is_no_lora_is_refused_while_planning_the_builtin_model(tmp_path):
+    not_lora = tmp_path / "picture.png"
+    not_lora.write_bytes(b"not a safetensors file")
+    with pytest.raises(LongCatError, match="picture.png is not a readable safetensors file"):
+        tasks.plan_run(generate.parse_request(["--lora", str(not_lora), "--output-path", str(tmp_path / "o.mp4")]))
