@@ -134,9 +134,9 @@ def sparse_attention_chunked(
 def _check_counts(counts, width: int) -> None:
     """Refuses concrete counts outside 0..K_max (the index lists' width): past it the backends read different
     entries. Traced counts (inside `jit`) cannot be read here; keeping them in range is the caller's part."""
-    if isinstance(counts, jax.core.Tracer):
+    if isinstance(counts, jax.core.Tracer) or not getattr(counts, "is_fully_addressable", True):
         return
-    counts = np.asarray(counts)  # on the host: jnp ops here would be staged into an enclosing trace
+    counts = np.asarray(counts)  # on the host (a copy and a wait in an eager call): jnp ops would be traced
     if counts.size == 0:
         return
     low, high = int(counts.min()), int(counts.max())

@@ -93,7 +93,8 @@ class BSAParams:
         down as the original does, but with a tolerance for the float product (the original's int() keeps 0 of
         10 blocks at 0.9, from 0.9999999999999998) and at least one, since a query block that attends to nothing
         outputs 0 (the original's top-k keeps none at 0.9375 of fewer than 16 blocks: a small grid's attention
-        output was then all zeros). The released presets' counts (powers of two) are unchanged."""
+        output was then all zeros). The released sparsities (powers of two) keep the original's counts wherever
+        those are not 0."""
         if self.sparsity is None or num_k_blocks == 0:
             return 0
         return max(1, math.floor((1.0 - self.sparsity) * num_k_blocks + _COUNT_TOLERANCE))

@@ -105,7 +105,10 @@ def frames_at_fps(frames: np.ndarray, fps: float, target_fps: float) -> np.ndarr
     continuation demo prepares its input; where that n is 1 but the video is slower (fps at most 2/3 of the
     target), each frame repeated round(target_fps / fps) times instead. The demo takes such a video as it is, so
     that it plays faster: a 15 fps video (LongCat's own output) as the 30 fps refinement's condition frames played
-    at double speed at the head of the refined video."""
+    at double speed at the head of the refined video. A rate that is not a positive number (a container that gives
+    none reads as 0) takes the frames as they are."""
+    if not (math.isfinite(fps) and fps > 0):
+        return frames
     repeat = round(target_fps / fps)
     if repeat >= 2:
         return np.repeat(frames, repeat, axis=0)

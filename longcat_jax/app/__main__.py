@@ -66,9 +66,11 @@ def check_address(host: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise InputError(f"--port {port} is not a TCP port; give one in 1..65535, e.g. --port 7860")
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]  # IPv4 or IPv6, as it resolves
+        with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: a just-closed port is free
-            probe.bind((host, port))
+            probe.bind(address)
     except OSError as err:  # socket.gaierror (a host name that does not resolve) too
         reason = err.strerror or str(err)
         if err.errno in (errno.EADDRINUSE, errno.EACCES):  # EACCES: a port below 1024 without root

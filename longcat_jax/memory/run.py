@@ -70,7 +70,8 @@ def plan_run_memory(request, stages, context) -> MemoryPlan:
         models = builtin_models(dtype=dtype, quantize=request.quantize, user_loras=user_loras)
     else:
         root = Path(request.model_path)
-        named = ([DISTILL_LORA] if request.distill else []) + ([REFINE_LORA] if stages.refinement is not None else [])
+        distills = request.distill and stages.generation is not None  # --task refine: no generation stage
+        named = ([DISTILL_LORA] if distills else []) + ([REFINE_LORA] if stages.refinement is not None else [])
         named_loras = [p for name in named if (p := lora_path(root, name)) is not None]
         models = checkpoint_models(root, context.dit_config, dtype=dtype, quantize=request.quantize,
                                    named_loras=named_loras, user_loras=user_loras)

@@ -223,6 +223,9 @@ def plan_task(setup: RunSetup) -> TaskStages:
         num_cond = 1
     elif inputs.refine_video is not None:
         num_cond = min(len(inputs.refine_video), setup.num_cond_frames * setup.refine_frame_factor)
+    if request.num_cond_frames is not None and inputs.refine_video is None:
+        logger.warning("--num-cond-frames is how many of --video's last frames condition the refinement; without "
+                       "--video it is ignored")
     refinement = plan_refine(stage1.shape[1:3], len(stage1), options, setup.context, num_cond_frames=num_cond)
     return TaskStages(None, refinement, refinement.shape)
 

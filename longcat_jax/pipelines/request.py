@@ -141,7 +141,7 @@ def read_inputs(request: RunRequest) -> RunInputs:
     if request.refine_from is not None:
         raw, fps = read_video(request.refine_from)
         stage1 = frames_at_fps(raw, fps, GENERATION_FPS)
-        if len(stage1) * fps < 0.75 * GENERATION_FPS * len(raw):  # a rate no stride or repeat brings near 15 fps
+        if fps > 0 and len(stage1) * fps < 0.75 * GENERATION_FPS * len(raw):  # no stride or repeat brings it near 15
             logger.warning("refinement takes %g fps input (LongCat's first stage); %s is %g fps, so the output plays "
                            "faster than the input; --fps sets the frame rate written", GENERATION_FPS,
                            request.refine_from, fps)

@@ -292,7 +292,8 @@ def _plan_context(request: RunRequest, refines: bool) -> PlanContext:
     `dit/config.json` read here, once per run)."""
     if request.model_path is None:
         return PlanContext(TINY_DEFAULTS, TINY_DIT_CONFIG)
-    loras = ([DISTILL_LORA] if request.distill else []) + ([REFINE_LORA] if refines else [])
+    distills = request.distill and task_of(request).generates  # --task refine has no stage --distill applies to
+    loras = ([DISTILL_LORA] if distills else []) + ([REFINE_LORA] if refines else [])
     root = check_checkpoint(request.model_path, loras=loras)
     return PlanContext(RELEASED_DEFAULTS, DiTConfig.from_json(dit_folder(root) / "config.json"))
 

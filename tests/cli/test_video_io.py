@@ -228,6 +228,7 @@ def test_resizing():
     assert frames_at_fps(np.arange(4), 25, 30).tolist() == [0, 1, 2, 3]  # near the rate: as it is, as the demo
     # a 15 fps video (LongCat's own output) as the 30 fps refinement's condition: each frame twice, so it keeps time
     assert frames_at_fps(np.arange(3), 15, 30).tolist() == [0, 0, 1, 1, 2, 2]
+    assert frames_at_fps(np.arange(3), 0.0, 15).tolist() == [0, 1, 2]  # no rate in the container: as they are
 
 
 def test_align_corners_resize_and_refine_upsampling():

@@ -83,7 +83,6 @@ def test_small_benchmark_reports_selection_on_random_and_structured_inputs(tmp_p
     num_k_blocks = GRID[0] * GRID[1] * GRID[2] // 64
     for record in records.values():
         assert 0.0 < record["kept_fraction"] <= 1.0
-        assert 0.0 <= record["empty_query_blocks"] <= 1.0
         assert record["rel_l2_vs_dense"] >= 0.0
         assert record["whole_ms"] > 0.0 and record["dense_ms"] > 0.0
     for kind in ("random", "structured"):

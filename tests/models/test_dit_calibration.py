@@ -136,3 +136,23 @@ def test_calibration_inputs_round_trip_and_refusals(tmp_path, fixture_dit, calib
         CalibrationInputs(calibration.latents, calibration.timestep * 10, calibration.text, calibration.text_mask)
     with pytest.raises(InputError, match="holds 2 calls"):
         CalibrationInputs(calibration.latents, calibration.timestep[:2], calibration.text, calibration.text_mask)
+
+
+def test_a_resumed_stream_checks_a_stored_qkernel_whose_qscale_was_not_written(fixture_dit, calibration, fixtures_dir):
+    """An interrupted conversion can stop between a kernel's qkernel and its qscale: the resumed run keeps the stored
+    qkernel and writes the qscale it computes, so it refuses when its own rounding differs from the stored one."""
+    ckpt = SafetensorsCheckpoint(fixtures_dir / "dit")
+
+    def stream(finished=()):
+        return list(gptq_tensors(dit_tensors(ckpt, fixture_dit.config, block_order=True), fixture_dit.config, "int8",
+                                 calibration, dtype=jnp.float32, progress=False, finished=finished))
+
+    whole = stream()
+    cut = next(i for i, (path, _) in enumerate(whole) if path[0] == "blocks" and path[-1] == "qkernel") + 1
+    assert whole[cut][0][-1] == "qscale"  # the prefix ends between block 0's first qkernel and its qscale
+    resumed = stream(whole[:cut])
+    for (path, a), (_, b) in zip(resumed, whole, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=str(path))
+    tampered = [*whole[:cut - 1], (whole[cut - 1][0], whole[cut - 1][1] + np.int8(1))]
+    with pytest.raises(CheckpointError, match="rounds differently from the interrupted run.*without --resume"):
+        stream(tampered)

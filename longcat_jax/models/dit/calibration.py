@@ -93,11 +93,12 @@ def _warn_of_few_rows(linears: dict) -> None:
 
 
 def _stored_kernels(finished: Iterator[tuple[ParamPath, np.ndarray]]):
-    """A function of a block index giving {kernel path: (qkernel, qscale)} of the block's quantized kernels in
-    `finished` (a prefix of the quantized stream, read once in order), kernels with both arrays only."""
+    """A function of a block index giving ({kernel path: (qkernel, qscale)}, {kernel path: qkernel}) of the block's
+    quantized kernels in `finished` (a prefix of the quantized stream, read once in order): those with both arrays,
+    and one whose qscale the interrupted run did not write (a chunk can end between the two)."""
     pending = next(finished, None)
 
-    def block(index: int) -> dict[ParamPath, tuple[np.ndarray, np.ndarray]]:
+    def block(index: int) -> tuple[dict[ParamPath, tuple[np.ndarray, np.ndarray]], dict[ParamPath, np.ndarray]]:
         nonlocal pending
         found = {}
         while pending is not None and (pending[0][0] != "blocks" or pending[0][1] <= index):
@@ -106,8 +107,11 @@ def _stored_kernels(finished: Iterator[tuple[ParamPath, np.ndarray]]):
                 found[path] = array
             pending = next(finished, None)
         kernels = {path[:-1] for path in found}
-        return {(*k, "kernel"): (found[(*k, QKERNEL)], found[(*k, QSCALE)]) for k in kernels
-                if (*k, QKERNEL) in found and (*k, QSCALE) in found}
+        pairs = {(*k, "kernel"): (found[(*k, QKERNEL)], found[(*k, QSCALE)]) for k in kernels
+                 if (*k, QKERNEL) in found and (*k, QSCALE) in found}
+        lone = {(*k, "kernel"): found[(*k, QKERNEL)] for k in kernels
+                if (*k, QKERNEL) in found and (*k, QSCALE) not in found}
+        return pairs, lone
 
     return block
 
@@ -163,7 +167,7 @@ def gptq_tensors(tensors: Iterable[tuple[ParamPath, np.ndarray]], config: DiTCon
         block = fill_model(make_block, ((path[2:], array) for path, array in block_tensors),
                            source=f"{source} block {index}")
         linears = {inner: _module(block, inner) for inner in QUANTIZED_BLOCK_LINEARS}
-        kept = stored(index)
+        kept, lone = stored(index)
         if any(is_quantized_kernel(path) and path not in kept for path, _ in block_tensors):
             for linear in linears.values():
                 linear.record_inputs()
@@ -177,6 +181,11 @@ def gptq_tensors(tensors: Iterable[tuple[ParamPath, np.ndarray]], config: DiTCon
                 linear = linears[tuple(path[2:-1])]
                 qkernel, qscale = kept[path] if path in kept else gptq_quantize_kernel(
                     array, linear.input_second_moment(), scheme.weight)
+                if path in lone and not np.array_equal(lone[path], np.asarray(qkernel)):
+                    # the resumed conversion keeps the stored qkernel and writes this qscale: they must agree
+                    raise CheckpointError(f"{source}: resuming, block {index}'s {'.'.join(map(str, path[2:]))} rounds "
+                                          "differently from the interrupted run (another device or JAX version?); "
+                                          "convert again without --resume")
                 linear.record_inputs(False)
                 linear.kernel.set_value(dequantize_kernel(qkernel, qscale, jnp.float32))
                 rounded[path] = (np.asarray(qkernel), np.asarray(qscale))
