@@ -2,8 +2,10 @@
 
 1. The file is read whole (`longcat_jax.prompts_file`) and refused, before anything loads, when a line is bad.
 2. Each item becomes a request: the command line's flags with the item's values. Its output is the item's `output`
-   (relative: inside the output folder), else `NNNN_<prompt words>.<format>` (NNNN its line) in the output folder:
+   (relative: inside the output folder), else `NNNN_<prompt words>.<format>` (NNNN its line; `NNNN-K_...` for the
+   K-th item of a line that holds several, as a JSON array written on one line does) in the output folder:
    `--output-path`, else `outputs/<file name>/`. Relative `image` and `video` paths are read from the file's folder.
+   An item whose output or sidecar is an earlier item's fails (it would overwrite it, or be skipped as done).
 3. An item whose output exists is skipped, so an interrupted batch resumes where it stopped.
 4. Every other item is planned (the CLI's checks, the checkpoint read once); one that fails them is reported and
    skipped. A mistake every item shares (checkpoint, LoRA file, BSA config, device count) refuses the whole file.
@@ -12,8 +14,9 @@
 6. The items run in file order, t2v items of one shape (`pipelines.t2v_batch.batch_key`) up to `--batch-size` at a
    time through the DiT; each video is written with its provenance sidecar. An item that fails while running is
    reported and skipped; the rest go on.
-7. The summary counts written, skipped and failed items, naming each failure by line; the exit status is
-   `EXIT_ITEMS_FAILED` when any item failed. One bar counts the file's items, and each video has its own bars.
+7. The summary counts written, skipped and failed items, naming each failure by line (and place on the line when
+   the line holds several items); the exit status is `EXIT_ITEMS_FAILED` when any item failed. One bar counts the
+   file's items, and each video has its own bars.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -46,7 +50,7 @@ from longcat_jax.pipelines.tasks import (
     plan_run,
 )
 from longcat_jax.prompts_file import PromptItem, read_prompts_file
-from longcat_jax.provenance import BatchItem, write_video_and_sidecar
+from longcat_jax.provenance import BatchItem, sidecar_path, write_video_and_sidecar
 from longcat_jax.signals import describe, exit_status
 
 logger = logging.getLogger(__name__)
@@ -60,29 +64,38 @@ MEMORY_PLAN_LOGGER = "longcat_jax.memory.plan"  # logs each item's plan; the bat
 @dataclasses.dataclass
 class BatchEntry:
     """One item of the file and what became of it: `asked` is its request as given (the sidecar records it), `plan`
-    its checked plan; outcome pending, written, skipped or failed (with `error`)."""
+    its checked plan; outcome pending, written, skipped or failed (with `error`). `place` is the item's place
+    (1, 2, ...) among the items of its line when that line holds several (`line_places`), else None."""
 
     item: PromptItem
     asked: RunRequest
     plan: RunPlan | None = None
     outcome: str = "pending"
     error: str | None = None
+    place: int | None = None
 
     @property
     def line(self) -> int:
         return self.item.line
+
+    @property
+    def name(self) -> str:
+        """How messages name the item: `line 3`, or `line 3 item 2` on a line of several items."""
+        return f"line {self.line}" if self.place is None else f"line {self.line} item {self.place}"
 
 
 def run_batch(request: RunRequest, command: Sequence[str]) -> int:
     """Runs every item of `request.prompts` (see the module docstring); returns the exit status. Errors shared by
     every item raise (the CLI's status 2); Ctrl-C or SIGTERM stops after a summary of what was written."""
     check_batch_request(request)
-    entries = [BatchEntry(item, item_request(request, item)) for item in read_prompts_file(request.prompts)]
+    items = read_prompts_file(request.prompts)
+    entries = [BatchEntry(item, item_request(request, item, place), place=place)
+               for item, place in zip(items, line_places(items))]
     _claim_outputs(entries)
     for entry in entries:
         if entry.outcome == "pending" and entry.asked.output_path.exists():
             entry.outcome = "skipped"
-            logger.info("line %d: %s exists, skipped (delete it to make it again)", entry.line, entry.asked.output_path)
+            logger.info("%s: %s exists, skipped (delete it to make it again)", entry.name, entry.asked.output_path)
     start = time.perf_counter()
     shared = RunStats()
     with tqdm(total=len(entries), desc=f"Prompts ({request.prompts.name})", unit="video") as bar:
@@ -125,36 +138,55 @@ def output_folder(request: RunRequest) -> Path:
     return request.output_path if request.output_path is not None else Path("outputs") / request.prompts.stem
 
 
-def item_request(request: RunRequest, item: PromptItem) -> RunRequest:
-    """The request of one item: the command line's, with the item's values (see the module docstring)."""
+def line_places(items: Sequence[PromptItem]) -> list[int | None]:
+    """Each item's place (1, 2, ...) among the items of its line, in file order, where the line holds several (a
+    JSON array written on one line); None where the item is alone on its line."""
+    per_line = Counter(item.line for item in items)
+    seen: Counter[int] = Counter()
+    places: list[int | None] = []
+    for item in items:
+        seen[item.line] += 1
+        places.append(seen[item.line] if per_line[item.line] > 1 else None)
+    return places
+
+
+def item_request(request: RunRequest, item: PromptItem, place: int | None = None) -> RunRequest:
+    """The request of one item (`place`: see `line_places`): the command line's, with the item's values (see the
+    module docstring)."""
     values = dict(item.values)
     here = request.prompts.parent
     for key in ("image", "video"):
         if key in values:
             values[key] = here / values[key]  # an absolute path stays as it is
     folder = output_folder(request)
-    output = folder / values.pop("output") if "output" in values else folder / default_name(item)
+    output = folder / values.pop("output") if "output" in values else folder / default_name(item, place)
     if request.output_format != "frames" and not output.suffix:
         output = output.with_name(output.name + FILE_SUFFIXES[request.output_format])
     return dataclasses.replace(request, **values, output_path=output, prompts=None, batch_size=1, from_json=None)
 
 
-def default_name(item: PromptItem) -> str:
-    """`NNNN_<the prompt's first words>`: NNNN the item's line."""
+def default_name(item: PromptItem, place: int | None = None) -> str:
+    """`NNNN_<the prompt's first words>`: NNNN the item's line, `NNNN-K` for the K-th item of a line of several
+    (`line_places`), so that two items of one line with one prompt still get two names."""
     words = re.findall(r"[a-z0-9]+", (item.prompt or "").lower())[:SLUG_WORDS]
     slug = "-".join(words)[:SLUG_CHARS].strip("-") or "default-prompt"
-    return f"{item.line:04d}_{slug}"
+    return f"{item.line:04d}" + ("" if place is None else f"-{place}") + f"_{slug}"
 
 
 def _claim_outputs(entries: Sequence[BatchEntry]) -> None:
-    """Fails an item whose output is an earlier item's (it would overwrite it, or be skipped as done)."""
-    owners: dict[Path, int] = {}
+    """Fails an item whose output or sidecar is an earlier item's output or sidecar (it would overwrite it, or be
+    skipped as done): `x.MP4` and `x.mp4` are two outputs but one sidecar `x.json`."""
+    owners: dict[Path, tuple[str, str]] = {}  # path -> (the item claiming it, "output" or "sidecar")
     for entry in entries:
-        path = entry.asked.output_path.resolve()
-        if path in owners:
-            _fail(entry, f"its output {entry.asked.output_path} is line {owners[path]}'s too; give it another 'output'")
-        else:
-            owners[path] = entry.line
+        output = entry.asked.output_path
+        claims = {"output": output, "sidecar": sidecar_path(output, entry.asked.output_format)}
+        taken = [(kind, path) for kind, path in claims.items() if path.resolve() in owners]
+        if taken:
+            kind, path = taken[0]
+            owner, owner_kind = owners[path.resolve()]
+            _fail(entry, f"its {kind} {path} is {owner}'s {owner_kind} too; give it another 'output'")
+            continue
+        owners.update({path.resolve(): (entry.name, kind) for kind, path in claims.items()})
 
 
 def _plan_entries(entries: Sequence[BatchEntry]) -> None:
@@ -199,9 +231,8 @@ def batch_groups(entries: Sequence[BatchEntry], batch_size: int) -> list[list[Ba
 
 def _run_group(pipe: LongCatPipeline, group: Sequence[BatchEntry], request: RunRequest, command: Sequence[str]) -> None:
     """Runs one group and writes its videos; a failure fails the entries it concerns, and the batch goes on."""
-    lines = tuple(entry.line for entry in group)
     for entry in group:
-        logger.info("line %d: %r -> %s", entry.line, entry.plan.setup.prompt, entry.plan.output_path)
+        logger.info("%s: %r -> %s", entry.name, entry.plan.setup.prompt, entry.plan.output_path)
     stats = RunStats()
     pipe.stats = stats
     with _failing(group):
@@ -211,11 +242,11 @@ def _run_group(pipe: LongCatPipeline, group: Sequence[BatchEntry], request: RunR
     for entry, video in zip(group, videos):
         with _failing([entry]):
             fps = entry.plan.setup.request.fps or video.fps
-            batch = BatchItem(request.prompts, entry.line, tuple(line for line in lines if line != entry.line))
+            batch = BatchItem(request.prompts, entry.line, tuple(other.line for other in group if other is not entry))
             path = write_video_and_sidecar(entry.plan, entry.asked, video.frames, fps, stats, command=command,
                                            batch=batch)
             entry.outcome = "written"
-            logger.info("line %d: wrote %s", entry.line, path)
+            logger.info("%s: wrote %s", entry.name, path)
 
 
 @contextlib.contextmanager
@@ -228,7 +259,7 @@ def _failing(entries: Sequence[BatchEntry]) -> Iterator[None]:
         for entry in entries:
             _fail(entry, str(err))
     except Exception as err:
-        logger.exception("line(s) %s failed", ", ".join(str(entry.line) for entry in entries))
+        logger.exception("%s failed", ", ".join(entry.name for entry in entries))
         for entry in entries:
             _fail(entry, f"{type(err).__name__}: {err}")
 
@@ -242,7 +273,7 @@ def _generate(pipe: LongCatPipeline, group: Sequence[BatchEntry]) -> list[Genera
 
 def _fail(entry: BatchEntry, error: str) -> None:
     entry.outcome, entry.error = "failed", error
-    logger.error("line %d failed, skipped: %s", entry.line, error)
+    logger.error("%s failed, skipped: %s", entry.name, error)
 
 
 @contextlib.contextmanager
@@ -258,15 +289,15 @@ def _quiet(name: str) -> Iterator[None]:
 
 
 def batch_summary(prompts: Path, entries: Sequence[BatchEntry], shared: RunStats, seconds: float) -> str:
-    """The end of a batch: how many items were written, skipped and failed (each failure by line), the shared
-    stages' time, the time per written video and peak memory."""
+    """The end of a batch: how many items were written, skipped and failed (each failure by `BatchEntry.name`),
+    the shared stages' time, the time per written video and peak memory."""
     counts = {outcome: sum(entry.outcome == outcome for entry in entries)
               for outcome in ("written", "skipped", "failed", "pending")}
     lines = [f"Batch summary: {prompts} ({len(entries)} items)",
              f"  {'written':<28}{counts['written']:>8}",
              f"  {'skipped (output exists)':<28}{counts['skipped']:>8}",
              f"  {'failed':<28}{counts['failed']:>8}"]
-    lines += [f"    line {entry.line}: {entry.error}" for entry in entries if entry.outcome == "failed"]
+    lines += [f"    {entry.name}: {entry.error}" for entry in entries if entry.outcome == "failed"]
     if counts["pending"]:
         lines.append(f"  {'not run (interrupted)':<28}{counts['pending']:>8}")
     seconds_by_stage: dict[str, float] = {}

@@ -4,9 +4,13 @@
 
 - PSNR = 10 log10(255^2 / MSE) over every value of the frame, in dB (inf for identical frames).
 - SSIM is Wang et al. (2004): local means, variances and covariance under an 11x11 Gaussian window of
-  sigma 1.5, C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, averaged over the window positions that lie fully
-  inside the frame, then over the three channels (scikit-image's `structural_similarity` with
-  `gaussian_weights=True, channel_axis=-1, data_range=255` computes the same).
+  sigma 1.5 (weights normalised to sum 1, so variances and covariance are the population ones, as Wang et
+  al. define them), C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, averaged over the window positions that lie
+  fully inside the frame, then over the three channels. scikit-image's `structural_similarity` computes the
+  same (to float32 rounding) only with `gaussian_weights=True, use_sample_covariance=False, channel_axis=-1,
+  data_range=255`: its default `use_sample_covariance=True` scales variances and covariance by 121/120 (which
+  moved SSIM by 2.6e-4 on a test frame with noise of sigma 12), and without `gaussian_weights` it uses a
+  uniform 7x7 window.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 PIXEL_MAX = 255.0
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5  # 11 taps: scikit-image's truncate=3.5 at sigma 1.5
+SSIM_MIN_SIDE = 2 * SSIM_RADIUS + 1  # pixels a frame needs on each side: one window
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
@@ -93,8 +98,8 @@ def ssim(a, b) -> float:
         raise ValueError(f"SSIM needs frames of one shape, got {a.shape} and {b.shape}")
     if a.ndim == 2:
         a, b = a[..., None], b[..., None]
-    if a.ndim != 3 or min(a.shape[:2]) < 2 * SSIM_RADIUS + 1:
-        raise ValueError(f"SSIM needs frames [H, W(, C)] of at least {2 * SSIM_RADIUS + 1} pixels a side, got {a.shape}")
+    if a.ndim != 3 or min(a.shape[:2]) < SSIM_MIN_SIDE:
+        raise ValueError(f"SSIM needs frames [H, W(, C)] of at least {SSIM_MIN_SIDE} pixels a side, got {a.shape}")
     if np.array_equal(a, b):
         return 1.0  # exactly, where float32 rounding in the windows would give 1 - 1e-7
     with jax.default_device(_ssim_device()):

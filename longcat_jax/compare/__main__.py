@@ -1,8 +1,10 @@
-"""`python -m longcat_jax.compare A.mp4 B.mp4 [--json PATH] [--allow-length-mismatch] [--quiet]`.
+"""`python -m longcat_jax.compare A.mp4 B.mp4 [--json PATH] [--allow-length-mismatch] [--allow-fps-mismatch] [--quiet]`.
 
 Prints PSNR (dB) and SSIM for every frame, then overall: PSNR of the mean squared error over all frames,
-the mean SSIM and the lowest SSIM with its frame. Exit status 2 on unusable input (missing file, different
-frame sizes, different frame counts without --allow-length-mismatch).
+the mean SSIM and the lowest SSIM with its frame. Exit status 2 on unusable input, found before any frame is
+scored (missing file, different frame sizes, frames under 11 pixels a side, different frame rates without
+--allow-fps-mismatch, different frame counts without --allow-length-mismatch, a --json path that cannot be
+written); 1 when writing the JSON fails after all (say, the disk filled up).
 """
 
 from __future__ import annotations
@@ -10,15 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from longcat_jax.compare import Comparison, compare_videos
 from longcat_jax.errors import InputError
+from longcat_jax.output_path import nearest_existing
 
 
 def format_report(result: Comparison, *, per_frame: bool = True) -> str:
-    lines = [f"A: {result.path_a} ({result.frames_a} frames)", f"B: {result.path_b} ({result.frames_b} frames)",
+    lines = [f"A: {result.path_a} ({result.frames_a} frames{_rate(result.fps_a)})",
+             f"B: {result.path_b} ({result.frames_b} frames{_rate(result.fps_b)})",
              f"size {result.size[1]}x{result.size[0]}, {len(result.frames)} frames compared"]
     if per_frame:
         lines.append(f"{'frame':>5} {'PSNR dB':>8} {'SSIM':>7}")
@@ -29,6 +35,47 @@ def format_report(result: Comparison, *, per_frame: bool = True) -> str:
     return "\n".join(lines)
 
 
+def _rate(fps: float | None) -> str:
+    return "" if fps is None else f", {fps:g} fps"
+
+
+def check_json_path(path: Path) -> None:
+    """Refuses a --json path that cannot be written (a folder, under a file, in a read-only folder), before any
+    frame is scored: the scores of a long comparison are not lost to a typo."""
+    if path.is_dir():
+        raise InputError(f"--json {path} is a folder; give a file name in it, e.g. {path / 'scores.json'}")
+    folder = nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise InputError(f"cannot write --json {path}: {folder} is a file, not a folder; choose another path")
+    try:  # a file made and removed at once: permissions alone miss read-only file systems
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise InputError(f"cannot write --json {path}: the folder {folder} is not writable ({err.strerror}); "
+                         "choose another path") from err
+
+
+def write_json(path: Path, record: dict) -> None:
+    """`record` into `path` atomically (a hidden temporary file moved into place): an interrupted write leaves
+    the earlier file, or none, never half a JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(record, indent=1))
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m longcat_jax.compare", description=__doc__.split("\n\n")[1])
     parser.add_argument("a", type=Path, help="first video (the reference, e.g. bf16 dense)")
@@ -36,18 +83,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the scores to PATH as JSON")
     parser.add_argument("--allow-length-mismatch", action="store_true",
                         help="compare the first min(F_A, F_B) frames when the frame counts differ")
+    parser.add_argument("--allow-fps-mismatch", action="store_true",
+                        help="compare frame by frame when the frame rates differ (frame i is then not the same "
+                             "moment in both; resampling one video is usually the better fix)")
     parser.add_argument("--quiet", action="store_true", help="print only the overall line")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = compare_videos(args.a, args.b, allow_length_mismatch=args.allow_length_mismatch)
+        if args.json:
+            check_json_path(args.json)
+        result = compare_videos(args.a, args.b, allow_length_mismatch=args.allow_length_mismatch,
+                                allow_fps_mismatch=args.allow_fps_mismatch)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_report(result, per_frame=not args.quiet))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.to_json(), indent=1))
+        try:
+            write_json(args.json, result.to_json())
+        except OSError as err:
+            print(f"error: cannot write --json {args.json} ({err.strerror or err}); the scores above are complete",
+                  file=sys.stderr)
+            return 1
         print(f"scores written to {args.json}")
     return 0
 

@@ -1,7 +1,7 @@
 """`python -m longcat_jax.parity [--fixtures DIR] [--only GROUPS] [--dtype float32|bfloat16]`.
 
 Runs every parity group (or those named) on a fixture folder, prints one line per case and a
-summary, and exits non-zero if any case fails or any requested group is not implemented.
+summary, and exits non-zero if any case fails, any requested group is not implemented or has no cases.
 
 The folder is `--fixtures`, else `$LONGCAT_FIXTURES`, else the repository's `tests/fixtures/longcat_ref`.
 """
@@ -35,11 +35,14 @@ def _parse_groups(values: list[str] | None) -> list[str]:
 
 
 def run_group(group: str, fixtures: Path, dtype: str) -> list[CaseResult]:
-    """The group's results; a missing module is one SKIP, a crash one FAIL naming the exception."""
+    """The group's results; a missing module is one SKIP, a crash one FAIL naming the exception, and a group that
+    compared nothing (its case list in the fixtures is empty) one FAIL: a check that checked nothing must not pass."""
     module_name = f"longcat_jax.parity.{group}"
     try:
         module = importlib.import_module(module_name)
-        return list(module.run(fixtures, dtype))
+        results = list(module.run(fixtures, dtype))
+        return results or [CaseResult("*", float("nan"), float("nan"), "FAIL",
+                                      note=f"group {group}: no cases in the fixtures")]
     except ModuleNotFoundError as e:
         if e.name == module_name:
             return [CaseResult("*", float("nan"), float("nan"), "SKIP", note=f"group not implemented ({module_name})")]

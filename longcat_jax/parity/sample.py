@@ -5,7 +5,8 @@ describes two loops the original ran on it from the stored start latents `sample
 (`sample.cond`, `sample.uncond` with their masks): `sample.t2v_cfg4_4steps` (4 plain steps, guidance 4.0 with
 CFG-zero*) and `sample.i2v_4steps` (4 plain steps, no guidance, latent frame 0 a clean condition). The number of
 steps and the guidance scale are read from each case name (`..._cfg<g>_<n>steps`, `..._<n>steps`); every shape
-comes from the tensors.
+comes from the tensors. Every tensor so named is a case of its own (a fixture set may hold several loops of a
+task, say `sample.t2v_cfg4_4steps` and `sample.t2v_8steps`); each task needs at least one.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ _CASE_NAME = re.compile(r"sample\.(?P<task>t2v|i2v)(?:_cfg(?P<guidance>[0-9.]+))
 
 
 def run(fixtures: Path, dtype: str) -> list[CaseResult]:
-    """One result per sampling case found in the fixtures; a missing file or case is a FAIL naming it."""
+    """One result per sampling case found in the fixtures (by task, then name); a missing file, or a task without
+    a case, is a FAIL naming it."""
     fixtures = Path(fixtures)
     tol = TOLERANCES[dtype]
     for needed in (fixtures / "pipeline_cases.json", fixtures / "pipeline_cases.safetensors", fixtures / "dit"):
@@ -40,20 +42,23 @@ def run(fixtures: Path, dtype: str) -> list[CaseResult]:
     spec = json.loads((fixtures / "pipeline_cases.json").read_text())
     notes = spec.get("sample", {})
     tensors = load_file(str(fixtures / "pipeline_cases.safetensors"))
-    cases = {m.group("task"): (name, m) for name in tensors if (m := _CASE_NAME.fullmatch(name))}
-    missing = [task for task in CASES if task not in cases]
+    cases = [(name, m) for name in sorted(tensors) if (m := _CASE_NAME.fullmatch(name))]
+    cases.sort(key=lambda case: CASES.index(case[1].group("task")))  # stable: by name within a task
+    missing = [task for task in CASES if not any(match.group("task") == task for _, match in cases)]
     if missing:
         return [CaseResult(f"sample.{task}", float("nan"), tol, "FAIL", note="no expected tensor") for task in missing]
     dit = load_dit(fixtures / "dit", dtype=jnp.dtype(dtype))
     denoiser = Denoiser(dit)
     scheduler = SchedulerConfig.from_dict(spec.get("scheduler", {}).get("config", {}), source="pipeline_cases.json")
     results = []
-    for task in CASES:
-        name, match = cases[task]
-        got = sample_case(denoiser, tensors, task, int(match.group("steps")), float(match.group("guidance") or 1.0),
-                          scheduler=scheduler)
+    for name, match in cases:
+        task, steps, guidance = match.group("task"), int(match.group("steps")), float(match.group("guidance") or 1.0)
+        got = sample_case(denoiser, tensors, task, steps, guidance, scheduler=scheduler)
         rel = rel_l2(got, tensors[name])  # nan (FAIL) on a shape mismatch
-        results.append(CaseResult(name, rel, tol, verdict(rel, tol), note=notes.get(task, "")[:60]))
+        # the JSON's note describes its task's one loop; with several loops of a task, say what this one ran
+        alone = sum(other.group("task") == task for _, other in cases) == 1
+        note = notes.get(task, "")[:60] if alone else f"{steps} steps, guidance {guidance:g}"
+        results.append(CaseResult(name, rel, tol, verdict(rel, tol), note=note))
     return results
 
 

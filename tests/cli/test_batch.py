@@ -223,7 +223,7 @@ def test_two_items_with_one_output_fail_the_second(tmp_path):
     entries = [batch.BatchEntry(item, batch.item_request(request, item)) for item in items]
     batch._claim_outputs(entries)
     assert [entry.outcome for entry in entries] == ["pending", "failed"]
-    assert "line 1's too" in entries[1].error
+    assert "line 1's output too" in entries[1].error
     assert dataclasses.replace(entries[0]).asked.output_path.name == "same.npz"
 
 
@@ -233,3 +233,33 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path, name):
     first = '{"prompt": "A cat"}' if name.endswith(".jsonl") else "A cat"
     path.write_text(f"\ufeff{first}\n", encoding="utf-8")  # as Windows Notepad saves UTF-8
     assert [item.prompt for item in read_prompts_file(path)] == ["A cat"]
+
+
+def test_two_outputs_with_one_sidecar_fail_the_second(tmp_path):
+    """`x.mp4` and `x.MP4` are two outputs, but both sidecars are `x.json`: the second item fails before it runs."""
+    request = generate.parse_request(["--prompts", str(tmp_path / "p.jsonl"), "--output-path", str(tmp_path)])
+    items = [PromptItem(1, {"output": "x.mp4"}), PromptItem(2, {"output": "x.MP4"}), PromptItem(3, {"output": "y"})]
+    entries = [batch.BatchEntry(item, batch.item_request(request, item)) for item in items]
+    batch._claim_outputs(entries)
+    assert [entry.outcome for entry in entries] == ["pending", "failed", "pending"]
+    assert entries[1].error == (f"its sidecar {tmp_path / 'x.json'} is line 1's sidecar too; give it another 'output'")
+
+
+def test_items_of_one_line_get_names_of_their_own(tmp_path, capsys):
+    """A JSON array on one line: two items of line 1 with one prompt get two default names (line and place), are
+    denoised together, and each sidecar names the other's line; a failure names the item by line and place."""
+    prompts = tmp_path / "arr.json"
+    prompts.write_text('[{"prompt": "a cat", "seed": 1}, {"prompt": "a cat", "seed": 2}, {"prompt": "x", "height": 100}]')
+    items = read_prompts_file(prompts)
+    assert batch.line_places(items) == [1, 2, 3]
+    videos = tmp_path / "videos"
+    argv = ["--prompts", str(prompts), "--output-path", str(videos), "--batch-size", "2", *SMALL]
+    assert generate.main(argv) == batch.EXIT_ITEMS_FAILED
+    assert sorted(path.name for path in videos.iterdir()) == ["0001-1_a-cat.json", "0001-1_a-cat.npz",
+                                                             "0001-2_a-cat.json", "0001-2_a-cat.npz"]
+    assert "    line 1 item 3: height and width must be positive multiples of 16" in capsys.readouterr().err
+    for name, seed in (("0001-1_a-cat.json", 1), ("0001-2_a-cat.json", 2)):
+        sidecar = json.loads((videos / name).read_text())
+        assert (sidecar["seed"], sidecar["batch"]["line"], sidecar["batch"]["denoised_with"]) == (seed, 1, [1])
+    lines = [PromptItem(1, {"prompt": "a"}), PromptItem(3, {"prompt": "a"})]
+    assert batch.line_places(lines) == [None, None] and batch.default_name(lines[1]) == "0003_a"

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from longcat_jax import metrics
 from longcat_jax.compare import compare_frames, compare_videos
 from longcat_jax.compare.__main__ import main
 from longcat_jax.errors import InputError
@@ -61,6 +62,19 @@ def test_ssim_and_psnr_match_their_definitions():
         ssim(a, b[:-1])
 
 
+def test_ssim_is_scikit_images_with_population_covariance():
+    """What metrics' docstring (and the README) claim: scikit-image's SSIM equals ours only with
+    use_sample_covariance=False; its default (sample covariance, 121/120) differs."""
+    assert "gaussian_weights=True, use_sample_covariance=False" in metrics.__doc__
+    structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
+    rng = np.random.default_rng(3)
+    a = moving_video(1)[0]
+    b = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).astype(np.uint8)
+    same = dict(channel_axis=-1, data_range=255, gaussian_weights=True)
+    assert ssim(a, b) == pytest.approx(structural_similarity(a, b, use_sample_covariance=False, **same), abs=1e-6)
+    assert abs(ssim(a, b) - structural_similarity(a, b, **same)) > 1e-5
+
+
 def test_identical_videos_score_inf_psnr_and_ssim_one(tmp_path):
     video = moving_video()
     write_mp4(tmp_path / "a.mp4", video, fps=15)
@@ -110,7 +124,7 @@ def test_mismatched_videos_are_refused(tmp_path, caplog):
     assert len(result.frames) == 7 and (result.frames_a, result.frames_b) == (9, 7)
     assert "comparing the first 7" in caplog.text
     np.savez(tmp_path / "bad.npz", video=a)
-    with pytest.raises(InputError, match="holds no 'frames' array"):
+    with pytest.raises(InputError, match="holds no 'frames' or 'fps' array"):
         compare_videos(tmp_path / "bad.npz", tmp_path / "bad.npz")
     with pytest.raises(InputError, match="not found"):
         compare_videos(tmp_path / "missing.mp4", tmp_path / "bad.npz")
@@ -126,6 +140,7 @@ def test_cli_prints_and_writes_json(tmp_path, capsys):
     assert "    0      inf  1.0000" in printed and "overall: PSNR" in printed
     scores = json.loads((tmp_path / "out" / "s.json").read_text())
     assert scores["frames_compared"] == F and scores["frames"][0]["psnr_db"] == "inf"
+    assert (scores["fps_a"], scores["fps_b"]) == (15.0, 15.0)
     assert scores["overall"]["min_ssim_frame"] >= 4 and 0 < scores["overall"]["ssim"] < 1
     assert isinstance(scores["overall"]["psnr_db"], float)
     write_npz(tmp_path / "short.npz", a[:5], 15)
@@ -133,3 +148,77 @@ def test_cli_prints_and_writes_json(tmp_path, capsys):
     assert "frame counts differ" in capsys.readouterr().err
     assert main([str(tmp_path / "a.npz"), str(tmp_path / "short.npz"), "--allow-length-mismatch", "--quiet"]) == 0
     assert capsys.readouterr().out.splitlines()[-1].startswith("overall: PSNR")
+
+
+def test_frame_rates_must_match(tmp_path, caplog, capsys):
+    """Frame i of a 15 fps and of a 30 fps video are different moments: refused unless --allow-fps-mismatch, and
+    both rates are reported (npz and mp4 alike)."""
+    a = moving_video()
+    write_npz(tmp_path / "a15.npz", a, 15)
+    write_npz(tmp_path / "a30.npz", a, 30)
+    write_npz(tmp_path / "b15.npz", a, 15.0)
+    with pytest.raises(InputError, match=r"frame rates differ: \S+a15.npz is 15 fps, \S+a30.npz is 30 fps.*"
+                                         r"resample one.*--allow-fps-mismatch"):
+        compare_videos(tmp_path / "a15.npz", tmp_path / "a30.npz")
+    assert compare_videos(tmp_path / "a15.npz", tmp_path / "b15.npz").fps_a == 15.0
+    result = compare_videos(tmp_path / "a15.npz", tmp_path / "a30.npz", allow_fps_mismatch=True)
+    assert (result.fps_a, result.fps_b) == (15.0, 30.0) and "frame rates differ (15 vs 30 fps)" in caplog.text
+    write_mp4(tmp_path / "a15.mp4", a[:3], fps=15)
+    write_mp4(tmp_path / "a30.mp4", a[:3], fps=30)
+    with pytest.raises(InputError, match="frame rates differ"):
+        compare_videos(tmp_path / "a15.mp4", tmp_path / "a30.mp4")
+
+    assert main([str(tmp_path / "a15.npz"), str(tmp_path / "a30.npz")]) == 2
+    assert "frame rates differ" in capsys.readouterr().err
+    scores = tmp_path / "s.json"
+    assert main([str(tmp_path / "a15.npz"), str(tmp_path / "a30.npz"), "--allow-fps-mismatch", "--quiet",
+                 "--json", str(scores)]) == 0
+    printed = capsys.readouterr().out
+    assert "(9 frames, 15 fps)" in printed and "(9 frames, 30 fps)" in printed
+    assert json.loads(scores.read_text())["fps_a"] == 15.0 and json.loads(scores.read_text())["fps_b"] == 30.0
+
+
+def test_npz_without_a_frame_rate_is_refused(tmp_path):
+    np.savez(tmp_path / "no_fps.npz", frames=moving_video())
+    with pytest.raises(InputError, match="holds no 'fps' array; give an .npz written by --output-format npz"):
+        compare_videos(tmp_path / "no_fps.npz", tmp_path / "no_fps.npz")
+    np.savez(tmp_path / "bad_fps.npz", frames=moving_video(), fps=np.float64(0))
+    with pytest.raises(InputError, match="'fps' must be one positive number"):
+        compare_videos(tmp_path / "bad_fps.npz", tmp_path / "bad_fps.npz")
+
+
+def test_frames_too_small_for_ssim_are_refused_before_scoring(tmp_path, capsys):
+    small = moving_video()[:, :8, :10]
+    with pytest.raises(InputError, match=r"are 10x8 \(width x height\); SSIM needs at least 11 pixels a side"):
+        compare_frames(small, small)
+    write_npz(tmp_path / "small.npz", small, 15)
+    assert main([str(tmp_path / "small.npz"), str(tmp_path / "small.npz")]) == 2
+    assert "SSIM needs at least 11 pixels" in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_is_refused_before_comparing(tmp_path, monkeypatch, capsys):
+    import longcat_jax.compare.__main__ as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("compared before the --json path was checked")
+
+    monkeypatch.setattr(cli, "compare_videos", never)
+    (tmp_path / "file").write_text("")
+    for bad, message in ((tmp_path / "file" / "s.json", "is a file, not a folder"), (tmp_path, "is a folder")):
+        assert main(["a.npz", "b.npz", "--json", str(bad)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_the_json_is_written_atomically(tmp_path, monkeypatch, capsys):
+    a = moving_video(frames=2)
+    write_npz(tmp_path / "a.npz", a, 15)
+    scores = tmp_path / "s.json"
+    scores.write_text("earlier")
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("longcat_jax.compare.__main__.os.replace", full_disk)
+    assert main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--json", str(scores)]) == 1
+    assert "cannot write --json" in capsys.readouterr().err
+    assert scores.read_text() == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "s.json"]

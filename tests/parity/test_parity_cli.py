@@ -148,3 +148,38 @@ def test_dit_group_fails_on_a_wrong_reference(other_fixtures, tmp_path, capsys):
     assert results["t2v"].status == "PASS"
     assert results["i2v"].status == "FAIL" and 5e-3 < results["i2v"].rel_l2 < 2e-2
     assert results["bsa"].status == "FAIL" and "bsa.out" in results["bsa"].note
+
+
+def test_a_group_without_cases_fails(monkeypatch, tmp_path, capsys):
+    """An empty case list compared nothing: a FAIL line naming the group, and a non-zero exit even when the other
+    groups pass (here the real `bsa` group on a `bsa_cases.json` of `[]`)."""
+    from tests.parity.test_fixture_set import SHIPPED_FIXTURES
+
+    _fake_group(monkeypatch, "good", lambda fixtures, dtype: [CaseResult("a", 1e-6, 1e-4, "PASS")])
+    (tmp_path / "bsa_cases.json").write_text("[]")
+    (tmp_path / "bsa_cases.safetensors").symlink_to(SHIPPED_FIXTURES / "bsa_cases.safetensors")
+    assert parity_cli.main(["--fixtures", str(tmp_path), "--only", "good,bsa"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert LINE.match(lines[1]).group(1, 2, 5) == ("bsa", "*", "FAIL")
+    assert "group bsa: no cases in the fixtures" in lines[1]
+    assert lines[-1] == "1 passed, 1 failed, 0 skipped"
+
+
+def test_sample_group_runs_every_case_of_a_task(tmp_path):
+    """A second `sample.t2v_*` tensor is a case of its own, not one that replaces the first (here a wrong one,
+    which must show as a FAIL under its own name)."""
+    from safetensors.numpy import load_file, save_file
+
+    from longcat_jax.parity import sample as sample_group
+    from tests.parity.test_fixture_set import SHIPPED_FIXTURES
+
+    for name in ("dit", "pipeline_cases.json"):
+        (tmp_path / name).symlink_to(SHIPPED_FIXTURES / name)
+    tensors = load_file(str(SHIPPED_FIXTURES / "pipeline_cases.safetensors"))
+    tensors["sample.t2v_cfg4_2steps"] = tensors["sample.t2v_cfg4_4steps"] * 1.5  # not what 2 steps give
+    save_file(tensors, str(tmp_path / "pipeline_cases.safetensors"))
+    results = {r.name: r for r in sample_group.run(tmp_path, "float32")}
+    assert list(results) == ["sample.t2v_cfg4_2steps", "sample.t2v_cfg4_4steps", "sample.i2v_4steps"]
+    assert results["sample.t2v_cfg4_2steps"].status == "FAIL" and results["sample.t2v_cfg4_2steps"].note == (
+        "2 steps, guidance 4")
+    assert results["sample.t2v_cfg4_4steps"].status == "PASS" and results["sample.i2v_4steps"].status == "PASS"
