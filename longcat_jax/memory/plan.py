@@ -40,6 +40,7 @@ from longcat_jax.memory.workloads import DiTStage, RunWork, VAEStage, video_fram
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.vae.config import VAEConfig
+from longcat_jax.sharding.spatial import split_axis
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class _Estimator:
         if placement.dit_streamed:
             return self.dit.ends + (PREFETCH + 1) * (self.dit.block + self.lora_per_block)
         blocks = self.dit.depth * self.dit.block + self.models.lora_bytes
-        if self.fsdp:
+        if self.fsdp and self.devices > 1:  # one device: `shard_pipeline` does not split
             blocks = blocks // self.devices + self.dit.block  # a block is gathered whole while it runs
         return self.dit.ends + blocks
 
@@ -259,9 +260,11 @@ class _Estimator:
                              seconds)
 
     def vae_stage(self, stage: VAEStage, placement: Placement) -> StageEstimate:
+        scale = 1 if stage.encode else self.models.vae.scale_factor_spatial  # a decode's input: the latents
+        split = split_axis(stage.height // scale, stage.width // scale, self.devices) is not None
         activations = vae_activations(self.models.vae, frames=stage.frames, height=stage.height, width=stage.width,
                                       act_bytes=_bytes_of(self.models.vae_dtype), tile=placement.vae_tile,
-                                      encode=stage.encode) // self.devices
+                                      encode=stage.encode) // (self.devices if split else 1)
         size = f"{stage.frames} frames x {stage.height}x{stage.width}"
         return StageEstimate(stage.name, size, self.dit_on_device(placement) + self.vae, activations)
 

@@ -10,6 +10,7 @@ Both read only config files (and LoRA file headers); a run that cannot fit is re
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from longcat_jax.checkpoint.layout import DISTILL_LORA, REFINE_LORA, TEXT_ENCODE
 from longcat_jax.errors import ConfigError
 from longcat_jax.memory.lora_sizes import lora_device_bytes
 from longcat_jax.memory.plan import Budget, MemoryPlan, Models, budget_for, plan_memory
+from longcat_jax.memory.sizes import parse_size
 from longcat_jax.memory.workloads import released_pipeline_work, run_work
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.lora import parse_lora_spec
@@ -27,6 +29,7 @@ from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.vae.config import VAEConfig
 from longcat_jax.presets import TINY_DIT_CONFIG, TINY_TEXT_CONFIG, TINY_VAE_CONFIG
 
+logger = logging.getLogger(__name__)
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
@@ -59,6 +62,21 @@ def _device_count(context_parallel: int | None) -> int:
     return make_mesh(context_parallel).size
 
 
+def check_budget_flags(max_device_memory: str | None, context_parallel: int | None, fsdp: bool = False) -> int:
+    """Refuses a --max-device-memory that is no size, or one given for a run split over several devices, before
+    anything is downloaded or read, and warns of --fsdp on one device; returns the run's device count."""
+    devices = _device_count(context_parallel)
+    if fsdp and devices == 1:
+        logger.warning("--fsdp splits the weights over the devices of a run, and this run has one "
+                       "(--context-parallel): ignored")
+    if max_device_memory is not None:
+        parse_size(max_device_memory)
+        if devices > 1:
+            raise ConfigError(f"--max-device-memory plans one device; this run splits over {devices} devices "
+                              "(--context-parallel); add --context-parallel 1, or leave --max-device-memory out")
+    return devices
+
+
 def plan_run_memory(request, stages, context) -> MemoryPlan:
     """The plan of a CLI run: `request` a `RunRequest` (its model_path, dtype, quantize, distill, lora,
     max_device_memory, context_parallel and fsdp are read), `stages` its task's `TaskStages`, `context` the
@@ -79,10 +97,7 @@ def plan_run_memory(request, stages, context) -> MemoryPlan:
                  for plan in _stage_plans(stages.generation))
     work = run_work(stages, prompts=2 if guided else 1, text_length=context.defaults.max_sequence_length,
                     loras=bool(request.lora))
-    devices = _device_count(request.context_parallel)
-    if devices > 1 and request.max_device_memory is not None:
-        raise ConfigError(f"--max-device-memory plans one device; this run splits over {devices} devices "
-                          "(--context-parallel); add --context-parallel 1, or leave --max-device-memory out")
+    devices = check_budget_flags(request.max_device_memory, request.context_parallel)
     if devices > 1:  # the models are put on the mesh together, before the prompts are encoded
         models = dataclasses.replace(models, dit_loads_after_text=False)
     plan = plan_memory(work, models, budget_for(request.max_device_memory), devices=devices, fsdp=request.fsdp)
@@ -99,12 +114,15 @@ def _stage_plans(plan) -> list:
 
 
 def pipeline_memory_plan(root: Path, max_device_memory: str | int | None, *, dit_config: DiTConfig, dtype,
-                         quantize: str | None, budget: Budget | None = None) -> MemoryPlan:
+                         quantize: str | None, budget: Budget | None = None,
+                         user_lora_elements: int = 0) -> MemoryPlan:
     """The plan of a pipeline loaded without a run to plan for: the released pipeline's largest stages (480p t2v
     with guidance, its 720p refinement with the frames doubled, their VAE passes) within `max_device_memory`
-    (None: the device's memory). Tasks of other sizes run with its placements."""
+    (None: the device's memory). Tasks of other sizes run with its placements. `user_lora_elements`: the factors'
+    elements of the LoRAs the pipeline applies in every stage (loaded already), kept in the DiT's dtype."""
     models = checkpoint_models(root, dit_config, dtype=dtype, quantize=quantize,
                                named_loras=[p for name in (DISTILL_LORA, REFINE_LORA) if (p := lora_path(root, name))])
+    models = dataclasses.replace(models, lora_bytes=models.lora_bytes + user_lora_elements * np.dtype(dtype).itemsize)
     bsa = dit_config.bsa_params
     plan = plan_memory(released_pipeline_work(bsa=bsa), models, budget or budget_for(max_device_memory))
     plan.log()

@@ -169,7 +169,9 @@ class LongCatPipeline:
         dit_config = dit_config or DiTConfig.from_json(dit_folder(path) / "config.json")  # dit/ or FastVideo's transformer/
         if memory_plan is None and max_device_memory is not None:
             memory_plan = pipeline_memory_plan(path, max_device_memory, dit_config=dit_config, dtype=dtype,
-                                               quantize=quantize)
+                                               quantize=quantize, user_lora_elements=sum(
+                                                   factors.down.size + factors.up.size for lora in user_loras
+                                                   for factors in lora.modules.values()))
 
         def dit() -> LongCatDiT:
             return load_dit(dit_folder(path), config=dit_config, dtype=dtype, quantize=quantize,

@@ -25,7 +25,7 @@ from longcat_jax.checkpoint.hub import resolve_model_path
 from longcat_jax.checkpoint.layout import DISTILL_LORA, REFINE_LORA, check_checkpoint, dit_folder
 from longcat_jax.errors import InputError
 from longcat_jax.memory.plan import MemoryPlan
-from longcat_jax.memory.run import plan_run_memory
+from longcat_jax.memory.run import check_budget_flags, plan_run_memory
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.output_path import check_output_path, check_output_space, human_bytes
@@ -169,6 +169,7 @@ def plan_run(request: RunRequest, *, context: PlanContext | None = None) -> RunP
     _check_flags(request, task)
     output = check_output_path(_output_path(request, task), request.output_format)  # before any download or load
     make_mesh(request.context_parallel)  # refuses a device count that does not fit, before any model is loaded
+    check_budget_flags(request.max_device_memory, request.context_parallel, request.fsdp)  # before a hub download
     check_quantize_supported(request.quantize)  # FP8 compute on a GPU without it: refused, naming int8
     logger.info("DiT quantization: %s", request.quantize)
     refines = request.refine or not task.generates
@@ -192,6 +193,7 @@ def check_shared_settings(request: RunRequest) -> None:
     """The checks of `plan_run` on what every item of a batch shares (the device count, the quantization, the LoRA
     files, the BSA config and its overrides), so that a batch refuses such a mistake once, for the whole file."""
     make_mesh(request.context_parallel)
+    check_budget_flags(request.max_device_memory, request.context_parallel)
     check_quantize_supported(request.quantize)
     for spec in request.lora:
         parse_lora_spec(spec)

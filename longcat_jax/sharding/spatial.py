@@ -23,15 +23,25 @@ from longcat_jax.sharding.params import put
 logger = logging.getLogger(__name__)
 
 
+def split_axis(height: int, width: int, devices: int) -> int | None:
+    """The axis `split_spatially` splits an [..., height, width] array along over `devices`: -1 (W) or -2 (H),
+    whichever they divide, W first; None where they divide neither (the VAE then runs unsplit on each device, and
+    the memory plan counts it whole)."""
+    for dim, side in ((-1, width), (-2, height)):
+        if side % devices == 0:
+            return dim
+    return None
+
+
 def split_spatially(x: jax.Array | np.ndarray, mesh: Mesh, axis: str = CONTEXT_AXIS) -> jax.Array:
     """x [B, C, T, H, W] (latents or video) on the mesh, split along W (or H, whichever the mesh divides;
     W first); replicated when neither is divisible, which still runs, just without the split."""
     size = mesh.shape[axis]
-    for dim in (4, 3):
-        if x.shape[dim] % size == 0:
-            spec = [None] * x.ndim
-            spec[dim] = axis
-            return put(x, NamedSharding(mesh, P(*spec)))
+    dim = split_axis(x.shape[-2], x.shape[-1], size)
+    if dim is not None:
+        spec = [None] * x.ndim
+        spec[dim] = axis
+        return put(x, NamedSharding(mesh, P(*spec)))
     logger.info("%d devices divide neither side of %s: the VAE runs unsplit on each", size, tuple(x.shape))
     return put(x, NamedSharding(mesh, P()))
 

@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from longcat_jax import generate
+from longcat_jax.pipelines import tasks
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 
 
@@ -39,6 +40,22 @@ def test_a_height_of_100000_is_refused_before_loading(no_loading, tmp_path, capl
 @pytest.mark.parametrize("size", ["24G", "24", "lots", "0GiB"])
 def test_a_bad_budget_is_refused_naming_the_flag(no_loading, tmp_path, caplog, size):
     assert "--max-device-memory" in _refused(["--max-device-memory", size], tmp_path, caplog)
+
+
+@pytest.mark.parametrize("argv", [["--max-device-memory", "24"],
+                                  ["--max-device-memory", "24GiB", "--context-parallel", "2"]])
+def test_a_bad_budget_is_refused_before_the_checkpoint_is_fetched(no_loading, tmp_path, caplog, monkeypatch, argv):
+    def fetch(*args, **kwargs):
+        raise AssertionError("the checkpoint was fetched before the refusal")
+
+    monkeypatch.setattr(tasks, "resolve_model_path", fetch)
+    assert "--max-device-memory" in _refused(["--model-path", "meituan-longcat/LongCat-Video", *argv], tmp_path, caplog)
+
+
+def test_fsdp_on_one_device_is_named_as_ignored(caplog):
+    with caplog.at_level(logging.WARNING):
+        tasks.plan_run(generate.parse_request(["--fsdp", "--context-parallel", "1", "--num-inference-steps", "1"]))
+    assert "--fsdp splits the weights over the devices of a run, and this run has one" in caplog.text
 
 
 def test_a_budget_too_small_names_the_smallest_that_works(no_loading, tmp_path, caplog):

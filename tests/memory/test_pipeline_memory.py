@@ -10,9 +10,10 @@ import pytest
 from flax import nnx
 
 from longcat_jax.memory.plan import Budget, MemoryBudgetError, Placement, forced_plan
-from longcat_jax.memory.run import builtin_models
+from longcat_jax.memory.run import builtin_models, pipeline_memory_plan
 from longcat_jax.memory.streaming import StreamedDiT
 from longcat_jax.memory.workloads import RunWork
+from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.vae.tiling import TilingConfig
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.t2v import generate_t2v
@@ -83,3 +84,16 @@ def test_a_budget_for_the_released_pipeline_is_refused_before_loading(checkpoint
     with pytest.raises(MemoryBudgetError, match="refine denoising") as info:
         LongCatPipeline.from_pretrained(checkpoint, dtype=jnp.float32, max_device_memory="64MiB")
     assert info.value.smallest_budget > 64 * 2**20
+
+
+def test_a_pipelines_budget_counts_the_loras_it_applies(tmp_path, fixtures_dir):
+    """`LongCatPipeline.from_pretrained(loras=..., max_device_memory=...)`: its user LoRAs are in every stage's
+    weights, in the DiT's dtype, as the CLI's plan counts them."""
+    root = link_fixture_checkpoint(tmp_path, fixtures_dir)
+    config = DiTConfig.from_json(root / "dit" / "config.json")
+    budget = Budget(2**50, "a test", "cpu", True)  # the released sizes' activations on the fixture DiT: a lot
+    plain = pipeline_memory_plan(root, None, dit_config=config, dtype=jnp.bfloat16, quantize=None, budget=budget)
+    with_lora = pipeline_memory_plan(root, None, dit_config=config, dtype=jnp.bfloat16, quantize=None, budget=budget,
+                                     user_lora_elements=10**6)
+    dit_stages = [(a, b) for a, b in zip(plain.stages, with_lora.stages, strict=True) if "denoising" in a.name]
+    assert dit_stages and all(b.weights - a.weights == 2 * 10**6 for a, b in dit_stages)

@@ -174,3 +174,13 @@ def test_the_plan_prints_every_stage_with_its_estimate():
         assert stage in text
     assert "streamed block by block from pinned host memory" in text
     assert "DiT bytes streamed per denoising step" in text
+
+
+@pytest.mark.parametrize("devices, divided", [(4, True), (3, False), (7, False)])
+def test_a_vae_pass_the_devices_do_not_split_is_counted_whole_on_each(devices, divided):
+    """The 720p refinement's decode: latents 88 x 160, which 4 devices split along W and 3 or 7 split along neither
+    side (`split_spatially` then runs the VAE unsplit on every device)."""
+    work = RunWork((), (VAEStage("decode", 93, 704, 1280),), prompts=0, text_length=512)
+    one = plan_memory(work, real_models(), gpu_budget(80)).stages[0]
+    several = plan_memory(work, real_models(), gpu_budget(80), devices=devices).stages[0]
+    assert several.activations == (one.activations // devices if divided else one.activations)
