@@ -3,6 +3,7 @@ kind of stage plan, and the gallery caption."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +73,9 @@ def test_refine_of_an_uploaded_video(tmp_path):
 
 
 @pytest.fixture
-def lora_file(tmp_path) -> Path:
-    """A LoRA file for the request's checks (plan_run needs it to exist; nothing reads its tensors here)."""
+def lora_file(tmp_path, fixtures_dir) -> Path:
+    """A LoRA file for the request's checks (plan_run reads its header for the memory plan; nothing applies it
+    here): the fixture DiT's, under another name."""
     path = tmp_path / "style.safetensors"
-    path.write_bytes(b"")
+    shutil.copyfile(fixtures_dir / "lora_rank8.safetensors", path)
     return path
