@@ -117,7 +117,8 @@ def budget_for(max_device_memory: str | int | None, memory: DeviceMemory | None 
     if asked > memory.bytes:
         logger.warning("%s is more than this device may allocate (%s, %s); planning for that instead",
                        source, format_size(memory.bytes), memory.description)
-        return Budget(memory.bytes, f"{memory.description}, below {source}", memory.platform, explicit=True)
+        # the device's memory is the limit now: a refusal names a larger device, not a larger budget
+        return Budget(memory.bytes, f"{memory.description}, below {source}", memory.platform, explicit=False)
     return Budget(asked, source, memory.platform, explicit=True)
 
 

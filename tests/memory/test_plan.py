@@ -6,6 +6,7 @@ import logging
 import pytest
 
 from longcat_jax.memory import footprint
+from longcat_jax.memory.device import DeviceMemory
 from longcat_jax.memory.footprint import DiTCall, dit_activations
 from longcat_jax.memory.plan import (
     CHUNK_CHOICES,
@@ -15,6 +16,7 @@ from longcat_jax.memory.plan import (
     Budget,
     MemoryBudgetError,
     Placement,
+    budget_for,
     forced_plan,
     plan_memory,
 )
@@ -184,3 +186,12 @@ def test_a_vae_pass_the_devices_do_not_split_is_counted_whole_on_each(devices, d
     one = plan_memory(work, real_models(), gpu_budget(80)).stages[0]
     several = plan_memory(work, real_models(), gpu_budget(80), devices=devices).stages[0]
     assert several.activations == (one.activations // devices if divided else one.activations)
+
+
+def test_a_budget_above_the_device_plans_the_device_and_a_refusal_names_a_larger_device():
+    device = DeviceMemory(24 * GIB, "gpu", "a 24 GiB test GPU")
+    budget = budget_for("1TiB", device)
+    assert budget.bytes == 24 * GIB and "below --max-device-memory 1TiB" in budget.source and not budget.explicit
+    with pytest.raises(MemoryBudgetError, match=r"this device's 24.00 GiB .*\(a device with that much memory\)"):
+        plan_memory(RunWork((DiTStage("generation denoising", DiTCall(1, (96, 176, 320), 512), 50),), (),
+                            prompts=1, text_length=512), real_models(), budget)
