@@ -243,7 +243,7 @@ def _run_group(pipe: LongCatPipeline, group: Sequence[BatchEntry], request: RunR
         with _failing([entry]):
             fps = entry.plan.setup.request.fps or video.fps
             batch = BatchItem(request.prompts, entry.line, tuple(other.line for other in group if other is not entry))
-            path = write_video_and_sidecar(entry.plan, entry.asked, video.frames, fps, stats, command=command,
+            path = write_video_and_sidecar(entry.plan, entry.asked, video.frames, fps, video.stats or stats, command=command,
                                            batch=batch)
             entry.outcome = "written"
             logger.info("%s: wrote %s", entry.name, path)

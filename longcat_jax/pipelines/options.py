@@ -23,6 +23,7 @@ from longcat_jax.errors import InputError
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.pipelines.bsa import STAGE_DEFAULT, BSARequest, Stage, resolve_bsa
 from longcat_jax.pipelines.guidance import uses_guidance
+from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.presets import PipelineDefaults
 
 
@@ -125,7 +126,9 @@ class Sampling:
 
 @dataclasses.dataclass(frozen=True)
 class GeneratedVideo:
-    """A task's result: uint8 frames [F, H, W, 3] and the frame rate to play them at."""
+    """A task's result: uint8 frames [F, H, W, 3], the frame rate to play them at, and, for a video of a batch
+    denoised with others, the timings of its own stages with the shared ones (None: the pipeline's)."""
 
     frames: np.ndarray
     fps: float
+    stats: RunStats | None = None

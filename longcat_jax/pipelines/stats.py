@@ -35,6 +35,14 @@ class RunStats:
         self.stages: list[StageTime] = []
         self.notes: list[str] = []  # settings the summary repeats under the table (e.g. the quantization)
 
+    def branch(self) -> RunStats:
+        """A RunStats holding this one's stages and notes so far (the same records) that records what follows on
+        its own: each video of a batch denoised together keeps the shared stages and its own decode and
+        refinement, for its sidecar."""
+        other = RunStats()
+        other.stages, other.notes = list(self.stages), list(self.notes)
+        return other
+
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[StageTime]:
         """Times the block as stage `name` (a repeated name gets a number); yields it to collect step times."""

@@ -57,6 +57,9 @@ def test_a_batch_writes_each_good_item_with_its_sidecar_and_counts_the_failure(b
     assert cat["request"]["prompts"] is None and cat["request"]["batch_size"] == 1  # the item's own request
     bird = json.loads(sidecar_path(videos / "0005_a-bird.npz", "npz").read_text())
     assert bird["batch"]["denoised_with"] == [] and bird["seed"] == 3
+    for sidecar in (cat, json.loads(sidecar_path(videos / "dog.npz", "npz").read_text())):  # denoised together
+        names = [stage["stage"] for stage in sidecar["timings"]["stages"]]
+        assert names.count("decode") == 1 and not any(name.startswith("decode #") for name in names), names
     with np.load(videos / "dog.npz") as dog, np.load(videos / "0001_a-cat.npz") as cat_video:
         assert dog["frames"].shape == (5, 32, 32, 3) and not np.array_equal(dog["frames"], cat_video["frames"])
 
