@@ -107,10 +107,13 @@ class Engine:
         """Lets the running job finish, drops the queue, and ends the worker thread."""
         with self._lock:
             self._stopping = True
-            for job in self._queue:
+            dropped = list(self._queue)
+            for job in dropped:
                 self._finish(job, JobState.CANCELLED)
             self._queue.clear()
             self._lock.notify_all()
+        for job in dropped:  # outside the lock, as `cancel` does
+            self._notify(job)
         if self._worker is not None:
             self._worker.join(timeout)
 

@@ -301,3 +301,12 @@ def test_a_quantization_change_reloads_the_models(engine, builtin_loads):
     assert [done.split(" (")[0] for done in job.stages_done] == ["load models", "text encoding"]  # no denoising
     assert engine.models.loads == loads + 1 and builtin_loads[-1] == "int8"
     assert engine.models.setting.quantize == "int8"
+
+
+def test_stopping_tells_the_listeners_of_the_jobs_it_drops(tmp_path):
+    engine = Engine(AppSettings(model_path=None, output_dir=tmp_path, context_parallel=1))  # never started
+    queued = engine.submit(engine.settings.request(**SMALL))
+    seen: list[JobState] = []
+    engine.add_listener(lambda job: seen.append(job.state) if job.id == queued.id else None)
+    engine.stop()
+    assert queued.state is JobState.CANCELLED and seen == [JobState.CANCELLED]
