@@ -30,10 +30,15 @@ from pathlib import Path
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # the original's @torch.compile helpers run eagerly on the CPU
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+try:  # the fixtures are the original's outputs: its PyTorch code runs here
+    import torch
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+except ModuleNotFoundError as missing:
+    sys.exit(f"tools/make_fixtures.py runs the original's PyTorch code and needs {missing.name}: "
+             "pip install torch (the CPU build does) and the original's requirements listed above")
 
 log = logging.getLogger("make_fixtures")
 
