@@ -80,7 +80,8 @@ class WarmModels:
                 if wanted == self.setting:  # the same weights: keep what earlier jobs needed as well
                     wanted_placement = most_frugal(self.placement, wanted_placement)
                     memory = dataclasses.replace(memory, placement=wanted_placement)
-                self.pipeline = None
+                # nothing is loaded until the load below ends (a failed or cancelled one leaves it so)
+                self.pipeline, self.setting, self.placement = None, None, None
                 gc.collect()  # the old weights go before the new ones arrive
             with stats.stage("load models"):
                 self.pipeline = self._load(plan, wanted, memory)

@@ -10,6 +10,7 @@ import logging
 import shlex
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -18,10 +19,13 @@ from longcat_jax import generate
 from longcat_jax.app.engine import AppSettings, Engine
 from longcat_jax.app.form import FormValues, build_request
 from longcat_jax.app.jobs import Job, JobState
+from longcat_jax.app.models import LoadSetting, WarmModels
+from longcat_jax.app.views import header
 from longcat_jax.errors import InputError
 from longcat_jax.models.text_encoder.prompt import is_released
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.request import RunInputs
+from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.pipelines.tasks import plan_run
 from longcat_jax.provenance import FORMAT, FORMAT_VERSION, TOP_KEYS, read_sidecar
 from longcat_jax.video_io import read_video, write_mp4
@@ -310,3 +314,19 @@ def test_stopping_tells_the_listeners_of_the_jobs_it_drops(tmp_path):
     engine.add_listener(lambda job: seen.append(job.state) if job.id == queued.id else None)
     engine.stop()
     assert queued.state is JobState.CANCELLED and seen == [JobState.CANCELLED]
+
+
+def test_a_failed_reload_leaves_nothing_named_as_loaded(tmp_path, monkeypatch):
+    """The page's header names the loaded weights: after a reload that failed, none are."""
+    settings = AppSettings(model_path=None, output_dir=tmp_path, context_parallel=1)
+    models = WarmModels(None)
+    models.pipeline, models.setting = object(), LoadSetting("float32", "int8")  # loaded before, in int8
+
+    def failing(*args):
+        raise InputError("the load failed")
+
+    monkeypatch.setattr(models, "_load", failing)
+    with pytest.raises(InputError, match="the load failed"):
+        models.for_plan(plan_run(settings.request(**SMALL)), RunStats())
+    assert models.pipeline is None and models.setting is None
+    assert "not loaded yet" in header(types.SimpleNamespace(models=models))  # the header reads an engine's models
