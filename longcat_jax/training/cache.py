@@ -6,8 +6,10 @@
                                text [n, C_text] float32 (the caption's n real tokens; padding is restored at load)
 
 The fingerprint holds the checkpoint, sizes, frame count, frame rate and text length the clips were encoded for;
-training refuses a cache whose fingerprint differs from its config, naming the key. Files are written under a
-temporary name and renamed, so an interrupted prepare never leaves a half-written clip or manifest.
+training refuses a cache whose fingerprint differs from its config, naming the key. Every clip (encoded or skipped
+at encoding) records its video file's size and time and its caption, so training also refuses a cache that no
+longer describes the data folder (clips added, removed, re-captioned or replaced since), naming them. Files are
+written under a temporary name and renamed, so an interrupted prepare never leaves a half-written clip or manifest.
 """
 
 from __future__ import annotations
@@ -26,17 +28,20 @@ from typing import Any
 import numpy as np
 
 from longcat_jax.errors import ConfigError, InputError
-from longcat_jax.training.dataset import SkippedClip
+from longcat_jax.training.dataset import Clip, SkippedClip, discover_clips
 
 CACHE_FORMAT = "longcat-jax/train-cache/1"
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.txt"
 CLIPS_DIR = "clips"
+CHANGES_LISTED = 5  # differing clips named in the message of a cache that no longer fits the data folder
 
 
 @dataclasses.dataclass(frozen=True)
 class CachedClip:
-    """One encoded clip: where its arrays are, their shapes, and the source file's size and time it came from."""
+    """One encoded clip: where its arrays are, their shapes, the source file's size and time it came from, and the
+    video's frame rate its frames were picked at (0: the video gives none, with 'data.fps' null; None: prepared by
+    a version before frames were picked by timestamp, which read some rates wrong)."""
 
     key: str
     file: str
@@ -45,6 +50,12 @@ class CachedClip:
     text_tokens: int
     source_bytes: int
     source_mtime_ns: int
+    source_fps: float | None = None
+
+    @property
+    def stamp(self) -> tuple[int, int, str]:
+        """The `Clip.stamp` of the clip it was encoded from."""
+        return self.source_bytes, self.source_mtime_ns, self.caption
 
     @property
     def bucket(self) -> tuple[int, int, int]:
@@ -70,8 +81,10 @@ class CacheManifest:
     skipped: tuple[SkippedClip, ...]
 
     def clips_digest(self) -> str:
-        """A short hash of the clip list (keys and shapes): a checkpoint records it to notice a changed dataset."""
-        text = json.dumps([[c.key, list(c.latent_shape)] for c in self.clips])
+        """A short hash of the clips (keys, shapes, captions, source files' size, time and frame rate): a checkpoint
+        records it so that `--resume` warns about a changed dataset, a re-captioned or replaced clip included."""
+        text = json.dumps([[c.key, list(c.latent_shape), c.caption, c.source_bytes, c.source_mtime_ns, c.source_fps]
+                           for c in self.clips])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -142,24 +155,56 @@ def read_manifest(cache_dir: Path) -> CacheManifest | None:
         return CacheManifest(
             fingerprint=body["fingerprint"],
             clips=tuple(CachedClip.from_json(c) for c in body["clips"]),
-            skipped=tuple(SkippedClip(**s) for s in body["skipped"]),
+            skipped=tuple(SkippedClip(**{**s, "stamp": tuple(s["stamp"]) if s.get("stamp") else None})
+                          for s in body["skipped"]),
         )
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{path} is not a training cache manifest ({err}); delete the cache folder and run with "
                          "--prepare again") from err
 
 
-def require_manifest(cache_dir: Path, fingerprint: dict[str, Any], config_source: str) -> CacheManifest:
-    """The manifest for training: present, with clips, encoded for this config (else the fix is named)."""
+def require_manifest(cache_dir: Path, fingerprint: dict[str, Any], config_source: str,
+                     data_folder: Path) -> CacheManifest:
+    """The manifest for training: present, encoded for this config and for the clips `data_folder` holds now,
+    with clips (else the fix is named)."""
     manifest = read_manifest(cache_dir)
     prepare = f"python -m longcat_jax.train --config {config_source} --prepare"
     if manifest is None:
         raise InputError(f"no prepared data in {cache_dir}; encode the clips once with `{prepare}`")
     check_fingerprint(manifest.fingerprint, fingerprint, prepare)
+    check_clips_current(manifest, discover_clips(data_folder)[0], data_folder, prepare)
     if not manifest.clips:
         raise InputError(f"the prepared data in {cache_dir} holds no usable clip ({len(manifest.skipped)} skipped, "
                          f"see {cache_dir / SKIPPED_NAME}); fix the data folder and run `{prepare}`")
     return manifest
+
+
+def check_clips_current(manifest: CacheManifest, clips: list[Clip], data_folder: Path, prepare: str) -> None:
+    """Refuses a cache that does not describe `clips` (the data folder's now), naming up to `CHANGES_LISTED` that
+    differ: new, gone (or no longer usable), re-captioned or with another video file (size or time); a clip skipped
+    at encoding counts once its video or caption changed (then it may be usable), not when it is removed. A cache of
+    a version that did not record each clip's frame rate is refused too: it read some rates wrong."""
+    if any(clip.source_fps is None for clip in manifest.clips):
+        raise InputError(f"the prepared data was made by an earlier version, which read videos of some frame rates "
+                         f"(e.g. 24 fps at 12 fps) at the wrong rate; run `{prepare}` again (clips it read right "
+                         "are reused)")
+    encoded = {c.key: c.stamp for c in manifest.clips}
+    skipped = {s.source: s.stamp for s in manifest.skipped if s.stamp is not None}
+    found = {clip.key: clip.stamp() for clip in clips}
+    changes = []
+    for key in sorted(encoded.keys() | found.keys()):
+        was, now = encoded.get(key, skipped.get(key)), found.get(key)
+        if was is None or now is None:
+            changes.append(f"{key} ({'new' if was is None else 'gone or no longer usable'})")
+        elif was[2] != now[2]:
+            changes.append(f"{key} (caption changed)")
+        elif was != now:
+            changes.append(f"{key} (video file changed)")
+    if changes:
+        more = f" and {len(changes) - CHANGES_LISTED} more" if len(changes) > CHANGES_LISTED else ""
+        raise InputError(f"the prepared data does not match the data folder {data_folder}: "
+                         f"{', '.join(changes[:CHANGES_LISTED])}{more}; run `{prepare}` again (unchanged clips are "
+                         "reused)")
 
 
 def check_fingerprint(found: dict[str, Any], expected: dict[str, Any], prepare: str) -> None:

@@ -448,7 +448,7 @@ def _sample(raw: Mapping, source: str, parallel: ParallelConfig) -> SampleConfig
     if every and parallel.devices != 1:
         raise ConfigError(f"{source}: 'sample.every' samples on one device, but 'parallel.devices' is "
                           f"{parallel.devices}; set 'sample.every' to 0 for a multi-device run and generate with "
-                          "the saved lora/step_N.safetensors instead")
+                          "the saved lora/step_<6-digit step>.safetensors (e.g. step_000200) instead")
     height, width = _frame_size(r, "the training clips' size")
     return SampleConfig(
         every=every,

@@ -33,13 +33,23 @@ class Clip:
     video: Path
     caption: str
 
+    def stamp(self) -> tuple[int, int, str]:
+        """(video file size, its modification time in ns, caption): what tells an encoded clip is still this one."""
+        stat = self.video.stat()
+        return stat.st_size, stat.st_mtime_ns, self.caption
+
 
 @dataclasses.dataclass(frozen=True)
 class SkippedClip:
-    """An entry of the data folder that is not trained on, and why."""
+    """An entry of the data folder that is not trained on, and why.
+
+    stamp: the `Clip.stamp` of a clip skipped when it was encoded (too short, unreadable, too slow), so training
+    notices the video or caption changing since; None for an entry skipped before (no caption, a bad metadata line).
+    """
 
     source: str
     reason: str
+    stamp: tuple[int, int, str] | None = None
 
 
 def discover_clips(folder: str | Path) -> tuple[list[Clip], list[SkippedClip]]:

@@ -1,17 +1,19 @@
 """The training run: checks, model set-up, the step loop with its progress bar, checkpoints and the LoRA files.
 
-Everything that can be wrong with the data, config or output folder is refused before the DiT is loaded: a
-missing or stale cache, BSA chunks that do not tile a bucket (or the sample video's size), a BSA backend the
-platform cannot run or whose Pallas kernels cannot take the DiT's head size or the chunks, a `quantize` mode the
-devices cannot run, checkpoints in the output folder without `--resume` (or none with it, or one past
-`training.steps`). Then: the sample video's prompt encoded (with `sample.every`), the base DiT (frozen; its block
-Linears quantized with `quantize`), a fresh float32 LoRA on the targets, per-block rematerialisation, placement on
-one device or the mesh, AdamW state; with `--resume` the newest checkpoint's factors, optimiser state and step.
+Everything that can be wrong with the data, config or output folder is refused before the DiT is loaded: a missing
+or stale cache (encoded for other settings, or for clips the data folder no longer holds as they were), BSA chunks
+that do not tile a bucket (or the sample video's size), a BSA backend the platform cannot run or whose Pallas
+kernels cannot take the DiT's head size or the chunks, a `quantize` mode the devices cannot run, checkpoints in the
+output folder without `--resume` (or none with it, or one past `training.steps`). Then: the sample video's prompt
+encoded (with `sample.every`), the base DiT (frozen; its block Linears quantized with `quantize`), a fresh float32
+LoRA on the targets, per-block rematerialisation, placement on one device or the mesh, AdamW state; with `--resume`
+the newest checkpoint's factors, optimiser state and step.
 Each step logs loss, learning rate, gradient norm and time (bar, log, CSV).
 
 Outputs in `output_dir`: `checkpoints/<step>/` (Orbax, the last `checkpoint.keep`), `lora/step_<N>.safetensors`
-at every checkpoint and `lora.safetensors` at the end, both in the original LoRA format (`--lora` loads them),
-`metrics.csv` and TensorBoard files, `samples/step_<N>.mp4` every `sample.every` steps. Ctrl-C lets the running
+(the step zero-padded to 6 digits: `step_000200.safetensors`) at every checkpoint and `lora.safetensors` at the
+end, both in the original LoRA format (`--lora` loads them), `metrics.csv` and TensorBoard files,
+`samples/step_<N>.mp4` (`step_000200.mp4`) every `sample.every` steps. Ctrl-C lets the running
 step finish, saves a checkpoint and stops (a second Ctrl-C stops at once); `--resume` continues.
 """
 
@@ -131,7 +133,7 @@ def _check_run(config: TrainConfig, config_source: str, resume: bool,
     check_model_path(config)
     dit_config = dit.config if dit is not None else base_dit_config(config)
     check_bsa_backend(config.bsa, config.bsa_backend, dit_config.head_dim)
-    manifest = require_manifest(config.cache_dir, cache_fingerprint(config), config_source)
+    manifest = require_manifest(config.cache_dir, cache_fingerprint(config), config_source, config.data.folder)
     cond = num_cond_latents(config)
     check_bsa_tiling(config.bsa, [clip.bucket for clip in manifest.clips], cond)
     latest = TrainCheckpoints.peek_latest_step(config.output_dir)

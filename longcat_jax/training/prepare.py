@@ -1,16 +1,18 @@
 """`--prepare`: encode every clip once (VAE latents, UMT5 caption embeddings) into the cache training reads.
 
-Per clip: the leading frames are read at the configured frame rate (every n-th frame of a faster video, n =
-round(source fps / fps)), only as many as needed; a clip with fewer than `num_frames` is skipped. The frames are
+Per clip: the leading frames are read at the configured frame rate (picked by timestamp from a faster video,
+frame by frame from one within 10% of the rate), only as many as needed; a clip too short for `num_frames` at
+that rate, slower than the rate or without a frame rate is skipped. The frames are
 resized to cover the clip's size (the fixed `height` x `width`, or the bucket of the resolution's table nearest
 the clip's aspect ratio, as i2v picks its size) and center-cropped. The VAE's posterior (mean and std, normalised
 as the DiT sees latents) is stored so training draws a fresh latent sample every step, as sampling from the
 posterior at inference does. The caption is encoded as generation encodes prompts.
 
-A video that cannot be decoded, has no caption or too few frames is skipped, listed in the log and in
-`CACHE/skipped.txt`, never used. Clips already in the cache with the same source file (size and time), caption
-and settings are not encoded again, so adding clips to a folder and preparing again only encodes the new ones;
-the manifest is also saved every minute, so an interrupted prepare resumes where it stopped.
+A video that cannot be decoded, has no caption, too few frames or an unusable frame rate is skipped, listed in
+the log and in `CACHE/skipped.txt`, never used. Clips already in the cache with the same source file (size and
+time), caption and settings are not encoded again, so adding clips to a folder and preparing again only encodes
+the new ones (a clip of a cache made before frames were picked by timestamp is kept where its frames are those
+`frame_indices` picks); the manifest is also saved every minute, so an interrupted prepare resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from longcat_jax.training.cache import (
     write_clip,
     write_manifest,
 )
-from longcat_jax.training.config import TrainConfig
+from longcat_jax.training.config import DataConfig, TrainConfig
 from longcat_jax.training.dataset import Clip, SkippedClip, discover_clips
 from longcat_jax.training.models import Encoders, check_model_path, load_encoders, model_id, model_sizes
 from longcat_jax.training.shapes import clip_size
@@ -49,6 +51,8 @@ from longcat_jax.video_io import resize_frames, to_model_input
 logger = logging.getLogger(__name__)
 
 MANIFEST_SAVE_SECONDS = 60.0
+RATE_TOLERANCE = 0.1  # a video's frame rate this close to 'data.fps' is read frame by frame
+VIDEO_ERRORS = (OSError, RuntimeError, StopIteration, ValueError, KeyError)  # what ffmpeg's reader raises
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,35 +79,95 @@ def cache_fingerprint(config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def read_leading_frames(path: Path, num_frames: int, fps: float | None) -> np.ndarray:
-    """The first `num_frames` frames of a video at about `fps` (every n-th frame), uint8 [F, H, W, 3].
+def frame_indices(source_fps: float, fps: float | None, num_frames: int) -> list[int]:
+    """Which frames of a `source_fps` video make its first `num_frames` frames at `fps` (None: every frame).
 
-    Stops decoding once it has them. Raises InputError for a file ffmpeg cannot decode or a video too short.
+    Picked by timestamp, frame round(i * source_fps / fps) for frame i, so a 24 fps video gives 15 fps motion at
+    15 fps (every n-th frame with n = round(24 / 15) = 2 would give 12 fps, played 1.25x too fast). Within
+    `RATE_TOLERANCE` of `fps` the consecutive frames are taken (motion at most that much off, no frame dropped or
+    repeated). A slower video is refused: its frames would repeat, teaching the LoRA a stutter (generation, by
+    contrast, repeats the frames of a slow input video: `video_io.frames_at_fps`). Raises InputError for that and
+    for a video that gives no frame rate.
     """
+    if fps is None:
+        return list(range(num_frames))
+    if not (math.isfinite(source_fps) and source_fps > 0):
+        raise InputError(f"the video gives no frame rate, so its frames cannot be picked at {fps:g} fps; re-encode "
+                         "it with one (ffmpeg -r), or set 'data.fps' to null to take every frame")
+    ratio = source_fps / fps
+    if abs(ratio - 1) <= RATE_TOLERANCE:
+        return list(range(num_frames))
+    if ratio < 1:
+        raise InputError(f"{source_fps:g} fps, below the training rate {fps:g} fps ('data.fps'): its frames would "
+                         f"repeat; give it at {fps * (1 - RATE_TOLERANCE):g} fps or more, or lower 'data.fps'")
+    return [math.floor(i * ratio + 0.5) for i in range(num_frames)]
+
+
+def _open_video(path: Path):
+    """(ffmpeg frame generator, its metadata: size, fps, ...) of a video; the caller closes the generator."""
     import imageio_ffmpeg  # here, not at import: the rest of the package runs without ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
-    frames: list[np.ndarray] = []
     try:
         with warnings.catch_warnings():  # JAX warns about fork(); ffmpeg's child runs no JAX
             warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-            meta = next(reader)
+            return reader, next(reader)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def _unreadable(err: Exception) -> InputError:
+    """The skip reason of a file ffmpeg cannot read: the first line of its error."""
+    return InputError(f"unreadable video ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+
+
+def read_video_fps(path: Path) -> float:
+    """The frame rate a video's header gives, 0 when it gives none (nothing is decoded). Raises InputError for a
+    file ffmpeg cannot read."""
+    reader = None
+    try:
+        reader, meta = _open_video(path)
+        return float(meta.get("fps") or 0.0)
+    except VIDEO_ERRORS as err:
+        raise _unreadable(err) from err
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def read_leading_frames(path: Path, num_frames: int, fps: float | None) -> tuple[np.ndarray, float]:
+    """(the first `num_frames` frames of a video at `fps` as `frame_indices` picks them, uint8 [F, H, W, 3];
+    the video's frame rate, 0 when it gives none).
+
+    Streams the video and stops decoding at the last frame needed. Raises InputError for a file ffmpeg cannot
+    decode, a frame rate `frame_indices` refuses, or a video too short.
+    """
+    reader = None
+    frames: list[np.ndarray] = []
+    decoded = 0
+    try:
+        reader, meta = _open_video(path)
         width, height = meta["size"]
         source_fps = float(meta.get("fps") or 0.0)
-        stride = max(1, round(source_fps / fps)) if fps and source_fps > 0 else 1
-        for index, raw in enumerate(reader):
-            if index % stride == 0:
+        wanted = frame_indices(source_fps, fps, num_frames)
+        for decoded, raw in enumerate(reader, start=1):
+            if decoded - 1 == wanted[len(frames)]:
                 frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))
                 if len(frames) == num_frames:
                     break
-    except (OSError, RuntimeError, StopIteration, ValueError, KeyError) as err:
-        raise InputError(f"unreadable video ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+    except InputError:  # the frame rate refused, with its own reason
+        raise
+    except VIDEO_ERRORS as err:
+        raise _unreadable(err) from err
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
     if len(frames) < num_frames:
-        at = f" at {fps:g} fps (1 frame in {stride} of its {source_fps:g} fps)" if stride > 1 else ""
-        raise InputError(f"too few frames: {len(frames)}{at}, needs {num_frames} ('data.num_frames')")
-    return np.stack(frames)
+        span = wanted[-1] + 1
+        needs = f"{span} for {num_frames} at {fps:g} fps from its {source_fps:g} fps" if span > num_frames else span
+        raise InputError(f"too few frames: {decoded}, needs {needs} ('data.num_frames')")
+    return np.stack(frames), source_fps
 
 
 def cover_and_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -140,17 +204,30 @@ def _reusable(old: CacheManifest | None, fingerprint: dict, cache_dir: Path) -> 
     return {c.key: c for c in old.clips if (cache_dir / CLIPS_DIR / c.file).is_file()}
 
 
-def _encode_clip(config: TrainConfig, encoders: Encoders, clip: Clip) -> CachedClip:
-    stat = clip.video.stat()
-    frames = read_leading_frames(clip.video, config.data.num_frames, config.data.fps)
+def _encode_clip(config: TrainConfig, encoders: Encoders, clip: Clip, stamp: tuple[int, int, str]) -> CachedClip:
+    source_bytes, source_mtime_ns, _ = stamp
+    frames, source_fps = read_leading_frames(clip.video, config.data.num_frames, config.data.fps)
     sizes = model_sizes(config)
     height, width = clip_size(config, sizes, *frames.shape[1:3])
     mean, std = encode_video(encoders.vae, cover_and_crop(frames, height, width))
     text = encode_caption(encoders, clip.caption, sizes.text_length)
     name = clip_file_name(clip.key)
     write_clip(config.cache_dir, name, mean, std, text)
-    return CachedClip(clip.key, name, clip.caption, tuple(mean.shape), int(text.shape[0]), stat.st_size,
-                      stat.st_mtime_ns)
+    return CachedClip(clip.key, name, clip.caption, tuple(mean.shape), int(text.shape[0]), source_bytes,
+                      source_mtime_ns, source_fps)
+
+
+def _picked_alike(old: CachedClip, clip: Clip, data: DataConfig) -> CachedClip | None:
+    """A clip a version before `frame_indices` encoded, with its video's frame rate recorded, if that version (every
+    n-th frame, n = round(source fps / fps)) picked the frames `frame_indices` picks; else None (encode again)."""
+    try:
+        source_fps = read_video_fps(clip.video)
+        wanted = frame_indices(source_fps, data.fps, data.num_frames)
+    except InputError:
+        return None  # encoding it again skips it, with the reason
+    stride = max(1, round(source_fps / data.fps)) if data.fps and source_fps > 0 else 1
+    picked = list(range(0, stride * data.num_frames, stride))
+    return dataclasses.replace(old, source_fps=source_fps) if picked == wanted else None
 
 
 def prepare_dataset(config: TrainConfig, *, encoders: Encoders | None = None) -> PrepareReport:
@@ -172,16 +249,16 @@ def prepare_dataset(config: TrainConfig, *, encoders: Encoders | None = None) ->
     fingerprint = cache_fingerprint(config)
     reusable = _reusable(read_manifest(cache_dir), fingerprint, cache_dir)
     done: list[CachedClip] = []
-    todo: list[Clip] = []
+    todo: list[tuple[Clip, tuple[int, int, str]]] = []
     for clip in clips:
+        stamp = clip.stamp()
         old = reusable.get(clip.key)
-        stat = clip.video.stat()
-        if old is not None and (old.source_bytes, old.source_mtime_ns, old.caption) == (
-            stat.st_size, stat.st_mtime_ns, clip.caption
-        ):
+        if old is not None and old.stamp == stamp and old.source_fps is None:
+            old = _picked_alike(old, clip, config.data)
+        if old is not None and old.stamp == stamp:
             done.append(old)
         else:
-            todo.append(clip)
+            todo.append((clip, stamp))
     reused = len(done)
 
     def save_manifest():
@@ -190,11 +267,11 @@ def prepare_dataset(config: TrainConfig, *, encoders: Encoders | None = None) ->
     if todo:
         encoders = encoders or load_encoders(config)
         last_save = time.monotonic()
-        for clip in tqdm(todo, desc="Encoding clips", unit="clip"):
+        for clip, stamp in tqdm(todo, desc="Encoding clips", unit="clip"):
             try:
-                done.append(_encode_clip(config, encoders, clip))
+                done.append(_encode_clip(config, encoders, clip, stamp))
             except InputError as err:
-                skipped.append(SkippedClip(clip.key, str(err)))
+                skipped.append(SkippedClip(clip.key, str(err), stamp))
             if time.monotonic() - last_save > MANIFEST_SAVE_SECONDS:  # an interrupted prepare keeps its work
                 save_manifest()
                 last_save = time.monotonic()

@@ -5,7 +5,7 @@ trained. It runs generation's own pieces: `plan_t2v` checks the size, frame coun
 count, guidance and negative prompt from the model's generation defaults; the prompt is encoded once by the
 pipeline's text encoding (before the DiT loads; the text encoder is released right after); every sample starts
 from `pipe.noise` of the fixed seed, runs `Denoiser` + `sample` on the scheduler's schedule and decodes through
-`pipe.decode_latents`; `save_video` writes `OUTPUT/samples/step_<N>.mp4`.
+`pipe.decode_latents`; `save_video` writes `OUTPUT/samples/step_<N>.mp4` (zero-padded: `step_000200.mp4`).
 
 The DiT is the one being trained, with its float32 LoRA attached, so a sample is what `generate --lora` gives
 with the LoRA of that step (same prompt, seed and settings). It runs the DiT with the attention training uses

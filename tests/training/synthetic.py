@@ -66,12 +66,19 @@ def train_config(tmp_path, **sections) -> TrainConfig:
 
 def write_cache(config: TrainConfig, clips: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> CacheManifest:
     """A prepared cache of the given clips (key -> (latent_mean, latent_std, text)) with the config's fingerprint,
-    as `--prepare` would leave it."""
+    as `--prepare` would leave it, and the data folder it describes (a stand-in file per video, the caption
+    `caption of <key>` beside it)."""
     cached = []
     for key, (mean, std, text) in clips.items():
+        video = config.data.folder / key
+        video.parent.mkdir(parents=True, exist_ok=True)
+        video.write_bytes(b"not decoded by training")
+        video.with_suffix(".txt").write_text(f"caption of {key}")
+        stat = video.stat()
         name = clip_file_name(key)
         write_clip(config.cache_dir, name, mean, std, text)
-        cached.append(CachedClip(key, name, f"caption of {key}", tuple(mean.shape), text.shape[0], 0, 0))
+        cached.append(CachedClip(key, name, f"caption of {key}", tuple(mean.shape), text.shape[0], stat.st_size,
+                                 stat.st_mtime_ns, 15.0))
     manifest = CacheManifest(cache_fingerprint(config), tuple(cached), ())
     write_manifest(config.cache_dir, manifest)
     return manifest

@@ -1,17 +1,25 @@
 """`--prepare` and the data folder: good clips are encoded once, bad entries are skipped and listed, the cache
 is refused when it does not fit the config."""
 
+import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
 
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.presets import build_tiny_models
-from longcat_jax.training.cache import SKIPPED_NAME, read_clip, read_manifest, require_manifest
+from longcat_jax.training.cache import SKIPPED_NAME, read_clip, read_manifest, require_manifest, write_manifest
 from longcat_jax.training.dataset import discover_clips
 from longcat_jax.training.models import Encoders
-from longcat_jax.training.prepare import cache_fingerprint, cover_and_crop, prepare_dataset, read_leading_frames
+from longcat_jax.training.prepare import (
+    cache_fingerprint,
+    cover_and_crop,
+    frame_indices,
+    prepare_dataset,
+    read_leading_frames,
+)
 from tests.training.synthetic import moving_square_frames, train_config, write_clip_video
 
 
@@ -50,9 +58,9 @@ def test_prepare_encodes_good_clips_and_skips_and_lists_bad_ones(tmp_path, encod
     assert (again.encoded, again.reused) == (0, 1)
 
     with pytest.raises(ConfigError, match="num_frames=5.*9.*--prepare"):
-        require_manifest(config.cache_dir, {**cache_fingerprint(config), "num_frames": 9}, "train.json")
+        require_manifest(config.cache_dir, {**cache_fingerprint(config), "num_frames": 9}, "train.json", clips)
     with pytest.raises(InputError, match="--prepare"):
-        require_manifest(tmp_path / "elsewhere", cache_fingerprint(config), "train.json")
+        require_manifest(tmp_path / "elsewhere", cache_fingerprint(config), "train.json", clips)
 
 
 def test_a_folder_without_usable_clips_is_refused_before_loading_models(tmp_path):
@@ -85,13 +93,91 @@ def test_metadata_jsonl_lists_the_clips_and_its_bad_lines_are_skipped(tmp_path):
 
 def test_frames_are_read_at_the_configured_rate_and_cropped_to_the_size(tmp_path):
     write_clip_video(tmp_path, "fast", 9, None, fps=30.0)
-    assert read_leading_frames(tmp_path / "fast.mp4", 5, 15.0).shape == (5, 32, 48, 3)  # every 2nd frame
-    with pytest.raises(InputError, match="too few frames: 5 at 15 fps"):
+    frames, source_fps = read_leading_frames(tmp_path / "fast.mp4", 5, 15.0)  # every 2nd frame
+    assert frames.shape == (5, 32, 48, 3) and source_fps == 30.0
+    with pytest.raises(InputError, match=r"too few frames: 9, needs 11 for 6 at 15 fps from its 30 fps"):
         read_leading_frames(tmp_path / "fast.mp4", 6, 15.0)
-    assert read_leading_frames(tmp_path / "fast.mp4", 9, None).shape[0] == 9
+    assert read_leading_frames(tmp_path / "fast.mp4", 9, None)[0].shape[0] == 9
 
     frames = moving_square_frames(1, height=32, width=48)
     cropped = cover_and_crop(frames, 16, 16)  # scale 0.5 -> 16x24, the middle 16 columns kept
     assert cropped.shape == (1, 16, 16, 3)
     middle = cover_and_crop(frames, 32, 32)  # no resize: the middle 32 of 48 columns
     np.testing.assert_array_equal(middle[0], frames[0][:, 8:40])
+
+
+def test_frames_are_picked_by_timestamp_and_slow_or_rateless_videos_are_refused(tmp_path):
+    # Every n-th frame with n = round(source / 15) played 24 fps at 12, 20 fps at 20, 50 fps at 16.7, 8 fps at 8.
+    assert frame_indices(24.0, 15.0, 5) == [0, 2, 3, 5, 6]  # 1.6 frames apart: 15 fps motion
+    assert frame_indices(50.0, 15.0, 4) == [0, 3, 7, 10]
+    assert frame_indices(29.97, 15.0, 4) == [0, 2, 4, 6]
+    assert frame_indices(14.0, 15.0, 4) == frame_indices(16.0, 15.0, 4) == [0, 1, 2, 3]  # within 10%: as they are
+    assert frame_indices(8.0, None, 3) == [0, 1, 2]  # 'data.fps' null: every frame
+    with pytest.raises(InputError, match=r"8 fps, below the training rate 15 fps"):
+        frame_indices(8.0, 15.0, 5)
+    with pytest.raises(InputError, match=r"no frame rate.*'data.fps' to null"):
+        frame_indices(0.0, 15.0, 5)
+
+    write_clip_video(tmp_path, "cinema", 9, None, fps=24.0)
+    every_frame, _ = read_leading_frames(tmp_path / "cinema.mp4", 9, None)
+    frames, source_fps = read_leading_frames(tmp_path / "cinema.mp4", 5, 15.0)
+    assert source_fps == 24.0
+    np.testing.assert_array_equal(frames, every_frame[[0, 2, 3, 5, 6]])
+    write_clip_video(tmp_path, "slow", 9, None, fps=8.0)
+    with pytest.raises(InputError, match=r"8 fps, below the training rate 15 fps"):
+        read_leading_frames(tmp_path / "slow.mp4", 5, 15.0)
+
+
+def test_training_refuses_a_cache_the_data_folder_no_longer_matches_and_prepare_reuses_the_rest(tmp_path, encoders):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip_video(clips, "a", 5, "first clip")
+    write_clip_video(clips, "b", 5, "second clip", seed=1)
+    write_clip_video(clips, "short", 3, "too short")
+    config = train_config(tmp_path, data={"folder": str(clips), "cache_dir": str(tmp_path / "cache"),
+                                          "num_frames": 5, "height": 32, "width": 48})
+    prepare_dataset(config, encoders=encoders)
+
+    def check():
+        return require_manifest(config.cache_dir, cache_fingerprint(config), "train.json", clips)
+
+    assert [clip.key for clip in check().clips] == ["a.mp4", "b.mp4"]
+    write_clip_video(clips, "short", 9, "too short")  # long enough now (skipped at prepare: its stamp is kept)
+    (clips / "a.txt").write_text("first clip, re-captioned")
+    write_clip_video(clips, "c", 5, "third clip")
+    (clips / "b.txt").unlink()
+    with pytest.raises(InputError, match=r"data folder .*clips: a.mp4 \(caption changed\), b.mp4 \(gone or no "
+                                         r"longer usable\), c.mp4 \(new\), short.mp4 \(video file changed\); run "
+                                         r"`.*--prepare` again \(unchanged clips are reused\)"):
+        check()
+    with pytest.raises(InputError, match="data folder .*missing not found"):
+        require_manifest(config.cache_dir, cache_fingerprint(config), "train.json", tmp_path / "missing")
+
+    report = prepare_dataset(config, encoders=encoders)
+    assert (report.encoded, report.reused) == (3, 0) and report.skipped[0].source == "b.mp4"
+    assert [clip.key for clip in check().clips] == ["a.mp4", "c.mp4", "short.mp4"]
+    os.utime(clips / "c.mp4", ns=(1, 1))  # the same size, another time: a replaced video
+    with pytest.raises(InputError, match=r"c.mp4 \(video file changed\)"):
+        check()
+
+
+def test_a_cache_of_the_version_before_timestamps_is_refused_and_prepare_keeps_the_clips_it_read_right(tmp_path,
+                                                                                                        encoders):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip_video(clips, "thirty", 9, "30 fps: every 2nd frame either way", fps=30.0)
+    write_clip_video(clips, "cinema", 9, "24 fps: every 2nd frame was 12 fps", fps=24.0)
+    config = train_config(tmp_path, data={"folder": str(clips), "cache_dir": str(tmp_path / "cache"),
+                                          "num_frames": 5, "height": 32, "width": 48})
+    prepare_dataset(config, encoders=encoders)
+    manifest = read_manifest(config.cache_dir)  # as the earlier version wrote it: no frame rates
+    write_manifest(config.cache_dir, dataclasses.replace(
+        manifest, clips=tuple(dataclasses.replace(c, source_fps=None) for c in manifest.clips)))
+    with pytest.raises(InputError, match=r"earlier version.*24 fps at 12 fps.*--prepare` again"):
+        require_manifest(config.cache_dir, cache_fingerprint(config), "train.json", clips)
+
+    report = prepare_dataset(config, encoders=encoders)
+    assert (report.encoded, report.reused) == (1, 1)
+    rates = {clip.key: clip.source_fps for clip in read_manifest(config.cache_dir).clips}
+    assert rates == {"cinema.mp4": 24.0, "thirty.mp4": 30.0}
+    require_manifest(config.cache_dir, cache_fingerprint(config), "train.json", clips)

@@ -1,12 +1,14 @@
-"""What a run refuses before the DiT loads (BSA the Pallas kernels cannot run, a checkpoint past 'training.steps'),
-and what `--resume` warns about (settings the data order or a decaying learning-rate schedule follow from)."""
+"""What a run refuses before the DiT loads (BSA the Pallas kernels cannot run, a checkpoint past 'training.steps',
+a data folder the prepared cache no longer describes), and what `--resume` warns about (settings the data order or a
+decaying learning-rate schedule follow from, re-captioned clips)."""
 
+import dataclasses
 import logging
 
 import jax.numpy as jnp
 import pytest
 
-from longcat_jax.errors import CheckpointError, ConfigError
+from longcat_jax.errors import CheckpointError, ConfigError, InputError
 from longcat_jax.training import loop
 from longcat_jax.training.checkpoints import TrainCheckpoints
 from longcat_jax.training.shapes import num_cond_latents
@@ -34,6 +36,38 @@ def test_bsa_the_pallas_kernels_cannot_run_is_refused_before_the_dit_loads(tmp_p
     write_cache(config, {"clip.mp4": smooth_clip(0)})
     with pytest.raises(ConfigError, match=r"'pallas_interpret'.*4-token q.*chunk_3d_shape_q"):
         loop.run_training(config, dit=small_dit(hidden=128, heads=2))
+
+
+def test_a_data_folder_changed_since_prepare_is_refused_before_the_dit_loads(tmp_path, no_model_loads):
+    config = train_config(tmp_path)
+    write_cache(config, {"clip.mp4": smooth_clip(0), "other.mp4": smooth_clip(1)})
+    (config.data.folder / "new.mp4").write_bytes(b"a clip added after --prepare")
+    (config.data.folder / "new.txt").write_text("a new caption")
+    with pytest.raises(InputError, match=r"new.mp4 \(new\); run `python -m longcat_jax.train --config train.json "
+                                         r"--prepare` again \(unchanged clips are reused\)"):
+        loop.run_training(config)
+
+    elsewhere = train_config(tmp_path, data={**_data(config), "folder": str(tmp_path / "elsewhere")})
+    with pytest.raises(InputError, match=r"data folder .*elsewhere not found; set 'data.folder'"):
+        loop.run_training(elsewhere)
+    write_cache(train_config(tmp_path / "b", data={**_data(config), "folder": str(tmp_path / "elsewhere"),
+                                                   "cache_dir": str(tmp_path / "b_cache")}),
+                {"third.mp4": smooth_clip(2)})
+    with pytest.raises(InputError, match=r"clip.mp4 \(gone or no longer usable\), other.mp4 \(gone or no longer "
+                                         r"usable\), third.mp4 \(new\)"):
+        loop.run_training(elsewhere)  # another data folder pointed at the same cache
+
+
+def _data(config) -> dict:
+    return {"folder": str(config.data.folder), "cache_dir": str(config.cache_dir), "num_frames": config.data.num_frames}
+
+
+def test_a_missing_model_folder_is_named_as_the_configs_model_path(tmp_path, no_model_loads):
+    config = train_config(tmp_path, model_path=str(tmp_path / "LongCat-Video"))
+    write_cache(config, {"clip.mp4": smooth_clip(0)})
+    with pytest.raises(CheckpointError, match=r"LongCat-Video not found; set 'model_path' in the config") as caught:
+        loop.run_training(config)
+    assert "--model-path" not in str(caught.value)  # the train command has no such option
 
 
 def _checkpoint_at(config, step: int, meta: dict) -> None:
@@ -104,3 +138,15 @@ def test_more_steps_on_a_constant_schedule_resume_without_a_warning(tmp_path, ca
     optimizer = {"schedule": "constant", "warmup_steps": 2}
     assert _resume_warnings(tmp_path, caplog, {"training": SAVED, "optimizer": optimizer},
                             {"training": {**SAVED, "steps": 20}, "optimizer": optimizer}) == []
+
+
+def test_resume_warns_that_a_clip_was_recaptioned(tmp_path, caplog):
+    config = train_config(tmp_path, training=SAVED)
+    manifest = write_cache(config, {"clip.mp4": smooth_clip(0)})
+    _checkpoint_at(config, 4, _meta(config, manifest))
+    recaptioned = dataclasses.replace(manifest, clips=(dataclasses.replace(manifest.clips[0], caption="new"),))
+    checkpoints = TrainCheckpoints(config.output_dir, keep=3)
+    with caplog.at_level(logging.WARNING, logger="longcat_jax.training.checkpoints"):
+        checkpoints.restore(4, FACTORS, OPT_STATE, _meta(config, recaptioned))
+    checkpoints.close()
+    assert any("prepared data changed since checkpoint 4" in record.getMessage() for record in caplog.records)
