@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -25,10 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.training.dataset import Clip, SkippedClip, discover_clips
+
+logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = "longcat-jax/train-cache/1"
 MANIFEST_NAME = "manifest.json"
@@ -172,7 +176,8 @@ def require_manifest(cache_dir: Path, fingerprint: dict[str, Any], config_source
     if manifest is None:
         raise InputError(f"no prepared data in {cache_dir}; encode the clips once with `{prepare}`")
     check_fingerprint(manifest.fingerprint, fingerprint, prepare)
-    check_clips_current(manifest, discover_clips(data_folder)[0], data_folder, prepare)
+    if jax.process_index() == 0:  # the other hosts of a run train from the cache alone
+        check_clips_current(manifest, discover_clips(data_folder)[0], data_folder, prepare)
     if not manifest.clips:
         raise InputError(f"the prepared data in {cache_dir} holds no usable clip ({len(manifest.skipped)} skipped, "
                          f"see {cache_dir / SKIPPED_NAME}); fix the data folder and run `{prepare}`")
@@ -181,25 +186,36 @@ def require_manifest(cache_dir: Path, fingerprint: dict[str, Any], config_source
 
 def check_clips_current(manifest: CacheManifest, clips: list[Clip], data_folder: Path, prepare: str) -> None:
     """Refuses a cache that does not describe `clips` (the data folder's now), naming up to `CHANGES_LISTED` that
-    differ: new, gone (or no longer usable), re-captioned or with another video file (size or time); a clip skipped
-    at encoding counts once its video or caption changed (then it may be usable), not when it is removed. A cache of
-    a version that did not record each clip's frame rate is refused too: it read some rates wrong."""
+    differ: new, gone (or no longer usable), re-captioned or with a video file of another size; a clip skipped at
+    encoding counts once its video or caption changed (then it may be usable), not when it is removed. Videos of the
+    same size with another modification time only are taken as unchanged, with a warning: copies that did not keep
+    the times (cp -r, a sync, a container image) would otherwise all count as changed. A cache of a version that did
+    not record each clip's frame rate is refused too: it read some rates wrong."""
     if any(clip.source_fps is None for clip in manifest.clips):
         raise InputError(f"the prepared data was made by an earlier version, which read videos of some frame rates "
                          f"(e.g. 24 fps at 12 fps) at the wrong rate; run `{prepare}` again (clips it read right "
                          "are reused)")
     encoded = {c.key: c.stamp for c in manifest.clips}
     skipped = {s.source: s.stamp for s in manifest.skipped if s.stamp is not None}
-    found = {clip.key: clip.stamp() for clip in clips}
-    changes = []
+    try:
+        found = {clip.key: clip.stamp() for clip in clips}
+    except OSError as err:  # a video removed or made unreadable since the folder was listed
+        raise InputError(f"cannot read {err.filename} in the data folder {data_folder} ({err.strerror})") from err
+    changes, retimed = [], []
     for key in sorted(encoded.keys() | found.keys()):
         was, now = encoded.get(key, skipped.get(key)), found.get(key)
         if was is None or now is None:
             changes.append(f"{key} ({'new' if was is None else 'gone or no longer usable'})")
         elif was[2] != now[2]:
             changes.append(f"{key} (caption changed)")
-        elif was != now:
+        elif was[0] != now[0]:
             changes.append(f"{key} (video file changed)")
+        elif was[1] != now[1]:
+            retimed.append(key)
+    if retimed:
+        logger.warning("%d clip(s) of %s have other modification times than when prepared (%s), but the same sizes: "
+                       "taken as unchanged; run `%s` again if their content changed", len(retimed), data_folder,
+                       ", ".join(retimed[:CHANGES_LISTED]), prepare)
     if changes:
         more = f" and {len(changes) - CHANGES_LISTED} more" if len(changes) > CHANGES_LISTED else ""
         raise InputError(f"the prepared data does not match the data folder {data_folder}: "

@@ -82,7 +82,7 @@ def cache_fingerprint(config: TrainConfig) -> dict[str, Any]:
 def frame_indices(source_fps: float, fps: float | None, num_frames: int) -> list[int]:
     """Which frames of a `source_fps` video make its first `num_frames` frames at `fps` (None: every frame).
 
-    Picked by timestamp, frame round(i * source_fps / fps) for frame i, so a 24 fps video gives 15 fps motion at
+    Picked by timestamp, the frame nearest i * source_fps / fps (halves up) for frame i, so a 24 fps video gives 15 fps motion at
     15 fps (every n-th frame with n = round(24 / 15) = 2 would give 12 fps, played 1.25x too fast). Within
     `RATE_TOLERANCE` of `fps` the consecutive frames are taken (motion at most that much off, no frame dropped or
     repeated). A slower video is refused: its frames would repeat, teaching the LoRA a stutter (generation, by
@@ -95,7 +95,7 @@ def frame_indices(source_fps: float, fps: float | None, num_frames: int) -> list
         raise InputError(f"the video gives no frame rate, so its frames cannot be picked at {fps:g} fps; re-encode "
                          "it with one (ffmpeg -r), or set 'data.fps' to null to take every frame")
     ratio = source_fps / fps
-    if abs(ratio - 1) <= RATE_TOLERANCE:
+    if abs(source_fps - fps) <= RATE_TOLERANCE * fps * (1 + 1e-9):  # the band's edges in, whatever the float rounding
         return list(range(num_frames))
     if ratio < 1:
         raise InputError(f"{source_fps:g} fps, below the training rate {fps:g} fps ('data.fps'): its frames would "

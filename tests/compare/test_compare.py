@@ -222,3 +222,10 @@ def test_the_json_is_written_atomically(tmp_path, monkeypatch, capsys):
     assert main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--json", str(scores)]) == 1
     assert "cannot write --json" in capsys.readouterr().err
     assert scores.read_text() == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "s.json"]
+
+
+@pytest.mark.parametrize("fps_b", [30.0, 29.97, 30000 / 1001, 0.0])
+def test_an_ntsc_rate_is_its_whole_number_and_a_rate_of_0_is_unknown(fps_b):
+    """29.97 against 30 fps: a frame of drift in 1,000, compared; 0 fps is a file that gives no rate."""
+    a = moving_video()
+    assert compare_frames(a, a, fps_a=30.0, fps_b=fps_b).frames_a == len(a)

@@ -3,6 +3,7 @@ is refused when it does not fit the config."""
 
 import dataclasses
 import json
+import logging
 import os
 
 import numpy as np
@@ -128,7 +129,8 @@ def test_frames_are_picked_by_timestamp_and_slow_or_rateless_videos_are_refused(
         read_leading_frames(tmp_path / "slow.mp4", 5, 15.0)
 
 
-def test_training_refuses_a_cache_the_data_folder_no_longer_matches_and_prepare_reuses_the_rest(tmp_path, encoders):
+def test_training_refuses_a_cache_the_data_folder_no_longer_matches_and_prepare_reuses_the_rest(tmp_path, encoders,
+                                                                                                 caplog):
     clips = tmp_path / "clips"
     clips.mkdir()
     write_clip_video(clips, "a", 5, "first clip")
@@ -156,7 +158,11 @@ def test_training_refuses_a_cache_the_data_folder_no_longer_matches_and_prepare_
     report = prepare_dataset(config, encoders=encoders)
     assert (report.encoded, report.reused) == (3, 0) and report.skipped[0].source == "b.mp4"
     assert [clip.key for clip in check().clips] == ["a.mp4", "c.mp4", "short.mp4"]
-    os.utime(clips / "c.mp4", ns=(1, 1))  # the same size, another time: a replaced video
+    os.utime(clips / "c.mp4", ns=(1, 1))  # the same size, another time: a copy that did not keep the times
+    with caplog.at_level(logging.WARNING):
+        check()
+    assert "1 clip(s) of" in caplog.text and "other modification times than when prepared (c.mp4)" in caplog.text
+    write_clip_video(clips, "c", 7, "third clip")  # another size: another video
     with pytest.raises(InputError, match=r"c.mp4 \(video file changed\)"):
         check()
 
