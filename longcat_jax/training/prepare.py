@@ -9,10 +9,11 @@ as the DiT sees latents) is stored so training draws a fresh latent sample every
 posterior at inference does. The caption is encoded as generation encodes prompts.
 
 A video that cannot be decoded, has no caption, too few frames or an unusable frame rate is skipped, listed in
-the log and in `CACHE/skipped.txt`, never used. Clips already in the cache with the same source file (size and
-time), caption and settings are not encoded again, so adding clips to a folder and preparing again only encodes
-the new ones (a clip of a cache made before frames were picked by timestamp is kept where its frames are those
-`frame_indices` picks); the manifest is also saved every minute, so an interrupted prepare resumes where it stopped.
+the log and in `CACHE/skipped.txt`, never used. Clips already in the cache with the same source file (its size; a
+new time alone, as a copy gives, is taken on), caption and settings are not encoded again, so adding clips to a
+folder and preparing again only encodes the new ones (a clip of a cache made before frames were picked by timestamp
+is kept where its frames are those `frame_indices` picks); the manifest is also saved every minute, so an
+interrupted prepare resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -217,6 +218,12 @@ def _encode_clip(config: TrainConfig, encoders: Encoders, clip: Clip, stamp: tup
                       source_mtime_ns, source_fps)
 
 
+def _same_source(old: tuple[int, int, str], new: tuple[int, int, str]) -> bool:
+    """Whether a clip's (size, time, caption) stamp says it is the one encoded: the same size and caption; its time
+    may differ (a copy that did not keep the times), as training takes it (`cache.check_clips_current`)."""
+    return (old[0], old[2]) == (new[0], new[2])
+
+
 def _picked_alike(old: CachedClip, clip: Clip, data: DataConfig) -> CachedClip | None:
     """A clip a version before `frame_indices` encoded, with its video's frame rate recorded, if that version (every
     n-th frame, n = round(source fps / fps)) picked the frames `frame_indices` picks; else None (encode again)."""
@@ -253,10 +260,12 @@ def prepare_dataset(config: TrainConfig, *, encoders: Encoders | None = None) ->
     for clip in clips:
         stamp = clip.stamp()
         old = reusable.get(clip.key)
-        if old is not None and old.stamp == stamp and old.source_fps is None:
+        if old is not None and not _same_source(old.stamp, stamp):
+            old = None
+        if old is not None and old.source_fps is None:
             old = _picked_alike(old, clip, config.data)
-        if old is not None and old.stamp == stamp:
-            done.append(old)
+        if old is not None:
+            done.append(dataclasses.replace(old, source_mtime_ns=stamp[1]))  # a copy's new time, taken on
         else:
             todo.append((clip, stamp))
     reused = len(done)

@@ -162,6 +162,11 @@ def test_training_refuses_a_cache_the_data_folder_no_longer_matches_and_prepare_
     with caplog.at_level(logging.WARNING):
         check()
     assert "1 clip(s) of" in caplog.text and "other modification times than when prepared (c.mp4)" in caplog.text
+    report = prepare_dataset(config, encoders=encoders)  # takes the new time on, encoding nothing
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        check()
+    assert (report.encoded, report.reused) == (0, 3) and "other modification times" not in caplog.text
     write_clip_video(clips, "c", 7, "third clip")  # another size: another video
     with pytest.raises(InputError, match=r"c.mp4 \(video file changed\)"):
         check()
