@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 asked = request_from_record(recorded, request, given)
             plan = plan_run(asked)
             if recorded is not None:
+                _check_replay_target(request.from_json, recorded, plan.output_path, given)
                 _warn_of_differences(request.from_json, recorded, planned_record(plan, asked))
             frames, fps, stats = run_plan(plan)
         if jax.process_index() != 0:
@@ -197,8 +198,22 @@ def _check_modes(request: RunRequest, given: set[str]) -> None:
         raise InputError("--batch-size groups the items of --prompts FILE; add --prompts, or leave --batch-size out")
 
 
+def _check_replay_target(sidecar: Path, recorded: dict, output: Path, given: set[str]) -> None:
+    """Refuses a run again that would write over the video its sidecar describes (no --output-path given, and the
+    default path is where that video still is): a replay with other flags would replace it."""
+    original = Path((recorded.get("output") or {}).get("path") or "")
+    if "output_path" not in given and original.exists() and output.resolve() == original.resolve():
+        raise InputError(f"--from-json {sidecar} would write over the video it describes ({original}); pass "
+                         "--output-path for the new one")
+
+
 def _warn_of_differences(sidecar: Path, recorded: dict, planned: dict) -> None:
-    """Says what differs between a sidecar and its run again (a flag given, an edited file, other weights or JAX)."""
+    """Says what differs between a sidecar and its run again (a flag given, an edited file, other weights or JAX),
+    and that a video denoised in a batch with others can differ slightly alone."""
+    together = (recorded.get("batch") or {}).get("denoised_with") or []
+    if together:
+        logger.warning("--from-json %s: this video was denoised in one batch with the items of lines %s; made alone, "
+                       "its float rounding (the video) can differ slightly", sidecar, ", ".join(map(str, together)))
     found = differences(recorded, planned)
     if found:
         logger.warning("--from-json %s: %s differ from the sidecar's, so the video can differ from the one it "

@@ -62,8 +62,9 @@ from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.pipelines.options import Sampling
 from longcat_jax.pipelines.request import RunRequest
 from longcat_jax.pipelines.stats import RunStats, peak_memory_line
-from longcat_jax.pipelines.tasks import RunPlan, run_dtype, stage_plans
-from longcat_jax.video_io import save_video
+from longcat_jax.pipelines.tasks import DTYPES, TASKS, RunPlan, run_dtype, stage_plans
+from longcat_jax.quantization import MODES as QUANTIZE_MODES
+from longcat_jax.video_io import OUTPUT_FORMATS, save_video
 
 logger = logging.getLogger(__name__)
 
@@ -341,8 +342,13 @@ def _unknown_keys(record: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+_REQUEST_CHOICES = {"task": tuple(TASKS), "dtype": tuple(DTYPES), "output_format": OUTPUT_FORMATS,
+                    "quantize": QUANTIZE_MODES, "resolution": ("480p", "720p")}  # the CLI flags' choices
+
+
 def _request_value_problem(name: str, value: Any) -> str | None:
-    """Why `value` cannot be the RunRequest field `name` (unknown, or of a type its annotation does not allow)."""
+    """Why `value` cannot be the RunRequest field `name` (unknown, of a type its annotation does not allow, or not
+    one of its flag's choices)."""
     field = REQUEST_FIELDS.get(name)
     if field is None:
         return f"unknown field (a RunRequest has {', '.join(REQUEST_FIELDS)})"
@@ -356,9 +362,12 @@ def _request_value_problem(name: str, value: Any) -> str | None:
         "Path": lambda v: isinstance(v, str),
         "tuple[str, ...]": lambda v: isinstance(v, list) and all(isinstance(item, str) for item in v),
     }
-    if any(checks.get(kind, lambda v: False)(value) for kind in allowed):
-        return None
-    return f"{value!r} is not {' or '.join(sorted(allowed))}"
+    if not any(checks.get(kind, lambda v: False)(value) for kind in allowed):
+        return f"{value!r} is not {' or '.join(sorted(allowed))}"
+    choices = _REQUEST_CHOICES.get(name, ())
+    if value is not None and choices and value not in choices:  # as the CLI's flag would refuse it
+        return f"{value!r} is not one of {', '.join(map(repr, choices))}"
+    return None
 
 
 def _as_given(value: Path | str | None) -> str | None:

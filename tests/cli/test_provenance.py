@@ -113,15 +113,25 @@ def test_another_format_version_is_refused(first_run, tmp_path, caplog):
 
 def test_unknown_keys_and_bad_request_values_are_refused_each_named(first_run, tmp_path):
     record = json.loads(sidecar_path(first_run, "npz").read_text())
-    request = {**record["request"], "stride": 2, "height": "tall"}
+    request = {**record["request"], "stride": 2, "height": "tall", "task": "bogus", "dtype": "float16"}
     path = _sidecar(tmp_path, first_run, comment="mine", request=request,
                     precision={**record["precision"], "tf32": True})
     with pytest.raises(ConfigError) as err:
         read_sidecar(path)
     message = str(err.value)
     for named in ("unknown key 'comment'", "unknown key 'precision.tf32'", "request.stride: unknown field",
-                  "request.height: 'tall' is not"):
+                  "request.height: 'tall' is not", "request.task: 'bogus' is not one of 't2v'",
+                  "request.dtype: 'float16' is not one of 'bfloat16', 'float32'"):
         assert named in message
+
+
+def test_a_run_again_does_not_write_over_the_video_it_replays(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)  # the default output path: outputs/longcat_t2v.npz here
+    assert generate.main([*SMALL, "--seed", "7"]) == 0
+    original = (tmp_path / "outputs" / "longcat_t2v.npz").read_bytes()
+    assert generate.main(["--from-json", "outputs/longcat_t2v.json", "--seed", "8"]) == 2
+    assert "would write over the video it describes" in caplog.text and "pass --output-path" in caplog.text
+    assert (tmp_path / "outputs" / "longcat_t2v.npz").read_bytes() == original
 
 
 def test_checkpoint_fingerprint_covers_its_config_and_index_files(tmp_path):
@@ -165,3 +175,10 @@ def test_a_failed_video_write_leaves_the_sidecar_that_was_there(first_run, tmp_p
     monkeypatch.setattr(provenance, "save_video", failing_write)
     assert generate.main([*SMALL, "--seed", "8", "--output-path", str(output)]) == 2
     assert {path: path.read_bytes() for path in (output, sidecar) if path.exists()} == before
+
+
+def test_a_batch_items_run_again_alone_is_said_to_differ_slightly(first_run, tmp_path, caplog):
+    path = _sidecar(tmp_path, first_run, batch={"file": str(tmp_path / "items.jsonl"), "line": 1, "denoised_with": [2]})
+    with caplog.at_level(logging.WARNING):
+        assert generate.main(["--from-json", str(path), "--output-path", str(tmp_path / "again.npz")]) == 0
+    assert "denoised in one batch with the items of lines 2; made alone" in caplog.text
