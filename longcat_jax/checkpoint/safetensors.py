@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import ml_dtypes
 import numpy as np
 
-from longcat_jax.checkpoint.layout import names_a_file_inside
+from longcat_jax.checkpoint.layout import TEXT_ENCODER, VAE, dit_folder, names_a_file_inside
 from longcat_jax.errors import CheckpointError
 
 _DTYPES = {
@@ -178,6 +178,16 @@ class _Shard:
                                           "truncated after it was checked, download it again")
                 done += got
         return raw.view(info.dtype).reshape(info.shape)
+
+
+def check_checkpoint_shards(root: str | Path) -> None:
+    """Refuses a checkpoint whose DiT, text encoder or VAE index names a shard the folder does not hold (a partial
+    download), before any model loads: a run would otherwise load the other models and encode its prompts first. A
+    part without an index (one file, or our conversion) passes."""
+    root = Path(root)
+    for folder in (dit_folder(root), root / TEXT_ENCODER, root / VAE):
+        for index in sorted(folder.glob("*.safetensors.index.json")):
+            _indexed_shards(index)
 
 
 def _indexed_shards(index: Path) -> list[Path]:

@@ -41,6 +41,7 @@ from longcat_jax.checkpoint.layout import (
     dit_folder,
     lora_path,
 )
+from longcat_jax.checkpoint.safetensors import check_checkpoint_shards
 from longcat_jax.errors import CheckpointError, InputError, LongCatError
 from longcat_jax.memory.apply import (
     MemoryNotes,
@@ -166,6 +167,7 @@ class LongCatPipeline:
         bsa = _bsa_request(bsa_config)
         user_loras = [_as_lora(spec) for spec in loras]
         path = check_checkpoint(resolve_model_path(model_path))  # a hub id: after the cheap checks above
+        check_checkpoint_shards(path)  # a partial download: refused before any model loads
         dit_config = dit_config or DiTConfig.from_json(dit_folder(path) / "config.json")  # dit/ or FastVideo's transformer/
         if memory_plan is None and max_device_memory is not None:
             memory_plan = pipeline_memory_plan(path, max_device_memory, dit_config=dit_config, dtype=dtype,

@@ -23,6 +23,7 @@ import numpy as np
 from longcat_jax.bsa_config import bsa_overrides, describe_overrides, read_bsa_config
 from longcat_jax.checkpoint.hub import resolve_model_path
 from longcat_jax.checkpoint.layout import DISTILL_LORA, REFINE_LORA, check_checkpoint, dit_folder
+from longcat_jax.checkpoint.safetensors import check_checkpoint_shards
 from longcat_jax.errors import InputError
 from longcat_jax.memory.plan import MemoryPlan
 from longcat_jax.memory.run import check_budget_flags, plan_run_memory
@@ -297,6 +298,7 @@ def _plan_context(request: RunRequest, refines: bool) -> PlanContext:
     distills = request.distill and task_of(request).generates  # --task refine has no stage --distill applies to
     loras = ([DISTILL_LORA] if distills else []) + ([REFINE_LORA] if refines else [])
     root = check_checkpoint(request.model_path, loras=loras)
+    check_checkpoint_shards(root)
     return PlanContext(RELEASED_DEFAULTS, DiTConfig.from_json(dit_folder(root) / "config.json"))
 
 

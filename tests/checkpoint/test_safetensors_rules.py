@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from convert.api import convert_checkpoint
-from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint
+from longcat_jax.checkpoint.safetensors import SafetensorsCheckpoint, check_checkpoint_shards
 from longcat_jax.errors import CheckpointError
 from longcat_jax.models.dit import load_dit
 from tests.helpers.dit_checkpoints import dit_config, write_original_dit, write_raw_safetensors, write_safetensors
+from tests.helpers.fixture_checkpoint import link_fixture_checkpoint
 
 SMALL = dit_config(hidden_size=64, depth=2, num_heads=2)
 
@@ -141,3 +142,17 @@ def test_a_well_formed_file_still_reads(tmp_path):
     ckpt = SafetensorsCheckpoint(tmp_path / "ok.safetensors")
     for name, array in tensors.items():
         np.testing.assert_array_equal(ckpt.read(name), array)
+
+
+def test_a_checkpoint_missing_a_shard_is_refused_before_any_model_loads(tmp_path, fixtures_dir):
+    """A partial download (one DiT shard absent): `plan_run` and `from_pretrained` refuse it up front, where the run
+    would have loaded the text encoder and VAE and encoded its prompts first."""
+    root = link_fixture_checkpoint(tmp_path, fixtures_dir)
+    check_checkpoint_shards(root)  # whole
+    (root / "dit").unlink()
+    (root / "dit").mkdir()
+    for source in (fixtures_dir / "dit").iterdir():
+        if not source.name.endswith("00002-of-00002.safetensors"):
+            (root / "dit" / source.name).symlink_to(source)
+    with pytest.raises(CheckpointError, match=r"dit is missing shard\(s\) \['diffusion_pytorch_model-00002-of-00002"):
+        check_checkpoint_shards(root)
