@@ -219,7 +219,8 @@ def _warn_of_differences(sidecar: Path, recorded: dict, planned: dict) -> None:
         logger.warning("--from-json %s: %s differ from the sidecar's, so the video can differ from the one it "
                        "describes", sidecar, ", ".join(found))
     else:
-        logger.info("--from-json %s: prompts, seed, stages, precision, LoRAs, checkpoint and JAX as recorded", sidecar)
+        logger.info("--from-json %s: prompts, seed, stages, precision, LoRAs, input files, checkpoint and JAX as "
+                    "recorded", sidecar)
 
 
 if __name__ == "__main__":

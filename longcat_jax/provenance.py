@@ -17,6 +17,9 @@ Format version 1 (`FORMAT_VERSION`), one JSON object with these keys (`TOP_KEYS`
     output                   path, format, frames, height, width and fps of the video written
     precision                dtype and --quantize of the models
     loras                    the --lora files (absolute paths) and their multipliers, applied in every stage
+    inputs                   the sha256 of each file the run read besides the checkpoint (--image, --video,
+                             --refine-from, each --lora; a LoRA folder: over its files), so that a run again can
+                             tell an edited or replaced file from the same one (absent in sidecars written before)
     checkpoint               builtin (the random built-in model), model_path as given, the local folder, and the
                              sha256 of each of its parts' JSON files (configs, weight indexes, tokenizer, scheduler)
                              with one fingerprint over them all
@@ -62,7 +65,7 @@ from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.pipelines.options import Sampling
 from longcat_jax.pipelines.request import RunRequest
 from longcat_jax.pipelines.stats import RunStats, peak_memory_line
-from longcat_jax.pipelines.tasks import DTYPES, TASKS, RunPlan, run_dtype, stage_plans
+from longcat_jax.pipelines.tasks import DTYPES, INPUT_FLAGS, TASKS, RunPlan, run_dtype, stage_plans
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
 from longcat_jax.video_io import OUTPUT_FORMATS, save_video
 
@@ -71,7 +74,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "longcat_jax.provenance"
 FORMAT_VERSION = 1
 TOP_KEYS = ("format", "format_version", "created", "command", "task", "prompt", "refine_prompt", "negative_prompt",
-            "seed", "stages", "output", "precision", "loras", "checkpoint", "software", "timings", "batch", "request")
+            "seed", "stages", "output", "precision", "loras", "inputs", "checkpoint", "software", "timings", "batch",
+            "request")
 STAGE_KEYS = ("stage", "height", "width", "num_frames", "num_cond_frames", "num_inference_steps", "guidance_scale",
               "seed", "bsa", "checkpoint_loras")
 SECTION_KEYS = {  # the keys of each object-valued section
@@ -82,7 +86,8 @@ SECTION_KEYS = {  # the keys of each object-valued section
     "timings": ("stages", "total_seconds", "peak_memory"),
     "batch": ("file", "line", "denoised_with"),
 }
-LIST_KEYS = {"stages": STAGE_KEYS, "loras": ("path", "multiplier")}  # the keys of each list section's objects
+LIST_KEYS = {"stages": STAGE_KEYS, "loras": ("path", "multiplier"),  # the keys of each list section's objects
+             "inputs": ("flag", "path", "sha256")}
 TIMING_KEYS = ("stage", "seconds", "steps", "seconds_per_step")
 # This machine's business: --from-json takes the command line's.
 LOCAL_FIELDS = ("output_path", "compilation_cache", "record_calibration")
@@ -141,7 +146,7 @@ def build_record(plan: RunPlan, asked: RunRequest, shape: Sequence[int], fps: fl
         **{key: planned[key] for key in ("task", "prompt", "refine_prompt", "negative_prompt", "seed", "stages")},
         "output": {"path": str(plan.output_path.resolve()), "format": request.output_format, "frames": int(shape[0]),
                    "height": int(shape[1]), "width": int(shape[2]), "fps": float(fps)},
-        **{key: planned[key] for key in ("precision", "loras", "checkpoint", "software")},
+        **{key: planned[key] for key in ("precision", "loras", "inputs", "checkpoint", "software")},
         "timings": timings_record(stats),
         "batch": None if batch is None else {"file": str(batch.file.resolve()), "line": batch.line,
                                              "denoised_with": list(batch.denoised_with)},
@@ -151,7 +156,7 @@ def build_record(plan: RunPlan, asked: RunRequest, shape: Sequence[int], fps: fl
 
 def planned_record(plan: RunPlan, asked: RunRequest) -> dict[str, Any]:
     """The sidecar's keys that a checked plan decides, before it runs: task, prompts, seed, stages, precision,
-    LoRAs, checkpoint and software."""
+    LoRAs, the input files' hashes, checkpoint and software."""
     setup, request = plan.setup, plan.setup.request
     negative = Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt if plan.task.generates else None
     loras = [parse_lora_spec(spec) for spec in request.lora]
@@ -164,6 +169,7 @@ def planned_record(plan: RunPlan, asked: RunRequest) -> dict[str, Any]:
         "stages": stage_records(plan),
         "precision": {"dtype": np.dtype(run_dtype(request)).name, "quantize": request.quantize},
         "loras": [{"path": str(path.resolve()), "multiplier": multiplier} for path, multiplier in loras],
+        "inputs": inputs_record(request),
         "checkpoint": checkpoint_record(asked.model_path, request.model_path),
         "software": software_record(),
     }
@@ -215,6 +221,35 @@ def checkpoint_files(folder: Path) -> dict[str, str]:
             stat = path.stat()
             found[path.relative_to(folder).as_posix()] = _file_sha256(path.resolve(), stat.st_size, stat.st_mtime_ns)
     return found
+
+
+def inputs_record(request: RunRequest) -> list[dict[str, str]]:
+    """{flag, path, sha256} of each file `request` reads besides the checkpoint: --image, --video, --refine-from and
+    each --lora (a converted LoRA folder: one sha256 over its files). Each is hashed once per process while its
+    size and time stay the same."""
+    files = [(flag, Path(getattr(request, field))) for field, flag in INPUT_FLAGS.items()
+             if getattr(request, field) is not None]
+    files += [("--lora", parse_lora_spec(spec)[0]) for spec in request.lora]
+    return [{"flag": flag, "path": str(path.resolve()), "sha256": _content_sha256(path.resolve())}
+            for flag, path in files]
+
+
+def _content_sha256(path: Path) -> str:
+    """The sha256 of a file, or of a folder's files (their relative names and contents)."""
+    if path.is_dir():
+        return fingerprint({p.relative_to(path).as_posix(): _content_sha256(p) for p in path.rglob("*") if p.is_file()})
+    stat = path.stat()
+    return _file_sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+def _symmetric(recorded: Sequence[Mapping[str, Any]], planned: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The input entries of one side whose (flag, sha256) the other side lacks: a moved file of the same contents
+    is the same input."""
+    def keys(entries):
+        return {(entry.get("flag"), entry.get("sha256")) for entry in entries}
+
+    mine, theirs = keys(recorded), keys(planned)
+    return [entry for entry in [*recorded, *planned] if (entry.get("flag"), entry.get("sha256")) not in mine & theirs]
 
 
 def fingerprint(files: Mapping[str, str]) -> str:
@@ -317,9 +352,14 @@ def request_from_record(record: Mapping[str, Any], command_line: RunRequest, giv
 
 def differences(recorded: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
     """What decides the video and differs between a sidecar and the `planned_record` of its run again: prompts,
-    seed, task, stages, precision, LoRAs, the checkpoint's fingerprint, and JAX's version and devices."""
+    seed, task, stages, precision, LoRAs, the input files' contents, the checkpoint's fingerprint, and JAX's version
+    and devices."""
     found = [key for key in ("task", "prompt", "refine_prompt", "negative_prompt", "seed", "stages", "precision",
                              "loras") if recorded.get(key) != planned.get(key)]
+    if recorded.get("inputs") is not None:  # sidecars written before it was recorded: nothing to compare
+        changed = sorted({entry["flag"] for entry in _symmetric(recorded["inputs"], planned["inputs"])})
+        if changed:
+            found.append(f"inputs ({', '.join(changed)}: other files or other contents)")
     if (recorded.get("checkpoint") or {}).get("fingerprint") != planned["checkpoint"]["fingerprint"]:
         found.append("checkpoint (its config and index files differ)")
     software = recorded.get("software") or {}

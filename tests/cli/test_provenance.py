@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 
 from longcat_jax import generate, provenance
@@ -182,3 +183,26 @@ def test_a_batch_items_run_again_alone_is_said_to_differ_slightly(first_run, tmp
     with caplog.at_level(logging.WARNING):
         assert generate.main(["--from-json", str(path), "--output-path", str(tmp_path / "again.npz")]) == 0
     assert "denoised in one batch with the items of lines 2; made alone" in caplog.text
+
+
+def test_a_run_again_names_an_input_file_edited_since(tmp_path, caplog):
+    image = tmp_path / "frame.png"
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    first = tmp_path / "first.npz"
+    assert generate.main([*SMALL, "--task", "i2v", "--image", str(image), "--output-path", str(first)]) == 0
+    record = json.loads(sidecar_path(first, "npz").read_text())
+    assert [entry["flag"] for entry in record["inputs"]] == ["--image"]
+    moved = tmp_path / "moved.png"
+    image.rename(moved)  # the same contents elsewhere: the same input
+    sidecar = sidecar_path(first, "npz")
+    with caplog.at_level(logging.INFO):
+        assert generate.main(["--from-json", str(sidecar), "--image", str(moved), "--output-path",
+                              str(tmp_path / "again.npz")]) == 0
+    assert "inputs (" not in caplog.text
+    PIL.Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(moved)  # other pixels
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert generate.main(["--from-json", str(sidecar), "--image", str(moved), "--output-path",
+                              str(tmp_path / "third.npz")]) == 0
+    assert "inputs (--image: other files or other contents)" in caplog.text
