@@ -352,8 +352,8 @@ def request_from_record(record: Mapping[str, Any], command_line: RunRequest, giv
 
 def differences(recorded: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
     """What decides the video and differs between a sidecar and the `planned_record` of its run again: prompts,
-    seed, task, stages, precision, LoRAs, the input files' contents, the checkpoint's fingerprint, and JAX's version
-    and devices."""
+    seed, task, stages, precision, LoRAs, the input files' contents, the checkpoint's fingerprint, our version and
+    commit, and JAX's version and devices."""
     found = [key for key in ("task", "prompt", "refine_prompt", "negative_prompt", "seed", "stages", "precision",
                              "loras") if recorded.get(key) != planned.get(key)]
     if recorded.get("inputs") is not None:  # sidecars written before it was recorded: nothing to compare
@@ -363,7 +363,8 @@ def differences(recorded: Mapping[str, Any], planned: Mapping[str, Any]) -> list
     if (recorded.get("checkpoint") or {}).get("fingerprint") != planned["checkpoint"]["fingerprint"]:
         found.append("checkpoint (its config and index files differ)")
     software = recorded.get("software") or {}
-    found += [f"software.{key}" for key in ("jax", "jaxlib", "devices") if software.get(key) != planned["software"][key]]
+    found += [f"software.{key}" for key in ("longcat_jax", "commit", "dirty", "jax", "jaxlib", "devices")
+              if software.get(key) != planned["software"][key]]
     return found
 
 

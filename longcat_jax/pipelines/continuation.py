@@ -64,7 +64,9 @@ def plan_continuation(
     num_frames = round_num_frames(options.num_frames or defaults.num_frames)
     num_cond_frames = options.num_cond_frames or defaults.num_cond_frames
     if num_cond_frames < 1 or num_cond_frames % 4 != 1:
-        raise InputError(f"num_cond_frames must be 1 + 4k (the VAE encodes such counts), got {num_cond_frames}; try 13")
+        nearest = max(1, (num_cond_frames - 1) // 4 * 4 + 1)  # the 1 + 4k at or below it
+        raise InputError(f"--num-cond-frames must be 1 + 4k (the VAE encodes such counts), got {num_cond_frames}; try "
+                         f"{nearest} (the default is {defaults.num_cond_frames})")
     if num_cond_frames >= num_frames or num_latent_frames(num_cond_frames) >= num_latent_frames(num_frames):
         raise InputError(
             f"num_cond_frames {num_cond_frames} leaves no new latent frame in {num_frames} frames; "

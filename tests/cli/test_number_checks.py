@@ -43,6 +43,8 @@ def _plan(*argv: str):
         (["--fps", "nan"], "--fps must be a finite number, got nan"),
         (["--fps", "-3"], "--fps must be positive, got -3.0"),
         (["--fps", "1000"], "--fps 1000.0 is past its bound of 240.0"),
+        (["--task", "long", "--num-cond-frames", "3"], "--num-cond-frames must be 1 + 4k (the VAE encodes such "
+                                                       "counts), got 3; try 1 (the default is 5)"),
         (["--height", "100000"], "--height 100000 is past its bound of 4096; use at most 4096"),
         (["--width", "4112"], "--width 4112 is past its bound of 4096"),
         (["--num-frames", "100000"], "--num-frames 100000 is past its bound of 1025; use at most 1025; longer videos"),

@@ -206,3 +206,11 @@ def test_a_run_again_names_an_input_file_edited_since(tmp_path, caplog):
         assert generate.main(["--from-json", str(sidecar), "--image", str(moved), "--output-path",
                               str(tmp_path / "third.npz")]) == 0
     assert "inputs (--image: other files or other contents)" in caplog.text
+
+
+def test_a_run_again_with_other_code_names_it(first_run, tmp_path, caplog):
+    record = json.loads(sidecar_path(first_run, "npz").read_text())
+    path = _sidecar(tmp_path, first_run, software={**record["software"], "commit": "0" * 40, "longcat_jax": "0.0.1"})
+    with caplog.at_level(logging.WARNING):
+        assert generate.main(["--from-json", str(path), "--output-path", str(tmp_path / "again.npz")]) == 0
+    assert "software.longcat_jax, software.commit differ from the sidecar's" in caplog.text
