@@ -10,6 +10,7 @@ Both read only config files (and LoRA file headers); a run that cannot fit is re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,13 +63,18 @@ def _device_count(context_parallel: int | None) -> int:
     return make_mesh(context_parallel).size
 
 
+@functools.cache  # once a process: a batch plans every item, the app every job
+def _warn_fsdp_ignored() -> None:
+    logger.warning("--fsdp splits the weights over the devices of a run, and this run has one (--context-parallel): "
+                   "ignored")
+
+
 def check_budget_flags(max_device_memory: str | None, context_parallel: int | None, fsdp: bool = False) -> int:
     """Refuses a --max-device-memory that is no size, or one given for a run split over several devices, before
     anything is downloaded or read, and warns of --fsdp on one device; returns the run's device count."""
     devices = _device_count(context_parallel)
     if fsdp and devices == 1:
-        logger.warning("--fsdp splits the weights over the devices of a run, and this run has one "
-                       "(--context-parallel): ignored")
+        _warn_fsdp_ignored()
     if max_device_memory is not None:
         parse_size(max_device_memory)
         if devices > 1:

@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from longcat_jax import generate
+from longcat_jax.memory import run
 from longcat_jax.pipelines import tasks
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 
@@ -53,6 +54,7 @@ def test_a_bad_budget_is_refused_before_the_checkpoint_is_fetched(no_loading, tm
 
 
 def test_fsdp_on_one_device_is_named_as_ignored(caplog):
+    run._warn_fsdp_ignored.cache_clear()  # said once a process: another test of this worker may have said it
     with caplog.at_level(logging.WARNING):
         tasks.plan_run(generate.parse_request(["--fsdp", "--context-parallel", "1", "--num-inference-steps", "1"]))
     assert "--fsdp splits the weights over the devices of a run, and this run has one" in caplog.text
