@@ -62,14 +62,29 @@ def test_ssim_and_psnr_match_their_definitions():
         ssim(a, b[:-1])
 
 
+def _wang_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Wang et al.'s SSIM in float64, written out independently: an 11x11 Gaussian window (sigma 1.5) at every
+    position where it lies inside the frame, population (co)variances, channels averaged."""
+    taps = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
+    window = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    views = [np.lib.stride_tricks.sliding_window_view(x, (11, 11), axis=(0, 1)) for x in (a, b, a * a, b * b, a * b)]
+    mu_a, mu_b, aa, bb, ab = (np.einsum("hwcij,ij->hwc", view, window) for view in views)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    cov, var_a, var_b = ab - mu_a * mu_b, aa - mu_a**2, bb - mu_b**2
+    return float(np.mean((2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))))
+
+
 def test_ssim_is_scikit_images_with_population_covariance():
-    """What metrics' docstring (and the README) claim: scikit-image's SSIM equals ours only with
-    use_sample_covariance=False; its default (sample covariance, 121/120) differs."""
+    """What metrics' docstring (and the README) claim: ours is Wang et al.'s SSIM (checked always, against a float64
+    computation written out here), which scikit-image gives only with use_sample_covariance=False; its default
+    (sample covariance, 121/120) differs (checked where scikit-image is installed)."""
     assert "gaussian_weights=True, use_sample_covariance=False" in metrics.__doc__
-    structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
     rng = np.random.default_rng(3)
     a = moving_video(1)[0]
     b = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).astype(np.uint8)
+    assert ssim(a, b) == pytest.approx(_wang_ssim(a, b), abs=1e-5)
+    structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
     same = dict(channel_axis=-1, data_range=255, gaussian_weights=True)
     assert ssim(a, b) == pytest.approx(structural_similarity(a, b, use_sample_covariance=False, **same), abs=1e-6)
     assert abs(ssim(a, b) - structural_similarity(a, b, **same)) > 1e-5
