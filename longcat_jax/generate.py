@@ -94,10 +94,12 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--bsa-cdf-threshold", type=_override_value, metavar="Y|none",
         help="replace bsa_params.cdf_threshold likewise, in (0, 1]; none: no CDF rule")
     add("--lora", action="append", default=[], metavar="PATH[:MULTIPLIER]", help="extra LoRA, repeatable")
-    add("--distill", action="store_true", help="cfg_step_lora, 16 steps, guidance 1")
-    add("--refine", action="store_true", help="refine the result to 720p (stage 2)")
+    add("--distill", action=argparse.BooleanOptionalAction, default=False,
+        help="cfg_step_lora, 16 steps, guidance 1 (--no-distill: off, e.g. over a --from-json sidecar's)")
+    add("--refine", action=argparse.BooleanOptionalAction, default=False, help="refine the result to 720p (stage 2)")
     add("--refine-from", type=Path, metavar="VIDEO", help="refine this stage-1 video (task refine)")
-    add("--spatial-refine-only", action="store_true", help="refine without doubling the frame count")
+    add("--spatial-refine-only", action=argparse.BooleanOptionalAction, default=False,
+        help="refine without doubling the frame count")
     add("--refine-height", type=int, help="refinement height, multiple of 64 (default: the 720p bucket)")
     add("--refine-width", type=int, help="refinement width, multiple of 64 (default: the 720p bucket)")
     add("--num-segments", type=int, default=1, help="long: continuation segments after the first clip")
@@ -110,7 +112,8 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         "and BSA, in FP8, Hopper), int8 or fp8-weight-only (any GPU), none (as stored)")
     add("--context-parallel", type=int, metavar="N",
         help="split each video's tokens over N devices (default: all visible devices; 1: off)")
-    add("--fsdp", action="store_true", help="with several devices: store the DiT and text encoder split over them")
+    add("--fsdp", action=argparse.BooleanOptionalAction, default=False,
+        help="with several devices: store the DiT and text encoder split over them")
     add("--max-device-memory", metavar="SIZE",
         help="device-memory budget, e.g. 24GiB or 48GB: the text encoder, DiT and VAE are placed (on the device, "
         "streamed from host memory, in chunks or tiles) to fit it, or the run is refused before loading")

@@ -84,6 +84,21 @@ def test_flags_given_with_from_json_replace_the_sidecars_and_the_difference_is_n
     assert provenance.differences(recorded, planned) == ["seed", "stages"]
 
 
+def test_a_recorded_switch_is_turned_off_by_its_no_flag(first_run, caplog):
+    """--distill, --refine, --spatial-refine-only and --fsdp recorded on can be switched off in a replay."""
+    record = read_sidecar(sidecar_path(first_run, "npz"))
+    record["request"].update(distill=True, refine=True, spatial_refine_only=True, fsdp=True)
+    flags = ["--no-distill", "--no-refine", "--no-spatial-refine-only", "--no-fsdp"]
+    request, given = generate.parse_command_line(["--from-json", "x.json", *flags])
+    with caplog.at_level(logging.INFO):
+        rerun = request_from_record(record, request, given)
+    assert (rerun.distill, rerun.refine, rerun.spatial_refine_only, rerun.fsdp) == (False, False, False, False)
+    assert "replaces the sidecar's --distill, --fsdp, --refine, --spatial-refine-only" in caplog.text
+    request, given = generate.parse_command_line(["--from-json", "x.json"])
+    kept = request_from_record(record, request, given)
+    assert (kept.distill, kept.refine, kept.spatial_refine_only, kept.fsdp) == (True, True, True, True)
+
+
 def test_a_split_over_more_devices_than_here_falls_back_with_a_warning(first_run, tmp_path, caplog):
     import jax
 
