@@ -36,7 +36,7 @@ from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
 from longcat_jax.errors import ConfigError, InputError, LongCatError
 from longcat_jax.pipelines.calibration_record import recording_dit_calls
-from longcat_jax.pipelines.request import RunRequest
+from longcat_jax.pipelines.request import OUTPUT_SIZES, RunRequest
 from longcat_jax.pipelines.tasks import DTYPES, TASKS, plan_run, run_plan
 from longcat_jax.provenance import (
     differences,
@@ -105,6 +105,9 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--num-segments", type=int, default=1, help="long: continuation segments after the first clip")
     add("--output-path", type=Path, help="default outputs/longcat_<task>.<format>")
     add("--output-format", choices=OUTPUT_FORMATS, default="mp4")
+    add("--output-size", choices=OUTPUT_SIZES, default="input",
+        help="i2v/continuation: written at the input image's or video's size (bicubic, as the original's demos; the "
+        "default) or at the generated size (the bucket, or the refinement's size with --refine)")
     add("--fps", type=float, help="default 15 (30 after refinement)")
     add("--dtype", choices=tuple(DTYPES), help="default bfloat16 (float32 for the built-in model)")
     add("--quantize", choices=QUANTIZE_MODES, default="none",

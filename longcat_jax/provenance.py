@@ -63,7 +63,7 @@ from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
 from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.pipelines.options import Sampling
-from longcat_jax.pipelines.request import RunRequest
+from longcat_jax.pipelines.request import OUTPUT_SIZES, RunRequest
 from longcat_jax.pipelines.stats import RunStats, peak_memory_line
 from longcat_jax.pipelines.tasks import DTYPES, INPUT_FLAGS, TASKS, RunPlan, run_dtype, stage_plans
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
@@ -384,7 +384,8 @@ def _unknown_keys(record: Mapping[str, Any]) -> list[str]:
 
 
 _REQUEST_CHOICES = {"task": tuple(TASKS), "dtype": tuple(DTYPES), "output_format": OUTPUT_FORMATS,
-                    "quantize": QUANTIZE_MODES, "resolution": ("480p", "720p")}  # the CLI flags' choices
+                    "quantize": QUANTIZE_MODES, "resolution": ("480p", "720p"),
+                    "output_size": OUTPUT_SIZES}  # the CLI flags' choices
 
 
 def _request_value_problem(name: str, value: Any) -> str | None:

@@ -52,6 +52,7 @@ class FormValues:
     height: float | None = None
     width: float | None = None
     resolution: str = "480p"
+    output_size: str = "input"
     refine_height: float | None = None
     refine_width: float | None = None
     num_frames: float | None = None
@@ -91,6 +92,7 @@ def build_request(values: FormValues, settings: AppSettings, work_dir: Path,
         "height": height,
         "width": width,
         "resolution": values.resolution,
+        "output_size": values.output_size,
         "num_frames": _integer(values.num_frames),
         "num_cond_frames": _integer(values.num_cond_frames),
         "num_inference_steps": _integer(values.num_inference_steps),

@@ -22,7 +22,8 @@ from longcat_jax.app.confine import OutputFolderOnly
 from longcat_jax.app.engine import Engine
 from longcat_jax.app.jobs import JobState
 from longcat_jax.errors import InputError, LongCatError
-from longcat_jax.pipelines.tasks import TASKS
+from longcat_jax.pipelines.request import OUTPUT_SIZES
+from longcat_jax.pipelines.tasks import SETTING_READERS, TASKS
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,8 @@ def _form_fields(defaults, presets: list[str]) -> dict[str, gr.components.Compon
             f["refine_width"] = gr.Number(label="Refinement width (multiple of 64; 0: the 720p bucket)", precision=0)
         with gr.Row():
             f["resolution"] = gr.Radio(["480p", "720p"], value="480p", label="Bucket table (sizes; i2v, continuation)")
+            f["output_size"] = gr.Radio(list(OUTPUT_SIZES), value="input", visible=False,
+                                        label="Written at: the input's size, or the generated one")
             f["num_frames"] = gr.Number(label=f"Frames, 1 + 4k (0: {defaults.num_frames})", precision=0,
                                         elem_id="num-frames")
             f["num_cond_frames"] = gr.Number(label=f"Condition frames (0: {defaults.num_cond_frames})",
@@ -257,6 +260,7 @@ VISIBLE_BY_TASK = {  # field -> the tasks that show it
     "refine_from": ("refine",),
     "num_cond_frames": ("continuation", "long", "refine"),
     "num_segments": ("long",),
+    "output_size": SETTING_READERS["output_size"],
     "distill": ("t2v", "i2v", "continuation", "long"),
     "refine": ("t2v", "i2v", "continuation", "long"),
 }

@@ -131,11 +131,13 @@ def generate_continuation(pipe: LongCatPipeline, video: np.ndarray, prompt: str,
     return run_continuation(pipe, video, prompt, plan)
 
 
-def join_continuation(video: np.ndarray, generated: np.ndarray, num_cond_frames: int) -> np.ndarray:
-    """The input video followed by the generated frames after the condition, resized (bicubic) to the input's
-    size, as the original's continuation demo writes it."""
-    new = resize_frames(generated[num_cond_frames:], video.shape[1], video.shape[2], "bicubic")
-    return np.concatenate([video, new], axis=0)
+def join_continuation(video: np.ndarray, generated: np.ndarray, num_cond_frames: int,
+                      size: tuple[int, int] | None = None) -> np.ndarray:
+    """The input video followed by the generated frames after the condition, both at `size` (height, width; None:
+    the input's size, as the original's continuation demo writes it), resized bicubic where they differ from it."""
+    height, width = video.shape[1:3] if size is None else size
+    new = resize_frames(generated[num_cond_frames:], height, width, "bicubic")
+    return np.concatenate([resize_frames(video, height, width, "bicubic"), new], axis=0)
 
 
 def plan_task(setup: RunSetup) -> TaskStages:
@@ -148,21 +150,25 @@ def plan_task(setup: RunSetup) -> TaskStages:
         raise InputError(f"the input video is too short to condition the refinement on {num_cond} frames")
     refinement = plan_refinement(setup, (generation.height, generation.width), generation.num_frames,
                                  num_cond_frames=num_cond)
-    if refinement is None:  # the input, then the new frames at its size
-        shape = (len(video) + generation.num_frames - generation.num_cond_frames, *video.shape[1:3])
-    else:  # the input at the refined rate, then the refined new frames at its size
-        source = setup.inputs.refine_video
-        shape = (len(source) + refinement.num_frames - refinement.num_cond_frames, *source.shape[1:3])
-    return TaskStages(generation, refinement, shape)
+    if refinement is None:  # the input, then the new frames
+        num_frames = len(video) + generation.num_frames - generation.num_cond_frames
+        generated_size = (generation.height, generation.width)
+    else:  # the input at the refined rate, then the refined new frames
+        num_frames = len(setup.inputs.refine_video) + refinement.num_frames - refinement.num_cond_frames
+        generated_size = (refinement.height, refinement.width)
+    size = video.shape[1:3] if setup.request.output_size == "input" else generated_size
+    return TaskStages(generation, refinement, (num_frames, *size))
 
 
 def run_task(pipe: LongCatPipeline, setup: RunSetup, stages: TaskStages) -> GeneratedVideo:
-    """The input followed by the new frames (refined: the input at the refined rate, then the refined frames)."""
+    """The input followed by the new frames (refined: the input at the refined rate, then the refined frames), at
+    `stages.output_shape`'s size (the input's, by default)."""
+    size = stages.output_shape[1:]
     video = run_continuation(pipe, setup.inputs.video, setup.prompt, stages.generation)
     if stages.refinement is None:
-        return GeneratedVideo(join_continuation(setup.inputs.video, video.frames, stages.generation.num_cond_frames),
-                              video.fps)
+        joined = join_continuation(setup.inputs.video, video.frames, stages.generation.num_cond_frames, size)
+        return GeneratedVideo(joined, video.fps)
     source = setup.inputs.refine_video
     num_cond = stages.refinement.num_cond_frames
     refined = run_refine(pipe, video.frames, setup.refine_prompt, stages.refinement, cond_video=source)
-    return GeneratedVideo(join_continuation(source, refined.frames, num_cond), refined.fps)
+    return GeneratedVideo(join_continuation(source, refined.frames, num_cond, size), refined.fps)

@@ -1,7 +1,11 @@
 """Image-to-video: the size is the bucket nearest the image's aspect ratio; the image is resized (Lanczos), encoded
-to one latent frame that replaces latent frame 0 and stays clean (timestep 0, never stepped). Sampling as t2v."""
+to one latent frame that replaces latent frame 0 and stays clean (timestep 0, never stepped). Sampling as t2v.
+`--task i2v` writes the video at the image's size (bicubic, as the original's i2v demo) unless
+`--output-size generated`."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import numpy as np
@@ -55,13 +59,19 @@ def generate_i2v(pipe: LongCatPipeline, image: np.ndarray, prompt: str, options:
 
 def plan_task(setup: RunSetup) -> TaskStages:
     """`--task i2v`: --image is the first frame; with --refine it is the refinement's condition too."""
-    generation = plan_i2v(setup.inputs.image.shape[:2], setup.generation, setup.context)
+    image = setup.inputs.image
+    generation = plan_i2v(image.shape[:2], setup.generation, setup.context)
     refinement = plan_refinement(setup, generation.size, generation.num_frames, num_cond_frames=1)
-    return TaskStages(generation, refinement, (refinement or generation).shape)
+    num_frames, height, width = (refinement or generation).shape
+    if setup.request.output_size == "input":
+        height, width = image.shape[:2]
+    return TaskStages(generation, refinement, (num_frames, height, width))
 
 
 def run_task(pipe: LongCatPipeline, setup: RunSetup, stages: TaskStages) -> GeneratedVideo:
+    """The video of the planned stages, resized (bicubic) to `stages.output_shape` (the image's size, by default)."""
     video = run_i2v(pipe, setup.inputs.image, setup.prompt, stages.generation)
-    if stages.refinement is None:
-        return video
-    return run_refine(pipe, video.frames, setup.refine_prompt, stages.refinement, image=setup.inputs.image)
+    if stages.refinement is not None:
+        video = run_refine(pipe, video.frames, setup.refine_prompt, stages.refinement, image=setup.inputs.image)
+    _, height, width = stages.output_shape
+    return dataclasses.replace(video, frames=resize_frames(video.frames, height, width, "bicubic"))

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 GENERATION_FPS = 15.0  # LongCat's generation rate: inputs are taken at it
 REFINED_FPS = 2 * GENERATION_FPS  # refinement doubles the frames
 REFINE_SEED_OFFSET = 1000  # the refinement's noise seed is the run's seed + this
+# --output-size: the input image's or video's size (the original's demos resize to it, bicubic), or the generated one
+OUTPUT_SIZES = ("input", "generated")
 
 # Plain bounds: past them a run is a typo, not a request (the device-memory estimate refuses what does not fit).
 MAX_SIDE = 4096  # pixels; the released model works at 480p and 720p
@@ -72,6 +74,7 @@ class RunRequest:
     num_segments: int = 1
     output_path: Path | None = None
     output_format: str = "mp4"
+    output_size: str = "input"
     fps: float | None = None
     dtype: str | None = None
     quantize: str = "none"

@@ -103,6 +103,7 @@ SETTING_READERS: dict[str, tuple[str, ...]] = {
     "distill": GENERATING,
     "resolution": ("i2v", "continuation", "long"),
     "num_segments": ("long",),
+    "output_size": ("i2v", "continuation"),
 }
 REFINE_SETTINGS = ("refine_inference_steps", "spatial_refine_only")  # read where a refinement stage runs
 _SETTING_HINTS = {

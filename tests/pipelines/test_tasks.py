@@ -14,7 +14,7 @@ from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v
 from longcat_jax.pipelines.options import GeneratedVideo
 from longcat_jax.pipelines.request import RunRequest, read_inputs
 from longcat_jax.pipelines.tasks import TASKS, Task, plan_run
-from longcat_jax.video_io import write_mp4
+from longcat_jax.video_io import resize_frames, write_mp4
 from tests.helpers.task_inputs import write_task_inputs
 
 PRESETS = Path(__file__).resolve().parents[2] / "configs" / "bsa"
@@ -214,3 +214,28 @@ def test_a_stage1_video_no_stride_or_repeat_brings_to_15_fps_is_warned_of(tmp_pa
     with caplog.at_level(logging.WARNING):
         read_inputs(RunRequest(task="refine", refine_from=clip))
     assert ("so the output plays faster than the input" in caplog.text) == warned
+
+
+@pytest.mark.parametrize("refine_flag", [(), ("--refine",)], ids=["generated", "refined"])
+def test_i2v_and_continuation_are_written_at_the_inputs_size_unless_asked_otherwise(inputs, refine_flag):
+    """As the original's i2v and continuation demos write them: at the input image's or video's size; with
+    `--output-size generated` at the size the model made (the bucket, or the refinement's)."""
+    cases = {"i2v": ("--image", inputs["image"], (48, 48)), "continuation": ("--video", inputs["video"], (64, 64))}
+    for task, (flag, path, input_size) in cases.items():
+        argv = ("--task", task, flag, path, "--num-frames", "5", "--num-cond-frames", "1", *refine_flag)
+        plan = _plan(*argv)
+        generated = plan.stages.refinement or plan.stages.generation
+        assert plan.stages.output_shape[1:] == input_size
+        assert _plan(*argv, "--output-size", "generated").stages.output_shape[1:] == (generated.height, generated.width)
+    assert (generated.height, generated.width) != (64, 64)  # the refined continuation: another size than its input
+
+
+def test_i2v_resizes_its_frames_to_the_planned_output(inputs, monkeypatch):
+    """run_task resizes the made video (bicubic, the demo's filter) to the plan's output size, or leaves it."""
+    argv = ("--task", "i2v", "--image", inputs["image"], "--num-frames", "5", "--output-size")
+    size = _plan(*argv, "generated").stages.generation.size  # the bucket
+    made = np.random.default_rng(1).integers(0, 256, (5, *size, 3), dtype=np.uint8)
+    monkeypatch.setattr(i2v, "run_i2v", lambda *args: GeneratedVideo(made, 15.0))
+    for output_size, expected in (("input", resize_frames(made, 48, 48, "bicubic")), ("generated", made)):
+        plan = _plan(*argv, output_size)
+        np.testing.assert_array_equal(i2v.run_task(None, plan.setup, plan.stages).frames, expected)
