@@ -70,7 +70,10 @@ class MosaicConfig:
     N=8 product into a [64, 8] accumulator, rescaled with the output's accumulator and reduced once at the end)
     instead of a row reduction of P per key block (on an H200 the bf16 kernel 1.06-1.13x faster with it; the sums
     are then of the rounded P the output multiplies). `KernelConfig` refuses it for the FP8 kernel, whose output it
-    moved 8.5e-2 to 4.2e-1 on an H200, more the longer the lists (BENCHMARKS.md); interpret: run through
+    moved 8.5e-2 to 4.2e-1 on an H200, more the longer the lists (BENCHMARKS.md; a likely cause, not yet confirmed:
+    an e4m3 wgmma adds into its accumulator at reduced precision, and the running sums grow). Each block's FP8 sums
+    now start from a zero accumulator and are added in float32 registers; `benchmarks/fp8_row_sums.py --native`
+    measures whether that mends it, before the refusal goes; interpret: run through
     the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
     in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
     index gathering and softmax are the GPU's.
@@ -396,7 +399,15 @@ def mosaic_forward(
                                 plgpu.wgmma(refs[1], p_operand, ones_smem.transpose((1, 0)))
                             wait_k(j + 1)
 
-                        if tc_sums:
+                        if tc_sums and fp8:
+                            # an e4m3 wgmma adds into its accumulator at reduced precision, which loses more of a
+                            # block's sum the larger the running sum grows: each block's sums start from zero and are
+                            # added to the running sums in float32 registers
+                            block_sums = fragment(jnp.zeros((BLOCK, _ONES_ROWS), jnp.float32), plgpu.Layout.WGMMA)
+                            acc, block_sums = pl.run_state(values_state)(
+                                (plgpu.ACC.init(acc), plgpu.ACC.init(block_sums)))
+                            row_sum = row_sum + block_sums
+                        elif tc_sums:
                             acc, row_sum = pl.run_state(values_state)((plgpu.ACC.init(acc), plgpu.ACC.init(row_sum)))
                         else:
                             (acc,) = pl.run_state(values_state)((plgpu.ACC.init(acc),))

@@ -42,15 +42,18 @@ def _lowered_for_cuda(fn, *args) -> str:
 
 
 # three consumers fit head_dim 128 in shared memory with FP8 operands only
-THREE_CONSUMERS = MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False)
+THREE_CONSUMERS = {
+    "three_consumers": MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False),
+    "three_consumers_tensor_core_sums": MosaicConfig(consumers=3, schedule_barrier=False),
+}
 
 
 @pytest.mark.parametrize(("name", "fp8"), [
-    *((name, fp8) for name in FORWARD_CONFIGS for fp8 in (False, True)), ("three_consumers", True)
+    *((name, fp8) for name in FORWARD_CONFIGS for fp8 in (False, True)), *((name, True) for name in THREE_CONSUMERS)
 ])
 def test_forward_lowers_for_cuda(name, fp8):
     q, k, v, indices, starts, counts = _inputs()
-    config = FORWARD_CONFIGS.get(name, THREE_CONSUMERS)
+    config = {**FORWARD_CONFIGS, **THREE_CONSUMERS}[name]
     if fp8:
         operands = quantize_operands(q, k, v)
 
