@@ -103,6 +103,9 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--refine-height", type=int, help="refinement height, multiple of 64 (default: the 720p bucket)")
     add("--refine-width", type=int, help="refinement width, multiple of 64 (default: the 720p bucket)")
     add("--num-segments", type=int, default=1, help="long: continuation segments after the first clip")
+    add("--segment-prompt", dest="segment_prompts", action="append", default=[], metavar="TEXT",
+        help="long: the prompt of the next continuation segment, repeatable, one per segment (--num-segments defaults "
+        "to their count; --prompt is the first clip's), as the original's interactive video demo")
     add("--output-path", type=Path, help="default outputs/longcat_<task>.<format>")
     add("--output-format", choices=OUTPUT_FORMATS, default="mp4")
     add("--output-size", choices=OUTPUT_SIZES, default="input",
@@ -154,7 +157,7 @@ def parse_command_line(argv: list[str] | None = None) -> tuple[RunRequest, set[s
     """The command line as a `RunRequest`, and the names of the fields its flags set (the others are defaults)."""
     args = vars(build_parser().parse_args(argv))
     given = set(vars(build_parser(defaults=False).parse_args(argv)))
-    return RunRequest(**{**args, "lora": tuple(args["lora"])}), given
+    return RunRequest(**{**args, "lora": tuple(args["lora"]), "segment_prompts": tuple(args["segment_prompts"])}), given
 
 
 @sigterm_as_interrupt()  # SIGTERM (timeout, docker stop, Slurm) ends the run as Ctrl-C does

@@ -63,7 +63,7 @@ from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
 from longcat_jax.models.dit.lora import parse_lora_spec
 from longcat_jax.pipelines.options import Sampling
-from longcat_jax.pipelines.request import OUTPUT_SIZES, RunRequest
+from longcat_jax.pipelines.request import OUTPUT_SIZES, RunRequest, flag_name
 from longcat_jax.pipelines.stats import RunStats, peak_memory_line
 from longcat_jax.pipelines.tasks import DTYPES, INPUT_FLAGS, TASKS, RunPlan, run_dtype, stage_plans
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
@@ -333,7 +333,7 @@ def request_from_record(record: Mapping[str, Any], command_line: RunRequest, giv
     for name, value in record["request"].items():
         if name in PATH_FIELDS and value is not None:
             value = Path(value)
-        elif name == "lora":
+        elif isinstance(value, list):  # --lora, --segment-prompt
             value = tuple(value)
         fields[name] = value
     recorded_split = fields.get("context_parallel")
@@ -346,7 +346,7 @@ def request_from_record(record: Mapping[str, Any], command_line: RunRequest, giv
         fields[name] = getattr(command_line, name)
     replaced = sorted(set(given) - set(LOCAL_FIELDS) - set(RUN_MODE_FIELDS))
     if replaced:
-        logger.info("--from-json: the command line replaces the sidecar's %s", ", ".join(_flag(n) for n in replaced))
+        logger.info("--from-json: the command line replaces the sidecar's %s", ", ".join(flag_name(n) for n in replaced))
     return RunRequest(**{**fields, "from_json": None})
 
 
@@ -420,8 +420,6 @@ def _as_given(value: Path | str | None) -> str | None:
     return str(path.resolve()) if path.exists() else str(value)
 
 
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
 
 
 def _version(distribution: str) -> str | None:

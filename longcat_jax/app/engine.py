@@ -33,7 +33,7 @@ from longcat_jax.app.models import WarmModels
 from longcat_jax.app.progress import JobStats
 from longcat_jax.errors import InputError, LongCatError
 from longcat_jax.memory.plan import MemoryBudgetError
-from longcat_jax.pipelines.request import RunInputs, RunRequest
+from longcat_jax.pipelines.request import RunInputs, RunRequest, flag_name
 from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.pipelines.tasks import plan_run, task_of
 from longcat_jax.progress import on_steps
@@ -257,7 +257,7 @@ def cli_command(request: RunRequest) -> list[str]:
         value = getattr(request, field.name)
         if value == field.default:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flag = flag_name(field.name)
         if isinstance(value, bool):
             words.append(flag)
         elif isinstance(value, tuple):

@@ -65,6 +65,7 @@ class FormValues:
     refine: bool = False
     spatial_refine_only: bool = False
     num_segments: float = 1
+    segment_prompts: str | None = ""  # long: one prompt a line, a segment each
     bsa: str = BSA_DEFAULT  # BSA_DEFAULT, a preset's name, or BSA_CUSTOM
     sparsity: float | None = None
     cdf_threshold: float | None = None
@@ -101,6 +102,7 @@ def build_request(values: FormValues, settings: AppSettings, work_dir: Path,
         "distill": values.distill,
         "spatial_refine_only": values.spatial_refine_only,
         "num_segments": 1 if values.num_segments is None else int(values.num_segments),
+        "segment_prompts": tuple(line.strip() for line in (values.segment_prompts or "").splitlines() if line.strip()),
     }
     return settings.request(
         task=task.name,

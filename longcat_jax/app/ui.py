@@ -233,6 +233,8 @@ def _form_fields(defaults, presets: list[str]) -> dict[str, gr.components.Compon
             f["refine"] = gr.Checkbox(label="Refine to 720p afterwards")
             f["spatial_refine_only"] = gr.Checkbox(label="Refinement keeps the frame count")
             f["num_segments"] = gr.Number(value=1, label="Continuation segments (long)", precision=0, visible=False)
+        f["segment_prompts"] = gr.Textbox(label="Segment prompts (long: one a line, a continuation segment each; "
+                                          "empty: the prompt for all)", lines=3, visible=False)
     with gr.Accordion("Block-sparse attention (BSA)", open=False):
         f["bsa"] = gr.Dropdown([form.BSA_DEFAULT, *presets, form.BSA_CUSTOM], value=form.BSA_DEFAULT,
                                label="Preset (applies to the refinement when the run has one, else to the generation)")
@@ -260,6 +262,7 @@ VISIBLE_BY_TASK = {  # field -> the tasks that show it
     "refine_from": ("refine",),
     "num_cond_frames": ("continuation", "long", "refine"),
     "num_segments": ("long",),
+    "segment_prompts": ("long",),
     "output_size": SETTING_READERS["output_size"],
     "distill": ("t2v", "i2v", "continuation", "long"),
     "refine": ("t2v", "i2v", "continuation", "long"),

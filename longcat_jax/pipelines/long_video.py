@@ -29,11 +29,17 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class LongVideoPlan:
-    """The first clip, the plan every continuation segment follows (its seed aside), and the segment count."""
+    """The first clip, the plan every continuation segment follows (its seed aside), the segment count, and each
+    segment's prompt (empty: the first clip's)."""
 
     first: GenerationPlan
     segment: ContinuationPlan
     num_segments: int
+    segment_prompts: tuple[str, ...] = ()
+
+    def segment_prompt(self, prompt: str, segment: int) -> str:
+        """The prompt of continuation `segment` (from 0), where the first clip's is `prompt`."""
+        return self.segment_prompts[segment] if self.segment_prompts else prompt
 
     @property
     def num_frames(self) -> int:
@@ -51,13 +57,18 @@ class WindowedRefinePlan:
     overlap: int
 
 
-def plan_long_video(options: GenerationOptions, num_segments: int, context: PlanContext) -> LongVideoPlan:
-    """Checks the first clip and the continuations before any compute."""
+def plan_long_video(options: GenerationOptions, num_segments: int, context: PlanContext,
+                    segment_prompts: tuple[str, ...] = ()) -> LongVideoPlan:
+    """Checks the first clip and the continuations before any compute; `segment_prompts`, where given, are one a
+    segment (the original's interactive video demo: a prompt per segment)."""
     if num_segments < 0:
         raise InputError(f"--num-segments must be 0 or more, got {num_segments}")
+    if segment_prompts and len(segment_prompts) != num_segments:
+        raise InputError(f"{len(segment_prompts)} --segment-prompt for {num_segments} segments (--num-segments): give "
+                         "one a segment, or leave --num-segments out to make as many segments as prompts")
     first = plan_t2v(options, context)
     segment = plan_continuation(first.size, first.num_frames, options, context)
-    return LongVideoPlan(first, segment, num_segments)
+    return LongVideoPlan(first, segment, num_segments, tuple(segment_prompts))
 
 
 def run_long_video(pipe: LongCatPipeline, prompt: str, plan: LongVideoPlan) -> GeneratedVideo:
@@ -68,7 +79,7 @@ def run_long_video(pipe: LongCatPipeline, prompt: str, plan: LongVideoPlan) -> G
     for segment in range(plan.num_segments):
         logger.info("Generating segment %d/%d", segment + 1, plan.num_segments)
         segment_plan = dataclasses.replace(plan.segment, seed=plan.first.seed + segment + 1)
-        clip = run_continuation(pipe, current, prompt, segment_plan).frames
+        clip = run_continuation(pipe, current, plan.segment_prompt(prompt, segment), segment_plan).frames
         clip = resize_frames(clip, current.shape[1], current.shape[2], "bicubic")
         frames.append(clip[segment_plan.num_cond_frames :])
         current = clip
@@ -76,11 +87,12 @@ def run_long_video(pipe: LongCatPipeline, prompt: str, plan: LongVideoPlan) -> G
 
 
 def generate_long_video(pipe: LongCatPipeline, prompt: str, options: GenerationOptions | None = None, *,
-                        num_segments: int, **changes) -> GeneratedVideo:
+                        num_segments: int, segment_prompts: tuple[str, ...] = (), **changes) -> GeneratedVideo:
     """A t2v clip extended by `num_segments` continuations: num_frames + num_segments * (num_frames -
-    num_cond_frames) frames at 15 fps. Keywords replace fields of `options`."""
+    num_cond_frames) frames at 15 fps; `segment_prompts`: one prompt a segment (default: `prompt` for all).
+    Keywords replace fields of `options`."""
     options = with_changes(options, GenerationOptions, changes)
-    return run_long_video(pipe, prompt, plan_long_video(options, num_segments, pipe.plan_context))
+    return run_long_video(pipe, prompt, plan_long_video(options, num_segments, pipe.plan_context, segment_prompts))
 
 
 def plan_windowed_refine(stage1_size: tuple[int, int], options: RefineOptions, context: PlanContext, *,
@@ -130,9 +142,13 @@ def _window_cond_frames(plan: WindowedRefinePlan) -> int:
 
 
 def plan_task(setup: RunSetup) -> TaskStages:
-    """`--task long`: the clip at --height/--width and --num-segments continuations; with --refine, windows of
+    """`--task long`: the clip at --height/--width and --num-segments continuations (or one a --segment-prompt, each
+    with its prompt); with --refine, windows of
     --num-frames, refined with an empty prompt (the task table's; as the original's long-video demo)."""
-    generation = plan_long_video(setup.generation, setup.request.num_segments, setup.context)
+    request = setup.request
+    num_segments = len(request.segment_prompts) if request.segment_prompts and request.num_segments == 1 else (
+        request.num_segments)
+    generation = plan_long_video(setup.generation, num_segments, setup.context, request.segment_prompts)
     shape = (generation.num_frames, *generation.first.size)
     refinement = None
     if setup.refinement is not None:

@@ -72,6 +72,7 @@ class RunRequest:
     refine_height: int | None = None
     refine_width: int | None = None
     num_segments: int = 1
+    segment_prompts: tuple[str, ...] = ()  # long: each continuation segment's prompt (default: --prompt)
     output_path: Path | None = None
     output_format: str = "mp4"
     output_size: str = "input"
@@ -96,7 +97,7 @@ def check_request_numbers(request: RunRequest) -> None:
     for field in ("guidance_scale", "fps"):
         value = getattr(request, field)
         if value is not None and not math.isfinite(value):
-            raise InputError(f"{_flag(field)} must be a finite number, got {value}; leave it out for the default")
+            raise InputError(f"{flag_name(field)} must be a finite number, got {value}; leave it out for the default")
     if request.guidance_scale is not None and request.guidance_scale < 1:
         logger.warning("--guidance-scale %g is below 1, which turns guidance off (it runs above 1; the default is 4, "
                        "1 with --distill)", request.guidance_scale)
@@ -105,11 +106,11 @@ def check_request_numbers(request: RunRequest) -> None:
     for field in POSITIVE_FIELDS:
         value = getattr(request, field)
         if value is not None and not value > 0:
-            raise InputError(f"{_flag(field)} must be positive, got {value}; leave it out for the default")
+            raise InputError(f"{flag_name(field)} must be positive, got {value}; leave it out for the default")
     for field, bound in BOUNDS.items():
         value = getattr(request, field)
         if value is not None and value > bound:
-            raise InputError(f"{_flag(field)} {value} is past its bound of {bound}; use at most {bound}"
+            raise InputError(f"{flag_name(field)} {value} is past its bound of {bound}; use at most {bound}"
                              + ("; longer videos: --task long --num-segments N" if field == "num_frames" else ""))
     if not 0 <= request.seed <= MAX_SEED:
         raise InputError(f"--seed must be in 0..{MAX_SEED} (a 64-bit seed, less room for the seeds later stages "
@@ -119,8 +120,9 @@ def check_request_numbers(request: RunRequest) -> None:
                          "720p bucket nearest the stage-1 aspect ratio")
 
 
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
+def flag_name(field: str) -> str:
+    """The CLI flag of the RunRequest field `field` (`--segment-prompt` gives `segment_prompts` its items)."""
+    return "--segment-prompt" if field == "segment_prompts" else "--" + field.replace("_", "-")
 
 
 @dataclasses.dataclass(frozen=True)

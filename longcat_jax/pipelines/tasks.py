@@ -40,6 +40,7 @@ from longcat_jax.pipelines.request import (
     RunSetup,
     TaskStages,
     check_request_numbers,
+    flag_name,
     read_inputs,
 )
 from longcat_jax.pipelines.stats import RunStats
@@ -103,6 +104,7 @@ SETTING_READERS: dict[str, tuple[str, ...]] = {
     "distill": GENERATING,
     "resolution": ("i2v", "continuation", "long"),
     "num_segments": ("long",),
+    "segment_prompts": ("long",),
     "output_size": ("i2v", "continuation"),
 }
 REFINE_SETTINGS = ("refine_inference_steps", "spatial_refine_only")  # read where a refinement stage runs
@@ -132,7 +134,7 @@ def _warn_of_unread_settings(request: RunRequest, task: Task) -> None:
     for field in (*SETTING_READERS, *REFINE_SETTINGS):
         if getattr(request, field) == _REQUEST_DEFAULTS[field] or setting_applies(field, task, request.refine):
             continue
-        flag = "--" + field.replace("_", "-")
+        flag = flag_name(field)
         if field in REFINE_SETTINGS:
             logger.warning("%s is a setting of the refinement stage, which this run does not have (add --refine): "
                            "ignored", flag)
@@ -376,7 +378,9 @@ def encode_prompts(pipe: LongCatPipeline, plans: Sequence[RunPlan]) -> None:
     for plan in plans:
         setup = plan.setup
         if plan.task.generates:
-            pipe.encode_text(setup.prompt, Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt)
+            negative = Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt
+            for prompt in (setup.prompt, *setup.request.segment_prompts):
+                pipe.encode_text(prompt, negative)
         if setup.refinement is not None:
             pipe.encode_text(setup.refine_prompt)
     pipe.release_text_encoder()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from longcat_jax import generate
-from longcat_jax.app.engine import AppSettings, Engine
+from longcat_jax.app.engine import AppSettings, Engine, cli_command
 from longcat_jax.app.form import FormValues, build_request
 from longcat_jax.app.jobs import Job, JobState
 from longcat_jax.app.models import LoadSetting, WarmModels
@@ -24,7 +24,7 @@ from longcat_jax.app.views import header
 from longcat_jax.errors import InputError
 from longcat_jax.models.text_encoder.prompt import is_released
 from longcat_jax.pipelines.pipeline import LongCatPipeline
-from longcat_jax.pipelines.request import RunInputs
+from longcat_jax.pipelines.request import RunInputs, RunRequest
 from longcat_jax.pipelines.stats import RunStats
 from longcat_jax.pipelines.tasks import plan_run
 from longcat_jax.provenance import FORMAT, FORMAT_VERSION, TOP_KEYS, read_sidecar
@@ -251,6 +251,13 @@ def cat_job(engine, tmp_path_factory) -> Job:
     wait_finished(job)
     assert job.state is JobState.DONE, job.error
     return job
+
+
+def test_the_cli_command_of_a_request_parses_back_to_it():
+    """Repeated flags (--lora, --segment-prompt) and switches come back as the CLI spells them."""
+    request = RunRequest(task="long", prompt="a cat", segment_prompts=("it sits", "it sleeps"), distill=True,
+                         lora=("a.safetensors:0.5",), num_segments=2, output_size="generated")
+    assert generate.parse_request(cli_command(request)[3:]) == request
 
 
 def test_the_sidecar_holds_the_provenance_and_the_cli_command(cat_job):

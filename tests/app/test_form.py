@@ -45,10 +45,13 @@ def test_only_the_inputs_the_task_reads_go_into_the_request(tmp_path, png):
 
 def test_only_the_settings_the_task_reads_go_into_the_request(tmp_path, png):
     typed = dict(num_cond_frames=5, num_segments=3, resolution="720p", refine_inference_steps=7,
-                 spatial_refine_only=True, num_inference_steps=9, guidance_scale=2.0, output_size="generated")
+                 spatial_refine_only=True, num_inference_steps=9, guidance_scale=2.0, output_size="generated",
+                 segment_prompts="it turns\n\n  it stops \n")
     t2v = _request(tmp_path, task="t2v", **typed)
     assert (t2v.num_cond_frames, t2v.num_segments, t2v.resolution, t2v.refine_inference_steps, t2v.spatial_refine_only,
-            t2v.num_inference_steps, t2v.guidance_scale, t2v.output_size) == (None, 1, "480p", None, False, 9, 2.0, "input")
+            t2v.num_inference_steps, t2v.guidance_scale, t2v.output_size, t2v.segment_prompts) == (
+        None, 1, "480p", None, False, 9, 2.0, "input", ())
+    assert _request(tmp_path, task="long", **typed).segment_prompts == ("it turns", "it stops")
     refined = _request(tmp_path, task="i2v", image=str(png), refine=True, **typed)
     assert (refined.resolution, refined.refine_inference_steps, refined.spatial_refine_only,
             refined.output_size) == ("720p", 7, True, "generated")

@@ -12,7 +12,7 @@ import pytest
 
 from kernels import BSAParams
 from longcat_jax.errors import InputError
-from longcat_jax.pipelines import denoise
+from longcat_jax.pipelines import denoise, long_video
 from longcat_jax.pipelines.bsa import check_bsa_grids
 from longcat_jax.pipelines.continuation import generate_continuation, join_continuation
 from longcat_jax.pipelines.denoise import sample
@@ -129,6 +129,21 @@ def test_long_video_makes_its_segments_at_the_asked_resolution(pipe):
 def test_long_video_frame_count(pipe):
     video = generate_long_video(pipe, "A red car", LONG, num_segments=2)
     assert video.frames.shape == (5 + 2 * 4, 64, 64, 3)
+
+
+def test_long_video_runs_each_segment_on_its_own_prompt(pipe, monkeypatch):
+    """The original's interactive video demo: the first clip on the prompt, each continuation on its segment's."""
+    asked = []
+    real = long_video.run_continuation
+    monkeypatch.setattr(long_video, "run_continuation", lambda p, video, prompt, plan: asked.append(prompt) or real(
+        p, video, prompt, plan))
+    video = generate_long_video(pipe, "A red car", LONG, num_segments=2, segment_prompts=("It turns", "It stops"))
+    assert asked == ["It turns", "It stops"] and video.frames.shape == (5 + 2 * 4, 64, 64, 3)
+    asked.clear()
+    generate_long_video(pipe, "A red car", LONG, num_segments=1)
+    assert asked == ["A red car"]
+    with pytest.raises(InputError, match="1 --segment-prompt for 2 segments.*one a segment"):
+        plan_long_video(LONG, 2, pipe.plan_context, ("It turns",))
 
 
 def test_refine_doubles_frames_with_bsa(pipe, t2v_frames):

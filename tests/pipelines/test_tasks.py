@@ -10,7 +10,7 @@ import pytest
 
 from longcat_jax import generate
 from longcat_jax.errors import InputError
-from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v
+from longcat_jax.pipelines import continuation, i2v, long_video, refine, t2v, tasks
 from longcat_jax.pipelines.options import GeneratedVideo
 from longcat_jax.pipelines.request import RunRequest, read_inputs
 from longcat_jax.pipelines.tasks import TASKS, Task, plan_run
@@ -239,3 +239,30 @@ def test_i2v_resizes_its_frames_to_the_planned_output(inputs, monkeypatch):
     for output_size, expected in (("input", resize_frames(made, 48, 48, "bicubic")), ("generated", made)):
         plan = _plan(*argv, output_size)
         np.testing.assert_array_equal(i2v.run_task(None, plan.setup, plan.stages).frames, expected)
+
+
+def test_segment_prompts_set_the_long_videos_segments_and_encode_with_the_others(caplog, monkeypatch):
+    """--segment-prompt, repeated: one continuation each (--num-segments defaults to their count); every prompt is
+    encoded before the text encoder is released; other tasks warn that they do not read it."""
+    argv = ("--task", "long", "--num-cond-frames", "1", *SMALL, "--segment-prompt", "It turns", "--segment-prompt",
+            "It stops")
+    plan = _plan(*argv)
+    assert plan.stages.generation.num_segments == 2
+    assert plan.stages.generation.segment_prompts == ("It turns", "It stops")
+    assert plan.stages.output_shape == (5 + 2 * 4, 64, 64)
+    with pytest.raises(InputError, match="2 --segment-prompt for 3 segments"):
+        _plan(*argv, "--num-segments", "3")
+    encoded = []
+
+    class Pipe:
+        def encode_text(self, prompt, negative=None):
+            encoded.append(prompt)
+
+        def release_text_encoder(self):
+            encoded.append("released")
+
+    tasks.encode_prompts(Pipe(), [plan])
+    assert encoded[:3] == [plan.setup.prompt, "It turns", "It stops"] and encoded[-1] == "released"
+    with caplog.at_level(logging.WARNING):
+        _plan("--segment-prompt", "It turns", *SMALL)
+    assert "--segment-prompt is read by --task long, not by --task t2v" in caplog.text
