@@ -51,6 +51,7 @@ OUTPUT_FORMATS = ("mp4", "npz", "frames")
 TRUNCATION_TOLERANCE_FRAMES = 2
 MAX_FPS = 240.0  # an mp4 written at 1000 fps or more reads back at 0 fps; ffmpeg fails outright near 1e12
 FFMPEG_ERROR_LINES = 4  # of ffmpeg's output, in an unreadable video's error: its last lines say what went wrong
+VIDEO_ERRORS = (OSError, RuntimeError, StopIteration, ValueError, KeyError)  # what ffmpeg's reader raises on a bad file
 FFMPEG_CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-f]+\] ")  # "[in#0 @ 0x5607b2ce2040] ": which ffmpeg part says it
 RESIZE_METHODS = {
     "lanczos": PIL.Image.Resampling.LANCZOS,
@@ -181,22 +182,34 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"cannot read image {path}: {err}; give a PNG or JPEG file") from err
 
 
-def read_video(path: str | Path) -> tuple[np.ndarray, float]:
-    """A video file as (uint8 RGB frames [F, H, W, 3], frames per second)."""
+def open_video(path: Path):
+    """(ffmpeg's frame generator of `path`, raw RGB24 frames; its metadata: size, fps, duration, ...), ffmpeg started.
+    The caller closes the generator; a file ffmpeg cannot read raises what `VIDEO_ERRORS` lists."""
     import imageio_ffmpeg  # here, not at import: the rest of the package runs without ffmpeg
 
-    path = _existing(path, "video")
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
         with _ffmpeg_subprocess():
-            meta = next(reader)
+            return reader, next(reader)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, float]:
+    """A video file as (uint8 RGB frames [F, H, W, 3], frames per second)."""
+    path = _existing(path, "video")
+    reader = None
+    try:
+        reader, meta = open_video(path)
         width, height = meta["size"]
         frames = [np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3) for raw in reader]
-    except (OSError, RuntimeError, StopIteration, ValueError) as err:
+    except VIDEO_ERRORS as err:
         raise InputError(f"cannot read video {path}: {_ffmpeg_error(err)}; give an mp4 (or another format ffmpeg "
                          "reads)") from err
     finally:
-        reader.close()
+        if reader is not None:
+            reader.close()
     if not frames:
         raise InputError(f"video {path} has no frames")
     _warn_if_truncated(path, len(frames), meta)

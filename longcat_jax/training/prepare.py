@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +46,12 @@ from longcat_jax.training.config import DataConfig, TrainConfig
 from longcat_jax.training.dataset import Clip, SkippedClip, discover_clips
 from longcat_jax.training.models import Encoders, check_model_path, load_encoders, model_id, model_sizes
 from longcat_jax.training.shapes import clip_size
-from longcat_jax.video_io import resize_frames, to_model_input
+from longcat_jax.video_io import VIDEO_ERRORS, open_video, resize_frames, to_model_input
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_SAVE_SECONDS = 60.0
 RATE_TOLERANCE = 0.1  # a video's frame rate this close to 'data.fps' is read frame by frame
-VIDEO_ERRORS = (OSError, RuntimeError, StopIteration, ValueError, KeyError)  # what ffmpeg's reader raises
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,20 +102,6 @@ def frame_indices(source_fps: float, fps: float | None, num_frames: int) -> list
     return [math.floor(i * ratio + 0.5) for i in range(num_frames)]
 
 
-def _open_video(path: Path):
-    """(ffmpeg frame generator, its metadata: size, fps, ...) of a video; the caller closes the generator."""
-    import imageio_ffmpeg  # here, not at import: the rest of the package runs without ffmpeg
-
-    reader = imageio_ffmpeg.read_frames(str(path))
-    try:
-        with warnings.catch_warnings():  # JAX warns about fork(); ffmpeg's child runs no JAX
-            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-            return reader, next(reader)
-    except BaseException:
-        reader.close()
-        raise
-
-
 def _unreadable(err: Exception) -> InputError:
     """The skip reason of a file ffmpeg cannot read: the first line of its error."""
     return InputError(f"unreadable video ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
@@ -128,7 +112,7 @@ def read_video_fps(path: Path) -> float:
     file ffmpeg cannot read."""
     reader = None
     try:
-        reader, meta = _open_video(path)
+        reader, meta = open_video(path)
         return float(meta.get("fps") or 0.0)
     except VIDEO_ERRORS as err:
         raise _unreadable(err) from err
@@ -148,7 +132,7 @@ def read_leading_frames(path: Path, num_frames: int, fps: float | None) -> tuple
     frames: list[np.ndarray] = []
     decoded = 0
     try:
-        reader, meta = _open_video(path)
+        reader, meta = open_video(path)
         width, height = meta["size"]
         source_fps = float(meta.get("fps") or 0.0)
         wanted = frame_indices(source_fps, fps, num_frames)
