@@ -102,7 +102,8 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
         help="refine without doubling the frame count")
     add("--refine-height", type=int, help="refinement height, multiple of 64 (default: the 720p bucket)")
     add("--refine-width", type=int, help="refinement width, multiple of 64 (default: the 720p bucket)")
-    add("--num-segments", type=int, default=1, help="long: continuation segments after the first clip")
+    add("--num-segments", type=int,
+        help="long: continuation segments after the first clip (default 1, or one a --segment-prompt)")
     add("--segment-prompt", dest="segment_prompts", action="append", default=[], metavar="TEXT",
         help="long: the prompt of the next continuation segment, repeatable, one per segment (--num-segments defaults "
         "to their count; --prompt is the first clip's), as the original's interactive video demo")

@@ -167,6 +167,8 @@ def planned_record(plan: RunPlan, asked: RunRequest) -> dict[str, Any]:
         "negative_prompt": negative,
         "seed": request.seed,
         "stages": stage_records(plan),
+        "output_shape": list(plan.stages.output_shape),  # (frames, height, width) to write
+        "segment_prompts": list(request.segment_prompts),
         "precision": {"dtype": np.dtype(run_dtype(request)).name, "quantize": request.quantize},
         "loras": [{"path": str(path.resolve()), "multiplier": multiplier} for path, multiplier in loras],
         "inputs": inputs_record(request),
@@ -336,6 +338,8 @@ def request_from_record(record: Mapping[str, Any], command_line: RunRequest, giv
         elif isinstance(value, list):  # --lora, --segment-prompt
             value = tuple(value)
         fields[name] = value
+    if "output_size" not in fields and fields.get("task") == "i2v":  # sidecars from before --output-size: i2v was
+        fields["output_size"] = "generated"  # written at its generated size then
     recorded_split = fields.get("context_parallel")
     if "context_parallel" not in given and recorded_split is not None and recorded_split > jax.device_count():
         logger.warning("--from-json: the sidecar's run split over --context-parallel %d devices and this machine has "
@@ -351,15 +355,23 @@ def request_from_record(record: Mapping[str, Any], command_line: RunRequest, giv
 
 
 def differences(recorded: Mapping[str, Any], planned: Mapping[str, Any]) -> list[str]:
-    """What decides the video and differs between a sidecar and the `planned_record` of its run again: prompts,
-    seed, task, stages, precision, LoRAs, the input files' contents, the checkpoint's fingerprint, our version and
-    commit, and JAX's version and devices."""
+    """What decides the video and differs between a sidecar and the `planned_record` of its run again: prompts (a
+    long video's segment prompts too), seed, task, stages, the output's frames and size, precision, LoRAs, the input
+    files' contents, the checkpoint's fingerprint, our version and commit, and JAX's version and devices."""
     found = [key for key in ("task", "prompt", "refine_prompt", "negative_prompt", "seed", "stages", "precision",
                              "loras") if recorded.get(key) != planned.get(key)]
+    if (recorded.get("request") or {}).get("segment_prompts", []) != planned["segment_prompts"]:
+        found.append("segment_prompts")
     if recorded.get("inputs") is not None:  # sidecars written before it was recorded: nothing to compare
         changed = sorted({entry["flag"] for entry in _symmetric(recorded["inputs"], planned["inputs"])})
         if changed:
             found.append(f"inputs ({', '.join(changed)}: other files or other contents)")
+    output = recorded.get("output") or {}
+    recorded_shape = [output.get(key) for key in ("frames", "height", "width")]
+    if recorded_shape != planned["output_shape"]:
+        (frames, height, width), planned_shape = recorded_shape, planned["output_shape"]
+        found.append(f"output ({frames} frames of {height}x{width} recorded, {planned_shape[0]} of "
+                     f"{planned_shape[1]}x{planned_shape[2]} planned)")
     if (recorded.get("checkpoint") or {}).get("fingerprint") != planned["checkpoint"]["fingerprint"]:
         found.append("checkpoint (its config and index files differ)")
     software = recorded.get("software") or {}

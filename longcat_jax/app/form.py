@@ -64,7 +64,7 @@ class FormValues:
     distill: bool = False
     refine: bool = False
     spatial_refine_only: bool = False
-    num_segments: float = 1
+    num_segments: float | None = None
     segment_prompts: str | None = ""  # long: one prompt a line, a segment each
     bsa: str = BSA_DEFAULT  # BSA_DEFAULT, a preset's name, or BSA_CUSTOM
     sparsity: float | None = None
@@ -101,8 +101,10 @@ def build_request(values: FormValues, settings: AppSettings, work_dir: Path,
         "guidance_scale": values.guidance_scale or None,
         "distill": values.distill,
         "spatial_refine_only": values.spatial_refine_only,
-        "num_segments": 1 if values.num_segments is None else int(values.num_segments),
+        "num_segments": _integer(values.num_segments),
         "segment_prompts": tuple(line.strip() for line in (values.segment_prompts or "").splitlines() if line.strip()),
+        "refine_height": _integer(values.refine_height),
+        "refine_width": _integer(values.refine_width),
     }
     return settings.request(
         task=task.name,
@@ -110,8 +112,6 @@ def build_request(values: FormValues, settings: AppSettings, work_dir: Path,
         **{field: path for field, path in inputs.items() if field in task.reads},
         # the fields of other tasks keep what was typed there, which this task would not read (and the CLI refuses)
         **{field: value for field, value in stage_settings.items() if setting_applies(field, task, refine)},
-        refine_height=_integer(values.refine_height),
-        refine_width=_integer(values.refine_width),
         seed=parse_seed(values.seed),
         refine=refine,
         bsa_config=_bsa_config(values, work_dir),

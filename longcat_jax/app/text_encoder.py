@@ -25,10 +25,9 @@ from longcat_jax.memory.footprint import text_encoder_weights
 from longcat_jax.memory.plan import MemoryPlan, Placement
 from longcat_jax.memory.sizes import format_size
 from longcat_jax.models.text_encoder.prompt import is_released
-from longcat_jax.pipelines.options import Sampling
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.stats import RunStats
-from longcat_jax.pipelines.tasks import RunPlan
+from longcat_jax.pipelines.tasks import RunPlan, text_encodings
 from longcat_jax.sharding.mesh import CONTEXT_AXIS
 from longcat_jax.sharding.params import place_module
 
@@ -36,18 +35,6 @@ logger = logging.getLogger(__name__)
 
 TEXT_STAGE = "text encoding"  # the plan's name for its text-encoding stage (`memory.plan`)
 RELEASED = "released after encoding (the plan needs its memory for the DiT); it loads again for the next prompt"
-
-
-def encode_calls(plan: RunPlan) -> list[tuple[str, str | None]]:
-    """The (prompt, negative prompt or None) of each `encode_text` call of the plan's stages, as the CLI's
-    `tasks.encode_prompts` makes them (so each batch, and each embedding, is the CLI's)."""
-    setup = plan.setup
-    calls = []
-    if plan.task.generates:
-        calls.append((setup.prompt, Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt))
-    if setup.refinement is not None:
-        calls.append((setup.refine_prompt, None))
-    return calls
 
 
 def room_for_text_encoder(memory: MemoryPlan | None, loaded: Placement | None,
@@ -85,7 +72,7 @@ class WarmTextEncoder:
         """Before the job's task runs: drops the last job's prompts unless this job asks the same, loads the encoder
         again when it was released and a prompt is new, encodes the job's prompts, and releases the encoder when the
         plan needs its memory (with a note in the job's summary)."""
-        calls = encode_calls(plan)
+        calls = text_encodings(plan)
         prompts = frozenset(text for call in calls for text in call if text is not None)
         if not prompts <= self._cached:
             pipe.clear_text_cache()

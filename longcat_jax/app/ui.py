@@ -232,7 +232,8 @@ def _form_fields(defaults, presets: list[str]) -> dict[str, gr.components.Compon
             f["distill"] = gr.Checkbox(label="Distill (cfg_step_lora, fewer steps)")
             f["refine"] = gr.Checkbox(label="Refine to 720p afterwards")
             f["spatial_refine_only"] = gr.Checkbox(label="Refinement keeps the frame count")
-            f["num_segments"] = gr.Number(value=1, label="Continuation segments (long)", precision=0, visible=False)
+            f["num_segments"] = gr.Number(label="Continuation segments (long; 0: 1, or one a segment prompt)",
+                                          precision=0, visible=False)
         f["segment_prompts"] = gr.Textbox(label="Segment prompts (long: one a line, a continuation segment each; "
                                           "empty: the prompt for all)", lines=3, visible=False)
     with gr.Accordion("Block-sparse attention (BSA)", open=False):

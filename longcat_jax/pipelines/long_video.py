@@ -146,8 +146,7 @@ def plan_task(setup: RunSetup) -> TaskStages:
     with its prompt); with --refine, windows of
     --num-frames, refined with an empty prompt (the task table's; as the original's long-video demo)."""
     request = setup.request
-    num_segments = len(request.segment_prompts) if request.segment_prompts and request.num_segments == 1 else (
-        request.num_segments)
+    num_segments = request.num_segments if request.num_segments is not None else len(request.segment_prompts) or 1
     generation = plan_long_video(setup.generation, num_segments, setup.context, request.segment_prompts)
     shape = (generation.num_frames, *generation.first.size)
     refinement = None

@@ -71,7 +71,7 @@ class RunRequest:
     spatial_refine_only: bool = False
     refine_height: int | None = None
     refine_width: int | None = None
-    num_segments: int = 1
+    num_segments: int | None = None  # long: None is one a --segment-prompt, else 1
     segment_prompts: tuple[str, ...] = ()  # long: each continuation segment's prompt (default: --prompt)
     output_path: Path | None = None
     output_format: str = "mp4"
@@ -101,7 +101,7 @@ def check_request_numbers(request: RunRequest) -> None:
     if request.guidance_scale is not None and request.guidance_scale < 1:
         logger.warning("--guidance-scale %g is below 1, which turns guidance off (it runs above 1; the default is 4, "
                        "1 with --distill)", request.guidance_scale)
-    if request.num_segments < 0:
+    if request.num_segments is not None and request.num_segments < 0:
         raise InputError(f"--num-segments must be 0 or more, got {request.num_segments}")
     for field in POSITIVE_FIELDS:
         value = getattr(request, field)

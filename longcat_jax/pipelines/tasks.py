@@ -107,7 +107,8 @@ SETTING_READERS: dict[str, tuple[str, ...]] = {
     "segment_prompts": ("long",),
     "output_size": ("i2v", "continuation"),
 }
-REFINE_SETTINGS = ("refine_inference_steps", "spatial_refine_only")  # read where a refinement stage runs
+# read where a refinement stage runs (the sizes too: a --from-json replay with --no-refine keeps its sidecar's)
+REFINE_SETTINGS = ("refine_inference_steps", "spatial_refine_only", "refine_height", "refine_width")
 _SETTING_HINTS = {
     ("height", "i2v"): "; it takes the bucket of --resolution nearest its input's aspect ratio",
     ("num_inference_steps", "refine"): "; the refinement's steps: --refine-inference-steps",
@@ -189,7 +190,8 @@ def plan_run(request: RunRequest, *, context: PlanContext | None = None) -> RunP
     stages = task.plan(setup)
     plan = RunPlan(task, setup, stages, output)
     _check_overrides_apply(plan)
-    _check_output_size(output, request.output_format, stages.output_shape)
+    at_input_size = request.output_size == "input" and setting_applies("output_size", task, refines)
+    _check_output_size(output, request.output_format, stages.output_shape, at_input_size)
     return dataclasses.replace(plan, memory=plan_run_memory(request, stages, context))
 
 
@@ -285,12 +287,9 @@ def _check_flags(request: RunRequest, task: Task) -> None:
         raise InputError(f"--task {task.name} takes one condition: {' or '.join(given)}, not both")
     check_request_numbers(request)
     _warn_of_unread_settings(request, task)
-    if request.refine_height is not None:
-        if task.generates and not request.refine:
-            raise InputError("--refine-height/--refine-width set the refinement's size; add --refine")
-        if not task.generates and (request.height or request.width):
-            raise InputError(f"--task {task.name} takes its size from --height/--width or from "
-                             "--refine-height/--refine-width; give one pair")
+    if request.refine_height is not None and not task.generates and (request.height or request.width):
+        raise InputError(f"--task {task.name} takes its size from --height/--width or from "
+                         "--refine-height/--refine-width; give one pair")
 
 
 def _plan_context(request: RunRequest, refines: bool) -> PlanContext:
@@ -360,27 +359,38 @@ def _output_path(request: RunRequest, task: Task) -> Path:
     return output if request.output_format == "frames" else output.with_suffix(f".{request.output_format}")
 
 
-def _check_output_size(path: Path, output_format: str, shape: tuple[int, int, int]) -> None:
+def _check_output_size(path: Path, output_format: str, shape: tuple[int, int, int], at_input_size: bool) -> None:
     """The video of (frames, height, width) `shape`, checked before the run: its frames fit in this machine's
-    memory (they are held there until written) and its file fits in the free space where it goes."""
+    memory (they are held there until written) and its file fits in the free space where it goes. `at_input_size`:
+    the size is the input image's or video's (`--output-size input`), which the hint names."""
     frames, height, width = shape
+    smaller = " (the input's size: --output-size generated writes the generated one)" if at_input_size else ""
     raw = 3 * frames * height * width
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if raw > memory:
         raise InputError(f"the video would be {frames} frames of {height}x{width}, {human_bytes(raw)} held in memory "
                          f"until written, and this machine has {human_bytes(memory)}; make fewer frames "
-                         "(--num-frames, --num-segments) or a smaller size")
+                         f"(--num-frames, --num-segments) or a smaller size{smaller}")
     check_output_space(path, output_format, frames, height, width)
 
 
+def text_encodings(plan: RunPlan) -> list[tuple[str, str | None]]:
+    """The (prompt, negative prompt or None) of each text encoding the plan's stages use: the generation's prompt and
+    each continuation segment's (--segment-prompt), with the negative prompt; the refinement's, without."""
+    setup = plan.setup
+    calls = []
+    if plan.task.generates:
+        negative = Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt
+        calls += [(prompt, negative) for prompt in (setup.prompt, *setup.request.segment_prompts)]
+    if setup.refinement is not None:
+        calls.append((setup.refine_prompt, None))
+    return calls
+
+
 def encode_prompts(pipe: LongCatPipeline, plans: Sequence[RunPlan]) -> None:
-    """Encodes every prompt the plans' stages will use, then frees the text encoder's memory for the DiT."""
+    """Encodes every prompt the plans' stages will use (`text_encodings`), then frees the text encoder's memory for
+    the DiT."""
     for plan in plans:
-        setup = plan.setup
-        if plan.task.generates:
-            negative = Sampling.resolve(setup.context.defaults, setup.generation).negative_prompt
-            for prompt in (setup.prompt, *setup.request.segment_prompts):
-                pipe.encode_text(prompt, negative)
-        if setup.refinement is not None:
-            pipe.encode_text(setup.refine_prompt)
+        for prompt, negative in text_encodings(plan):
+            pipe.encode_text(prompt, negative)
     pipe.release_text_encoder()

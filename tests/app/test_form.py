@@ -50,7 +50,7 @@ def test_only_the_settings_the_task_reads_go_into_the_request(tmp_path, png):
     t2v = _request(tmp_path, task="t2v", **typed)
     assert (t2v.num_cond_frames, t2v.num_segments, t2v.resolution, t2v.refine_inference_steps, t2v.spatial_refine_only,
             t2v.num_inference_steps, t2v.guidance_scale, t2v.output_size, t2v.segment_prompts) == (
-        None, 1, "480p", None, False, 9, 2.0, "input", ())
+        None, None, "480p", None, False, 9, 2.0, "input", ())
     assert _request(tmp_path, task="long", **typed).segment_prompts == ("it turns", "it stops")
     refined = _request(tmp_path, task="i2v", image=str(png), refine=True, **typed)
     assert (refined.resolution, refined.refine_inference_steps, refined.spatial_refine_only,

@@ -122,3 +122,18 @@ def test_loaded_again_onto_the_device_mesh(tmp_path):
     assert all(leaf.sharding.device_set == mesh_devices for leaf in jax.tree.leaves(nnx.state(pipe.text_encoder)))
     pipe.clear_text_cache()
     assert np.array_equal(np.asarray(pipe.encode_text(roomy.setup.prompt, negative).embeddings), before)
+
+
+def test_a_long_videos_segment_prompts_are_encoded_before_the_release(tmp_path):
+    """The warm app encodes what the CLI does (`tasks.text_encodings`): a long video's segment prompts too, so its
+    continuations find them after the encoder is released."""
+    fields = dict(SMALL, task="long", num_cond_frames=1, segment_prompts=("it turns", "it stops"))
+    roomy = plan_run(AppSettings(model_path=None, output_dir=tmp_path, context_parallel=1).request(**fields))
+    budget = dataclasses.replace(roomy.memory.budget, bytes=tight_budget(roomy.memory))
+    tight = dataclasses.replace(roomy, memory=dataclasses.replace(roomy.memory, budget=budget))
+    pipe = LongCatPipeline.builtin(memory_plan=roomy.memory)
+    pipe.stats, text = RunStats(), WarmTextEncoder()
+    text.prepare(pipe, tight, None, pipe.stats)
+    assert is_released(pipe.text_encoder)
+    for prompt in ("it turns", "it stops"):
+        pipe.encode_text(prompt, pipe.defaults.negative_prompt)  # cached: the released encoder is not needed

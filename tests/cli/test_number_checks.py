@@ -5,6 +5,8 @@ take. A negative guidance scale runs, with a warning."""
 import logging
 import re
 
+import numpy as np
+import PIL.Image
 import pytest
 
 from longcat_jax import generate
@@ -54,7 +56,6 @@ def _plan(*argv: str):
         (["--seed", str(2**63 - 1)], f"--seed must be in 0..{MAX_SEED}"),
         (["--seed", "-1"], f"--seed must be in 0..{MAX_SEED}"),
         (["--refine", "--refine-height", "128"], "give --refine-height and --refine-width together"),
-        (["--refine-height", "128", "--refine-width", "128"], "set the refinement's size; add --refine"),
         (["--refine", "--refine-height", "0", "--refine-width", "128"], "--refine-height must be positive"),
         (["--refine", "--refine-height", "96", "--refine-width", "128"], "multiples of 64"),
     ],
@@ -93,9 +94,13 @@ def test_a_guidance_scale_below_one_runs_unguided_with_a_warning(caplog, scale):
     assert not plan.stages.generation.sampling.guided
 
 
-def test_a_video_too_large_for_memory_is_refused(monkeypatch):
+def test_a_video_too_large_for_memory_is_refused(monkeypatch, tmp_path):
     """The frames are held in memory until written: a long video past the machine's memory is refused."""
     monkeypatch.setattr(tasks.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 50}[name])
     with pytest.raises(InputError, match=r"the video would be 21 frames of 64x64, 258\.0 KB held in memory until "
                                          r"written, and this machine has 204\.8 KB; make fewer frames"):
         _plan("--task", "long", "--num-segments", "4", "--num-cond-frames", "1", *SMALL)
+    image = tmp_path / "large.png"
+    PIL.Image.fromarray(np.zeros((200, 300, 3), np.uint8)).save(image)
+    with pytest.raises(InputError, match=r"a smaller size \(the input's size: --output-size generated writes the "):
+        _plan("--task", "i2v", "--image", str(image), "--num-frames", "5")

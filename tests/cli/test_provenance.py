@@ -229,3 +229,50 @@ def test_a_run_again_with_other_code_names_it(first_run, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert generate.main(["--from-json", str(path), "--output-path", str(tmp_path / "again.npz")]) == 0
     assert "software.longcat_jax, software.commit differ from the sidecar's" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def i2v_run(tmp_path_factory) -> Path:
+    """An i2v run from a 40x56 image (its bucket is another size): returns its output."""
+    folder = tmp_path_factory.mktemp("i2v_provenance")
+    image = folder / "frame.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image)
+    output = folder / "i2v.npz"
+    assert generate.main([*SMALL, "--task", "i2v", "--image", str(image), "--output-path", str(output)]) == 0
+    return output
+
+
+def _replay(record: dict, *argv: str):
+    """(the request of `record` replayed with `argv`, its plan, the differences from the record)."""
+    request, given = generate.parse_command_line(["--from-json", "x.json", *argv])
+    rerun = request_from_record(record, request, given)
+    plan = generate.plan_run(rerun)
+    return rerun, plan, provenance.differences(record, provenance.planned_record(plan, rerun))
+
+
+def test_an_i2v_sidecar_from_before_output_size_replays_at_the_generated_size(i2v_run):
+    record = read_sidecar(sidecar_path(i2v_run, "npz"))
+    assert (record["output"]["height"], record["output"]["width"]) == (40, 56)  # written at the image's size
+    assert _replay(record)[2] == []
+    _, height, width = _replay(record, "--output-size", "generated")[1].stages.output_shape  # the bucket
+    assert (height, width) != (40, 56)
+    del record["request"]["output_size"]  # as sidecars written before the flag
+    record["output"].update(height=height, width=width)  # i2v was written at its bucket then
+    rerun, plan, found = _replay(record)
+    assert rerun.output_size == "generated" and plan.stages.output_shape[1:] == (height, width) and found == []
+
+
+def test_a_replay_at_another_output_size_names_it(i2v_run):
+    record = read_sidecar(sidecar_path(i2v_run, "npz"))
+    _, plan, found = _replay(record, "--output-size", "generated")
+    _, height, width = plan.stages.output_shape
+    assert found == [f"output (5 frames of 40x56 recorded, 5 of {height}x{width} planned)"]
+
+
+def test_no_refine_replays_a_refined_sidecar_without_its_refinement(i2v_run, caplog):
+    record = read_sidecar(sidecar_path(i2v_run, "npz"))
+    record["request"].update(refine=True, refine_height=128, refine_width=128)
+    with caplog.at_level(logging.WARNING):
+        rerun, plan, _ = _replay(record, "--no-refine")
+    assert not rerun.refine and plan.stages.refinement is None
+    assert "--refine-height is a setting of the refinement stage, which this run does not have" in caplog.text

@@ -180,6 +180,7 @@ def test_the_planned_output_shape_is_what_the_task_returns(inputs, monkeypatch, 
     (("--resolution", "720p"), "--resolution is read by --task i2v or continuation or long, not by --task t2v"),
     (("--refine-inference-steps", "5"), "--refine-inference-steps is a setting of the refinement stage"),
     (("--spatial-refine-only",), "--spatial-refine-only is a setting of the refinement stage"),
+    (("--refine-height", "128", "--refine-width", "128"), "--refine-height is a setting of the refinement stage"),
 ])
 def test_a_setting_the_task_does_not_read_is_named_in_a_warning(inputs, caplog, argv, warning):
     argv = [str(inputs.get(a, a)) for a in argv]
@@ -250,8 +251,10 @@ def test_segment_prompts_set_the_long_videos_segments_and_encode_with_the_others
     assert plan.stages.generation.num_segments == 2
     assert plan.stages.generation.segment_prompts == ("It turns", "It stops")
     assert plan.stages.output_shape == (5 + 2 * 4, 64, 64)
-    with pytest.raises(InputError, match="2 --segment-prompt for 3 segments"):
-        _plan(*argv, "--num-segments", "3")
+    for count in ("1", "3"):
+        with pytest.raises(InputError, match=f"2 --segment-prompt for {count} segments"):
+            _plan(*argv, "--num-segments", count)
+    assert _plan("--task", "long", "--num-cond-frames", "1", *SMALL).stages.generation.num_segments == 1
     encoded = []
 
     class Pipe:
