@@ -133,7 +133,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--prompts", type=Path, metavar="FILE",
         help="generate every item of FILE with the models loaded once: a text file (one prompt a line), .jsonl "
         "or .json (JSON lines or an array; objects with prompt, negative_prompt, seed, image, video, num_frames, "
-        "height, width, output); --output-path is then the folder (default outputs/<FILE name>); items whose "
+        "height, width, segment_prompts, output); --output-path is then the folder (default outputs/<FILE name>); items whose "
         "output exists are skipped")
     add("--batch-size", type=int, default=1, metavar="N",
         help="with --prompts: denoise up to N t2v items of one shape together (default %(default)s)")

@@ -4,6 +4,7 @@
 
     {"prompt": "A cat walks", "seed": 7, "output": "cat.mp4"}                     (a .jsonl or .json file)
     {"prompt": "A dog runs", "negative_prompt": "", "num_frames": 29, "height": 480, "width": 832}
+    {"prompt": "A woman slices bread", "segment_prompts": ["She pours milk", "She drinks it"]}     (--task long)
 
     [{"prompt": "A cat walks", "seed": 7},                                        (a .json file)
      {"prompt": "A dog runs"}]
@@ -37,7 +38,9 @@ JSONL_SUFFIXES = (".jsonl",)
 JSON_SUFFIXES = (".json",)
 TEXT_KEYS = ("prompt", "negative_prompt", "image", "video", "output")  # strings
 INT_KEYS = ("seed", "num_frames", "height", "width")  # integers
-ITEM_KEYS = ("prompt", "negative_prompt", "seed", "image", "video", "num_frames", "height", "width", "output")
+LIST_KEYS = ("segment_prompts",)  # lists of strings (--task long: each continuation segment's prompt)
+ITEM_KEYS = ("prompt", "negative_prompt", "seed", "image", "video", "num_frames", "height", "width", "segment_prompts",
+             "output")
 MAX_PROBLEMS_SHOWN = 20
 BETWEEN_ITEMS = re.compile(r"[ \t\n\r,]*")  # JSON whitespace and the commas between a valid array's items
 FORMATS = ("a text file (one prompt a line), a .jsonl file (one JSON object a line) or a .json file (a JSON array of "
@@ -149,4 +152,9 @@ def _check_item(value: Any) -> tuple[dict[str, Any], list[str]]:
             problems.append(f"{key!r} must be a string, got {item!r}")
         elif key in INT_KEYS and (not isinstance(item, int) or isinstance(item, bool)):
             problems.append(f"{key!r} must be an integer, got {item!r}")
+        elif key in LIST_KEYS:
+            if not (isinstance(item, list) and all(isinstance(text, str) for text in item)):
+                problems.append(f"{key!r} must be a list of strings, got {item!r}")
+            else:
+                values[key] = tuple(item)
     return values, problems

@@ -110,16 +110,18 @@ def test_batched_videos_equal_those_made_one_at_a_time():
 
 def test_bad_jsonl_lines_are_refused_by_number_before_any_model_loads(tmp_path, monkeypatch, caplog):
     prompts = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, {"prompt": "x", "sed": 3}, None,
-                                                    {"prompt": 5, "height": "tall"}])
+                                                    {"prompt": 5, "height": "tall"}, {"segment_prompts": "a"}])
     with (tmp_path / "bad.jsonl").open("a") as file:
         file.write("not json\n")
     monkeypatch.setattr(batch, "plan_context", lambda *args: pytest.fail("the checkpoint was read"))
     with caplog.at_level(logging.ERROR):
         assert generate.main(["--prompts", str(prompts)]) == 2
     for named in ("line 2: unknown key 'sed'", "line 4: 'prompt' must be a string, got 5",
-                  "line 4: 'height' must be an integer, got 'tall'", "line 5: not valid JSON"):
+                  "line 4: 'height' must be an integer, got 'tall'",
+                  "line 5: 'segment_prompts' must be a list of strings, got 'a'", "line 6: not valid JSON"):
         assert named in caplog.text
-    assert "any of the keys prompt, negative_prompt, seed, image, video, num_frames, height, width, output" in caplog.text
+    assert ("any of the keys prompt, negative_prompt, seed, image, video, num_frames, height, width, segment_prompts, "
+            "output") in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -164,6 +166,16 @@ def test_item_requests_and_their_outputs(tmp_path):
     assert (first.seed, first.task, first.prompts) == (5, "i2v", None)
     assert second.output_path == Path("outputs/mine/sub/named.mp4") and second.video == Path("/abs/clip.mp4")
     assert (second.seed, second.prompt) == (9, None)  # no prompt: the task's default
+
+
+def test_a_long_video_item_takes_its_segment_prompts(tmp_path):
+    prompts = _write_jsonl(tmp_path / "long.jsonl", [{"prompt": "bread", "segment_prompts": ["milk", "a sip"]},
+                                                    {"prompt": "a dog"}])
+    request = generate.parse_request(["--prompts", str(prompts), "--task", "long", "--num-cond-frames", "1",
+                                      "--height", "64", "--width", "64", "--num-frames", "5"])
+    first, second = (batch.item_request(request, item) for item in read_prompts_file(prompts))
+    assert (first.segment_prompts, second.segment_prompts) == (("milk", "a sip"), ())
+    assert batch.plan_run(first).stages.generation.segment_prompts == ("milk", "a sip")
 
 
 
