@@ -340,6 +340,8 @@ def request_from_record(record: Mapping[str, Any], command_line: RunRequest, giv
         fields[name] = value
     if "output_size" not in fields and fields.get("task") == "i2v":  # sidecars from before --output-size: i2v was
         fields["output_size"] = "generated"  # written at its generated size then
+    if fields.get("num_segments") == 1 and (fields.get("task") != "long" or len(fields.get("segment_prompts", ())) > 1):
+        fields["num_segments"] = None  # the default of sidecars from before it became None: one a segment prompt
     recorded_split = fields.get("context_parallel")
     if "context_parallel" not in given and recorded_split is not None and recorded_split > jax.device_count():
         logger.warning("--from-json: the sidecar's run split over --context-parallel %d devices and this machine has "

@@ -276,3 +276,16 @@ def test_no_refine_replays_a_refined_sidecar_without_its_refinement(i2v_run, cap
         rerun, plan, _ = _replay(record, "--no-refine")
     assert not rerun.refine and plan.stages.refinement is None
     assert "--refine-height is a setting of the refinement stage, which this run does not have" in caplog.text
+
+
+def test_sidecars_from_before_num_segments_defaulted_to_none_replay_as_made(first_run, caplog):
+    """They recorded the old default, 1: a t2v run is not warned of an unread --num-segments, and a long video of
+    several segment prompts (then one segment a prompt) replays with one a prompt."""
+    record = read_sidecar(sidecar_path(first_run, "npz"))
+    record["request"]["num_segments"] = 1
+    with caplog.at_level(logging.WARNING):
+        _replay(record)
+    assert "--num-segments" not in caplog.text
+    record["request"].update(task="long", num_cond_frames=1, segment_prompts=["a", "b"])
+    rerun, plan, _ = _replay(record)
+    assert rerun.num_segments is None and plan.stages.generation.num_segments == 2
