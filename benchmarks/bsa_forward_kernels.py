@@ -59,6 +59,7 @@ VARIANTS = {
     "fp8 n2": _fp8(rounds=2),
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),
+    "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
 }
 
 

@@ -1,9 +1,10 @@
 """The FP8 forward's two forms of the softmax row sums against float32 attention, by list length.
 
-Why: on an H200 the row sums on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`) moved the FP8 kernel's
-output 8.5e-2 to 4.2e-1 from the reduction's, growing with the list, where the Mosaic interpreter (exact float32
-dots) has them agree to about 1e-3 (BENCHMARKS.md, "Three consumer warpgroups for the FP8 forward"); `KernelConfig`
-refuses that form with FP8 since. This script calls the kernel directly (past that check) on one query block pair
+Why: on an H200 the row sums on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), accumulated in place,
+moved the FP8 kernel's output 8.5e-2 to 4.2e-1 from the reduction's, growing with the list, where the Mosaic
+interpreter (exact float32 dots) has them agree to about 1e-3 (BENCHMARKS.md, "Three consumer warpgroups for the FP8
+forward"); each block's sums now start from a zero accumulator ("The FP8 row sums from a fresh accumulator"). This
+script calls the kernel directly on one query block pair
 over a dense list of N key blocks, random normal q, k, v, for each form and list length, and prints each output's
 relative L2 against float32 attention and against the other form: in the interpreter on the CPU, natively on a
 Hopper GPU (`--native`), where the reading to check is whether the tensor-core sums drift as lists grow.

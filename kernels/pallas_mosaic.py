@@ -8,7 +8,8 @@ Two consumers can take turns on the tensor cores (a shared "schedule" barrier), 
 launched head by head (so the gathered blocks come from L2) and each works through `MosaicConfig.rounds` sets of
 query blocks (one per consumer); on an H100 this ran 1.2-1.6x the Triton kernel (BENCHMARKS.md), so
 `KernelConfig` picks it on Hopper.
-In bf16 the softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`, 1.06-1.13x).
+The softmax row sums come from the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`; bf16 1.06-1.13x, FP8 up to
+1.03x).
 
 Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 log-sum-exp), so either backward
 (Triton or `pallas_mosaic_backward`) serves both. Only 64-token query and key blocks, head_dim 64 or 128, bf16/f16. On a key
@@ -69,11 +70,10 @@ class MosaicConfig:
     row_sums_on_tensor_cores: the softmax row sums come out of P·V's wgmma group (P times a ones column, an
     N=8 product into a [64, 8] accumulator, rescaled with the output's accumulator and reduced once at the end)
     instead of a row reduction of P per key block (on an H200 the bf16 kernel 1.06-1.13x faster with it; the sums
-    are then of the rounded P the output multiplies). `KernelConfig` refuses it for the FP8 kernel, whose output it
-    moved 8.5e-2 to 4.2e-1 on an H200, more the longer the lists (BENCHMARKS.md; a likely cause, not yet confirmed:
-    an e4m3 wgmma adds into its accumulator at reduced precision, and the running sums grow). Each block's FP8 sums
-    now start from a zero accumulator and are added in float32 registers; `benchmarks/fp8_row_sums.py --native`
-    measures whether that mends it, before the refusal goes; interpret: run through
+    are then of the rounded P the output multiplies). With FP8 operands each block's sums come from a zero accumulator
+    and are added to the running sums in float32 registers: accumulated in place, an e4m3 wgmma's sums moved the
+    output 8.5e-2 to 4.2e-1 on an H200, more the longer the lists; from a fresh accumulator they are 7.8e-4 to 1.6e-3
+    from the reduction's over lists of 8 to 330 key blocks, as in the interpreter (BENCHMARKS.md); interpret: run through
     the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
     in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
     index gathering and softmax are the GPU's.

@@ -114,7 +114,8 @@ def test_fp8_needs_a_hopper_gpu():
 def test_the_row_sum_forms_agree_in_the_interpreter(tmp_path):
     """`benchmarks/fp8_row_sums.py` as run on the CPU: with exact dots the tensor-core row sums equal the reduction's
     but for P's rounding (measured 2.5e-3 / 1.4e-3 at lists of 4 / 16 key blocks, both forms 5.3-5.4e-2 from float32
-    attention). On an H200 they did not (BENCHMARKS.md), which is why `KernelConfig` refuses that form with FP8."""
+    attention). On an H200 they agree as closely since each block's FP8 sums start from a zero accumulator
+    (BENCHMARKS.md); accumulated in place they did not."""
     rows = run_benchmark("fp8_row_sums.py", "--lists", "4,16", json_path=tmp_path / "rows.json", timeout=600)
     assert [row["key_blocks"] for row in rows] == [4, 16]
     for row in rows:

@@ -32,8 +32,6 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         MosaicConfig(producers=3)
     with pytest.raises(BSAConfigError, match="rounds must be an int >= 1"):
         MosaicConfig(rounds=0)
-    with pytest.raises(BSAConfigError, match="mosaic_fp8 needs row_sums_on_tensor_cores=False"):
-        KernelConfig(fp8=True, mosaic_fp8=MosaicConfig(schedule_barrier=False))
     with pytest.raises(BSAConfigError, match="consumers must be 2 or 3, got 4"):
         MosaicConfig(consumers=4)
     with pytest.raises(BSAConfigError, match="consumers=3\\) needs schedule_barrier=False and producers=1"):
