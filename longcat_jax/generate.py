@@ -35,6 +35,7 @@ from longcat_jax.bsa_config import parse_override_value
 from longcat_jax.cli_logging import setup_cli_logging
 from longcat_jax.compilation_cache import enable_compilation_cache
 from longcat_jax.errors import ConfigError, InputError, LongCatError
+from longcat_jax.pipelines.buckets import RESOLUTIONS
 from longcat_jax.pipelines.calibration_record import recording_dit_calls
 from longcat_jax.pipelines.request import OUTPUT_SIZES, RunRequest
 from longcat_jax.pipelines.tasks import DTYPES, TASKS, plan_run, run_plan
@@ -83,7 +84,7 @@ def build_parser(*, defaults: bool = True) -> argparse.ArgumentParser:
     add("--refine-inference-steps", type=int, help="schedule of the refinement, started at t=0.5 (default 50)")
     add("--guidance-scale", type=float, help="default 4.0 (1.0 with --distill)")
     add("--seed", type=int, default=42, help="noise seed, 0 to 2^63 - 65537 (default %(default)s)")
-    add("--resolution", choices=("480p", "720p"), default="480p",
+    add("--resolution", choices=RESOLUTIONS, default="480p",
         help="i2v/continuation/long bucket table (long: of its continuation segments)")
     add("--bsa-config", type=Path, metavar="PRESET|FILE",
         help="BSA preset (balanced, quality, fast, adaptive, long_video, 480p_no_bsa, or a file name such as "

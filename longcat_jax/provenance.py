@@ -62,6 +62,7 @@ from longcat_jax.checkpoint.layout import DISTILL_LORA, REFINE_LORA
 from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
 from longcat_jax.models.dit.lora import parse_lora_spec
+from longcat_jax.pipelines.buckets import RESOLUTIONS
 from longcat_jax.pipelines.options import Sampling
 from longcat_jax.pipelines.request import OUTPUT_SIZES, RunRequest, flag_name
 from longcat_jax.pipelines.stats import RunStats, peak_memory_line
@@ -398,7 +399,7 @@ def _unknown_keys(record: Mapping[str, Any]) -> list[str]:
 
 
 _REQUEST_CHOICES = {"task": tuple(TASKS), "dtype": tuple(DTYPES), "output_format": OUTPUT_FORMATS,
-                    "quantize": QUANTIZE_MODES, "resolution": ("480p", "720p"),
+                    "quantize": QUANTIZE_MODES, "resolution": RESOLUTIONS,
                     "output_size": OUTPUT_SIZES}  # the CLI flags' choices
 
 
@@ -432,8 +433,6 @@ def _as_given(value: Path | str | None) -> str | None:
         return None
     path = Path(value)
     return str(path.resolve()) if path.exists() else str(value)
-
-
 
 
 def _version(distribution: str) -> str | None:

@@ -22,6 +22,7 @@ from longcat_jax.app.confine import OutputFolderOnly
 from longcat_jax.app.engine import Engine
 from longcat_jax.app.jobs import JobState
 from longcat_jax.errors import InputError, LongCatError
+from longcat_jax.pipelines.buckets import RESOLUTIONS
 from longcat_jax.pipelines.request import OUTPUT_SIZES
 from longcat_jax.pipelines.tasks import SETTING_READERS, TASKS
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
@@ -212,7 +213,7 @@ def _form_fields(defaults, presets: list[str]) -> dict[str, gr.components.Compon
             f["refine_height"] = gr.Number(label="Refinement height (multiple of 64; 0: the 720p bucket)", precision=0)
             f["refine_width"] = gr.Number(label="Refinement width (multiple of 64; 0: the 720p bucket)", precision=0)
         with gr.Row():
-            f["resolution"] = gr.Radio(["480p", "720p"], value="480p", label="Bucket table (sizes; i2v, continuation)")
+            f["resolution"] = gr.Radio(list(RESOLUTIONS), value="480p", label="Bucket table (sizes; i2v, continuation)")
             f["output_size"] = gr.Radio(list(OUTPUT_SIZES), value="input", visible=False,
                                         label="Written at: the input's size, or the generated one")
             f["num_frames"] = gr.Number(label=f"Frames, 1 + 4k (0: {defaults.num_frames})", precision=0,

@@ -56,6 +56,8 @@ _TABLES: Mapping[tuple[str, int], Mapping[str, tuple[int, int]]] = {
     ("720p", GENERATION_SIDE_MULTIPLE): BUCKETS_720P,
     ("720p", REFINE_SIDE_MULTIPLE): BUCKETS_720P_SIDE64,
 }
+# the generation bucket tables (--resolution, the training config's data.resolution, sidecars)
+RESOLUTIONS = tuple(resolution for resolution, multiple in _TABLES if multiple == GENERATION_SIDE_MULTIPLE)
 
 
 def bucket_table(resolution: str, side_multiple: int = GENERATION_SIDE_MULTIPLE) -> Mapping[str, tuple[int, int]]:

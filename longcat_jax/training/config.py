@@ -21,11 +21,11 @@ from kernels.sparse_attention import BACKWARD_KERNELS as BSA_BACKWARDS
 from longcat_jax.bsa_config import parse_bsa_config
 from longcat_jax.errors import ConfigError
 from longcat_jax.json_io import read_json_object
+from longcat_jax.pipelines.buckets import RESOLUTIONS
 from longcat_jax.quantization.modes import MODES as QUANTIZE_MODES
 from longcat_jax.quantization.modes import uses_fp8_attention
 
 TASKS = ("t2v", "i2v", "continuation")
-RESOLUTIONS = ("480p", "720p")
 DTYPES = ("bfloat16", "float32")
 SCHEDULES = ("constant", "linear", "cosine")
 SIGMA_SAMPLINGS = ("uniform", "logit_normal")
