@@ -238,11 +238,20 @@ def prepare_dataset(config: TrainConfig, *, encoders: Encoders | None = None) ->
     check_model_path(config)
     cache_dir = config.cache_dir
     fingerprint = cache_fingerprint(config)
-    reusable = _reusable(read_manifest(cache_dir), fingerprint, cache_dir)
+    manifest = read_manifest(cache_dir)
+    reusable = _reusable(manifest, fingerprint, cache_dir)
+    # clips the last prepare with these settings skipped while encoding (too short, unreadable, too slow): unchanged,
+    # they are skipped again without decoding them (or loading the encoders for them)
+    skipped_before = {s.source: s for s in manifest.skipped if s.stamp is not None} if (
+        manifest is not None and manifest.fingerprint == fingerprint) else {}
     done: list[CachedClip] = []
     todo: list[tuple[Clip, tuple[int, int, str]]] = []
     for clip in clips:
         stamp = clip.stamp()
+        was_skipped = skipped_before.get(clip.key)
+        if was_skipped is not None and _same_source(was_skipped.stamp, stamp):
+            skipped.append(dataclasses.replace(was_skipped, stamp=stamp))
+            continue
         old = reusable.get(clip.key)
         if old is not None and not _same_source(old.stamp, stamp):
             old = None

@@ -11,6 +11,7 @@ import pytest
 
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.presets import build_tiny_models
+from longcat_jax.training import prepare
 from longcat_jax.training.cache import SKIPPED_NAME, read_clip, read_manifest, require_manifest, write_manifest
 from longcat_jax.training.dataset import discover_clips
 from longcat_jax.training.models import Encoders
@@ -30,7 +31,7 @@ def encoders():
     return Encoders(models.vae, models.text_encoder, models.tokenizer)
 
 
-def test_prepare_encodes_good_clips_and_skips_and_lists_bad_ones(tmp_path, encoders):
+def test_prepare_encodes_good_clips_and_skips_and_lists_bad_ones(tmp_path, encoders, monkeypatch):
     clips = tmp_path / "clips"
     clips.mkdir()
     write_clip_video(clips, "good", 9, "a red square moves right")
@@ -55,8 +56,12 @@ def test_prepare_encodes_good_clips_and_skips_and_lists_bad_ones(tmp_path, encod
     assert mean.shape == (16, 2, 4, 6) and np.all(std > 0) and np.all(np.isfinite(mean))
     assert 0 < text.shape[0] < 64 and text.shape[1] == encoders.text_encoder.config.d_model
 
-    again = prepare_dataset(config, encoders=None)  # nothing new to encode: no model is loaded
+    # nothing new to encode: no model is loaded, and the clips skipped while encoding are not decoded again
+    monkeypatch.setattr(prepare, "load_encoders", lambda config: pytest.fail("the encoders were loaded"))
+    monkeypatch.setattr(prepare, "read_leading_frames", lambda *args: pytest.fail("a skipped clip was decoded again"))
+    again = prepare_dataset(config, encoders=None)
     assert (again.encoded, again.reused) == (0, 1)
+    assert {skip.source: skip.reason for skip in again.skipped} == reasons
 
     with pytest.raises(ConfigError, match="num_frames=5.*9.*--prepare"):
         require_manifest(config.cache_dir, {**cache_fingerprint(config), "num_frames": 9}, "train.json", clips)
