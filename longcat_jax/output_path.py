@@ -63,16 +63,22 @@ def check_output_path(path: str | Path, output_format: str) -> Path:
         what = "holds files other than frame_*.png" if path.is_dir() else "is a file"
         raise InputError(f"the output path {path} {what}, and --output-format frames writes a folder of frame_*.png "
                          "that replaces it whole; choose a new or empty folder")
+    check_writable_folder(path, "--output-path")
+    return path
+
+
+def check_writable_folder(path: Path, flag: str) -> None:
+    """Refuses a `path` (given as `flag`) whose folder cannot take a new file: the nearest existing folder above it
+    (missing ones are created when writing) is a file, or no file can be made in it."""
     folder = nearest_existing(path.parent)
     if not folder.is_dir():
-        raise InputError(f"cannot write {path}: {folder} is a file, not a folder; choose another --output-path")
+        raise InputError(f"cannot write {path}: {folder} is a file, not a folder; choose another {flag}")
     try:  # a file made and removed at once: permissions alone miss read-only and special file systems (/proc)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
         raise InputError(f"cannot write {path}: the folder {folder} is not writable (read-only, not yours, or a "
-                         f"special file system such as /proc: {err.strerror}); choose another --output-path") from err
-    return path
+                         f"special file system such as /proc: {err.strerror}); choose another {flag}") from err
 
 
 def check_output_space(path: Path, output_format: str, num_frames: int, height: int, width: int) -> None:

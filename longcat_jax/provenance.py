@@ -45,11 +45,9 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import platform
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,7 +66,7 @@ from longcat_jax.pipelines.request import OUTPUT_SIZES, RunRequest, flag_name
 from longcat_jax.pipelines.stats import RunStats, peak_memory_line
 from longcat_jax.pipelines.tasks import DTYPES, INPUT_FLAGS, TASKS, RunPlan, run_dtype, stage_plans
 from longcat_jax.quantization import MODES as QUANTIZE_MODES
-from longcat_jax.video_io import OUTPUT_FORMATS, save_video
+from longcat_jax.video_io import OUTPUT_FORMATS, atomic_file, save_video
 
 logger = logging.getLogger(__name__)
 
@@ -464,15 +462,5 @@ def _write_json(path: Path, record: Mapping[str, Any]) -> None:
 
 def _write_bytes(path: Path, data: bytes) -> None:
     """`data` into `path` atomically (a hidden temporary file moved into place), with the usual permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temp, 0o666 & ~mask)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temp:
+        temp.write_bytes(data)

@@ -271,7 +271,7 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, *, crf
     """
     _check_fps(fps)
     path = Path(path)
-    with _reported_write_errors(path), _atomic_file(path) as temp:
+    with _reported_write_errors(path), atomic_file(path) as temp:
         encoder = None
         shape = None
         try:
@@ -296,7 +296,7 @@ def write_npz(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     """An .npz with `frames` (uint8 [F, H, W, 3]) and `fps`."""
     frames = _check_frames(frames)
     path = Path(path)
-    with _reported_write_errors(path), _atomic_file(path) as temp:
+    with _reported_write_errors(path), atomic_file(path) as temp:
         with open(temp, "wb") as handle:
             np.savez_compressed(handle, frames=frames, fps=np.float64(fps))
     return path
@@ -391,7 +391,7 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[Path]:
+def atomic_file(path: Path) -> Iterator[Path]:
     """Yields a temporary path next to `path` (same suffix, so tools infer the format) and moves it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".partial{path.suffix}")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from longcat_jax.compare import Comparison, compare_videos
 from longcat_jax.errors import InputError
-from longcat_jax.output_path import nearest_existing
+from longcat_jax.output_path import check_writable_folder
+from longcat_jax.video_io import atomic_file
 
 
 def format_report(result: Comparison, *, per_frame: bool = True) -> str:
@@ -44,36 +43,14 @@ def check_json_path(path: Path) -> None:
     frame is scored: the scores of a long comparison are not lost to a typo."""
     if path.is_dir():
         raise InputError(f"--json {path} is a folder; give a file name in it, e.g. {path / 'scores.json'}")
-    folder = nearest_existing(path.parent)
-    if not folder.is_dir():
-        raise InputError(f"cannot write --json {path}: {folder} is a file, not a folder; choose another path")
-    try:  # a file made and removed at once: permissions alone miss read-only file systems
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise InputError(f"cannot write --json {path}: the folder {folder} is not writable ({err.strerror}); "
-                         "choose another path") from err
+    check_writable_folder(path, "--json path")
 
 
 def write_json(path: Path, record: dict) -> None:
     """`record` into `path` atomically (a hidden temporary file moved into place): an interrupted write leaves
     the earlier file, or none, never half a JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(json.dumps(record, indent=1))
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_file(path) as temp:
+        temp.write_text(json.dumps(record, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -233,7 +233,7 @@ def test_the_json_is_written_atomically(tmp_path, monkeypatch, capsys):
     def full_disk(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("longcat_jax.compare.__main__.os.replace", full_disk)
+    monkeypatch.setattr("longcat_jax.video_io.os.replace", full_disk)
     assert main([str(tmp_path / "a.npz"), str(tmp_path / "a.npz"), "--json", str(scores)]) == 1
     assert "cannot write --json" in capsys.readouterr().err
     assert scores.read_text() == "earlier" and sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "s.json"]
