@@ -1,6 +1,6 @@
 """The memory plan of a CLI run, made in `plan_run` before any model loads, and of a pipeline made without one.
 
-    plan = plan_run_memory(request, stages, context)      # a RunRequest, the task's TaskStages, its PlanContext
+    plan = plan_run_memory(request, stages, context, named)  # a RunRequest, its TaskStages, PlanContext, checkpoint LoRAs
     plan = pipeline_memory_plan(root, "24GiB", dtype=jnp.bfloat16)   # from_pretrained(max_device_memory=...)
 
 Both read only config files (and LoRA file headers); a run that cannot fit is refused here
@@ -83,10 +83,11 @@ def check_budget_flags(max_device_memory: str | None, context_parallel: int | No
     return devices
 
 
-def plan_run_memory(request, stages, context) -> MemoryPlan:
-    """The plan of a CLI run: `request` a `RunRequest` (its model_path, dtype, quantize, distill, lora,
-    max_device_memory, context_parallel and fsdp are read), `stages` its task's `TaskStages`, `context` the
-    `PlanContext`. Logs the plan; refuses what cannot fit the budget (or the device without one)."""
+def plan_run_memory(request, stages, context, named: Sequence[str]) -> MemoryPlan:
+    """The plan of a CLI run: `request` a `RunRequest` (its model_path, dtype, quantize, lora, max_device_memory,
+    context_parallel and fsdp are read), `stages` its task's `TaskStages`, `context` the `PlanContext`, `named` the
+    checkpoint's LoRAs it applies (`tasks.checkpoint_loras`). Logs the plan; refuses what cannot fit the budget (or
+    the device without one)."""
     builtin = request.model_path is None
     dtype = DTYPES[request.dtype] if request.dtype else (jnp.float32 if builtin else jnp.bfloat16)
     user_loras = [parse_lora_spec(spec)[0] for spec in request.lora]
@@ -94,8 +95,6 @@ def plan_run_memory(request, stages, context) -> MemoryPlan:
         models = builtin_models(dtype=dtype, quantize=request.quantize, user_loras=user_loras)
     else:
         root = Path(request.model_path)
-        distills = request.distill and stages.generation is not None  # --task refine: no generation stage
-        named = ([DISTILL_LORA] if distills else []) + ([REFINE_LORA] if stages.refinement is not None else [])
         named_loras = [p for name in named if (p := lora_path(root, name)) is not None]
         models = checkpoint_models(root, context.dit_config, dtype=dtype, quantize=request.quantize,
                                    named_loras=named_loras, user_loras=user_loras)

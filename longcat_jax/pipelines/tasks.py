@@ -192,7 +192,7 @@ def plan_run(request: RunRequest, *, context: PlanContext | None = None) -> RunP
     _check_overrides_apply(plan)
     at_input_size = request.output_size == "input" and setting_applies("output_size", task, refines)
     _check_output_size(output, request.output_format, stages.output_shape, at_input_size)
-    return dataclasses.replace(plan, memory=plan_run_memory(request, stages, context))
+    return dataclasses.replace(plan, memory=plan_run_memory(request, stages, context, checkpoint_loras(request)))
 
 
 def check_shared_settings(request: RunRequest) -> None:
@@ -214,7 +214,7 @@ def plan_context(request: RunRequest) -> tuple[RunRequest, PlanContext]:
     folder) and what its tasks plan with: the checkpoint's parts checked, its `dit/config.json` read (once per run)."""
     if request.model_path is not None:
         request = dataclasses.replace(request, model_path=resolve_model_path(request.model_path))
-    return request, _plan_context(request, request.refine or not task_of(request).generates)
+    return request, _plan_context(request)
 
 
 def stage_plans(plan: RunPlan) -> list[tuple[str, object]]:
@@ -292,14 +292,21 @@ def _check_flags(request: RunRequest, task: Task) -> None:
                          "--refine-height/--refine-width; give one pair")
 
 
-def _plan_context(request: RunRequest, refines: bool) -> PlanContext:
+def checkpoint_loras(request: RunRequest) -> list[str]:
+    """The checkpoint's own LoRAs the run applies: cfg_step_lora with --distill where a generation stage runs
+    (--task refine has none), refinement_lora where a refinement stage runs."""
+    task = task_of(request)
+    distills = request.distill and task.generates
+    refines = request.refine or not task.generates
+    return ([DISTILL_LORA] if distills else []) + ([REFINE_LORA] if refines else [])
+
+
+def _plan_context(request: RunRequest) -> PlanContext:
     """The run's defaults and DiT config: the built-in model's, or the checkpoint's (its parts checked, its
     `dit/config.json` read here, once per run)."""
     if request.model_path is None:
         return PlanContext(TINY_DEFAULTS, TINY_DIT_CONFIG)
-    distills = request.distill and task_of(request).generates  # --task refine has no stage --distill applies to
-    loras = ([DISTILL_LORA] if distills else []) + ([REFINE_LORA] if refines else [])
-    root = check_checkpoint(request.model_path, loras=loras)
+    root = check_checkpoint(request.model_path, loras=checkpoint_loras(request))
     check_checkpoint_shards(root)
     return PlanContext(RELEASED_DEFAULTS, DiTConfig.from_json(dit_folder(root) / "config.json"))
 
