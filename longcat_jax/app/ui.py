@@ -263,9 +263,7 @@ VISIBLE_BY_TASK = {  # field -> the tasks that show it
     "video": ("continuation", "refine"),
     "refine_from": ("refine",),
     "num_cond_frames": ("continuation", "long", "refine"),
-    "num_segments": ("long",),
-    "segment_prompts": ("long",),
-    "output_size": SETTING_READERS["output_size"],
+    **{field: SETTING_READERS[field] for field in ("num_segments", "segment_prompts", "output_size")},
     "distill": ("t2v", "i2v", "continuation", "long"),
     "refine": ("t2v", "i2v", "continuation", "long"),
 }

@@ -71,7 +71,8 @@ def _warn_fsdp_ignored() -> None:
 
 def check_budget_flags(max_device_memory: str | None, context_parallel: int | None, fsdp: bool = False) -> int:
     """Refuses a --max-device-memory that is no size, or one given for a run split over several devices, before
-    anything is downloaded or read, and warns of --fsdp on one device; returns the run's device count."""
+    anything is downloaded or read, and warns of --fsdp on one device; returns the run's device count (its mesh made:
+    a --context-parallel the devices do not fit is refused)."""
     devices = _device_count(context_parallel)
     if fsdp and devices == 1:
         _warn_fsdp_ignored()

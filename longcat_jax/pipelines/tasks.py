@@ -173,8 +173,8 @@ def plan_run(request: RunRequest, *, context: PlanContext | None = None) -> RunP
     task = task_of(request)
     _check_flags(request, task)
     output = check_output_path(_output_path(request, task), request.output_format)  # before any download or load
-    make_mesh(request.context_parallel)  # refuses a device count that does not fit, before any model is loaded
-    check_budget_flags(request.max_device_memory, request.context_parallel, request.fsdp)  # before a hub download
+    # the device mesh (a device count that does not fit is refused) and the budget flags, before a hub download
+    check_budget_flags(request.max_device_memory, request.context_parallel, request.fsdp)
     check_quantize_supported(request.quantize)  # FP8 compute on a GPU without it: refused, naming int8
     logger.info("DiT quantization: %s", request.quantize)
     refines = request.refine or not task.generates
@@ -198,8 +198,7 @@ def plan_run(request: RunRequest, *, context: PlanContext | None = None) -> RunP
 def check_shared_settings(request: RunRequest) -> None:
     """The checks of `plan_run` on what every item of a batch shares (the device count, the quantization, the LoRA
     files, the BSA config and its overrides), so that a batch refuses such a mistake once, for the whole file."""
-    make_mesh(request.context_parallel)
-    check_budget_flags(request.max_device_memory, request.context_parallel)
+    check_budget_flags(request.max_device_memory, request.context_parallel)  # the device mesh too
     check_quantize_supported(request.quantize)
     for spec in request.lora:
         parse_lora_spec(spec)

@@ -243,4 +243,5 @@ def test_the_json_is_written_atomically(tmp_path, monkeypatch, capsys):
 def test_an_ntsc_rate_is_its_whole_number_and_a_rate_of_0_is_unknown(fps_b):
     """29.97 against 30 fps: a frame of drift in 1,000, compared; 0 fps is a file that gives no rate."""
     a = moving_video()
-    assert compare_frames(a, a, fps_a=30.0, fps_b=fps_b).frames_a == len(a)
+    result = compare_frames(a, a, fps_a=30.0, fps_b=fps_b)
+    assert result.frames_a == len(a) and result.fps_b == (fps_b or None)  # 0 fps reported as unknown
