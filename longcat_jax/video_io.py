@@ -205,7 +205,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
         width, height = meta["size"]
         frames = [np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3) for raw in reader]
     except VIDEO_ERRORS as err:
-        raise InputError(f"cannot read video {path}: {_ffmpeg_error(err)}; give an mp4 (or another format ffmpeg "
+        raise InputError(f"cannot read video {path}: {ffmpeg_error(err)}; give an mp4 (or another format ffmpeg "
                          "reads)") from err
     finally:
         if reader is not None:
@@ -216,7 +216,7 @@ def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     return np.stack(frames), float(meta["fps"])
 
 
-def _ffmpeg_error(err: Exception) -> str:
+def ffmpeg_error(err: Exception) -> str:
     """imageio-ffmpeg's error in one line: its own message and the last `FFMPEG_ERROR_LINES` lines of ffmpeg's
     output after its banner (version, build configuration, library versions: some 40 lines that say nothing of
     the file), each without its `FFMPEG_CONTEXT` prefix."""

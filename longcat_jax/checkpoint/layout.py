@@ -123,11 +123,13 @@ def missing_parts(root: Path) -> list[str]:
     return missing
 
 
-def check_checkpoint(root: str | Path, *, loras: Sequence[str] = ()) -> Path:
-    """Refuses a checkpoint folder that lacks a part the run needs, naming it; returns the folder."""
+def check_checkpoint(root: str | Path, *, loras: Sequence[str] = (),
+                     setting: str = "pass --model-path to a LongCat-Video download") -> Path:
+    """Refuses a checkpoint folder that lacks a part the run needs, naming it; returns the folder. `setting`: how
+    the user names the folder, said where it is missing (training's config sets 'model_path', not a flag)."""
     path = Path(root)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint folder {path} not found; pass --model-path to a LongCat-Video download")
+        raise CheckpointError(f"checkpoint folder {path} not found; {setting}")
     missing = missing_parts(path)
     missing += [f"{LORA_DIR}/{name}.safetensors" for name in loras if lora_path(path, name) is None]
     if missing:

@@ -14,23 +14,21 @@ written under a temporary name and renamed, so an interrupted prepare never leav
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from longcat_jax.errors import ConfigError, InputError
 from longcat_jax.training.dataset import Clip, SkippedClip, discover_clips
+from longcat_jax.video_io import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +83,10 @@ class CacheManifest:
     skipped: tuple[SkippedClip, ...]
 
     def clips_digest(self) -> str:
-        """A short hash of the clips (keys, shapes, captions, source files' size, time and frame rate): a checkpoint
-        records it so that `--resume` warns about a changed dataset, a re-captioned or replaced clip included."""
-        text = json.dumps([[c.key, list(c.latent_shape), c.caption, c.source_bytes, c.source_mtime_ns, c.source_fps]
+        """A short hash of the clips (keys, shapes, captions, source files' size and frame rate): a checkpoint
+        records it so that `--resume` warns about a changed dataset, a re-captioned or replaced clip included. Not
+        the files' times: a copy with new times is the same data (`check_clips_current`)."""
+        text = json.dumps([[c.key, list(c.latent_shape), c.caption, c.source_bytes, c.source_fps]
                            for c in self.clips])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -98,24 +97,9 @@ def clip_file_name(key: str) -> str:
     return f"{stem}.{hashlib.sha256(key.encode()).hexdigest()[:10]}.npz"
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
-    temp = Path(name)
-    try:
-        yield temp
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-
-
 def write_clip(cache_dir: Path, name: str, latent_mean: np.ndarray, latent_std: np.ndarray, text: np.ndarray) -> None:
     """Writes one clip's arrays (see the module docstring) atomically."""
-    with _atomic(cache_dir / CLIPS_DIR / name) as temp, open(temp, "wb") as handle:
+    with atomic_file(cache_dir / CLIPS_DIR / name) as temp, open(temp, "wb") as handle:
         np.savez(handle, latent_mean=np.asarray(latent_mean, np.float32), latent_std=np.asarray(latent_std, np.float32),
                  text=np.asarray(text, np.float32))
 
@@ -141,9 +125,9 @@ def write_manifest(cache_dir: Path, manifest: CacheManifest) -> None:
         "clips": [clip.to_json() for clip in manifest.clips],
         "skipped": [dataclasses.asdict(s) for s in manifest.skipped],
     }
-    with _atomic(cache_dir / MANIFEST_NAME) as temp:
+    with atomic_file(cache_dir / MANIFEST_NAME) as temp:
         temp.write_text(json.dumps(body, indent=1))
-    with _atomic(cache_dir / SKIPPED_NAME) as temp:
+    with atomic_file(cache_dir / SKIPPED_NAME) as temp:
         temp.write_text("".join(f"{s.source}: {s.reason}\n" for s in manifest.skipped))
 
 
@@ -176,12 +160,30 @@ def require_manifest(cache_dir: Path, fingerprint: dict[str, Any], config_source
     if manifest is None:
         raise InputError(f"no prepared data in {cache_dir}; encode the clips once with `{prepare}`")
     check_fingerprint(manifest.fingerprint, fingerprint, prepare)
-    if jax.process_index() == 0:  # the other hosts of a run train from the cache alone
-        check_clips_current(manifest, discover_clips(data_folder)[0], data_folder, prepare)
+    _check_clips_on_first_host(manifest, data_folder, prepare)
     if not manifest.clips:
         raise InputError(f"the prepared data in {cache_dir} holds no usable clip ({len(manifest.skipped)} skipped, "
                          f"see {cache_dir / SKIPPED_NAME}); fix the data folder and run `{prepare}`")
     return manifest
+
+
+def _check_clips_on_first_host(manifest: CacheManifest, data_folder: Path, prepare: str) -> None:
+    """`check_clips_current` on the first host (the others train from the cache alone and may not see the data
+    folder); with several hosts its answer goes to all, so that every host refuses together rather than the others
+    loading the DiT and then failing on a host that has stopped."""
+    refusal = None
+    if jax.process_index() == 0:
+        try:
+            check_clips_current(manifest, discover_clips(data_folder)[0], data_folder, prepare)
+        except InputError as err:
+            refusal = err
+    if jax.process_count() > 1:
+        refused = bool(multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)))
+        if refused and refusal is None:
+            raise InputError(f"the first host refused the prepared data (its log says why: the data folder no longer "
+                             f"matches it); run `{prepare}` again")
+    if refusal is not None:
+        raise refusal
 
 
 def check_clips_current(manifest: CacheManifest, clips: list[Clip], data_folder: Path, prepare: str) -> None:

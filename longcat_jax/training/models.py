@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 from kernels import KernelConfig
 from longcat_jax.checkpoint.layout import TEXT_ENCODER, TOKENIZER, VAE, check_checkpoint, dit_folder
-from longcat_jax.errors import CheckpointError
 from longcat_jax.models.dit import DiTConfig, LongCatDiT, load_dit
 from longcat_jax.models.dit.loading import random_dit
 from longcat_jax.models.dit.quantized_linear import quantize_linears
@@ -82,13 +81,10 @@ def model_id(config: TrainConfig) -> str:
 
 def check_model_path(config: TrainConfig) -> None:
     """Refuses a checkpoint folder that is missing or lacks a part, and a `quantize` mode the devices cannot run,
-    before any work. A missing folder is named as the config's 'model_path' (the checkpoint check's own message
-    names generate's --model-path, which the train command does not have)."""
+    before any work. A missing folder is named as the config's 'model_path' (train has no --model-path flag)."""
     if not config.builtin:
-        if not config.model_path.is_dir():
-            raise CheckpointError(f"checkpoint folder {config.model_path} not found; set 'model_path' in the config "
-                                  f"to a LongCat-Video download (or to null for the built-in tiny model)")
-        check_checkpoint(config.model_path)
+        check_checkpoint(config.model_path, setting="set 'model_path' in the config to a LongCat-Video download (or to "
+                                                    "null for the built-in tiny model)")
     check_quantize_supported(config.quantize)
 
 

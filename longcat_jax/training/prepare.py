@@ -46,7 +46,7 @@ from longcat_jax.training.config import DataConfig, TrainConfig
 from longcat_jax.training.dataset import Clip, SkippedClip, discover_clips
 from longcat_jax.training.models import Encoders, check_model_path, load_encoders, model_id, model_sizes
 from longcat_jax.training.shapes import clip_size
-from longcat_jax.video_io import VIDEO_ERRORS, open_video, resize_frames, to_model_input
+from longcat_jax.video_io import VIDEO_ERRORS, ffmpeg_error, open_video, resize_frames, to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,8 @@ def frame_indices(source_fps: float, fps: float | None, num_frames: int) -> list
 
 
 def _unreadable(err: Exception) -> InputError:
-    """The skip reason of a file ffmpeg cannot read: the first line of its error."""
-    return InputError(f"unreadable video ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+    """The skip reason of a file ffmpeg cannot read: ffmpeg's own words, without its banner (`ffmpeg_error`)."""
+    return InputError(f"unreadable video ({ffmpeg_error(err) or type(err).__name__})")
 
 
 def read_video_fps(path: Path) -> float:

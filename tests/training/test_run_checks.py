@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import pytest
 
 from longcat_jax.errors import CheckpointError, ConfigError, InputError
-from longcat_jax.training import loop
+from longcat_jax.training import cache, loop
 from longcat_jax.training.checkpoints import TrainCheckpoints
+from longcat_jax.training.prepare import cache_fingerprint
 from longcat_jax.training.shapes import num_cond_latents
 from tests.training.synthetic import small_dit, smooth_clip, train_config, write_cache
 
@@ -150,3 +151,20 @@ def test_resume_warns_that_a_clip_was_recaptioned(tmp_path, caplog):
         checkpoints.restore(4, FACTORS, OPT_STATE, _meta(config, recaptioned))
     checkpoints.close()
     assert any("prepared data changed since checkpoint 4" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("host", [0, 1])
+def test_every_host_refuses_a_cache_the_first_host_refuses(tmp_path, monkeypatch, host):
+    """With several hosts the first checks the data folder and tells the others, which then refuse too (rather
+    than load the DiT and fail on a host that has stopped)."""
+    config = train_config(tmp_path)
+    write_cache(config, {"clip.mp4": smooth_clip(0)})
+    (config.data.folder / "clip.txt").write_text("a new caption")  # the folder no longer matches the cache
+    told = []
+    monkeypatch.setattr(cache.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(cache.jax, "process_index", lambda: host)
+    monkeypatch.setattr(cache.multihost_utils, "broadcast_one_to_all", lambda value: told.append(value) or 1)
+    message = "caption changed" if host == 0 else "the first host refused the prepared data"
+    with pytest.raises(InputError, match=message):
+        cache.require_manifest(config.cache_dir, cache_fingerprint(config), "train.json", config.data.folder)
+    assert told == [1] if host == 0 else len(told) == 1
