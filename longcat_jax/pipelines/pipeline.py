@@ -19,8 +19,9 @@ text encoder released.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -296,6 +297,16 @@ class LongCatPipeline:
         return self._denoiser
 
     # ------------------------------------------------------------------------------------------------ the text
+
+    @contextlib.contextmanager
+    def recording_into(self, stats: RunStats) -> Iterator[RunStats]:
+        """Records the stages run in the block into `stats` (a batched video's own, `RunStats.branch`), then into
+        the pipeline's own again."""
+        shared, self.stats = self.stats, stats
+        try:
+            yield stats
+        finally:
+            self.stats = shared
 
     def encode_text(self, prompt: str, negative_prompt: str | None = None) -> TextCondition:
         """Embeddings of `prompt` (and of `negative_prompt` for guidance), cached per prompt."""

@@ -43,14 +43,10 @@ def run_t2v_batch(pipe: LongCatPipeline, prompts: Sequence[str], plans: Sequence
         [pipe.noise(key_from_seed(plan.seed), plan.latent_frames, plan.height, plan.width) for plan in plans], axis=0
     )
     latents = denoise_generation(pipe, latents, text, plans[0], num_cond_latents=0, stage="t2v")
-    shared, videos = pipe.stats, []
-    try:
-        for index in range(len(plans)):
-            pipe.stats = shared.branch()  # this video's decode (and refinement) on its own timings
-            videos.append(GeneratedVideo(decode_video(pipe, latents[index : index + 1]), pipe.defaults.fps,
-                                         stats=pipe.stats))
-    finally:
-        pipe.stats = shared
+    videos = []
+    for index in range(len(plans)):
+        with pipe.recording_into(pipe.stats.branch()) as own:  # this video's decode (and refinement) on its own
+            videos.append(GeneratedVideo(decode_video(pipe, latents[index : index + 1]), pipe.defaults.fps, stats=own))
     return videos
 
 
@@ -73,14 +69,11 @@ def run_t2v_tasks(pipe: LongCatPipeline, setups: Sequence[RunSetup], stages: Seq
     """`--task t2v` of several checked runs of one `batch_key`: the clips denoised together, then each refined
     alone when its run asks for it (as `t2v.run_task` one at a time)."""
     clips = run_t2v_batch(pipe, [setup.prompt for setup in setups], [stage.generation for stage in stages])
-    shared, videos = pipe.stats, []
-    try:
-        for clip, setup, stage in zip(clips, setups, stages):
-            if stage.refinement is not None:
-                pipe.stats = clip.stats
+    videos = []
+    for clip, setup, stage in zip(clips, setups, stages):
+        if stage.refinement is not None:
+            with pipe.recording_into(clip.stats):
                 refined = run_refine(pipe, clip.frames, setup.refine_prompt, stage.refinement)
-                clip = dataclasses.replace(refined, stats=clip.stats)
-            videos.append(clip)
-    finally:
-        pipe.stats = shared
+            clip = dataclasses.replace(refined, stats=clip.stats)
+        videos.append(clip)
     return videos
