@@ -45,7 +45,7 @@ def outputs(key_blocks: int, native: bool, seed: int = 0):
     for tc_sums in (False, True):
         config = MosaicConfig(schedule_barrier=False, row_sums_on_tensor_cores=tc_sums, interpret=not native)
         out, _ = jax.jit(lambda o, i, c, config=config: mosaic_forward(
-            o.q, o.k, o.v_t, i, jnp.zeros_like(c), c, config, fp8_scales=o.scales, out_dtype=jnp.float32,
+            o.q, o.k, o.v_t, i, jnp.zeros_like(c), c, config, fp8_scales=o.kernel_scales(i), out_dtype=jnp.float32,
         ))(operands, indices, counts)
         forms.append(out)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision="highest") / math.sqrt(HEAD_DIM)

@@ -165,7 +165,7 @@ def _reference_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, k
         return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid)
 
     def emulated(q32, k32, v32):
-        q32, k32, v32 = fp8_operands.emulated_attention_inputs(q32, k32, v32)
+        q32, k32, v32 = fp8_operands.emulated_attention_inputs(q32, k32, v32, chunk_size_q, chunk_size_k)
         out = reference.blocked_attention(q32, k32, v32, indices, counts, chunk_size_q, chunk_size_k, key_valid,
                                           round_weights=fp8_operands.round_weights)
         return out.astype(q.dtype)
@@ -176,16 +176,15 @@ def _reference_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, k
 def _fp8_attention(q, k, v, grid_q: GridPadding, grid_k: GridPadding, params: BSAParams, config: KernelConfig,
                    interpret: bool):
     """The Pallas whole call on e4m3 operands, q, k, v [B, S, H, D] on padded grids in raster order: the chunking
-    kernels write e4m3 (V transposed) with per-head scales, then the FP8 Mosaic forward. Returns raster order."""
+    kernels write e4m3 with per-block scales (V transposed), then the FP8 Mosaic forward. Returns raster order."""
     chunk_q, chunk_k = params.chunk_3d_shape_q, params.chunk_3d_shape_k
-    q_scale, k_scale, v_scale = (fp8_operands.head_scales(x) for x in (q, k, v))  # [B, H] each
-    q8, pooled_q = pallas_chunking.chunk_to_e4m3(q, q_scale, grid_q.padded, chunk_q, interpret=interpret)
-    k8, pooled_k = pallas_chunking.chunk_to_e4m3(k, k_scale, grid_k.padded, chunk_k, interpret=interpret)
-    v_t = pallas_chunking.chunk_to_e4m3(v, v_scale, grid_k.padded, chunk_k, transposed=True, interpret=interpret)
+    q8, pooled_q, q_scales = pallas_chunking.chunk_to_e4m3(q, grid_q.padded, chunk_q, interpret=interpret)
+    k8, pooled_k, k_scales = pallas_chunking.chunk_to_e4m3(k, grid_k.padded, chunk_k, interpret=interpret)
+    v_t, v_scales = pallas_chunking.chunk_to_e4m3_transposed(v, grid_k.padded, chunk_k, interpret=interpret)
     indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1],
                               "pallas_interpret" if interpret else "pallas")
     config.check_fp8(q, params.chunk_size_q, params.chunk_size_k, indices.shape[-1])
-    operands = fp8_operands.Fp8Operands(q8, k8, v_t, jnp.stack([q_scale * k_scale, v_scale], axis=-1))
+    operands = fp8_operands.Fp8Operands(q8, k8, v_t, q_scales, k_scales, v_scales)
     key_padding = grid_k if grid_k.needed else None
     out, _ = fp8_sparse_attention_with_lse(
         operands, indices, counts, config, (grid_q.padded, chunk_q), key_padding, q.dtype

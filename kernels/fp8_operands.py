@@ -2,10 +2,13 @@
 
 Why: Hopper's tensor cores multiply e4m3 at twice the bf16 rate (FlashAttention-3's FP8 path, SageAttention2), and
 the BSA forward spends about half of each key block's step in its two products. The kernel takes:
-- q and k in e4m3, each with one scale per (batch, head): the DiT's per-head RMSNorm gives every token a similar
-  size, so one amax per head keeps the tokens in e4m3's normal range;
-- v in e4m3 and transposed to [B, H, D, Sk]: FP8 wgmma takes K-major operands only, and the keys are P·V's
-  contraction, so each key block of V^T is a K-major [D, 64] tile;
+- q, k and v in e4m3, each with one scale per 64-token block and head (as SageAttention's per-block q and k): each
+  block's amax maps to e4m3's largest value, so the chunking pass that writes a block also finds its scale and no
+  pass over the whole of q, k or v comes first. The kernel multiplies each block pair's logits by the two scales,
+  and keeps its output accumulator in units of the current key block's V scale (the online softmax's rescale of
+  the accumulator takes the ratio of the last block's V scale to this one's too);
+- v transposed to [B, H, D, Sk]: FP8 wgmma takes K-major operands only, and the keys are P·V's contraction, so each
+  key block of V^T is a K-major [D, 64] tile;
 - the softmax weights P (in [0, 1]) rounded to e4m3 after a 2^P_EXPONENT scale, which the kernel adds to the
   exponent of its exp2 for free: the small weights then stay clear of e4m3's subnormals; the row sums carry the
   same factor, so it cancels in the output and is taken out of the log-sum-exp.
@@ -30,42 +33,74 @@ NO_GRADIENT = "KernelConfig(fp8=True) is for inference: the FP8 forward has no b
 
 
 class Fp8Operands(NamedTuple):
-    """The FP8 kernel's inputs: q [B, Sq, H, D], k [B, Sk, H, D] and v_t [B, H, D, Sk] in e4m3; scales [B, H, 2]
-    float32 holding, per (batch, head), q's scale times k's (applied to the logits) and v's (applied to the output)."""
+    """The FP8 kernel's inputs: q [B, Sq, H, D], k [B, Sk, H, D] and v_t [B, H, D, Sk] in e4m3; float32 scales per
+    64-token block: q_scales [B, H, Mq] and k_scales [B, H, Mk] (applied to the logits), v_scales [B, H, Mk]."""
 
     q: jax.Array
     k: jax.Array
     v_t: jax.Array
-    scales: jax.Array
+    q_scales: jax.Array
+    k_scales: jax.Array
+    v_scales: jax.Array
+
+    def kernel_scales(self, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The kernel's scale inputs for index lists [B, H, Mq, W]: each entry's logit scale (`step_scales`) and its
+        key block's V scale, [B, H, Mq, W] each."""
+        return step_scales(self.q_scales, self.k_scales, indices), _gathered(self.v_scales, indices)
 
 
-def head_scales(x: jax.Array) -> jax.Array:
-    """Per (batch, head) scale [B, H] float32 that maps x [B, S, H, D]'s largest magnitude to E4M3_MAX (1 where the
-    head is all zeros, so that nothing divides by zero)."""
-    amax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=(1, 3))  # [B, H]
+def scale_of(amax: jax.Array) -> jax.Array:
+    """The scale that maps a largest magnitude `amax` to E4M3_MAX (1 where it is 0, so that nothing divides by 0)."""
     return jnp.where(amax > 0, amax / E4M3_MAX, 1.0)
 
 
-def _to_e4m3(x: jax.Array, scale: jax.Array) -> jax.Array:
-    """x [B, S, H, D] divided by its per-head scale [B, H], rounded to e4m3."""
-    return (x.astype(jnp.float32) / scale[:, None, :, None]).astype(E4M3)
+def block_scales(x: jax.Array, block: int) -> jax.Array:
+    """Per block of `block` tokens and head, the scale [B, H, S // block] float32 of chunk-ordered x [B, S, H, D]."""
+    b, s, h, d = x.shape
+    amax = jnp.max(jnp.abs(x.astype(jnp.float32)).reshape(b, s // block, block, h, d), axis=(2, 4))  # [B, M, H]
+    return scale_of(amax).transpose(0, 2, 1)
 
 
-def quantize_operands(q: jax.Array, k: jax.Array, v: jax.Array) -> Fp8Operands:
-    """The FP8 kernel's operands from chunk-ordered q [B, Sq, H, D], k and v [B, Sk, H, D] (any float dtype)."""
-    q_scale, k_scale, v_scale = head_scales(q), head_scales(k), head_scales(v)  # [B, H] each
-    v_t = jnp.transpose(_to_e4m3(v, v_scale), (0, 2, 3, 1))  # [B, H, D, Sk]
-    scales = jnp.stack([q_scale * k_scale, v_scale], axis=-1)  # [B, H, 2]
-    return Fp8Operands(_to_e4m3(q, q_scale), _to_e4m3(k, k_scale), v_t, scales)
+def _blocks_to_e4m3(x: jax.Array, scales: jax.Array) -> jax.Array:
+    """Chunk-ordered x [B, S, H, D] divided by its per-block scales [B, H, M], rounded to e4m3."""
+    b, s, h, d = x.shape
+    per_token = jnp.repeat(scales.transpose(0, 2, 1), s // scales.shape[-1], axis=1)  # [B, S, H]
+    return (x.astype(jnp.float32) / per_token[..., None]).astype(E4M3)
 
 
-def emulated_attention_inputs(q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """q, k, v [B, S, H, D] as the FP8 kernel sees them (rounded to e4m3 with its scales), back in float32."""
-    def rounded(x):
-        scale = head_scales(x)
-        return _kept(_to_e4m3(x, scale)).astype(jnp.float32) * scale[:, None, :, None]
+def quantize_operands(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int = 64, block_k: int = 64) -> Fp8Operands:
+    """The FP8 kernel's operands from chunk-ordered q [B, Sq, H, D], k and v [B, Sk, H, D] (any float dtype), scaled per
+    block of block_q / block_k tokens."""
+    q_scales, k_scales, v_scales = block_scales(q, block_q), block_scales(k, block_k), block_scales(v, block_k)
+    v_t = jnp.transpose(_blocks_to_e4m3(v, v_scales), (0, 2, 3, 1))  # [B, H, D, Sk]
+    return Fp8Operands(_blocks_to_e4m3(q, q_scales), _blocks_to_e4m3(k, k_scales), v_t, q_scales, k_scales, v_scales)
 
-    return rounded(q), rounded(k), rounded(v)
+
+def step_scales(q_scales: jax.Array, k_scales: jax.Array, indices: jax.Array) -> jax.Array:
+    """Each list entry's logit scale [B, H, Mq, W]: its query block's scale times its key block's, from q_scales
+    [B, H, Mq], k_scales [B, H, Mk] and indices [B, H, Mq, W] (entries out of range, the padding, get the query
+    block's scale alone)."""
+    return q_scales[..., None] * _gathered(k_scales, indices)
+
+
+def _gathered(scales: jax.Array, indices: jax.Array) -> jax.Array:
+    """Each list entry's block scale [B, H, Mq, W] from per-block scales [B, H, M] (entries out of range get 1)."""
+    real = (indices >= 0) & (indices < scales.shape[-1])
+    gathered = jnp.take_along_axis(scales[:, :, None, :], jnp.where(real, indices, 0), axis=-1)
+    return jnp.where(real, gathered, 1.0)
+
+
+def emulated_attention_inputs(
+    q: jax.Array, k: jax.Array, v: jax.Array, block_q: int = 64, block_k: int = 64
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Chunk-ordered q, k, v [B, S, H, D] as the FP8 kernel sees them (rounded to e4m3 with its scales, per block of
+    block_q / block_k tokens), back in float32."""
+    def per_block(x, block):
+        scales = block_scales(x, block)
+        per_token = jnp.repeat(scales.transpose(0, 2, 1), block, axis=1)[..., None]  # [B, S, H, 1]
+        return _kept(_blocks_to_e4m3(x, scales)).astype(jnp.float32) * per_token
+
+    return per_block(q, block_q), per_block(k, block_k), per_block(v, block_k)
 
 
 def round_weights(weights: jax.Array) -> jax.Array:

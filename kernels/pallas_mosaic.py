@@ -174,8 +174,9 @@ def mosaic_forward(
     straight to (T, H, W) raster order, one copy per run of a chunk's consecutive tokens, which saves the
     reorder pass after the kernel; lse stays in chunk order. key_padding: None, or the padding of k's grid (k
     then holds the padded grid): padded keys get no weight.
-    fp8_scales: None, or the [B, H, 2] float32 scales of FP8 operands (`fp8_operands.Fp8Operands`: q and k in e4m3,
-    v transposed to [B, H, D, Sk] in e4m3); out is then in `out_dtype`.
+    fp8_scales: None, or with FP8 operands (`fp8_operands.Fp8Operands`: q and k in e4m3, v transposed to [B, H, D, Sk]
+    in e4m3) their float32 scales per list entry, [B, H, Mq, K_max] each (`Fp8Operands.kernel_scales`): the logit scale
+    (its query block's scale times its key block's) and its key block's V scale; out is then in `out_dtype`.
     """
     b, sq, h, d = q.shape
     mq = sq // BLOCK
@@ -209,7 +210,7 @@ def mosaic_forward(
             return lax.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1)
         return plgpu.broadcasted_iota(jnp.int32, (BLOCK, BLOCK), 1, layout=plgpu.Layout.WGMMA)
 
-    def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, ones_ref, out_ref, lse_ref, scoped):
+    def kernel(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_refs, ones_ref, out_ref, lse_ref, scoped):
         bi = lax.axis_index("batch")
         hi = lax.axis_index("heads")
         cta = lax.axis_index("ctas")
@@ -302,8 +303,7 @@ def mosaic_forward(
             q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
-            # the base-2 logit scale, with FP8 operands times q's and k's scales; FP8 weights are 2^P_EXPONENT larger
-            scale = logit_scale * scales_ref[bi, hi, 0] if fp8 else logit_scale
+            # FP8 weights are 2^P_EXPONENT larger
             weight_exponent = P_EXPONENT if fp8 else 0
             if tc_sums:  # the ones column of the row sums' product, [8, 64] as a K-major B operand
                 ones_smem = ones_smem2.at[wg]
@@ -314,7 +314,7 @@ def mosaic_forward(
                 # done: key blocks this consumer visited in earlier rounds (its stage slots run on)
                 counts = [count_of(r, w) for w in range(consumers)]
                 count = functools.reduce(lambda n, w: jnp.where(wg == w, counts[w], n), range(1, consumers), counts[0])
-                if key_padding is not None:  # where this consumer's list starts, to read its key blocks' indices
+                if key_padding is not None or fp8:  # where this consumer's list starts, to read its entries' indices
                     own_block = query_block(r, wg)
                     first = starts_ref[bi, hi, own_block]
                 plgpu.barrier_wait(q_barriers.at[wg])
@@ -336,7 +336,8 @@ def mosaic_forward(
                 pl.when(wg == 1)(schedule_sync)
 
                 def visit_key_block(j, carry):
-                    acc, row_max, row_sum = carry
+                    # with FP8 operands acc is in units of the last key block's V scale, which the carry ends with
+                    acc, row_max, row_sum, *last_v_scale = carry
                     step = done + j
                     k_slot = lax.rem(step, jnp.int32(k_stages))
                     v_slot = lax.rem(step, jnp.int32(v_stages))
@@ -345,6 +346,10 @@ def mosaic_forward(
                     # the key block's index, for masking padded keys: read from global memory (the shared-memory
                     # list may already hold the next round's), issued before the product to hide its latency
                     block = None if key_padding is None else idx_ref[bi, hi, own_block, first + j]
+                    # the base-2 logit scale, with FP8 operands times the entry's query and key block scales (read
+                    # like the index, before the product)
+                    scale = logit_scale * scales_refs[0][bi, hi, own_block, first + j] if fp8 else logit_scale
+                    v_scale = [scales_refs[1][bi, hi, own_block, first + j]] if fp8 else []  # this key block's
 
                     if config.interpret:
                         logits = dot_f32(q_smem[...], k_smem[k_slot], transpose_b=True)
@@ -363,7 +368,9 @@ def mosaic_forward(
                     correction = jnp.exp2(row_max - new_max)
                     offset = new_max - weight_exponent if weight_exponent else new_max
                     weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
-                    acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
+                    # acc moves to this key block's V scale with the softmax's rescale
+                    acc_correction = correction * (last_v_scale[0] / v_scale[0]) if fp8 else correction
+                    acc = acc * lax.broadcast_in_dim(acc_correction, acc.shape, [0])
                     if tc_sums:
                         row_sum = row_sum * lax.broadcast_in_dim(correction, row_sum.shape, [0])
                     else:
@@ -412,9 +419,11 @@ def mosaic_forward(
                         else:
                             (acc,) = pl.run_state(values_state)((plgpu.ACC.init(acc),))
                     plgpu.barrier_arrive(v_consumed.at[v_barrier])
-                    return acc, new_max, row_sum
+                    return acc, new_max, row_sum, *v_scale
 
-                acc, row_max, row_sum = lax.fori_loop(0, count, visit_key_block, (acc, row_max, row_sum))
+                first_v_scale = [jnp.float32(1.0)] if fp8 else []
+                acc, row_max, row_sum, *last_v_scale = lax.fori_loop(
+                    0, count, visit_key_block, (acc, row_max, row_sum, *first_v_scale))
                 plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
 
                 def idle_step(_, carry):
@@ -431,8 +440,8 @@ def mosaic_forward(
                     row_sum = row_sum.sum(axis=1)
                 # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
                 safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
-                if fp8:  # v's scale
-                    safe_sum = safe_sum / scales_ref[bi, hi, 1]
+                if fp8:  # acc's V scale
+                    safe_sum = safe_sum / last_v_scale[0]
                 acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
                 plgpu.wait_smem_to_gmem(0)  # the last round's stores have read o_smem and lse_smem
                 o_smem[...] = acc.astype(dtype)
@@ -482,7 +491,7 @@ def mosaic_forward(
 
     def entry(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, *refs):
         refs = list(refs)
-        scales_ref = refs.pop(0) if fp8 else None
+        scales_refs = (refs.pop(0), refs.pop(0)) if fp8 else None
         ones_ref = refs.pop(0) if tc_sums else None
         out_ref, lse_ref = refs
         transforms = tile_transforms(operand_dtype, d)
@@ -512,7 +521,7 @@ def mosaic_forward(
         buffers = len(scratch)
         pl.run_scoped(
             lambda *args: kernel(
-                idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_ref, ones_ref, out_ref, lse_ref,
+                idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, scales_refs, ones_ref, out_ref, lse_ref,
                 (args[:buffers], args[buffers:]),
             ),
             *scratch,
@@ -534,7 +543,7 @@ def mosaic_forward(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         **interpret_params(config.interpret),
-    )(indices, starts, counts, q, k, v, *((fp8_scales,) if fp8 else ()), *((_ones_column(operand_dtype),) if tc_sums else ()))
+    )(indices, starts, counts, q, k, v, *(fp8_scales if fp8 else ()), *((_ones_column(operand_dtype),) if tc_sums else ()))
 
 
 def _ones_column(dtype) -> jax.Array:

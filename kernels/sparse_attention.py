@@ -43,7 +43,7 @@ class KernelConfig:
     backward: "auto" (the default: the Mosaic GPU kernels of `pallas_mosaic_backward` on a Hopper GPU where they
     support the inputs, 1.2x the Triton ones on an H200 and a 720p LoRA training step 16.11 -> 15.63 s, see
     BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
-    fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: per-head scales of q, k and v, the softmax
+    fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: q, k and v with a scale per 64-token block and head, the softmax
     weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
     barrier, 1.07-1.10x faster than with it on an H200 at 84,480 tokens; with the row sums on the tensor cores, each
     block's from a fresh accumulator, 1.025-1.028x the reduction at top-k 0.875 and 0.9375 there, 0.995x at 0.96875,
@@ -180,7 +180,7 @@ def sparse_attention_with_lse(
         ranges = 1 if mosaic else key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
     ranges = min(ranges, num_k_blocks)
     if config.fp8:
-        operands = fp8_operands.quantize_operands(q, k, v)
+        operands = fp8_operands.quantize_operands(q, k, v, block_q, block_k)
         return fp8_sparse_attention_with_lse(operands, indices, counts, config, raster, key_padding, q.dtype)
     starts = jnp.zeros_like(counts)
     if mosaic and ranges == 1:
@@ -212,10 +212,10 @@ def fp8_sparse_attention_with_lse(
 ):
     """(out [B, Sq, H, D] in out_dtype, lse [B, H, Sq] float32 base 2) of the Mosaic forward on e4m3 operands, with
     `config.mosaic_fp8`; the other arguments as in `sparse_attention_with_lse` (`KernelConfig.check_fp8` first)."""
-    counts = counts.astype(jnp.int32)
+    counts, indices = counts.astype(jnp.int32), indices.astype(jnp.int32)
     return pallas_mosaic.mosaic_forward(
-        operands.q, operands.k, operands.v_t, indices.astype(jnp.int32), jnp.zeros_like(counts), counts,
-        config.mosaic_fp8, raster_out=raster, key_padding=key_padding, fp8_scales=operands.scales, out_dtype=out_dtype,
+        operands.q, operands.k, operands.v_t, indices, jnp.zeros_like(counts), counts, config.mosaic_fp8,
+        raster_out=raster, key_padding=key_padding, fp8_scales=operands.kernel_scales(indices), out_dtype=out_dtype,
     )
 
 

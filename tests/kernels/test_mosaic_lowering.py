@@ -59,7 +59,7 @@ def test_forward_lowers_for_cuda(name, fp8):
 
         def forward(operands, indices, starts, counts):
             return mosaic_forward(operands.q, operands.k, operands.v_t, indices, starts, counts, config,
-                                  raster_out=(GRID, CHUNK), key_padding=PADDED, fp8_scales=operands.scales,
+                                  raster_out=(GRID, CHUNK), key_padding=PADDED, fp8_scales=operands.kernel_scales(indices),
                                   out_dtype=jnp.bfloat16)
 
         text = _lowered_for_cuda(forward, operands, indices, starts, counts)

@@ -101,7 +101,7 @@ def test_sharded_forward_equals_single_device(model_pair, bsa, num_cond_latents)
 def test_fp8_attention_on_the_mesh_equals_one_device():
     """'fp8-attention' (its CPU emulation) on 8 devices gives one device's output, dense and block-sparse: dense FP8
     attention takes its per-tensor scales over all heads before they are split (over each device's own heads the
-    output moved 7.7e-3, as much as FP8 attention itself), block-sparse FP8 scales each head on its own.
+    output moved 7.7e-3, as much as FP8 attention itself), block-sparse FP8 scales each block of each head on its own.
 
     Within MESH_FP8_TOL, not float32's TOL: with the FP8 GEMMs writing bf16 (the default) the dense case moved 1.5e-4
     (its other cases 1.5e-7), as e4m3 rounding ties, frequent on bf16 values, fall either way; with float32 GEMM

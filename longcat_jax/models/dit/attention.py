@@ -50,7 +50,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, grid_q: Grid, grid_k: Gr
     `longcat_jax.quantization.attention` (with `fp8_scales` if given, else the call's own per-tensor scales). With
     `context_parallel` (a `longcat_jax.sharding.ContextParallel`) each device attends for its slice of the heads; dense
     FP8 attention then takes its scales from all heads, so the result does not depend on the number of devices
-    (block-sparse FP8 scales each head on its own).
+    (block-sparse FP8 scales each 64-token block of each head on its own).
     """
     if context_parallel is not None:
         if fp8 and bsa is None and fp8_scales is None:

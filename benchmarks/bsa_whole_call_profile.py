@@ -1,0 +1,66 @@
+"""Where the whole BSA call's device time goes: each XLA op and Pallas kernel of one jitted `bsa_attention`.
+
+Why: #19's whole-call target (2.2x the original) is missed by what runs around the forward kernel (the head scales,
+the reorder and e4m3 passes, the block means, the scores and the top-k). This prints, per grid, top-k point and kernel
+form (bf16, FP8), the largest device ops of one call (`device_profile.print_top`), with the source lines of each
+XLA fusion, so the parts can be weighed against each other in the same process.
+
+    python3 benchmarks/bsa_whole_call_profile.py --sizes 24x44x80 --sparsities 0.875,0.96875 --forms fp8,bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bsa_inputs import parse_grid  # noqa: E402  # this script's sibling
+from device_profile import print_top  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import BSAParams, KernelConfig, bsa_attention  # noqa: E402
+
+FORMS = {"bf16": KernelConfig(), "fp8": KernelConfig(fp8=True)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="24x44x80", help="latent grids TxHxW, comma-separated")
+    parser.add_argument("--sparsities", default="0.875,0.96875", help="top-k sparsities, comma-separated")
+    parser.add_argument("--forms", default="fp8,bf16", help="comma-separated subset of " + ", ".join(FORMS))
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--top", type=int, default=16, help="how many of the largest ops to print")
+    args = parser.parse_args()
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, kernels from {kernels.__file__}")
+    forms = args.forms.split(",")
+    unknown = sorted(set(forms) - set(FORMS))
+    if unknown:
+        parser.error(f"unknown forms {unknown}; choose from {sorted(FORMS)}")
+    for size in args.sizes.split(","):
+        latent = parse_grid(size)
+        tokens = latent[0] * latent[1] * latent[2]
+        keys = jax.random.split(jax.random.key(0), 3)
+        q, k, v = (jax.random.normal(key, (1, tokens, args.heads, args.head_dim), jnp.bfloat16) for key in keys)
+        for sparsity in (float(s) for s in args.sparsities.split(",")):
+            params = BSAParams(sparsity=sparsity)
+            for form in forms:
+                config = FORMS[form]
+                call = jax.jit(lambda q, k, v, config=config, params=params: bsa_attention(
+                    q, k, v, latent, latent, params, backend="pallas", kernel_config=config))
+                hlo_text = call.lower(q, k, v).compile().as_text()
+                call(q, k, v).block_until_ready()
+                call(q, k, v).block_until_ready()
+                print_top(lambda: call(q, k, v).block_until_ready(), top=args.top,
+                          label=f"{size} ({tokens} tokens), top-k {sparsity}, {form}", hlo_text=hlo_text)
+                print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
