@@ -23,8 +23,8 @@ from kernels.layout import (
     padded_chunk_grid,
     to_chunk_order,
 )
+from kernels.mosaic_config import MosaicConfig
 from kernels.padding import GridPadding
-from kernels.pallas_mosaic import MosaicConfig
 from kernels.pallas_mosaic_backward import MosaicBackwardConfig
 from kernels.pallas_triton import TritonConfig
 from kernels.params import BSAParams

@@ -29,7 +29,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from kernels import pallas_mosaic
+from kernels import mosaic_config
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.mosaic_common import BLOCK, LOG2E, SMEM_ALIGN, SMEM_BYTES, aligned, dot_f32, interpret_params, load_whole
 from kernels.padding import GridPadding, mask_padded_keys
@@ -96,7 +96,7 @@ def fits(head_dim: int, config: MosaicBackwardConfig) -> bool:
 def supports(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int, block_k: int) -> bool:
     """Whether these kernels can run on these inputs: 64-token q and k blocks, head_dim 64 or 128, q, k, v all
     bf16 or all f16."""
-    return pallas_mosaic.supports(q, block_q, block_k) and k.dtype == v.dtype == q.dtype
+    return mosaic_config.supports(q, block_q, block_k) and k.dtype == v.dtype == q.dtype
 
 
 def check(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int, block_k: int, config: MosaicBackwardConfig) -> None:

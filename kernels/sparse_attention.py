@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from kernels import fp8_operands, key_ranges, layout, pallas_mosaic, pallas_mosaic_backward, pallas_triton
+from kernels import fp8_operands, key_ranges, layout, mosaic_config, pallas_mosaic, pallas_mosaic_backward, pallas_triton
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 
@@ -43,24 +43,24 @@ class KernelConfig:
     backward: "auto" (the default: the Mosaic GPU kernels of `pallas_mosaic_backward` on a Hopper GPU where they
     support the inputs, 1.2x the Triton ones on an H200 and a 720p LoRA training step 16.11 -> 15.63 s, see
     BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
-    fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: q, k and v with a scale per 64-token block and head, the softmax
-    weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default without the schedule
-    barrier, 1.07-1.10x faster than with it on an H200 at 84,480 tokens; with the row sums on the tensor cores, each
-    block's from a fresh accumulator, 1.025-1.028x the reduction at top-k 0.875 and 0.9375 there, 0.995x at 0.96875,
-    with outputs 2e-3 apart; and with three consumer warpgroups of one round each, where the lists fit
-    (`pallas_mosaic.fitted`), 1.04-1.07x two of two rounds on an H200, BENCHMARKS.md); the reference backend
+    fp8: both products of the Mosaic forward in e4m3 (`fp8_operands`: q, k and v with a scale per 64-token block and
+    head, the softmax weights rounded to e4m3), on Hopper only, with the launch settings `mosaic_fp8` (by default
+    without the schedule barrier, 1.07-1.10x faster than with it on an H200 at 84,480 tokens; with the row sums on the
+    tensor cores, each block's from a fresh accumulator, 1.025-1.028x the reduction at top-k 0.875 and 0.9375 there,
+    0.995x at 0.96875, with outputs 2e-3 apart; and with three consumer warpgroups of one round each, where the lists
+    fit (`mosaic_config.fitted`), 1.04-1.07x two of two rounds on an H200, BENCHMARKS.md); the reference backend
     emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
     """
 
     forward: str = "auto"
     triton: pallas_triton.TritonConfig = pallas_triton.TritonConfig()
-    mosaic: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig()
+    mosaic: mosaic_config.MosaicConfig = mosaic_config.MosaicConfig()
     key_ranges: int | None = None
     backward: str = "auto"
     mosaic_backward: pallas_mosaic_backward.MosaicBackwardConfig = pallas_mosaic_backward.MosaicBackwardConfig()
     fp8: bool = False
-    mosaic_fp8: pallas_mosaic.MosaicConfig = pallas_mosaic.MosaicConfig(
+    mosaic_fp8: mosaic_config.MosaicConfig = mosaic_config.MosaicConfig(
         schedule_barrier=False, row_sums_on_tensor_cores=True, consumers=3, rounds=1
     )
 
@@ -69,8 +69,8 @@ class KernelConfig:
             raise BSAConfigError(
                 f"unknown BSA backward kernel KernelConfig.backward={self.backward!r}; choose one of {BACKWARD_KERNELS}"
             )
-        for name, kind in (("triton", pallas_triton.TritonConfig), ("mosaic", pallas_mosaic.MosaicConfig),
-                           ("mosaic_fp8", pallas_mosaic.MosaicConfig),
+        for name, kind in (("triton", pallas_triton.TritonConfig), ("mosaic", mosaic_config.MosaicConfig),
+                           ("mosaic_fp8", mosaic_config.MosaicConfig),
                            ("mosaic_backward", pallas_mosaic_backward.MosaicBackwardConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise BSAConfigError(
@@ -120,28 +120,28 @@ class KernelConfig:
     def uses_mosaic(self, q: jax.Array, block_q: int, block_k: int, k_max: int) -> bool:
         """Whether the Mosaic GPU forward runs for these inputs (k_max: list width); refuses "mosaic" where it
         cannot. "auto" also leaves lists too long for its shared memory to the Triton kernel."""
-        supported = pallas_mosaic.supports(q, block_q, block_k)
+        supported = mosaic_config.supports(q, block_q, block_k)
         if self.fp8:
             self.check_fp8(q, block_q, block_k, k_max)
             return True
         if self.forward == "mosaic" and not supported:
             raise BSAInputError(
-                f"the Mosaic GPU BSA forward needs {pallas_mosaic.BLOCK}-token q and k blocks (4x4x4 chunks), "
+                f"the Mosaic GPU BSA forward needs {mosaic_config.BLOCK}-token q and k blocks (4x4x4 chunks), "
                 f"head_dim 64 or 128 and bf16/f16 inputs; got blocks {block_q}/{block_k}, head_dim {q.shape[-1]}, "
                 f"{q.dtype}; use forward='triton' or 'auto'"
             )
         if self.forward == "auto":
             return (
                 supported and not self.mosaic.interpret and on_hopper()
-                and pallas_mosaic.fits(q.shape[-1], k_max, self.mosaic)
+                and mosaic_config.fits(q.shape[-1], k_max, self.mosaic)
             )
         return self.forward == "mosaic"
 
     def check_fp8(self, q: jax.Array, block_q: int, block_k: int, k_max: int) -> None:
         """Refuses FP8 operands where the Mosaic forward cannot take them (q: the bf16/f16 queries), naming the fix."""
-        if not pallas_mosaic.supports(q, block_q, block_k):
+        if not mosaic_config.supports(q, block_q, block_k):
             raise BSAInputError(
-                f"KernelConfig(fp8=True) needs {pallas_mosaic.BLOCK}-token q and k blocks (4x4x4 chunks), head_dim 64 "
+                f"KernelConfig(fp8=True) needs {mosaic_config.BLOCK}-token q and k blocks (4x4x4 chunks), head_dim 64 "
                 f"or 128 and bf16/f16 inputs; got blocks {block_q}/{block_k}, head_dim {q.shape[-1]}, {q.dtype}; "
                 "use fp8=False"
             )
@@ -150,7 +150,7 @@ class KernelConfig:
                 f"KernelConfig(fp8=True) needs a Hopper GPU (compute capability 9.x), the default device is "
                 f"{jax.devices()[0].device_kind}; use fp8=False (bf16 kernels) there"
             )
-        if not pallas_mosaic.fits(q.shape[-1], k_max, self.mosaic_fp8, fp8=True):
+        if not mosaic_config.fits(q.shape[-1], k_max, self.mosaic_fp8, fp8=True):
             raise BSAConfigError(
                 f"FP8 index lists of {k_max} key blocks do not fit the Mosaic kernel's shared memory with "
                 f"k_stages={self.mosaic_fp8.k_stages}, v_stages={self.mosaic_fp8.v_stages}; lower them in "

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import pytest
 
-from kernels import BSAConfigError, BSAInputError, KernelConfig, MosaicConfig, pallas_mosaic, sparse_attention_chunked
+from kernels import BSAConfigError, BSAInputError, KernelConfig, MosaicConfig, mosaic_config, sparse_attention_chunked
 from tests.helpers.bsa_cases import BLOCK
 
 MOSAIC = KernelConfig(forward="mosaic")
@@ -45,18 +45,18 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
                                  kernel_config=KernelConfig(forward="mosaic", mosaic=MosaicConfig(k_stages=4, v_stages=3)))
     # three consumers fit head_dim 128 with FP8 operands, or head_dim 64; bf16 at 128 runs on two (and so fits)
     three = MosaicConfig(consumers=3, schedule_barrier=False)
-    assert pallas_mosaic.fitted(three, 128, 168, fp8=True) is three and pallas_mosaic.fitted(three, 64, 168) is three
-    assert pallas_mosaic.smem_bytes(128, 192, three) > pallas_mosaic.SMEM_BYTES
-    assert pallas_mosaic.fitted(three, 128, 168).consumers == 2 and pallas_mosaic.fits(128, 168, three)
+    assert mosaic_config.fitted(three, 128, 168, fp8=True) is three and mosaic_config.fitted(three, 64, 168) is three
+    assert mosaic_config.smem_bytes(128, 192, three) > mosaic_config.SMEM_BYTES
+    assert mosaic_config.fitted(three, 128, 168).consumers == 2 and mosaic_config.fits(128, 168, three)
     # lists too long for three consumers' shared memory run on two (FP8's default is three), so "auto" keeps them on
     # the Mosaic kernel; lists too long for two still do not fit
     fp8_default = KernelConfig().mosaic_fp8
-    assert fp8_default.consumers == 3 and pallas_mosaic.fitted(fp8_default, 128, 2640, fp8=True) is fp8_default
-    assert pallas_mosaic.fitted(fp8_default, 128, 6000, fp8=True).consumers == 2
-    assert pallas_mosaic.fits(128, 6000, fp8_default, fp8=True)
-    assert not pallas_mosaic.fits(128, 20000, fp8_default, fp8=True)
+    assert fp8_default.consumers == 3 and mosaic_config.fitted(fp8_default, 128, 2640, fp8=True) is fp8_default
+    assert mosaic_config.fitted(fp8_default, 128, 6000, fp8=True).consumers == 2
+    assert mosaic_config.fits(128, 6000, fp8_default, fp8=True)
+    assert not mosaic_config.fits(128, 20000, fp8_default, fp8=True)
     # CDF lists over a long video: more than the default stages leave room for; "auto" leaves them to Triton
-    assert pallas_mosaic.fits(128, 2640, MosaicConfig()) and not pallas_mosaic.fits(128, 6000, MosaicConfig())
+    assert mosaic_config.fits(128, 2640, MosaicConfig()) and not mosaic_config.fits(128, 6000, MosaicConfig())
     long_lists = jnp.zeros((1, 1, 4, 6000), jnp.int32)
     with pytest.raises(BSAConfigError, match="or use KernelConfig\\(forward='triton'\\) for lists this long"):
         sparse_attention_chunked(q, q, q, long_lists, jnp.ones((1, 1, 4), jnp.int32), BLOCK, BLOCK,
