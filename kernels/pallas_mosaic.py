@@ -216,9 +216,16 @@ def mosaic_forward(
                 wait_k(0)
                 pl.when(wg == 1)(schedule_sync)
 
+                def entry_scales(j):
+                    """FP8: entry j's logit scale (its query and key blocks' scales) and V scale, read from global
+                    memory (j clamped to the list)."""
+                    at = first + jnp.maximum(jnp.minimum(j, count - 1), 0)
+                    return scales_refs[0][bi, hi, own_block, at], scales_refs[1][bi, hi, own_block, at]
+
                 def visit_key_block(j, carry):
-                    # with FP8 operands acc is in units of the last key block's V scale, which the carry ends with
-                    acc, row_max, row_sum, *last_v_scale = carry
+                    # with FP8 operands the carry ends with the V scale acc is in units of (the last key block's) and
+                    # this entry's scales, read a step ahead so that their latency hides behind the last step
+                    acc, row_max, row_sum, *fp8_carry = carry
                     step = done + j
                     k_slot = lax.rem(step, jnp.int32(k_stages))
                     v_slot = lax.rem(step, jnp.int32(v_stages))
@@ -227,10 +234,12 @@ def mosaic_forward(
                     # the key block's index, for masking padded keys: read from global memory (the shared-memory
                     # list may already hold the next round's), issued before the product to hide its latency
                     block = None if key_padding is None else idx_ref[bi, hi, own_block, first + j]
-                    # the base-2 logit scale, with FP8 operands times the entry's query and key block scales (read
-                    # like the index, before the product)
-                    scale = logit_scale * scales_refs[0][bi, hi, own_block, first + j] if fp8 else logit_scale
-                    v_scale = [scales_refs[1][bi, hi, own_block, first + j]] if fp8 else []  # this key block's
+                    # the base-2 logit scale, with FP8 operands times the entry's query and key block scales
+                    scale = logit_scale
+                    if fp8:
+                        last_v_scale, entry_logit_scale, v_scale = fp8_carry
+                        upcoming = entry_scales(j + 1)
+                        scale = logit_scale * entry_logit_scale
 
                     if config.interpret:
                         logits = dot_f32(q_smem[...], k_smem[k_slot], transpose_b=True)
@@ -250,7 +259,7 @@ def mosaic_forward(
                     offset = new_max - weight_exponent if weight_exponent else new_max
                     weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
                     # acc moves to this key block's V scale with the softmax's rescale
-                    acc_correction = correction * (last_v_scale[0] / v_scale[0]) if fp8 else correction
+                    acc_correction = correction * (last_v_scale / v_scale) if fp8 else correction
                     acc = acc * lax.broadcast_in_dim(acc_correction, acc.shape, [0])
                     if tc_sums:
                         row_sum = row_sum * lax.broadcast_in_dim(correction, row_sum.shape, [0])
@@ -300,11 +309,11 @@ def mosaic_forward(
                         else:
                             (acc,) = pl.run_state(values_state)((plgpu.ACC.init(acc),))
                     plgpu.barrier_arrive(v_consumed.at[v_barrier])
-                    return acc, new_max, row_sum, *v_scale
+                    return acc, new_max, row_sum, *((v_scale, *upcoming) if fp8 else ())
 
-                first_v_scale = [jnp.float32(1.0)] if fp8 else []
-                acc, row_max, row_sum, *last_v_scale = lax.fori_loop(
-                    0, count, visit_key_block, (acc, row_max, row_sum, *first_v_scale))
+                fp8_start = (jnp.float32(1.0), *entry_scales(0)) if fp8 else ()
+                acc, row_max, row_sum, *fp8_end = lax.fori_loop(
+                    0, count, visit_key_block, (acc, row_max, row_sum, *fp8_start))
                 plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
 
                 def idle_step(_, carry):
@@ -322,7 +331,7 @@ def mosaic_forward(
                 # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
                 safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
                 if fp8:  # acc's V scale
-                    safe_sum = safe_sum / last_v_scale[0]
+                    safe_sum = safe_sum / fp8_end[0]
                 acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
                 plgpu.wait_smem_to_gmem(0)  # the last round's stores have read o_smem and lse_smem
                 o_smem[...] = acc.astype(dtype)
