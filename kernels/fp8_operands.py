@@ -61,11 +61,14 @@ def block_scales(x: jax.Array, block: int) -> jax.Array:
     return scale_of(amax).transpose(0, 2, 1)
 
 
+def per_token(scales: jax.Array, block: int) -> jax.Array:
+    """Per-block scales [B, H, M] spread over their blocks' tokens, [B, M * block, H, 1] (to multiply [B, S, H, D])."""
+    return jnp.repeat(scales.transpose(0, 2, 1), block, axis=1)[..., None]
+
+
 def _blocks_to_e4m3(x: jax.Array, scales: jax.Array) -> jax.Array:
     """Chunk-ordered x [B, S, H, D] divided by its per-block scales [B, H, M], rounded to e4m3."""
-    b, s, h, d = x.shape
-    per_token = jnp.repeat(scales.transpose(0, 2, 1), s // scales.shape[-1], axis=1)  # [B, S, H]
-    return (x.astype(jnp.float32) / per_token[..., None]).astype(E4M3)
+    return (x.astype(jnp.float32) / per_token(scales, x.shape[1] // scales.shape[-1])).astype(E4M3)
 
 
 def quantize_operands(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int = 64, block_k: int = 64) -> Fp8Operands:
@@ -97,8 +100,7 @@ def emulated_attention_inputs(
     block_q / block_k tokens), back in float32."""
     def per_block(x, block):
         scales = block_scales(x, block)
-        per_token = jnp.repeat(scales.transpose(0, 2, 1), block, axis=1)[..., None]  # [B, S, H, 1]
-        return _kept(_blocks_to_e4m3(x, scales)).astype(jnp.float32) * per_token
+        return _kept(_blocks_to_e4m3(x, scales)).astype(jnp.float32) * per_token(scales, block)
 
     return per_block(q, block_q), per_block(k, block_k), per_block(v, block_k)
 

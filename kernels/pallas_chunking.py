@@ -31,22 +31,25 @@ def _chunk_kernel(x_ref, out_ref, pooled_ref):
     pooled_ref[...] = jnp.mean(tile.astype(jnp.float32), axis=0)
 
 
+def _scaled(tile, scale_ref):
+    """The float32 tile over its own scale (`scale_of` its amax), which goes to scale_ref [1]."""
+    scale = scale_of(jnp.max(jnp.abs(tile)))
+    scale_ref[...] = jnp.full(scale_ref.shape, scale)
+    return tile * (1.0 / scale)
+
+
 def _chunk_e4m3_kernel(x_ref, out_ref, pooled_ref, scale_ref):
     # as _chunk_kernel, the tokens over the block's scale in e4m3, that scale in scale_ref [1]; the means of the
     # unscaled tokens
     tile = x_ref[...].reshape(out_ref.shape).astype(jnp.float32)
-    scale = scale_of(jnp.max(jnp.abs(tile)))
-    out_ref[...] = (tile * (1.0 / scale)).astype(out_ref.dtype)
+    out_ref[...] = _scaled(tile, scale_ref).astype(out_ref.dtype)
     pooled_ref[...] = jnp.mean(tile, axis=0)
-    scale_ref[...] = jnp.full(scale_ref.shape, scale)
 
 
 def _chunk_e4m3_transposed_kernel(x_ref, out_ref, scale_ref):
     # out_ref [D, t*h*w]: the chunk's tokens as columns (V^T) over the block's scale, in e4m3; scale_ref [1] that scale
     tile = x_ref[...].reshape(out_ref.shape[::-1]).astype(jnp.float32)
-    scale = scale_of(jnp.max(jnp.abs(tile)))
-    out_ref[...] = (tile * (1.0 / scale)).T.astype(out_ref.dtype)
-    scale_ref[...] = jnp.full(scale_ref.shape, scale)
+    out_ref[...] = _scaled(tile, scale_ref).T.astype(out_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("latent_shape", "chunk_shape", "interpret"))
