@@ -5,7 +5,8 @@ bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; e
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
 (`MosaicConfig.rounds`), p2 = two producer warpgroups, cN = N consumer warpgroups (`MosaicConfig.consumers`),
-kN / vN = N K / V stages, b2 = two key blocks a step (`MosaicConfig.blocks_per_step`), reduced sums / tc sums = the softmax row sums by a
+kN / vN = N K / V stages, b2 = two key blocks a step (`MosaicConfig.blocks_per_step`),
+reduced sums / tc sums = the softmax row sums by a
 reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings but the named ones) on e4m3 operands quantized before the
 timed call (its rel. L2 against the first variant is FP8's own error too).
