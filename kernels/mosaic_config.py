@@ -37,12 +37,7 @@ class MosaicConfig:
     are then of the rounded P the output multiplies). With FP8 operands each block's sums come from a zero accumulator
     and are added to the running sums in float32 registers: accumulated in place, an e4m3 wgmma's sums moved the
     output 8.5e-2 to 4.2e-1 on an H200, more the longer the lists; from a fresh accumulator they are 7.8e-4 to 1.6e-3
-    from the reduction's over lists of 8 to 330 key blocks, as in the interpreter (BENCHMARKS.md);
-    blocks_per_step: key blocks a consumer takes in one step of its online softmax, 1 or 2. With 2 the step's q·k^T
-    products, its row maxima, its accumulator's rescale, its wgmma waits and (FP8) its P tiles' fence serve two
-    blocks, halving that fixed part of the chain per key block (FlashAttention-3 runs 64 x 128 or wider tiles a
-    step for the same reason); with FP8 operands the two blocks' weights are brought to the larger of their V scales
-    through their exp2 offsets; interpret: run through
+    from the reduction's over lists of 8 to 330 key blocks, as in the interpreter (BENCHMARKS.md); interpret: run through
     the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
     in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
     index gathering and softmax are the GPU's.
@@ -55,7 +50,6 @@ class MosaicConfig:
     rounds: int = 2
     consumers: int = 2
     row_sums_on_tensor_cores: bool = True
-    blocks_per_step: int = 1
     interpret: bool = False
 
     def __post_init__(self):
@@ -66,8 +60,6 @@ class MosaicConfig:
                 raise BSAConfigError(f"MosaicConfig.{name} must be at least 2, got {getattr(self, name)}")
         if self.producers not in (1, 2):
             raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
-        if self.blocks_per_step not in (1, 2):
-            raise BSAConfigError(f"MosaicConfig.blocks_per_step must be 1 or 2, got {self.blocks_per_step!r}")
         if self.consumers not in (2, 3):
             raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")
         if self.consumers == 3 and (self.schedule_barrier or self.producers != 1):
@@ -79,7 +71,7 @@ class MosaicConfig:
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
     """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows, with FP8 operands
-    the P tiles (one per block of a step), with row sums on the tensor cores the ones columns (barriers aside)."""
+    the P tiles, with row sums on the tensor cores the ones columns (barriers aside)."""
     out_tile = BLOCK * head_dim * 2
     tile = BLOCK * head_dim * (1 if fp8 else 2)  # q, K and V tiles
     consumers = config.consumers
@@ -90,7 +82,7 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
         consumers * config.v_stages * tile,
         consumers * aligned(k_max, INDEX_ALIGN) * 4,
         consumers * BLOCK * 4,
-    ) + ((consumers * config.blocks_per_step * BLOCK * BLOCK,) if fp8 else ()) + (
+    ) + ((consumers * BLOCK * BLOCK,) if fp8 else ()) + (
         (consumers * ONES_ROWS * BLOCK * (1 if fp8 else 2),) if config.row_sums_on_tensor_cores else ()
     )
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves

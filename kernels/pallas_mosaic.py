@@ -80,11 +80,6 @@ def mosaic_forward(
     num_ctas = -(-mq // (consumers * rounds))  # per (batch, head)
     logit_scale = d**-0.5 * LOG2E  # logits in base-2 units
     tc_sums = config.row_sums_on_tensor_cores
-    per_step = config.blocks_per_step
-
-    def steps_of(n):
-        """Steps of the online softmax over n key blocks."""
-        return (n + per_step - 1) // per_step
 
     def fragment(x, layout):
         # the interpreter has no register layouts
@@ -102,7 +97,7 @@ def mosaic_forward(
         cta = lax.axis_index("ctas")
         wg = lax.axis_index("wg")
         (q_smem2, o_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2, *extra_smem2), barriers = scoped
-        p_smem2 = extra_smem2[:per_step] if fp8 else []  # one P tile per entry of a step
+        p_smem2 = extra_smem2[:1] if fp8 else []
         ones_smem2 = extra_smem2[-1] if tc_sums else None
         q_barriers, q_consumed, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers[:8]
         ones_loaded = barriers[8] if tc_sums else None
@@ -117,23 +112,19 @@ def mosaic_forward(
         def count_of(r, w):
             return jnp.where(valid(r, w), counts_ref[bi, hi, query_block(r, w)], 0)
 
-        def fetch_k(w, step, block):
-            """Gathers key block `block` into consumer w's K slot of its `step`-th block overall."""
+        def fetch_blocks(w, step, block):
+            """Gathers key block `block` into consumer w's K and V slots of its `step`-th block overall."""
             k_slot = lax.rem(step, jnp.int32(k_stages))
+            v_slot = lax.rem(step, jnp.int32(v_stages))
             k_barrier = w * k_stages + k_slot
+            v_barrier = w * v_stages + v_slot
+            rows = pl.ds(block * BLOCK, BLOCK)
 
             @pl.when(step >= k_stages)
             def _wait_k():
                 plgpu.barrier_wait(k_consumed.at[k_barrier])
 
-            plgpu.copy_gmem_to_smem(
-                k_ref.at[bi, pl.ds(block * BLOCK, BLOCK), hi], k_smem2.at[w, k_slot], k_barriers.at[k_barrier])
-
-        def fetch_v(w, step, block):
-            """Gathers key block `block` into consumer w's V slot of its `step`-th block overall."""
-            v_slot = lax.rem(step, jnp.int32(v_stages))
-            v_barrier = w * v_stages + v_slot
-            rows = pl.ds(block * BLOCK, BLOCK)
+            plgpu.copy_gmem_to_smem(k_ref.at[bi, rows, hi], k_smem2.at[w, k_slot], k_barriers.at[k_barrier])
 
             @pl.when(step >= v_stages)
             def _wait_v():
@@ -164,17 +155,12 @@ def mosaic_forward(
                 counts = [count_of(r, w) for w in served]
                 firsts = [starts_ref[bi, hi, query_block(r, w)] for w in served]
 
-                # a consumer's step takes `per_step` K blocks, then their V blocks: so are they gathered (it waits
-                # for the next step's K before it releases this step's V slots)
-                @pl.loop(0, steps_of(functools.reduce(jnp.maximum, counts)))
-                def _gather(s):
-                    entries = [s] if per_step == 1 else [s * per_step + i for i in range(per_step)]
+                @pl.loop(0, functools.reduce(jnp.maximum, counts))
+                def _gather(step):
                     for i, w in enumerate(served):
-                        for fetch in (fetch_k, fetch_v):
-                            for j in entries:
-                                @pl.when(j < counts[i])
-                                def _fetch(i=i, w=w, j=j, fetch=fetch):
-                                    fetch(w, done[i] + j, idx_smem2[w, firsts[i] + j])
+                        @pl.when(step < counts[i])
+                        def _fetch(i=i, w=w):
+                            fetch_blocks(w, done[i] + step, idx_smem2[w, firsts[i] + step])
 
                 return tuple(n + c for n, c in zip(done, counts, strict=True))
 
@@ -224,11 +210,10 @@ def mosaic_forward(
                     return wg * k_stages + lax.rem(step, jnp.int32(k_stages))
 
                 def wait_k(j):
-                    # each block's K is waited for while the tensor cores still work on the step before it
+                    # each block's K is waited for while the tensor cores still work on the block before it
                     pl.when(j < count)(lambda: plgpu.barrier_wait(k_barriers.at[k_barrier_of(done + j)]))
 
-                for i in range(per_step):
-                    wait_k(i)
+                wait_k(0)
                 pl.when(wg == 1)(schedule_sync)
 
                 def entry_scales(j):
@@ -237,142 +222,98 @@ def mosaic_forward(
                     at = first + jnp.maximum(jnp.minimum(j, count - 1), 0)
                     return scales_refs[0][bi, hi, own_block, at], scales_refs[1][bi, hi, own_block, at]
 
-                def visit_step(s, carry):
-                    # the step's entries j = s * per_step + i; one past the list's end (an odd list's last step) takes
-                    # the step's first entry's tiles with zero weight and no barriers, so no stale tile enters a
-                    # product. With FP8 operands the carry ends with the V scale acc is in units of (the last step's)
-                    # and this step's entries' scales, read a step ahead so that their latency hides behind the last
+                def visit_key_block(j, carry):
+                    # with FP8 operands the carry ends with the V scale acc is in units of (the last key block's) and
+                    # this entry's scales, read a step ahead so that their latency hides behind the last step
                     acc, row_max, row_sum, *fp8_carry = carry
-                    first_j = s * per_step
-                    present = [True] + [first_j + i < count for i in range(1, per_step)]
-                    steps = [done + first_j] + [done + first_j + jnp.where(present[i], i, 0) for i in range(1, per_step)]
-                    k_slots = [lax.rem(step, jnp.int32(k_stages)) for step in steps]
-                    v_slots = [lax.rem(step, jnp.int32(v_stages)) for step in steps]
-                    v_barrier_ids = [wg * v_stages + slot for slot in v_slots]
-                    # the key blocks' indices, for masking padded keys: read from global memory (the shared-memory
-                    # list may already hold the next round's), issued before the products to hide their latency
-                    blocks = [None] * per_step if key_padding is None else [
-                        idx_ref[bi, hi, own_block, first + jnp.minimum(first_j + i, count - 1)] for i in range(per_step)]
-                    # the base-2 logit scales, with FP8 operands times each entry's query and key block scales
-                    scales = [logit_scale] * per_step
+                    step = done + j
+                    k_slot = lax.rem(step, jnp.int32(k_stages))
+                    v_slot = lax.rem(step, jnp.int32(v_stages))
+                    k_barrier = k_barrier_of(step)
+                    v_barrier = wg * v_stages + v_slot
+                    # the key block's index, for masking padded keys: read from global memory (the shared-memory
+                    # list may already hold the next round's), issued before the product to hide its latency
+                    block = None if key_padding is None else idx_ref[bi, hi, own_block, first + j]
+                    # the base-2 logit scale, with FP8 operands times the entry's query and key block scales
+                    scale = logit_scale
                     if fp8:
-                        last_v_scale, *entries = fp8_carry
-                        upcoming = [x for i in range(per_step) for x in entry_scales(first_j + per_step + i)]
-                        scales = [logit_scale * entries[2 * i] for i in range(per_step)]
-                        # an absent entry takes the first's V scale, so that the step's reference is the present ones'
-                        v_scales = [entries[1]] + [jnp.where(present[i], entries[2 * i + 1], entries[1])
-                                                   for i in range(1, per_step)]
-                        v_scale = functools.reduce(jnp.maximum, v_scales)  # acc's units from this step on
+                        last_v_scale, entry_logit_scale, v_scale = fp8_carry
+                        upcoming = entry_scales(j + 1)
+                        scale = logit_scale * entry_logit_scale
 
                     if config.interpret:
-                        logits = [dot_f32(q_smem[...], k_smem[slot], transpose_b=True) for slot in k_slots]
+                        logits = dot_f32(q_smem[...], k_smem[k_slot], transpose_b=True)
                         schedule_sync()
                     else:
-                        def logits_scope(*acc_refs):
-                            for acc_ref, slot in zip(acc_refs, k_slots, strict=True):
-                                plgpu.wgmma(acc_ref, q_smem, k_smem.at[slot].transpose((1, 0)))
+                        def logits_scope(acc_ref):
+                            plgpu.wgmma(acc_ref, q_smem, k_smem.at[k_slot].transpose((1, 0)))
                             schedule_sync()
-                            return tuple(acc_ref[...] for acc_ref in acc_refs)
+                            return acc_ref[...]
 
-                        logits = pl.run_scoped(  # [64, 64] each
-                            logits_scope, *(plgpu.ACC((BLOCK, BLOCK), jnp.float32) for _ in range(per_step)))
-                    def if_present(i, fn):
-                        return fn() if i == 0 else pl.when(present[i])(fn)
-
-                    for i, step in enumerate(steps):
-                        if_present(i, lambda step=step: plgpu.barrier_arrive(k_consumed.at[k_barrier_of(step)]))
+                        logits = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))  # [64, 64]
+                    plgpu.barrier_arrive(k_consumed.at[k_barrier])
                     if key_padding is not None:
-                        logits = [mask_padded_keys(x, key_padding, block, key_positions())
-                                  for x, block in zip(logits, blocks, strict=True)]
-                    # an absent entry's maximum is -inf and its exp2 offset +inf: weight 0
-                    gaps = [None] + [jnp.where(present[i], 0.0, jnp.inf) for i in range(1, per_step)]
-                    maxima = [x.max(axis=1) * scale for x, scale in zip(logits, scales, strict=True)]
-                    maxima = [m if gap is None else m - gap for m, gap in zip(maxima, gaps, strict=True)]
-                    new_max = functools.reduce(jnp.maximum, maxima, row_max)
+                        logits = mask_padded_keys(logits, key_padding, block, key_positions())
+                    new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
                     correction = jnp.exp2(row_max - new_max)
                     offset = new_max - weight_exponent if weight_exponent else new_max
-                    # FP8 with two entries: each one's weights times its V scale over the step's (<= 1, taken into
-                    # its exp2 offset), so that both products add into acc in one unit; its row sums divide it out
-                    unfolds = [None] * per_step if not fp8 or per_step == 1 else [v_scale / v for v in v_scales]
-                    shifts = [gap if unfold is None else jnp.log2(unfold) + (0.0 if gap is None else gap)
-                              for gap, unfold in zip(gaps, unfolds, strict=True)]
-                    weights = [jnp.exp2(x * scale - lax.broadcast_in_dim(
-                        offset if shift is None else offset + shift, x.shape, [0]))
-                        for x, scale, shift in zip(logits, scales, shifts, strict=True)]
-                    # acc moves to this step's V scale with the softmax's rescale
+                    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
+                    # acc moves to this key block's V scale with the softmax's rescale
                     acc_correction = correction * (last_v_scale / v_scale) if fp8 else correction
                     acc = acc * lax.broadcast_in_dim(acc_correction, acc.shape, [0])
                     if tc_sums:
                         row_sum = row_sum * lax.broadcast_in_dim(correction, row_sum.shape, [0])
                     else:
-                        sums = [w.sum(axis=1) if unfold is None else w.sum(axis=1) * unfold
-                                for w, unfold in zip(weights, unfolds, strict=True)]
-                        row_sum = row_sum * correction + sum(sums[1:], sums[0])
-                    weights = [w.astype(operand_dtype) for w in weights]
+                        row_sum = row_sum * correction + weights.sum(axis=1)
+                    weights = weights.astype(operand_dtype)
                     if fp8 and not config.interpret:
                         # P·V's 8-bit A operand goes through shared memory (no register relayout to its layout), and
                         # before the barrier, which takes no 8-bit arrays
-                        for i, w in enumerate(weights):
-                            p_smem2[i].at[wg][...] = w
+                        p_smem2[0].at[wg][...] = weights
                         plgpu.commit_smem()
                         acc, row_sum, new_max = lax.optimization_barrier((acc, row_sum, new_max))
                     else:
                         acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
                     if config.schedule_barrier:
                         plgpu.barrier_arrive(schedule)
-                    for i, barrier_id in enumerate(v_barrier_ids):
-                        if_present(i, lambda barrier_id=barrier_id: plgpu.barrier_wait(v_barriers.at[barrier_id]))
+                    plgpu.barrier_wait(v_barriers.at[v_barrier])
                     if config.schedule_barrier:
                         plgpu.barrier_wait(schedule)
 
-                    def wait_next_step():
-                        for i in range(per_step):
-                            wait_k(first_j + per_step + i)
-
-                    def fresh_sums():
-                        return fragment(jnp.zeros((BLOCK, ONES_ROWS), jnp.float32), plgpu.Layout.WGMMA)
-
                     if config.interpret:
-                        for w, slot in zip(weights, v_slots, strict=True):
-                            acc = acc + dot_f32(w, v_smem[slot], transpose_b=fp8)
+                        acc = acc + dot_f32(weights, v_smem[v_slot], transpose_b=fp8)
                         if tc_sums:
-                            for w, unfold in zip(weights, unfolds, strict=True):
-                                sums = dot_f32(w, ones_smem[...], transpose_b=True)
-                                row_sum = row_sum + (sums if unfold is None else sums * unfold)
-                        wait_next_step()
+                            row_sum = row_sum + dot_f32(weights, ones_smem[...], transpose_b=True)
+                        wait_k(j + 1)
                     else:
-                        # the last step's wgmma has read the P tiles before this step wrote them
-                        p_operands = [p_smem2[i].at[wg] for i in range(per_step)] if fp8 else weights
-                        v_operands = [v_smem.at[slot].transpose((1, 0)) if fp8 else v_smem.at[slot] for slot in v_slots]
-                        # an e4m3 wgmma adds into its accumulator at reduced precision, which loses more of a block's
-                        # sum the larger the running sum grows: with FP8 each entry's sums start from zero and are
-                        # added to the running sums in float32 registers (times its unfold)
-                        sums_of = (lambda i: 1 + i) if fp8 else (lambda i: 1)
+                        # the last step's wgmma has read the P tile before this step wrote it
+                        p_operand = p_smem2[0].at[wg] if fp8 else weights
+                        v_operand = v_smem.at[v_slot].transpose((1, 0)) if fp8 else v_smem.at[v_slot]
 
                         def values_state(refs):
-                            for p, v_operand in zip(p_operands, v_operands, strict=True):
-                                plgpu.wgmma(refs[0], p, v_operand)
+                            plgpu.wgmma(refs[0], p_operand, v_operand)
                             if tc_sums:
-                                for i, p in enumerate(p_operands):
-                                    plgpu.wgmma(refs[sums_of(i)], p, ones_smem.transpose((1, 0)))
-                            wait_next_step()
+                                plgpu.wgmma(refs[1], p_operand, ones_smem.transpose((1, 0)))
+                            wait_k(j + 1)
 
                         if tc_sums and fp8:
-                            acc, *block_sums = pl.run_state(values_state)(
-                                (plgpu.ACC.init(acc), *(plgpu.ACC.init(fresh_sums()) for _ in range(per_step))))
-                            for sums, unfold in zip(block_sums, unfolds, strict=True):
-                                row_sum = row_sum + (sums if unfold is None else sums * unfold)
+                            # an e4m3 wgmma adds into its accumulator at reduced precision, which loses more of a
+                            # block's sum the larger the running sum grows: each block's sums start from zero and are
+                            # added to the running sums in float32 registers
+                            block_sums = fragment(jnp.zeros((BLOCK, ONES_ROWS), jnp.float32), plgpu.Layout.WGMMA)
+                            acc, block_sums = pl.run_state(values_state)(
+                                (plgpu.ACC.init(acc), plgpu.ACC.init(block_sums)))
+                            row_sum = row_sum + block_sums
                         elif tc_sums:
                             acc, row_sum = pl.run_state(values_state)((plgpu.ACC.init(acc), plgpu.ACC.init(row_sum)))
                         else:
                             (acc,) = pl.run_state(values_state)((plgpu.ACC.init(acc),))
-                    for i, barrier_id in enumerate(v_barrier_ids):
-                        if_present(i, lambda barrier_id=barrier_id: plgpu.barrier_arrive(v_consumed.at[barrier_id]))
+                    plgpu.barrier_arrive(v_consumed.at[v_barrier])
                     return acc, new_max, row_sum, *((v_scale, *upcoming) if fp8 else ())
 
-                fp8_start = (jnp.float32(1.0), *[x for i in range(per_step) for x in entry_scales(i)]) if fp8 else ()
+                fp8_start = (jnp.float32(1.0), *entry_scales(0)) if fp8 else ()
                 acc, row_max, row_sum, *fp8_end = lax.fori_loop(
-                    0, steps_of(count), visit_step, (acc, row_max, row_sum, *fp8_start))
+                    0, count, visit_key_block, (acc, row_max, row_sum, *fp8_start))
                 plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
 
                 def idle_step(_, carry):
@@ -382,7 +323,7 @@ def mosaic_forward(
                     return carry
 
                 if config.schedule_barrier:
-                    lax.fori_loop(steps_of(count), steps_of(functools.reduce(jnp.maximum, counts)), idle_step, 0)
+                    lax.fori_loop(count, functools.reduce(jnp.maximum, counts), idle_step, 0)
                 pl.when(wg == 0)(schedule_sync)
 
                 if tc_sums:
@@ -393,7 +334,7 @@ def mosaic_forward(
                     safe_sum = safe_sum / fp8_end[0]
                 acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
                 plgpu.wait_smem_to_gmem(0)  # the last round's stores have read o_smem and lse_smem
-                plgpu.commit_smem()  # a barrier: the thread that issued them has seen them done
+                plgpu.commit_smem()  # a barrier: the thread that issued those stores has seen them done
                 o_smem[...] = acc.astype(dtype)
                 lse_smem[...] = row_max + jnp.log2(row_sum) - weight_exponent
                 plgpu.commit_smem()
@@ -455,8 +396,8 @@ def mosaic_forward(
             plgpu.SMEM((consumers, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
             plgpu.SMEM((consumers, k_max), jnp.int32),
             plgpu.SMEM((consumers, BLOCK), jnp.float32),
-        ) + (tuple(plgpu.SMEM((consumers, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK))
-                   for _ in range(per_step)) if fp8 else ()) + ((plgpu.SMEM((consumers, ONES_ROWS, BLOCK), operand_dtype,
+        ) + ((plgpu.SMEM((consumers, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
+             if fp8 else ()) + ((plgpu.SMEM((consumers, ONES_ROWS, BLOCK), operand_dtype,
                                             transforms=tile_transforms(operand_dtype, BLOCK)),) if tc_sums else ())
         barriers = (
             plgpu.Barrier(num_barriers=consumers),
@@ -491,7 +432,9 @@ def mosaic_forward(
         grid_names=("batch", "heads", "ctas"),
         num_threads=consumers + config.producers,
         thread_name="wg",
-        # no barriers around each store to shared memory: the P tiles' commit and the round's stores above synchronise
+        # no barriers around each store to shared memory (Pallas' default): a step's P tile is written after its last
+        # reader, the wgmma the consumer waited for, and committed with a barrier; the round's stores synchronise
+        # above (FP8 kernel 1.04-1.06x on an H100, BENCHMARKS.md)
         compiler_params=plgpu.CompilerParams(approx_math=True, unsafe_no_auto_barriers=True),
         **interpret_params(config.interpret),
     )(indices, starts, counts, q, k, v, *(fp8_scales if fp8 else ()), *((_ones_column(operand_dtype),) if tc_sums else ()))

@@ -127,9 +127,6 @@ class TestMosaicInterpret(_InMosaicInterpreter):
         # 7 query blocks over 2 rounds of 3 consumers: the second round's last two consumers have none
         KernelCase("three_consumers_rounds", b=1, h=2, d=64, mq=7, mk=5, width=4,
                    mosaic=MosaicConfig(consumers=3, schedule_barrier=False)),
-        # lists of 1 to 5 key blocks: odd ones end on a step with one absent entry
-        KernelCase("two_blocks_per_step_rounds", b=1, h=2, d=64, mq=7, mk=6, width=5,
-                   mosaic=MosaicConfig(blocks_per_step=2, rounds=2)),
     )
     gradient_cases = (KernelCase("through_the_triton_backward", b=1, h=1, d=64, mq=2, mk=3, width=2),)
     whole_call_cases = RASTER_CASES
@@ -163,8 +160,6 @@ class TestMosaicGpu(BSABackendTests):
         KernelCase("d64", b=2, h=3, d=64, mq=9, mk=12, width=7),
         KernelCase("d64_three_consumers", b=2, h=3, d=64, mq=10, mk=12, width=7,
                    mosaic=MosaicConfig(consumers=3, schedule_barrier=False)),
-        KernelCase("two_blocks_per_step", b=2, h=3, d=128, mq=9, mk=24, width=11,
-                   mosaic=MosaicConfig(blocks_per_step=2)),
         *_gpu_key_range_cases(),
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)
@@ -212,11 +207,6 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
         KernelCase("head_dim_128_two_consumers_rounds", b=1, h=2, d=128, mq=7, mk=5, width=4,
                    tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2)),
-        KernelCase("two_blocks_per_step", b=1, h=2, d=64, mq=7, mk=6, width=5, tolerance=FP8_TOLERANCE,
-                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, blocks_per_step=2)),
-        KernelCase("two_blocks_per_step_row_sums_by_reduction", b=1, h=2, d=64, mq=4, mk=6, width=5,
-                   tolerance=FP8_TOLERANCE, mosaic=dataclasses.replace(
-                       KernelConfig().mosaic_fp8, blocks_per_step=2, row_sums_on_tensor_cores=False)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = (WholeCallCase("4x8x12_chunk_4x4x4", (4, 8, 12), (4, 4, 4), tolerance=FP8_TOLERANCE),)
@@ -251,11 +241,6 @@ class TestMosaicFp8Gpu(BSABackendTests):
         # each block's e4m3 sums from a fresh accumulator, so they do not drift as the running sum grows
         KernelCase("tensor_core_row_sums_long_lists", b=1, h=2, d=128, mq=3, mk=330, width=330,
                    tolerance=FP8_TOLERANCE, mosaic=KernelConfig().mosaic_fp8),
-        KernelCase("two_blocks_per_step", b=2, h=3, d=128, mq=9, mk=24, width=11, tolerance=FP8_TOLERANCE,
-                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, blocks_per_step=2)),
-        KernelCase("two_blocks_per_step_two_consumers", b=2, h=3, d=128, mq=10, mk=24, width=11,
-                   tolerance=FP8_TOLERANCE,
-                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, blocks_per_step=2, consumers=2, rounds=2)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

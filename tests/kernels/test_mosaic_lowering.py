@@ -26,8 +26,6 @@ FORWARD_CONFIGS = {
     "no_schedule_barrier": MosaicConfig(schedule_barrier=False),
     "two_producers_one_round": MosaicConfig(producers=2, rounds=1),
     "row_sums_by_reduction": MosaicConfig(row_sums_on_tensor_cores=False),
-    "two_blocks_per_step": MosaicConfig(blocks_per_step=2),
-    "two_blocks_per_step_row_sums_by_reduction": MosaicConfig(blocks_per_step=2, row_sums_on_tensor_cores=False),
 }
 
 
@@ -47,7 +45,6 @@ def _lowered_for_cuda(fn, *args) -> str:
 THREE_CONSUMERS = {
     "three_consumers": MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False),
     "three_consumers_tensor_core_sums": MosaicConfig(consumers=3, schedule_barrier=False),
-    "three_consumers_two_blocks_per_step": MosaicConfig(consumers=3, schedule_barrier=False, blocks_per_step=2),
 }
 
 
