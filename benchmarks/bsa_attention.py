@@ -18,8 +18,9 @@ relative L2 error of our whole call against dense attention (cuDNN, bf16, on the
                                         [--inputs random,structured] [--modes "topk 0.9375,cdf 0.98"]
     python3 benchmarks/bsa_attention.py --small --inputs random,structured    # CPU, interpreted kernels, an 8x16x16 grid
 
-`--fp8` also times `KernelConfig(fp8=True)` (e4m3 operands, its quantization pass included) on each selection, in the
-same run as the bf16 kernel, with its error against dense attention, in a third table.
+`--fp8` also times `KernelConfig(fp8=True)` on each selection, in the same run as the bf16 kernel, with its error
+against dense attention, in a third table: the whole call (its e4m3 chunking passes included) and the kernel alone on
+e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times it.
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
@@ -44,9 +45,11 @@ import jax.numpy as jnp  # noqa: E402
 from bsa_inputs import StructuredInputSpec, parse_grid, structured_qkv  # noqa: E402  # this script's sibling
 
 from kernels import BSAParams, KernelConfig, bsa_attention, pallas_triton, reference, select_blocks, to_chunk_order  # noqa: E402
+from kernels.fp8_operands import quantize_operands  # noqa: E402
 from kernels.sparse_attention import (  # noqa: E402
     BACKWARD_KERNELS,
     FORWARD_KERNELS,
+    fp8_sparse_attention_with_lse,
     sparse_attention_backward,
     sparse_attention_with_lse,
 )
@@ -310,9 +313,11 @@ def measure_fp8(record: dict, bench, latent, params: BSAParams, raster_qkv, chun
     kernel_config = fp8.interpreted() if bench.backend == "pallas_interpret" else fp8
     whole = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
                                                   kernel_config=fp8))
-    fwd = jax.jit(lambda *a: sparse_attention_with_lse(*a, block, block, kernel_config))
+    q, k, v, indices, counts = chunked
+    operands = jax.jit(lambda q, k, v: quantize_operands(q, k, v, block, block))(q, k, v)
+    fwd = jax.jit(lambda o, i, c: fp8_sparse_attention_with_lse(o, i, c, kernel_config))
     record["fp8_whole_ms"] = bench.timer(whole, *raster_qkv)
-    record["fp8_kernel_ms"] = bench.timer(fwd, *chunked)
+    record["fp8_kernel_ms"] = bench.timer(fwd, operands, indices, counts)
     ours = whole(*raster_qkv)
     record["fp8_rel_l2_vs_dense"] = error_vs_dense(ours, dense_out, bench.error_stride)
     bf16 = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
