@@ -34,13 +34,18 @@ def inputs(kind: str, grid, heads: int, head_dim: int):
     return structured_qkv(jax.random.key(0), grid, StructuredInputSpec(hidden_size=heads * head_dim, num_heads=heads))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def emulation_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line the FP8 emulation scripts share: grid, heads, head_dim, top-k sparsities."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--grid", default="8x16x32", help="latent grid TxHxW")
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--sparsities", default="0.875,0.9375")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = emulation_arguments(__doc__.splitlines()[0]).parse_args()
     grid = parse_grid(args.grid)
     print("| inputs | sparsity | FP8 vs float32 | bf16 vs float32 | FP8 vs bf16 |")
     print("|---|---|---|---|---|")

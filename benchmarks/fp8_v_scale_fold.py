@@ -20,7 +20,6 @@ scaled by 10^u, u uniform in [-2, 0] (blocks of very different size, where the f
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from bsa_inputs import parse_grid  # noqa: E402  # this script's sibling
-from fp8_block_scales import inputs  # noqa: E402  # this script's sibling
+from fp8_block_scales import emulation_arguments, inputs  # noqa: E402  # this script's sibling
 
 from kernels import BSAParams, block_mask_from_indices, select_blocks, to_chunk_order  # noqa: E402
 from kernels.fp8_operands import block_scales, emulated_attention_inputs, per_token, round_weights  # noqa: E402
@@ -76,11 +75,7 @@ def errors(q, k, v, sparsity: float) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", default="8x16x32", help="latent grid TxHxW")
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--head-dim", type=int, default=128)
-    parser.add_argument("--sparsities", default="0.875,0.9375")
+    parser = emulation_arguments(__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     args = parser.parse_args()
     grid = parse_grid(args.grid)
