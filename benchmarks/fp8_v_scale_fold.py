@@ -1,9 +1,10 @@
 """What folding V's per-block scales into the FP8 softmax weights would cost in accuracy, on a CPU in a minute.
 
 Why: the FP8 BSA kernel keeps its output accumulator in units of the current key block's V scale, so it rescales the
-accumulator at every block (64 of a consumer thread's ~400 instructions a block on an H100, BENCHMARKS.md "What bounds
-the FP8 kernel"), even where the row maximum did not move. Folding each block's V scale into its weights against one
-reference a head (P_j * s_j / S before the e4m3 rounding) would leave the accumulator in the units of S, so a rescale
+accumulator at every block (64 multiplies a consumer thread, of about 406 instructions executed a consumer warp and
+block pair, the producer's included, on an H100: BENCHMARKS.md "What bounds the FP8 kernel"), even where the row
+maximum did not move. Folding each block's V scale into its weights against one reference a head (P_j * s_j / S
+before the e4m3 rounding) would leave the accumulator in the units of S, so a rescale
 would only be needed when the maximum grows (FlashAttention-4's conditional rescale). The cost is precision: a block
 whose V scale is far below the head's largest rounds its weights among e4m3's subnormals. This script measures that
 cost in float32 emulation, on the same selection, against float32 attention:
@@ -50,7 +51,9 @@ def spread_v_blocks(v: jax.Array, key: jax.Array) -> jax.Array:
 
 def masked_attention(q, k, v, token_mask, weights_of):
     """Attention of float32 q, k, v [B, S, H, D] over token_mask [B, H, Sq, Sk]; weights_of(w) gives the weights that
-    multiply v from the unnormalised softmax weights w [B, H, Sq, Sk] (the rounding under test)."""
+    multiply v from the unnormalised softmax weights w [B, H, Sq, Sk] (the rounding under test), and the row sums are
+    theirs, as the kernel's are of its rounded weights. Its own rather than `kernels.reference.blocked_attention`: that
+    one's rounding hook sees the gathered weights without their key blocks' V scales, and divides by unrounded sums."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
     logits = jnp.where(token_mask, logits, -jnp.inf)
     w = jnp.where(token_mask, jnp.exp(logits - logits.max(axis=-1, keepdims=True)), 0.0)
@@ -58,20 +61,24 @@ def masked_attention(q, k, v, token_mask, weights_of):
     return jnp.einsum("bhqk,bkhd->bqhd", p, v) / jnp.transpose(p.sum(axis=-1), (0, 2, 1))[..., None]
 
 
-def errors(q, k, v, sparsity: float) -> dict[str, float]:
-    """rel. L2 against float32 attention of the kernel's rounding now and with V's block scales folded into P."""
-    indices, counts = select_blocks(q, k, BSAParams(sparsity=sparsity))
-    mask = block_mask_from_indices(indices, counts, k.shape[1] // BLOCK)  # [B, H, Mq, Mk]
-    token_mask = jnp.repeat(jnp.repeat(mask, BLOCK, axis=2), BLOCK, axis=3)
-    f32 = masked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), token_mask, lambda w: w)
+def errors(q, k, v, sparsities) -> list[dict[str, float]]:
+    """Per sparsity, rel. L2 against float32 attention of the kernel's rounding now and with V's block scales folded
+    into P."""
     qe, ke, ve = emulated_attention_inputs(q, k, v)
     v_scales = block_scales(v, BLOCK)  # [B, H, Mk]
     fold = v_scales / v_scales.max(axis=-1, keepdims=True)  # s_j / S, <= 1
     fold = jnp.transpose(per_token(fold, BLOCK)[..., 0], (0, 2, 1))[:, :, None, :]  # [B, H, 1, Sk]
-    now = masked_attention(qe, ke, ve, token_mask, round_weights)
-    folded = masked_attention(qe, ke, ve, token_mask, lambda w: round_weights(w * fold) / fold)
-    return {"now": float(rel_l2(now, f32)), "folded": float(rel_l2(folded, f32)),
-            "smallest_fold": float(v_scales.min() / v_scales.max())}
+    rows = []
+    for sparsity in sparsities:
+        indices, counts = select_blocks(q, k, BSAParams(sparsity=sparsity))
+        mask = block_mask_from_indices(indices, counts, k.shape[1] // BLOCK)  # [B, H, Mq, Mk]
+        token_mask = jnp.repeat(jnp.repeat(mask, BLOCK, axis=2), BLOCK, axis=3)
+        f32 = masked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), token_mask, lambda w: w)
+        now = masked_attention(qe, ke, ve, token_mask, round_weights)
+        folded = masked_attention(qe, ke, ve, token_mask, lambda w: round_weights(w * fold) / fold)
+        rows.append({"sparsity": sparsity, "now": float(rel_l2(now, f32)), "folded": float(rel_l2(folded, f32)),
+                     "smallest_fold": float(v_scales.min() / v_scales.max())})
+    return rows
 
 
 def main() -> None:
@@ -86,10 +93,10 @@ def main() -> None:
         q, k, v = (to_chunk_order(x, grid, CHUNK) for x in inputs(kind.split(",")[0], grid, args.heads, args.head_dim))
         if kind.endswith("spread"):
             v = spread_v_blocks(v, jax.random.key(1))
-        for sparsity in (float(s) for s in args.sparsities.split(",")):
-            row = {"inputs": kind, "sparsity": sparsity, **errors(q, k, v, sparsity)}
+        for row in errors(q, k, v, [float(s) for s in args.sparsities.split(",")]):
+            row = {"inputs": kind, **row}
             rows.append(row)
-            print(f"| {kind} | {sparsity} | {row['now']:.3e} | {row['folded']:.3e} | {row['smallest_fold']:.2e} |",
+            print(f"| {kind} | {row['sparsity']} | {row['now']:.3e} | {row['folded']:.3e} | {row['smallest_fold']:.2e} |",
                   flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
