@@ -20,7 +20,8 @@ relative L2 error of our whole call against dense attention (cuDNN, bf16, on the
 
 `--fp8` also times `KernelConfig(fp8=True)` on each selection, in the same run as the bf16 kernel, with its error
 against dense attention, in a third table: the whole call (its e4m3 chunking passes included) and the kernel alone on
-e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times it.
+e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times it. `--fp8-half-exp2` runs it with
+`MosaicConfig(half_exp2=True)` (the softmax weights' exp2 in packed float16 pairs).
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
@@ -310,6 +311,8 @@ def measure_fp8(record: dict, bench, latent, params: BSAParams, raster_qkv, chun
     kernel's output) to `record`."""
     block = params.chunk_size_q
     fp8 = dataclasses.replace(bench.config, fp8=True)
+    if bench.args.fp8_half_exp2:
+        fp8 = dataclasses.replace(fp8, mosaic_fp8=dataclasses.replace(fp8.mosaic_fp8, half_exp2=True))
     kernel_config = fp8.interpreted() if bench.backend == "pallas_interpret" else fp8
     whole = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
                                                   kernel_config=fp8))
@@ -375,6 +378,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
     parser.add_argument("--fp8", action="store_true",
                         help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
+    parser.add_argument("--fp8-half-exp2", action="store_true",
+                        help="with --fp8: the FP8 kernel with MosaicConfig(half_exp2=True)")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
     parser.add_argument("--small", action="store_true",
                         help=f"a CPU run in seconds: grid {SMALL['sizes']}, {SMALL['heads']} heads of {SMALL['head_dim']}, "
@@ -385,6 +390,8 @@ def parse_args() -> argparse.Namespace:
     problems += [f"unknown input kind {kind!r}" for kind in args.inputs.split(",") if kind not in INPUT_KINDS]
     problems += [f"unknown backward kernel {name!r} (choose from {', '.join(BACKWARD_KERNELS)})"
                  for name in args.backward.split(",") if name not in BACKWARD_KERNELS]
+    if args.fp8_half_exp2 and not args.fp8:
+        problems.append("--fp8-half-exp2 sets the FP8 kernel's exp2: give --fp8 with it")
     if args.small and (args.reference or args.sweep):
         problems.append("--small runs on the CPU: --reference and --sweep need a GPU")
     if problems:
@@ -466,7 +473,8 @@ def main() -> None:
     print_table(("grid", "inputs", "mode", "kept key blocks", "rel L2 vs dense",
                  "ours whole ms", "dense ms", "dense / ours"), selection_rows)
     if fp8_rows:
-        print("\nKernelConfig(fp8=True) against the bf16 kernel in the same run (kernel times include the e4m3 pass)")
+        print("\nKernelConfig(fp8=True) against the bf16 kernel in the same run (kernel times on operands quantized "
+              "before the timed call)")
         print_table(("grid", "inputs", "mode", "fp8 ms whole / kernel", "fp8 kernel TFLOP/s",
                      "bf16 / fp8 whole / kernel", "fp8 rel L2 vs dense", "bf16 rel L2 vs dense", "fp8 vs bf16"),
                     fp8_rows)

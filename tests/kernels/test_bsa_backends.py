@@ -207,6 +207,8 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
         KernelCase("head_dim_128_two_consumers_rounds", b=1, h=2, d=128, mq=7, mk=5, width=4,
                    tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2)),
+        KernelCase("half_exp2", b=1, h=2, d=128, mq=3, mk=5, width=4, tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, half_exp2=True)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = (WholeCallCase("4x8x12_chunk_4x4x4", (4, 8, 12), (4, 4, 4), tolerance=FP8_TOLERANCE),)
@@ -241,6 +243,8 @@ class TestMosaicFp8Gpu(BSABackendTests):
         # each block's e4m3 sums from a fresh accumulator, so they do not drift as the running sum grows
         KernelCase("tensor_core_row_sums_long_lists", b=1, h=2, d=128, mq=3, mk=330, width=330,
                    tolerance=FP8_TOLERANCE, mosaic=KernelConfig().mosaic_fp8),
+        KernelCase("half_exp2_long_lists", b=1, h=2, d=128, mq=3, mk=330, width=330, tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, half_exp2=True)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)
