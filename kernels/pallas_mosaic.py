@@ -33,7 +33,13 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from kernels.errors import BSAConfigError
 from kernels.fp8_operands import P_EXPONENT
 from kernels.mosaic_common import (
-    BLOCK, LOG2E, SMEM_BYTES, dot_f32, exp2_half_pairs, interpret_params, tile_transforms,
+    BLOCK,
+    LOG2E,
+    SMEM_BYTES,
+    dot_f32,
+    exp2_half_pairs,
+    interpret_params,
+    tile_transforms,
 )
 from kernels.mosaic_config import ONES_ROWS, MosaicConfig, fits, fitted, pad_indices, smem_bytes
 from kernels.padding import GridPadding, mask_padded_keys
