@@ -62,6 +62,8 @@ VARIANTS = {
     "fp8 k3": _fp8(k_stages=3),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
     "fp8 half exp2": _fp8(half_exp2=True),
+    "fp8 r2": dataclasses.replace(_fp8(), key_ranges=2),
+    "fp8 r3": dataclasses.replace(_fp8(), key_ranges=3),
 }
 
 

@@ -227,8 +227,9 @@ def mosaic_forward(
 
                 def entry_scales(j):
                     """FP8: entry j's logit scale (its query and key blocks' scales) and V scale, read from global
-                    memory (j clamped to the list)."""
-                    at = first + jnp.maximum(jnp.minimum(j, count - 1), 0)
+                    memory (j clamped to the list; an empty list that starts past the last entry, as a key range's
+                    may, reads the last)."""
+                    at = jnp.minimum(first + jnp.maximum(jnp.minimum(j, count - 1), 0), fp8_scales[0].shape[-1] - 1)
                     return scales_refs[0][bi, hi, own_block, at], scales_refs[1][bi, hi, own_block, at]
 
                 def visit_key_block(j, carry):

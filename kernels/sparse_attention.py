@@ -39,7 +39,7 @@ class KernelConfig:
     (refused where it cannot run).
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
-    H100; for the Mosaic kernel one, as splitting measured no faster there).
+    H100; for the Mosaic kernel one, bf16 or FP8, as splitting measured no faster there).
     backward: "auto" (the default: the Mosaic GPU kernels of `pallas_mosaic_backward` on a Hopper GPU where they
     support the inputs, 1.2x the Triton ones on an H200 and a 720p LoRA training step 16.11 -> 15.63 s, see
     BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
@@ -86,11 +86,6 @@ class KernelConfig:
             raise BSAConfigError(f"KernelConfig.fp8 must be True or False, got {self.fp8!r}")
         if self.fp8 and self.forward == "triton":
             raise BSAConfigError("KernelConfig(fp8=True) runs the Mosaic GPU forward; use forward='auto' or 'mosaic'")
-        if self.fp8 and self.key_ranges not in (None, 1):
-            raise BSAConfigError(
-                f"KernelConfig(fp8=True) runs over all key blocks in one launch; got key_ranges={self.key_ranges}, "
-                "use key_ranges=None"
-            )
 
     def interpreted(self) -> KernelConfig:
         """The same settings run through the Pallas interpreters on the CPU."""
@@ -211,12 +206,26 @@ def fp8_sparse_attention_with_lse(
     key_padding: GridPadding | None = None, out_dtype=jnp.bfloat16,
 ):
     """(out [B, Sq, H, D] in out_dtype, lse [B, H, Sq] float32 base 2) of the Mosaic forward on e4m3 operands, with
-    `config.mosaic_fp8`; the other arguments as in `sparse_attention_with_lse` (`KernelConfig.check_fp8` first)."""
+    `config.mosaic_fp8`, once per key range (`config.key_ranges`, None: one); the other arguments as in
+    `sparse_attention_with_lse` (`KernelConfig.check_fp8` first)."""
     counts, indices = counts.astype(jnp.int32), indices.astype(jnp.int32)
-    return pallas_mosaic.mosaic_forward(
-        operands.q, operands.k, operands.v_t, indices, jnp.zeros_like(counts), counts, config.mosaic_fp8,
-        raster_out=raster, key_padding=key_padding, fp8_scales=operands.kernel_scales(indices), out_dtype=out_dtype,
-    )
+    num_k_blocks = operands.k.shape[1] // mosaic_config.BLOCK
+    ranges = min(config.key_ranges or 1, num_k_blocks)
+
+    def forward(indices, starts, counts, raster_out):
+        return pallas_mosaic.mosaic_forward(
+            operands.q, operands.k, operands.v_t, indices, starts, counts, config.mosaic_fp8, raster_out=raster_out,
+            key_padding=key_padding, fp8_scales=operands.kernel_scales(indices), out_dtype=out_dtype,
+        )
+
+    if ranges == 1:
+        return forward(indices, jnp.zeros_like(counts), counts, raster)
+    indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
+    parts = [forward(indices, starts[r], range_counts[r], None) for r in range(ranges)]
+    out, lse = key_ranges.merge_partial_attention([o for o, _ in parts], [lse for _, lse in parts])
+    if raster is not None:
+        out = layout.from_chunk_order(out, *raster)
+    return out, lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))

@@ -209,6 +209,7 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2)),
         KernelCase("half_exp2", b=1, h=2, d=128, mq=3, mk=5, width=4, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, half_exp2=True)),
+        KernelCase("key_ranges_2", b=1, h=2, d=64, mq=3, mk=6, width=4, tolerance=FP8_TOLERANCE, key_ranges=2),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = (WholeCallCase("4x8x12_chunk_4x4x4", (4, 8, 12), (4, 4, 4), tolerance=FP8_TOLERANCE),)
@@ -245,6 +246,7 @@ class TestMosaicFp8Gpu(BSABackendTests):
                    tolerance=FP8_TOLERANCE, mosaic=KernelConfig().mosaic_fp8),
         KernelCase("half_exp2_long_lists", b=1, h=2, d=128, mq=3, mk=330, width=330, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, half_exp2=True)),
+        KernelCase("key_ranges_3", b=2, h=3, d=128, mq=9, mk=24, width=10, tolerance=FP8_TOLERANCE, key_ranges=3),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

@@ -111,8 +111,6 @@ def test_the_e4m3_chunking_kernel_matches_xla(transposed):
 def test_config_refusals():
     with pytest.raises(BSAConfigError, match="fp8=True.*Mosaic GPU forward.*forward='auto' or 'mosaic'"):
         KernelConfig(forward="triton", fp8=True)
-    with pytest.raises(BSAConfigError, match="one launch; got key_ranges=2, use key_ranges=None"):
-        KernelConfig(fp8=True, key_ranges=2)
     with pytest.raises(BSAConfigError, match="KernelConfig.fp8 must be True or False, got 'yes'"):
         KernelConfig(fp8="yes")
     inputs = random_case(0, b=1, h=1, d=64, mq=2, mk=3, width=2, block_q=32, block_k=32)
