@@ -20,9 +20,9 @@ relative L2 error of our whole call against dense attention (cuDNN, bf16, on the
 
 `--fp8` also times `KernelConfig(fp8=True)` on each selection, in the same run as the bf16 kernel, with its error
 against dense attention, in a third table: the whole call (its e4m3 chunking passes included) and the kernel alone on
-e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times it. `--fp8-half-exp2` runs it with
-`MosaicConfig(half_exp2=True)` (the softmax weights' exp2 in packed float16 pairs), `--fp8-key-ranges N` with
-`KernelConfig(key_ranges=N)` (one launch per range of key blocks, merged by their log-sum-exps).
+e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times it. `--fp8-key-ranges N` runs it with
+`KernelConfig(key_ranges=N)` (one launch per range of key blocks, merged by their log-sum-exps; default: as
+`KernelConfig` picks).
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
@@ -312,8 +312,6 @@ def measure_fp8(record: dict, bench, latent, params: BSAParams, raster_qkv, chun
     kernel's output) to `record`."""
     block = params.chunk_size_q
     fp8 = dataclasses.replace(bench.config, fp8=True)
-    if bench.args.fp8_half_exp2:
-        fp8 = dataclasses.replace(fp8, mosaic_fp8=dataclasses.replace(fp8.mosaic_fp8, half_exp2=True))
     fp8 = dataclasses.replace(fp8, key_ranges=bench.args.fp8_key_ranges)
     kernel_config = fp8.interpreted() if bench.backend == "pallas_interpret" else fp8
     whole = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
@@ -380,10 +378,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
     parser.add_argument("--fp8", action="store_true",
                         help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
-    parser.add_argument("--fp8-half-exp2", action="store_true",
-                        help="with --fp8: the FP8 kernel with MosaicConfig(half_exp2=True)")
     parser.add_argument("--fp8-key-ranges", type=int, default=None,
-                        help="with --fp8: KernelConfig.key_ranges of the FP8 call (default: one launch)")
+                        help="with --fp8: KernelConfig.key_ranges of the FP8 call (default: as KernelConfig picks)")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
     parser.add_argument("--small", action="store_true",
                         help=f"a CPU run in seconds: grid {SMALL['sizes']}, {SMALL['heads']} heads of {SMALL['head_dim']}, "
@@ -394,8 +390,8 @@ def parse_args() -> argparse.Namespace:
     problems += [f"unknown input kind {kind!r}" for kind in args.inputs.split(",") if kind not in INPUT_KINDS]
     problems += [f"unknown backward kernel {name!r} (choose from {', '.join(BACKWARD_KERNELS)})"
                  for name in args.backward.split(",") if name not in BACKWARD_KERNELS]
-    if (args.fp8_half_exp2 or args.fp8_key_ranges is not None) and not args.fp8:
-        problems.append("--fp8-half-exp2 and --fp8-key-ranges set the FP8 call: give --fp8 with them")
+    if args.fp8_key_ranges is not None and not args.fp8:
+        problems.append("--fp8-key-ranges sets the FP8 call: give --fp8 with it")
     if args.small and (args.reference or args.sweep):
         problems.append("--small runs on the CPU: --reference and --sweep need a GPU")
     if problems:

@@ -5,8 +5,7 @@ bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; e
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
 (`MosaicConfig.rounds`), p2 = two producer warpgroups, cN = N consumer warpgroups (`MosaicConfig.consumers`),
-kN / vN = N K / V stages, half exp2 = the FP8 weights' exp2 in packed float16 pairs
-(`MosaicConfig.half_exp2`), reduced sums / tc sums = the softmax row sums by a
+kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
 reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings but the named ones) on e4m3 operands quantized before the
 timed call (its rel. L2 against the first variant is FP8's own error too).
@@ -61,7 +60,6 @@ VARIANTS = {
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
-    "fp8 half exp2": _fp8(half_exp2=True),
     "fp8 r2": dataclasses.replace(_fp8(), key_ranges=2),
     "fp8 r3": dataclasses.replace(_fp8(), key_ranges=3),
 }

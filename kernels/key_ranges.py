@@ -15,11 +15,28 @@ import jax
 import jax.numpy as jnp
 
 L2_WORKING_SET_BYTES = 48 * 2**20  # K+V bytes of one head that still gather from the H100's L2
+# the FP8 forward (e4m3 K and V): above these bytes of one head's K+V, and with lists at least this long, two launches
+FP8_SPLIT_BYTES = 32 * 2**20
+FP8_SPLIT_MIN_ENTRIES = 128
 
 
 def auto_key_ranges(num_k_tokens: int, head_dim: int, itemsize: int) -> int:
     """How many key ranges keep one head's K and V of each range under `L2_WORKING_SET_BYTES`."""
     return max(1, math.ceil(2 * num_k_tokens * head_dim * itemsize / L2_WORKING_SET_BYTES))
+
+
+def auto_fp8_key_ranges(num_k_tokens: int, head_dim: int, k_max: int) -> int:
+    """Launches of the FP8 forward: two where one head's e4m3 K and V exceed `FP8_SPLIT_BYTES` and the lists hold at
+    least `FP8_SPLIT_MIN_ENTRIES` key blocks, else one.
+
+    Measured on an H100 (BENCHMARKS.md, 2026-12-05), kernel with split and merge against one launch: at 168,960 tokens
+    (43 MB of K+V a head) 1.07x with lists of 330 key blocks and 1.04x with 165, 0.98x with 82; at 84,480 tokens
+    (21.6 MB) 0.82-0.95x. The FP8 kernel gathers fast enough that L2 misses show below the bf16 kernel's 48 MB; with
+    short lists the merge pass costs more than the misses.
+    """
+    if 2 * num_k_tokens * head_dim > FP8_SPLIT_BYTES and k_max >= FP8_SPLIT_MIN_ENTRIES:
+        return 2
+    return 1
 
 
 def split_by_key_range(

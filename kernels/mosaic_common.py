@@ -8,7 +8,6 @@ import math
 
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 LOG2E = math.log2(math.e)
@@ -45,28 +44,6 @@ def interpret_params(interpret: bool) -> dict:
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 
     return {"interpret": InterpretGPUParams()}
-
-
-def exp2_half_pairs(x, interpret: bool):
-    """2**x of a [64, N] float16 wgmma-layout array, two lanes an instruction (PTX `ex2.approx.f16x2`).
-
-    Why: the FP8 forward's softmax weights take 4,096 exp2s a key block, as many cycles of the SM's special-function
-    units as its two e4m3 products take of the tensor cores; packed halves do two a lane. Their ~1e-3 relative error is
-    far below the e4m3 rounding (2^-4) the weights go through next. Pallas' exp2 has no approximate float16 form, so the
-    instruction is inlined; the interpreter (CPU tests) computes the same function with jnp.
-    """
-    if interpret:
-        return jnp.exp2(x)
-    packed_exp2 = mgpu.FragmentedArray._lift_fast_packed_instr("ex2.approx.f16x2", "ex2.approx.f16")
-
-    @plgpu.inline_mgpu(
-        arg_types=(plgpu.Layout.WGMMA,),
-        return_type=plgpu.ShapeDtypeStruct(x.shape, jnp.float16, layout=plgpu.Layout.WGMMA),
-    )
-    def exp2(_, array):
-        return array._pointwise(packed_exp2)
-
-    return exp2(x)
 
 
 def dot_f32(a, b, *, transpose_b=False):

@@ -37,10 +37,7 @@ class MosaicConfig:
     are then of the rounded P the output multiplies). With FP8 operands each block's sums come from a zero accumulator
     and are added to the running sums in float32 registers: accumulated in place, an e4m3 wgmma's sums moved the
     output 8.5e-2 to 4.2e-1 on an H200, more the longer the lists; from a fresh accumulator they are 7.8e-4 to 1.6e-3
-    from the reduction's over lists of 8 to 330 key blocks, as in the interpreter (BENCHMARKS.md); half_exp2: with FP8
-    operands, the softmax weights' exp2 in packed float16 pairs (`mosaic_common.exp2_half_pairs`), the exponent rounded
-    to float16 first (the weights are rounded to e4m3 after); it needs the row sums on the tensor cores (no float16
-    sums) and is ignored without FP8 operands; interpret: run through
+    from the reduction's over lists of 8 to 330 key blocks, as in the interpreter (BENCHMARKS.md); interpret: run through
     the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
     in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
     index gathering and softmax are the GPU's.
@@ -53,7 +50,6 @@ class MosaicConfig:
     rounds: int = 2
     consumers: int = 2
     row_sums_on_tensor_cores: bool = True
-    half_exp2: bool = False
     interpret: bool = False
 
     def __post_init__(self):
@@ -66,11 +62,6 @@ class MosaicConfig:
             raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
         if self.consumers not in (2, 3):
             raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")
-        if self.half_exp2 and not self.row_sums_on_tensor_cores:
-            raise BSAConfigError(
-                "MosaicConfig(half_exp2=True) needs row_sums_on_tensor_cores=True: the row sums would otherwise add "
-                "float16 weights; set one of them differently"
-            )
         if self.consumers == 3 and (self.schedule_barrier or self.producers != 1):
             raise BSAConfigError(
                 f"MosaicConfig(consumers=3) needs schedule_barrier=False and producers=1 (the turn-taking and the "

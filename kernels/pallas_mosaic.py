@@ -32,15 +32,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels.errors import BSAConfigError
 from kernels.fp8_operands import P_EXPONENT
-from kernels.mosaic_common import (
-    BLOCK,
-    LOG2E,
-    SMEM_BYTES,
-    dot_f32,
-    exp2_half_pairs,
-    interpret_params,
-    tile_transforms,
-)
+from kernels.mosaic_common import BLOCK, LOG2E, SMEM_BYTES, dot_f32, interpret_params, tile_transforms
 from kernels.mosaic_config import ONES_ROWS, MosaicConfig, fits, fitted, pad_indices, smem_bytes
 from kernels.padding import GridPadding, mask_padded_keys
 
@@ -88,7 +80,6 @@ def mosaic_forward(
     num_ctas = -(-mq // (consumers * rounds))  # per (batch, head)
     logit_scale = d**-0.5 * LOG2E  # logits in base-2 units
     tc_sums = config.row_sums_on_tensor_cores
-    half_exp2 = fp8 and config.half_exp2
 
     def fragment(x, layout):
         # the interpreter has no register layouts
@@ -267,11 +258,7 @@ def mosaic_forward(
                     new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
                     correction = jnp.exp2(row_max - new_max)
                     offset = new_max - weight_exponent if weight_exponent else new_max
-                    exponents = logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0])  # [64, 64]
-                    if half_exp2:
-                        weights = exp2_half_pairs(exponents.astype(jnp.float16), config.interpret)
-                    else:
-                        weights = jnp.exp2(exponents)
+                    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
                     # acc moves to this key block's V scale with the softmax's rescale
                     acc_correction = correction * (last_v_scale / v_scale) if fp8 else correction
                     acc = acc * lax.broadcast_in_dim(acc_correction, acc.shape, [0])

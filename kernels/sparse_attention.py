@@ -39,7 +39,9 @@ class KernelConfig:
     (refused where it cannot run).
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
-    H100; for the Mosaic kernel one, bf16 or FP8, as splitting measured no faster there).
+    H100; for the bf16 Mosaic kernel one, as splitting measured no faster there; for the FP8 one two where a head's
+    e4m3 K and V outgrow 32 MiB and the lists are long, `key_ranges.auto_fp8_key_ranges`, 1.04-1.07x at 168,960
+    tokens and top-k 0.875 / 0.9375 on an H100).
     backward: "auto" (the default: the Mosaic GPU kernels of `pallas_mosaic_backward` on a Hopper GPU where they
     support the inputs, 1.2x the Triton ones on an H200 and a 720p LoRA training step 16.11 -> 15.63 s, see
     BENCHMARKS.md; the Triton ones elsewhere), "triton" (any CUDA GPU) or "mosaic" (refused where it cannot run).
@@ -206,11 +208,15 @@ def fp8_sparse_attention_with_lse(
     key_padding: GridPadding | None = None, out_dtype=jnp.bfloat16,
 ):
     """(out [B, Sq, H, D] in out_dtype, lse [B, H, Sq] float32 base 2) of the Mosaic forward on e4m3 operands, with
-    `config.mosaic_fp8`, once per key range (`config.key_ranges`, None: one); the other arguments as in
-    `sparse_attention_with_lse` (`KernelConfig.check_fp8` first)."""
+    `config.mosaic_fp8`, once per key range (`config.key_ranges`; None: `key_ranges.auto_fp8_key_ranges`); the other
+    arguments as in `sparse_attention_with_lse` (`KernelConfig.check_fp8` first)."""
     counts, indices = counts.astype(jnp.int32), indices.astype(jnp.int32)
-    num_k_blocks = operands.k.shape[1] // mosaic_config.BLOCK
-    ranges = min(config.key_ranges or 1, num_k_blocks)
+    num_k_tokens, head_dim = operands.k.shape[1], operands.k.shape[-1]
+    ranges = config.key_ranges
+    if ranges is None:
+        ranges = key_ranges.auto_fp8_key_ranges(num_k_tokens, head_dim, indices.shape[-1])
+    num_k_blocks = num_k_tokens // mosaic_config.BLOCK
+    ranges = min(ranges, num_k_blocks)
 
     def forward(indices, starts, counts, raster_out):
         return pallas_mosaic.mosaic_forward(

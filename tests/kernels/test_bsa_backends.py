@@ -207,8 +207,6 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
         KernelCase("head_dim_128_two_consumers_rounds", b=1, h=2, d=128, mq=7, mk=5, width=4,
                    tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2)),
-        KernelCase("half_exp2", b=1, h=2, d=128, mq=3, mk=5, width=4, tolerance=FP8_TOLERANCE,
-                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, half_exp2=True)),
         KernelCase("key_ranges_2", b=1, h=2, d=64, mq=3, mk=6, width=4, tolerance=FP8_TOLERANCE, key_ranges=2),
     )
     gradient_cases = forward_cases[:1]
@@ -244,8 +242,6 @@ class TestMosaicFp8Gpu(BSABackendTests):
         # each block's e4m3 sums from a fresh accumulator, so they do not drift as the running sum grows
         KernelCase("tensor_core_row_sums_long_lists", b=1, h=2, d=128, mq=3, mk=330, width=330,
                    tolerance=FP8_TOLERANCE, mosaic=KernelConfig().mosaic_fp8),
-        KernelCase("half_exp2_long_lists", b=1, h=2, d=128, mq=3, mk=330, width=330, tolerance=FP8_TOLERANCE,
-                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, half_exp2=True)),
         KernelCase("key_ranges_3", b=2, h=3, d=128, mq=9, mk=24, width=10, tolerance=FP8_TOLERANCE, key_ranges=3),
     )
     gradient_cases = forward_cases[:1]

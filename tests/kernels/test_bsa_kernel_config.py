@@ -38,8 +38,6 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         MosaicConfig(consumers=3)
     with pytest.raises(BSAConfigError, match="consumers=3\\) needs schedule_barrier=False and producers=1"):
         MosaicConfig(consumers=3, schedule_barrier=False, producers=2)
-    with pytest.raises(BSAConfigError, match="half_exp2=True\\) needs row_sums_on_tensor_cores=True"):
-        MosaicConfig(half_exp2=True, row_sums_on_tensor_cores=False)
     q = jnp.zeros((1, 256, 1, 128), jnp.bfloat16)
     with pytest.raises(BSAConfigError, match="lower MosaicConfig.k_stages"):
         sparse_attention_chunked(q, q, q, jnp.zeros((1, 1, 4, 1), jnp.int32), jnp.ones((1, 1, 4), jnp.int32),

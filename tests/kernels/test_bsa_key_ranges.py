@@ -9,7 +9,7 @@ import chex
 import numpy as np
 import pytest
 
-from kernels.key_ranges import auto_key_ranges, split_by_key_range
+from kernels.key_ranges import auto_fp8_key_ranges, auto_key_ranges, split_by_key_range
 from tests.helpers.bsa_cases import random_case
 
 
@@ -33,3 +33,12 @@ def test_auto_key_ranges_follow_one_heads_kv_bytes():
     assert auto_key_ranges(24 * 44 * 80, 128, 2) == 1
     assert auto_key_ranges(48 * 44 * 80, 128, 2) == 2
     assert auto_key_ranges(1024, 64, 2) == 1
+
+
+def test_auto_fp8_key_ranges_split_large_heads_with_long_lists():
+    # e4m3 K+V of one head: 21.6 MB at 84,480 tokens (one launch), 43 MB at 168,960 (two where lists are long)
+    assert auto_fp8_key_ranges(24 * 44 * 80, 128, 330) == 1
+    assert auto_fp8_key_ranges(48 * 44 * 80, 128, 330) == 2
+    assert auto_fp8_key_ranges(48 * 44 * 80, 128, 165) == 2
+    assert auto_fp8_key_ranges(48 * 44 * 80, 128, 82) == 1
+    assert auto_fp8_key_ranges(48 * 44 * 80, 64, 330) == 1

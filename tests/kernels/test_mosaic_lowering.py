@@ -45,7 +45,6 @@ def _lowered_for_cuda(fn, *args) -> str:
 THREE_CONSUMERS = {
     "three_consumers": MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False),
     "three_consumers_tensor_core_sums": MosaicConfig(consumers=3, schedule_barrier=False),
-    "three_consumers_half_exp2": MosaicConfig(consumers=3, schedule_barrier=False, half_exp2=True),
 }
 
 
