@@ -64,23 +64,13 @@ def merge_partial_attention(outs: list[jax.Array], lses: list[jax.Array]) -> tup
     outs: [B, S, H, D] each, normalised within its part; lses: [B, H, S] float32 base 2 (-inf where a part
     saw no key). Returns (out [B, S, H, D] in the outs' dtype, lse [B, H, S]); rows no part saw stay 0, -inf.
     """
-    weights, merged = _part_weights(lses)
-    out = sum(
-        o.astype(jnp.float32) * jnp.swapaxes(w, 1, 2)[..., None] for o, w in zip(outs, weights, strict=True)
-    )
-    return out.astype(outs[0].dtype), merged
-
-
-def merged_lse(lses: list[jax.Array]) -> jax.Array:
-    """The log-sum-exp [B, H, S] of the attention whose parts have these (as `merge_partial_attention` returns it)."""
-    return _part_weights(lses)[1]
-
-
-def _part_weights(lses: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Each part's share of each row, [R, B, H, S] (0 where a part saw nothing), and the merged log-sum-exp."""
     lse = jnp.stack(lses)  # [R, B, H, S]
     top = jnp.max(lse, axis=0)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
-    weights = jnp.exp2(lse - top)
+    weights = jnp.exp2(lse - top)  # 0 where a part saw nothing
     total = jnp.sum(weights, axis=0)
-    return weights / jnp.where(total > 0, total, 1.0), top + jnp.log2(total)
+    weights = weights / jnp.where(total > 0, total, 1.0)
+    out = sum(
+        o.astype(jnp.float32) * jnp.swapaxes(w, 1, 2)[..., None] for o, w in zip(outs, weights, strict=True)
+    )
+    return out.astype(outs[0].dtype), top + jnp.log2(total)

@@ -227,16 +227,11 @@ def fp8_sparse_attention_with_lse(
     if ranges == 1:
         return forward(indices, jnp.zeros_like(counts), counts, raster)
     indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
-    parts = [forward(indices, starts[r], range_counts[r], raster) for r in range(ranges)]
-    outs, lses = [o for o, _ in parts], [lse for _, lse in parts]
-    if raster is None:
-        return key_ranges.merge_partial_attention(outs, lses)
-    # each range's kernel wrote its out in raster order (no reorder pass after the merge); the lses that weigh them
-    # come in chunk order, [B, H, S]: brought to raster order for the merge, and merged in chunk order for the caller
-    raster_lses = [jnp.swapaxes(layout.from_chunk_order(jnp.swapaxes(lse, 1, 2)[..., None], *raster)[..., 0], 1, 2)
-                   for lse in lses]
-    out, _ = key_ranges.merge_partial_attention(outs, raster_lses)
-    return out, key_ranges.merged_lse(lses)
+    parts = [forward(indices, starts[r], range_counts[r], None) for r in range(ranges)]
+    out, lse = key_ranges.merge_partial_attention([o for o, _ in parts], [lse for _, lse in parts])
+    if raster is not None:
+        out = layout.from_chunk_order(out, *raster)
+    return out, lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))

@@ -22,8 +22,6 @@ from kernels import (
     sparse_attention_chunked,
     to_chunk_order,
 )
-from kernels.layout import from_chunk_order
-from kernels.sparse_attention import fp8_sparse_attention_with_lse
 from longcat_jax.metrics import rel_l2
 from tests.helpers.benchmark_scripts import run_benchmark
 from tests.helpers.bsa_cases import random_case
@@ -140,18 +138,3 @@ def test_the_row_sum_forms_agree_in_the_interpreter(tmp_path):
     for row in rows:
         assert row["tensor_cores_vs_reduced"] < 2.5e-3 * 1.25
         assert max(row["reduced_vs_f32"], row["tensor_cores_vs_f32"]) < 5.4e-2 * 1.25
-
-
-def test_key_ranges_merge_the_kernels_raster_outputs_as_chunk_ordered_ones():
-    """Over two key ranges each kernel writes its out in raster order and the merge weighs them by their lses brought
-    to raster order: the same numbers as merging chunk-ordered outs and reordering after, and the same lse."""
-    latent, chunk = (4, 8, 8), (4, 4, 4)  # four 64-token chunks
-    q, k, v, indices, counts = random_case(5, b=1, h=1, d=64, mq=4, mk=4, width=3)
-    operands = fp8_operands.quantize_operands(q, k, v)
-    config = KernelConfig(fp8=True, key_ranges=2).interpreted()
-    forward = jax.jit(fp8_sparse_attention_with_lse, static_argnums=(3, 4))
-    raster_out, raster_lse = forward(operands, indices, counts, config, (latent, chunk))
-    chunked_out, chunked_lse = forward(operands, indices, counts, config, None)
-    np.testing.assert_array_equal(np.asarray(raster_out, np.float32),
-                                  np.asarray(from_chunk_order(chunked_out, latent, chunk), np.float32))
-    np.testing.assert_array_equal(np.asarray(raster_lse), np.asarray(chunked_lse))
