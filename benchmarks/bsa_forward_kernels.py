@@ -7,8 +7,8 @@ the selected blocks only (4*D*64*64 per pair). Every variant is checked against 
 (`MosaicConfig.rounds`), p2 = two producer warpgroups, cN = N consumer warpgroups (`MosaicConfig.consumers`),
 kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
 reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), fp8 = the FP8 forward
-(`KernelConfig(fp8=True)`, its default launch settings but the named ones) on e4m3 operands quantized before the
-timed call (its rel. L2 against the first variant is FP8's own error too).
+(`KernelConfig(fp8=True)`, its default launch settings and key ranges but the named ones) on e4m3 operands
+quantized before the timed call (its rel. L2 against the first variant is FP8's own error too).
 
     python3 benchmarks/bsa_forward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -60,6 +60,7 @@ VARIANTS = {
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
+    "fp8 r1": dataclasses.replace(_fp8(), key_ranges=1),  # "fp8" splits where `key_ranges.auto_fp8_key_ranges` does
     "fp8 r2": dataclasses.replace(_fp8(), key_ranges=2),
     "fp8 r3": dataclasses.replace(_fp8(), key_ranges=3),
 }
