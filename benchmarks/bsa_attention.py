@@ -311,8 +311,7 @@ def measure_fp8(record: dict, bench, latent, params: BSAParams, raster_qkv, chun
     """Adds the FP8 kernel's whole-call and kernel times and its error against dense attention (and against the bf16
     kernel's output) to `record`."""
     block = params.chunk_size_q
-    fp8 = dataclasses.replace(bench.config, fp8=True)
-    fp8 = dataclasses.replace(fp8, key_ranges=bench.args.fp8_key_ranges)
+    fp8 = dataclasses.replace(bench.config, fp8=True, key_ranges=bench.args.fp8_key_ranges)
     kernel_config = fp8.interpreted() if bench.backend == "pallas_interpret" else fp8
     whole = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
                                                   kernel_config=fp8))
@@ -393,6 +392,8 @@ def parse_args() -> argparse.Namespace:
                  for name in args.backward.split(",") if name not in BACKWARD_KERNELS]
     if args.fp8_key_ranges is not None and not args.fp8:
         problems.append("--fp8-key-ranges sets the FP8 call: give --fp8 with it")
+    if args.fp8_key_ranges is not None and args.fp8_key_ranges < 1:
+        problems.append(f"--fp8-key-ranges must be at least 1, got {args.fp8_key_ranges}")
     if args.small and (args.reference or args.sweep):
         problems.append("--small runs on the CPU: --reference and --sweep need a GPU")
     if problems:

@@ -171,32 +171,46 @@ def sparse_attention_with_lse(
     key_padding: None, or the padding of k's grid (k holds the padded grid in chunk order): padded keys get no weight.
     """
     mosaic = config.uses_mosaic(q, block_q, block_k, indices.shape[-1])
+    if config.fp8:
+        operands = fp8_operands.quantize_operands(q, k, v, block_q, block_k)
+        return fp8_sparse_attention_with_lse(operands, indices, counts, config, raster, key_padding, q.dtype)
     num_k_blocks = k.shape[1] // block_k
     ranges = config.key_ranges
     if ranges is None:
         ranges = 1 if mosaic else key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
     ranges = min(ranges, num_k_blocks)
-    if config.fp8:
-        operands = fp8_operands.quantize_operands(q, k, v, block_q, block_k)
-        return fp8_sparse_attention_with_lse(operands, indices, counts, config, raster, key_padding, q.dtype)
-    starts = jnp.zeros_like(counts)
     if mosaic and ranges == 1:
         return pallas_mosaic.mosaic_forward(
-            q, k, v, indices, starts, counts, config.mosaic, raster_out=raster, key_padding=key_padding
+            q, k, v, indices, jnp.zeros_like(counts), counts, config.mosaic, raster_out=raster, key_padding=key_padding
         )
-    if mosaic:
-        def forward(indices, starts, counts):
-            return pallas_mosaic.mosaic_forward(q, k, v, indices, starts, counts, config.mosaic, key_padding=key_padding)
-    else:
-        def forward(indices, starts, counts):
+
+    def prepare(indices):
+        def forward(starts, counts):
+            if mosaic:
+                return pallas_mosaic.mosaic_forward(
+                    q, k, v, indices, starts, counts, config.mosaic, key_padding=key_padding
+                )
             return pallas_triton.triton_forward(
                 q, k, v, indices, starts, counts, block_q, block_k, config.triton, key_padding
             )
+        return forward
+
+    return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster)
+
+
+def _over_key_ranges(prepare, indices, counts, num_k_blocks: int, ranges: int, raster):
+    """(out, lse) of a forward run once per key range and merged by log-sum-exp, out then in raster order if `raster`.
+
+    prepare(lists) -> forward(starts, counts) -> (out, lse) in chunk order: called once, with the lists sorted by key
+    block where there are several ranges, so that what depends only on the lists (the FP8 entries' scales) is
+    gathered once for all ranges.
+    """
     if ranges == 1:
-        out, lse = forward(indices, starts, counts)
+        out, lse = prepare(indices)(jnp.zeros_like(counts), counts)
     else:
         indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
-        parts = [forward(indices, starts[r], range_counts[r]) for r in range(ranges)]
+        forward = prepare(indices)
+        parts = [forward(starts[r], range_counts[r]) for r in range(ranges)]
         out, lse = key_ranges.merge_partial_attention([o for o, _ in parts], [lse for _, lse in parts])
     if raster is not None:
         out = layout.from_chunk_order(out, *raster)
@@ -218,20 +232,19 @@ def fp8_sparse_attention_with_lse(
     num_k_blocks = num_k_tokens // mosaic_config.BLOCK
     ranges = min(ranges, num_k_blocks)
 
-    def forward(indices, starts, counts, raster_out):
-        return pallas_mosaic.mosaic_forward(
-            operands.q, operands.k, operands.v_t, indices, starts, counts, config.mosaic_fp8, raster_out=raster_out,
-            key_padding=key_padding, fp8_scales=operands.kernel_scales(indices), out_dtype=out_dtype,
-        )
+    def prepare(indices, raster_out=None):
+        scales = operands.kernel_scales(indices)
 
-    if ranges == 1:
-        return forward(indices, jnp.zeros_like(counts), counts, raster)
-    indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
-    parts = [forward(indices, starts[r], range_counts[r], None) for r in range(ranges)]
-    out, lse = key_ranges.merge_partial_attention([o for o, _ in parts], [lse for _, lse in parts])
-    if raster is not None:
-        out = layout.from_chunk_order(out, *raster)
-    return out, lse
+        def forward(starts, counts):
+            return pallas_mosaic.mosaic_forward(
+                operands.q, operands.k, operands.v_t, indices, starts, counts, config.mosaic_fp8,
+                raster_out=raster_out, key_padding=key_padding, fp8_scales=scales, out_dtype=out_dtype,
+            )
+        return forward
+
+    if ranges == 1:  # the kernel writes out in raster order itself
+        return prepare(indices, raster)(jnp.zeros_like(counts), counts)
+    return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))

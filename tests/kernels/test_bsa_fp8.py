@@ -6,6 +6,9 @@ Bounds are measured values times 1.25 (CPU, jax 0.10.2, q, k and v scaled per bl
 1.10e-2 from its emulation on `random_case(3)`, and both moved 4.98e-2 / 5.00e-2 from the bf16 reference on it.
 """
 
+import dataclasses
+import threading
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -22,6 +25,7 @@ from kernels import (
     sparse_attention_chunked,
     to_chunk_order,
 )
+from kernels.sparse_attention import fp8_sparse_attention_with_lse
 from longcat_jax.metrics import rel_l2
 from tests.helpers.benchmark_scripts import run_benchmark
 from tests.helpers.bsa_cases import random_case
@@ -138,3 +142,35 @@ def test_the_row_sum_forms_agree_in_the_interpreter(tmp_path):
     for row in rows:
         assert row["tensor_cores_vs_reduced"] < 2.5e-3 * 1.25
         assert max(row["reduced_vs_f32"], row["tensor_cores_vs_f32"]) < 5.4e-2 * 1.25
+
+
+def test_key_ranges_with_a_range_that_selected_nothing():
+    """Every list holds key blocks 0-3 of 8: the second of two key ranges is empty and starts past each list's last
+    entry, where the kernel's read of an entry's scales must stay inside the lists. Out of bounds, the interpreter
+    raises in one kernel thread and the others wait on their barriers for ever: the call runs in a thread of its own,
+    given 180 s (it takes seconds), so the test fails with the reason named (checked with the clamp removed: failed
+    after 180 s, the IndexError printed; the waiting kernel threads then kept pytest from exiting). The merge then
+    takes the first range's output as it is."""
+    q, k, v, _, _ = random_case(2, b=1, h=1, d=64, mq=3, mk=8, width=4)
+    indices = jnp.tile(jnp.arange(4, dtype=jnp.int32), (1, 1, 3, 1))  # [B, H, Mq, 4]
+    counts = jnp.full((1, 1, 3), 4, jnp.int32)
+    operands = fp8_operands.quantize_operands(q, k, v)
+    config = KernelConfig(fp8=True, key_ranges=2).interpreted()
+    forward = jax.jit(fp8_sparse_attention_with_lse, static_argnums=3)
+    result = {}
+
+    def run():
+        try:
+            result["out"] = jax.block_until_ready(forward(operands, indices, counts, config)[0])
+        except Exception as error:  # noqa: BLE001  (re-raised in the test's thread)
+            result["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=180)
+    assert not worker.is_alive(), "the FP8 forward over an empty key range hung (an out-of-bounds read in the kernel)"
+    if "error" in result:
+        raise result["error"]
+    two_ranges = result["out"]
+    one_launch, _ = forward(operands, indices, counts, dataclasses.replace(config, key_ranges=1))
+    np.testing.assert_array_equal(np.asarray(two_ranges, np.float32), np.asarray(one_launch, np.float32))
