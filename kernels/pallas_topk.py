@@ -5,6 +5,9 @@ selection time (3.5 ms of 4.2 ms at 84,480 tokens on an H100). Here each program
 registers and finds the k-th largest score by a radix search on order-preserving int32 keys (one count
 per bit, stopping once exactly k keys are at or above the threshold), then writes the indices of the k
 largest in ascending order through a prefix sum. Ties at the threshold go to the lower index, as with `jax.lax.top_k`.
+
+Triton arrays have power-of-two lengths, so a row is held as a few power-of-two pieces (`row_pieces`: 2,640 scores as
+2,048 + 512 + 128 lanes rather than 4,096), which does about a third fewer compares per count than one padded array.
 """
 
 from __future__ import annotations
@@ -18,6 +21,21 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 MAX_ROW = 8192  # longest padded row a program holds (32 scores per thread with 8 warps)
+MIN_PIECE = 128  # one score per thread of four warps
+MAX_PIECES = 3
+
+
+def row_pieces(num: int) -> tuple[int, ...]:
+    """Power-of-two lengths, largest first, that together cover `num` scores: the binary digits of `num` rounded up to
+    a multiple of MIN_PIECE, the smallest merged upwards while there are more than MAX_PIECES."""
+    covered = -(-num // MIN_PIECE) * MIN_PIECE
+    pieces = [1 << bit for bit in reversed(range(covered.bit_length())) if covered >> bit & 1]
+    while len(pieces) > MAX_PIECES:
+        smallest = pieces.pop()
+        pieces[-1] = pl.next_power_of_2(pieces[-1] + smallest)
+        if len(pieces) > 1 and pieces[-1] == pieces[-2]:  # two equal halves make the next power
+            pieces[-2:] = [2 * pieces[-1]]
+    return tuple(pieces)
 
 
 def _sortable_keys(scores: jax.Array) -> jax.Array:
@@ -26,42 +44,54 @@ def _sortable_keys(scores: jax.Array) -> jax.Array:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def _top_k_kernel(scores_ref, indices_ref, *, k, num):
-    # scores_ref [R * num] float32 (all rows, flat), indices_ref [P] int32 (slots past k stay unwritten)
-    columns = jnp.arange(indices_ref.shape[0], dtype=jnp.int32)
-    row = plgpu.load(
-        scores_ref.at[pl.ds(pl.program_id(0) * num, indices_ref.shape[0])], mask=columns < num, other=-jnp.inf
-    )  # [P], padded with -inf
-    keys = _sortable_keys(row)
+def _top_k_kernel(scores_ref, indices_ref, *, k, num, rows, pieces):
+    # scores_ref [R * num (+ padding)] float32 (all rows, flat); indices_ref [R * k + sum(pieces)] int32: row r's
+    # indices at [r * k, r * k + k), then a scratch tail that only masked-off stores address
+    row = pl.program_id(0)
+    offsets = [sum(pieces[:i]) for i in range(len(pieces))]
+    columns = [offset + jnp.arange(piece, dtype=jnp.int32) for offset, piece in zip(offsets, pieces, strict=True)]
+    keys = [
+        _sortable_keys(plgpu.load(scores_ref.at[pl.ds(row * num + offset, piece)], mask=cols < num, other=-jnp.inf))
+        for offset, piece, cols in zip(offsets, pieces, columns, strict=True)
+    ]  # each [piece], padded with -inf
+
+    def count(predicate):
+        return functools.reduce(lambda total, part: total + jnp.sum(predicate(part).astype(jnp.int32)), keys, 0)
 
     def count_at_least(threshold):
-        return jnp.sum((keys >= threshold).astype(jnp.int32))
+        return count(lambda part: part >= threshold)
 
     # a threshold t with count(keys >= t) >= k, raised bit by bit from the sign bit down: it ends as the k-th
     # largest key, or earlier once exactly k keys reach it (then those k are the selection)
     start = jnp.where(count_at_least(0) >= k, 0, jnp.int32(-(2**31)))
 
     def undecided(state):
-        bit, _, count = state
-        return (bit < 31) & (count != k)
+        bit, _, count_now = state
+        return (bit < 31) & (count_now != k)
 
     def next_bit(state):
-        bit, threshold, count = state
+        bit, threshold, count_now = state
         candidate = threshold | jnp.left_shift(jnp.int32(1), 30 - bit)
         candidate_count = count_at_least(candidate)
         take = candidate_count >= k
-        return bit + 1, jnp.where(take, candidate, threshold), jnp.where(take, candidate_count, count)
+        return bit + 1, jnp.where(take, candidate, threshold), jnp.where(take, candidate_count, count_now)
 
     _, threshold, _ = jax.lax.while_loop(undecided, next_bit, (jnp.int32(0), start, count_at_least(start)))
-    above = keys > threshold
-    ties = keys == threshold
-    ties_wanted = k - jnp.sum(above.astype(jnp.int32))
-    selected = above | (ties & (jax.lax.cumsum(ties.astype(jnp.int32), axis=0) <= ties_wanted))
-    # selected columns go to slots [0, k) in column order; the others get distinct slots past k,
+    ties_wanted = k - count(lambda part: part > threshold)
+    # selected columns go to slots [0, k) of the row in column order; the others get distinct slots of the tail,
     # masked out, so that no two stores share a slot (the interpreter emulates masked stores)
-    kept = jax.lax.cumsum(selected.astype(jnp.int32), axis=0) - 1
-    dropped = k + jax.lax.cumsum((~selected).astype(jnp.int32), axis=0) - 1
-    plgpu.store(indices_ref.at[jnp.where(selected, kept, dropped)], columns, mask=selected)
+    ties_before, kept_before, dropped_before = 0, 0, 0
+    for part, cols in zip(keys, columns, strict=True):
+        ties = part == threshold
+        tie_rank = ties_before + jax.lax.cumsum(ties.astype(jnp.int32), axis=0)
+        selected = (part > threshold) | (ties & (tie_rank <= ties_wanted))
+        kept = kept_before + jax.lax.cumsum(selected.astype(jnp.int32), axis=0) - 1
+        dropped = dropped_before + jax.lax.cumsum((~selected).astype(jnp.int32), axis=0) - 1
+        slots = jnp.where(selected, row * k + kept, rows * k + dropped)
+        plgpu.store(indices_ref.at[slots], cols, mask=selected)
+        ties_before = ties_before + jnp.sum(ties.astype(jnp.int32))
+        kept_before = kept_before + jnp.sum(selected.astype(jnp.int32))
+        dropped_before = dropped_before + jnp.sum((~selected).astype(jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("k", "interpret"))
@@ -70,21 +100,21 @@ def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False) -> jax.
     *batch, num = scores.shape
     if not 0 < k <= num:
         raise ValueError(f"k must be in [1, {num}], got {k}")
-    padded = pl.next_power_of_2(num)
-    if padded > MAX_ROW:
+    pieces = row_pieces(num)
+    if pl.next_power_of_2(num) > MAX_ROW:
         return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
     rows = math.prod(batch)
     flat = scores.reshape(rows * num).astype(jnp.float32)
     if interpret:  # the kernel reads each row's padding from the next row, masked; the interpreter needs it in bounds
-        flat = jnp.pad(flat, (0, padded - num))
+        flat = jnp.pad(flat, (0, sum(pieces) - num))
     out = pl.pallas_call(
-        functools.partial(_top_k_kernel, k=k, num=num),
+        functools.partial(_top_k_kernel, k=k, num=num, rows=rows, pieces=pieces),
         grid=(rows,),
         in_specs=[pl.BlockSpec()],
-        out_specs=pl.BlockSpec((None, padded), lambda r: (r, 0)),
-        out_shape=jax.ShapeDtypeStruct((rows, padded), jnp.int32),
-        compiler_params=plgpu.CompilerParams(num_warps=4 if padded <= 4096 else 8, num_stages=1),
+        out_specs=pl.BlockSpec(),
+        out_shape=jax.ShapeDtypeStruct((rows * k + sum(pieces),), jnp.int32),
+        compiler_params=plgpu.CompilerParams(num_warps=4 if sum(pieces) <= 4096 else 8, num_stages=1),
         interpret=interpret,
         name="bsa_top_k",
     )(flat)
-    return out[:, :k].reshape(*batch, k)
+    return out[: rows * k].reshape(*batch, k)

@@ -221,6 +221,11 @@ def _top_k_cases():
     yield jnp.round(scores * 2) / 2, 30  # many ties, negatives and zeros
     yield scores[..., :37], 37  # every block, row shorter than its padded length
     yield jnp.full((2, 3, 50), 1.5), 7  # all tied: the radix search never stops early
+    # rows held as several pieces (`row_pieces`): 300 -> 256 + 128 lanes, 1320 -> 1024 + 256 + 128
+    wide = jax.random.normal(jax.random.key(10), (2, 3, 1320))
+    yield jnp.round(wide[..., :300] * 2) / 2, 100  # ties that run across the pieces' boundary
+    yield wide, 165
+    yield jnp.full((1, 2, 300), -0.5).at[:, :, 290:].set(1.0), 270  # the ties wanted lie in both pieces
 
 
 def _check_top_k(scores, k, *, interpret):
@@ -229,7 +234,18 @@ def _check_top_k(scores, k, *, interpret):
     np.testing.assert_array_equal(got, jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1))
 
 
-@pytest.mark.parametrize("case", range(4))
+def test_top_k_row_pieces_cover_each_row_in_powers_of_two():
+    assert pallas_topk.row_pieces(100) == (128,)
+    assert pallas_topk.row_pieces(1320) == (1024, 256, 128)
+    assert pallas_topk.row_pieces(2640) == (2048, 512, 128)
+    for num in (1, 129, 1000, 1320, 2640, 4095, 5000, 8191):
+        pieces = pallas_topk.row_pieces(num)
+        assert len(pieces) <= pallas_topk.MAX_PIECES
+        assert all(piece & (piece - 1) == 0 and piece >= pallas_topk.MIN_PIECE for piece in pieces)
+        assert num <= sum(pieces) < num + max(pallas_topk.MIN_PIECE, pieces[-1])
+
+
+@pytest.mark.parametrize("case", range(7))
 def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case):
     scores, k = list(_top_k_cases())[case]
     _check_top_k(scores, k, interpret=True)
