@@ -1,7 +1,7 @@
-"""What folding V's per-block scales into the FP8 softmax weights would cost in accuracy, on a CPU in a minute.
+"""What folding V's per-block scales into the FP8 softmax weights costs in accuracy, on a CPU in a minute.
 
-Why: the FP8 BSA kernel keeps its output accumulator in units of the current key block's V scale, so it rescales the
-accumulator at every block (64 multiplies a consumer thread, of about 406 instructions executed a consumer warp and
+Why: the FP8 BSA kernel kept its output accumulator in units of the current key block's V scale (before the fold it
+now makes, `fp8_operands.fold`), so it rescaled the accumulator at every block (64 multiplies a consumer thread, of about 406 instructions executed a consumer warp and
 block pair, the producer's included, on an H100: BENCHMARKS.md "What bounds the FP8 kernel"), even where the row
 maximum did not move. Folding each block's V scale into its weights against one reference a head (P_j * s_j / S
 before the e4m3 rounding) would leave the accumulator in the units of S, so a rescale
@@ -9,7 +9,8 @@ would only be needed when the maximum grows (FlashAttention-4's conditional resc
 whose V scale is far below the head's largest rounds its weights among e4m3's subnormals. This script measures that
 cost in float32 emulation, on the same selection, against float32 attention:
 
-- "now": the kernel's rounding (`fp8_operands.emulated_attention_inputs`, weights rounded by `round_weights`);
+- "now": the rounding the kernel had before the fold (`fp8_operands.emulated_attention_inputs`, weights rounded by
+  `round_weights` with no fold);
 - "folded": the same operands, each block's weights times s_j / S (S: the head's largest V block scale) before the
   rounding and divided by it after, the row sums of those rounded weights.
 
@@ -53,7 +54,7 @@ def masked_attention(q, k, v, token_mask, weights_of):
     """Attention of float32 q, k, v [B, S, H, D] over token_mask [B, H, Sq, Sk]; weights_of(w) gives the weights that
     multiply v from the unnormalised softmax weights w [B, H, Sq, Sk] (the rounding under test), and the row sums are
     theirs, as the kernel's are of its rounded weights. Its own rather than `kernels.reference.blocked_attention`: that
-    one's rounding hook sees the gathered weights without their key blocks' V scales, and divides by unrounded sums."""
+    one divides by the unrounded weights' sums."""
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
     logits = jnp.where(token_mask, logits, -jnp.inf)
     w = jnp.where(token_mask, jnp.exp(logits - logits.max(axis=-1, keepdims=True)), 0.0)

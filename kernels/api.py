@@ -165,9 +165,10 @@ def _reference_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, k
         return reference.blocked_attention(q, k, v, indices, counts, chunk_size_q, chunk_size_k, key_valid)
 
     def emulated(q32, k32, v32):
+        rounding = fp8_operands.emulated_weight_rounding(v32, chunk_size_k)
         q32, k32, v32 = fp8_operands.emulated_attention_inputs(q32, k32, v32, chunk_size_q, chunk_size_k)
         out = reference.blocked_attention(q32, k32, v32, indices, counts, chunk_size_q, chunk_size_k, key_valid,
-                                          round_weights=fp8_operands.round_weights)
+                                          round_weights=rounding)
         return out.astype(q.dtype)
 
     return fp8_operands.inference_only(emulated, q, k, v)

@@ -4,9 +4,11 @@ Why: Hopper's tensor cores multiply e4m3 at twice the bf16 rate (FlashAttention-
 the BSA forward spends about half of each key block's step in its two products. The kernel takes:
 - q, k and v in e4m3, each with one scale per 64-token block and head (as SageAttention's per-block q and k): each
   block's amax maps to e4m3's largest value, so the chunking pass that writes a block also finds its scale and no
-  pass over the whole of q, k or v comes first. The kernel multiplies each block pair's logits by the two scales,
-  and keeps its output accumulator in units of the current key block's V scale (the online softmax's rescale of
-  the accumulator takes the ratio of the last block's V scale to this one's too);
+  pass over the whole of q, k or v comes first. The kernel multiplies each block pair's logits by the two scales.
+  Each key block's V scale s_j is folded into its weights (P_j * s_j / S, S the head's largest V block scale, `fold`
+  here; a block of zeros folds by 1): the output accumulator then stays in S's units, so the online softmax need
+  only rescale it where a row's maximum grew (`MosaicConfig.conditional_rescale`). The fold moved the error by
+  0.3-0.8% of itself in emulation, with V blocks two decades apart (BENCHMARKS.md, "Folding V's block scales");
 - v transposed to [B, H, D, Sk]: FP8 wgmma takes K-major operands only, and the keys are P·V's contraction, so each
   key block of V^T is a K-major [D, 64] tile;
 - the softmax weights P (in [0, 1]) rounded to e4m3 after a 2^P_EXPONENT scale, which the kernel adds to the
@@ -29,6 +31,8 @@ from kernels.errors import BSAConfigError
 E4M3 = jnp.float8_e4m3fn
 E4M3_MAX = 448.0  # the largest finite e4m3 value
 P_EXPONENT = 8  # the softmax weights are rounded to e4m3 as P * 2^P_EXPONENT (at most 256 < E4M3_MAX)
+ZERO_BLOCK_SCALE = 2.0**-126  # an all-zero block's scale (float32's smallest normal, no division by 0)
+SMALLEST_SCALE = 2.0**-125  # the least any other block's scale is: a block of zeros is told apart by its scale
 NO_GRADIENT = "KernelConfig(fp8=True) is for inference: the FP8 forward has no backward; differentiate with fp8=False"
 
 
@@ -43,15 +47,30 @@ class Fp8Operands(NamedTuple):
     k_scales: jax.Array
     v_scales: jax.Array
 
-    def kernel_scales(self, indices: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The kernel's scale inputs for index lists [B, H, Mq, W]: each entry's logit scale (`step_scales`) and its
-        key block's V scale, [B, H, Mq, W] each."""
-        return step_scales(self.q_scales, self.k_scales, indices), _gathered(self.v_scales, indices)
+    def kernel_scales(self, indices: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The kernel's scale inputs for index lists [B, H, Mq, W]: each entry's logit scale (`step_scales`) and the
+        base-2 logarithm of its key block's V fold (`fold`, <= 0), [B, H, Mq, W] each, and the head's V scale S
+        [B, H] the output is in units of."""
+        fold_exponents = _gathered(jnp.log2(fold(self.v_scales)), indices, outside=0.0)
+        return step_scales(self.q_scales, self.k_scales, indices), fold_exponents, head_v_scales(self.v_scales)
 
 
 def scale_of(amax: jax.Array) -> jax.Array:
-    """The scale that maps a largest magnitude `amax` to E4M3_MAX (1 where it is 0, so that nothing divides by 0)."""
-    return jnp.where(amax > 0, amax / E4M3_MAX, 1.0)
+    """The scale that maps a largest magnitude `amax` to E4M3_MAX, at least SMALLEST_SCALE (blocks of values below
+    float32's normal range keep a normal scale); ZERO_BLOCK_SCALE where amax is 0, so that nothing divides by 0."""
+    return jnp.where(amax > 0, jnp.maximum(amax / E4M3_MAX, SMALLEST_SCALE), ZERO_BLOCK_SCALE)
+
+
+def head_v_scales(v_scales: jax.Array) -> jax.Array:
+    """S [B, H]: each head's largest V block scale [B, H, Mk] (ZERO_BLOCK_SCALE for a head of zeros)."""
+    return jnp.max(v_scales, axis=-1)
+
+
+def fold(v_scales: jax.Array) -> jax.Array:
+    """Each V block's factor on its softmax weights, s_j / S in (0, 1], from v_scales [B, H, Mk]; 1 for a block of zeros
+    (any factor serves its V, and 1 keeps its weights' share of the row sums exact)."""
+    zero = v_scales == ZERO_BLOCK_SCALE
+    return jnp.where(zero, 1.0, v_scales / head_v_scales(v_scales)[..., None])
 
 
 def block_scales(x: jax.Array, block: int) -> jax.Array:
@@ -86,11 +105,12 @@ def step_scales(q_scales: jax.Array, k_scales: jax.Array, indices: jax.Array) ->
     return q_scales[..., None] * _gathered(k_scales, indices)
 
 
-def _gathered(scales: jax.Array, indices: jax.Array) -> jax.Array:
-    """Each list entry's block scale [B, H, Mq, W] from per-block scales [B, H, M] (entries out of range get 1)."""
+def _gathered(scales: jax.Array, indices: jax.Array, outside: float = 1.0) -> jax.Array:
+    """Each list entry's block value [B, H, Mq, W] from per-block values [B, H, M] (entries out of range, the lists'
+    padding, get `outside`)."""
     real = (indices >= 0) & (indices < scales.shape[-1])
     gathered = jnp.take_along_axis(scales[:, :, None, :], jnp.where(real, indices, 0), axis=-1)
-    return jnp.where(real, gathered, 1.0)
+    return jnp.where(real, gathered, outside)
 
 
 def emulated_attention_inputs(
@@ -105,10 +125,24 @@ def emulated_attention_inputs(
     return per_block(q, block_q), per_block(k, block_k), per_block(v, block_k)
 
 
-def round_weights(weights: jax.Array) -> jax.Array:
-    """Unnormalised softmax weights (in [0, 1], float32) rounded as the FP8 kernel rounds them before P·V."""
-    scale = float(2**P_EXPONENT)
+def round_weights(weights: jax.Array, folds: jax.Array | float = 1.0) -> jax.Array:
+    """Unnormalised softmax weights (in [0, 1], float32) rounded as the FP8 kernel rounds them before P·V, in their
+    own units: each key's weights times its block's V fold (`fold`, broadcastable to weights) and 2^P_EXPONENT, rounded
+    to e4m3, and divided by both again."""
+    scale = float(2**P_EXPONENT) * folds
     return _kept((weights * scale).astype(E4M3)).astype(jnp.float32) / scale
+
+
+def emulated_weight_rounding(v: jax.Array, block_k: int = 64):
+    """The weights' rounding of the FP8 kernel on chunk-ordered v [B, Sk, H, D], for `reference.blocked_attention`:
+    a function of the gathered weights [B, H, cq, W * block_k] and their key blocks [B, H, W]."""
+    folds = fold(block_scales(v, block_k))  # [B, H, Mk]
+
+    def rounded(weights, key_blocks):
+        per_key = jnp.repeat(jnp.take_along_axis(folds, key_blocks, axis=-1), block_k, axis=-1)  # [B, H, W * block_k]
+        return round_weights(weights, per_key[:, :, None, :])
+
+    return rounded
 
 
 def _kept(x: jax.Array) -> jax.Array:

@@ -7,8 +7,12 @@ import inspect
 import math
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.pallas import mosaic_gpu as plgpu
+from jaxlib.mlir import ir
+from jaxlib.mlir.dialects import arith, scf, vector
 
 LOG2E = math.log2(math.e)
 BLOCK = 64  # tokens per query block and per key block
@@ -44,6 +48,45 @@ def interpret_params(interpret: bool) -> dict:
     from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
 
     return {"interpret": InterpretGPUParams()}
+
+
+def rescaled_rows(acc, correction, interpret: bool):
+    """acc [64, N] float32 (wgmma layout) times correction [64] along its rows, each thread skipping the multiplies when
+    every row it holds has correction exactly 1.
+
+    Why: the online softmax rescales its output accumulator at every key block (64 multiplies a thread at head_dim
+    128), but a row's factor is 1 wherever its maximum held, which late in a long list is most blocks. A thread holds
+    2 of the 64 rows, so the test is per thread: a warp skips when none of its 16 rows moved (FlashAttention-4's
+    conditional rescale, exact here: a skipped factor is 1). Pallas has no branch on a per-thread value, so the branch
+    is inlined at the Mosaic GPU level; the interpreter (CPU tests) multiplies every row, to the same result.
+    """
+    if interpret:
+        return acc * lax.broadcast_in_dim(correction, acc.shape, [0])
+
+    @plgpu.inline_mgpu(
+        arg_types=(plgpu.Layout.WGMMA, plgpu.Layout.WGMMA.reduce(1)),
+        return_type=plgpu.ShapeDtypeStruct(acc.shape, jnp.float32, layout=plgpu.Layout.WGMMA),
+    )
+    def rescale(_, acc, correction):
+        one = arith.constant(ir.F32Type.get(), 1.0)
+        changed = None
+        for register in correction.registers.flat:  # this thread's rows, one float each
+            for lane in range(ir.VectorType(register.type).shape[0]):
+                moved = arith.cmpf(arith.CmpFPredicate.UNE, vector.extract(register, [], [lane]), one)
+                changed = moved if changed is None else arith.ori(changed, moved)
+        registers = acc.registers
+        branch = scf.IfOp(changed, [register.type for register in registers.flat], has_else=True)
+        with ir.InsertionPoint(branch.then_block):
+            scaled = acc * correction.broadcast_in_dim(acc.shape, (0,), acc.layout)
+            scf.yield_(list(scaled.registers.flat))
+        with ir.InsertionPoint(branch.else_block):
+            scf.yield_(list(registers.flat))
+        results = np.empty(registers.shape, dtype=object)
+        for position, result in zip(np.ndindex(registers.shape), branch.results, strict=True):
+            results[position] = result
+        return mgpu.FragmentedArray(_registers=results, _layout=acc.layout, _is_signed=None)
+
+    return rescale(plgpu.layout_cast(acc, plgpu.Layout.WGMMA), correction)
 
 
 def dot_f32(a, b, *, transpose_b=False):

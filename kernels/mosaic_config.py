@@ -37,7 +37,10 @@ class MosaicConfig:
     are then of the rounded P the output multiplies). With FP8 operands each block's sums come from a zero accumulator
     and are added to the running sums in float32 registers: accumulated in place, an e4m3 wgmma's sums moved the
     output 8.5e-2 to 4.2e-1 on an H200, more the longer the lists; from a fresh accumulator they are 7.8e-4 to 1.6e-3
-    from the reduction's over lists of 8 to 330 key blocks, as in the interpreter (BENCHMARKS.md); interpret: run through
+    from the reduction's over lists of 8 to 330 key blocks, as in the interpreter (BENCHMARKS.md); conditional_rescale:
+    each consumer thread skips the online softmax's rescale of its output accumulator rows where none of its rows'
+    maxima grew (`mosaic_common.rescaled_rows`; the same result either way), off until it is timed on a GPU;
+    interpret: run through
     the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand, no
     in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,
     index gathering and softmax are the GPU's.
@@ -50,6 +53,7 @@ class MosaicConfig:
     rounds: int = 2
     consumers: int = 2
     row_sums_on_tensor_cores: bool = True
+    conditional_rescale: bool = False
     interpret: bool = False
 
     def __post_init__(self):

@@ -17,7 +17,10 @@ grid padded to whole chunks, padded keys get logit -inf (`padding.mask_padded_ke
 
 With FP8 operands (`fp8_operands.Fp8Operands`, `KernelConfig(fp8=True)`) both products are e4m3 wgmmas: q·k^T as
 above, and P·V with P rounded to e4m3 into a shared-memory tile (Mosaic GPU has no register relayout from the
-accumulator's layout to the 8-bit operand's) and V^T's K-major [D, 64] tiles gathered from a transposed V.
+accumulator's layout to the 8-bit operand's) and V^T's K-major [D, 64] tiles gathered from a transposed V. Each key
+block's V scale is folded into its weights (`fp8_operands.fold`), so the accumulator stays in the head's V scale.
+The accumulator's rescale is skipped by each thread whose rows kept their maximum (`MosaicConfig.conditional_rescale`,
+`mosaic_common.rescaled_rows`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels.errors import BSAConfigError
 from kernels.fp8_operands import P_EXPONENT
-from kernels.mosaic_common import BLOCK, LOG2E, SMEM_BYTES, dot_f32, interpret_params, tile_transforms
+from kernels.mosaic_common import BLOCK, LOG2E, SMEM_BYTES, dot_f32, interpret_params, rescaled_rows, tile_transforms
 from kernels.mosaic_config import ONES_ROWS, MosaicConfig, fits, fitted, pad_indices, smem_bytes
 from kernels.padding import GridPadding, mask_padded_keys
 
@@ -56,8 +59,9 @@ def mosaic_forward(
     reorder pass after the kernel; lse stays in chunk order. key_padding: None, or the padding of k's grid (k
     then holds the padded grid): padded keys get no weight.
     fp8_scales: None, or with FP8 operands (`fp8_operands.Fp8Operands`: q and k in e4m3, v transposed to [B, H, D, Sk]
-    in e4m3) their float32 scales per list entry, [B, H, Mq, K_max] each (`Fp8Operands.kernel_scales`): the logit scale
-    (its query block's scale times its key block's) and its key block's V scale; out is then in `out_dtype`.
+    in e4m3) their float32 scales (`Fp8Operands.kernel_scales`): per list entry [B, H, Mq, K_max] the logit scale (its
+    query block's scale times its key block's) and the base-2 exponent of its key block's V fold, and the heads' V
+    scales [B, H]; out is then in `out_dtype`.
     """
     b, sq, h, d = q.shape
     mq = sq // BLOCK
@@ -217,15 +221,15 @@ def mosaic_forward(
                 pl.when(wg == 1)(schedule_sync)
 
                 def entry_scales(j):
-                    """FP8: entry j's logit scale (its query and key blocks' scales) and V scale, read from global
-                    memory (j clamped to the list; an empty list that starts past the last entry, as a key range's
-                    may, reads the last)."""
+                    """FP8: entry j's logit scale (its query and key blocks' scales) and V fold exponent, read from
+                    global memory (j clamped to the list; an empty list that starts past the last entry, as a key
+                    range's may, reads the last)."""
                     at = jnp.minimum(first + jnp.maximum(jnp.minimum(j, count - 1), 0), fp8_scales[0].shape[-1] - 1)
                     return scales_refs[0][bi, hi, own_block, at], scales_refs[1][bi, hi, own_block, at]
 
                 def visit_key_block(j, carry):
-                    # with FP8 operands the carry ends with the V scale acc is in units of (the last key block's) and
-                    # this entry's scales, read a step ahead so that their latency hides behind the last step
+                    # with FP8 operands the carry ends with this entry's scales, read a step ahead so that their
+                    # latency hides behind the last step
                     acc, row_max, row_sum, *fp8_carry = carry
                     step = done + j
                     k_slot = lax.rem(step, jnp.int32(k_stages))
@@ -238,7 +242,7 @@ def mosaic_forward(
                     # the base-2 logit scale, with FP8 operands times the entry's query and key block scales
                     scale = logit_scale
                     if fp8:
-                        last_v_scale, entry_logit_scale, v_scale = fp8_carry
+                        entry_logit_scale, fold_exponent = fp8_carry
                         upcoming = entry_scales(j + 1)
                         scale = logit_scale * entry_logit_scale
 
@@ -257,15 +261,19 @@ def mosaic_forward(
                         logits = mask_padded_keys(logits, key_padding, block, key_positions())
                     new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
                     correction = jnp.exp2(row_max - new_max)
-                    offset = new_max - weight_exponent if weight_exponent else new_max
+                    # FP8: the weights carry 2^P_EXPONENT and their key block's V fold (its exponent, <= 0)
+                    offset = new_max - (weight_exponent + fold_exponent) if fp8 else new_max
                     weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
-                    # acc moves to this key block's V scale with the softmax's rescale
-                    acc_correction = correction * (last_v_scale / v_scale) if fp8 else correction
-                    acc = acc * lax.broadcast_in_dim(acc_correction, acc.shape, [0])
+                    unfold = jnp.exp2(-fold_exponent) if fp8 else None  # the row sums count the unfolded weights
+                    if config.conditional_rescale:
+                        acc = rescaled_rows(acc, correction, config.interpret)
+                    else:
+                        acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
                     if tc_sums:
                         row_sum = row_sum * lax.broadcast_in_dim(correction, row_sum.shape, [0])
                     else:
-                        row_sum = row_sum * correction + weights.sum(axis=1)
+                        weight_sums = weights.sum(axis=1)
+                        row_sum = row_sum * correction + (weight_sums * unfold if fp8 else weight_sums)
                     weights = weights.astype(operand_dtype)
                     if fp8 and not config.interpret:
                         # P·V's 8-bit A operand goes through shared memory (no register relayout to its layout), and
@@ -284,7 +292,8 @@ def mosaic_forward(
                     if config.interpret:
                         acc = acc + dot_f32(weights, v_smem[v_slot], transpose_b=fp8)
                         if tc_sums:
-                            row_sum = row_sum + dot_f32(weights, ones_smem[...], transpose_b=True)
+                            weight_sums = dot_f32(weights, ones_smem[...], transpose_b=True)
+                            row_sum = row_sum + (weight_sums * unfold if fp8 else weight_sums)
                         wait_k(j + 1)
                     else:
                         # the last step's wgmma has read the P tile before this step wrote it
@@ -304,17 +313,16 @@ def mosaic_forward(
                             block_sums = fragment(jnp.zeros((BLOCK, ONES_ROWS), jnp.float32), plgpu.Layout.WGMMA)
                             acc, block_sums = pl.run_state(values_state)(
                                 (plgpu.ACC.init(acc), plgpu.ACC.init(block_sums)))
-                            row_sum = row_sum + block_sums
+                            row_sum = row_sum + block_sums * unfold
                         elif tc_sums:
                             acc, row_sum = pl.run_state(values_state)((plgpu.ACC.init(acc), plgpu.ACC.init(row_sum)))
                         else:
                             (acc,) = pl.run_state(values_state)((plgpu.ACC.init(acc),))
                     plgpu.barrier_arrive(v_consumed.at[v_barrier])
-                    return acc, new_max, row_sum, *((v_scale, *upcoming) if fp8 else ())
+                    return acc, new_max, row_sum, *(upcoming if fp8 else ())
 
-                fp8_start = (jnp.float32(1.0), *entry_scales(0)) if fp8 else ()
-                acc, row_max, row_sum, *fp8_end = lax.fori_loop(
-                    0, count, visit_key_block, (acc, row_max, row_sum, *fp8_start))
+                acc, row_max, row_sum, *_ = lax.fori_loop(
+                    0, count, visit_key_block, (acc, row_max, row_sum, *(entry_scales(0) if fp8 else ())))
                 plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
 
                 def idle_step(_, carry):
@@ -331,8 +339,8 @@ def mosaic_forward(
                     row_sum = row_sum.sum(axis=1)
                 # an empty selection leaves acc = 0 and row_sum = 0: output 0, lse -inf
                 safe_sum = jnp.where(row_sum > 0, row_sum, 1.0)
-                if fp8:  # acc's V scale
-                    safe_sum = safe_sum / fp8_end[0]
+                if fp8:  # acc is in units of the head's V scale
+                    safe_sum = safe_sum / scales_refs[2][bi, hi]
                 acc = acc / lax.broadcast_in_dim(safe_sum, acc.shape, [0])
                 plgpu.wait_smem_to_gmem(0)  # the last round's stores have read o_smem and lse_smem
                 plgpu.commit_smem()  # a barrier: the thread that issued those stores has seen them done
@@ -383,7 +391,7 @@ def mosaic_forward(
 
     def entry(idx_ref, starts_ref, counts_ref, q_ref, k_ref, v_ref, *refs):
         refs = list(refs)
-        scales_refs = (refs.pop(0), refs.pop(0)) if fp8 else None
+        scales_refs = (refs.pop(0), refs.pop(0), refs.pop(0)) if fp8 else None
         ones_ref = refs.pop(0) if tc_sums else None
         out_ref, lse_ref = refs
         transforms = tile_transforms(operand_dtype, d)

@@ -6,8 +6,9 @@ registers and finds the k-th largest score by a radix search on order-preserving
 per bit, stopping once exactly k keys are at or above the threshold), then writes the indices of the k
 largest in ascending order through a prefix sum. Ties at the threshold go to the lower index, as with `jax.lax.top_k`.
 
-Triton arrays have power-of-two lengths, so a row is held as a few power-of-two pieces (`row_pieces`: 2,640 scores as
-2,048 + 512 + 128 lanes rather than 4,096), which does about a third fewer compares per count than one padded array.
+Triton arrays have power-of-two lengths, so a row is held as one array padded to the next power of two, or, with
+`split_rows`, as a few power-of-two pieces (`row_pieces`: 2,640 scores as 2,048 + 512 + 128 lanes rather than 4,096),
+about a third fewer compares per count. `split_rows` is off by default (SPLIT_ROWS) until it is timed on a GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from jax.experimental.pallas import triton as plgpu
 MAX_ROW = 8192  # longest padded row a program holds (32 scores per thread with 8 warps)
 MIN_PIECE = 128  # one score per thread of four warps
 MAX_PIECES = 3
+SPLIT_ROWS = False  # top_k_indices' default: rows in pieces, not yet timed on a GPU (benchmarks/bsa_top_k.py)
 
 
 def row_pieces(num: int) -> tuple[int, ...]:
@@ -44,9 +46,9 @@ def _sortable_keys(scores: jax.Array) -> jax.Array:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def _top_k_kernel(scores_ref, indices_ref, *, k, num, rows, pieces):
-    # scores_ref [R * num (+ padding)] float32 (all rows, flat); indices_ref [R * k + sum(pieces)] int32: row r's
-    # indices at [r * k, r * k + k), then a scratch tail that only masked-off stores address
+def _top_k_kernel(scores_ref, indices_ref, *, k, num, pieces):
+    # scores_ref [R * num (+ padding)] float32 (all rows, flat); indices_ref [W] int32, this row's (W >= sum(pieces)):
+    # the indices in [0, k), the slots past k only addressed by masked-off stores
     row = pl.program_id(0)
     offsets = [sum(pieces[:i]) for i in range(len(pieces))]
     columns = [offset + jnp.arange(piece, dtype=jnp.int32) for offset, piece in zip(offsets, pieces, strict=True)]
@@ -78,29 +80,34 @@ def _top_k_kernel(scores_ref, indices_ref, *, k, num, rows, pieces):
 
     _, threshold, _ = jax.lax.while_loop(undecided, next_bit, (jnp.int32(0), start, count_at_least(start)))
     ties_wanted = k - count(lambda part: part > threshold)
-    # selected columns go to slots [0, k) of the row in column order; the others get distinct slots of the tail,
-    # masked out, so that no two stores share a slot (the interpreter emulates masked stores)
+    # selected columns go to slots [0, k) in column order; the others get distinct slots past k, masked out, so that
+    # no two stores share a slot (the interpreter emulates masked stores)
     ties_before, kept_before, dropped_before = 0, 0, 0
-    for part, cols in zip(keys, columns, strict=True):
+    for piece, (part, cols) in enumerate(zip(keys, columns, strict=True)):
         ties = part == threshold
         tie_rank = ties_before + jax.lax.cumsum(ties.astype(jnp.int32), axis=0)
         selected = (part > threshold) | (ties & (tie_rank <= ties_wanted))
         kept = kept_before + jax.lax.cumsum(selected.astype(jnp.int32), axis=0) - 1
         dropped = dropped_before + jax.lax.cumsum((~selected).astype(jnp.int32), axis=0) - 1
-        slots = jnp.where(selected, row * k + kept, rows * k + dropped)
+        slots = jnp.where(selected, kept, k + dropped)
         plgpu.store(indices_ref.at[slots], cols, mask=selected)
+        if piece == len(keys) - 1:
+            break
         ties_before = ties_before + jnp.sum(ties.astype(jnp.int32))
         kept_before = kept_before + jnp.sum(selected.astype(jnp.int32))
         dropped_before = dropped_before + jnp.sum((~selected).astype(jnp.int32))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "interpret"))
-def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False) -> jax.Array:
-    """Indices of the k largest entries of each row, ascending. [..., N] float32 -> [..., k] int32."""
+@functools.partial(jax.jit, static_argnames=("k", "interpret", "split_rows"))
+def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_rows: bool = SPLIT_ROWS) -> jax.Array:
+    """Indices of the k largest entries of each row, ascending. [..., N] float32 -> [..., k] int32.
+
+    split_rows: each row held as `row_pieces` rather than one array of the next power of two."""
     *batch, num = scores.shape
     if not 0 < k <= num:
         raise ValueError(f"k must be in [1, {num}], got {k}")
-    pieces = row_pieces(num)
+    pieces = row_pieces(num) if split_rows else (pl.next_power_of_2(num),)
+    width = pl.next_power_of_2(sum(pieces))  # each row's output slots
     if pl.next_power_of_2(num) > MAX_ROW:
         return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
     rows = math.prod(batch)
@@ -108,13 +115,13 @@ def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False) -> jax.
     if interpret:  # the kernel reads each row's padding from the next row, masked; the interpreter needs it in bounds
         flat = jnp.pad(flat, (0, sum(pieces) - num))
     out = pl.pallas_call(
-        functools.partial(_top_k_kernel, k=k, num=num, rows=rows, pieces=pieces),
+        functools.partial(_top_k_kernel, k=k, num=num, pieces=pieces),
         grid=(rows,),
         in_specs=[pl.BlockSpec()],
-        out_specs=pl.BlockSpec(),
-        out_shape=jax.ShapeDtypeStruct((rows * k + sum(pieces),), jnp.int32),
+        out_specs=pl.BlockSpec((None, width), lambda r: (r, 0)),
+        out_shape=jax.ShapeDtypeStruct((rows, width), jnp.int32),
         compiler_params=plgpu.CompilerParams(num_warps=4 if sum(pieces) <= 4096 else 8, num_stages=1),
         interpret=interpret,
         name="bsa_top_k",
     )(flat)
-    return out[: rows * k].reshape(*batch, k)
+    return out[:, :k].reshape(*batch, k)

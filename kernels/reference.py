@@ -62,8 +62,9 @@ def blocked_attention(
 
     indices [B, H, Mq, K_max] (padded), counts [B, H, Mq]. key_valid: None (every key is real) or [Sk] bool,
     False for padding keys, which then get no weight. round_weights: None, or the rounding of the unnormalised
-    softmax weights (the FP8 kernel's emulation). Memory per step is that of one query block's selected
-    keys, never Sq x Sk. Differentiable with jax.grad. Returns [B, Sq, H, D].
+    softmax weights (the FP8 kernel's emulation, `fp8_operands.emulated_weight_rounding`), called with a query
+    block's weights [B, H, cq, K_max * ck] and their key blocks [B, H, K_max]. Memory per step is that of one query
+    block's selected keys, never Sq x Sk. Differentiable with jax.grad. Returns [B, Sq, H, D].
     """
     b, sq, h, d = q.shape
     sk = k.shape[1]
@@ -85,7 +86,8 @@ def blocked_attention(
         allowed = jnp.repeat(valid, chunk_size_k, axis=-1)[:, :, None, :]  # [B, H, 1, K_max * ck]
         if real_keys is not None:
             allowed = allowed & real_keys[idx].reshape(b, h, 1, width * chunk_size_k)
-        return _masked_softmax_attention(q_blk, k_sel, v_sel, allowed, round_weights)  # [B, H, cq, D]
+        rounding = None if round_weights is None else lambda weights: round_weights(weights, idx)
+        return _masked_softmax_attention(q_blk, k_sel, v_sel, allowed, rounding)  # [B, H, cq, D]
 
     out = jax.lax.map(one_query_block, (q_blocks, per_block_indices, per_block_valid))  # [Mq, B, H, cq, D]
     return out.transpose(1, 0, 3, 2, 4).reshape(b, sq, h, d).astype(q.dtype)

@@ -221,15 +221,15 @@ def _top_k_cases():
     yield jnp.round(scores * 2) / 2, 30  # many ties, negatives and zeros
     yield scores[..., :37], 37  # every block, row shorter than its padded length
     yield jnp.full((2, 3, 50), 1.5), 7  # all tied: the radix search never stops early
-    # rows held as several pieces (`row_pieces`): 300 -> 256 + 128 lanes, 1320 -> 1024 + 256 + 128
+    # with split_rows, rows held as several pieces (`row_pieces`): 300 -> 256 + 128 lanes, 1320 -> 1024 + 256 + 128
     wide = jax.random.normal(jax.random.key(10), (2, 3, 1320))
     yield jnp.round(wide[..., :300] * 2) / 2, 100  # ties that run across the pieces' boundary
     yield wide, 165
     yield jnp.full((1, 2, 300), -0.5).at[:, :, 290:].set(1.0), 270  # the ties wanted lie in both pieces
 
 
-def _check_top_k(scores, k, *, interpret):
-    got = pallas_topk.top_k_indices(scores, k, interpret=interpret)
+def _check_top_k(scores, k, *, interpret, split_rows=pallas_topk.SPLIT_ROWS):
+    got = pallas_topk.top_k_indices(scores, k, interpret=interpret, split_rows=split_rows)
     chex.assert_type(got, jnp.int32)
     np.testing.assert_array_equal(got, jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1))
 
@@ -245,10 +245,11 @@ def test_top_k_row_pieces_cover_each_row_in_powers_of_two():
         assert num <= sum(pieces) < num + max(pallas_topk.MIN_PIECE, pieces[-1])
 
 
+@pytest.mark.parametrize("split_rows", [False, True], ids=["one_row_array", "row_pieces"])
 @pytest.mark.parametrize("case", range(7))
-def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case):
+def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case, split_rows):
     scores, k = list(_top_k_cases())[case]
-    _check_top_k(scores, k, interpret=True)
+    _check_top_k(scores, k, interpret=True, split_rows=split_rows)
 
 
 @pytest.mark.gpu
@@ -256,4 +257,5 @@ def test_pallas_top_k_kernel_matches_lax_top_k_on_gpu():
     for mk, k in ((1320, 82), (2640, 165), (5000, 300)):
         scores = jax.random.normal(jax.random.key(mk), (4, 96, mk))
         for x in (scores, jnp.round(scores * 4) / 4):
-            _check_top_k(x, k, interpret=False)
+            for split_rows in (False, True):
+                _check_top_k(x, k, interpret=False, split_rows=split_rows)

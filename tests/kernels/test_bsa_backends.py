@@ -160,6 +160,8 @@ class TestMosaicGpu(BSABackendTests):
         KernelCase("d64", b=2, h=3, d=64, mq=9, mk=12, width=7),
         KernelCase("d64_three_consumers", b=2, h=3, d=64, mq=10, mk=12, width=7,
                    mosaic=MosaicConfig(consumers=3, schedule_barrier=False)),
+        KernelCase("conditional_rescale_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80,
+                   mosaic=MosaicConfig(conditional_rescale=True)),
         *_gpu_key_range_cases(),
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)
@@ -243,6 +245,8 @@ class TestMosaicFp8Gpu(BSABackendTests):
         KernelCase("tensor_core_row_sums_long_lists", b=1, h=2, d=128, mq=3, mk=330, width=330,
                    tolerance=FP8_TOLERANCE, mosaic=KernelConfig().mosaic_fp8),
         KernelCase("key_ranges_3", b=2, h=3, d=128, mq=9, mk=24, width=10, tolerance=FP8_TOLERANCE, key_ranges=3),
+        KernelCase("conditional_rescale_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80, tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, conditional_rescale=True)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

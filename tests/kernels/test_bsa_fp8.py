@@ -61,7 +61,9 @@ def test_operands_and_their_emulation_agree():
     chex.assert_shape((operands.q_scales, operands.k_scales, operands.v_scales), (2, 3, 2))
     np.testing.assert_allclose(operands.q_scales[:, :, 0], jnp.max(jnp.abs(q[:, :64]), axis=(1, 3)) / 448, rtol=1e-6)
     np.testing.assert_allclose(operands.q_scales[:, :, 1], jnp.max(jnp.abs(q[:, 64:]), axis=(1, 3)) / 448, rtol=1e-6)
-    assert float(operands.k_scales[0, 1, 1]) == 1.0 and float(operands.v_scales[1, 2, 0]) == 1.0
+    zero = fp8_operands.ZERO_BLOCK_SCALE  # blocks of zeros: a scale of their own, below any other block's
+    assert float(operands.k_scales[0, 1, 1]) == zero and float(operands.v_scales[1, 2, 0]) == zero
+    assert float(jnp.min(jnp.where(operands.v_scales == zero, 1.0, operands.v_scales))) >= fp8_operands.SMALLEST_SCALE
     emulated = fp8_operands.emulated_attention_inputs(q, k, v)
     scales = (operands.q_scales, operands.k_scales, operands.v_scales)
     for x8, scale, want in zip((operands.q, operands.k, jnp.transpose(operands.v_t, (0, 3, 1, 2))), scales, emulated):
@@ -79,9 +81,19 @@ def test_kernel_scales_pair_each_entry_with_its_blocks():
     scales = jnp.array([[[2.0, 3.0]]]), jnp.array([[[5.0, 7.0, 11.0]]]), jnp.array([[[13.0, 17.0, 19.0]]])
     operands = fp8_operands.Fp8Operands(None, None, None, *scales)  # q scales [1, 1, Mq=2], k and v [1, 1, Mk=3]
     indices = jnp.array([[[[2, 0, 3], [1, 3, 3]]]], jnp.int32)  # 3 = Mk: the lists' padding
-    logit_scales, v_scales = operands.kernel_scales(indices)
+    logit_scales, fold_exponents, head_v_scales = operands.kernel_scales(indices)
     np.testing.assert_array_equal(logit_scales, [[[[22.0, 10.0, 2.0], [21.0, 3.0, 3.0]]]])  # padding: q's alone
-    np.testing.assert_array_equal(v_scales, [[[[19.0, 13.0, 1.0], [17.0, 1.0, 1.0]]]])
+    # V block scales over the head's largest (19), as base-2 exponents; the padding's 0
+    np.testing.assert_allclose(fold_exponents, np.log2([[[[1.0, 13 / 19, 1.0], [17 / 19, 1.0, 1.0]]]]), rtol=1e-6)
+    np.testing.assert_array_equal(head_v_scales, [[19.0]])
+
+
+def test_a_block_of_zeros_folds_by_one():
+    """A V block of zeros has no scale of its own to fold (any serves its zeros) and must not set the head's: its
+    weights still count in the row sums, and the other blocks keep their precision."""
+    v_scales = jnp.array([[[2.0**-20, fp8_operands.ZERO_BLOCK_SCALE, 2.0**-22]]])
+    np.testing.assert_array_equal(fp8_operands.fold(v_scales), [[[1.0, 1.0, 0.25]]])
+    np.testing.assert_array_equal(fp8_operands.head_v_scales(v_scales), [[2.0**-20]])
 
 
 def test_weights_keep_their_small_values():

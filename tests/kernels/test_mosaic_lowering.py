@@ -26,6 +26,7 @@ FORWARD_CONFIGS = {
     "no_schedule_barrier": MosaicConfig(schedule_barrier=False),
     "two_producers_one_round": MosaicConfig(producers=2, rounds=1),
     "row_sums_by_reduction": MosaicConfig(row_sums_on_tensor_cores=False),
+    "conditional_rescale": MosaicConfig(conditional_rescale=True),  # the per-thread branch inlined in Mosaic GPU
 }
 
 
@@ -45,6 +46,7 @@ def _lowered_for_cuda(fn, *args) -> str:
 THREE_CONSUMERS = {
     "three_consumers": MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False),
     "three_consumers_tensor_core_sums": MosaicConfig(consumers=3, schedule_barrier=False),
+    "three_consumers_conditional_rescale": MosaicConfig(consumers=3, schedule_barrier=False, conditional_rescale=True),
 }
 
 
