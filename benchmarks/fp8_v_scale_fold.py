@@ -1,11 +1,11 @@
 """What folding V's per-block scales into the FP8 softmax weights costs in accuracy, on a CPU in a minute.
 
 Why: the FP8 BSA kernel kept its output accumulator in units of the current key block's V scale (before the fold it
-now makes, `fp8_operands.fold`), so it rescaled the accumulator at every block (64 multiplies a consumer thread, of about 406 instructions executed a consumer warp and
-block pair, the producer's included, on an H100: BENCHMARKS.md "What bounds the FP8 kernel"), even where the row
-maximum did not move. Folding each block's V scale into its weights against one reference a head (P_j * s_j / S
-before the e4m3 rounding) would leave the accumulator in the units of S, so a rescale
-would only be needed when the maximum grows (FlashAttention-4's conditional rescale). The cost is precision: a block
+now makes, `fp8_operands.fold`), so it rescaled the accumulator at every block (64 multiplies a consumer thread, of
+about 406 instructions executed a consumer warp and block pair, the producer's included, on an H100: BENCHMARKS.md
+"What bounds the FP8 kernel"), even where the row maximum did not move. Folding each block's V scale into its weights
+against one reference a head (P_j * s_j / S before the e4m3 rounding) leaves the accumulator in the units of S, so a
+rescale is only needed when the maximum grows (FlashAttention-4's conditional rescale). The cost is precision: a block
 whose V scale is far below the head's largest rounds its weights among e4m3's subnormals. This script measures that
 cost in float32 emulation, on the same selection, against float32 attention:
 
