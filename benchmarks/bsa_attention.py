@@ -22,7 +22,8 @@ relative L2 error of our whole call against dense attention (cuDNN, bf16, on the
 against dense attention, in a third table: the whole call (its e4m3 chunking passes included) and the kernel alone on
 e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times it. `--fp8-key-ranges N` runs it with
 `KernelConfig(key_ranges=N)` (one launch per range of key blocks, merged by their log-sum-exps; default: as
-`KernelConfig` picks).
+`KernelConfig` picks). `--fp8-conditional-rescale T` runs it with `MosaicConfig(conditional_rescale=True,
+rescale_threshold=T)` in its launch settings (T = 0: skip only where no row's maximum moved).
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
@@ -48,6 +49,7 @@ from bsa_inputs import StructuredInputSpec, parse_grid, structured_qkv  # noqa: 
 
 from kernels import BSAParams, KernelConfig, bsa_attention, pallas_triton, reference, select_blocks, to_chunk_order  # noqa: E402
 from kernels.fp8_operands import quantize_operands  # noqa: E402
+from kernels.mosaic_config import MAX_RESCALE_THRESHOLD  # noqa: E402
 from kernels.sparse_attention import (  # noqa: E402
     BACKWARD_KERNELS,
     FORWARD_KERNELS,
@@ -312,6 +314,9 @@ def measure_fp8(record: dict, bench, latent, params: BSAParams, raster_qkv, chun
     kernel's output) to `record`."""
     block = params.chunk_size_q
     fp8 = dataclasses.replace(bench.config, fp8=True, key_ranges=bench.args.fp8_key_ranges)
+    if bench.args.fp8_conditional_rescale is not None:
+        fp8 = dataclasses.replace(fp8, mosaic_fp8=dataclasses.replace(
+            fp8.mosaic_fp8, conditional_rescale=True, rescale_threshold=bench.args.fp8_conditional_rescale))
     kernel_config = fp8.interpreted() if bench.backend == "pallas_interpret" else fp8
     whole = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
                                                   kernel_config=fp8))
@@ -380,6 +385,10 @@ def parse_args() -> argparse.Namespace:
                         help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
     parser.add_argument("--fp8-key-ranges", type=int, default=None,
                         help="with --fp8: KernelConfig.key_ranges of the FP8 call (default: as KernelConfig picks)")
+    parser.add_argument("--fp8-conditional-rescale", type=float, default=None, metavar="THRESHOLD",
+                        help="with --fp8: the FP8 call skips unneeded rescales, its maxima held within THRESHOLD "
+                             f"(log2 units, 0 to {MAX_RESCALE_THRESHOLD}; MosaicConfig.conditional_rescale and "
+                             "rescale_threshold)")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
     parser.add_argument("--small", action="store_true",
                         help=f"a CPU run in seconds: grid {SMALL['sizes']}, {SMALL['heads']} heads of {SMALL['head_dim']}, "
@@ -394,6 +403,11 @@ def parse_args() -> argparse.Namespace:
         problems.append("--fp8-key-ranges sets the FP8 call: give --fp8 with it")
     if args.fp8_key_ranges is not None and args.fp8_key_ranges < 1:
         problems.append(f"--fp8-key-ranges must be at least 1, got {args.fp8_key_ranges}")
+    if args.fp8_conditional_rescale is not None and not args.fp8:
+        problems.append("--fp8-conditional-rescale sets the FP8 call: give --fp8 with it")
+    if args.fp8_conditional_rescale is not None and not 0 <= args.fp8_conditional_rescale <= MAX_RESCALE_THRESHOLD:
+        problems.append(f"--fp8-conditional-rescale must be in [0, {MAX_RESCALE_THRESHOLD}], "
+                        f"got {args.fp8_conditional_rescale:g}")
     if args.small and (args.reference or args.sweep):
         problems.append("--small runs on the CPU: --reference and --sweep need a GPU")
     if problems:

@@ -6,8 +6,9 @@ the selected blocks only (4*D*64*64 per pair). Every variant is checked against 
 (relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
 (`MosaicConfig.rounds`), p2 = two producer warpgroups, cN = N consumer warpgroups (`MosaicConfig.consumers`),
 kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
-reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), always rescale = every thread rescales
-its accumulator at every key block (`MosaicConfig.conditional_rescale=False`), fp8 = the FP8 forward
+reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
+accumulator's rescale where none of its rows' maxima moved (`MosaicConfig.conditional_rescale`), tN = the maxima held
+until exceeded by N (`MosaicConfig.rescale_threshold`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings and key ranges but the named ones) on e4m3 operands
 quantized before the timed call (its rel. L2 against the first variant is FP8's own error too).
 
@@ -53,7 +54,8 @@ VARIANTS = {
     "mosaic n4 no schedule barrier": _mosaic(1, rounds=4, schedule_barrier=False),
     "mosaic n2 no schedule barrier": _mosaic(1, rounds=2, schedule_barrier=False),
     "mosaic n2 reduced sums": _mosaic(1, rounds=2, row_sums_on_tensor_cores=False),
-    "mosaic n2 always rescale": _mosaic(1, rounds=2, conditional_rescale=False),
+    "mosaic n2 conditional": _mosaic(1, rounds=2, conditional_rescale=True),
+    "mosaic n2 conditional t2": _mosaic(1, rounds=2, conditional_rescale=True, rescale_threshold=2.0),
     "fp8": _fp8(),
     "fp8 c2 n2": _fp8(consumers=2, rounds=2),
     "fp8 c2 k3 v3": _fp8(consumers=2, rounds=2, k_stages=3, v_stages=3),
@@ -65,7 +67,9 @@ VARIANTS = {
     "fp8 r1": dataclasses.replace(_fp8(), key_ranges=1),  # "fp8" splits where `key_ranges.auto_fp8_key_ranges` does
     "fp8 r2": dataclasses.replace(_fp8(), key_ranges=2),
     "fp8 r3": dataclasses.replace(_fp8(), key_ranges=3),
-    "fp8 r1 always rescale": dataclasses.replace(_fp8(conditional_rescale=False), key_ranges=1),
+    "fp8 r1 conditional": dataclasses.replace(_fp8(conditional_rescale=True), key_ranges=1),
+    "fp8 r1 conditional t2": dataclasses.replace(_fp8(conditional_rescale=True, rescale_threshold=2.0), key_ranges=1),
+    "fp8 r1 conditional t4": dataclasses.replace(_fp8(conditional_rescale=True, rescale_threshold=4.0), key_ranges=1),
 }
 
 

@@ -20,12 +20,14 @@ above, and P·V with P rounded to e4m3 into a shared-memory tile (Mosaic GPU has
 accumulator's layout to the 8-bit operand's) and V^T's K-major [D, 64] tiles gathered from a transposed V. Each key
 block's V scale is folded into its weights (`fp8_operands.fold`), so the accumulator stays in the head's V scale.
 The accumulator's rescale is skipped by each thread whose rows kept their maximum (`MosaicConfig.conditional_rescale`,
-`mosaic_common.rescaled_rows`).
+`mosaic_common.rescaled_rows`), which a threshold on the maximum's growth makes most steps
+(`MosaicConfig.rescale_threshold`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -188,8 +190,8 @@ def mosaic_forward(
             q_smem, o_smem = q_smem2.at[wg], o_smem2.at[wg]
             lse_smem = lse_smem2.at[wg]
             k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
-            # FP8 weights are 2^P_EXPONENT larger
-            weight_exponent = P_EXPONENT if fp8 else 0
+            # FP8 weights are 2^P_EXPONENT larger, less the room a stale maximum lets them grow into (e4m3 ends at 448)
+            weight_exponent = P_EXPONENT - math.ceil(config.rescale_threshold) if fp8 else 0
             if tc_sums:  # the ones column of the row sums' product, [8, 64] as a K-major B operand
                 ones_smem = ones_smem2.at[wg]
                 plgpu.copy_gmem_to_smem(ones_ref, ones_smem, ones_loaded.at[wg])
@@ -259,7 +261,11 @@ def mosaic_forward(
                     plgpu.barrier_arrive(k_consumed.at[k_barrier])
                     if key_padding is not None:
                         logits = mask_padded_keys(logits, key_padding, block, key_positions())
-                    new_max = jnp.maximum(row_max, logits.max(axis=1) * scale)
+                    block_max = logits.max(axis=1) * scale
+                    if config.rescale_threshold:  # a row's maximum held until a block exceeds it by the threshold
+                        new_max = jnp.where(block_max > row_max + config.rescale_threshold, block_max, row_max)
+                    else:
+                        new_max = jnp.maximum(row_max, block_max)
                     correction = jnp.exp2(row_max - new_max)
                     # FP8: the weights carry 2^P_EXPONENT and their key block's V fold (its exponent, <= 0)
                     offset = new_max - (weight_exponent + fold_exponent) if fp8 else new_max

@@ -34,6 +34,9 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         MosaicConfig(rounds=0)
     with pytest.raises(BSAConfigError, match="consumers must be 2 or 3, got 4"):
         MosaicConfig(consumers=4)
+    for threshold in (-1.0, 4.5, "2", True):
+        with pytest.raises(BSAConfigError, match=r"rescale_threshold must be in \[0, 4\] \(log2 units\), got"):
+            MosaicConfig(rescale_threshold=threshold)
     with pytest.raises(BSAConfigError, match="consumers=3\\) needs schedule_barrier=False and producers=1"):
         MosaicConfig(consumers=3)
     with pytest.raises(BSAConfigError, match="consumers=3\\) needs schedule_barrier=False and producers=1"):

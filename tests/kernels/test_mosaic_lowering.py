@@ -26,7 +26,8 @@ FORWARD_CONFIGS = {
     "no_schedule_barrier": MosaicConfig(schedule_barrier=False),
     "two_producers_one_round": MosaicConfig(producers=2, rounds=1),
     "row_sums_by_reduction": MosaicConfig(row_sums_on_tensor_cores=False),
-    "conditional_rescale": MosaicConfig(conditional_rescale=True),  # the per-thread branch inlined in Mosaic GPU
+    # the per-thread branch inlined in Mosaic GPU, and the held maximum
+    "conditional_rescale_threshold": MosaicConfig(conditional_rescale=True, rescale_threshold=2.0),
 }
 
 
