@@ -23,7 +23,8 @@ against dense attention, in a third table: the whole call (its e4m3 chunking pas
 e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times it. `--fp8-key-ranges N` runs it with
 `KernelConfig(key_ranges=N)` (one launch per range of key blocks, merged by their log-sum-exps; default: as
 `KernelConfig` picks). `--fp8-conditional-rescale T` runs it with `MosaicConfig(conditional_rescale=True,
-rescale_threshold=T)` in its launch settings (T = 0: skip only where no row's maximum moved).
+rescale_threshold=T)` in its launch settings (T = 0: skip only where no row's maximum moved). `--top-k-row-pieces`
+gives our whole calls `KernelConfig(top_k_row_pieces=True)`.
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
@@ -385,6 +386,9 @@ def parse_args() -> argparse.Namespace:
                         help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
     parser.add_argument("--fp8-key-ranges", type=int, default=None,
                         help="with --fp8: KernelConfig.key_ranges of the FP8 call (default: as KernelConfig picks)")
+    parser.add_argument("--top-k-row-pieces", action="store_true",
+                        help="our calls' top-k kernel holds each row as power-of-two pieces "
+                             "(KernelConfig.top_k_row_pieces)")
     parser.add_argument("--fp8-conditional-rescale", type=float, default=None, metavar="THRESHOLD",
                         help="with --fp8: the FP8 call skips unneeded rescales, its maxima held within THRESHOLD "
                              f"(log2 units, 0 to {MAX_RESCALE_THRESHOLD}; MosaicConfig.conditional_rescale and "
@@ -427,7 +431,8 @@ def main() -> None:
     args = parse_args()
     setup_cli_logging()  # INFO with times (an import may have set up the root logger already)
     bench = Bench(
-        args=args, config=KernelConfig(forward=args.forward), backend="pallas_interpret" if args.small else "pallas",
+        args=args, config=KernelConfig(forward=args.forward, top_k_row_pieces=args.top_k_row_pieces),
+        backend="pallas_interpret" if args.small else "pallas",
         timer=Timer(warmup=1, trials=1, calls=1) if args.small else Timer(),
         original=Original(args.reference) if args.reference else None,
         backward_kernels=() if args.no_backward else tuple(args.backward.split(",")),

@@ -183,7 +183,7 @@ def _fp8_attention(q, k, v, grid_q: GridPadding, grid_k: GridPadding, params: BS
     k8, pooled_k, k_scales = pallas_chunking.chunk_to_e4m3(k, grid_k.padded, chunk_k, interpret=interpret)
     v_t, v_scales = pallas_chunking.chunk_to_e4m3_transposed(v, grid_k.padded, chunk_k, interpret=interpret)
     indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1],
-                              "pallas_interpret" if interpret else "pallas")
+                              "pallas_interpret" if interpret else "pallas", config.top_k_row_pieces)
     config.check_fp8(q, params.chunk_size_q, params.chunk_size_k, indices.shape[-1])
     operands = fp8_operands.Fp8Operands(q8, k8, v_t, q_scales, k_scales, v_scales)
     key_padding = grid_k if grid_k.needed else None
@@ -200,11 +200,11 @@ def _kernel_config(kernel_config: KernelConfig | None, backend: str) -> KernelCo
 
 
 def _select(pooled_q, pooled_k, grid_q: GridPadding, grid_k: GridPadding, params: BSAParams, head_dim: int,
-            backend: str):
+            backend: str, top_k_row_pieces: bool = False):
     """Selected key blocks (indices [B, H, Mq, K_max], counts [B, H, Mq]) from the means [B, H, M, D] float32 of
     the padded blocks (padding counted as zeros), which are rescaled to means over the real tokens first."""
     scores = selection.pooled_scores(grid_q.real_means(pooled_q), grid_k.real_means(pooled_k))  # [B, H, Mq, Mk]
-    return selection.select_from_scores(scores, params, head_dim, backend=backend)
+    return selection.select_from_scores(scores, params, head_dim, backend=backend, top_k_row_pieces=top_k_row_pieces)
 
 
 @functools.partial(
@@ -239,10 +239,12 @@ def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, ker
     v_c = layout.to_chunk_order(v, padded_k, chunk_k)  # [B, Sk, H, D]
     q_c, pooled_q = pallas_chunking.chunk_and_pool(q, padded_q, chunk_q, interpret=interpret)
     k_c, pooled_k = pallas_chunking.chunk_and_pool(k, padded_k, chunk_k, interpret=interpret)
-    indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], backend)
+    config = _kernel_config(kernel_config, backend)
+    indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], backend,
+                              config.top_k_row_pieces)
     out = sparse_attention(
-        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k,
-        _kernel_config(kernel_config, backend), (padded_q, chunk_q), key_padding,
+        q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, config, (padded_q, chunk_q),
+        key_padding,
     )
     return grid_q.crop(out)
 

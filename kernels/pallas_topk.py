@@ -8,7 +8,7 @@ largest in ascending order through a prefix sum. Ties at the threshold go to the
 
 Triton arrays have power-of-two lengths, so a row is held as one array padded to the next power of two, or, with
 `split_rows`, as a few power-of-two pieces (`row_pieces`: 2,640 scores as 2,048 + 512 + 128 lanes rather than 4,096),
-about a third fewer compares per count. `split_rows` is off by default (SPLIT_ROWS) until it is timed on a GPU.
+about a third fewer compares per count (`KernelConfig.top_k_row_pieces`, off until it is timed on a GPU).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from jax.experimental.pallas import triton as plgpu
 MAX_ROW = 8192  # longest padded row a program holds (32 scores per thread with 8 warps)
 MIN_PIECE = 128  # one score per thread of four warps
 MAX_PIECES = 3
-SPLIT_ROWS = False  # top_k_indices' default: rows in pieces, not yet timed on a GPU (benchmarks/bsa_top_k.py)
 
 
 def row_pieces(num: int) -> tuple[int, ...]:
@@ -99,7 +98,7 @@ def _top_k_kernel(scores_ref, indices_ref, *, k, num, pieces):
 
 
 @functools.partial(jax.jit, static_argnames=("k", "interpret", "split_rows"))
-def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_rows: bool = SPLIT_ROWS) -> jax.Array:
+def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_rows: bool = False) -> jax.Array:
     """Indices of the k largest entries of each row, ascending. [..., N] float32 -> [..., k] int32.
 
     split_rows: each row held as `row_pieces` rather than one array of the next power of two."""

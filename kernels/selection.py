@@ -56,12 +56,13 @@ def max_selected(params: BSAParams, num_k_blocks: int) -> int:
 
 
 def select_from_scores(
-    scores: jax.Array, params: BSAParams, head_dim: int, *, backend: str = "reference"
+    scores: jax.Array, params: BSAParams, head_dim: int, *, backend: str = "reference", top_k_row_pieces: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """Selected key blocks per query block from block scores [B, H, Mq, Mk].
 
     backend "pallas" / "pallas_interpret" take the top-k rule through the Pallas kernel of
-    `pallas_topk` (same result, much faster on a GPU than XLA's sort); others use `jax.lax.top_k`.
+    `pallas_topk` (same result, much faster on a GPU than XLA's sort; `top_k_row_pieces`: its rows held as
+    power-of-two pieces, `KernelConfig.top_k_row_pieces`); others use `jax.lax.top_k`.
 
     Returns (indices [B, H, Mq, K_max] int32, ascending, padded with Mk; counts [B, H, Mq] int32).
     """
@@ -72,7 +73,8 @@ def select_from_scores(
     counts_shape = scores.shape[:-1]
     if params.cdf_threshold is None:
         if backend in ("pallas", "pallas_interpret"):
-            indices = pallas_topk.top_k_indices(scores, width, interpret=backend == "pallas_interpret")
+            indices = pallas_topk.top_k_indices(scores, width, interpret=backend == "pallas_interpret",
+                                                split_rows=top_k_row_pieces)
         else:
             indices = jnp.sort(jax.lax.top_k(scores, width)[1].astype(jnp.int32), axis=-1)
         return indices, jnp.full(counts_shape, num_topk, jnp.int32)

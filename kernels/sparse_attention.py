@@ -53,6 +53,9 @@ class KernelConfig:
     fit (`mosaic_config.fitted`), 1.04-1.07x two of two rounds on an H200, BENCHMARKS.md); the reference backend
     emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
+    top_k_row_pieces: the top-k selection kernel holds each row of block scores as power-of-two pieces
+    (`pallas_topk.row_pieces`, about a third fewer compares at 2,640 key blocks) rather than one padded array; off
+    until it is timed on a GPU.
     """
 
     forward: str = "auto"
@@ -65,6 +68,7 @@ class KernelConfig:
     mosaic_fp8: mosaic_config.MosaicConfig = mosaic_config.MosaicConfig(
         schedule_barrier=False, row_sums_on_tensor_cores=True, consumers=3, rounds=1
     )
+    top_k_row_pieces: bool = False
 
     def __post_init__(self):
         if self.backward not in BACKWARD_KERNELS:
@@ -84,8 +88,9 @@ class KernelConfig:
             )
         if self.key_ranges is not None and (not isinstance(self.key_ranges, int) or self.key_ranges < 1):
             raise BSAConfigError(f"KernelConfig.key_ranges must be None or an int >= 1, got {self.key_ranges!r}")
-        if not isinstance(self.fp8, bool):
-            raise BSAConfigError(f"KernelConfig.fp8 must be True or False, got {self.fp8!r}")
+        for name in ("fp8", "top_k_row_pieces"):
+            if not isinstance(getattr(self, name), bool):
+                raise BSAConfigError(f"KernelConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.fp8 and self.forward == "triton":
             raise BSAConfigError("KernelConfig(fp8=True) runs the Mosaic GPU forward; use forward='auto' or 'mosaic'")
 

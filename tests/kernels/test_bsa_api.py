@@ -10,6 +10,7 @@ from kernels import (
     BSAConfigError,
     BSAInputError,
     BSAParams,
+    KernelConfig,
     block_mask_from_indices,
     bsa_attention,
     chunk_order_permutation,
@@ -228,10 +229,22 @@ def _top_k_cases():
     yield jnp.full((1, 2, 300), -0.5).at[:, :, 290:].set(1.0), 270  # the ties wanted lie in both pieces
 
 
-def _check_top_k(scores, k, *, interpret, split_rows=pallas_topk.SPLIT_ROWS):
+def _check_top_k(scores, k, *, interpret, split_rows=False):
     got = pallas_topk.top_k_indices(scores, k, interpret=interpret, split_rows=split_rows)
     chex.assert_type(got, jnp.int32)
     np.testing.assert_array_equal(got, jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1))
+
+
+def test_the_selection_takes_the_top_k_kernels_row_pieces_from_kernel_config():
+    scores = jax.random.normal(jax.random.key(11), (1, 2, 3, 300))
+    params = BSAParams(sparsity=0.75)
+    want = selection.select_from_scores(scores, params, 64)
+    for pieces in (False, True):
+        got = selection.select_from_scores(scores, params, 64, backend="pallas_interpret", top_k_row_pieces=pieces)
+        for got_array, want_array in zip(got, want, strict=True):
+            np.testing.assert_array_equal(got_array, want_array)
+    with pytest.raises(BSAConfigError, match="KernelConfig.top_k_row_pieces must be True or False, got 1"):
+        KernelConfig(top_k_row_pieces=1)
 
 
 def test_top_k_row_pieces_cover_each_row_in_powers_of_two():
