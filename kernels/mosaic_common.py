@@ -50,9 +50,9 @@ def interpret_params(interpret: bool) -> dict:
     return {"interpret": InterpretGPUParams()}
 
 
-def rescaled_rows(acc, correction, interpret: bool):
+def rescaled_rows(acc, correction, row_max, new_max, interpret: bool):
     """acc [64, N] float32 (wgmma layout) times correction [64] along its rows, each thread skipping the multiplies when
-    every row it holds has correction exactly 1.
+    every row it holds kept its maximum (row_max == new_max, [64] each: its correction is then exactly 1).
 
     Why: the online softmax rescales its output accumulator at every key block (64 multiplies a thread at head_dim
     128), but a row's factor is 1 wherever its maximum held, which late in a long list is most blocks. A thread holds
@@ -63,16 +63,19 @@ def rescaled_rows(acc, correction, interpret: bool):
     if interpret:
         return acc * lax.broadcast_in_dim(correction, acc.shape, [0])
 
+    rows = plgpu.Layout.WGMMA.reduce(1)
+
     @plgpu.inline_mgpu(
-        arg_types=(plgpu.Layout.WGMMA, plgpu.Layout.WGMMA.reduce(1)),
+        arg_types=(plgpu.Layout.WGMMA, rows, rows, rows),
         return_type=plgpu.ShapeDtypeStruct(acc.shape, jnp.float32, layout=plgpu.Layout.WGMMA),
     )
-    def rescale(_, acc, correction):
-        one = arith.constant(ir.F32Type.get(), 1.0)
+    def rescale(_, acc, correction, row_max, new_max):
         changed = None
-        for register in correction.registers.flat:  # this thread's rows, one float each
-            for lane in range(ir.VectorType(register.type).shape[0]):
-                moved = arith.cmpf(arith.CmpFPredicate.UNE, vector.extract(register, [], [lane]), one)
+        # this thread's rows, one float a register
+        for old, new in zip(row_max.registers.flat, new_max.registers.flat, strict=True):
+            for lane in range(ir.VectorType(old.type).shape[0]):
+                moved = arith.cmpf(arith.CmpFPredicate.UNE, vector.extract(old, [], [lane]),
+                                   vector.extract(new, [], [lane]))
                 changed = moved if changed is None else arith.ori(changed, moved)
         registers = acc.registers
         branch = scf.IfOp(changed, [register.type for register in registers.flat], has_else=True)
@@ -86,7 +89,7 @@ def rescaled_rows(acc, correction, interpret: bool):
             results[position] = result
         return mgpu.FragmentedArray(_registers=results, _layout=acc.layout, _is_signed=None)
 
-    return rescale(plgpu.layout_cast(acc, plgpu.Layout.WGMMA), correction)
+    return rescale(plgpu.layout_cast(acc, plgpu.Layout.WGMMA), correction, row_max, new_max)
 
 
 def dot_f32(a, b, *, transpose_b=False):

@@ -272,7 +272,7 @@ def mosaic_forward(
                     weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
                     unfold = jnp.exp2(-fold_exponent) if fp8 else None  # the row sums count the unfolded weights
                     if config.conditional_rescale:
-                        acc = rescaled_rows(acc, correction, config.interpret)
+                        acc = rescaled_rows(acc, correction, row_max, new_max, config.interpret)
                     else:
                         acc = acc * lax.broadcast_in_dim(correction, acc.shape, [0])
                     if tc_sums:
