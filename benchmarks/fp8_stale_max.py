@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from bsa_inputs import parse_grid  # noqa: E402  # this script's sibling
 from fp8_block_scales import emulation_arguments, inputs  # noqa: E402  # this script's sibling
-from fp8_v_scale_fold import spread_v_blocks  # noqa: E402  # this script's sibling
+from fp8_v_scale_fold import emulation_inputs  # noqa: E402  # this script's sibling
 
 from kernels import BSAParams, block_mask_from_indices, select_blocks, to_chunk_order  # noqa: E402
 from kernels.fp8_operands import E4M3, E4M3_MAX, block_scales, emulated_attention_inputs, fold  # noqa: E402
@@ -144,10 +144,7 @@ def main() -> None:
     rows = []
     print("| inputs | sparsity | e | tau | rel. L2 vs float32 | largest scaled weight | warp steps that rescale |")
     print("|---|---|---|---|---|---|---|")
-    for kind in ("random", "structured", "structured, V blocks spread"):
-        q, k, v = (to_chunk_order(x, grid, CHUNK) for x in inputs(kind.split(",")[0], grid, args.heads, args.head_dim))
-        if kind.endswith("spread"):
-            v = spread_v_blocks(v, jax.random.key(1))
+    for kind, q, k, v in emulation_inputs(grid, args.heads, args.head_dim):
         for row in errors(q, k, v, [float(s) for s in args.sparsities.split(",")]):
             rows.append({"inputs": kind, **row})
             print(f"| {kind} | {row['sparsity']} | {row['exponent']} | {row['tau']:g} | {row['error']:.3e} "

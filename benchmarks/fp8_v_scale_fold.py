@@ -50,6 +50,18 @@ def spread_v_blocks(v: jax.Array, key: jax.Array) -> jax.Array:
     return (v.astype(jnp.float32) * jnp.repeat(10.0**exponents, BLOCK, axis=1)[..., None]).astype(v.dtype)
 
 
+INPUT_KINDS = ("random", "structured", "structured, V blocks spread")
+
+
+def emulation_inputs(grid, heads: int, head_dim: int):
+    """(kind, q, k, v) for each of INPUT_KINDS: chunk-ordered bf16 [1, T*H*W, heads, head_dim] on `grid`."""
+    for kind in INPUT_KINDS:
+        q, k, v = (to_chunk_order(x, grid, CHUNK) for x in inputs(kind.split(",")[0], grid, heads, head_dim))
+        if kind.endswith("spread"):
+            v = spread_v_blocks(v, jax.random.key(1))
+        yield kind, q, k, v
+
+
 def masked_attention(q, k, v, token_mask, weights_of):
     """Attention of float32 q, k, v [B, S, H, D] over token_mask [B, H, Sq, Sk]; weights_of(w) gives the weights that
     multiply v from the unnormalised softmax weights w [B, H, Sq, Sk] (the rounding under test), and the row sums are
@@ -90,10 +102,7 @@ def main() -> None:
     rows = []
     print("| inputs | sparsity | FP8 now vs float32 | V scales folded into P vs float32 | smallest s_j / S |")
     print("|---|---|---|---|---|")
-    for kind in ("random", "structured", "structured, V blocks spread"):
-        q, k, v = (to_chunk_order(x, grid, CHUNK) for x in inputs(kind.split(",")[0], grid, args.heads, args.head_dim))
-        if kind.endswith("spread"):
-            v = spread_v_blocks(v, jax.random.key(1))
+    for kind, q, k, v in emulation_inputs(grid, args.heads, args.head_dim):
         for row in errors(q, k, v, [float(s) for s in args.sparsities.split(",")]):
             row = {"inputs": kind, **row}
             rows.append(row)
