@@ -16,7 +16,7 @@ from kernels.mosaic_common import BLOCK, SMEM_ALIGN, SMEM_BYTES, aligned
 
 INDEX_ALIGN = 32  # int32 entries per 128 bytes: TMA wants 128-byte aligned shared-memory rows
 ONES_ROWS = 8  # N of the row sums' product (wgmma's smallest): a [64, 8] accumulator, the sums in its column 0
-MAX_RESCALE_THRESHOLD = 4  # FP8 weights then keep a 2^4 scale of their own (P_EXPONENT - 4), as in the emulation
+MAX_RESCALE_THRESHOLD = 4  # FP8 weights then keep a 2^4 scale of their own (P_EXPONENT - 4) against e4m3's subnormals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,8 @@ class MosaicConfig:
         if self.producers not in (1, 2):
             raise BSAConfigError(f"MosaicConfig.producers must be 1 or 2, got {self.producers}")
         threshold = self.rescale_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= MAX_RESCALE_THRESHOLD:
+        numeric = isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+        if not numeric or not 0 <= threshold <= MAX_RESCALE_THRESHOLD:
             raise BSAConfigError(
                 f"MosaicConfig.rescale_threshold must be in [0, {MAX_RESCALE_THRESHOLD}] (log2 units), got "
                 f"{self.rescale_threshold!r}"
