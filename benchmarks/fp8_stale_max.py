@@ -36,7 +36,14 @@ from fp8_block_scales import emulation_arguments, inputs  # noqa: E402  # this s
 from fp8_v_scale_fold import emulation_inputs  # noqa: E402  # this script's sibling
 
 from kernels import BSAParams, block_mask_from_indices, select_blocks, to_chunk_order  # noqa: E402
-from kernels.fp8_operands import E4M3, E4M3_MAX, block_scales, emulated_attention_inputs, fold  # noqa: E402
+from kernels.fp8_operands import (  # noqa: E402
+    E4M3_MAX,
+    P_EXPONENT,
+    block_scales,
+    emulated_attention_inputs,
+    fold,
+    round_weights,
+)
 from longcat_jax.metrics import rel_l2  # noqa: E402
 
 BLOCK = 64
@@ -79,12 +86,15 @@ def emulated_output(q, k, v, token_mask, v_folds, exponent: int, tau: float) -> 
     held_per_key = jnp.repeat(held, BLOCK, axis=-1)
     final = held[..., -1:]  # the maximum the row ends with, which the accumulator's rescales bring every block to
     per_key_fold = jnp.repeat(v_folds, BLOCK, axis=-1)[:, :, None, :]  # [B, H, 1, Sk]
-    scaled = jnp.where(token_mask, jnp.exp2(logits - jnp.where(jnp.isfinite(held_per_key), held_per_key, 0.0)), 0.0)
-    scaled = scaled * 2.0**exponent * per_key_fold
-    rounded = jax.lax.optimization_barrier(scaled.astype(E4M3)).astype(jnp.float32)
-    weights = rounded / (2.0**exponent * per_key_fold) * jnp.exp2(jnp.where(token_mask, held_per_key - final, 0.0))
+    # each key's weight against the maximum held when its block was visited, rounded as the kernel rounds it with a
+    # 2^exponent scale (round_weights' 2^P_EXPONENT moved by the difference), then brought to the row's last maximum
+    held_weights = jnp.where(token_mask, jnp.exp2(logits - jnp.where(jnp.isfinite(held_per_key), held_per_key, 0.0)),
+                             0.0)
+    rounded = round_weights(held_weights, per_key_fold * 2.0 ** (exponent - P_EXPONENT))
+    weights = rounded * jnp.exp2(jnp.where(token_mask, held_per_key - final, 0.0))
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v) / jnp.transpose(weights.sum(axis=-1), (0, 2, 1))[..., None]
-    return out, float(jnp.max(scaled)), warp_rescale_share(held, jnp.isfinite(block_maxima))
+    largest = float(jnp.max(held_weights * 2.0**exponent * per_key_fold))  # what the kernel's e4m3 rounding sees
+    return out, largest, warp_rescale_share(held, jnp.isfinite(block_maxima))
 
 
 def rescale_shares(q, k, sparsities, query_blocks: int) -> list[dict]:

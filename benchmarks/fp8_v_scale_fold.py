@@ -11,8 +11,8 @@ cost in float32 emulation, on the same selection, against float32 attention:
 
 - "now": the rounding the kernel had before the fold (`fp8_operands.emulated_attention_inputs`, weights rounded by
   `round_weights` with no fold);
-- "folded": the same operands, each block's weights times s_j / S (S: the head's largest V block scale) before the
-  rounding and divided by it after, the row sums of those rounded weights.
+- "folded": the same operands, each block's weights times its fold s_j / S (`fp8_operands.fold`, S the head's largest
+  V block scale) before the rounding and divided by it after, the row sums of those rounded weights.
 
 Inputs: random normal, the structured (video-like) ones of `bsa_inputs.py`, and the structured ones with each V block
 scaled by 10^u, u uniform in [-2, 0] (blocks of very different size, where the fold loses most).
@@ -36,7 +36,7 @@ from bsa_inputs import parse_grid  # noqa: E402  # this script's sibling
 from fp8_block_scales import emulation_arguments, inputs  # noqa: E402  # this script's sibling
 
 from kernels import BSAParams, block_mask_from_indices, select_blocks, to_chunk_order  # noqa: E402
-from kernels.fp8_operands import block_scales, emulated_attention_inputs, per_token, round_weights  # noqa: E402
+from kernels.fp8_operands import block_scales, emulated_attention_inputs, fold, round_weights  # noqa: E402
 from longcat_jax.metrics import rel_l2  # noqa: E402
 
 BLOCK = 64
@@ -78,9 +78,8 @@ def errors(q, k, v, sparsities) -> list[dict[str, float]]:
     """Per sparsity, rel. L2 against float32 attention of the kernel's rounding now and with V's block scales folded
     into P."""
     qe, ke, ve = emulated_attention_inputs(q, k, v)
-    v_scales = block_scales(v, BLOCK)  # [B, H, Mk]
-    fold = v_scales / v_scales.max(axis=-1, keepdims=True)  # s_j / S, <= 1
-    fold = jnp.transpose(per_token(fold, BLOCK)[..., 0], (0, 2, 1))[:, :, None, :]  # [B, H, 1, Sk]
+    v_folds = fold(block_scales(v, BLOCK))  # [B, H, Mk], s_j / S <= 1
+    per_key_fold = jnp.repeat(v_folds, BLOCK, axis=-1)[:, :, None, :]  # [B, H, 1, Sk]
     rows = []
     for sparsity in sparsities:
         indices, counts = select_blocks(q, k, BSAParams(sparsity=sparsity))
@@ -88,9 +87,9 @@ def errors(q, k, v, sparsities) -> list[dict[str, float]]:
         token_mask = jnp.repeat(jnp.repeat(mask, BLOCK, axis=2), BLOCK, axis=3)
         f32 = masked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), token_mask, lambda w: w)
         now = masked_attention(qe, ke, ve, token_mask, round_weights)
-        folded = masked_attention(qe, ke, ve, token_mask, lambda w: round_weights(w * fold) / fold)
+        folded = masked_attention(qe, ke, ve, token_mask, lambda w: round_weights(w, per_key_fold))
         rows.append({"sparsity": sparsity, "now": float(rel_l2(now, f32)), "folded": float(rel_l2(folded, f32)),
-                     "smallest_fold": float(v_scales.min() / v_scales.max())})
+                     "smallest_fold": float(v_folds.min())})
     return rows
 
 

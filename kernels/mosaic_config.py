@@ -42,7 +42,7 @@ class MosaicConfig:
     each consumer thread skips the online softmax's rescale of its output accumulator rows where none of its rows'
     maxima grew (`mosaic_common.rescaled_rows`; the same result either way), off until it is timed on a GPU;
     rescale_threshold: a row keeps its maximum until a key block's logits exceed it by more than this (log2 units,
-    0 to MAX_RESCALE_THRESHOLD; FlashAttention-4's threshold), so that with conditional_rescale a warp rescales on few
+    0 to MAX_RESCALE_THRESHOLD; FlashAttention-4's threshold; needs conditional_rescale), so that a warp rescales on few
     steps (emulated at 84,480 tokens, random inputs, top-k 0.875 / 0.9375 / 0.96875: 27 / 42 / 60% of a warp's steps
     rescale at 0, 6 / 10 / 15% at 2; structured inputs 13 / 20 / 30% and 8 / 12 / 19%; `benchmarks/fp8_stale_max.py`).
     The weights then reach 2^threshold: with FP8 operands their e4m3 scale drops from 2^P_EXPONENT by as much (2^6
@@ -78,6 +78,11 @@ class MosaicConfig:
             raise BSAConfigError(
                 f"MosaicConfig.rescale_threshold must be in [0, {MAX_RESCALE_THRESHOLD}] (log2 units), got "
                 f"{self.rescale_threshold!r}"
+            )
+        if threshold and not self.conditional_rescale:
+            raise BSAConfigError(
+                f"MosaicConfig(rescale_threshold={threshold}) holds stale maxima to skip rescales, which only "
+                "conditional_rescale=True skips: set it too, or leave rescale_threshold at 0"
             )
         if self.consumers not in (2, 3):
             raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")

@@ -235,7 +235,26 @@ def _check_top_k(scores, k, *, interpret, split_rows=False):
     np.testing.assert_array_equal(got, jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1))
 
 
-def test_the_selection_takes_the_top_k_kernels_row_pieces_from_kernel_config():
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
+def test_the_whole_call_passes_kernel_configs_row_pieces_to_the_top_k(monkeypatch, fp8):
+    forms = []
+    top_k = pallas_topk.top_k_indices
+
+    def recorded(scores, k, **kwargs):
+        forms.append(kwargs["split_rows"])
+        return top_k(scores, k, **kwargs)
+
+    monkeypatch.setattr(pallas_topk, "top_k_indices", recorded)
+    q, k = (jax.random.normal(key, (1, 256, 1, 64), jnp.bfloat16) for key in jax.random.split(jax.random.key(12)))
+    params = BSAParams(sparsity=0.5)  # 4x4x4 chunks: the 4x8x8 grid's 4 blocks of 64 tokens, as FP8 needs
+    for pieces in (False, True):
+        config = KernelConfig(forward="auto" if fp8 else "triton", fp8=fp8, top_k_row_pieces=pieces)
+        jax.eval_shape(lambda q, k, config=config: bsa_attention(q, k, k, (4, 8, 8), (4, 8, 8), params,
+                                                                 backend="pallas_interpret", kernel_config=config), q, k)
+    assert forms == [False, True]
+
+
+def test_the_selection_takes_the_top_k_kernels_row_pieces():
     scores = jax.random.normal(jax.random.key(11), (1, 2, 3, 300))
     params = BSAParams(sparsity=0.75)
     want = selection.select_from_scores(scores, params, 64)

@@ -28,7 +28,7 @@ from kernels import (
 from kernels.sparse_attention import fp8_sparse_attention_with_lse
 from longcat_jax.metrics import rel_l2
 from tests.helpers.benchmark_scripts import run_benchmark
-from tests.helpers.bsa_cases import random_case
+from tests.helpers.bsa_cases import dense_attention, random_case
 
 KERNEL_VS_EMULATION = 1.10e-2 * 1.25
 FP8_VS_BF16 = 4.98e-2
@@ -47,6 +47,22 @@ def test_the_kernel_rounds_like_its_emulation():
     # both really round to e4m3: far from bf16 attention, by about the measured amount
     for fp8 in (kernel, emulated):
         assert FP8_VS_BF16 / 2 < rel_l2(fp8, bf16) < FP8_VS_BF16 * 1.25
+
+
+def test_a_small_v_with_a_block_of_zeros_keeps_its_precision():
+    """V of magnitude 1e-3 with one all-zero block that every list selects: the zero block must not set the head's V
+    scale S (with a scale of 1 it would, and the other blocks' weights, folded by s_j / S ~ 5e-6, would vanish in
+    e4m3), and its weights must still count in the row sums. The kernel (interpreter) and its emulation both stay
+    within the FP8 error of float32 attention."""
+    q, k, v, indices, counts = random_case(4, b=1, h=2, d=64, mq=3, mk=5, width=4)
+    v = (v.astype(jnp.float32) * 1e-3).at[:, 64:128].set(0.0).astype(v.dtype)  # key block 1: zeros
+    swapped = jnp.where(indices == 1, indices[..., :1], indices)  # block 1 swapped into each list's first entry
+    indices = swapped.at[..., 0].set(1)
+    counts = jnp.maximum(counts, 2)
+    inputs = (q, k, v, indices, counts)
+    truth = dense_attention(*inputs, 64, 64)
+    for backend in ("pallas_interpret", "reference"):
+        assert rel_l2(_chunked(backend, True, inputs), truth) < 6.6e-2, backend
 
 
 def test_operands_and_their_emulation_agree():

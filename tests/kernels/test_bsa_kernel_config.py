@@ -36,7 +36,9 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         MosaicConfig(consumers=4)
     for threshold in (-1.0, 4.5, "2", True):
         with pytest.raises(BSAConfigError, match=r"rescale_threshold must be in \[0, 4\] \(log2 units\), got"):
-            MosaicConfig(rescale_threshold=threshold)
+            MosaicConfig(conditional_rescale=True, rescale_threshold=threshold)
+    with pytest.raises(BSAConfigError, match=r"rescale_threshold=2.0\) .* set it too, or leave rescale_threshold at 0"):
+        MosaicConfig(rescale_threshold=2.0)
     with pytest.raises(BSAConfigError, match="consumers=3\\) needs schedule_barrier=False and producers=1"):
         MosaicConfig(consumers=3)
     with pytest.raises(BSAConfigError, match="consumers=3\\) needs schedule_barrier=False and producers=1"):
