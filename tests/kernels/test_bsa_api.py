@@ -284,6 +284,17 @@ def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case, split_row
     _check_top_k(scores, k, interpret=True, split_rows=split_rows)
 
 
+@pytest.mark.parametrize("split_rows", [False, True], ids=["one_row_array", "row_pieces"])
+def test_pallas_top_k_kernel_lowers_for_cuda(split_rows):
+    # Pallas' Triton lowering of the GPU path (masked scatter stores, the radix loop) runs on the CPU for an abstract
+    # H100 (newer JAX asks which GPU it lowers for); the interpreter cases above check what it computes
+    h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None, platform="cuda")
+    scores = jnp.zeros((2, 4, 1320), jnp.float32)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
+        lowered = jax.jit(lambda s: pallas_topk.top_k_indices(s, 82, split_rows=split_rows)).trace(scores)
+        assert "bsa_top_k" in lowered.lower(lowering_platforms=("cuda",)).as_text()
+
+
 @pytest.mark.gpu
 def test_pallas_top_k_kernel_matches_lax_top_k_on_gpu():
     for mk, k in ((1320, 82), (2640, 165), (5000, 300)):
