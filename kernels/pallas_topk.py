@@ -28,13 +28,14 @@ MAX_PIECES = 3
 
 def row_pieces(num: int) -> tuple[int, ...]:
     """Power-of-two lengths, largest first, that together cover `num` scores: the binary digits of `num` rounded up to
-    a multiple of MIN_PIECE, the smallest merged upwards while there are more than MAX_PIECES."""
+    a multiple of MIN_PIECE, the smallest merged upwards while there are more than MAX_PIECES (two equal pieces
+    become one of twice the length: the same lanes, one reduction less a count)."""
     covered = -(-num // MIN_PIECE) * MIN_PIECE
     pieces = [1 << bit for bit in reversed(range(covered.bit_length())) if covered >> bit & 1]
     while len(pieces) > MAX_PIECES:
         smallest = pieces.pop()
         pieces[-1] = pl.next_power_of_2(pieces[-1] + smallest)
-        if len(pieces) > 1 and pieces[-1] == pieces[-2]:  # two equal halves make the next power
+        while len(pieces) > 1 and pieces[-1] == pieces[-2]:  # two equal halves make the next power, one count less
             pieces[-2:] = [2 * pieces[-1]]
     return tuple(pieces)
 

@@ -270,9 +270,10 @@ def test_top_k_row_pieces_cover_each_row_in_powers_of_two():
     assert pallas_topk.row_pieces(100) == (128,)
     assert pallas_topk.row_pieces(1320) == (1024, 256, 128)
     assert pallas_topk.row_pieces(2640) == (2048, 512, 128)
-    for num in (1, 129, 1000, 1320, 2640, 4095, 5000, 8191):
+    assert pallas_topk.row_pieces(1920) == (2048,)  # 1,024 + 512 + 512 merged twice, not 1,024 + 1,024
+    for num in (1, 129, 1000, 1320, 1920, 2640, 3968, 4095, 5000, 8191):
         pieces = pallas_topk.row_pieces(num)
-        assert len(pieces) <= pallas_topk.MAX_PIECES
+        assert len(pieces) <= pallas_topk.MAX_PIECES and len(set(pieces)) == len(pieces)
         assert all(piece & (piece - 1) == 0 and piece >= pallas_topk.MIN_PIECE for piece in pieces)
         assert num <= sum(pieces) < num + max(pallas_topk.MIN_PIECE, pieces[-1])
 
