@@ -9,7 +9,7 @@ rescale is only needed when the maximum grows (FlashAttention-4's conditional re
 whose V scale is far below the head's largest rounds its weights among e4m3's subnormals. This script measures that
 cost in float32 emulation, on the same selection, against float32 attention:
 
-- "now": the rounding the kernel had before the fold (`fp8_operands.emulated_attention_inputs`, weights rounded by
+- "unfolded": the rounding the kernel had before the fold (`fp8_operands.emulated_attention_inputs`, weights rounded by
   `round_weights` with no fold);
 - "folded": the same operands, each block's weights times its fold s_j / S (`fp8_operands.fold`, S the head's largest
   V block scale) before the rounding and divided by it after, the row sums of those rounded weights.
@@ -75,8 +75,8 @@ def masked_attention(q, k, v, token_mask, weights_of):
 
 
 def errors(q, k, v, sparsities) -> list[dict[str, float]]:
-    """Per sparsity, rel. L2 against float32 attention of the kernel's rounding now and with V's block scales folded
-    into P."""
+    """Per sparsity, rel. L2 against float32 attention of the kernel's rounding before the fold (unfolded) and with
+    V's block scales folded into P (the kernel's since ece9bd8)."""
     qe, ke, ve = emulated_attention_inputs(q, k, v)
     v_folds = fold(block_scales(v, BLOCK))  # [B, H, Mk], s_j / S <= 1
     per_key_fold = jnp.repeat(v_folds, BLOCK, axis=-1)[:, :, None, :]  # [B, H, 1, Sk]
@@ -86,9 +86,9 @@ def errors(q, k, v, sparsities) -> list[dict[str, float]]:
         mask = block_mask_from_indices(indices, counts, k.shape[1] // BLOCK)  # [B, H, Mq, Mk]
         token_mask = jnp.repeat(jnp.repeat(mask, BLOCK, axis=2), BLOCK, axis=3)
         f32 = masked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), token_mask, lambda w: w)
-        now = masked_attention(qe, ke, ve, token_mask, round_weights)
+        unfolded = masked_attention(qe, ke, ve, token_mask, round_weights)
         folded = masked_attention(qe, ke, ve, token_mask, lambda w: round_weights(w, per_key_fold))
-        rows.append({"sparsity": sparsity, "now": float(rel_l2(now, f32)), "folded": float(rel_l2(folded, f32)),
+        rows.append({"sparsity": sparsity, "unfolded": float(rel_l2(unfolded, f32)), "folded": float(rel_l2(folded, f32)),
                      "smallest_fold": float(v_folds.min())})
     return rows
 
@@ -99,13 +99,13 @@ def main() -> None:
     args = parser.parse_args()
     grid = parse_grid(args.grid)
     rows = []
-    print("| inputs | sparsity | FP8 now vs float32 | V scales folded into P vs float32 | smallest s_j / S |")
+    print("| inputs | sparsity | unfolded (before the fold) vs float32 | V scales folded into P vs float32 | smallest s_j / S |")
     print("|---|---|---|---|---|")
     for kind, q, k, v in emulation_inputs(grid, args.heads, args.head_dim):
         for row in errors(q, k, v, [float(s) for s in args.sparsities.split(",")]):
             row = {"inputs": kind, **row}
             rows.append(row)
-            print(f"| {kind} | {row['sparsity']} | {row['now']:.3e} | {row['folded']:.3e} | {row['smallest_fold']:.2e} |",
+            print(f"| {kind} | {row['sparsity']} | {row['unfolded']:.3e} | {row['folded']:.3e} | {row['smallest_fold']:.2e} |",
                   flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
