@@ -46,9 +46,9 @@ def _sortable_keys(scores: jax.Array) -> jax.Array:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def _top_k_kernel(scores_ref, indices_ref, *, k, num, pieces):
-    # scores_ref [R * num (+ padding)] float32 (all rows, flat); indices_ref [W] int32, this row's (W >= sum(pieces)):
-    # the indices in [0, k), the slots past k only addressed by masked-off stores
+def _top_k_kernel(scores_ref, indices_ref, *, k, num, rows, pieces):
+    # scores_ref [R * num (+ padding)] float32 (all rows, flat); indices_ref [R * k + sum(pieces)] int32: row r's
+    # indices at [r * k, r * k + k), then a scratch tail that only masked-off stores address
     row = pl.program_id(0)
     offsets = [sum(pieces[:i]) for i in range(len(pieces))]
     columns = [offset + jnp.arange(piece, dtype=jnp.int32) for offset, piece in zip(offsets, pieces, strict=True)]
@@ -80,8 +80,8 @@ def _top_k_kernel(scores_ref, indices_ref, *, k, num, pieces):
 
     _, threshold, _ = jax.lax.while_loop(undecided, next_bit, (jnp.int32(0), start, count_at_least(start)))
     ties_wanted = k - count(lambda part: part > threshold)
-    # selected columns go to slots [0, k) in column order; the others get distinct slots past k, masked out, so that
-    # no two stores share a slot (the interpreter emulates masked stores)
+    # selected columns go to the row's slots [r * k, r * k + k) in column order; the others get distinct slots of the
+    # tail, masked out, so that no two stores share a slot (the interpreter emulates masked stores)
     ties_before, kept_before, dropped_before = 0, 0, 0
     for piece, (part, cols) in enumerate(zip(keys, columns, strict=True)):
         ties = part == threshold
@@ -89,7 +89,7 @@ def _top_k_kernel(scores_ref, indices_ref, *, k, num, pieces):
         selected = (part > threshold) | (ties & (tie_rank <= ties_wanted))
         kept = kept_before + jax.lax.cumsum(selected.astype(jnp.int32), axis=0) - 1
         dropped = dropped_before + jax.lax.cumsum((~selected).astype(jnp.int32), axis=0) - 1
-        slots = jnp.where(selected, kept, k + dropped)
+        slots = jnp.where(selected, row * k + kept, rows * k + dropped)
         plgpu.store(indices_ref.at[slots], cols, mask=selected)
         if piece == len(keys) - 1:
             break
@@ -107,7 +107,6 @@ def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_r
     if not 0 < k <= num:
         raise ValueError(f"k must be in [1, {num}], got {k}")
     pieces = row_pieces(num) if split_rows else (pl.next_power_of_2(num),)
-    width = pl.next_power_of_2(sum(pieces))  # each row's output slots
     if pl.next_power_of_2(num) > MAX_ROW:
         return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
     rows = math.prod(batch)
@@ -115,13 +114,13 @@ def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_r
     if interpret:  # the kernel reads each row's padding from the next row, masked; the interpreter needs it in bounds
         flat = jnp.pad(flat, (0, sum(pieces) - num))
     out = pl.pallas_call(
-        functools.partial(_top_k_kernel, k=k, num=num, pieces=pieces),
+        functools.partial(_top_k_kernel, k=k, num=num, rows=rows, pieces=pieces),
         grid=(rows,),
         in_specs=[pl.BlockSpec()],
-        out_specs=pl.BlockSpec((None, width), lambda r: (r, 0)),
-        out_shape=jax.ShapeDtypeStruct((rows, width), jnp.int32),
+        out_specs=pl.BlockSpec(),
+        out_shape=jax.ShapeDtypeStruct((rows * k + sum(pieces),), jnp.int32),  # k a row, then the scratch tail
         compiler_params=plgpu.CompilerParams(num_warps=4 if sum(pieces) <= 4096 else 8, num_stages=1),
         interpret=interpret,
         name="bsa_top_k",
     )(flat)
-    return out[:, :k].reshape(*batch, k)
+    return out[: rows * k].reshape(*batch, k)
