@@ -200,7 +200,7 @@ def _kernel_config(kernel_config: KernelConfig | None, backend: str) -> KernelCo
 
 
 def _select(pooled_q, pooled_k, grid_q: GridPadding, grid_k: GridPadding, params: BSAParams, head_dim: int,
-            backend: str, top_k_row_pieces: bool = False):
+            backend: str, top_k_row_pieces: bool | None = None):
     """Selected key blocks (indices [B, H, Mq, K_max], counts [B, H, Mq]) from the means [B, H, M, D] float32 of
     the padded blocks (padding counted as zeros), which are rescaled to means over the real tokens first."""
     scores = selection.pooled_scores(grid_q.real_means(pooled_q), grid_k.real_means(pooled_k))  # [B, H, Mq, Mk]

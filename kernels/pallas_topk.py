@@ -8,7 +8,10 @@ largest in ascending order through a prefix sum. Ties at the threshold go to the
 
 Triton arrays have power-of-two lengths, so a row is held as one array padded to the next power of two, or, with
 `split_rows`, as a few power-of-two pieces (`row_pieces`: 2,640 scores as 2,048 + 512 + 128 lanes rather than 4,096),
-about a third fewer compares per count (`KernelConfig.top_k_row_pieces`, off until it is timed on a GPU).
+about a third fewer compares per count. Pieces pay off on long rows only: on an H100 (BENCHMARKS.md) 2,640 scores a row
+ran 1.13-1.14x faster as pieces, 1,320 (1,024 + 256 + 128 lanes against 2,048) 0.94-0.97x, the pieces' extra
+block-wide reductions outweighing the padding's compares; so by default (`split_rows=None`) rows split where their
+padded length exceeds SPLIT_ROWS_ABOVE (`KernelConfig.top_k_row_pieces` overrides).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from jax.experimental.pallas import triton as plgpu
 MAX_ROW = 8192  # longest padded row a program holds (32 scores per thread with 8 warps)
 MIN_PIECE = 128  # one score per thread of four warps
 MAX_PIECES = 3
+SPLIT_ROWS_ABOVE = 2048  # padded row length past which rows split by default: measured 2,048 (no) and 4,096 (yes)
 
 
 def row_pieces(num: int) -> tuple[int, ...]:
@@ -98,15 +102,22 @@ def _top_k_kernel(scores_ref, indices_ref, *, k, num, rows, pieces):
         dropped_before = dropped_before + jnp.sum((~selected).astype(jnp.int32))
 
 
+def splits_rows(num: int, split_rows: bool | None = None) -> bool:
+    """Whether rows of `num` scores are held as `row_pieces`: as asked, or (None) where the padded row is longer than
+    SPLIT_ROWS_ABOVE."""
+    return pl.next_power_of_2(num) > SPLIT_ROWS_ABOVE if split_rows is None else split_rows
+
+
 @functools.partial(jax.jit, static_argnames=("k", "interpret", "split_rows"))
-def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_rows: bool = False) -> jax.Array:
+def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_rows: bool | None = None) -> jax.Array:
     """Indices of the k largest entries of each row, ascending. [..., N] float32 -> [..., k] int32.
 
-    split_rows: each row held as `row_pieces` rather than one array of the next power of two."""
+    split_rows: each row held as `row_pieces` (True) or as one array of the next power of two (False); None picks
+    by the row's length (`splits_rows`)."""
     *batch, num = scores.shape
     if not 0 < k <= num:
         raise ValueError(f"k must be in [1, {num}], got {k}")
-    pieces = row_pieces(num) if split_rows else (pl.next_power_of_2(num),)
+    pieces = row_pieces(num) if splits_rows(num, split_rows) else (pl.next_power_of_2(num),)
     if pl.next_power_of_2(num) > MAX_ROW:
         return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
     rows = math.prod(batch)

@@ -56,13 +56,13 @@ def max_selected(params: BSAParams, num_k_blocks: int) -> int:
 
 
 def select_from_scores(
-    scores: jax.Array, params: BSAParams, head_dim: int, *, backend: str = "reference", top_k_row_pieces: bool = False
+    scores: jax.Array, params: BSAParams, head_dim: int, *, backend: str = "reference", top_k_row_pieces: bool | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """Selected key blocks per query block from block scores [B, H, Mq, Mk].
 
     backend "pallas" / "pallas_interpret" take the top-k rule through the Pallas kernel of
     `pallas_topk` (same result, much faster on a GPU than XLA's sort; `top_k_row_pieces`: its rows held as
-    power-of-two pieces, `KernelConfig.top_k_row_pieces`); others use `jax.lax.top_k`.
+    power-of-two pieces or not, None by their length, `KernelConfig.top_k_row_pieces`); others use `jax.lax.top_k`.
 
     Returns (indices [B, H, Mq, K_max] int32, ascending, padded with Mk; counts [B, H, Mq] int32).
     """

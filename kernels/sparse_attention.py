@@ -37,6 +37,9 @@ class KernelConfig:
     forward: "auto" (the default: the Mosaic kernel on a Hopper GPU where it supports the shapes, 1.2-1.6x the
     Triton one on an H100, see BENCHMARKS.md; the Triton kernel elsewhere), "triton" (any CUDA GPU) or "mosaic"
     (refused where it cannot run).
+    mosaic: the bf16 Mosaic forward's launch settings, by default with the conditional rescale
+    (`MosaicConfig.conditional_rescale`: the same output bit for bit, 1.013-1.029x faster at 84,480 tokens on an H100;
+    the FP8 kernel measured 0.96-0.99x with it, so `mosaic_fp8` leaves it off; BENCHMARKS.md).
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
     H100; for the bf16 Mosaic kernel one, as splitting measured no faster there; for the FP8 one two where a head's
@@ -54,13 +57,14 @@ class KernelConfig:
     emulates its roundings. Off by default: its error and speed against bf16 are in BENCHMARKS.md. Inference only:
     differentiating it is refused.
     top_k_row_pieces: the top-k selection kernel holds each row of block scores as power-of-two pieces
-    (`pallas_topk.row_pieces`, about a third fewer compares at 2,640 key blocks) rather than one padded array; off
-    until it is timed on a GPU.
+    (`pallas_topk.row_pieces`, about a third fewer compares at 2,640 key blocks) rather than one padded array; None
+    (default) splits rows longer than 2,048 padded lanes (`pallas_topk.splits_rows`: on an H100 the top-k 1.13-1.14x
+    faster as pieces at 2,640 key blocks, 168,960 tokens, 0.94-0.97x at 1,320), True or False forces either form.
     """
 
     forward: str = "auto"
     triton: pallas_triton.TritonConfig = pallas_triton.TritonConfig()
-    mosaic: mosaic_config.MosaicConfig = mosaic_config.MosaicConfig()
+    mosaic: mosaic_config.MosaicConfig = mosaic_config.MosaicConfig(conditional_rescale=True)
     key_ranges: int | None = None
     backward: str = "auto"
     mosaic_backward: pallas_mosaic_backward.MosaicBackwardConfig = pallas_mosaic_backward.MosaicBackwardConfig()
@@ -68,7 +72,7 @@ class KernelConfig:
     mosaic_fp8: mosaic_config.MosaicConfig = mosaic_config.MosaicConfig(
         schedule_barrier=False, row_sums_on_tensor_cores=True, consumers=3, rounds=1
     )
-    top_k_row_pieces: bool = False
+    top_k_row_pieces: bool | None = None
 
     def __post_init__(self):
         if self.backward not in BACKWARD_KERNELS:
@@ -88,9 +92,13 @@ class KernelConfig:
             )
         if self.key_ranges is not None and (not isinstance(self.key_ranges, int) or self.key_ranges < 1):
             raise BSAConfigError(f"KernelConfig.key_ranges must be None or an int >= 1, got {self.key_ranges!r}")
-        for name in ("fp8", "top_k_row_pieces"):
-            if not isinstance(getattr(self, name), bool):
-                raise BSAConfigError(f"KernelConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.fp8, bool):
+            raise BSAConfigError(f"KernelConfig.fp8 must be True or False, got {self.fp8!r}")
+        if self.top_k_row_pieces is not None and not isinstance(self.top_k_row_pieces, bool):
+            raise BSAConfigError(
+                f"KernelConfig.top_k_row_pieces must be None (by the row's length), True or False, got "
+                f"{self.top_k_row_pieces!r}"
+            )
         if self.fp8 and self.forward == "triton":
             raise BSAConfigError("KernelConfig(fp8=True) runs the Mosaic GPU forward; use forward='auto' or 'mosaic'")
 

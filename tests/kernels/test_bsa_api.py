@@ -247,11 +247,11 @@ def test_the_whole_call_passes_kernel_configs_row_pieces_to_the_top_k(monkeypatc
     monkeypatch.setattr(pallas_topk, "top_k_indices", recorded)
     q, k = (jax.random.normal(key, (1, 256, 1, 64), jnp.bfloat16) for key in jax.random.split(jax.random.key(12)))
     params = BSAParams(sparsity=0.5)  # 4x4x4 chunks: the 4x8x8 grid's 4 blocks of 64 tokens, as FP8 needs
-    for pieces in (False, True):
+    for pieces in (None, False, True):
         config = KernelConfig(forward="auto" if fp8 else "triton", fp8=fp8, top_k_row_pieces=pieces)
         jax.eval_shape(lambda q, k, config=config: bsa_attention(q, k, k, (4, 8, 8), (4, 8, 8), params,
                                                                  backend="pallas_interpret", kernel_config=config), q, k)
-    assert forms == [False, True]
+    assert forms == [None, False, True]
 
 
 def test_the_selection_takes_the_top_k_kernels_row_pieces():
@@ -262,8 +262,15 @@ def test_the_selection_takes_the_top_k_kernels_row_pieces():
         got = selection.select_from_scores(scores, params, 64, backend="pallas_interpret", top_k_row_pieces=pieces)
         for got_array, want_array in zip(got, want, strict=True):
             np.testing.assert_array_equal(got_array, want_array)
-    with pytest.raises(BSAConfigError, match="KernelConfig.top_k_row_pieces must be True or False, got 1"):
+    with pytest.raises(BSAConfigError, match="KernelConfig.top_k_row_pieces must be None .*, True or False, got 1"):
         KernelConfig(top_k_row_pieces=1)
+
+
+def test_top_k_rows_split_by_default_only_past_two_thousand_padded_lanes():
+    # measured on an H100: 1,320 key blocks (84,480 tokens) faster as one array, 2,640 (168,960 tokens) as pieces
+    assert KernelConfig().top_k_row_pieces is None
+    assert [pallas_topk.splits_rows(num) for num in (1320, 2048, 2049, 2640)] == [False, False, True, True]
+    assert pallas_topk.splits_rows(1320, True) and not pallas_topk.splits_rows(2640, False)
 
 
 def test_top_k_row_pieces_cover_each_row_in_powers_of_two():
