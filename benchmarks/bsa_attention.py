@@ -24,7 +24,8 @@ e4m3 operands quantized before the timed call, as `bsa_forward_kernels.py` times
 `KernelConfig(key_ranges=N)` (one launch per range of key blocks, merged by their log-sum-exps; default: as
 `KernelConfig` picks). `--fp8-conditional-rescale T` runs it with `MosaicConfig(conditional_rescale=True,
 rescale_threshold=T)` in its launch settings (T = 0: skip only where no row's maximum moved). `--top-k-row-pieces`
-gives our whole calls `KernelConfig(top_k_row_pieces=True)` (default: by the row's length, `pallas_topk.splits_rows`).
+gives our whole calls `KernelConfig(top_k_row_pieces=True)`, `--no-top-k-row-pieces` False (default: by the row's
+length, `pallas_topk.splits_rows`).
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
@@ -386,9 +387,9 @@ def parse_args() -> argparse.Namespace:
                         help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
     parser.add_argument("--fp8-key-ranges", type=int, default=None,
                         help="with --fp8: KernelConfig.key_ranges of the FP8 call (default: as KernelConfig picks)")
-    parser.add_argument("--top-k-row-pieces", action="store_true", default=None,
-                        help="our calls' top-k kernel holds each row as power-of-two pieces "
-                             "(KernelConfig.top_k_row_pieces; default: by the row's length)")
+    parser.add_argument("--top-k-row-pieces", action=argparse.BooleanOptionalAction, default=None,
+                        help="our calls' top-k kernel holds each row as power-of-two pieces, or (--no-...) as one "
+                             "array (KernelConfig.top_k_row_pieces; default: by the row's length)")
     parser.add_argument("--fp8-conditional-rescale", type=float, default=None, metavar="THRESHOLD",
                         help="with --fp8: the FP8 call skips unneeded rescales, its maxima held within THRESHOLD "
                              f"(log2 units, 0 to {MAX_RESCALE_THRESHOLD}; MosaicConfig.conditional_rescale and "

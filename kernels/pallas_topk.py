@@ -117,9 +117,9 @@ def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_r
     *batch, num = scores.shape
     if not 0 < k <= num:
         raise ValueError(f"k must be in [1, {num}], got {k}")
-    pieces = row_pieces(num) if splits_rows(num, split_rows) else (pl.next_power_of_2(num),)
     if pl.next_power_of_2(num) > MAX_ROW:
         return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
+    pieces = row_pieces(num) if splits_rows(num, split_rows) else (pl.next_power_of_2(num),)
     rows = math.prod(batch)
     flat = scores.reshape(rows * num).astype(jnp.float32)
     if interpret:  # the kernel reads each row's padding from the next row, masked; the interpreter needs it in bounds

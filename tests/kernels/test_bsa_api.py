@@ -25,6 +25,7 @@ from kernels import (
     sparse_attention_chunked,
     to_chunk_order,
 )
+from tests.helpers.cuda_lowering import lowered_for_cuda
 
 
 def test_params_defaults_match_the_original_config():
@@ -296,11 +297,8 @@ def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case, split_row
 def test_pallas_top_k_kernel_lowers_for_cuda(split_rows):
     # Pallas' Triton lowering of the GPU path (masked scatter stores, the radix loop) runs on the CPU for an abstract
     # H100 (newer JAX asks which GPU it lowers for); the interpreter cases above check what it computes
-    h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None, platform="cuda")
     scores = jnp.zeros((2, 4, 1320), jnp.float32)
-    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)):
-        lowered = jax.jit(lambda s: pallas_topk.top_k_indices(s, 82, split_rows=split_rows)).trace(scores)
-        assert "bsa_top_k" in lowered.lower(lowering_platforms=("cuda",)).as_text()
+    assert "bsa_top_k" in lowered_for_cuda(lambda s: pallas_topk.top_k_indices(s, 82, split_rows=split_rows), scores)
 
 
 @pytest.mark.gpu

@@ -27,6 +27,7 @@ from kernels import (
 from kernels.pallas_mosaic_backward import MosaicBackwardConfig, mosaic_backward
 from kernels.sparse_attention import sparse_attention
 from tests.helpers.bsa_cases import BLOCK, random_case
+from tests.helpers.cuda_lowering import lowered_for_cuda
 from tests.helpers.mosaic_interpret import thread_programs_compiled_once
 from tests.kernels.bsa_test_base import BSABackendTests, KernelCase, OddGridCase
 from tests.kernels.test_bsa_backends import GPU_ODD_GRID_CASES, RASTER_CASES
@@ -177,9 +178,8 @@ def test_gpu_kernels_lower_for_hopper(head_dim, stages, padded):
         out = sparse_attention(q, k, v, indices, counts, BLOCK, BLOCK, config, None, padding)
         return jnp.sum(out.astype(jnp.float32))
 
-    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(shape, shape, shape, indices, counts).lower(
-        lowering_platforms=("cuda",))
-    assert lowered.as_text().count("custom_call @mosaic_gpu") == 3  # the forward, dq and dk/dv kernels
+    text = lowered_for_cuda(jax.grad(loss, argnums=(0, 1, 2)), shape, shape, shape, indices, counts)
+    assert text.count("custom_call @mosaic_gpu") == 3  # the forward, dq and dk/dv kernels
 
 
 def _gpu_gradient_case(name, **shape):

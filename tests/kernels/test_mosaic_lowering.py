@@ -6,7 +6,6 @@ Lowering for the "cuda" platform runs Pallas' Mosaic GPU lowering of every kerne
 the run itself stay with the `gpu`-marked tests.
 """
 
-import jax
 import jax.numpy as jnp
 import pytest
 
@@ -15,6 +14,7 @@ from kernels.fp8_operands import quantize_operands
 from kernels.padding import GridPadding
 from kernels.pallas_mosaic import mosaic_forward
 from kernels.pallas_mosaic_backward import mosaic_backward
+from tests.helpers.cuda_lowering import lowered_for_cuda
 
 GRID, CHUNK = (4, 8, 12), (4, 4, 4)  # 384 tokens: 6 blocks of 64
 PADDED = GridPadding.of((3, 7, 10), CHUNK)  # the same padded grid, short of whole chunks on every axis
@@ -39,10 +39,6 @@ def _inputs():
     return q, k, v, indices, starts, counts
 
 
-def _lowered_for_cuda(fn, *args) -> str:
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-
-
 # three consumers fit head_dim 128 in shared memory with FP8 operands only
 THREE_CONSUMERS = {
     "three_consumers": MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False),
@@ -65,13 +61,13 @@ def test_forward_lowers_for_cuda(name, fp8):
                                   raster_out=(GRID, CHUNK), key_padding=PADDED, fp8_scales=operands.kernel_scales(indices),
                                   out_dtype=jnp.bfloat16)
 
-        text = _lowered_for_cuda(forward, operands, indices, starts, counts)
+        text = lowered_for_cuda(forward, operands, indices, starts, counts)
     else:
         def forward(q, k, v, indices, starts, counts):
             return mosaic_forward(q, k, v, indices, starts, counts, config, raster_out=(GRID, CHUNK),
                                   key_padding=PADDED)
 
-        text = _lowered_for_cuda(forward, q, k, v, indices, starts, counts)
+        text = lowered_for_cuda(forward, q, k, v, indices, starts, counts)
     assert "custom_call @mosaic_gpu" in text
 
 
@@ -85,4 +81,4 @@ def test_backward_lowers_for_cuda(deferred, one_barrier):
     def backward(q, k, v, indices, counts, lse):
         return mosaic_backward(q, k, v, indices, counts, q, lse, q, config, key_padding=PADDED)
 
-    assert "custom_call @mosaic_gpu" in _lowered_for_cuda(backward, q, k, v, indices, counts, lse)
+    assert "custom_call @mosaic_gpu" in lowered_for_cuda(backward, q, k, v, indices, counts, lse)

@@ -16,6 +16,7 @@ from longcat_jax.presets import TINY_DIT_CONFIG
 from longcat_jax.quantization.matmul import quantize_activations
 from longcat_jax.quantization.modes import SCHEMES
 from longcat_jax.quantization.modulated_kernel import modulated_quantize
+from tests.helpers.cuda_lowering import lowered_for_cuda
 
 EPS = 1e-6
 
@@ -68,8 +69,7 @@ def test_the_row_kernel_refuses_what_it_cannot_take():
 def test_the_row_kernel_lowers_to_triton_for_cuda():
     x, shift, scale = _inputs()
     args = (x.reshape(-1, 256), scale.reshape(-1, 256), shift.reshape(-1, 256))
-    lowered = jax.jit(lambda *a: modulated_quantize(*a, rows_per_group=8, eps=EPS)).trace(*args)
-    text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    text = lowered_for_cuda(lambda *a: modulated_quantize(*a, rows_per_group=8, eps=EPS), *args)
     assert "modulated_quantize" in text and "triton" in text.lower()
 
 

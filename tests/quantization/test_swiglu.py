@@ -20,6 +20,7 @@ from longcat_jax.quantization.matmul import CUBLAS_FP8_GEMM, activation_scale, q
 from longcat_jax.quantization.modes import SCHEMES
 from longcat_jax.quantization.swiglu import fp8_swiglu_ffn, quantized_hidden_xla
 from longcat_jax.quantization.swiglu_kernel import swiglu_quantize
+from tests.helpers.cuda_lowering import lowered_for_cuda
 
 HIDDEN, FFN = 128, 352
 
@@ -147,7 +148,7 @@ def test_the_row_kernel_is_the_xla_form_in_the_interpreter(width):
 
 def test_the_row_kernel_lowers_to_triton_for_cuda():
     operands = _gemm_outputs()
-    text = jax.jit(swiglu_quantize).trace(*operands).lower(lowering_platforms=("cuda",)).as_text()
+    text = lowered_for_cuda(swiglu_quantize, *operands)
     assert "swiglu_quantize" in text and "triton" in text.lower()
 
 
