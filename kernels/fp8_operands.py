@@ -10,7 +10,10 @@ the BSA forward spends about half of each key block's step in its two products. 
   only rescale it where a row's maximum grew (`MosaicConfig.conditional_rescale`). The fold moved the error by
   0.3-0.8% of itself in emulation, with V blocks two decades apart (BENCHMARKS.md, "Folding V's block scales");
 - v transposed to [B, H, D, Sk]: FP8 wgmma takes K-major operands only, and the keys are P·V's contraction, so each
-  key block of V^T is a K-major [D, 64] tile;
+  key block of V^T is a K-major [D, 64] tile. Its keys are in the order the kernel's weights reach P·V
+  (`to_weights_key_order`): the weights go from the q·k^T accumulator's register layout to the 8-bit A operand's by
+  reading each thread's bytes as the operand's (`mosaic_common.e4m3_weights_operand`, no shuffle and no
+  shared-memory round trip), which reorders each 16 keys; V^T's keys are reordered the same way when it is written;
 - the softmax weights P (in [0, 1]) rounded to e4m3 after a 2^P_EXPONENT scale, which the kernel adds to the
   exponent of its exp2 for free: the small weights then stay clear of e4m3's subnormals; the row sums carry the
   same factor, so it cancels in the output and is taken out of the log-sum-exp.
@@ -80,6 +83,24 @@ def block_scales(x: jax.Array, block: int) -> jax.Array:
     return scale_of(amax).transpose(0, 2, 1)
 
 
+def to_weights_key_order(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x with each 16 entries along `axis` (a multiple of 16 long) in the FP8 kernel's P·V key order: entry
+    16g + 8a + 2t + b (a, b in {0, 1}, t in [0, 4)) moves to 16g + 4t + 2a + b, where the 8-bit A operand's layout
+    holds what the accumulator's layout held there (`mosaic_common.weights_operand_key_order` derives it from both)."""
+    axis = axis % x.ndim
+    split = (*x.shape[:axis], x.shape[axis] // 16, 2, 4, 2, *x.shape[axis + 1:])  # (g, a, t, b)
+    order = [*range(axis + 1), axis + 2, axis + 1, *range(axis + 3, x.ndim + 3)]  # -> (g, t, a, b)
+    return x.reshape(split).transpose(order).reshape(x.shape)
+
+
+def from_weights_key_order(x: jax.Array, axis: int = -1) -> jax.Array:
+    """The inverse of `to_weights_key_order`."""
+    axis = axis % x.ndim
+    split = (*x.shape[:axis], x.shape[axis] // 16, 4, 2, 2, *x.shape[axis + 1:])  # (g, t, a, b)
+    order = [*range(axis + 1), axis + 2, axis + 1, *range(axis + 3, x.ndim + 3)]  # -> (g, a, t, b)
+    return x.reshape(split).transpose(order).reshape(x.shape)
+
+
 def per_token(scales: jax.Array, block: int) -> jax.Array:
     """Per-block scales [B, H, M] spread over their blocks' tokens, [B, M * block, H, 1] (to multiply [B, S, H, D])."""
     return jnp.repeat(scales.transpose(0, 2, 1), block, axis=1)[..., None]
@@ -94,7 +115,7 @@ def quantize_operands(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int = 6
     """The FP8 kernel's operands from chunk-ordered q [B, Sq, H, D], k and v [B, Sk, H, D] (any float dtype), scaled per
     block of block_q / block_k tokens."""
     q_scales, k_scales, v_scales = block_scales(q, block_q), block_scales(k, block_k), block_scales(v, block_k)
-    v_t = jnp.transpose(_blocks_to_e4m3(v, v_scales), (0, 2, 3, 1))  # [B, H, D, Sk]
+    v_t = to_weights_key_order(jnp.transpose(_blocks_to_e4m3(v, v_scales), (0, 2, 3, 1)))  # [B, H, D, Sk]
     return Fp8Operands(_blocks_to_e4m3(q, q_scales), _blocks_to_e4m3(k, k_scales), v_t, q_scales, k_scales, v_scales)
 
 

@@ -95,8 +95,8 @@ class MosaicConfig:
 
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
-    """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows, with FP8 operands
-    the P tiles, with row sums on the tensor cores the ones columns (barriers aside)."""
+    """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows,
+    with row sums on the tensor cores the ones columns (barriers aside)."""
     out_tile = BLOCK * head_dim * 2
     tile = BLOCK * head_dim * (1 if fp8 else 2)  # q, K and V tiles
     consumers = config.consumers
@@ -107,7 +107,7 @@ def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = Fals
         consumers * config.v_stages * tile,
         consumers * aligned(k_max, INDEX_ALIGN) * 4,
         consumers * BLOCK * 4,
-    ) + ((consumers * BLOCK * BLOCK,) if fp8 else ()) + (
+    ) + (
         (consumers * ONES_ROWS * BLOCK * (1 if fp8 else 2),) if config.row_sums_on_tensor_cores else ()
     )
     return sum(aligned(n, SMEM_ALIGN) for n in buffers) + 3 * SMEM_ALIGN  # barriers, what Mosaic GPU reserves

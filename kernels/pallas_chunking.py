@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from kernels.fp8_operands import E4M3, scale_of
+from kernels.fp8_operands import E4M3, scale_of, to_weights_key_order
 from kernels.layout import check_tokens, chunk_grid, from_chunk_order
 
 
@@ -47,9 +47,10 @@ def _chunk_e4m3_kernel(x_ref, out_ref, pooled_ref, scale_ref):
 
 
 def _chunk_e4m3_transposed_kernel(x_ref, out_ref, scale_ref):
-    # out_ref [D, t*h*w]: the chunk's tokens as columns (V^T) over the block's scale, in e4m3; scale_ref [1] that scale
+    # out_ref [D, t*h*w]: the chunk's tokens as columns (V^T) over the block's scale, in e4m3, in the FP8 kernel's
+    # P·V key order; scale_ref [1] that scale
     tile = x_ref[...].reshape(out_ref.shape[::-1]).astype(jnp.float32)
-    out_ref[...] = _scaled(tile, scale_ref).T.astype(out_ref.dtype)
+    out_ref[...] = to_weights_key_order(_scaled(tile, scale_ref), axis=0).T.astype(out_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("latent_shape", "chunk_shape", "interpret"))
@@ -126,7 +127,8 @@ def chunk_to_e4m3_transposed(
     x: jax.Array, latent_shape: Sequence[int], chunk_shape: Sequence[int], *, interpret: bool = False
 ) -> tuple[jax.Array, jax.Array]:
     """[B, S, H, D] raster-ordered tokens -> (the tokens in chunk order and e4m3, each block over its own scale,
-    transposed to [B, H, D, S] (the FP8 kernel's V^T); the block scales [B, H, M] float32). Not differentiable."""
+    transposed to [B, H, D, S] with each block's keys in `fp8_operands.to_weights_key_order` (the FP8 kernel's V^T);
+    the block scales [B, H, M] float32). Not differentiable."""
     check_tokens(x, latent_shape)
     chunk_grid(latent_shape, chunk_shape)
     return _chunk_call(_chunk_e4m3_transposed_kernel, x, tuple(latent_shape), tuple(chunk_shape), E4M3, "transposed",

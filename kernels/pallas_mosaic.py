@@ -16,8 +16,9 @@ Same contract and outputs as `pallas_triton.triton_forward` (out and a base-2 lo
 grid padded to whole chunks, padded keys get logit -inf (`padding.mask_padded_keys`, on a wgmma-layout iota).
 
 With FP8 operands (`fp8_operands.Fp8Operands`, `KernelConfig(fp8=True)`) both products are e4m3 wgmmas: q·k^T as
-above, and P·V with P rounded to e4m3 into a shared-memory tile (Mosaic GPU has no register relayout from the
-accumulator's layout to the 8-bit operand's) and V^T's K-major [D, 64] tiles gathered from a transposed V. Each key
+above, and P·V with P rounded to e4m3 in registers, each thread's bytes read as the 8-bit A operand's
+(`mosaic_common.e4m3_weights_operand`: each 16 keys permuted, as V^T's keys are), and V^T's K-major [D, 64] tiles
+gathered from a transposed V. Each key
 block's V scale is folded into its weights (`fp8_operands.fold`), so the accumulator stays in the head's V scale.
 The accumulator's rescale is skipped by each thread whose rows kept their maximum (`MosaicConfig.conditional_rescale`,
 `mosaic_common.rescaled_rows`), which a threshold on the maximum's growth makes most steps
@@ -36,8 +37,17 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from kernels.errors import BSAConfigError
-from kernels.fp8_operands import P_EXPONENT
-from kernels.mosaic_common import BLOCK, LOG2E, SMEM_BYTES, dot_f32, interpret_params, rescaled_rows, tile_transforms
+from kernels.fp8_operands import P_EXPONENT, to_weights_key_order
+from kernels.mosaic_common import (
+    BLOCK,
+    LOG2E,
+    SMEM_BYTES,
+    dot_f32,
+    e4m3_weights_operand,
+    interpret_params,
+    rescaled_rows,
+    tile_transforms,
+)
 from kernels.mosaic_config import ONES_ROWS, MosaicConfig, fits, fitted, pad_indices, smem_bytes
 from kernels.padding import GridPadding, mask_padded_keys
 
@@ -103,7 +113,6 @@ def mosaic_forward(
         cta = lax.axis_index("ctas")
         wg = lax.axis_index("wg")
         (q_smem2, o_smem2, k_smem2, v_smem2, idx_smem2, lse_smem2, *extra_smem2), barriers = scoped
-        p_smem2 = extra_smem2[:1] if fp8 else []
         ones_smem2 = extra_smem2[-1] if tc_sums else None
         q_barriers, q_consumed, idx_barriers, k_barriers, v_barriers, k_consumed, v_consumed, schedule = barriers[:8]
         ones_loaded = barriers[8] if tc_sums else None
@@ -280,14 +289,13 @@ def mosaic_forward(
                     else:
                         weight_sums = weights.sum(axis=1)
                         row_sum = row_sum * correction + (weight_sums * unfold if fp8 else weight_sums)
-                    weights = weights.astype(operand_dtype)
                     if fp8 and not config.interpret:
-                        # P·V's 8-bit A operand goes through shared memory (no register relayout to its layout), and
-                        # before the barrier, which takes no 8-bit arrays
-                        p_smem2[0].at[wg][...] = weights
-                        plgpu.commit_smem()
+                        # P·V's 8-bit A operand in registers, its keys in V^T's order; before the barrier, which takes
+                        # no 8-bit arrays
+                        weights = e4m3_weights_operand(weights)
                         acc, row_sum, new_max = lax.optimization_barrier((acc, row_sum, new_max))
                     else:
+                        weights = weights.astype(operand_dtype)
                         acc, row_sum, new_max, weights = lax.optimization_barrier((acc, row_sum, new_max, weights))
                     if config.schedule_barrier:
                         plgpu.barrier_arrive(schedule)
@@ -296,20 +304,20 @@ def mosaic_forward(
                         plgpu.barrier_wait(schedule)
 
                     if config.interpret:
-                        acc = acc + dot_f32(weights, v_smem[v_slot], transpose_b=fp8)
+                        # V^T's keys are in the order the native kernel's A operand holds the weights' columns
+                        acc = acc + dot_f32(to_weights_key_order(weights, axis=1) if fp8 else weights, v_smem[v_slot],
+                                            transpose_b=fp8)
                         if tc_sums:
                             weight_sums = dot_f32(weights, ones_smem[...], transpose_b=True)
                             row_sum = row_sum + (weight_sums * unfold if fp8 else weight_sums)
                         wait_k(j + 1)
                     else:
-                        # the last step's wgmma has read the P tile before this step wrote it
-                        p_operand = p_smem2[0].at[wg] if fp8 else weights
                         v_operand = v_smem.at[v_slot].transpose((1, 0)) if fp8 else v_smem.at[v_slot]
 
                         def values_state(refs):
-                            plgpu.wgmma(refs[0], p_operand, v_operand)
+                            plgpu.wgmma(refs[0], weights, v_operand)
                             if tc_sums:
-                                plgpu.wgmma(refs[1], p_operand, ones_smem.transpose((1, 0)))
+                                plgpu.wgmma(refs[1], weights, ones_smem.transpose((1, 0)))
                             wait_k(j + 1)
 
                         if tc_sums and fp8:
@@ -411,8 +419,7 @@ def mosaic_forward(
             plgpu.SMEM((consumers, v_stages, *v_tile), operand_dtype, transforms=tile_transforms(operand_dtype, v_tile[1])),
             plgpu.SMEM((consumers, k_max), jnp.int32),
             plgpu.SMEM((consumers, BLOCK), jnp.float32),
-        ) + ((plgpu.SMEM((consumers, BLOCK, BLOCK), operand_dtype, transforms=tile_transforms(operand_dtype, BLOCK)),)
-             if fp8 else ()) + ((plgpu.SMEM((consumers, ONES_ROWS, BLOCK), operand_dtype,
+        ) + ((plgpu.SMEM((consumers, ONES_ROWS, BLOCK), operand_dtype,
                                             transforms=tile_transforms(operand_dtype, BLOCK)),) if tc_sums else ())
         barriers = (
             plgpu.Barrier(num_barriers=consumers),
@@ -447,9 +454,8 @@ def mosaic_forward(
         grid_names=("batch", "heads", "ctas"),
         num_threads=consumers + config.producers,
         thread_name="wg",
-        # no barriers around each store to shared memory (Pallas' default): a step's P tile is written after its last
-        # reader, the wgmma the consumer waited for, and committed with a barrier; the round's stores synchronise
-        # above (FP8 kernel 1.04-1.06x on an H100, BENCHMARKS.md)
+        # no barriers around each store to shared memory (Pallas' default): the round's out and lse stores synchronise
+        # above (FP8 kernel 1.04-1.06x on an H100 while its P tiles went through shared memory, BENCHMARKS.md)
         compiler_params=plgpu.CompilerParams(approx_math=True, unsafe_no_auto_barriers=True),
         **interpret_params(config.interpret),
     )(indices, starts, counts, q, k, v, *(fp8_scales if fp8 else ()), *((_ones_column(operand_dtype),) if tc_sums else ()))

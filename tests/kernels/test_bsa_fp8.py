@@ -18,13 +18,16 @@ import pytest
 from kernels import (
     BSAConfigError,
     BSAInputError,
+    BSAParams,
     KernelConfig,
+    bsa_attention,
     fp8_forward_available,
     fp8_operands,
     pallas_chunking,
     sparse_attention_chunked,
     to_chunk_order,
 )
+from kernels.mosaic_common import weights_operand_key_order
 from kernels.sparse_attention import fp8_sparse_attention_with_lse
 from longcat_jax.metrics import rel_l2
 from tests.helpers.benchmark_scripts import run_benchmark
@@ -82,7 +85,8 @@ def test_operands_and_their_emulation_agree():
     assert float(jnp.min(jnp.where(operands.v_scales == zero, 1.0, operands.v_scales))) >= fp8_operands.SMALLEST_SCALE
     emulated = fp8_operands.emulated_attention_inputs(q, k, v)
     scales = (operands.q_scales, operands.k_scales, operands.v_scales)
-    for x8, scale, want in zip((operands.q, operands.k, jnp.transpose(operands.v_t, (0, 3, 1, 2))), scales, emulated):
+    v8 = jnp.transpose(fp8_operands.from_weights_key_order(operands.v_t), (0, 3, 1, 2))  # [B, Sk, H, D], key order
+    for x8, scale, want in zip((operands.q, operands.k, v8), scales, emulated):
         np.testing.assert_array_equal(x8.astype(jnp.float32) * fp8_operands.per_token(scale, 64), want)
     for x, want in zip((q, k, v), emulated):  # e4m3's 3 mantissa bits: within 2^-4 of each value, relatively
         assert bool(jnp.all(jnp.abs(want - x) <= jnp.abs(x) / 16 + 1e-30 + jnp.max(jnp.abs(x)) * 2**-9 / 448))
@@ -131,7 +135,7 @@ def test_the_e4m3_chunking_kernel_matches_xla(transposed):
     want = (x_c.astype(jnp.float32) * (1.0 / fp8_operands.per_token(want_scales, 64))).astype(jnp.float8_e4m3fn)
     if transposed:
         tokens, scales = pallas_chunking.chunk_to_e4m3_transposed(x, latent, chunk, interpret=True)
-        want = jnp.transpose(want, (0, 2, 3, 1))
+        want = fp8_operands.to_weights_key_order(jnp.transpose(want, (0, 2, 3, 1)))  # V^T, keys as the kernel's P
     else:
         tokens, pooled, scales = pallas_chunking.chunk_to_e4m3(x, latent, chunk, interpret=True)
         _, want_pooled = pallas_chunking.chunk_and_pool(x, latent, chunk, interpret=True)
@@ -149,6 +153,26 @@ def test_config_refusals():
     with pytest.raises(BSAInputError, match="fp8=True.*64-token q and k blocks.*got blocks 32/32.*use fp8=False"):
         jax.jit(lambda *a: sparse_attention_chunked(*a, 32, 32, backend="pallas_interpret",
                                                     kernel_config=KernelConfig(fp8=True)))(*inputs)
+
+
+def test_the_whole_call_refuses_small_chunks_before_its_chunking_kernels():
+    # the chunking kernels write V^T in the kernel's 16-key order, which a 32-token block does not have: the refusal
+    # names the fix, not a reshape inside a kernel
+    latent, params = (2, 8, 8), BSAParams(sparsity=0.5, chunk_3d_shape_q=(2, 4, 4), chunk_3d_shape_k=(2, 4, 4))
+    q = jnp.ones((1, 128, 1, 64), jnp.bfloat16)
+    with pytest.raises(BSAInputError, match="fp8=True.*64-token q and k blocks.*got blocks 32/32.*use fp8=False"):
+        bsa_attention(q, q, q, latent, latent, params, backend="pallas_interpret", kernel_config=KernelConfig(fp8=True))
+
+
+@pytest.mark.parametrize("keys", [64, 128])
+def test_v_holds_its_keys_as_the_weights_operand_holds_them(keys):
+    # the native kernel reads each thread's e4m3 weights as the 8-bit A operand's bytes; the keys that puts in each
+    # operand column, worked out from Mosaic GPU's two register layouts, must be V^T's key order
+    order = weights_operand_key_order(keys)
+    np.testing.assert_array_equal(fp8_operands.to_weights_key_order(jnp.arange(keys)), order)
+    assert order != list(range(keys))  # a real permutation: an identity order would need no reordering of V
+    x = jax.random.normal(jax.random.key(0), (3, keys, 5))
+    np.testing.assert_array_equal(fp8_operands.from_weights_key_order(fp8_operands.to_weights_key_order(x, 1), 1), x)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal where there is no GPU")
