@@ -64,6 +64,7 @@ VARIANTS = {
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
+    "fp8 reduced sums": _fp8(row_sums_on_tensor_cores=False),
     "fp8 r1": dataclasses.replace(_fp8(), key_ranges=1),  # "fp8" splits where `key_ranges.auto_fp8_key_ranges` does
     "fp8 r2": dataclasses.replace(_fp8(), key_ranges=2),
     "fp8 r3": dataclasses.replace(_fp8(), key_ranges=3),
