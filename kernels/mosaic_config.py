@@ -95,8 +95,8 @@ class MosaicConfig:
 
 
 def smem_bytes(head_dim: int, k_max: int, config: MosaicConfig, fp8: bool = False) -> int:
-    """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows,
-    with row sums on the tensor cores the ones columns (barriers aside)."""
+    """Shared memory the kernel asks for: q and out tiles, K and V stages, index lists, lse rows, with row sums on the
+    tensor cores the ones columns (barriers aside)."""
     out_tile = BLOCK * head_dim * 2
     tile = BLOCK * head_dim * (1 if fp8 else 2)  # q, K and V tiles
     consumers = config.consumers

@@ -18,8 +18,8 @@ grid padded to whole chunks, padded keys get logit -inf (`padding.mask_padded_ke
 With FP8 operands (`fp8_operands.Fp8Operands`, `KernelConfig(fp8=True)`) both products are e4m3 wgmmas: q·k^T as
 above, and P·V with P rounded to e4m3 in registers, each thread's bytes read as the 8-bit A operand's
 (`mosaic_common.e4m3_weights_operand`: each 16 keys permuted, as V^T's keys are), and V^T's K-major [D, 64] tiles
-gathered from a transposed V. Each key
-block's V scale is folded into its weights (`fp8_operands.fold`), so the accumulator stays in the head's V scale.
+gathered from a transposed V. Each key block's V scale is folded into its weights (`fp8_operands.fold`), so the
+accumulator stays in the head's V scale.
 The accumulator's rescale is skipped by each thread whose rows kept their maximum (`MosaicConfig.conditional_rescale`,
 `mosaic_common.rescaled_rows`), which a threshold on the maximum's growth makes most steps
 (`MosaicConfig.rescale_threshold`).
