@@ -40,8 +40,9 @@ NO_GRADIENT = "KernelConfig(fp8=True) is for inference: the FP8 forward has no b
 
 
 class Fp8Operands(NamedTuple):
-    """The FP8 kernel's inputs: q [B, Sq, H, D], k [B, Sk, H, D] and v_t [B, H, D, Sk] in e4m3; float32 scales per
-    64-token block: q_scales [B, H, Mq] and k_scales [B, H, Mk] (applied to the logits), v_scales [B, H, Mk]."""
+    """The FP8 kernel's inputs: q [B, Sq, H, D], k [B, Sk, H, D] and v_t [B, H, D, Sk] in e4m3, v_t's keys in
+    `to_weights_key_order` within each block (as `quantize_operands` and the chunking kernel write it); float32 scales
+    per 64-token block: q_scales [B, H, Mq] and k_scales [B, H, Mk] (applied to the logits), v_scales [B, H, Mk]."""
 
     q: jax.Array
     k: jax.Array
