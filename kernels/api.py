@@ -179,7 +179,7 @@ def _fp8_attention(q, k, v, grid_q: GridPadding, grid_k: GridPadding, params: BS
     """The Pallas whole call on e4m3 operands, q, k, v [B, S, H, D] on padded grids in raster order: the chunking
     kernels write e4m3 with per-block scales (V transposed), then the FP8 Mosaic forward. Returns raster order."""
     chunk_q, chunk_k = params.chunk_3d_shape_q, params.chunk_3d_shape_k
-    # before the chunking kernels, which write V^T in the kernel's 16-key order (its blocks must be 64 tokens)
+    # refused before any kernel is traced
     config.check_fp8(q, params.chunk_size_q, params.chunk_size_k,
                      selection.max_selected(params, math.prod(grid_k.blocks)))
     q8, pooled_q, q_scales = pallas_chunking.chunk_to_e4m3(q, grid_q.padded, chunk_q, interpret=interpret)

@@ -88,17 +88,22 @@ def to_weights_key_order(x: jax.Array, axis: int = -1) -> jax.Array:
     """x with each 16 entries along `axis` (a multiple of 16 long) in the FP8 kernel's P·V key order: entry
     16g + 8a + 2t + b (a, b in {0, 1}, t in [0, 4)) moves to 16g + 4t + 2a + b, where the 8-bit A operand's layout
     holds what the accumulator's layout held there (`mosaic_common.weights_operand_key_order` derives it from both)."""
-    axis = axis % x.ndim
-    split = (*x.shape[:axis], x.shape[axis] // 16, 2, 4, 2, *x.shape[axis + 1:])  # (g, a, t, b)
-    order = [*range(axis + 1), axis + 2, axis + 1, *range(axis + 3, x.ndim + 3)]  # -> (g, t, a, b)
-    return x.reshape(split).transpose(order).reshape(x.shape)
+    return _swap_within_16(x, axis, (2, 4))  # (g, a, t, b) -> (g, t, a, b)
 
 
 def from_weights_key_order(x: jax.Array, axis: int = -1) -> jax.Array:
     """The inverse of `to_weights_key_order`."""
+    return _swap_within_16(x, axis, (4, 2))  # (g, t, a, b) -> (g, a, t, b)
+
+
+def _swap_within_16(x: jax.Array, axis: int, outer: tuple[int, int]) -> jax.Array:
+    """x with each 16 entries along `axis` split as (outer[0], outer[1], 2) and its first two parts swapped."""
     axis = axis % x.ndim
-    split = (*x.shape[:axis], x.shape[axis] // 16, 4, 2, 2, *x.shape[axis + 1:])  # (g, t, a, b)
-    order = [*range(axis + 1), axis + 2, axis + 1, *range(axis + 3, x.ndim + 3)]  # -> (g, a, t, b)
+    if x.shape[axis] % 16:
+        raise ValueError(f"the FP8 kernel's key order reorders 16 keys at a time: axis {axis} of {x.shape} is not a "
+                         "multiple of 16 (its blocks are 64 tokens)")
+    split = (*x.shape[:axis], x.shape[axis] // 16, *outer, 2, *x.shape[axis + 1:])
+    order = [*range(axis + 1), axis + 2, axis + 1, *range(axis + 3, x.ndim + 3)]
     return x.reshape(split).transpose(order).reshape(x.shape)
 
 

@@ -155,9 +155,8 @@ def test_config_refusals():
                                                     kernel_config=KernelConfig(fp8=True)))(*inputs)
 
 
-def test_the_whole_call_refuses_small_chunks_before_its_chunking_kernels():
-    # the chunking kernels write V^T in the kernel's 16-key order, which a 32-token block does not have: the refusal
-    # names the fix, not a reshape inside a kernel
+def test_the_whole_call_refuses_fp8_with_small_chunks():
+    # through bsa_attention (test_config_refusals goes through sparse_attention_chunked): the refusal names the fix
     latent, params = (2, 8, 8), BSAParams(sparsity=0.5, chunk_3d_shape_q=(2, 4, 4), chunk_3d_shape_k=(2, 4, 4))
     q = jnp.ones((1, 128, 1, 64), jnp.bfloat16)
     with pytest.raises(BSAInputError, match="fp8=True.*64-token q and k blocks.*got blocks 32/32.*use fp8=False"):
@@ -173,6 +172,8 @@ def test_v_holds_its_keys_as_the_weights_operand_holds_them(keys):
     assert order != list(range(keys))  # a real permutation: an identity order would need no reordering of V
     x = jax.random.normal(jax.random.key(0), (3, keys, 5))
     np.testing.assert_array_equal(fp8_operands.from_weights_key_order(fp8_operands.to_weights_key_order(x, 1), 1), x)
+    with pytest.raises(ValueError, match="16 keys at a time.*not a multiple of 16"):
+        fp8_operands.to_weights_key_order(jnp.arange(40))
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal where there is no GPU")
