@@ -1,14 +1,12 @@
 """Time the BSA top-k selection kernel (`kernels.pallas_topk`) alone: each row as one padded array and as
-power-of-two pieces (`split_rows`), each with the radix search deciding 1, 2 or 4 bits a step (`radix_bits`), next
-to XLA's `jax.lax.top_k` + sort, in the same run.
+power-of-two pieces (`split_rows`), next to XLA's `jax.lax.top_k` + sort, in the same run.
 
 Why: at 168,960 tokens the top-k over 2,640 key blocks a row is the largest part of the FP8 whole call outside the
 attention kernel (#19), and a row of 2,640 padded to 4,096 lanes spends a third of its compares on padding.
 Random normal block scores [1, heads, M, M] (M query and key blocks: 1,320 at 84,480 tokens, 2,640 at 168,960),
-k from the top-k sparsity as `BSAParams.num_topk` takes it. Every form's indices are checked against XLA's first.
+k from the top-k sparsity as `BSAParams.num_topk` takes it. Both forms' indices are checked against XLA's first.
 
     python3 benchmarks/bsa_top_k.py [--blocks 1320,2640] [--sparsities 0.875,0.9375,0.96875] [--heads 32]
-        [--radix-bits 1,2,4]
 """
 
 from __future__ import annotations
@@ -31,30 +29,24 @@ def main() -> None:
     parser.add_argument("--blocks", default="1320,2640", help="key (and query) blocks a row, comma-separated")
     parser.add_argument("--sparsities", default="0.875,0.9375,0.96875")
     parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--radix-bits", default="1,2,4", help="bits a search step decides, comma-separated")
     args = parser.parse_args()
-    radix_bits = [int(n) for n in args.radix_bits.split(",")]
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    print("| blocks | sparsity | k | row form | " + " | ".join(f"{bits} bit ms" for bits in radix_bits)
-          + " | XLA top_k + sort ms |")
-    print("|---" * (5 + len(radix_bits)) + "|")
+    print("| blocks | sparsity | k | pieces | one array ms | pieces ms | speed-up | XLA top_k + sort ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for blocks in (int(n) for n in args.blocks.split(",")):
         scores = jax.random.normal(jax.random.key(blocks), (1, args.heads, blocks, blocks), jnp.float32)
         pieces = "+".join(map(str, pallas_topk.row_pieces(blocks)))
         for sparsity in (float(s) for s in args.sparsities.split(",")):
             k = BSAParams(sparsity=sparsity).num_topk(blocks)
             xla = jax.jit(lambda s, k=k: jnp.sort(jax.lax.top_k(s, k)[1].astype(jnp.int32), axis=-1))
+            one, split = (jax.jit(lambda s, k=k, split=split: pallas_topk.top_k_indices(s, k, split_rows=split))
+                          for split in (False, True))
             want = xla(scores)
-            xla_ms = Timer()(xla, scores)
-            for split, form in ((False, f"one array of {1 << (blocks - 1).bit_length()}"), (True, pieces)):
-                times = []
-                for bits in radix_bits:
-                    kernel = jax.jit(lambda s, k=k, split=split, bits=bits: pallas_topk.top_k_indices(
-                        s, k, split_rows=split, radix_bits=bits))
-                    np.testing.assert_array_equal(kernel(scores), want)
-                    times.append(Timer()(kernel, scores))
-                print(f"| {blocks} | {sparsity} | {k} | {form} | " + " | ".join(f"{ms:.3f}" for ms in times)
-                      + f" | {xla_ms:.3f} |", flush=True)
+            for kernel in (one, split):
+                np.testing.assert_array_equal(kernel(scores), want)
+            one_ms, split_ms, xla_ms = (Timer()(fn, scores) for fn in (one, split, xla))
+            print(f"| {blocks} | {sparsity} | {k} | {pieces} | {one_ms:.3f} | {split_ms:.3f} | {one_ms / split_ms:.2f}x "
+                  f"| {xla_ms:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -234,8 +234,8 @@ def _top_k_cases():
     yield jnp.zeros((1, 1, 64)).at[0, 0, 5].set(-0.0).at[0, 0, 40].set(-1e-30), 63
 
 
-def _check_top_k(scores, k, *, interpret, split_rows=False, radix_bits=1):
-    got = pallas_topk.top_k_indices(scores, k, interpret=interpret, split_rows=split_rows, radix_bits=radix_bits)
+def _check_top_k(scores, k, *, interpret, split_rows=False):
+    got = pallas_topk.top_k_indices(scores, k, interpret=interpret, split_rows=split_rows)
     chex.assert_type(got, jnp.int32)
     np.testing.assert_array_equal(got, jnp.sort(jax.lax.top_k(scores, k)[1], axis=-1))
 
@@ -290,27 +290,19 @@ def test_top_k_row_pieces_cover_each_row_in_powers_of_two():
         assert num <= sum(pieces) < num + max(pallas_topk.MIN_PIECE, pieces[-1])
 
 
-@pytest.mark.parametrize("radix_bits", pallas_topk.RADIX_BITS, ids=lambda bits: f"{bits}_bit_steps")
 @pytest.mark.parametrize("split_rows", [False, True], ids=["one_row_array", "row_pieces"])
 @pytest.mark.parametrize("case", range(10))
-def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case, split_rows, radix_bits):
+def test_pallas_top_k_kernel_matches_lax_top_k_in_interpret_mode(case, split_rows):
     scores, k = list(_top_k_cases())[case]
-    _check_top_k(scores, k, interpret=True, split_rows=split_rows, radix_bits=radix_bits)
+    _check_top_k(scores, k, interpret=True, split_rows=split_rows)
 
 
-def test_the_top_k_refuses_a_radix_step_that_does_not_divide_32_bits():
-    with pytest.raises(ValueError, match=r"radix_bits must be one of \(1, 2, 4\), got 3"):
-        pallas_topk.top_k_indices(jnp.zeros((2, 8)), 2, interpret=True, radix_bits=3)
-
-
-@pytest.mark.parametrize("radix_bits", pallas_topk.RADIX_BITS, ids=lambda bits: f"{bits}_bit_steps")
 @pytest.mark.parametrize("split_rows", [False, True], ids=["one_row_array", "row_pieces"])
-def test_pallas_top_k_kernel_lowers_for_cuda(split_rows, radix_bits):
+def test_pallas_top_k_kernel_lowers_for_cuda(split_rows):
     # Pallas' Triton lowering of the GPU path (masked scatter stores, the radix loop) runs on the CPU for an abstract
     # H100 (newer JAX asks which GPU it lowers for); the interpreter cases above check what it computes
     scores = jnp.zeros((2, 4, 1320), jnp.float32)
-    assert "bsa_top_k" in lowered_for_cuda(
-        lambda s: pallas_topk.top_k_indices(s, 82, split_rows=split_rows, radix_bits=radix_bits), scores)
+    assert "bsa_top_k" in lowered_for_cuda(lambda s: pallas_topk.top_k_indices(s, 82, split_rows=split_rows), scores)
 
 
 @pytest.mark.gpu
@@ -319,5 +311,4 @@ def test_pallas_top_k_kernel_matches_lax_top_k_on_gpu():
         scores = jax.random.normal(jax.random.key(mk), (4, 96, mk))
         for x in (scores, jnp.round(scores * 4) / 4):
             for split_rows in (False, True):
-                for radix_bits in pallas_topk.RADIX_BITS:
-                    _check_top_k(x, k, interpret=False, split_rows=split_rows, radix_bits=radix_bits)
+                _check_top_k(x, k, interpret=False, split_rows=split_rows)
