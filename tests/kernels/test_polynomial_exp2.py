@@ -69,9 +69,10 @@ def test_mixed_exp2_matches_its_jnp_form_on_gpu(every):
     np.testing.assert_allclose(got, special, rtol=8e-5, atol=2.0 ** (EXP2_FLOOR + 1))
     if every == 1:  # every register by the polynomial: its jnp form's values
         np.testing.assert_allclose(got, polynomial, rtol=1e-6, atol=2.0 ** (EXP2_FLOOR + 1))
-    exact = np.isclose(got, special, rtol=1e-6, atol=0)
-    share = 1 - exact.mean()  # the entries off ex2.approx's values: the polynomial's share
-    assert share == pytest.approx({1: 1.0, 4: 0.25, 0: 0.0}[every], abs=0.03)
+    # the entries off ex2.approx's values: the polynomial's share, less the few where its error (up to 7.5e-5) is under
+    # 1e-6 (its error curve crosses zero a few times in each octave)
+    share = 1 - np.isclose(got, special, rtol=1e-6, atol=0).mean()
+    assert share == pytest.approx({1: 0.96, 4: 0.24, 0: 0.0}[every], abs=0.05)
 
 
 @pytest.mark.gpu
