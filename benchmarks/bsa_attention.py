@@ -319,9 +319,6 @@ def measure_fp8(record: dict, bench, latent, params: BSAParams, raster_qkv, chun
     if bench.args.fp8_conditional_rescale is not None:
         fp8 = dataclasses.replace(fp8, mosaic_fp8=dataclasses.replace(
             fp8.mosaic_fp8, conditional_rescale=True, rescale_threshold=bench.args.fp8_conditional_rescale))
-    if bench.args.fp8_polynomial_exp2:
-        fp8 = dataclasses.replace(fp8, mosaic_fp8=dataclasses.replace(
-            fp8.mosaic_fp8, polynomial_exp2_every=bench.args.fp8_polynomial_exp2))
     kernel_config = fp8.interpreted() if bench.backend == "pallas_interpret" else fp8
     whole = jax.jit(lambda q, k, v: bsa_attention(q, k, v, latent, latent, params, backend=bench.backend,
                                                   kernel_config=fp8))
@@ -397,9 +394,6 @@ def parse_args() -> argparse.Namespace:
                         help="with --fp8: the FP8 call skips unneeded rescales, its maxima held within THRESHOLD "
                              f"(log2 units, 0 to {MAX_RESCALE_THRESHOLD}; MosaicConfig.conditional_rescale and "
                              "rescale_threshold)")
-    parser.add_argument("--fp8-polynomial-exp2", type=int, default=0, metavar="N",
-                        help="with --fp8: every N-th register of the FP8 call's softmax weights takes exp2 by a "
-                             "polynomial (MosaicConfig.polynomial_exp2_every; 0, the default: none)")
     parser.add_argument("--check", action="store_true", help="compare our kernel with the jnp reference")
     parser.add_argument("--small", action="store_true",
                         help=f"a CPU run in seconds: grid {SMALL['sizes']}, {SMALL['heads']} heads of {SMALL['head_dim']}, "
@@ -419,10 +413,6 @@ def parse_args() -> argparse.Namespace:
     if args.fp8_conditional_rescale is not None and not 0 <= args.fp8_conditional_rescale <= MAX_RESCALE_THRESHOLD:
         problems.append(f"--fp8-conditional-rescale must be in [0, {MAX_RESCALE_THRESHOLD}], "
                         f"got {args.fp8_conditional_rescale:g}")
-    if args.fp8_polynomial_exp2 and not args.fp8:
-        problems.append("--fp8-polynomial-exp2 sets the FP8 call: give --fp8 with it")
-    if args.fp8_polynomial_exp2 < 0:
-        problems.append(f"--fp8-polynomial-exp2 must be at least 0, got {args.fp8_polynomial_exp2}")
     if args.small and (args.reference or args.sweep):
         problems.append("--small runs on the CPU: --reference and --sweep need a GPU")
     if problems:

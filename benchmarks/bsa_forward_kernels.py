@@ -8,8 +8,7 @@ the selected blocks only (4*D*64*64 per pair). Every variant is checked against 
 kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
 reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
 accumulator's rescale where none of its rows' maxima moved (`MosaicConfig.conditional_rescale`), tN = the maxima held
-until exceeded by N (`MosaicConfig.rescale_threshold`), polyN = every N-th register of the softmax weights' exp2 by
-a polynomial (`MosaicConfig.polynomial_exp2_every`), fp8 = the FP8 forward
+until exceeded by N (`MosaicConfig.rescale_threshold`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings and key ranges but the named ones) on e4m3 operands
 quantized before the timed call (its rel. L2 against the first variant is FP8's own error too).
 
@@ -66,10 +65,6 @@ VARIANTS = {
     "fp8 k3": _fp8(k_stages=3),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),
     "fp8 reduced sums": _fp8(row_sums_on_tensor_cores=False),
-    "fp8 poly2": _fp8(polynomial_exp2_every=2),
-    "fp8 poly4": _fp8(polynomial_exp2_every=4),
-    "fp8 poly8": _fp8(polynomial_exp2_every=8),
-    "mosaic n2 conditional poly4": _mosaic(1, rounds=2, conditional_rescale=True, polynomial_exp2_every=4),
     "fp8 r1": dataclasses.replace(_fp8(), key_ranges=1),  # "fp8" splits where `key_ranges.auto_fp8_key_ranges` does
     "fp8 r2": dataclasses.replace(_fp8(), key_ranges=2),
     "fp8 r3": dataclasses.replace(_fp8(), key_ranges=3),

@@ -13,7 +13,6 @@ from jax.experimental.mosaic import gpu as mgpu
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxlib.mlir import ir
 from jaxlib.mlir.dialects import arith, scf, vector
-from jaxlib.mlir.dialects import math as mlir_math
 
 LOG2E = math.log2(math.e)
 BLOCK = 64  # tokens per query block and per key block
@@ -91,68 +90,6 @@ def rescaled_rows(acc, correction, row_max, new_max, interpret: bool):
         return mgpu.FragmentedArray(_registers=results, _layout=acc.layout, _is_signed=None)
 
     return rescale(plgpu.layout_cast(acc, plgpu.Layout.WGMMA), correction, row_max, new_max)
-
-
-# 2^f on [0, 1) as c0 + c1 f + c2 f^2 + c3 f^3, fitted for the least largest relative error (7.5e-5)
-EXP2_POLYNOMIAL = (0.9999251255464424, 0.6958339921071514, 0.2260670727303947, 0.07802403102605934)
-EXP2_FLOOR = -126.0  # arguments below it give about 2^-126: 2^n added to the exponent bits of c0 (< 1) needs n >= -126
-
-
-def exp2_polynomial(x):
-    """2^x as `mixed_exp2`'s polynomial registers compute it, in jnp (reference and tests): x clamped to EXP2_FLOOR,
-    2^frac(x) by EXP2_POLYNOMIAL and 2^floor(x) added to its exponent bits."""
-    x = jnp.maximum(x, EXP2_FLOOR)
-    whole = jnp.floor(x)
-    fraction = x - whole
-    c0, c1, c2, c3 = EXP2_POLYNOMIAL
-    mantissa = ((c3 * fraction + c2) * fraction + c1) * fraction + c0
-    bits = lax.bitcast_convert_type(mantissa, jnp.int32) + (whole.astype(jnp.int32) << 23)
-    return lax.bitcast_convert_type(bits, jnp.float32)
-
-
-def mixed_exp2(x, polynomial_every: int):
-    """2^x of x [64, N] float32 (wgmma accumulator layout): every `polynomial_every`-th register of each thread by
-    `exp2_polynomial` on the FMA and integer pipes, the others by the special-function unit's ex2.approx.
-
-    Why: the FP8 kernel's softmax issues 32 ex2 a thread each key block, which the special-function units take at a
-    sixteenth of the FMA pipes' rate (ncu: the ex2s were about a fifth of the consumers' stall samples, throttled on
-    that unit, twenty-ninth and thirtieth sessions); FlashAttention-4 moves a share of them to a polynomial. The
-    polynomial's relative error (7.5e-5) is far below e4m3's and bf16's rounding of the weights. Which registers take
-    it is fixed at trace time (no branch).
-    """
-    @plgpu.inline_mgpu(
-        arg_types=(plgpu.Layout.WGMMA,),
-        return_type=plgpu.ShapeDtypeStruct(x.shape, jnp.float32, layout=plgpu.Layout.WGMMA),
-    )
-    def exp2(_, x):
-        f32, i32 = ir.F32Type.get(), ir.IntegerType.get_signless(32)
-        special = mgpu.FragmentedArray._lift_fast_instr("ex2.approx.ftz.f32")
-        registers = x.registers
-        results = np.empty(registers.shape, dtype=object)
-        for position, register in zip(np.ndindex(registers.shape), registers.flat, strict=True):
-            index = int(np.ravel_multi_index(position, registers.shape))
-            use_polynomial = polynomial_every and index % polynomial_every == polynomial_every - 1
-            results[position] = _exp2_polynomial_register(register, f32, i32) if use_polynomial else special(register)
-        return mgpu.FragmentedArray(_registers=results, _layout=x.layout, _is_signed=None)
-
-    return exp2(plgpu.layout_cast(x, plgpu.Layout.WGMMA))
-
-
-def _exp2_polynomial_register(register, f32, i32):
-    """`exp2_polynomial` on one register (a vector of float32) in MLIR arith / math ops."""
-    shape = ir.VectorType(register.type).shape
-    floats, ints = ir.VectorType.get(shape, f32), ir.VectorType.get(shape, i32)
-
-    def splat(vector_type, attribute):
-        return arith.constant(vector_type, ir.DenseElementsAttr.get_splat(vector_type, attribute))
-
-    clamped = arith.maximumf(register, splat(floats, ir.FloatAttr.get(f32, EXP2_FLOOR)))
-    whole = mlir_math.floor(clamped)
-    fraction = arith.subf(clamped, whole)
-    c0, c1, c2, c3 = (splat(floats, ir.FloatAttr.get(f32, c)) for c in EXP2_POLYNOMIAL)
-    mantissa = mlir_math.fma(mlir_math.fma(mlir_math.fma(c3, fraction, c2), fraction, c1), fraction, c0)
-    exponent = arith.shli(arith.fptosi(ints, whole), splat(ints, ir.IntegerAttr.get(i32, 23)))
-    return arith.bitcast(floats, arith.addi(arith.bitcast(ints, mantissa), exponent))
 
 
 def dot_f32(a, b, *, transpose_b=False):

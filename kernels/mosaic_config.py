@@ -49,10 +49,7 @@ class MosaicConfig:
     The weights then reach 2^threshold: with FP8 operands their e4m3 scale drops from 2^P_EXPONENT by as much (2^6
     at 2: 1.2-1.5% more error than at 0 on random inputs, at most 0.1% on the structured ones, in that emulation);
     0 by default (the FP8 kernel at 2 ran 0.96-0.99x the speed of the kernel without the conditional rescale on an
-    H100); polynomial_exp2_every: 0 (every softmax weight's exp2 on the special-function unit) or n (every n-th register
-    of each thread's weights by a polynomial on the FMA pipes instead, `mosaic_common.mixed_exp2`; the interpreter
-    takes exp2 for all, 7.5e-5 relative from the polynomial at most); interpret: run through the Mosaic GPU interpreter
-    on the CPU (tests). The interpreter has no wgmma on a
+    H100); interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots; the
     pipeline, barriers, index gathering and softmax are the GPU's.
     """
@@ -66,7 +63,6 @@ class MosaicConfig:
     row_sums_on_tensor_cores: bool = True
     conditional_rescale: bool = False
     rescale_threshold: float = 0.0
-    polynomial_exp2_every: int = 0
     interpret: bool = False
 
     def __post_init__(self):
@@ -89,9 +85,6 @@ class MosaicConfig:
                 f"MosaicConfig(rescale_threshold={threshold}) holds stale maxima to skip rescales, which only "
                 "conditional_rescale=True skips: set it too, or leave rescale_threshold at 0"
             )
-        every = self.polynomial_exp2_every
-        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-            raise BSAConfigError(f"MosaicConfig.polynomial_exp2_every must be an int >= 0 (0: off), got {every!r}")
         if self.consumers not in (2, 3):
             raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")
         if self.consumers == 3 and (self.schedule_barrier or self.producers != 1):

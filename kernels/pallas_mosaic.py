@@ -45,7 +45,6 @@ from kernels.mosaic_common import (
     dot_f32,
     e4m3_weights_operand,
     interpret_params,
-    mixed_exp2,
     rescaled_rows,
     tile_transforms,
 )
@@ -279,11 +278,7 @@ def mosaic_forward(
                     correction = jnp.exp2(row_max - new_max)
                     # FP8: the weights carry 2^P_EXPONENT and their key block's V fold (its exponent, <= 0)
                     offset = new_max - (weight_exponent + fold_exponent) if fp8 else new_max
-                    exponents = logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0])
-                    if config.polynomial_exp2_every and not config.interpret:
-                        weights = mixed_exp2(exponents, config.polynomial_exp2_every)
-                    else:
-                        weights = jnp.exp2(exponents)
+                    weights = jnp.exp2(logits * scale - lax.broadcast_in_dim(offset, logits.shape, [0]))
                     unfold = jnp.exp2(-fold_exponent) if fp8 else None  # the row sums count the unfolded weights
                     if config.conditional_rescale:
                         acc = rescaled_rows(acc, correction, row_max, new_max, config.interpret)

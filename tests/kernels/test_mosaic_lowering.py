@@ -28,8 +28,6 @@ FORWARD_CONFIGS = {
     "row_sums_by_reduction": MosaicConfig(row_sums_on_tensor_cores=False),
     # the per-thread branch inlined in Mosaic GPU, and the held maximum
     "conditional_rescale_threshold": MosaicConfig(conditional_rescale=True, rescale_threshold=2.0),
-    # a quarter of the softmax weights' exp2 by a polynomial in inlined Mosaic GPU (arith and math ops on registers)
-    "polynomial_exp2": MosaicConfig(polynomial_exp2_every=4),
 }
 
 
