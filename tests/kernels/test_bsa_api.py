@@ -228,10 +228,11 @@ def _top_k_cases():
     yield jnp.round(wide[..., :300] * 2) / 2, 100  # ties that run across the pieces' boundary
     yield wide, 165
     yield jnp.full((1, 2, 300), -0.5).at[:, :, 290:].set(1.0), 270  # the ties wanted lie in both pieces
-    # the sign bit decided with the others: only negative scores, -inf below the k-th, -0.0 tied with 0.0 (lower first)
+    # signs: only negative scores; -inf below the k-th; -0.0 below 0.0, as jax.lax.top_k orders them (k = 62 leaves out
+    # the -0.0 at 5 and the -1e-30 at 40, where a tie of the zeros would leave out the last zero instead)
     yield -jnp.abs(scores) - 1.0, 20
     yield jnp.full((1, 3, 40), -jnp.inf).at[:, :, 3:9].set(-2.0), 5
-    yield jnp.zeros((1, 1, 64)).at[0, 0, 5].set(-0.0).at[0, 0, 40].set(-1e-30), 63
+    yield jnp.zeros((1, 1, 64)).at[0, 0, 5].set(-0.0).at[0, 0, 40].set(-1e-30), 62
 
 
 def _check_top_k(scores, k, *, interpret, split_rows=False):
