@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bsa_inputs import parse_grid  # noqa: E402  # this script's sibling
-from device_profile import print_top  # noqa: E402
+from device_profile import print_idle_gaps, print_top  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import BSAParams, KernelConfig, bsa_attention  # noqa: E402
@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--top", type=int, default=16, help="how many of the largest ops to print")
+    parser.add_argument("--calls", type=int, default=3,
+                        help="back-to-back calls (one wait at the end, as the benchmark times them) whose GPU idle "
+                             "gaps are printed after the op table")
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, kernels from {kernels.__file__}")
     forms = args.forms.split(",")
@@ -60,6 +63,8 @@ def main() -> None:
                 call(q, k, v).block_until_ready()
                 print_top(lambda: call(q, k, v).block_until_ready(), top=args.top,
                           label=f"{size} ({tokens} tokens), top-k {sparsity}, {form}", hlo_text=hlo_text)
+                print_idle_gaps(lambda: jax.block_until_ready([call(q, k, v) for _ in range(args.calls)]),
+                                label=f"{args.calls} calls back to back")
                 print(flush=True)
 
 

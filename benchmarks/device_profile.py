@@ -17,8 +17,8 @@ import jax
 from jax.profiler import ProfileData
 
 
-def device_time_by_name(fn) -> tuple[dict[str, tuple[float, int]], float]:
-    """Runs fn() once under the profiler: ({event name: (total ms, count)}, the summed ms), or ({}, 0.0) without a
+def device_events(fn) -> list[tuple[str, int, int]]:
+    """Runs fn() once under the profiler: its GPU events (name, start ns, end ns) in start order, or [] without a
     device plane."""
     with tempfile.TemporaryDirectory() as directory:
         with jax.profiler.trace(directory):
@@ -27,16 +27,45 @@ def device_time_by_name(fn) -> tuple[dict[str, tuple[float, int]], float]:
         profile = ProfileData.from_file(files[0])
         planes = [plane for plane in profile.planes if plane.name.startswith("/device:GPU")]
         if not planes:
-            return {}, 0.0
+            return []
         lines = list(planes[0].lines)
         chosen = [line for line in lines if line.name == "XLA Ops"] or [line for line in lines if "Stream" in line.name]
-        totals = collections.defaultdict(lambda: [0.0, 0])
-        for line in chosen:
-            for event in line.events:
-                totals[event.name][0] += event.duration_ns / 1e6
-                totals[event.name][1] += 1
+        events = [(event.name, int(event.start_ns), int(event.end_ns)) for line in chosen for event in line.events]
+    return sorted(events, key=lambda event: event[1])
+
+
+def device_time_by_name(fn) -> tuple[dict[str, tuple[float, int]], float]:
+    """Runs fn() once under the profiler: ({event name: (total ms, count)}, the summed ms), or ({}, 0.0) without a
+    device plane."""
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    for name, start, end in device_events(fn):
+        totals[name][0] += (end - start) / 1e6
+        totals[name][1] += 1
     summed = sum(ms for ms, _ in totals.values())
     return {name: (ms, count) for name, (ms, count) in totals.items()}, summed
+
+
+def print_idle_gaps(fn, top: int = 8, label: str = "") -> None:
+    """Prints the span of fn()'s GPU events (the first one's start to the last one's end), the time in them and the
+    `top` longest idle stretches between them with the ops on each side: where a timed call's wall time exceeds
+    its summed device time, this says whether the GPU waited inside the calls or between them."""
+    events = device_events(fn)
+    if not events:
+        print(f"{label}: no device plane in the trace (not a GPU run)", flush=True)
+        return
+    busy_until, gaps, busy = events[0][1], [], 0
+    previous = events[0][0]
+    for name, start, end in events:
+        if start > busy_until:
+            gaps.append(((start - busy_until) / 1e6, previous, name))
+        busy += max(0, end - max(start, busy_until))
+        if end > busy_until:
+            busy_until, previous = end, name
+    span = (busy_until - events[0][1]) / 1e6
+    print(f"{label}: {len(events)} events over {span:.2f} ms, the GPU busy {busy / 1e6:.2f} ms of it, idle "
+          f"{sum(gap for gap, _, _ in gaps):.2f} ms in {len(gaps)} gaps; the longest:", flush=True)
+    for gap, before, after in sorted(gaps, reverse=True)[:top]:
+        print(f"| {gap:.3f} ms | after {before[:60]} | before {after[:60]} |", flush=True)
 
 
 def _stack_frames(hlo_text: str) -> dict[str, str]:
