@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import fp8_operands, layout, pallas_chunking, reference, selection
+from kernels import fp8_operands, layout, pallas_chunking, pallas_topk_with_v, reference, selection
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 from kernels.params import BSAParams
@@ -184,9 +184,17 @@ def _fp8_attention(q, k, v, grid_q: GridPadding, grid_k: GridPadding, params: BS
                      selection.max_selected(params, math.prod(grid_k.blocks)))
     q8, pooled_q, q_scales = pallas_chunking.chunk_to_e4m3(q, grid_q.padded, chunk_q, interpret=interpret)
     k8, pooled_k, k_scales = pallas_chunking.chunk_to_e4m3(k, grid_k.padded, chunk_k, interpret=interpret)
-    v_t, v_scales = pallas_chunking.chunk_to_e4m3_transposed(v, grid_k.padded, chunk_k, interpret=interpret)
-    indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1],
-                              "pallas_interpret" if interpret else "pallas", config.top_k_row_pieces)
+    num_k_blocks = math.prod(grid_k.blocks)
+    if params.cdf_threshold is None and pallas_topk_with_v.supports(num_k_blocks):
+        # the top-k and V's pass in one launch (V's reads under the top-k's compares)
+        indices, v_t, v_scales = pallas_topk_with_v.top_k_and_v_to_e4m3(
+            _block_scores(pooled_q, pooled_k, grid_q, grid_k), selection.max_selected(params, num_k_blocks), v,
+            grid_k.padded, chunk_k, interpret=interpret, split_rows=config.top_k_row_pieces)
+        counts = jnp.full(indices.shape[:-1], params.num_topk(num_k_blocks), jnp.int32)
+    else:
+        v_t, v_scales = pallas_chunking.chunk_to_e4m3_transposed(v, grid_k.padded, chunk_k, interpret=interpret)
+        indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1],
+                                  "pallas_interpret" if interpret else "pallas", config.top_k_row_pieces)
     operands = fp8_operands.Fp8Operands(q8, k8, v_t, q_scales, k_scales, v_scales)
     key_padding = grid_k if grid_k.needed else None
     out, _ = fp8_sparse_attention_with_lse(
@@ -205,8 +213,14 @@ def _select(pooled_q, pooled_k, grid_q: GridPadding, grid_k: GridPadding, params
             backend: str, top_k_row_pieces: bool | None = None):
     """Selected key blocks (indices [B, H, Mq, K_max], counts [B, H, Mq]) from the means [B, H, M, D] float32 of
     the padded blocks (padding counted as zeros), which are rescaled to means over the real tokens first."""
-    scores = selection.pooled_scores(grid_q.real_means(pooled_q), grid_k.real_means(pooled_k))  # [B, H, Mq, Mk]
+    scores = _block_scores(pooled_q, pooled_k, grid_q, grid_k)
     return selection.select_from_scores(scores, params, head_dim, backend=backend, top_k_row_pieces=top_k_row_pieces)
+
+
+def _block_scores(pooled_q, pooled_k, grid_q: GridPadding, grid_k: GridPadding) -> jax.Array:
+    """Block scores [B, H, Mq, Mk] float32 from the means [B, H, M, D] of the padded blocks (padding counted as
+    zeros), rescaled to means over the real tokens first."""
+    return selection.pooled_scores(grid_q.real_means(pooled_q), grid_k.real_means(pooled_k))
 
 
 @functools.partial(

@@ -31,26 +31,34 @@ def _chunk_kernel(x_ref, out_ref, pooled_ref):
     pooled_ref[...] = jnp.mean(tile.astype(jnp.float32), axis=0)
 
 
-def _scaled(tile, scale_ref):
-    """The float32 tile over its own scale (`scale_of` its amax), which goes to scale_ref [1]."""
+def _over_own_scale(tile: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(the float32 tile over its own scale, that scale: `scale_of` the tile's amax)."""
     scale = scale_of(jnp.max(jnp.abs(tile)))
-    scale_ref[...] = jnp.full(scale_ref.shape, scale)
-    return tile * (1.0 / scale)
+    return tile * (1.0 / scale), scale
 
 
 def _chunk_e4m3_kernel(x_ref, out_ref, pooled_ref, scale_ref):
     # as _chunk_kernel, the tokens over the block's scale in e4m3, that scale in scale_ref [1]; the means of the
     # unscaled tokens
     tile = x_ref[...].reshape(out_ref.shape).astype(jnp.float32)
-    out_ref[...] = _scaled(tile, scale_ref).astype(out_ref.dtype)
+    scaled, scale = _over_own_scale(tile)
+    out_ref[...] = scaled.astype(out_ref.dtype)
+    scale_ref[...] = jnp.full(scale_ref.shape, scale)
     pooled_ref[...] = jnp.mean(tile, axis=0)
 
 
+def e4m3_transposed_tile(tile: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One block of V, [t*h*w, D] float32 -> (its tokens as columns (V^T) over the block's scale, in the FP8
+    kernel's P·V key order, [D, t*h*w] float32 for an e4m3 store; that scale): a kernel body's tile math."""
+    scaled, scale = _over_own_scale(tile)
+    return to_weights_key_order(scaled, axis=0).T, scale
+
+
 def _chunk_e4m3_transposed_kernel(x_ref, out_ref, scale_ref):
-    # out_ref [D, t*h*w]: the chunk's tokens as columns (V^T) over the block's scale, in e4m3, in the FP8 kernel's
-    # P·V key order; scale_ref [1] that scale
-    tile = x_ref[...].reshape(out_ref.shape[::-1]).astype(jnp.float32)
-    out_ref[...] = to_weights_key_order(_scaled(tile, scale_ref), axis=0).T.astype(out_ref.dtype)
+    # out_ref [D, t*h*w]: `e4m3_transposed_tile` in e4m3; scale_ref [1] its scale
+    tokens, scale = e4m3_transposed_tile(x_ref[...].reshape(out_ref.shape[::-1]).astype(jnp.float32))
+    out_ref[...] = tokens.astype(out_ref.dtype)
+    scale_ref[...] = jnp.full(scale_ref.shape, scale)
 
 
 @functools.partial(jax.jit, static_argnames=("latent_shape", "chunk_shape", "interpret"))

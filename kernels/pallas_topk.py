@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,10 +51,10 @@ def _sortable_keys(scores: jax.Array) -> jax.Array:
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
 
 
-def _top_k_kernel(scores_ref, indices_ref, *, k, num, rows, pieces):
+def top_k_row(scores_ref, indices_ref, row, *, k, num, rows, pieces):
+    """One program's work: the top-k of row `row` (a traced scalar) into its slots."""
     # scores_ref [R * num (+ padding)] float32 (all rows, flat); indices_ref [R * k + sum(pieces)] int32: row r's
     # indices at [r * k, r * k + k), then a scratch tail that only masked-off stores address
-    row = pl.program_id(0)
     offsets = [sum(pieces[:i]) for i in range(len(pieces))]
     columns = [offset + jnp.arange(piece, dtype=jnp.int32) for offset, piece in zip(offsets, pieces, strict=True)]
     keys = [
@@ -108,30 +109,66 @@ def splits_rows(num: int, split_rows: bool | None = None) -> bool:
     return pl.next_power_of_2(num) > SPLIT_ROWS_ABOVE if split_rows is None else split_rows
 
 
+def fits(num: int) -> bool:
+    """Whether a row of `num` scores fits one program (longer rows go to `jax.lax.top_k`)."""
+    return pl.next_power_of_2(num) <= MAX_ROW
+
+
+class RowLayout(NamedTuple):
+    """How a top-k launch holds its rows: `rows` rows of `num` scores, `k` kept, each row as `pieces`."""
+
+    rows: int
+    num: int
+    k: int
+    pieces: tuple[int, ...]
+
+    @classmethod
+    def of(cls, scores: jax.Array, k: int, split_rows: bool | None) -> RowLayout:
+        *batch, num = scores.shape
+        if not 0 < k <= num:
+            raise ValueError(f"k must be in [1, {num}], got {k}")
+        pieces = row_pieces(num) if splits_rows(num, split_rows) else (pl.next_power_of_2(num),)
+        return cls(math.prod(batch), num, k, pieces)
+
+    @property
+    def num_warps(self) -> int:
+        return 4 if sum(self.pieces) <= 4096 else 8
+
+    def flat_scores(self, scores: jax.Array, interpret: bool) -> jax.Array:
+        """The kernel's input: the rows flat, float32 [rows * num (+ one row's padding in the interpreter)]."""
+        flat = scores.reshape(self.rows * self.num).astype(jnp.float32)
+        if interpret:  # the kernel reads each row's padding from the next row, masked; the interpreter needs it in bounds
+            flat = jnp.pad(flat, (0, sum(self.pieces) - self.num))
+        return flat
+
+    def output_shape(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((self.rows * self.k + sum(self.pieces),), jnp.int32)  # k a row, then scratch
+
+    def indices(self, output: jax.Array, batch: tuple[int, ...]) -> jax.Array:
+        """[*batch, k] from the kernel's flat output (its scratch tail dropped)."""
+        return output[: self.rows * self.k].reshape(*batch, self.k)
+
+    def row_kernel(self, scores_ref, indices_ref, row) -> None:
+        top_k_row(scores_ref, indices_ref, row, k=self.k, num=self.num, rows=self.rows, pieces=self.pieces)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "interpret", "split_rows"))
 def top_k_indices(scores: jax.Array, k: int, *, interpret: bool = False, split_rows: bool | None = None) -> jax.Array:
     """Indices of the k largest entries of each row, ascending. [..., N] float32 -> [..., k] int32.
 
     split_rows: each row held as `row_pieces` (True) or as one array of the next power of two (False); None picks
     by the row's length (`splits_rows`)."""
-    *batch, num = scores.shape
-    if not 0 < k <= num:
-        raise ValueError(f"k must be in [1, {num}], got {k}")
-    if pl.next_power_of_2(num) > MAX_ROW:
+    layout = RowLayout.of(scores, k, split_rows)
+    if not fits(layout.num):
         return jnp.sort(jax.lax.top_k(scores, k)[1].astype(jnp.int32), axis=-1)
-    pieces = row_pieces(num) if splits_rows(num, split_rows) else (pl.next_power_of_2(num),)
-    rows = math.prod(batch)
-    flat = scores.reshape(rows * num).astype(jnp.float32)
-    if interpret:  # the kernel reads each row's padding from the next row, masked; the interpreter needs it in bounds
-        flat = jnp.pad(flat, (0, sum(pieces) - num))
     out = pl.pallas_call(
-        functools.partial(_top_k_kernel, k=k, num=num, rows=rows, pieces=pieces),
-        grid=(rows,),
+        lambda scores_ref, indices_ref: layout.row_kernel(scores_ref, indices_ref, pl.program_id(0)),
+        grid=(layout.rows,),
         in_specs=[pl.BlockSpec()],
         out_specs=pl.BlockSpec(),
-        out_shape=jax.ShapeDtypeStruct((rows * k + sum(pieces),), jnp.int32),  # k a row, then the scratch tail
-        compiler_params=plgpu.CompilerParams(num_warps=4 if sum(pieces) <= 4096 else 8, num_stages=1),
+        out_shape=layout.output_shape(),
+        compiler_params=plgpu.CompilerParams(num_warps=layout.num_warps, num_stages=1),
         interpret=interpret,
         name="bsa_top_k",
-    )(flat)
-    return out[: rows * k].reshape(*batch, k)
+    )(layout.flat_scores(scores, interpret))
+    return layout.indices(out, scores.shape[:-1])

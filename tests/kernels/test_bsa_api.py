@@ -18,6 +18,7 @@ from kernels import (
     indices_from_block_mask,
     inverse_permutation,
     pallas_topk,
+    pallas_topk_with_v,
     reference,
     resolve_backend,
     select_blocks,
@@ -244,13 +245,15 @@ def _check_top_k(scores, k, *, interpret, split_rows=False):
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
 def test_the_whole_call_passes_kernel_configs_row_pieces_to_the_top_k(monkeypatch, fp8):
     forms = []
-    top_k = pallas_topk.top_k_indices
+    # FP8's top-k runs in one launch with V's pass
+    module, name = (pallas_topk_with_v, "top_k_and_v_to_e4m3") if fp8 else (pallas_topk, "top_k_indices")
+    top_k = getattr(module, name)
 
-    def recorded(scores, k, **kwargs):
+    def recorded(*args, **kwargs):
         forms.append(kwargs["split_rows"])
-        return top_k(scores, k, **kwargs)
+        return top_k(*args, **kwargs)
 
-    monkeypatch.setattr(pallas_topk, "top_k_indices", recorded)
+    monkeypatch.setattr(module, name, recorded)
     q, k = (jax.random.normal(key, (1, 256, 1, 64), jnp.bfloat16) for key in jax.random.split(jax.random.key(12)))
     params = BSAParams(sparsity=0.5)  # 4x4x4 chunks: the 4x8x8 grid's 4 blocks of 64 tokens, as FP8 needs
     for pieces in (None, False, True):
