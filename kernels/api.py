@@ -197,8 +197,8 @@ def _fp8_attention(q, k, v, grid_q: GridPadding, grid_k: GridPadding, params: BS
                                   "pallas_interpret" if interpret else "pallas", config.top_k_row_pieces)
     operands = fp8_operands.Fp8Operands(q8, k8, v_t, q_scales, k_scales, v_scales)
     key_padding = grid_k if grid_k.needed else None
-    out, _ = fp8_sparse_attention_with_lse(
-        operands, indices, counts, config, (grid_q.padded, chunk_q), key_padding, q.dtype
+    out, _ = fp8_sparse_attention_with_lse(  # the selection writes each list ascending
+        operands, indices, counts, config, (grid_q.padded, chunk_q), key_padding, q.dtype, ascending=True
     )
     return out
 

