@@ -3,7 +3,9 @@
 Why: #19's whole-call target (2.2x the original) is missed by what runs around the forward kernel (the head scales,
 the reorder and e4m3 passes, the block means, the scores and the top-k). This prints, per grid, top-k point and kernel
 form (bf16, FP8), the largest device ops of one call (`device_profile.print_top`), with the source lines of each
-XLA fusion, so the parts can be weighed against each other in the same process.
+XLA fusion, so the parts can be weighed against each other in the same process; then the GPU's idle gaps over
+`--calls` back-to-back calls (`device_profile.print_idle_gaps`), which tell launch gaps from a slower clock where a
+timed call runs longer than its summed device time.
 
     python3 benchmarks/bsa_whole_call_profile.py --sizes 24x44x80 --sparsities 0.875,0.96875 --forms fp8,bf16
 """
