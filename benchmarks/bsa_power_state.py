@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the three calls")
     parser.add_argument("--pause", type=float, default=1.5, help="seconds idle before each call's runs")
     args = parser.parse_args()
+    if shutil.which("nvidia-smi") is None:
+        parser.error("nvidia-smi is not on PATH: this script samples an NVIDIA GPU's clocks while it times the calls")
 
     import jax
     import jax.numpy as jnp

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels import fp8_operands, layout, pallas_chunking, pallas_topk_with_v, reference, selection
+from kernels import fp8_operands, layout, pallas_chunking, pallas_topk, pallas_topk_with_v, reference, selection
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 from kernels.params import BSAParams
@@ -179,18 +179,17 @@ def _fp8_attention(q, k, v, grid_q: GridPadding, grid_k: GridPadding, params: BS
     """The Pallas whole call on e4m3 operands, q, k, v [B, S, H, D] on padded grids in raster order: the chunking
     kernels write e4m3 with per-block scales (V transposed), then the FP8 Mosaic forward. Returns raster order."""
     chunk_q, chunk_k = params.chunk_3d_shape_q, params.chunk_3d_shape_k
+    num_k_blocks = math.prod(grid_k.blocks)
     # refused before any kernel is traced
-    config.check_fp8(q, params.chunk_size_q, params.chunk_size_k,
-                     selection.max_selected(params, math.prod(grid_k.blocks)))
+    config.check_fp8(q, params.chunk_size_q, params.chunk_size_k, selection.max_selected(params, num_k_blocks))
     q8, pooled_q, q_scales = pallas_chunking.chunk_to_e4m3(q, grid_q.padded, chunk_q, interpret=interpret)
     k8, pooled_k, k_scales = pallas_chunking.chunk_to_e4m3(k, grid_k.padded, chunk_k, interpret=interpret)
-    num_k_blocks = math.prod(grid_k.blocks)
-    if params.cdf_threshold is None and pallas_topk_with_v.supports(num_k_blocks):
+    if params.cdf_threshold is None and pallas_topk.fits(num_k_blocks):
         # the top-k and V's pass in one launch (V's reads under the top-k's compares)
         indices, v_t, v_scales = pallas_topk_with_v.top_k_and_v_to_e4m3(
             _block_scores(pooled_q, pooled_k, grid_q, grid_k), selection.max_selected(params, num_k_blocks), v,
             grid_k.padded, chunk_k, interpret=interpret, split_rows=config.top_k_row_pieces)
-        counts = jnp.full(indices.shape[:-1], params.num_topk(num_k_blocks), jnp.int32)
+        counts = selection.top_k_counts(params, indices.shape[:-1], num_k_blocks)
     else:
         v_t, v_scales = pallas_chunking.chunk_to_e4m3_transposed(v, grid_k.padded, chunk_k, interpret=interpret)
         indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1],

@@ -47,8 +47,8 @@ def split_by_key_range(
     indices [B, H, Mq, K_max] (entries past counts ignored), counts [B, H, Mq]. Range r covers key blocks
     [r * w, (r + 1) * w) with w = ceil(Mk / ranges). ascending: each list's first `counts` entries are ascending
     already (as the selection writes them), so the sort is left out (1.0 ms of a 168,960-token FP8 call on an H100).
-    Returns (sorted indices, past counts Mk, starts [R, B, H, Mq], counts [R, B, H, Mq]): range r of a list is
-    entries [starts[r], starts[r] + counts[r]).
+    Returns (the indices sorted, with Mk past each list's count; starts [R, B, H, Mq]; counts [R, B, H, Mq]): range
+    r of a list is entries [starts[r], starts[r] + counts[r]).
     """
     valid = jnp.arange(indices.shape[-1], dtype=jnp.int32) < counts[..., None]
     indices = jnp.where(valid, indices, num_k_blocks)

@@ -47,11 +47,6 @@ def _v_chunk(v_ref, v_t_ref, v_scales_ref, index, *, grid_shape, chunk_shape, ba
     v_scales_ref[bi, hi, pl.ds(chunk, 1)] = jnp.full((1,), scale)
 
 
-def supports(num_k_blocks: int) -> bool:
-    """Whether rows of `num_k_blocks` scores go through this launch (else the top-k falls back to XLA's)."""
-    return fits(num_k_blocks)
-
-
 @functools.partial(jax.jit, static_argnames=("k", "latent_shape", "chunk_shape", "interpret", "split_rows"))
 def top_k_and_v_to_e4m3(
     scores: jax.Array,
@@ -69,7 +64,7 @@ def top_k_and_v_to_e4m3(
     check_tokens(v, latent_shape)
     grid_shape = chunk_grid(latent_shape, chunk_shape)
     layout = RowLayout.of(scores, k, split_rows)
-    if not supports(layout.num):
+    if not fits(layout.num):
         raise ValueError(f"rows of {layout.num} scores exceed the top-k kernel's; use pallas_topk.top_k_indices")
     b, s, heads, d = v.shape
     blocks = grid_shape[0] * grid_shape[1] * grid_shape[2]

@@ -55,6 +55,11 @@ def max_selected(params: BSAParams, num_k_blocks: int) -> int:
     return max(1, params.num_topk(num_k_blocks))
 
 
+def top_k_counts(params: BSAParams, counts_shape: tuple[int, ...], num_k_blocks: int) -> jax.Array:
+    """The counts [B, H, Mq] int32 of the top-k rule's lists: every query block keeps `params.num_topk` blocks."""
+    return jnp.full(counts_shape, params.num_topk(num_k_blocks), jnp.int32)
+
+
 def select_from_scores(
     scores: jax.Array, params: BSAParams, head_dim: int, *, backend: str = "reference", top_k_row_pieces: bool | None = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -77,7 +82,7 @@ def select_from_scores(
                                                 split_rows=top_k_row_pieces)
         else:
             indices = jnp.sort(jax.lax.top_k(scores, width)[1].astype(jnp.int32), axis=-1)
-        return indices, jnp.full(counts_shape, num_topk, jnp.int32)
+        return indices, top_k_counts(params, counts_shape, num_k_blocks)
     weights = jax.nn.softmax(scores * (head_dim**-0.5), axis=-1)
     order = jnp.argsort(-weights, axis=-1, stable=True).astype(jnp.int32)  # [B, H, Mq, Mk], best first
     cdf = jnp.cumsum(jnp.take_along_axis(weights, order, axis=-1), axis=-1)

@@ -44,7 +44,7 @@ def test_matches_the_two_kernels_in_interpret_mode(query_blocks, split_rows):
 
 def test_refuses_rows_past_the_top_k_kernels():
     v = jnp.zeros((1, 64, 1, 64), jnp.bfloat16)
-    assert not pallas_topk_with_v.supports(pallas_topk.MAX_ROW + 1)
+    assert not pallas_topk.fits(pallas_topk.MAX_ROW + 1)  # the whole call asks this first
     with pytest.raises(ValueError, match="exceed the top-k kernel's; use pallas_topk.top_k_indices"):
         pallas_topk_with_v.top_k_and_v_to_e4m3(jnp.zeros((1, pallas_topk.MAX_ROW + 1)), 4, v, (4, 4, 4), (4, 4, 4))
 
