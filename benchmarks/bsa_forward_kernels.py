@@ -3,7 +3,8 @@
 Kernel alone (with its key-range split and merge where a variant asks for one), on chunk-ordered random
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
-(relative L2) before it is timed. Variant names: rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
+(relative L2) before it is timed. Variant names: mosaic = the bf16 Mosaic GPU kernel with `KernelConfig()`'s launch
+settings, rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
 (`MosaicConfig.rounds`), p2 = two producer warpgroups, cN = N consumer warpgroups (`MosaicConfig.consumers`),
 kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
 reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
@@ -43,6 +44,8 @@ def _fp8(**settings) -> KernelConfig:
 
 
 VARIANTS = {
+    "mosaic": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=1),  # bf16, its default launch settings
+    "mosaic r2": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=2),
     "triton": KernelConfig(forward="triton", key_ranges=1),
     "triton r2": KernelConfig(forward="triton", key_ranges=2),
     "mosaic n1": _mosaic(1, rounds=1),

@@ -9,8 +9,12 @@ import chex
 import numpy as np
 import pytest
 
-from kernels.key_ranges import auto_fp8_key_ranges, auto_key_ranges, split_by_key_range
-from tests.helpers.bsa_cases import random_case
+from kernels import KernelConfig, MosaicConfig, key_ranges, pallas_mosaic
+from kernels.key_ranges import auto_fp8_key_ranges, auto_key_ranges, auto_mosaic_key_ranges, split_by_key_range
+from kernels.sparse_attention import sparse_attention_with_lse
+from longcat_jax.metrics import rel_l2
+from tests.helpers.bsa_cases import dense_attention, random_case
+from tests.kernels.bsa_test_base import OUTPUT_TOLERANCE
 
 
 @pytest.mark.parametrize("ranges", [2, 3, 7])
@@ -45,6 +49,29 @@ def test_auto_key_ranges_follow_one_heads_kv_bytes():
     assert auto_key_ranges(24 * 44 * 80, 128, 2) == 1
     assert auto_key_ranges(48 * 44 * 80, 128, 2) == 2
     assert auto_key_ranges(1024, 64, 2) == 1
+
+
+def test_auto_mosaic_key_ranges_split_large_heads_with_long_lists():
+    # bf16 K+V of one head: 43 MB at 84,480 tokens (one launch), 86 MB at 168,960 (two where lists are long)
+    assert auto_mosaic_key_ranges(24 * 44 * 80, 128, 2, 330) == 1
+    assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 330) == 2
+    assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 165) == 1
+
+
+@pytest.mark.parametrize("width, launches", [(4, 2), (3, 1)])
+def test_the_bf16_mosaic_forward_splits_by_the_rule_and_stays_exact(monkeypatch, width, launches):
+    # the rule's thresholds scaled to a case the interpreter runs: a head's K+V (6 blocks of 64 x 64, bf16) twice the
+    # working set, lists of at least 4 entries split
+    monkeypatch.setattr(key_ranges, "L2_WORKING_SET_BYTES", 6 * 64 * 64 * 2)
+    monkeypatch.setattr(key_ranges, "MOSAIC_SPLIT_MIN_ENTRIES", 4)
+    calls = []
+    launch = pallas_mosaic.mosaic_forward
+    monkeypatch.setattr(pallas_mosaic, "mosaic_forward", lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs))
+    q, k, v, indices, counts = random_case(2, b=1, h=2, d=64, mq=3, mk=6, width=width)
+    config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(interpret=True))
+    out, _ = sparse_attention_with_lse(q, k, v, indices, counts, 64, 64, config)
+    assert len(calls) == launches
+    assert rel_l2(out, dense_attention(q, k, v, indices, counts, 64, 64)) < OUTPUT_TOLERANCE
 
 
 def test_auto_fp8_key_ranges_split_large_heads_with_long_lists():
