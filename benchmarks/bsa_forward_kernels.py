@@ -46,6 +46,7 @@ def _fp8(**settings) -> KernelConfig:
 VARIANTS = {
     "mosaic": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=1),  # bf16, its default launch settings
     "mosaic r2": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=2),
+    "mosaic r3": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=3),
     "triton": KernelConfig(forward="triton", key_ranges=1),
     "triton r2": KernelConfig(forward="triton", key_ranges=2),
     "mosaic n1": _mosaic(1, rounds=1),

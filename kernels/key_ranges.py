@@ -16,7 +16,9 @@ import jax.numpy as jnp
 
 L2_WORKING_SET_BYTES = 48 * 2**20  # K+V bytes of one head that still gather from the H100's L2
 # the bf16 Mosaic forward: where one head's K+V outgrow `L2_WORKING_SET_BYTES`, lists at least this long are split
+# into ranges of at most this many K+V bytes of one head
 MOSAIC_SPLIT_MIN_ENTRIES = 256
+MOSAIC_RANGE_BYTES = 32 * 2**20
 # the FP8 forward (e4m3 K and V): above these bytes of one head's K+V, and with lists at least this long, two launches
 FP8_SPLIT_BYTES = 32 * 2**20
 FP8_SPLIT_MIN_ENTRIES = 128
@@ -28,16 +30,18 @@ def auto_key_ranges(num_k_tokens: int, head_dim: int, itemsize: int) -> int:
 
 
 def auto_mosaic_key_ranges(num_k_tokens: int, head_dim: int, itemsize: int, k_max: int) -> int:
-    """Launches of the bf16 Mosaic forward: `auto_key_ranges` where the lists hold at least `MOSAIC_SPLIT_MIN_ENTRIES`
-    key blocks, else one.
+    """Launches of the bf16 Mosaic forward: where one head's K+V outgrow `L2_WORKING_SET_BYTES` and the lists hold at
+    least `MOSAIC_SPLIT_MIN_ENTRIES` key blocks, as many as keep each range's K+V within `MOSAIC_RANGE_BYTES`; else one.
 
-    Measured on an H100 (BENCHMARKS.md, thirty-second session), kernel with split and merge against one launch at
-    168,960 tokens (86 MB of bf16 K+V a head, two ranges): 1.17-1.19x with lists of 330 key blocks (top-k 0.875),
-    1.00-1.01x with 165 (0.9375). The threshold lies between the two measured lengths. The merge adds about 3e-3
-    relative L2 (the partial outputs are bf16).
+    Measured on an H100 (BENCHMARKS.md, thirty-second session), kernel with split and merge: at 168,960 tokens (86 MB
+    of K+V a head; L2 hits 38% in one launch, 58% in two) with lists of 330 key blocks (top-k 0.875) two ranges
+    1.17-1.19x one, three 1.10x two; with lists of 165 (0.9375) two 1.00-1.01x one; at 84,480 tokens (43 MB) two
+    0.97x one. The list threshold lies between the measured lengths. The merge adds about 3e-3 relative L2 (the partial
+    outputs are bf16).
     """
-    if k_max >= MOSAIC_SPLIT_MIN_ENTRIES:
-        return auto_key_ranges(num_k_tokens, head_dim, itemsize)
+    kv_bytes = 2 * num_k_tokens * head_dim * itemsize
+    if k_max >= MOSAIC_SPLIT_MIN_ENTRIES and kv_bytes > L2_WORKING_SET_BYTES:
+        return math.ceil(kv_bytes / MOSAIC_RANGE_BYTES)
     return 1
 
 

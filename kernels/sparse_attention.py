@@ -42,8 +42,9 @@ class KernelConfig:
     the FP8 kernel measured 0.96-0.99x with it, so `mosaic_fp8` leaves it off; BENCHMARKS.md).
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
-    H100; for the bf16 Mosaic kernel as many where the lists are long, `key_ranges.auto_mosaic_key_ranges`, 1.17-1.19x
-    at 168,960 tokens and top-k 0.875 on an H100, no faster at 0.9375, so one there; for the FP8 one two where a head's
+    H100; for the bf16 Mosaic kernel as many where the lists are long, `key_ranges.auto_mosaic_key_ranges`: at 168,960
+    tokens and top-k 0.875 on an H100 two 1.17-1.19x one and three 1.10x two, the kernel with its split and merge; two
+    no faster at 0.9375, so one there; for the FP8 one two where a head's
     e4m3 K and V outgrow 32 MiB and the lists are long, `key_ranges.auto_fp8_key_ranges`, 1.04-1.07x at 168,960
     tokens and top-k 0.875 / 0.9375 on an H100).
     backward: "auto" (the default: the Mosaic GPU kernels of `pallas_mosaic_backward` on a Hopper GPU where they

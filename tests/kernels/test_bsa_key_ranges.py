@@ -52,17 +52,18 @@ def test_auto_key_ranges_follow_one_heads_kv_bytes():
 
 
 def test_auto_mosaic_key_ranges_split_large_heads_with_long_lists():
-    # bf16 K+V of one head: 43 MB at 84,480 tokens (one launch), 86 MB at 168,960 (two where lists are long)
+    # bf16 K+V of one head: 43 MB at 84,480 tokens (one launch), 86 MB at 168,960 (three where lists are long)
     assert auto_mosaic_key_ranges(24 * 44 * 80, 128, 2, 330) == 1
-    assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 330) == 2
+    assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 330) == 3
     assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 165) == 1
 
 
 @pytest.mark.parametrize("width, launches", [(4, 2), (3, 1)])
 def test_the_bf16_mosaic_forward_splits_by_the_rule_and_stays_exact(monkeypatch, width, launches):
     # the rule's thresholds scaled to a case the interpreter runs: a head's K+V (6 blocks of 64 x 64, bf16) twice the
-    # working set, lists of at least 4 entries split
+    # working set and the range size, lists of at least 4 entries split
     monkeypatch.setattr(key_ranges, "L2_WORKING_SET_BYTES", 6 * 64 * 64 * 2)
+    monkeypatch.setattr(key_ranges, "MOSAIC_RANGE_BYTES", 6 * 64 * 64 * 2)
     monkeypatch.setattr(key_ranges, "MOSAIC_SPLIT_MIN_ENTRIES", 4)
     calls = []
     launch = pallas_mosaic.mosaic_forward
