@@ -257,9 +257,9 @@ def _bsa_attention(q, k, v, latent_shape_q, latent_shape_k, params, backend, ker
     config = _kernel_config(kernel_config, backend)
     indices, counts = _select(pooled_q, pooled_k, grid_q, grid_k, params, q.shape[-1], backend,
                               config.top_k_row_pieces)
-    out = sparse_attention(
+    out = sparse_attention(  # the selection writes each list ascending
         q_c, k_c, v_c, indices, counts, params.chunk_size_q, params.chunk_size_k, config, (padded_q, chunk_q),
-        key_padding,
+        key_padding, True,
     )
     return grid_q.crop(out)
 

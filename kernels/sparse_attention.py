@@ -177,18 +177,21 @@ def on_hopper() -> bool:
 
 
 def sparse_attention_with_lse(
-    q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None, key_padding: GridPadding | None = None
+    q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None, key_padding: GridPadding | None = None,
+    ascending: bool = False,
 ):
     """(out [B, Sq, H, D] in q's dtype, lse [B, H, Sq] float32 base 2) from the kernel `config` picks.
 
     raster: None (out in chunk order, like q) or (latent_shape, chunk_shape) of q: out in raster order (the
     Mosaic kernel writes it so directly; otherwise it is reordered here). lse stays in chunk order.
     key_padding: None, or the padding of k's grid (k holds the padded grid in chunk order): padded keys get no weight.
+    ascending: each list's first `counts` entries are ascending (the selection's lists), which spares the key ranges'
+    sort.
     """
     mosaic = config.uses_mosaic(q, block_q, block_k, indices.shape[-1])
     if config.fp8:
         operands = fp8_operands.quantize_operands(q, k, v, block_q, block_k)
-        return fp8_sparse_attention_with_lse(operands, indices, counts, config, raster, key_padding, q.dtype)
+        return fp8_sparse_attention_with_lse(operands, indices, counts, config, raster, key_padding, q.dtype, ascending)
     num_k_blocks = k.shape[1] // block_k
     ranges = config.key_ranges
     if ranges is None:
@@ -213,7 +216,7 @@ def sparse_attention_with_lse(
             )
         return forward
 
-    return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster)
+    return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster, ascending)
 
 
 def _over_key_ranges(prepare, indices, counts, num_k_blocks: int, ranges: int, raster, ascending: bool = False):
@@ -267,24 +270,31 @@ def fp8_sparse_attention_with_lse(
     return _over_key_ranges(prepare, indices, counts, num_k_blocks, ranges, raster, ascending)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
-def sparse_attention(q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None, key_padding=None):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
+def sparse_attention(
+    q, k, v, indices, counts, block_q, block_k, config: KernelConfig, raster=None, key_padding=None, ascending=False
+):
     """Block-sparse attention of chunk-ordered q [B, Sq, H, D] over k, v [B, Sk, H, D] (differentiable).
 
     indices [B, H, Mq, K_max] int32 key blocks per query block (entries past counts ignored), counts
     [B, H, Mq] int32; block_q / block_k tokens per block. Scale 1/sqrt(D). raster: None (out in chunk
     order) or q's (latent_shape, chunk_shape), for out in raster order. key_padding: None, or the
     `GridPadding` of k's grid (k, v hold the padded grid): padded keys get no weight, forward and backward.
+    ascending: the lists' first `counts` entries are ascending (`sparse_attention_with_lse`).
     """
-    out, _ = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding)
+    out, _ = sparse_attention_with_lse(
+        q, k, v, indices, counts, block_q, block_k, config, raster, key_padding, ascending
+    )
     return out
 
 
-def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding):
+def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding, ascending):
     if config.fp8:
         raise BSAConfigError(fp8_operands.NO_GRADIENT)
     config.check_backward(q, k, v, block_q, block_k)
-    out, lse = sparse_attention_with_lse(q, k, v, indices, counts, block_q, block_k, config, raster, key_padding)
+    out, lse = sparse_attention_with_lse(
+        q, k, v, indices, counts, block_q, block_k, config, raster, key_padding, ascending
+    )
     # named (same values) so that a remat policy can keep them; the primal output is the named one too, so the layers
     # after the attention read the kept tensor rather than a recomputed one
     out, lse = checkpoint_name(out, RESIDUAL_NAMES[0]), checkpoint_name(lse, RESIDUAL_NAMES[1])
@@ -306,7 +316,7 @@ def sparse_attention_backward(
     )
 
 
-def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, residuals, do):
+def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, ascending, residuals, do):
     q, k, v, indices, counts, out, lse = residuals
     if raster is not None:  # the backward kernels work in chunk order
         out, do = layout.to_chunk_order(out, *raster), layout.to_chunk_order(do, *raster)

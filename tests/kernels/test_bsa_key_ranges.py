@@ -6,14 +6,16 @@ test_bsa_backends.py (the `key_ranges_*` cases), also where a query block select
 """
 
 import chex
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import KernelConfig, MosaicConfig, key_ranges, pallas_mosaic
+from kernels import BSAParams, KernelConfig, MosaicConfig, bsa_attention, key_ranges, pallas_mosaic
 from kernels.key_ranges import auto_fp8_key_ranges, auto_key_ranges, auto_mosaic_key_ranges, split_by_key_range
 from kernels.sparse_attention import sparse_attention_with_lse
 from longcat_jax.metrics import rel_l2
-from tests.helpers.bsa_cases import dense_attention, random_case
+from tests.helpers.bsa_cases import dense_attention, dense_whole_call, random_case
 from tests.kernels.bsa_test_base import OUTPUT_TOLERANCE
 
 
@@ -82,3 +84,17 @@ def test_auto_fp8_key_ranges_split_large_heads_with_long_lists():
     assert auto_fp8_key_ranges(48 * 44 * 80, 128, 165) == 2
     assert auto_fp8_key_ranges(48 * 44 * 80, 128, 82) == 1
     assert auto_fp8_key_ranges(48 * 44 * 80, 64, 330) == 1
+
+
+def test_the_whole_call_splits_the_selections_lists_unsorted_and_stays_exact():
+    # the selection writes each list ascending, so the key ranges' split takes them as they are (no sort)
+    latent, chunk = (4, 8, 8), (4, 4, 4)
+    params = BSAParams(sparsity=0.5, chunk_3d_shape_q=chunk, chunk_3d_shape_k=chunk)
+    q, k, v = (jax.random.normal(key, (1, 256, 2, 64), jnp.float32) for key in jax.random.split(jax.random.key(5), 3))
+    config = KernelConfig(forward="triton", key_ranges=2)
+
+    def attention(q, k, v):
+        return bsa_attention(q, k, v, latent, latent, params, backend="pallas_interpret", kernel_config=config)
+
+    assert " sort[" not in str(jax.make_jaxpr(attention)(q, k, v))  # nested jaxprs print inside
+    assert rel_l2(jax.jit(attention)(q, k, v), dense_whole_call(q, k, v, latent, latent, params)) < 1e-4
