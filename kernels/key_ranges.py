@@ -60,6 +60,20 @@ def auto_fp8_key_ranges(num_k_tokens: int, head_dim: int, k_max: int) -> int:
     return 1
 
 
+def automatic_key_ranges(kernel: str, num_k_tokens: int, head_dim: int, itemsize: int, k_max: int) -> int:
+    """The forward launches `KernelConfig(key_ranges=None)` runs with `kernel` ("triton", "mosaic": the bf16 Mosaic
+    GPU kernel, or "fp8"): the one resolver of the automatic choice, which the forward and the memory estimates ask.
+    num_k_tokens: k's (chunk-padded) tokens; itemsize: K and V's bytes an element (bf16/f16; FP8 counts e4m3's own);
+    k_max: the index lists' width."""
+    if kernel == "fp8":
+        return auto_fp8_key_ranges(num_k_tokens, head_dim, k_max)
+    if kernel == "mosaic":
+        return auto_mosaic_key_ranges(num_k_tokens, head_dim, itemsize, k_max)
+    if kernel == "triton":
+        return auto_key_ranges(num_k_tokens, head_dim, itemsize)
+    raise ValueError(f"unknown BSA forward kernel {kernel!r}; use 'triton', 'mosaic' or 'fp8'")
+
+
 def split_by_key_range(
     indices: jax.Array, counts: jax.Array, num_k_blocks: int, ranges: int, *, ascending: bool = False
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
