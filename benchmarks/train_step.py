@@ -49,8 +49,8 @@ from memory_budget import _config, _make_dit, _peak_gib
 from longcat_jax.training.config import BSA_BACKWARDS, REMAT_MODES
 
 CASES = {
-    "t2v480p_dense": dict(grid=(24, 30, 52), bsa=False),
-    "refine84k_bsa": dict(grid=(24, 44, 80), bsa=True),
+    "t2v480p_dense": dict(grid=(24, 30, 52), bsa=None),
+    "refine84k_bsa": dict(grid=(24, 44, 80), bsa=0.9375),
 }
 SMALL_GRID = (4, 8, 8)
 TEXT_LEN = 512
