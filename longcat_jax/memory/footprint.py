@@ -7,9 +7,13 @@ whose layer plan is long, from its abstract module (built once per config, alloc
 Activations are estimates. The DiT's counts the buffers alive at the peak of a block (the residual stream, then the
 largest of the self-attention, cross-attention and FFN phases, the last two per chunk of tokens when the blocks run
 chunked) plus the attention's own temporaries (XLA's dense attention on the CPU keeps [B, H, Sq, Sk] float32 scores;
-cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32; where
-the BSA forward runs in key ranges, `kernels.key_ranges`, its partial outputs until their merge: counted from the
-code, with the kernel this machine's GPU runs, not yet checked against XLA on a GPU). The
+cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32). Where the
+BSA forward runs in key ranges (`kernels.key_ranges.automatic_key_ranges`: the Triton kernel at 168,960 tokens, the
+bf16 Mosaic one there with lists of 256 key blocks or more, e.g. top-k 0.875), each range's output lives until the
+merge, up to (ranges - 1) x [B, Sq, H, D] more than one launch: not counted, as the estimates sit above the measured
+peaks by more (the 720p refinement step under 24 GiB on an H200, one launch: 17.0 GiB measured against 18.80 GiB),
+except for three ranges (2.6 GiB at 168,960 tokens); `benchmarks/memory_budget.py --cases refine168k_bsa0875 --modes
+analyze` compares XLA's temporaries there with these counts (not yet run on a GPU). The
 counts were checked against XLA's buffer assignment of one block at 168,960 tokens with BSA 0.9375, bf16, on an
 H200 (jax 0.11.2, `benchmarks/memory_budget.py`, 2026-12-03): 13.86 GiB of temporaries with all tokens at once
 (these counts: 14.6 GiB, the FFN phase), 11.81 GiB with 32,768-token chunks (12.4 GiB, the self-attention phase);
@@ -38,16 +42,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels import BSAParams
-from kernels.key_ranges import automatic_key_ranges
-from kernels.selection import max_selected
-from kernels.sparse_attention import on_hopper
 from longcat_jax.models.dit.block import frame_group
 from longcat_jax.models.dit.config import DiTConfig
 from longcat_jax.models.dit.quantized_linear import LORA_CHUNK_ROWS, token_chunks
 from longcat_jax.models.text_encoder.config import UMT5Config
 from longcat_jax.models.vae.config import VAEConfig
 from longcat_jax.quantization import QUANTIZED_BLOCK_LINEARS, QuantScheme, scheme_for
-from longcat_jax.quantization.modes import FP8_ATTENTION_PRECISION, FP8_COMPUTE
+from longcat_jax.quantization.modes import FP8_COMPUTE
 
 # Bytes of float32.
 F32 = 4
@@ -192,21 +193,6 @@ def quantized_lora_bytes(scheme: QuantScheme, batch: int, tokens: int, in_featur
     return batch * per_chunk * (F32 * out_features + act_bytes * in_features)
 
 
-def bsa_forward_ranges(config: DiTConfig, bsa: BSAParams, keys: int, act_bytes: int, platform: str, fp8: bool) -> int:
-    """How many key ranges the BSA forward runs over `keys` keys (`kernels.key_ranges.automatic_key_ranges`, with the
-    kernel the DiT's call picks on this machine's GPU: FP8 with 'fp8-attention' on Hopper, the bf16 Mosaic GPU one on
-    Hopper where it supports the blocks, else the Triton one); their partial outputs stay alive until they are merged.
-    1 off a GPU (the reference backend runs no ranges)."""
-    if platform != "gpu":
-        return 1
-    hopper = on_hopper()
-    mosaic = hopper and bsa.chunk_size_q == bsa.chunk_size_k == 64 and config.head_dim in (64, 128) and act_bytes == 2
-    kernel = "fp8" if fp8 and hopper else "mosaic" if mosaic else "triton"
-    blocks_k = -(-keys // bsa.chunk_size_k)
-    return automatic_key_ranges(kernel, blocks_k * bsa.chunk_size_k, config.head_dim, act_bytes,
-                                max_selected(bsa, blocks_k))
-
-
 def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_tokens: int | None,
                     platform: str, quantize: str | None = None) -> int:
     """Estimated peak bytes of one DiT forward's activations (weights excluded), with the blocks' cross attention
@@ -235,15 +221,10 @@ def dit_activations(config: DiTConfig, call: DiTCall, *, act_bytes: int, chunk_t
         return quantized_lora_bytes(scheme, rows_batch, tokens, in_features, out_features, a)
 
     # Self attention, projecting: the modulated input and qkv; attending: roped q, k, v, their chunk-ordered copies
-    # for BSA (the CPU reference keeps float32 ones), the output and the output projection's float32 result; where the
-    # BSA forward runs in key ranges, each range's output and log-sum-exp (float32, per head) until the merge.
+    # for BSA (the CPU reference keeps float32 ones), the output and the output projection's float32 result.
     reorder = 0 if call.bsa is None else (3 * a * c if platform == "gpu" else 3 * F32 * c)
-    fp8_attention = scheme is not None and scheme.attention == FP8_ATTENTION_PRECISION
-    ranges = 1 if call.bsa is None else bsa_forward_ranges(config, call.bsa, keys, a, platform, fp8_attention)
-    partials = 0 if ranges == 1 else ranges * (a * c + heads * F32)
     self_attention = max(b * n * (a * c + 3 * a * c + lora * c) + linear_extra(b, n, c, 3 * c),
-                         b * n * (3 * a * c + reorder + a * c + proj_f32 * c + lora * c + partials)
-                         + linear_extra(b, n, c, c))
+                         b * n * (3 * a * c + reorder + a * c + proj_f32 * c + lora * c) + linear_extra(b, n, c, c))
     # Cross attention: normed tokens, q, attention output, projection (bf16 and float32); kv reads the text.
     cross = b * chunk * (4 * a * c + proj_f32 * c + lora * c) + max(linear_extra(b, chunk, c, c),
                                                                      linear_extra(b, call.text_len, c, 2 * c))

@@ -140,34 +140,6 @@ def test_a_quantized_block_with_loras_stays_within_its_count_on_a_gpu():
     assert whole - chunked > 5 * 2**30, (whole / 2**30, chunked / 2**30)
 
 
-@pytest.mark.parametrize("hopper, quantize, sparsity, ranges", [
-    (True, None, 0.875, 3),  # the bf16 Mosaic kernel splits 86 MB of K+V a head where the lists hold 330 key blocks
-    (True, None, 0.9375, 1),  # ... not with 165
-    (False, None, 0.9375, 2),  # the Triton kernel splits by the bytes alone
-    (True, "fp8-attention", 0.9375, 2),  # the FP8 kernel: 43 MB of e4m3 K+V a head, lists of 165
-])
-def test_the_bsa_forwards_key_range_outputs_are_counted(monkeypatch, hopper, quantize, sparsity, ranges):
-    """At the 720p refinement's 168,960 tokens the BSA forward's partial outputs (one a key range, bf16, with their
-    float32 log-sum-exps) stay alive until the merge: with 32,768-token chunks the self-attention phase is the peak, so
-    the estimate grows by exactly them."""
-    monkeypatch.setattr(footprint, "on_hopper", lambda: hopper)
-    config, grid = dataclasses.replace(DIT, depth=1), (48, 44, 80)
-    bsa = dataclasses.replace(BSA, sparsity=sparsity)
-    tokens = math.prod(grid)
-    assert footprint.bsa_forward_ranges(config, bsa, tokens, 2, "gpu", quantize == "fp8-attention") == ranges
-    assert footprint.bsa_forward_ranges(config, bsa, tokens, 2, "cpu", quantize == "fp8-attention") == 1
-
-    def counted(ranged):
-        if not ranged:
-            monkeypatch.setattr(footprint, "bsa_forward_ranges", lambda *args: 1)
-        return dit_activations(config, DiTCall(1, grid, 512, bsa), act_bytes=2, chunk_tokens=32768, platform="gpu",
-                               quantize=quantize)
-
-    with_ranges = counted(True)
-    partials = 0 if ranges == 1 else tokens * ranges * (2 * config.hidden_size + 4 * config.num_heads)
-    assert with_ranges - counted(False) == partials
-
-
 def test_unfused_dense_attention_is_quadratic():
     """On the CPU dense attention keeps its scores: 4x the tokens, far more than 4x the memory; BSA's block scores
     and cuDNN's fused attention stay near linear."""
