@@ -27,6 +27,9 @@ rescale_threshold=T)` in its launch settings (T = 0: skip only where no row's ma
 gives our whole calls `KernelConfig(top_k_row_pieces=True)`, `--no-top-k-row-pieces` False (default: by the row's
 length, `pallas_topk.splits_rows`).
 
+`--key-ranges N` runs our bf16 calls (whole call and kernel) with `KernelConfig(key_ranges=N)` (default: as
+`KernelConfig` picks).
+
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
 """
@@ -385,6 +388,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sweep", action="store_true", help="first time the kernels over launch settings")
     parser.add_argument("--fp8", action="store_true",
                         help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
+    parser.add_argument("--key-ranges", type=int, default=None,
+                        help="KernelConfig.key_ranges of our bf16 calls (default: as KernelConfig picks, "
+                             "`kernels.key_ranges.automatic_key_ranges`)")
     parser.add_argument("--fp8-key-ranges", type=int, default=None,
                         help="with --fp8: KernelConfig.key_ranges of the FP8 call (default: as KernelConfig picks)")
     parser.add_argument("--top-k-row-pieces", action=argparse.BooleanOptionalAction, default=None,
@@ -404,6 +410,8 @@ def parse_args() -> argparse.Namespace:
     problems += [f"unknown input kind {kind!r}" for kind in args.inputs.split(",") if kind not in INPUT_KINDS]
     problems += [f"unknown backward kernel {name!r} (choose from {', '.join(BACKWARD_KERNELS)})"
                  for name in args.backward.split(",") if name not in BACKWARD_KERNELS]
+    if args.key_ranges is not None and args.key_ranges < 1:
+        problems.append(f"--key-ranges must be at least 1, got {args.key_ranges}")
     if args.fp8_key_ranges is not None and not args.fp8:
         problems.append("--fp8-key-ranges sets the FP8 call: give --fp8 with it")
     if args.fp8_key_ranges is not None and args.fp8_key_ranges < 1:
@@ -432,7 +440,8 @@ def main() -> None:
     args = parse_args()
     setup_cli_logging()  # INFO with times (an import may have set up the root logger already)
     bench = Bench(
-        args=args, config=KernelConfig(forward=args.forward, top_k_row_pieces=args.top_k_row_pieces),
+        args=args, config=KernelConfig(forward=args.forward, top_k_row_pieces=args.top_k_row_pieces,
+                                       key_ranges=args.key_ranges),
         backend="pallas_interpret" if args.small else "pallas",
         timer=Timer(warmup=1, trials=1, calls=1) if args.small else Timer(),
         original=Original(args.reference) if args.reference else None,

@@ -77,7 +77,7 @@ def test_small_benchmark_reports_selection_on_random_and_structured_inputs(tmp_p
     """`--small` runs the whole benchmark path in the interpreters and reports, per input kind and selection, the kept
     fraction and the error against dense attention; structured inputs give CDF selection peaked scores to work on."""
     result = run_benchmark("bsa_attention.py", "--small", "--inputs", "random,structured", "--modes", "topk 0.875,cdf 0.98",
-                           "--no-top-k-row-pieces", json_path=tmp_path / "small.json", timeout=900)
+                           "--no-top-k-row-pieces", "--key-ranges", "2", json_path=tmp_path / "small.json", timeout=900)
     records = {(r["inputs"], r["mode"]): r for r in result["records"]}
     assert set(records) == {(kind, mode) for kind in ("random", "structured") for mode in ("topk 0.875", "cdf 0.98")}
     num_k_blocks = GRID[0] * GRID[1] * GRID[2] // 64
@@ -91,3 +91,4 @@ def test_small_benchmark_reports_selection_on_random_and_structured_inputs(tmp_p
     assert records["structured", "topk 0.875"]["rel_l2_vs_dense"] < records["random", "topk 0.875"]["rel_l2_vs_dense"]
     assert result["structured_spec"]["hidden_size"] == HEADS * HEAD_DIM
     assert "top_k_row_pieces=False" in result["config"]  # the flag's negative form reaches the kernel settings
+    assert "key_ranges=2" in result["config"]
