@@ -390,7 +390,7 @@ def parse_args() -> argparse.Namespace:
                         help="also time KernelConfig(fp8=True) (Hopper, or --small) and its error, in a third table")
     parser.add_argument("--key-ranges", type=int, default=None,
                         help="KernelConfig.key_ranges of our bf16 calls (default: as KernelConfig picks, "
-                             "`kernels.key_ranges.automatic_key_ranges`)")
+                             "`kernels.key_ranges`)")
     parser.add_argument("--fp8-key-ranges", type=int, default=None,
                         help="with --fp8: KernelConfig.key_ranges of the FP8 call (default: as KernelConfig picks)")
     parser.add_argument("--top-k-row-pieces", action=argparse.BooleanOptionalAction, default=None,

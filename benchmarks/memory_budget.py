@@ -60,12 +60,13 @@ def _log(message: str) -> None:
 
 
 def _config(depth: int, sparsity: float | None, small: bool) -> dict:
-    bsa = sparsity is not None
-    bsa_params = {"sparsity": sparsity, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}
+    bsa_params = None if sparsity is None else {
+        "sparsity": sparsity, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4],
+    }
     config = {
         "in_channels": 16, "out_channels": 16, "hidden_size": 4096, "depth": depth, "num_heads": 32,
         "caption_channels": 4096, "mlp_ratio": 4, "adaln_tembed_dim": 512, "frequency_embedding_size": 256,
-        "patch_size": [1, 2, 2], "enable_bsa": bsa, "bsa_params": bsa_params if bsa else None,
+        "patch_size": [1, 2, 2], "enable_bsa": bsa_params is not None, "bsa_params": bsa_params,
         "text_tokens_zero_pad": True,
     }
     if small:

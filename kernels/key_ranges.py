@@ -15,8 +15,6 @@ import math
 import jax
 import jax.numpy as jnp
 
-from kernels.errors import BSAConfigError
-
 L2_WORKING_SET_BYTES = 48 * 2**20  # K+V bytes of one head that still gather from the H100's L2
 # the bf16 Mosaic forward: where one head's K+V outgrow `L2_WORKING_SET_BYTES`, lists at least this long are split
 # into ranges of at most this many K+V bytes of one head
@@ -60,20 +58,6 @@ def auto_fp8_key_ranges(num_k_tokens: int, head_dim: int, k_max: int) -> int:
     if 2 * num_k_tokens * head_dim > FP8_SPLIT_BYTES and k_max >= FP8_SPLIT_MIN_ENTRIES:
         return 2
     return 1
-
-
-def automatic_key_ranges(kernel: str, num_k_tokens: int, head_dim: int, itemsize: int, k_max: int) -> int:
-    """The forward launches `KernelConfig(key_ranges=None)` runs with `kernel` ("triton", "mosaic": the bf16 Mosaic
-    GPU kernel, or "fp8"): the one resolver of the automatic choice (`sparse_attention` asks it for every forward).
-    num_k_tokens: k's (chunk-padded) tokens; itemsize: K and V's bytes an element (bf16/f16; FP8 counts e4m3's own);
-    k_max: the index lists' width."""
-    if kernel == "fp8":
-        return auto_fp8_key_ranges(num_k_tokens, head_dim, k_max)
-    if kernel == "mosaic":
-        return auto_mosaic_key_ranges(num_k_tokens, head_dim, itemsize, k_max)
-    if kernel == "triton":
-        return auto_key_ranges(num_k_tokens, head_dim, itemsize)
-    raise BSAConfigError(f"unknown BSA forward kernel {kernel!r}; use 'triton', 'mosaic' or 'fp8'")
 
 
 def split_by_key_range(

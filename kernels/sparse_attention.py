@@ -195,8 +195,9 @@ def sparse_attention_with_lse(
     num_k_blocks = k.shape[1] // block_k
     ranges = config.key_ranges
     if ranges is None:
-        ranges = key_ranges.automatic_key_ranges(
-            "mosaic" if mosaic else "triton", k.shape[1], k.shape[-1], k.dtype.itemsize, indices.shape[-1]
+        ranges = (
+            key_ranges.auto_mosaic_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize, indices.shape[-1]) if mosaic
+            else key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
         )
     ranges = min(ranges, num_k_blocks)
     if mosaic and ranges == 1:
@@ -250,7 +251,7 @@ def fp8_sparse_attention_with_lse(
     num_k_tokens, head_dim = operands.k.shape[1], operands.k.shape[-1]
     ranges = config.key_ranges
     if ranges is None:
-        ranges = key_ranges.automatic_key_ranges("fp8", num_k_tokens, head_dim, 1, indices.shape[-1])
+        ranges = key_ranges.auto_fp8_key_ranges(num_k_tokens, head_dim, indices.shape[-1])
     num_k_blocks = num_k_tokens // mosaic_config.BLOCK
     ranges = min(ranges, num_k_blocks)
 

@@ -7,13 +7,14 @@ whose layer plan is long, from its abstract module (built once per config, alloc
 Activations are estimates. The DiT's counts the buffers alive at the peak of a block (the residual stream, then the
 largest of the self-attention, cross-attention and FFN phases, the last two per chunk of tokens when the blocks run
 chunked) plus the attention's own temporaries (XLA's dense attention on the CPU keeps [B, H, Sq, Sk] float32 scores;
-cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32). Where the
-BSA forward runs in key ranges (`kernels.key_ranges.automatic_key_ranges`: the Triton kernel at 168,960 tokens, the
-bf16 Mosaic one there with lists of 256 key blocks or more, e.g. top-k 0.875), each range's output lives until the
-merge, up to (ranges - 1) x [B, Sq, H, D] more than one launch: not counted, as the estimates sit above the measured
-peaks by more (the 720p refinement step under 24 GiB on an H200, one launch: 17.0 GiB measured against 18.80 GiB),
-except for three ranges (2.6 GiB at 168,960 tokens); `benchmarks/memory_budget.py --cases refine168k_bsa0875 --modes
-analyze` compares XLA's temporaries there with these counts (not yet run on a GPU). The
+cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32). Not
+counted: where the BSA forward runs in key ranges (`kernels.key_ranges`: the Triton kernel at 168,960 tokens, the bf16
+Mosaic one there with lists of 256 key blocks or more, e.g. top-k 0.875 or CDF), each range's output lives until
+the merge, up to (ranges - 1) x [B, Sq, H, D] more than one launch (1.3 GiB at 168,960 tokens with two ranges, 2.6
+GiB with three). The checked counts below were 0.6-0.7 GiB above XLA's, so these estimates may be low by up to about
+0.7 / 1.9 GiB there; whether that extra is alive at the block's peak is unmeasured (`benchmarks/memory_budget.py
+--cases refine168k_bsa0875 --modes analyze` on a Hopper GPU compares). Counting the full bound moved the bf16
+refinement's smallest budget on a GPU other than Hopper from 20.05 to 21.45 GiB. The
 counts were checked against XLA's buffer assignment of one block at 168,960 tokens with BSA 0.9375, bf16, on an
 H200 (jax 0.11.2, `benchmarks/memory_budget.py`, 2026-12-03): 13.86 GiB of temporaries with all tokens at once
 (these counts: 14.6 GiB, the FFN phase), 11.81 GiB with 32,768-token chunks (12.4 GiB, the self-attention phase);

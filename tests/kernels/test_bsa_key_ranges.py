@@ -12,14 +12,7 @@ import numpy as np
 import pytest
 
 from kernels import BSAParams, KernelConfig, MosaicConfig, bsa_attention, key_ranges, pallas_mosaic
-from kernels.errors import BSAConfigError
-from kernels.key_ranges import (
-    auto_fp8_key_ranges,
-    auto_key_ranges,
-    auto_mosaic_key_ranges,
-    automatic_key_ranges,
-    split_by_key_range,
-)
+from kernels.key_ranges import auto_fp8_key_ranges, auto_key_ranges, auto_mosaic_key_ranges, split_by_key_range
 from kernels.sparse_attention import sparse_attention_with_lse
 from longcat_jax.metrics import rel_l2
 from tests.helpers.bsa_cases import dense_attention, dense_whole_call, random_case
@@ -65,16 +58,6 @@ def test_auto_mosaic_key_ranges_split_large_heads_with_long_lists():
     assert auto_mosaic_key_ranges(24 * 44 * 80, 128, 2, 330) == 1
     assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 330) == 3
     assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 165) == 1
-
-
-def test_the_automatic_ranges_follow_each_kernels_rule():
-    # 168,960 tokens, head_dim 128, bf16 (e4m3 for FP8), lists of 165 key blocks (top-k 0.9375): only the Triton kernel
-    # splits; with 330 (0.875) all three do, each by its own rule
-    tokens = 48 * 44 * 80
-    assert [automatic_key_ranges(kernel, tokens, 128, 2, 165) for kernel in ("triton", "mosaic", "fp8")] == [2, 1, 2]
-    assert [automatic_key_ranges(kernel, tokens, 128, 2, 330) for kernel in ("triton", "mosaic", "fp8")] == [2, 3, 2]
-    with pytest.raises(BSAConfigError, match="unknown BSA forward kernel 'cudnn'"):
-        automatic_key_ranges("cudnn", tokens, 128, 2, 165)
 
 
 @pytest.mark.parametrize("width, launches", [(4, 2), (3, 1)])
