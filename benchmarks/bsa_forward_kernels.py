@@ -4,10 +4,10 @@ Kernel alone (with its key-range split and merge where a variant asks for one), 
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: mosaic = the bf16 Mosaic GPU kernel with `KernelConfig()`'s launch
-settings, rN = N key ranges (`KernelConfig.key_ranges`), nN = N rounds
-(`MosaicConfig.rounds`), p2 = two producer warpgroups, cN = N consumer warpgroups (`MosaicConfig.consumers`),
-kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums by a
-reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
+settings, rN = N key ranges (`KernelConfig.key_ranges`), 2 rounds = those settings with two rounds a CTA,
+nN = N rounds (`MosaicConfig.rounds`) of `MosaicConfig()`'s other settings, p2 = two producer warpgroups,
+cN = N consumer warpgroups (`MosaicConfig.consumers`), kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums
+by a reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
 accumulator's rescale where none of its rows' maxima moved (`MosaicConfig.conditional_rescale`), tN = the maxima held
 until exceeded by N (`MosaicConfig.rescale_threshold`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings and key ranges but the named ones) on e4m3 operands
@@ -38,6 +38,12 @@ def _mosaic(ranges, **settings) -> KernelConfig:
     return KernelConfig(forward="mosaic", mosaic=MosaicConfig(**settings), key_ranges=ranges)
 
 
+def _bf16(ranges, **settings) -> KernelConfig:
+    """The bf16 Mosaic forward with `KernelConfig()`'s launch settings but `settings`, in `ranges` key ranges."""
+    mosaic = dataclasses.replace(KernelConfig().mosaic, **settings)
+    return dataclasses.replace(KernelConfig(), forward="mosaic", mosaic=mosaic, key_ranges=ranges)
+
+
 def _fp8(**settings) -> KernelConfig:
     """The FP8 forward with its default launch settings (`KernelConfig.mosaic_fp8`) but `settings`."""
     return KernelConfig(fp8=True, mosaic_fp8=dataclasses.replace(KernelConfig().mosaic_fp8, **settings))
@@ -47,6 +53,8 @@ VARIANTS = {
     "mosaic": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=1),  # bf16, its default launch settings
     "mosaic r2": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=2),
     "mosaic r3": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=3),
+    "mosaic 2 rounds": _bf16(1, rounds=2),  # KernelConfig()'s bf16 settings before one round became its default
+    "mosaic 2 rounds r3": _bf16(3, rounds=2),
     "triton": KernelConfig(forward="triton", key_ranges=1),
     "triton r2": KernelConfig(forward="triton", key_ranges=2),
     "mosaic n1": _mosaic(1, rounds=1),

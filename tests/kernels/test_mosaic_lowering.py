@@ -9,7 +9,7 @@ the run itself stay with the `gpu`-marked tests.
 import jax.numpy as jnp
 import pytest
 
-from kernels import MosaicBackwardConfig, MosaicConfig
+from kernels import KernelConfig, MosaicBackwardConfig, MosaicConfig
 from kernels.fp8_operands import quantize_operands
 from kernels.padding import GridPadding
 from kernels.pallas_mosaic import mosaic_forward
@@ -28,6 +28,7 @@ FORWARD_CONFIGS = {
     "row_sums_by_reduction": MosaicConfig(row_sums_on_tensor_cores=False),
     # the per-thread branch inlined in Mosaic GPU, and the held maximum
     "conditional_rescale_threshold": MosaicConfig(conditional_rescale=True, rescale_threshold=2.0),
+    "kernel_config_bf16_default": KernelConfig().mosaic,
 }
 
 
