@@ -8,8 +8,7 @@ L2 of the three) before it is timed. Variant names: triton, mosaic (the default 
 handed to the CTAs longest list first, each step's accumulating product deferred, a list entry's gathers on one
 barrier), mosaic block order
 (`longest_first=False`), mosaic waited (`deferred_accumulate=False`: each step ends waiting for its product),
-mosaic barrier per buffer (`one_gather_barrier=False`: one barrier per gathered buffer, each waited for), mosaic dkdv
-two waits (`dkdv_one_wait=False`: the dk/dv kernel's dp^T issued with dv's product after the softmax, both waited for).
+mosaic barrier per buffer (`one_gather_barrier=False`: one barrier per gathered buffer, each waited for).
 
     python3 benchmarks/bsa_backward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -34,7 +33,6 @@ VARIANTS = {
     "mosaic": KernelConfig(backward="mosaic"),
     "mosaic block order": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(longest_first=False)),
     "mosaic waited": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(deferred_accumulate=False)),
-    "mosaic dkdv two waits": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(dkdv_one_wait=False)),
     "mosaic barrier per buffer": KernelConfig(backward="mosaic",
                                               mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
 }

@@ -54,9 +54,6 @@ class MosaicBackwardConfig:
     one_gather_barrier: the producer's gathers of one list entry (q, do, lse and delta rows; or k and v) all arrive
     on one barrier, which the consumer waits for once a step, rather than one barrier per gathered buffer (0.6-1.3%
     faster on an H200, BENCHMARKS.md);
-    dkdv_one_wait: the dk/dv kernel issues dp^T = v do^T with its first product (p^T's logits), as the dq kernel
-    does, and accumulates dv += p^T do like dk (deferred with `deferred_accumulate`), so each step waits once; False
-    issues dp^T with dv's product after the softmax and waits for both (two waits a step, the earlier schedule);
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots;
     the pipeline, barriers, gathers and the elementwise work are the GPU's.
@@ -66,13 +63,12 @@ class MosaicBackwardConfig:
     longest_first: bool = True
     deferred_accumulate: bool = True
     one_gather_barrier: bool = True
-    dkdv_one_wait: bool = True
     interpret: bool = False
 
     def __post_init__(self):
         if not isinstance(self.stages, int) or self.stages < 2:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
-        for name in ("longest_first", "deferred_accumulate", "one_gather_barrier", "dkdv_one_wait"):
+        for name in ("longest_first", "deferred_accumulate", "one_gather_barrier"):
             if not isinstance(getattr(self, name), bool):
                 raise BSAConfigError(f"MosaicBackwardConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -125,13 +121,10 @@ class _Kernel:
     own: [(input index, "tile" | "rows")] each consumer loads once for its block; gathered: the same for what
     the producer gathers per list entry; keys_are_own: whether the consumer's own block is the key block (dk/dv)
     rather than the list's entries (dq); `init`, `step` and `finish` are the consumer's work. `step` returns the
-    carry and the operands of its `accumulators` accumulating products (dq += ds k; dk += ds^T q, and dv += p^T do
-    with `dkdv_one_wait`: each a [64, 64] tile in registers and a [64, D] tile in shared memory), which `_launch`
-    issues, waited for or deferred; it calls `after_first_wait` once its first product has been waited for.
-    `finish` gets those products' [64, D] float32 sums.
+    carry and the operands of its accumulating product (dq += ds k or dk += ds^T q: a [64, 64] tile in registers,
+    a [64, D] tile in shared memory), which `_launch` issues, waited for or deferred; it calls `after_first_wait`
+    once its first product has been waited for. `finish` gets that product's [64, D] float32 sum.
     """
-
-    accumulators = 1
 
     own: tuple[tuple[int, str], ...]
     gathered: tuple[tuple[int, str], ...]
@@ -201,12 +194,12 @@ class _DqKernel(_Kernel):
             logits = mask_padded_keys(logits, self.key_padding, key_block, self.positions(1))
         probs = jnp.exp2(logits * self.logit_scale - lax.broadcast_in_dim(lse, logits.shape, [0]))
         dlogits = (probs * (dprobs - lax.broadcast_in_dim(delta, logits.shape, [0]))).astype(self.dtype)
-        return carry, ((dlogits, k_smem),)  # dq += dlogits k
+        return carry, (dlogits, k_smem)  # dq += dlogits k
 
-    def finish(self, accs, carry, own):
+    def finish(self, acc, carry, own):
         """Writes dq into the q tile (free once the last product is done); returns the tiles to store."""
         q_smem = own[0]
-        q_smem[...] = (accs[0] * self.scale).astype(self.dtype)
+        q_smem[...] = (acc * self.scale).astype(self.dtype)
         return (q_smem,)
 
 
@@ -216,30 +209,17 @@ class _DkDvKernel(_Kernel):
     gathered = ((2, "tile"), (3, "tile"), (4, "rows"), (5, "rows"))
     keys_are_own = True
 
-    def __init__(self, head_dim, dtype, config, key_padding):
-        super().__init__(head_dim, dtype, config, key_padding)
-        self.one_wait = config.dkdv_one_wait
-        self.accumulators = 2 if self.one_wait else 1  # (dk, dv) or dk, with dv carried in registers
-
     def init(self, own):
-        return () if self.one_wait else (self.zeros((BLOCK, self.d)),)  # dv
+        return (self.zeros((BLOCK, self.d)),)  # dv
 
     def step(self, carry, own, gathered, key_block, after_first_wait):
+        (dv,) = carry
         k_smem, v_smem = own
         q_smem, do_smem, lse_smem, delta_smem = gathered
         lse = self.load_rows(lse_smem, 0)
         delta = self.load_rows(delta_smem, 0)
         if self.interpret:
             logits_t = dot_f32(k_smem[...], q_smem[...], transpose_b=True)  # [ck, cq]
-            dprobs_t = dot_f32(v_smem[...], do_smem[...], transpose_b=True)
-        elif self.one_wait:
-            def first_products(refs):  # both in one wgmma group: one wait
-                logits_ref, dprobs_ref = refs
-                plgpu.wgmma(logits_ref, k_smem, q_smem.transpose((1, 0)))
-                plgpu.wgmma(dprobs_ref, v_smem, do_smem.transpose((1, 0)))
-
-            zeros = self.zeros((BLOCK, BLOCK))
-            logits_t, dprobs_t = pl.run_state(first_products)((plgpu.ACC.init(zeros), plgpu.ACC.init(zeros)))
         else:
             def logits_scope(acc_ref):
                 plgpu.wgmma(acc_ref, k_smem, q_smem.transpose((1, 0)))
@@ -251,27 +231,24 @@ class _DkDvKernel(_Kernel):
             logits_t = mask_padded_keys(logits_t, self.key_padding, key_block, self.positions(0))
         probs_t = jnp.exp2(logits_t * self.logit_scale - lax.broadcast_in_dim(lse, logits_t.shape, [1]))
         probs_t_low = probs_t.astype(self.dtype)
-        if self.one_wait:
-            dv_product = ((probs_t_low, do_smem),)  # dv += probs_t do, issued by `_launch`
-        elif self.interpret:
-            carry = (carry[0] + dot_f32(probs_t_low, do_smem[...]),)
-            dv_product = ()
+        if self.interpret:
+            dv = dv + dot_f32(probs_t_low, do_smem[...])
+            dprobs_t = dot_f32(v_smem[...], do_smem[...], transpose_b=True)
         else:
             def products(refs):  # both in one wgmma group: one wait
                 dv_ref, dprobs_ref = refs
                 plgpu.wgmma(dv_ref, probs_t_low, do_smem)
                 plgpu.wgmma(dprobs_ref, v_smem, do_smem.transpose((1, 0)))
 
-            dv, dprobs_t = pl.run_state(products)((plgpu.ACC.init(carry[0]), plgpu.ACC.init(self.zeros((BLOCK, BLOCK)))))
-            carry, dv_product = (dv,), ()
+            dv, dprobs_t = pl.run_state(products)((plgpu.ACC.init(dv), plgpu.ACC.init(self.zeros((BLOCK, BLOCK)))))
         dlogits_t = (probs_t * (dprobs_t - lax.broadcast_in_dim(delta, logits_t.shape, [1]))).astype(self.dtype)
-        return carry, ((dlogits_t, q_smem), *dv_product)  # dk += dlogits_t q
+        return (dv,), (dlogits_t, q_smem)  # dk += dlogits_t q
 
-    def finish(self, accs, carry, own):
+    def finish(self, acc, carry, own):
         """Writes dk and dv into the k and v tiles (free once the last product is done)."""
         k_smem, v_smem = own
-        k_smem[...] = (accs[0] * self.scale).astype(self.dtype)
-        v_smem[...] = (accs[1] if self.one_wait else carry[0]).astype(self.dtype)
+        k_smem[...] = (acc * self.scale).astype(self.dtype)
+        v_smem[...] = carry[0].astype(self.dtype)
         return k_smem, v_smem
 
 
@@ -334,8 +311,8 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
             def release(j):
                 plgpu.barrier_arrive(consumed.at[wg * stages + lax.rem(j, jnp.int32(stages))])
 
-            def visit(j, state, acc_refs=None):
-                accs, carry = state
+            def visit(j, state, acc_ref=None):
+                acc, carry = state
                 slot = lax.rem(j, jnp.int32(stages))
                 for group in loaded[:1] if config.one_gather_barrier else loaded:
                     plgpu.barrier_wait(group.at[wg * stages + slot])
@@ -352,30 +329,26 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
                     if deferred:
                         pl.when(j > 0)(lambda: release(j - 1))
 
-                carry, products = spec.step(carry, own, gathered, key_block, after_first_wait)
-                if acc_refs is not None:
-                    for acc_ref, (a, b_smem) in zip(acc_refs, products, strict=True):
-                        plgpu.wgmma(acc_ref, a, b_smem)  # waited for by the next step's first product
+                carry, (a, b_smem) = spec.step(carry, own, gathered, key_block, after_first_wait)
+                if acc_ref is not None:
+                    plgpu.wgmma(acc_ref, a, b_smem)  # waited for by the next step's first product
                 else:
-                    accs = tuple(spec.accumulate(acc, a, b_smem) for acc, (a, b_smem) in zip(accs, products, strict=True))
+                    acc = spec.accumulate(acc, a, b_smem)
                 if not deferred:
                     release(j)
-                return accs, carry
+                return acc, carry
 
             if deferred and not config.interpret:
-                def accumulate_in_scope(*acc_refs):  # [64, D] float32 wgmma accumulators, zero at first
-                    visit_in_scope = functools.partial(visit, acc_refs=acc_refs)
-                    _, carry = lax.fori_loop(0, count, visit_in_scope, (None, spec.init(own)))
-                    return tuple(acc_ref[...] for acc_ref in acc_refs), carry
+                def accumulate_in_scope(acc_ref):  # [64, D] float32 wgmma accumulator, zero at first
+                    _, carry = lax.fori_loop(0, count, functools.partial(visit, acc_ref=acc_ref), (None, spec.init(own)))
+                    return acc_ref[...], carry
 
-                acc_types = [plgpu.ACC((BLOCK, spec.d), jnp.float32) for _ in range(spec.accumulators)]
-                accs, carry = pl.run_scoped(accumulate_in_scope, *acc_types)
+                acc, carry = pl.run_scoped(accumulate_in_scope, plgpu.ACC((BLOCK, spec.d), jnp.float32))
             else:
-                zeros = tuple(spec.zeros((BLOCK, spec.d)) for _ in range(spec.accumulators))
-                accs, carry = lax.fori_loop(0, count, visit, (zeros, spec.init(own)))
+                acc, carry = lax.fori_loop(0, count, visit, (spec.zeros((BLOCK, spec.d)), spec.init(own)))
             if deferred:
                 pl.when(count > 0)(lambda: release(count - 1))
-            tiles = spec.finish(accs, carry, own)
+            tiles = spec.finish(acc, carry, own)
             plgpu.commit_smem()
 
             @pl.when(valid(wg))

@@ -67,9 +67,6 @@ class TestMosaicBackwardInterpret(_BackwardTests):
         # one barrier per gathered buffer (the default: a list entry's gathers all arrive on one)
         KernelCase("uneven_counts_barrier_per_gathered_buffer", b=1, h=2, d=64, mq=3, mk=5, width=3,
                    mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
-        # dk/dv's dv carried in registers and its dp^T after the softmax (the default: both with the first product)
-        KernelCase("uneven_counts_dkdv_two_waits", b=1, h=2, d=64, mq=3, mk=5, width=3,
-                   mosaic_backward=MosaicBackwardConfig(dkdv_one_wait=False)),
         # blocks handed out in block order, each step's accumulating product waited for and its tiles released at
         # its end (the other case: longest list first, deferred products, the defaults)
         KernelCase("head_dim_128_two_batches_sentinel_padded_block_order_waited", b=2, h=1, d=128, mq=2, mk=3,
@@ -138,8 +135,6 @@ def test_mosaic_backward_refuses_what_it_cannot_run():
         MosaicBackwardConfig(deferred_accumulate=1)
     with pytest.raises(BSAConfigError, match="one_gather_barrier must be True or False, got 'yes'"):
         MosaicBackwardConfig(one_gather_barrier="yes")
-    with pytest.raises(BSAConfigError, match="dkdv_one_wait must be True or False, got None"):
-        MosaicBackwardConfig(dkdv_one_wait=None)
     with pytest.raises(BSAConfigError, match="KernelConfig.mosaic_backward must be a kernels.MosaicBackwardConfig"):
         KernelConfig(mosaic_backward=MosaicConfig())
     mosaic = KernelConfig(forward="triton", backward="mosaic")
@@ -209,8 +204,6 @@ class TestMosaicBackwardGpu(_BackwardTests):
                            mosaic_backward=MosaicBackwardConfig(longest_first=False, deferred_accumulate=False)),
         _gpu_gradient_case("d128_barrier_per_gathered_buffer", b=2, h=3, d=128, mq=12, mk=20, width=11,
                            mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
-        _gpu_gradient_case("d128_dkdv_two_waits", b=2, h=3, d=128, mq=12, mk=20, width=11,
-                           mosaic_backward=MosaicBackwardConfig(dkdv_one_wait=False)),
     )
     whole_call_cases = RASTER_CASES
     # all of 64-token chunks: padded key grids, gradients included. Besides the shared ones, two that take the CDF

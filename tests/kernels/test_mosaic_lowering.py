@@ -72,15 +72,12 @@ def test_forward_lowers_for_cuda(name, fp8):
     assert "custom_call @mosaic_gpu" in text
 
 
-@pytest.mark.parametrize(("deferred", "one_barrier", "one_wait"),
-                         [(True, True, True), (False, True, True), (True, False, True), (True, True, False),
-                          (False, True, False)],
-                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer",
-                              "dkdv_two_waits", "dkdv_two_waits_waited_accumulate"])
-def test_backward_lowers_for_cuda(deferred, one_barrier, one_wait):
+@pytest.mark.parametrize(("deferred", "one_barrier"), [(True, True), (False, True), (True, False)],
+                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer"])
+def test_backward_lowers_for_cuda(deferred, one_barrier):
     q, k, v, indices, _, counts = _inputs()
     lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
-    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier, dkdv_one_wait=one_wait)
+    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier)
 
     def backward(q, k, v, indices, counts, lse):
         return mosaic_backward(q, k, v, indices, counts, q, lse, q, config, key_padding=PADDED)
