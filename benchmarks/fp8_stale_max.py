@@ -33,9 +33,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from bsa_inputs import parse_grid  # noqa: E402  # this script's sibling
 from fp8_block_scales import emulation_arguments, inputs  # noqa: E402  # this script's sibling
-from fp8_v_scale_fold import emulation_inputs  # noqa: E402  # this script's sibling
+from fp8_v_scale_fold import emulation_inputs, selected_token_masks  # noqa: E402  # this script's sibling
 
-from kernels import BSAParams, block_mask_from_indices, select_blocks, to_chunk_order  # noqa: E402
+from kernels import BSAParams, select_blocks, to_chunk_order  # noqa: E402
 from kernels.fp8_operands import (  # noqa: E402
     E4M3_MAX,
     P_EXPONENT,
@@ -130,10 +130,7 @@ def errors(q, k, v, sparsities) -> list[dict]:
     qe, ke, ve = emulated_attention_inputs(q, k, v)
     v_folds = fold(block_scales(v, BLOCK))
     rows = []
-    for sparsity in sparsities:
-        indices, counts = select_blocks(q, k, BSAParams(sparsity=sparsity))
-        mask = block_mask_from_indices(indices, counts, k.shape[1] // BLOCK)  # [B, H, Mq, Mk]
-        token_mask = jnp.repeat(jnp.repeat(mask, BLOCK, axis=2), BLOCK, axis=3)
+    for sparsity, token_mask in selected_token_masks(q, k, sparsities):
         f32 = jax.nn.dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask=token_mask)
         for exponent, tau in SETTINGS:
             out, largest, rescaled = emulated_output(qe, ke, ve, token_mask, v_folds, exponent, tau)

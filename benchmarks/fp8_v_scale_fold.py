@@ -62,6 +62,14 @@ def emulation_inputs(grid, heads: int, head_dim: int):
         yield kind, q, k, v
 
 
+def selected_token_masks(q, k, sparsities):
+    """(sparsity, token mask [B, H, Sq, Sk] bool) of the top-k selection of chunk-ordered q, k at each sparsity."""
+    for sparsity in sparsities:
+        indices, counts = select_blocks(q, k, BSAParams(sparsity=sparsity))
+        mask = block_mask_from_indices(indices, counts, k.shape[1] // BLOCK)  # [B, H, Mq, Mk]
+        yield sparsity, jnp.repeat(jnp.repeat(mask, BLOCK, axis=2), BLOCK, axis=3)
+
+
 def masked_attention(q, k, v, token_mask, weights_of):
     """Attention of float32 q, k, v [B, S, H, D] over token_mask [B, H, Sq, Sk]; weights_of(w) gives the weights that
     multiply v from the unnormalised softmax weights w [B, H, Sq, Sk] (the rounding under test), and the row sums are
@@ -81,10 +89,7 @@ def errors(q, k, v, sparsities) -> list[dict[str, float]]:
     v_folds = fold(block_scales(v, BLOCK))  # [B, H, Mk], s_j / S <= 1
     per_key_fold = jnp.repeat(v_folds, BLOCK, axis=-1)[:, :, None, :]  # [B, H, 1, Sk]
     rows = []
-    for sparsity in sparsities:
-        indices, counts = select_blocks(q, k, BSAParams(sparsity=sparsity))
-        mask = block_mask_from_indices(indices, counts, k.shape[1] // BLOCK)  # [B, H, Mq, Mk]
-        token_mask = jnp.repeat(jnp.repeat(mask, BLOCK, axis=2), BLOCK, axis=3)
+    for sparsity, token_mask in selected_token_masks(q, k, sparsities):
         f32 = masked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), token_mask, lambda w: w)
         unfolded = masked_attention(qe, ke, ve, token_mask, round_weights)
         folded = masked_attention(qe, ke, ve, token_mask, lambda w: round_weights(w, per_key_fold))
