@@ -51,13 +51,26 @@ TEXT_LEN = 512
 SMALL_GRID = (4, 8, 8)
 
 
-def real_config(depth: int, bsa: bool, small: bool = False) -> dict:
+def bsa_params_of(bsa) -> dict | None:
+    """A case's `bsa` as the DiT config's bsa_params: None or False (dense attention), True (`BSA_PARAMS`, top-k
+    0.9375), a top-k sparsity, or a preset's bsa_params dict."""
+    if bsa is None or isinstance(bsa, bool):
+        return BSA_PARAMS if bsa else None
+    if isinstance(bsa, dict):
+        return bsa
+    return {**BSA_PARAMS, "sparsity": float(bsa)}
+
+
+def real_config(depth: int, bsa, small: bool = False) -> dict:
+    """The real DiT's config dict (width 4096, 32 heads) with `depth` blocks and `bsa` as `bsa_params_of` reads it;
+    small: 2 blocks at most, width 256, 4 heads (any machine)."""
     if small:
         return {**real_config(min(depth, 2), bsa), "hidden_size": 256, "num_heads": 4}
+    bsa_params = bsa_params_of(bsa)
     return {
         "in_channels": 16, "out_channels": 16, "hidden_size": 4096, "depth": depth, "num_heads": 32,
         "caption_channels": 4096, "mlp_ratio": 4, "adaln_tembed_dim": 512, "frequency_embedding_size": 256,
-        "patch_size": [1, 2, 2], "enable_bsa": bsa, "bsa_params": BSA_PARAMS if bsa else None,
+        "patch_size": [1, 2, 2], "enable_bsa": bsa_params is not None, "bsa_params": bsa_params,
         "text_tokens_zero_pad": True,
     }
 

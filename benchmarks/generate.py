@@ -129,12 +129,10 @@ def _dit_step():
 
 def run_original_case(name: str, case: dict, preset: str | None, args: argparse.Namespace) -> dict:
     """The original DiT forward (what dominates its step) for this case, via benchmarks/dit_step.py."""
-    dit_step = _dit_step()
-    if preset:
-        dit_step.BSA_PARAMS = json.loads(preset_path(preset).read_text())["bsa_params"]
+    bsa = json.loads(preset_path(preset).read_text())["bsa_params"] if preset else None
     t, h, w = case["latents"]
-    grid_case = dict(grid=(t, h // 2, w // 2), batch=2 if case["guidance"] > 1 else 1, bsa=preset is not None)
-    result = dit_step.run_original(grid_case, args.depth, 1, args.steps, args.reference)
+    grid_case = dict(grid=(t, h // 2, w // 2), batch=2 if case["guidance"] > 1 else 1, bsa=bsa)
+    result = _dit_step().run_original(grid_case, args.depth, 1, args.steps, args.reference)
     return {"case": name, "bsa": preset or "none", "original_seconds": result["seconds"],
             "original_peak_gib": result["peak_gib"]}
 

@@ -38,7 +38,8 @@ import subprocess
 import sys
 import time
 
-from dit_step import run_child as run_case_process  # this script's sibling: one way to run a case in its own process
+from dit_step import real_config  # this script's sibling: the real DiT's config
+from dit_step import run_child as run_case_process  # one way to run a case in its own process
 
 CASES = {  # bsa: the top-k sparsity of the self attention's BSA, None for dense
     "refine168k_bsa": dict(grid=(48, 44, 80), batch=1, bsa=0.9375),
@@ -57,21 +58,6 @@ _START = time.perf_counter()
 
 def _log(message: str) -> None:
     print(f"  [{time.perf_counter() - _START:7.1f} s] {message}", flush=True)
-
-
-def _config(depth: int, sparsity: float | None, small: bool) -> dict:
-    bsa_params = None if sparsity is None else {
-        "sparsity": sparsity, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4],
-    }
-    config = {
-        "in_channels": 16, "out_channels": 16, "hidden_size": 4096, "depth": depth, "num_heads": 32,
-        "caption_channels": 4096, "mlp_ratio": 4, "adaln_tembed_dim": 512, "frequency_embedding_size": 256,
-        "patch_size": [1, 2, 2], "enable_bsa": bsa_params is not None, "bsa_params": bsa_params,
-        "text_tokens_zero_pad": True,
-    }
-    if small:
-        config.update(depth=min(depth, 2), hidden_size=256, num_heads=4, caption_channels=256)
-    return config
 
 
 def _peak_gib(device) -> float | None:
@@ -148,7 +134,7 @@ def run_child(args) -> dict:
     from longcat_jax.quantization import quantized_jit
 
     case = CASES[args.case]
-    config = DiTConfig.from_dict(_config(args.depth, case["bsa"], args.small))
+    config = DiTConfig.from_dict(real_config(args.depth, case["bsa"], args.small))
     grid = SMALL_GRID if args.small else case["grid"]
     batch = case["batch"]
     device = jax.local_devices()[0]
@@ -265,7 +251,7 @@ def run_analysis(args) -> dict:
     from longcat_jax.models.dit.transformer import LongCatDiT
 
     case = CASES[args.case]
-    config = DiTConfig.from_dict(_config(1, case["bsa"], args.small))
+    config = DiTConfig.from_dict(real_config(1, case["bsa"], args.small))
     grid = SMALL_GRID if args.small else case["grid"]
     skeleton = nnx.eval_shape(lambda: LongCatDiT(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16,
                                                  param_dtype=jnp.bfloat16))

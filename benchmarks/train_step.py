@@ -43,8 +43,8 @@ import sys
 import threading
 import time
 
-from dit_step import _log, run_child  # siblings: the progress line and the one way to run a case in a process
-from memory_budget import _config, _make_dit, _peak_gib
+from dit_step import _log, real_config, run_child  # siblings: the progress line, the real DiT's config, a case's process
+from memory_budget import _make_dit, _peak_gib  # the weights drawn on the device block by block, the peak memory
 
 from longcat_jax.training.config import BSA_BACKWARDS, REMAT_MODES
 
@@ -120,7 +120,7 @@ def run_case(args) -> dict:
     case = CASES[args.case]
     quantize = None if args.quantize == "none" else args.quantize
     check_quantize_supported(quantize)
-    config = DiTConfig.from_dict(_config(args.depth, case["bsa"], args.small))
+    config = DiTConfig.from_dict(real_config(args.depth, case["bsa"], args.small))
     t, h, w = SMALL_GRID if args.small else case["grid"]
     device = jax.local_devices()[0]
 
