@@ -28,6 +28,9 @@ class MosaicConfig:
     its V does not hold up the other's K); schedule_barrier: make the two consumers alternate on the tensor
     cores; rounds: sets of query blocks (one per consumer) each CTA works through in turn, so that its producer
     gathers the next set's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
+    more rounds also lengthen each CTA's walk over the head's key blocks, and where one head's K and V outgrow L2
+    (168,960 tokens) the gathers then miss more (on an H100 in one launch: one round 146 ms, L2 hits 48%; two 157 ms,
+    38%; eight 184 ms; BENCHMARKS.md);
     consumers: consumer warpgroups (query blocks) per CTA, 2 or 3. Three fill more of the tensor cores' idle time
     between one consumer's products and its next ones (each consumer's step is a chain of product, softmax,
     product), at 160 registers each instead of 232; they need schedule_barrier=False and one producer, and fit
