@@ -7,25 +7,25 @@ whose layer plan is long, from its abstract module (built once per config, alloc
 Activations are estimates. The DiT's counts the buffers alive at the peak of a block (the residual stream, then the
 largest of the self-attention, cross-attention and FFN phases, the last two per chunk of tokens when the blocks run
 chunked) plus the attention's own temporaries (XLA's dense attention on the CPU keeps [B, H, Sq, Sk] float32 scores;
-cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32). Where
-the BSA forward runs in key ranges (`kernels.key_ranges`: the Triton kernel at 168,960 tokens, the bf16 Mosaic one
-there with lists of 256 key blocks or more, e.g. top-k 0.875 or CDF), each range's output lives until the merge, up
-to (ranges - 1) x [B, Sq, H, D] more than one launch; that is not counted on its own, and need not be: XLA's buffer
-assignment of one block at 168,960 tokens, bf16, on an H100 (jax 0.11.2, `benchmarks/memory_budget.py --cases
-refine168k_bsa,refine168k_bsa0875 --modes analyze`, 2026-12-06) held 13.86 GiB of temporaries in three key ranges
-(top-k 0.875) against 11.77 GiB in one launch (0.9375) with all tokens at once, and 11.77 GiB in both with 32,768-
-or 8,192-token chunks; with the block's input and output (2.58 GiB, which XLA counts as arguments and output) that
-is 16.44 / 14.35 GiB with all tokens and 14.35 GiB chunked, against these counts' 18.67 and 16.01 GiB. The whole
-resident step peaked 17.4 GiB above its weights on an H200 (2026-12-03; these counts: 18.6 GiB). The GEMMs' float32 results
-are not kept (XLA writes the rounded result), except the output projections', whose bias is added in float32. A
-Linear with run-time LoRAs joins their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs
-a copy of its input; the earlier form, a second GEMM added in float32, kept two float32 results per Linear and ran
-the 720p refinement out of memory under a 24 GiB budget on an H200 (2026-12-03). A quantized Linear with run-time
-LoRAs (`longcat_jax.models.dit.quantized_linear`) runs over at most `LORA_CHUNK_ROWS` rows at a time and keeps
-one chunk's float32 results: its GEMM's and the LoRAs' with FP8 compute (an FP8 GEMM cannot take them), one joined
-GEMM's weight-only (`quantized_lora_bytes`; counted from what the code computes, not yet checked against XLA on a
-GPU). Without LoRAs
-a quantized DiT is counted as the bf16 one: the FP8 step at 168,960 tokens under a 24 GiB cap (H200,
+cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32). Where the
+BSA forward runs in key ranges (`kernels.key_ranges`: the Triton kernel at 168,960 tokens, the bf16 Mosaic one there
+with lists of 256 key blocks or more, e.g. top-k 0.875 or CDF), each range's output lives until the merge, up to
+(ranges - 1) x [B, Sq, H, D] more than one launch; that is not counted on its own, and the counts covered it where it
+was measured: XLA's buffer assignment of one block at 168,960 tokens, bf16, on an H100 (jax 0.11.2,
+`benchmarks/memory_budget.py --cases refine168k_bsa,refine168k_bsa0875 --modes analyze`, 2026-12-06) held 13.86 GiB of
+temporaries in three key ranges (top-k 0.875) against 11.77 GiB in one launch (0.9375) with all tokens at once, and
+11.77 GiB in both with 32,768- or 8,192-token chunks; with the block's input and output (2.58 GiB, which XLA counts as
+arguments and output) that is 16.44 / 14.35 GiB with all tokens and 14.35 GiB chunked, against these counts' 18.67 and
+16.01 GiB (the Triton and FP8 kernels' two ranges were not measured). The whole resident step peaked 17.4 GiB above
+its weights on an H200 (2026-12-03; these counts: 18.6 GiB). The GEMMs' float32 results are not kept (XLA writes the
+rounded result), except the output projections', whose bias is added in float32. A Linear with run-time LoRAs joins
+their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs a copy of its input; the earlier
+form, a second GEMM added in float32, kept two float32 results per Linear and ran the 720p refinement out of memory
+under a 24 GiB budget on an H200 (2026-12-03). A quantized Linear with run-time LoRAs
+(`longcat_jax.models.dit.quantized_linear`) runs over at most `LORA_CHUNK_ROWS` rows at a time and keeps one chunk's
+float32 results: its GEMM's and the LoRAs' with FP8 compute (an FP8 GEMM cannot take them), one joined GEMM's
+weight-only (`quantized_lora_bytes`; counted from what the code computes, not yet checked against XLA on a GPU).
+Without LoRAs a quantized DiT is counted as the bf16 one: the FP8 step at 168,960 tokens under a 24 GiB cap (H200,
 `benchmarks/memory_budget.py --quantize fp8`, 2026-12-03) had 17.33 GiB of block temporaries (bf16: 13.86 GiB) and
 peaked at 19.4 GiB, below these counts' 19.53 GiB.
 The VAE's is per pixel of a frame (or of a tile), from measured peaks. Each constant below says where it comes from.
