@@ -50,9 +50,9 @@ def _fp8(**settings) -> KernelConfig:
 
 
 VARIANTS = {
-    "mosaic": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=1),  # bf16, its default launch settings
-    "mosaic r2": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=2),
-    "mosaic r3": dataclasses.replace(KernelConfig(), forward="mosaic", key_ranges=3),
+    "mosaic": _bf16(1),  # bf16, its default launch settings
+    "mosaic r2": _bf16(2),
+    "mosaic r3": _bf16(3),
     "mosaic 2 rounds": _bf16(1, rounds=2),  # KernelConfig()'s bf16 settings before one round became its default
     "mosaic 2 rounds r3": _bf16(3, rounds=2),
     "triton": KernelConfig(forward="triton", key_ranges=1),

@@ -39,10 +39,10 @@ import threading
 import time
 
 CASES = {
-    "refine84k_bsa": dict(grid=(24, 44, 80), batch=1, bsa=True),
-    "refine168k_bsa": dict(grid=(48, 44, 80), batch=1, bsa=True),
-    "refine84k_dense": dict(grid=(24, 44, 80), batch=1, bsa=False),
-    "t2v480p_dense": dict(grid=(24, 30, 52), batch=2, bsa=False),
+    "refine84k_bsa": dict(grid=(24, 44, 80), batch=1, bsa=0.9375),
+    "refine168k_bsa": dict(grid=(48, 44, 80), batch=1, bsa=0.9375),
+    "refine84k_dense": dict(grid=(24, 44, 80), batch=1, bsa=None),
+    "t2v480p_dense": dict(grid=(24, 30, 52), batch=2, bsa=None),
 }
 BSA_PARAMS = {"sparsity": 0.9375, "cdf_threshold": None, "chunk_3d_shape_q": [4, 4, 4], "chunk_3d_shape_k": [4, 4, 4]}
 TEXT_LEN = 512
@@ -51,17 +51,15 @@ TEXT_LEN = 512
 SMALL_GRID = (4, 8, 8)
 
 
-def bsa_params_of(bsa) -> dict | None:
-    """A case's `bsa` as the DiT config's bsa_params: None or False (dense attention), True (`BSA_PARAMS`, top-k
-    0.9375), a top-k sparsity, or a preset's bsa_params dict."""
-    if bsa is None or isinstance(bsa, bool):
-        return BSA_PARAMS if bsa else None
-    if isinstance(bsa, dict):
+def bsa_params_of(bsa: float | dict | None) -> dict | None:
+    """A case's `bsa` as the DiT config's bsa_params: None (dense attention), a top-k sparsity (`BSA_PARAMS`'s 4x4x4
+    chunks), or a preset's bsa_params dict."""
+    if bsa is None or isinstance(bsa, dict):
         return bsa
     return {**BSA_PARAMS, "sparsity": float(bsa)}
 
 
-def real_config(depth: int, bsa, small: bool = False) -> dict:
+def real_config(depth: int, bsa: float | dict | None, small: bool = False) -> dict:
     """The real DiT's config dict (width 4096, 32 heads) with `depth` blocks and `bsa` as `bsa_params_of` reads it;
     small: 2 blocks at most, width 256, 4 heads (any machine)."""
     if small:

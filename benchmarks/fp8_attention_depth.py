@@ -58,7 +58,7 @@ def main() -> None:
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         parser.error(f"unknown --modes {unknown}; choose from {', '.join(MODES)}")
-    config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
+    config = DiTConfig.from_dict(real_config(args.depth, bsa=None, small=args.small))
     args.depth = config.depth
     inputs = random_inputs(grid, args.batch)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; grid {grid} x batch {args.batch} "

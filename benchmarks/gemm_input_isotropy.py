@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a 256-wide DiT (a check on any machine)")
     args = parser.parse_args()
     grid = args.grid
-    config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
+    config = DiTConfig.from_dict(real_config(args.depth, bsa=None, small=args.small))
     model = random_dit(config, dtype=jnp.float32, draw_on_device=True)
     moments = input_moments(model, grid, args.batch)
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}; grid {grid} x batch {args.batch}, "

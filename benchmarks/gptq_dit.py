@@ -108,7 +108,7 @@ def main() -> None:
     if not 0 <= args.nudge <= 1:
         parser.error(f"--nudge is a fraction of the weights, from 0 to 1; got {args.nudge}")
     dtype = jnp.dtype(args.dtype)
-    config = DiTConfig.from_dict(real_config(args.depth, bsa=False, small=args.small))
+    config = DiTConfig.from_dict(real_config(args.depth, bsa=None, small=args.small))
     model = random_dit(config, dtype=dtype, draw_on_device=True)
     calibration = random_calibration(config, args.grid, args.calls, seed=0)
     held_out = random_calibration(config, args.grid, args.held_out, seed=1)

@@ -29,8 +29,8 @@ class MosaicConfig:
     cores; rounds: sets of query blocks (one per consumer) each CTA works through in turn, so that its producer
     gathers the next set's q and K/V blocks while the consumers finish the last (fewer CTA start-ups and exposed latencies);
     more rounds also lengthen each CTA's walk over the head's key blocks, and where one head's K and V outgrow L2
-    (168,960 tokens) the gathers then miss more (on an H100 in one launch: one round 146 ms, L2 hits 48%; two 157 ms,
-    38%; eight 184 ms; BENCHMARKS.md);
+    (168,960 tokens) the gathers then miss more (on an H100 in one launch: one round 146 ms, two 157, eight 184; L2
+    hits 48% with one round, 38% with two in another call; BENCHMARKS.md);
     consumers: consumer warpgroups (query blocks) per CTA, 2 or 3. Three fill more of the tensor cores' idle time
     between one consumer's products and its next ones (each consumer's step is a chain of product, softmax,
     product), at 160 registers each instead of 232; they need schedule_barrier=False and one producer, and fit

@@ -40,8 +40,9 @@ class KernelConfig:
     mosaic: the bf16 Mosaic forward's launch settings, by default with the conditional rescale
     (`MosaicConfig.conditional_rescale`: the same output bit for bit, 1.013-1.029x faster at 84,480 tokens on an H100;
     the FP8 kernel measured 0.96-0.99x with it, so `mosaic_fp8` leaves it off) and one round a CTA
-    (`MosaicConfig.rounds`: on an H100 1.01-1.07x two rounds at 168,960 tokens, where one head's K and V outgrow the
-    L2 cache and its gathers hit L2 more often with one round, 0.99-1.02x at 84,480; BENCHMARKS.md).
+    (`MosaicConfig.rounds`: on an H100 1.01-1.03x two rounds at 168,960 tokens, 1.07x there in one launch with
+    `MosaicConfig()`'s other settings, where one head's K and V outgrow the L2 cache and its gathers hit L2 more often
+    with one round; 0.99-1.02x at 84,480; BENCHMARKS.md).
     key_ranges: forward launches, each over one range of key blocks (None: for the Triton kernel as many as keep
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
     H100; for the bf16 Mosaic kernel as many where the lists are long, `key_ranges.auto_mosaic_key_ranges`: at 168,960
