@@ -38,7 +38,9 @@ def auto_mosaic_key_ranges(num_k_tokens: int, head_dim: int, itemsize: int, k_ma
     of K+V a head; L2 hits 38% in one launch, 58% in two) with lists of 330 key blocks (top-k 0.875) two ranges
     1.17-1.19x one, three 1.10x two; with lists of 165 (0.9375) two 1.00-1.01x one; at 84,480 tokens (43 MB) two
     0.97x one. The list threshold lies between the measured lengths. The merge adds about 3e-3 relative L2 (the partial
-    outputs are bf16).
+    outputs are bf16). Those figures are with two rounds a CTA; with one (`KernelConfig`'s default since the
+    thirty-third session) three ranges took 126.8-127.2 ms at 168,960 / 0.875 where one launch of `MosaicConfig(rounds=1)`
+    took 146.4 (BENCHMARKS.md).
     """
     kv_bytes = 2 * num_k_tokens * head_dim * itemsize
     if k_max >= MOSAIC_SPLIT_MIN_ENTRIES and kv_bytes > L2_WORKING_SET_BYTES:
