@@ -1,6 +1,7 @@
 """Time what the BSA backward does besides its two kernels, at the real sizes: the transposed lists (key block ->
-query blocks, `selection.transpose_selection`) next to the sorted-mask form it replaced, delta = rowsum(out * do),
-and the longest-first order of the Mosaic backward (an argsort of the list lengths).
+query blocks, `selection.transpose_selection`) next to the sorted-mask form it replaced and to its running sum in
+int32 (its int16 sum's predecessor), delta = rowsum(out * do), and the longest-first order of the Mosaic backward (an
+argsort of the list lengths).
 
 Random bf16 q, k (B=1, 32 heads of 128 by default), the top-k selection of each sparsity; both list forms are
 checked equal before they are timed. On a CPU the selection runs in XLA and the grids should be small.
@@ -11,6 +12,7 @@ checked equal before they are timed. On a CPU the selection runs in XLA and the 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 
 import jax
@@ -35,8 +37,9 @@ def main() -> None:
     args = parser.parse_args()
     backend = "pallas" if jax.default_backend() == "gpu" else "xla"
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    print("| grid | sparsity | transposed lists: sorted mask ms | rank form ms (ours) | delta ms | longest-first argsort ms |")
-    print("|---|---|---|---|---|---|")
+    print("| grid | sparsity | transposed lists: sorted mask ms | rank form, int32 sum ms | rank form ms (ours) | delta ms "
+          "| longest-first argsort ms |")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         latent = tuple(int(n) for n in size.split("x"))
         shape = (1, math.prod(latent), args.heads, 128)  # [B, S, H, D] chunk order
@@ -44,15 +47,19 @@ def main() -> None:
         num_k_blocks = shape[1] // 64
         before = jax.jit(sorted_mask_form, static_argnums=2)
         ours = jax.jit(transpose_selection, static_argnums=2)
+        int32_sum = jax.jit(functools.partial(transpose_selection, rank_dtype=jnp.int32), static_argnums=2)
         delta = jax.jit(lambda o, d: jnp.sum(o.astype(jnp.float32) * d.astype(jnp.float32), axis=-1))
         order = jax.jit(lambda c: jnp.argsort(-c, axis=-1, stable=True))
         for sparsity in (float(s) for s in args.sparsities.split(",")):
             params = BSAParams(sparsity=sparsity)
             indices, counts = jax.jit(lambda a, b, p=params: select_blocks(a, b, p, backend=backend))(q, k)
-            expected, got = before(indices, counts, num_k_blocks), ours(indices, counts, num_k_blocks)
-            if not all(bool(jnp.array_equal(a, b)) for a, b in zip(expected, got, strict=True)):
-                raise SystemExit(f"{size} {sparsity}: the two forms of the transposed lists differ")
+            expected = before(indices, counts, num_k_blocks)
+            for form in (ours, int32_sum):
+                got = form(indices, counts, num_k_blocks)
+                if not all(bool(jnp.array_equal(a, b)) for a, b in zip(expected, got, strict=True)):
+                    raise SystemExit(f"{size} {sparsity}: the forms of the transposed lists differ")
             print(f"| {size} | {sparsity} | {Timer()(before, indices, counts, num_k_blocks):.3f} | "
+                  f"{Timer()(int32_sum, indices, counts, num_k_blocks):.3f} | "
                   f"{Timer()(ours, indices, counts, num_k_blocks):.3f} | {Timer()(delta, out, do):.3f} | "
                   f"{Timer()(order, counts):.3f} |", flush=True)
 

@@ -133,20 +133,24 @@ def indices_from_block_mask(block_mask: jax.Array) -> tuple[jax.Array, jax.Array
 
 
 def transpose_selection(
-    indices: jax.Array, counts: jax.Array, num_k_blocks: int
+    indices: jax.Array, counts: jax.Array, num_k_blocks: int, rank_dtype=None
 ) -> tuple[jax.Array, jax.Array]:
     """Key block -> the query blocks that selected it, for the dk/dv pass.
 
     Returns (indices [B, H, Mk, Mq] int32 ascending, padded with Mq; counts [B, H, Mk] int32).
     Without a sort: each selected pair's place in its key block's list is the number of earlier query blocks that
     selected that key block (a running sum of the mask down the query blocks), and the pairs are scattered there.
+    rank_dtype: the running sum's integer type; None: int16 where it holds Mq (the sum is the largest array here,
+    [B, H, Mq, Mk]: half the bytes of int32), else int32.
     """
     b, h, m, width = indices.shape
+    if rank_dtype is None:
+        rank_dtype = jnp.int16 if m < 2**15 else jnp.int32
     mask = block_mask_from_indices(indices, counts, num_k_blocks)  # [B, H, Mq, Mk]
-    rank = jnp.cumsum(mask, axis=2, dtype=jnp.int32)  # [B, H, Mq, Mk]: query blocks up to this one keeping the key block
+    rank = jnp.cumsum(mask, axis=2, dtype=rank_dtype)  # [B, H, Mq, Mk]: query blocks up to this one keeping the key block
     valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]  # [B, H, Mq, W]
     key_blocks = jnp.where(valid, indices, 0)
-    places = jnp.take_along_axis(rank, key_blocks, axis=-1) - 1  # [B, H, Mq, W]
+    places = jnp.take_along_axis(rank, key_blocks, axis=-1).astype(jnp.int32) - 1  # [B, H, Mq, W]
     rows = (
         jnp.arange(b)[:, None, None, None],
         jnp.arange(h)[None, :, None, None],
@@ -156,4 +160,4 @@ def transpose_selection(
     query_blocks = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32)[:, None], indices.shape)
     k_indices = jnp.full((b, h, num_k_blocks, m), m, jnp.int32).at[rows].set(query_blocks, mode="drop",
                                                                              unique_indices=True)
-    return k_indices, rank[:, :, -1]
+    return k_indices, rank[:, :, -1].astype(jnp.int32)

@@ -172,15 +172,19 @@ def test_mask_and_index_conversions_agree():
     np.testing.assert_array_equal(block_mask_from_indices(k_indices, k_counts, 8), jnp.swapaxes(mask, -1, -2))
 
 
-def test_transposed_lists_are_the_masks_columns_ascending_and_padded():
+@pytest.mark.parametrize("rank_dtype", [None, jnp.int32])
+def test_transposed_lists_are_the_masks_columns_ascending_and_padded(rank_dtype):
     """Uneven lists (as CDF gives) with junk past their counts: each key block's list holds exactly the query blocks
-    that kept it, ascending, padded with the query block count, as the sorted columns of the mask."""
+    that kept it, ascending, padded with the query block count, as the sorted columns of the mask (with the running
+    sum in int16, the default here, and in int32)."""
     rng = np.random.default_rng(0)
     b, h, mq, mk, width = 2, 3, 11, 17, 9
     indices = np.stack([rng.permutation(mk)[:width] for _ in range(b * h * mq)]).reshape(b, h, mq, width)
     counts = rng.integers(0, width + 1, (b, h, mq)).astype(np.int32)
     indices = np.where(np.arange(width) < counts[..., None], indices, rng.integers(0, 3 * mk, indices.shape))
-    k_indices, k_counts = selection.transpose_selection(jnp.asarray(indices, jnp.int32), jnp.asarray(counts), mk)
+    k_indices, k_counts = selection.transpose_selection(jnp.asarray(indices, jnp.int32), jnp.asarray(counts), mk,
+                                                         rank_dtype)
+    assert k_indices.dtype == k_counts.dtype == jnp.int32
     mask = block_mask_from_indices(jnp.asarray(indices, jnp.int32), jnp.asarray(counts), mk)
     expected, expected_counts = indices_from_block_mask(jnp.swapaxes(mask, -1, -2))
     np.testing.assert_array_equal(k_counts, expected_counts)
