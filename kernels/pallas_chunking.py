@@ -5,7 +5,9 @@ k a second time (two reductions of 0.42 ms each in a 19 ms call at 84,480 tokens
 program per (chunk, batch, head) reads the chunk's tokens from raster order, writes them contiguously and
 writes their float32 mean. For the FP8 BSA forward (`KernelConfig(fp8=True)`) the same pass writes q, k and v in
 e4m3, each block over its own scale (its amax over e4m3's largest value, which the program finds in the tile it
-holds), V transposed to [B, H, D, S]: the e4m3 operands and their scales then cost no pass of their own.
+holds), V transposed to [B, H, D, S]: the e4m3 operands and their scales then cost no pass of their own. For the
+backward, `chunk_with_delta` reorders the output's cotangent and takes delta = rowsum(out * do) from the raster-ordered
+output in the same pass, so the output itself is never reordered.
 """
 
 from __future__ import annotations
@@ -116,6 +118,48 @@ def _chunk_call(kernel, x, latent_shape, chunk_shape, dtype, outputs: str, inter
         interpret=interpret,
         name=name,
     )(grid_x)
+
+
+def _chunk_with_delta_kernel(do_ref, out_ref, do_chunk_ref, delta_ref):
+    # do_ref, out_ref [t, h, w, D] one chunk of one head in raster order; do_chunk_ref [t*h*w, D]; delta_ref [t*h*w]
+    do = do_ref[...].reshape(do_chunk_ref.shape)
+    do_chunk_ref[...] = do.astype(do_chunk_ref.dtype)
+    out = out_ref[...].reshape(do_chunk_ref.shape)
+    delta_ref[...] = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("latent_shape", "chunk_shape", "dtype", "interpret"))
+def chunk_with_delta(
+    do: jax.Array, out: jax.Array, latent_shape: Sequence[int], chunk_shape: Sequence[int], dtype,
+    *, interpret: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """do, out [B, S, H, D] raster-ordered (the attention's output and its cotangent) -> (do in chunk order and
+    `dtype` [B, S, H, D]; delta = rowsum(out * do) [B, H, S] float32 in chunk order), the backward kernels' inputs.
+    Equals `(layout.to_chunk_order(do).astype(dtype), sparse_attention.backward_delta(...))` of the chunk-ordered
+    pair. Not differentiable (a backward's own pass)."""
+    check_tokens(do, latent_shape)
+    nt, nh, nw = chunk_grid(latent_shape, chunk_shape)
+    t, h, w = chunk_shape
+    b, s, heads, d = do.shape
+    size = t * h * w
+
+    def chunk_at(c, bi, hi):
+        return (bi, c // (nh * nw), (c // nw) % nh, c % nw, hi, 0)
+
+    raster = pl.BlockSpec((None, t, h, w, None, d), chunk_at)
+    return pl.pallas_call(
+        _chunk_with_delta_kernel,
+        grid=(nt * nh * nw, b, heads),
+        in_specs=[raster, raster],
+        out_specs=[
+            pl.BlockSpec((None, size, None, d), lambda c, bi, hi: (bi, c, hi, 0)),
+            pl.BlockSpec((None, None, size), lambda c, bi, hi: (bi, hi, c)),
+        ],
+        out_shape=[jax.ShapeDtypeStruct(do.shape, dtype), jax.ShapeDtypeStruct((b, heads, s), jnp.float32)],
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+        interpret=interpret,
+        name="bsa_chunk_with_delta",
+    )(do.reshape(b, *latent_shape, heads, d), out.reshape(b, *latent_shape, heads, d))
 
 
 @functools.partial(jax.jit, static_argnames=("latent_shape", "chunk_shape", "interpret"))

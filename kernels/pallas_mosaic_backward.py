@@ -428,18 +428,18 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
 
 
 def mosaic_backward(
-    q, k, v, indices, counts, out, lse, do, config: MosaicBackwardConfig, key_padding: GridPadding | None = None
+    q, k, v, indices, counts, delta, lse, do, config: MosaicBackwardConfig, key_padding: GridPadding | None = None
 ):
     """Backward kernels: (dq, dk, dv) in the dtypes of q, k, v.
 
-    q, out, do [B, Sq, H, D], k, v [B, Sk, H, D] chunk-ordered with 64-token blocks; indices [B, H, Mq, K_max]
-    int32, counts [B, H, Mq] int32 (entries past counts ignored); lse [B, H, Sq] float32 base 2 from the forward.
-    key_padding: None, or the padding of k's grid (k then holds the padded grid): padded keys get no weight.
-    The caller checks `supports` and `fits`.
+    q, do [B, Sq, H, D], k, v [B, Sk, H, D] chunk-ordered with 64-token blocks; indices [B, H, Mq, K_max]
+    int32, counts [B, H, Mq] int32 (entries past counts ignored); delta [B, H, Sq] float32 = rowsum(out * do)
+    (`sparse_attention.backward_delta`); lse [B, H, Sq] float32 base 2 from the forward. key_padding: None, or the
+    padding of k's grid (k then holds the padded grid): padded keys get no weight. The caller checks `supports` and
+    `fits`.
     """
     b, sq, h, d = q.shape
     mk = k.shape[1] // BLOCK
-    delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1).transpose(0, 2, 1)  # [B, H, Sq]
     do = do.astype(q.dtype)
     dq = _launch(
         _DqKernel(d, q.dtype, config, key_padding), indices, counts, (q, do, lse, delta, k, v),

@@ -188,14 +188,14 @@ def triton_forward(q, k, v, indices, starts, counts, block_q, block_k, config, k
     )(indices, starts, counts, q, k, v)
 
 
-def triton_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config, key_padding=None):
-    """Backward kernels: (dq, dk, dv) in the dtypes of q, k, v. key_padding as in `triton_forward`."""
+def triton_backward(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config, key_padding=None):
+    """Backward kernels: (dq, dk, dv) in the dtypes of q, k, v; delta [B, H, Sq] float32 = rowsum(out * do)
+    (`sparse_attention.backward_delta`). key_padding as in `triton_forward`."""
     b, sq, h, d = q.shape
     sk = k.shape[1]
     mq, mk = sq // block_q, sk // block_k
     scale = d**-0.5
     params = plgpu.CompilerParams(num_warps=config.bwd_num_warps, num_stages=config.bwd_num_stages)
-    delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1).transpose(0, 2, 1)  # [B, H, Sq]
     do = do.astype(q.dtype)
 
     q_specs = _block_grid_specs(mq, block_q, d, indices.shape[-1])

@@ -18,7 +18,9 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from kernels import fp8_operands, key_ranges, layout, mosaic_config, pallas_mosaic, pallas_mosaic_backward, pallas_triton
+from kernels import (
+    fp8_operands, key_ranges, layout, mosaic_config, pallas_chunking, pallas_mosaic, pallas_mosaic_backward, pallas_triton,
+)
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
 
@@ -304,26 +306,40 @@ def _sparse_attention_fwd(q, k, v, indices, counts, block_q, block_k, config, ra
     return out, (q, k, v, indices, counts, out, lse)
 
 
+def backward_delta(out: jax.Array, do: jax.Array) -> jax.Array:
+    """delta = rowsum(out * do) [B, H, S] float32 of out, do [B, S, H, D]: the softmax's share of each row's
+    gradient, which both backward kernels read."""
+    return jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1).transpose(0, 2, 1)
+
+
 def sparse_attention_backward(
     q, k, v, indices, counts, out, lse, do, block_q, block_k, config: KernelConfig, key_padding: GridPadding | None = None
 ):
     """(dq, dk, dv) from the backward kernels `config.backward` picks, all arrays in chunk order (q, out, do
     [B, Sq, H, D], k, v [B, Sk, H, D], lse [B, H, Sq] from the forward); `KernelConfig.check_backward` refuses
     beforehand what the Mosaic ones cannot run."""
+    return _backward_kernels(q, k, v, indices, counts, backward_delta(out, do), lse, do, block_q, block_k, config,
+                             key_padding)
+
+
+def _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config: KernelConfig, key_padding):
+    """`sparse_attention_backward` given delta [B, H, Sq] (`backward_delta`) rather than the output."""
     if config.uses_mosaic_backward(q, k, v, block_q, block_k):
         return pallas_mosaic_backward.mosaic_backward(
-            q, k, v, indices, counts, out, lse, do, config.mosaic_backward, key_padding
+            q, k, v, indices, counts, delta, lse, do, config.mosaic_backward, key_padding
         )
     return pallas_triton.triton_backward(
-        q, k, v, indices, counts, out, lse, do, block_q, block_k, config.triton, key_padding
+        q, k, v, indices, counts, delta, lse, do, block_q, block_k, config.triton, key_padding
     )
 
 
 def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, ascending, residuals, do):
     q, k, v, indices, counts, out, lse = residuals
-    if raster is not None:  # the backward kernels work in chunk order
-        out, do = layout.to_chunk_order(out, *raster), layout.to_chunk_order(do, *raster)
-    dq, dk, dv = sparse_attention_backward(q, k, v, indices, counts, out, lse, do, block_q, block_k, config, key_padding)
+    if raster is None:
+        delta = backward_delta(out, do)
+    else:  # the backward kernels work in chunk order: do reordered and delta taken in one pass, out never reordered
+        do, delta = pallas_chunking.chunk_with_delta(do, out, *raster, q.dtype, interpret=config.triton.interpret)
+    dq, dk, dv = _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config, key_padding)
     return dq, dk, dv, None, None
 
 

@@ -1,4 +1,5 @@
-"""The one-pass reorder + block means (`pallas_chunking.chunk_and_pool`) against the two XLA steps it replaces."""
+"""The one-pass reorder + block means (`pallas_chunking.chunk_and_pool`) against the two XLA steps it replaces, and the
+backward's reorder of do with delta (`pallas_chunking.chunk_with_delta`) against reorder, then rowsum(out * do)."""
 
 import chex
 import jax
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 
 from kernels import to_chunk_order
-from kernels.pallas_chunking import chunk_and_pool
+from kernels.pallas_chunking import chunk_and_pool, chunk_with_delta
 from kernels.selection import pool_blocks
+from kernels.sparse_attention import backward_delta
 
 CASES = [  # (latent, chunk, batch, heads, head_dim)
     ((4, 8, 12), (4, 4, 4), 2, 3, 64),
@@ -28,15 +30,38 @@ def _check(latent, chunk, b, h, d, interpret):
     np.testing.assert_allclose(pooled, pool_blocks(want, size), rtol=1e-5, atol=1e-6)
 
 
+def _check_delta(latent, chunk, b, h, d, interpret):
+    do, out = (jax.random.normal(key, (b, int(np.prod(latent)), h, d), jnp.float32)
+               for key in jax.random.split(jax.random.key(3)))
+    do_chunked, delta = chunk_with_delta(do, out, latent, chunk, jnp.bfloat16, interpret=interpret)
+    chex.assert_type((do_chunked, delta), (jnp.bfloat16, jnp.float32))
+    want_do = to_chunk_order(do, latent, chunk)
+    np.testing.assert_array_equal(np.asarray(do_chunked, np.float32),
+                                  np.asarray(want_do.astype(jnp.bfloat16), np.float32))
+    want_delta = backward_delta(to_chunk_order(out, latent, chunk), want_do)  # [B, H, S]
+    np.testing.assert_allclose(delta, want_delta, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("latent, chunk, b, h, d", CASES)
 def test_interpret_matches_reorder_then_pool(latent, chunk, b, h, d):
     _check(latent, chunk, b, h, d, interpret=True)
+
+
+@pytest.mark.parametrize("latent, chunk, b, h, d", CASES)
+def test_interpret_do_and_delta_match_reorder_then_rowsum(latent, chunk, b, h, d):
+    _check_delta(latent, chunk, b, h, d, interpret=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("latent, chunk, b, h, d", CASES[:2])
 def test_gpu_matches_reorder_then_pool(latent, chunk, b, h, d):
     _check(latent, chunk, b, h, d, interpret=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("latent, chunk, b, h, d", CASES[:2])
+def test_gpu_do_and_delta_match_reorder_then_rowsum(latent, chunk, b, h, d):
+    _check_delta(latent, chunk, b, h, d, interpret=False)
 
 
 def test_gradients_are_those_of_reorder_then_pool():

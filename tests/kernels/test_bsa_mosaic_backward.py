@@ -25,7 +25,7 @@ from kernels import (
     sparse_attention_chunked,
 )
 from kernels.pallas_mosaic_backward import MosaicBackwardConfig, mosaic_backward
-from kernels.sparse_attention import sparse_attention
+from kernels.sparse_attention import backward_delta, sparse_attention
 from tests.helpers.bsa_cases import BLOCK, random_case
 from tests.helpers.cuda_lowering import lowered_for_cuda
 from tests.helpers.mosaic_interpret import thread_programs_compiled_once
@@ -93,7 +93,8 @@ class TestMosaicBackwardInterpret(_BackwardTests):
         counts = jnp.array([[[1, 2]]], jnp.int32)  # [B, H, Mq]
         do = jax.random.normal(jax.random.key(9), q.shape, jnp.float32).astype(q.dtype)
         out, lse = _dense_forward(q, k, v, indices, counts)
-        got = jax.jit(lambda *a: mosaic_backward(*a, INTERPRETED))(q, k, v, indices, counts, out, lse, do)
+        got = jax.jit(lambda *a: mosaic_backward(*a, INTERPRETED))(q, k, v, indices, counts, backward_delta(out, do),
+                                                                   lse, do)
         for name, g in zip(("dk", "dv"), got[1:]):
             per_block = np.abs(np.asarray(g[0, :, 0], np.float32)).reshape(4, BLOCK, -1).max(axis=(1, 2))  # [Mk]
             assert per_block[2] == 0.0 and np.all(per_block[[0, 1, 3]] > 0), (name, per_block)

@@ -80,6 +80,6 @@ def test_backward_lowers_for_cuda(deferred, one_barrier):
     config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier)
 
     def backward(q, k, v, indices, counts, lse):
-        return mosaic_backward(q, k, v, indices, counts, q, lse, q, config, key_padding=PADDED)
+        return mosaic_backward(q, k, v, indices, counts, lse, lse, q, config, key_padding=PADDED)
 
     assert "custom_call @mosaic_gpu" in lowered_for_cuda(backward, q, k, v, indices, counts, lse)
