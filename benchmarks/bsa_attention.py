@@ -181,8 +181,8 @@ def sweep(q, k, v, indices, counts, block, do, backward, timer) -> tuple[pallas_
     out, lse = jax.jit(lambda *a: sparse_attention_with_lse(*a, block, block, best))(q, k, v, indices, counts)
     for warps, stages in ((4, 2), (4, 3)):
         config = dataclasses.replace(best_fwd[1], bwd_num_warps=warps, bwd_num_stages=stages)
-        bwd = jax.jit(lambda *a, c=KernelConfig(forward="triton", backward="triton", triton=config):
-                      sparse_attention_backward(*a, block, block, c))
+        named = KernelConfig(forward="triton", backward="triton", triton=config)
+        bwd = jax.jit(lambda *a, c=named: sparse_attention_backward(*a, block, block, c))
         ms = timer(bwd, q, k, v, indices, counts, out, lse, do)
         lines.append(f"bwd warps={warps} stages={stages}: {ms:.3f} ms")
         best_bwd = min(best_bwd or (ms, config), (ms, config), key=lambda t: t[0])

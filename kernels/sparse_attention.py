@@ -19,7 +19,14 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from kernels import (
-    fp8_operands, key_ranges, layout, mosaic_config, pallas_chunking, pallas_mosaic, pallas_mosaic_backward, pallas_triton,
+    fp8_operands,
+    key_ranges,
+    layout,
+    mosaic_config,
+    pallas_chunking,
+    pallas_mosaic,
+    pallas_mosaic_backward,
+    pallas_triton,
 )
 from kernels.errors import BSAConfigError, BSAInputError
 from kernels.padding import GridPadding
