@@ -5,9 +5,11 @@ the reorder and e4m3 passes, the block means, the scores and the top-k). This pr
 form (bf16, FP8), the largest device ops of one call (`device_profile.print_top`), with the source lines of each
 XLA fusion, so the parts can be weighed against each other in the same process; then the GPU's idle gaps over
 `--calls` back-to-back calls (`device_profile.print_idle_gaps`), which tell launch gaps from a slower clock where a
-timed call runs longer than its summed device time.
+timed call runs longer than its summed device time. `--backward` profiles the forward and backward of the whole call
+(`jax.vjp`, a random cotangent; bf16 forms only, the FP8 forward has no backward) instead.
 
     python3 benchmarks/bsa_whole_call_profile.py --sizes 24x44x80 --sparsities 0.875,0.96875 --forms fp8,bf16
+    python3 benchmarks/bsa_whole_call_profile.py --sizes 24x44x80 --sparsities 0.9375 --forms bf16 --backward
 """
 
 from __future__ import annotations
@@ -43,29 +45,38 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3,
                         help="back-to-back calls (one wait at the end, as the benchmark times them) whose GPU idle "
                              "gaps are printed after the op table")
+    parser.add_argument("--backward", action="store_true", help="profile forward + backward (bf16 forms only)")
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}, kernels from {kernels.__file__}")
     forms = args.forms.split(",")
     unknown = sorted(set(forms) - set(FORMS))
     if unknown:
         parser.error(f"unknown forms {unknown}; choose from {sorted(FORMS)}")
+    if args.backward and any(FORMS[form].fp8 for form in forms):
+        parser.error("--backward: the FP8 forward is inference only; choose --forms bf16")
     for size in args.sizes.split(","):
         latent = parse_grid(size)
         tokens = latent[0] * latent[1] * latent[2]
-        keys = jax.random.split(jax.random.key(0), 3)
-        q, k, v = (jax.random.normal(key, (1, tokens, args.heads, args.head_dim), jnp.bfloat16) for key in keys)
+        keys = jax.random.split(jax.random.key(0), 4)
+        q, k, v, do = (jax.random.normal(key, (1, tokens, args.heads, args.head_dim), jnp.bfloat16) for key in keys)
         for sparsity in (float(s) for s in args.sparsities.split(",")):
             params = BSAParams(sparsity=sparsity)
             for form in forms:
-                config = FORMS[form]
-                call = jax.jit(lambda q, k, v, config=config, params=params: bsa_attention(
-                    q, k, v, latent, latent, params, backend="pallas", kernel_config=config))
-                hlo_text = call.lower(q, k, v).compile().as_text()
-                call(q, k, v).block_until_ready()
-                call(q, k, v).block_until_ready()
-                print_top(lambda: call(q, k, v).block_until_ready(), top=args.top,
-                          label=f"{size} ({tokens} tokens), top-k {sparsity}, {form}", hlo_text=hlo_text)
-                print_idle_gaps(lambda: jax.block_until_ready([call(q, k, v) for _ in range(args.calls)]),
+                def forward(q, k, v, config=FORMS[form], params=params):
+                    return bsa_attention(q, k, v, latent, latent, params, backend="pallas", kernel_config=config)
+
+                if args.backward:
+                    call = jax.jit(lambda q, k, v, do, forward=forward: jax.vjp(forward, q, k, v)[1](do))
+                    inputs = (q, k, v, do)
+                else:
+                    call, inputs = jax.jit(forward), (q, k, v)
+                hlo_text = call.lower(*inputs).compile().as_text()
+                jax.block_until_ready(call(*inputs))
+                jax.block_until_ready(call(*inputs))
+                what = "forward + backward" if args.backward else "forward"
+                print_top(lambda: jax.block_until_ready(call(*inputs)), top=args.top,
+                          label=f"{size} ({tokens} tokens), top-k {sparsity}, {form}, {what}", hlo_text=hlo_text)
+                print_idle_gaps(lambda: jax.block_until_ready([call(*inputs) for _ in range(args.calls)]),
                                 label=f"{args.calls} calls back to back")
                 print(flush=True)
 
