@@ -345,7 +345,10 @@ def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, ascendi
     if raster is None:
         delta = backward_delta(out, do)
     else:  # the backward kernels work in chunk order: do reordered and delta taken in one pass, out never reordered
-        do, delta = pallas_chunking.chunk_with_delta(do, out, *raster, q.dtype, interpret=config.triton.interpret)
+        # interpreted where the backward kernels are
+        mosaic = config.uses_mosaic_backward(q, k, v, block_q, block_k)
+        interpret = (config.mosaic_backward if mosaic else config.triton).interpret
+        do, delta = pallas_chunking.chunk_with_delta(do, out, *raster, q.dtype, interpret=interpret)
     dq, dk, dv = _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config, key_padding)
     return dq, dk, dv, None, None
 

@@ -22,6 +22,7 @@ from kernels import (
     KernelConfig,
     MosaicConfig,
     block_mask_from_indices,
+    from_chunk_order,
     sparse_attention_chunked,
 )
 from kernels.pallas_mosaic_backward import MosaicBackwardConfig, mosaic_backward
@@ -218,3 +219,27 @@ class TestMosaicBackwardGpu(_BackwardTests):
     )
     forward_checked_by = "TestMosaicGpu"
     selection_checked_by = "TestTritonGpu"
+
+
+def test_raster_order_backward_runs_the_delta_pass_where_its_kernels_run():
+    """With the output in raster order the backward reorders do and takes delta in one Pallas pass
+    (`pallas_chunking.chunk_with_delta`); it is interpreted where the backward kernels are, whatever the Triton
+    settings say. Here only the Mosaic kernels are interpreted (a native Triton pass would fail on the CPU); the
+    gradients equal those through chunk-ordered outputs, reordered."""
+    latent, chunk = (4, 8, 12), (4, 4, 4)  # 6 blocks
+    q, k, v, indices, counts = random_case(11, b=1, h=1, d=64, mq=6, mk=6, width=3, sentinel_padded=True)
+    mosaic_only = KernelConfig(forward="mosaic", mosaic=MosaicConfig(interpret=True), backward="mosaic",
+                               mosaic_backward=INTERPRETED)
+    assert not mosaic_only.triton.interpret
+    weights = jax.random.normal(jax.random.key(12), q.shape, jnp.float32)
+
+    def loss(raster):
+        def value(q, k, v):
+            out = sparse_attention(q, k, v, indices, counts, BLOCK, BLOCK, mosaic_only, raster)
+            if raster is None:
+                out = from_chunk_order(out, latent, chunk)
+            return jnp.sum(out.astype(jnp.float32) * weights)
+        return jax.jit(jax.grad(value, argnums=(0, 1, 2)))(q, k, v)
+
+    for got, want in zip(loss((latent, chunk)), loss(None), strict=True):
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2e-2, atol=2e-2)
