@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from kernels.errors import BSAInputError
 from kernels.fp8_operands import E4M3, scale_of, to_weights_key_order
 from kernels.layout import check_tokens, chunk_grid, from_chunk_order
 
@@ -82,6 +83,15 @@ def _chunk_and_pool(x, latent_shape, chunk_shape, interpret):
     return _chunk_call(_chunk_kernel, x, latent_shape, chunk_shape, x.dtype, "pooled", interpret, "bsa_chunk_and_pool")
 
 
+def _raster_chunk_spec(latent_shape, chunk_shape, head_dim: int) -> pl.BlockSpec:
+    """The block of grid (chunk c, batch, head) in a [B, T, H, W, heads, D] view of raster-ordered tokens: chunk c's
+    [t, h, w, D] tokens of that head, chunks counted in (Nt, Nh, Nw) raster order."""
+    _, nh, nw = chunk_grid(latent_shape, chunk_shape)
+    t, h, w = chunk_shape
+    return pl.BlockSpec((None, t, h, w, None, head_dim),
+                        lambda c, bi, hi: (bi, c // (nh * nw), (c // nw) % nh, c % nw, hi, 0))
+
+
 def _chunk_call(kernel, x, latent_shape, chunk_shape, dtype, outputs: str, interpret: bool, name: str):
     """One program per (chunk, batch, head) running `kernel` on the chunk's raster-ordered tokens, writing in `dtype`
     (outputs): "pooled": chunk order [B, S, H, D] and the block means [B, H, M, D] float32; "scaled": those and each
@@ -91,10 +101,6 @@ def _chunk_call(kernel, x, latent_shape, chunk_shape, dtype, outputs: str, inter
     b, s, heads, d = x.shape
     size = t * h * w
     grid_x = x.reshape(b, *latent_shape, heads, d)  # [B, T, H, W, heads, D]
-
-    def chunk_at(c, bi, hi):
-        return (bi, c // (nh * nw), (c // nw) % nh, c % nw, hi, 0)
-
     blocks = nt * nh * nw
     if outputs == "transposed":
         out_specs = [pl.BlockSpec((None, None, d, size), lambda c, bi, hi: (bi, hi, 0, c))]
@@ -111,7 +117,7 @@ def _chunk_call(kernel, x, latent_shape, chunk_shape, dtype, outputs: str, inter
     return pl.pallas_call(
         kernel,
         grid=(blocks, b, heads),
-        in_specs=[pl.BlockSpec((None, t, h, w, None, d), chunk_at)],
+        in_specs=[_raster_chunk_spec(latent_shape, chunk_shape, d)],
         out_specs=out_specs,
         out_shape=out_shape,
         compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
@@ -138,15 +144,12 @@ def chunk_with_delta(
     Equals `(layout.to_chunk_order(do).astype(dtype), sparse_attention.backward_delta(...))` of the chunk-ordered
     pair. Not differentiable (a backward's own pass)."""
     check_tokens(do, latent_shape)
+    if out.shape != do.shape:
+        raise BSAInputError(f"the attention's output {out.shape} and its cotangent {do.shape} must have one shape")
     nt, nh, nw = chunk_grid(latent_shape, chunk_shape)
-    t, h, w = chunk_shape
     b, s, heads, d = do.shape
-    size = t * h * w
-
-    def chunk_at(c, bi, hi):
-        return (bi, c // (nh * nw), (c // nw) % nh, c % nw, hi, 0)
-
-    raster = pl.BlockSpec((None, t, h, w, None, d), chunk_at)
+    size = math.prod(chunk_shape)
+    raster = _raster_chunk_spec(latent_shape, chunk_shape, d)
     return pl.pallas_call(
         _chunk_with_delta_kernel,
         grid=(nt * nh * nw, b, heads),

@@ -141,11 +141,13 @@ def transpose_selection(
     Without a sort: each selected pair's place in its key block's list is the number of earlier query blocks that
     selected that key block (a running sum of the mask down the query blocks), and the pairs are scattered there.
     rank_dtype: the running sum's integer type; None: int16 where it holds Mq (the sum is the largest array here,
-    [B, H, Mq, Mk]: half the bytes of int32), else int32.
+    [B, H, Mq, Mk]: half the bytes of int32), else int32. One too narrow for Mq is refused (it would wrap).
     """
     b, h, m, width = indices.shape
     if rank_dtype is None:
         rank_dtype = jnp.int16 if m < 2**15 else jnp.int32
+    if not jnp.issubdtype(rank_dtype, jnp.signedinteger) or jnp.iinfo(rank_dtype).max < m:
+        raise BSAInputError(f"transpose_selection's {rank_dtype=} cannot count {m} query blocks; use int32 or None")
     mask = block_mask_from_indices(indices, counts, num_k_blocks)  # [B, H, Mq, Mk]
     rank = jnp.cumsum(mask, axis=2, dtype=rank_dtype)  # [B, H, Mq, Mk]: query blocks up to this one keeping the key block
     valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]  # [B, H, Mq, W]

@@ -325,13 +325,16 @@ def sparse_attention_backward(
     """(dq, dk, dv) from the backward kernels `config.backward` picks, all arrays in chunk order (q, out, do
     [B, Sq, H, D], k, v [B, Sk, H, D], lse [B, H, Sq] from the forward); `KernelConfig.check_backward` refuses
     beforehand what the Mosaic ones cannot run."""
+    mosaic = config.uses_mosaic_backward(q, k, v, block_q, block_k)
     return _backward_kernels(q, k, v, indices, counts, backward_delta(out, do), lse, do, block_q, block_k, config,
-                             key_padding)
+                             key_padding, mosaic)
 
 
-def _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config: KernelConfig, key_padding):
-    """`sparse_attention_backward` given delta [B, H, Sq] (`backward_delta`) rather than the output."""
-    if config.uses_mosaic_backward(q, k, v, block_q, block_k):
+def _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config: KernelConfig, key_padding,
+                      mosaic: bool):
+    """`sparse_attention_backward` given delta [B, H, Sq] (`backward_delta`) rather than the output; mosaic: whether
+    the Mosaic GPU kernels run (`KernelConfig.uses_mosaic_backward`), else the Triton ones."""
+    if mosaic:
         return pallas_mosaic_backward.mosaic_backward(
             q, k, v, indices, counts, delta, lse, do, config.mosaic_backward, key_padding
         )
@@ -342,14 +345,14 @@ def _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k
 
 def _sparse_attention_bwd(block_q, block_k, config, raster, key_padding, ascending, residuals, do):
     q, k, v, indices, counts, out, lse = residuals
+    mosaic = config.uses_mosaic_backward(q, k, v, block_q, block_k)
     if raster is None:
         delta = backward_delta(out, do)
     else:  # the backward kernels work in chunk order: do reordered and delta taken in one pass, out never reordered
-        # interpreted where the backward kernels are
-        mosaic = config.uses_mosaic_backward(q, k, v, block_q, block_k)
-        interpret = (config.mosaic_backward if mosaic else config.triton).interpret
+        interpret = (config.mosaic_backward if mosaic else config.triton).interpret  # as the backward kernels
         do, delta = pallas_chunking.chunk_with_delta(do, out, *raster, q.dtype, interpret=interpret)
-    dq, dk, dv = _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config, key_padding)
+    dq, dk, dv = _backward_kernels(q, k, v, indices, counts, delta, lse, do, block_q, block_k, config, key_padding,
+                                   mosaic)
     return dq, dk, dv, None, None
 
 

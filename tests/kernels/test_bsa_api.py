@@ -192,6 +192,14 @@ def test_transposed_lists_are_the_masks_columns_ascending_and_padded(rank_dtype)
     assert int(k_counts.sum()) == int(counts.sum())
 
 
+def test_transposed_lists_refuse_a_running_sum_too_narrow_for_the_query_blocks():
+    indices, counts = jnp.zeros((1, 1, 200, 2), jnp.int32), jnp.ones((1, 1, 200), jnp.int32)
+    with pytest.raises(BSAInputError, match="cannot count 200 query blocks; use int32 or None"):
+        selection.transpose_selection(indices, counts, 4, jnp.int8)
+    with pytest.raises(BSAInputError, match="cannot count"):
+        selection.transpose_selection(indices, counts, 4, jnp.float32)
+
+
 @pytest.mark.parametrize(
     "shapes, latent_q, message",
     [

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import to_chunk_order
+from kernels import BSAInputError, to_chunk_order
 from kernels.pallas_chunking import chunk_and_pool, chunk_with_delta
 from kernels.selection import pool_blocks
 from kernels.sparse_attention import backward_delta
@@ -50,6 +50,13 @@ def test_interpret_matches_reorder_then_pool(latent, chunk, b, h, d):
 @pytest.mark.parametrize("latent, chunk, b, h, d", CASES)
 def test_interpret_do_and_delta_match_reorder_then_rowsum(latent, chunk, b, h, d):
     _check_delta(latent, chunk, b, h, d, interpret=True)
+
+
+def test_do_and_delta_refuse_an_output_of_another_shape():
+    do = jnp.zeros((1, 128, 2, 64), jnp.bfloat16)
+    with pytest.raises(BSAInputError, match=r"output \(1, 128, 2, 32\) and its cotangent \(1, 128, 2, 64\)"):
+        chunk_with_delta(do, jnp.zeros((1, 128, 2, 32), jnp.bfloat16), (2, 8, 8), (2, 4, 4), jnp.bfloat16,
+                         interpret=True)
 
 
 @pytest.mark.gpu
