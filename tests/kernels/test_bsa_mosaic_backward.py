@@ -26,6 +26,7 @@ from kernels import (
     sparse_attention_chunked,
 )
 from kernels.pallas_mosaic_backward import MosaicBackwardConfig, mosaic_backward
+from kernels.reference import blocked_attention
 from kernels.sparse_attention import backward_delta, sparse_attention
 from tests.helpers.bsa_cases import BLOCK, random_case
 from tests.helpers.cuda_lowering import lowered_for_cuda
@@ -225,7 +226,7 @@ def test_raster_order_backward_runs_the_delta_pass_where_its_kernels_run():
     """With the output in raster order the backward reorders do and takes delta in one Pallas pass
     (`pallas_chunking.chunk_with_delta`); it is interpreted where the backward kernels are, whatever the Triton
     settings say. Here only the Mosaic kernels are interpreted (a native Triton pass would fail on the CPU); the
-    gradients equal those through chunk-ordered outputs, reordered."""
+    gradients equal the jnp reference's through the same raster-ordered output."""
     latent, chunk = (4, 8, 12), (4, 4, 4)  # 6 blocks
     q, k, v, indices, counts = random_case(11, b=1, h=1, d=64, mq=6, mk=6, width=3, sentinel_padded=True)
     mosaic_only = KernelConfig(forward="mosaic", mosaic=MosaicConfig(interpret=True), backward="mosaic",
@@ -233,13 +234,12 @@ def test_raster_order_backward_runs_the_delta_pass_where_its_kernels_run():
     assert not mosaic_only.triton.interpret
     weights = jax.random.normal(jax.random.key(12), q.shape, jnp.float32)
 
-    def loss(raster):
+    def gradients(attention):
         def value(q, k, v):
-            out = sparse_attention(q, k, v, indices, counts, BLOCK, BLOCK, mosaic_only, raster)
-            if raster is None:
-                out = from_chunk_order(out, latent, chunk)
-            return jnp.sum(out.astype(jnp.float32) * weights)
+            return jnp.sum(attention(q, k, v).astype(jnp.float32) * weights)
         return jax.jit(jax.grad(value, argnums=(0, 1, 2)))(q, k, v)
 
-    for got, want in zip(loss((latent, chunk)), loss(None), strict=True):
+    got = gradients(lambda q, k, v: sparse_attention(q, k, v, indices, counts, BLOCK, BLOCK, mosaic_only, (latent, chunk)))
+    want = gradients(lambda q, k, v: from_chunk_order(blocked_attention(q, k, v, indices, counts, BLOCK, BLOCK), latent, chunk))
+    for got, want in zip(got, want, strict=True):
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=2e-2, atol=2e-2)
