@@ -1,6 +1,8 @@
 """Time what the BSA backward does besides its two kernels, at the real sizes: the transposed lists (key block ->
 query blocks, `selection.transpose_selection`) next to the sorted-mask form it replaced and to its running sum in
-int32 (its int16 sum's predecessor), delta = rowsum(out * do), and the longest-first order of the Mosaic backward (an
+int32 (its int16 sum's predecessor), delta = rowsum(out * do) as the chunk-ordered backward takes it
+(`sparse_attention.backward_delta`, [B, H, S]; until the thirty-fifth session this script timed the sum without its
+transpose to [B, H, S]), and the longest-first order of the Mosaic backward (an
 argsort of the list lengths).
 
 Random bf16 q, k (B=1, 32 heads of 128 by default), the top-k selection of each sparsity; both list forms are
@@ -21,6 +23,7 @@ from bsa_attention import Timer  # this script's sibling
 
 from kernels import BSAParams, select_blocks
 from kernels.selection import block_mask_from_indices, indices_from_block_mask, transpose_selection
+from kernels.sparse_attention import backward_delta
 
 
 def sorted_mask_form(indices: jax.Array, counts: jax.Array, num_k_blocks: int) -> tuple[jax.Array, jax.Array]:
@@ -48,7 +51,7 @@ def main() -> None:
         before = jax.jit(sorted_mask_form, static_argnums=2)
         ours = jax.jit(transpose_selection, static_argnums=2)
         int32_sum = jax.jit(functools.partial(transpose_selection, rank_dtype=jnp.int32), static_argnums=2)
-        delta = jax.jit(lambda o, d: jnp.sum(o.astype(jnp.float32) * d.astype(jnp.float32), axis=-1))
+        delta = jax.jit(backward_delta)
         order = jax.jit(lambda c: jnp.argsort(-c, axis=-1, stable=True))
         for sparsity in (float(s) for s in args.sparsities.split(",")):
             params = BSAParams(sparsity=sparsity)

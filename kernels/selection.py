@@ -146,10 +146,16 @@ def transpose_selection(
     b, h, m, width = indices.shape
     if rank_dtype is None:
         rank_dtype = jnp.int16 if m < 2**15 else jnp.int32
-    if not jnp.issubdtype(rank_dtype, jnp.signedinteger) or jnp.iinfo(rank_dtype).max < m:
-        raise BSAInputError(f"transpose_selection's {rank_dtype=} cannot count {m} query blocks; use int32 or None")
+    try:
+        dtype = jnp.dtype(rank_dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.signedinteger) or jnp.iinfo(dtype).max < m:
+        name = rank_dtype if dtype is None else dtype.name
+        raise BSAInputError(f"transpose_selection's rank_dtype {name} cannot count {m} query blocks (it needs a signed "
+                            "integer type that holds the query block count); use int32 or None")
     mask = block_mask_from_indices(indices, counts, num_k_blocks)  # [B, H, Mq, Mk]
-    rank = jnp.cumsum(mask, axis=2, dtype=rank_dtype)  # [B, H, Mq, Mk]: query blocks up to this one keeping the key block
+    rank = jnp.cumsum(mask, axis=2, dtype=dtype)  # [B, H, Mq, Mk]: query blocks up to this one keeping the key block
     valid = jnp.arange(width, dtype=jnp.int32) < counts[..., None]  # [B, H, Mq, W]
     key_blocks = jnp.where(valid, indices, 0)
     places = jnp.take_along_axis(rank, key_blocks, axis=-1).astype(jnp.int32) - 1  # [B, H, Mq, W]

@@ -194,10 +194,14 @@ def test_transposed_lists_are_the_masks_columns_ascending_and_padded(rank_dtype)
 
 def test_transposed_lists_refuse_a_running_sum_too_narrow_for_the_query_blocks():
     indices, counts = jnp.zeros((1, 1, 200, 2), jnp.int32), jnp.ones((1, 1, 200), jnp.int32)
-    with pytest.raises(BSAInputError, match="cannot count 200 query blocks; use int32 or None"):
+    with pytest.raises(BSAInputError, match=r"rank_dtype int8 cannot count 200 query blocks \(.*\); use int32 or None"):
         selection.transpose_selection(indices, counts, 4, jnp.int8)
-    with pytest.raises(BSAInputError, match="cannot count"):
+    with pytest.raises(BSAInputError, match="rank_dtype float32 cannot count"):
         selection.transpose_selection(indices, counts, 4, jnp.float32)
+    with pytest.raises(BSAInputError, match="rank_dtype uint16 cannot count"):  # unsigned: refused as well
+        selection.transpose_selection(indices, counts, 4, jnp.uint16)
+    with pytest.raises(BSAInputError, match="rank_dtype sixteen bits cannot count"):
+        selection.transpose_selection(indices, counts, 4, "sixteen bits")
 
 
 @pytest.mark.parametrize(
