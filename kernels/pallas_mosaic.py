@@ -45,6 +45,7 @@ from kernels.mosaic_common import (
     dot_f32,
     e4m3_weights_operand,
     interpret_params,
+    load_whole,
     rescaled_rows,
     tile_transforms,
 )
@@ -90,6 +91,11 @@ def mosaic_forward(
             f"k_stages={k_stages}, v_stages={v_stages}, head_dim {d} and {k_max} key blocks per list; a Hopper CTA "
             f"has {SMEM_BYTES}: lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim "
             "128), or use KernelConfig(forward='triton') for lists this long"
+        )
+    if fp8 and config.q_in_registers:
+        raise BSAConfigError(
+            "MosaicConfig(q_in_registers=True) takes 16-bit q only (an e4m3 A operand from registers needs another "
+            "layout); leave it False in KernelConfig.mosaic_fp8"
         )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
     rounds, consumers = config.rounds, config.consumers
@@ -214,6 +220,12 @@ def mosaic_forward(
                     own_block = query_block(r, wg)
                     first = starts_ref[bi, hi, own_block]
                 plgpu.barrier_wait(q_barriers.at[wg])
+                # q k^T's A operand: the q tile, or (q_in_registers) [64, D] registers, its tile then free for the
+                # next round's q at once
+                q_operand = q_smem
+                if config.q_in_registers and not config.interpret:
+                    q_operand = load_whole(q_smem, plgpu.Layout.WGMMA)
+                    plgpu.barrier_arrive(q_consumed.at[wg])
                 row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 if tc_sums:  # [64, 8]: column 0 holds the row sums, the other columns 0
                     row_sum = fragment(jnp.full((BLOCK, ONES_ROWS), 0, jnp.float32), plgpu.Layout.WGMMA)
@@ -262,7 +274,7 @@ def mosaic_forward(
                         schedule_sync()
                     else:
                         def logits_scope(acc_ref):
-                            plgpu.wgmma(acc_ref, q_smem, k_smem.at[k_slot].transpose((1, 0)))
+                            plgpu.wgmma(acc_ref, q_operand, k_smem.at[k_slot].transpose((1, 0)))
                             schedule_sync()
                             return acc_ref[...]
 
@@ -337,7 +349,8 @@ def mosaic_forward(
 
                 acc, row_max, row_sum, *_ = lax.fori_loop(
                     0, count, visit_key_block, (acc, row_max, row_sum, *(entry_scales(0) if fp8 else ())))
-                plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
+                if not (config.q_in_registers and not config.interpret):
+                    plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
 
                 def idle_step(_, carry):
                     # keeps the turn-taking in step when the other consumer has more key blocks

@@ -166,6 +166,10 @@ class TestMosaicGpu(BSABackendTests):
                    mosaic=MosaicConfig(conditional_rescale=True)),
         KernelCase("rescale_threshold_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80,
                    mosaic=MosaicConfig(conditional_rescale=True, rescale_threshold=4.0)),
+        # two rounds a CTA: the q tile goes back to the producer as soon as it is in registers
+        KernelCase("q_in_registers", b=2, h=3, d=128, mq=9, mk=12, width=7, mosaic=MosaicConfig(q_in_registers=True)),
+        KernelCase("q_in_registers_d64_long_lists", b=1, h=2, d=64, mq=6, mk=96, width=80,
+                   mosaic=MosaicConfig(q_in_registers=True)),
         *_gpu_key_range_cases(),
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)

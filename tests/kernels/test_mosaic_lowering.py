@@ -9,7 +9,7 @@ the run itself stay with the `gpu`-marked tests.
 import jax.numpy as jnp
 import pytest
 
-from kernels import KernelConfig, MosaicBackwardConfig, MosaicConfig
+from kernels import BSAConfigError, KernelConfig, MosaicBackwardConfig, MosaicConfig
 from kernels.fp8_operands import quantize_operands
 from kernels.padding import GridPadding
 from kernels.pallas_mosaic import mosaic_forward
@@ -29,6 +29,7 @@ FORWARD_CONFIGS = {
     # the per-thread branch inlined in Mosaic GPU, and the held maximum
     "conditional_rescale_threshold": MosaicConfig(conditional_rescale=True, rescale_threshold=2.0),
     "kernel_config_bf16_default": KernelConfig().mosaic,
+    "q_in_registers": MosaicConfig(q_in_registers=True),
 }
 
 
@@ -49,7 +50,8 @@ THREE_CONSUMERS = {
 
 
 @pytest.mark.parametrize(("name", "fp8"), [
-    *((name, fp8) for name in FORWARD_CONFIGS for fp8 in (False, True)), *((name, True) for name in THREE_CONSUMERS)
+    *((name, fp8) for name in FORWARD_CONFIGS for fp8 in (False, True) if not (fp8 and name == "q_in_registers")),
+    *((name, True) for name in THREE_CONSUMERS),
 ])
 def test_forward_lowers_for_cuda(name, fp8):
     q, k, v, indices, starts, counts = _inputs()
@@ -72,12 +74,23 @@ def test_forward_lowers_for_cuda(name, fp8):
     assert "custom_call @mosaic_gpu" in text
 
 
-@pytest.mark.parametrize(("deferred", "one_barrier"), [(True, True), (False, True), (True, False)],
-                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer"])
-def test_backward_lowers_for_cuda(deferred, one_barrier):
+def test_fp8_forward_refuses_q_in_registers():
+    q, k, v, indices, starts, counts = _inputs()
+    operands = quantize_operands(q, k, v)
+    with pytest.raises(BSAConfigError, match="q_in_registers=True.*takes 16-bit q only.*mosaic_fp8"):
+        mosaic_forward(operands.q, operands.k, operands.v_t, indices, starts, counts, MosaicConfig(q_in_registers=True),
+                       fp8_scales=operands.kernel_scales(indices), out_dtype=jnp.bfloat16)
+
+
+@pytest.mark.parametrize(("deferred", "one_barrier", "registers"),
+                         [(True, True, False), (False, True, False), (True, False, False), (True, True, True),
+                          (False, True, True)],
+                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer",
+                              "own_in_registers", "own_in_registers_waited"])
+def test_backward_lowers_for_cuda(deferred, one_barrier, registers):
     q, k, v, indices, _, counts = _inputs()
     lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
-    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier)
+    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier, own_in_registers=registers)
 
     def backward(q, k, v, indices, counts, lse):
         return mosaic_backward(q, k, v, indices, counts, lse, lse, q, config, key_padding=PADDED)
