@@ -76,6 +76,7 @@ VARIANTS = {
     "fp8 c2 k3 v3": _fp8(consumers=2, rounds=2, k_stages=3, v_stages=3),
     "fp8 c2 p2": _fp8(consumers=2, rounds=2, producers=2),
     "fp8 n2": _fp8(rounds=2),
+    "fp8 q in registers": _fp8(q_in_registers=True),
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),

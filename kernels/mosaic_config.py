@@ -55,7 +55,7 @@ class MosaicConfig:
     H100); q_in_registers: each consumer loads its q tile into registers once a round (32 more registers a thread
     with head_dim 128) and gives the q tile back to the producer at once, so that q k^T reads only K from shared
     memory (a 64 x 64 product with both operands there uses shared memory's bandwidth at the tensor cores' rate);
-    16-bit q only (an e4m3 A operand from registers needs another layout: the FP8 kernel refuses it);
+    e4m3 q loads straight into the 8-bit A-operand layout (16 registers);
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots; the
     pipeline, barriers, index gathering and softmax are the GPU's.

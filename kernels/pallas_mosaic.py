@@ -92,11 +92,6 @@ def mosaic_forward(
             f"has {SMEM_BYTES}: lower MosaicConfig.k_stages or v_stages (k_stages + v_stages <= 4 fits head_dim "
             "128), or use KernelConfig(forward='triton') for lists this long"
         )
-    if fp8 and config.q_in_registers:
-        raise BSAConfigError(
-            "MosaicConfig(q_in_registers=True) takes 16-bit q only (an e4m3 A operand from registers needs another "
-            "layout); leave it False in KernelConfig.mosaic_fp8"
-        )
     index_chunks = [(start, min(_INDEX_CHUNK, k_max - start)) for start in range(0, k_max, _INDEX_CHUNK)]
     rounds, consumers = config.rounds, config.consumers
     num_ctas = -(-mq // (consumers * rounds))  # per (batch, head)
@@ -220,11 +215,11 @@ def mosaic_forward(
                     own_block = query_block(r, wg)
                     first = starts_ref[bi, hi, own_block]
                 plgpu.barrier_wait(q_barriers.at[wg])
-                # q k^T's A operand: the q tile, or (q_in_registers) [64, D] registers, its tile then free for the
-                # next round's q at once
+                # q k^T's A operand: the q tile, or (q_in_registers) [64, D] registers (e4m3: the 8-bit operand
+                # layout), its tile then free for the next round's q at once
                 q_operand = q_smem
                 if config.q_in_registers and not config.interpret:
-                    q_operand = load_whole(q_smem, plgpu.Layout.WGMMA)
+                    q_operand = load_whole(q_smem, plgpu.Layout.WGMMA_8BIT if fp8 else plgpu.Layout.WGMMA)
                     plgpu.barrier_arrive(q_consumed.at[wg])
                 row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 if tc_sums:  # [64, 8]: column 0 holds the row sums, the other columns 0

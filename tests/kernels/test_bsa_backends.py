@@ -261,6 +261,12 @@ class TestMosaicFp8Gpu(BSABackendTests):
         KernelCase("rescale_threshold_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, conditional_rescale=True,
                                               rescale_threshold=2.0)),
+        # e4m3 q loaded into the 8-bit A-operand layout: three consumers (the default), and two over two rounds
+        KernelCase("q_in_registers_long_lists", b=2, h=3, d=128, mq=9, mk=24, width=10, tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, q_in_registers=True)),
+        KernelCase("q_in_registers_two_consumers_two_rounds", b=2, h=3, d=128, mq=10, mk=24, width=10,
+                   tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2, q_in_registers=True)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

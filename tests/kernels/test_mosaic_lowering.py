@@ -9,7 +9,7 @@ the run itself stay with the `gpu`-marked tests.
 import jax.numpy as jnp
 import pytest
 
-from kernels import BSAConfigError, KernelConfig, MosaicBackwardConfig, MosaicConfig
+from kernels import KernelConfig, MosaicBackwardConfig, MosaicConfig
 from kernels.fp8_operands import quantize_operands
 from kernels.padding import GridPadding
 from kernels.pallas_mosaic import mosaic_forward
@@ -46,12 +46,12 @@ THREE_CONSUMERS = {
     "three_consumers": MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False),
     "three_consumers_tensor_core_sums": MosaicConfig(consumers=3, schedule_barrier=False),
     "three_consumers_conditional_rescale": MosaicConfig(consumers=3, schedule_barrier=False, conditional_rescale=True),
+    "three_consumers_q_in_registers": MosaicConfig(consumers=3, schedule_barrier=False, q_in_registers=True),
 }
 
 
 @pytest.mark.parametrize(("name", "fp8"), [
-    *((name, fp8) for name in FORWARD_CONFIGS for fp8 in (False, True) if not (fp8 and name == "q_in_registers")),
-    *((name, True) for name in THREE_CONSUMERS),
+    *((name, fp8) for name in FORWARD_CONFIGS for fp8 in (False, True)), *((name, True) for name in THREE_CONSUMERS)
 ])
 def test_forward_lowers_for_cuda(name, fp8):
     q, k, v, indices, starts, counts = _inputs()
@@ -72,14 +72,6 @@ def test_forward_lowers_for_cuda(name, fp8):
 
         text = lowered_for_cuda(forward, q, k, v, indices, starts, counts)
     assert "custom_call @mosaic_gpu" in text
-
-
-def test_fp8_forward_refuses_q_in_registers():
-    q, k, v, indices, starts, counts = _inputs()
-    operands = quantize_operands(q, k, v)
-    with pytest.raises(BSAConfigError, match="q_in_registers=True.*takes 16-bit q only.*mosaic_fp8"):
-        mosaic_forward(operands.q, operands.k, operands.v_t, indices, starts, counts, MosaicConfig(q_in_registers=True),
-                       fp8_scales=operands.kernel_scales(indices), out_dtype=jnp.bfloat16)
 
 
 @pytest.mark.parametrize(("deferred", "one_barrier", "registers"),
