@@ -54,10 +54,10 @@ class MosaicBackwardConfig:
     one_gather_barrier: the producer's gathers of one list entry (q, do, lse and delta rows; or k and v) all arrive
     on one barrier, which the consumer waits for once a step, rather than one barrier per gathered buffer (0.6-1.3%
     faster on an H200, BENCHMARKS.md);
-    own_in_registers: the consumer keeps its own block's tiles that are A operands of a product in registers, loaded
-    once (dq kernel: q for q k^T and do for do v^T; dk/dv kernel: k for k q^T, 32 more registers a thread, which
-    leaves v's in shared memory): the step's first products then read only their B operand from shared memory, whose
-    bandwidth a 64 x 64 product with both operands there uses at the tensor cores' rate;
+    dq_own_in_registers / dkdv_key_in_registers: the consumer keeps its own block's tiles that are A operands of a
+    product in registers, loaded once (dq kernel: q for q k^T and do for do v^T; dk/dv kernel: k for k q^T, 32 more
+    registers a thread, which leaves v's in shared memory): the step's first products then read only their B operand
+    from shared memory, whose bandwidth a 64 x 64 product with both operands there uses at the tensor cores' rate;
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots;
     the pipeline, barriers, gathers and the elementwise work are the GPU's.
@@ -67,13 +67,15 @@ class MosaicBackwardConfig:
     longest_first: bool = True
     deferred_accumulate: bool = True
     one_gather_barrier: bool = True
-    own_in_registers: bool = False
+    dq_own_in_registers: bool = False
+    dkdv_key_in_registers: bool = False
     interpret: bool = False
 
     def __post_init__(self):
         if not isinstance(self.stages, int) or self.stages < 2:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
-        for name in ("longest_first", "deferred_accumulate", "one_gather_barrier", "own_in_registers"):
+        for name in ("longest_first", "deferred_accumulate", "one_gather_barrier", "dq_own_in_registers",
+                     "dkdv_key_in_registers"):
             if not isinstance(getattr(self, name), bool):
                 raise BSAConfigError(f"MosaicBackwardConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -137,7 +139,8 @@ class _Kernel:
 
     def __init__(self, head_dim, dtype, config, key_padding):
         self.d, self.dtype, self.interpret, self.key_padding = head_dim, dtype, config.interpret, key_padding
-        self.own_in_registers = config.own_in_registers and not config.interpret
+        registers = config.dkdv_key_in_registers if self.keys_are_own else config.dq_own_in_registers
+        self.own_in_registers = registers and not config.interpret
         self.scale = head_dim**-0.5
         self.logit_scale = self.scale * LOG2E  # logits in base-2 units
 

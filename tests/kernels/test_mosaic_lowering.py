@@ -82,7 +82,8 @@ def test_forward_lowers_for_cuda(name, fp8):
 def test_backward_lowers_for_cuda(deferred, one_barrier, registers):
     q, k, v, indices, _, counts = _inputs()
     lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
-    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier, own_in_registers=registers)
+    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier,
+                                  dq_own_in_registers=registers, dkdv_key_in_registers=registers)
 
     def backward(q, k, v, indices, counts, lse):
         return mosaic_backward(q, k, v, indices, counts, lse, lse, q, config, key_padding=PADDED)
