@@ -8,9 +8,7 @@ L2 of the three) before it is timed. Variant names: triton, mosaic (the default 
 handed to the CTAs longest list first, each step's accumulating product deferred, a list entry's gathers on one
 barrier), mosaic block order
 (`longest_first=False`), mosaic waited (`deferred_accumulate=False`: each step ends waiting for its product),
-mosaic barrier per buffer (`one_gather_barrier=False`: one barrier per gathered buffer, each waited for), mosaic dq
-registers (`dq_own_in_registers=True`: the dq kernel's q and do tiles held in registers), mosaic dkdv registers
-(`dkdv_key_in_registers=True`: the dk/dv kernel's k tile in registers), mosaic own in registers (both).
+mosaic barrier per buffer (`one_gather_barrier=False`: one barrier per gathered buffer, each waited for).
 
     python3 benchmarks/bsa_backward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -37,11 +35,6 @@ VARIANTS = {
     "mosaic waited": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(deferred_accumulate=False)),
     "mosaic barrier per buffer": KernelConfig(backward="mosaic",
                                               mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
-    "mosaic dq registers": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(dq_own_in_registers=True)),
-    "mosaic dkdv registers": KernelConfig(backward="mosaic",
-                                          mosaic_backward=MosaicBackwardConfig(dkdv_key_in_registers=True)),
-    "mosaic own in registers": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(
-        dq_own_in_registers=True, dkdv_key_in_registers=True)),
 }
 
 

@@ -9,8 +9,7 @@ nN = N rounds (`MosaicConfig.rounds`) of `MosaicConfig()`'s other settings, p2 =
 cN = N consumer warpgroups (`MosaicConfig.consumers`), kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums
 by a reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
 accumulator's rescale where none of its rows' maxima moved (`MosaicConfig.conditional_rescale`), tN = the maxima held
-until exceeded by N (`MosaicConfig.rescale_threshold`), q in registers = each consumer's q tile in registers
-(`MosaicConfig.q_in_registers`), fp8 = the FP8 forward
+until exceeded by N (`MosaicConfig.rescale_threshold`), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings and key ranges but the named ones) on e4m3 operands
 quantized before the timed call (its rel. L2 against the first variant is FP8's own error too).
 
@@ -56,8 +55,6 @@ VARIANTS = {
     "mosaic r3": _bf16(3),
     "mosaic 2 rounds": _bf16(1, rounds=2),  # KernelConfig()'s bf16 settings before one round became its default
     "mosaic 2 rounds r3": _bf16(3, rounds=2),
-    "mosaic q in registers": _bf16(1, q_in_registers=True),
-    "mosaic r3 q in registers": _bf16(3, q_in_registers=True),
     "triton": KernelConfig(forward="triton", key_ranges=1),
     "triton r2": KernelConfig(forward="triton", key_ranges=2),
     "mosaic n1": _mosaic(1, rounds=1),
@@ -76,7 +73,6 @@ VARIANTS = {
     "fp8 c2 k3 v3": _fp8(consumers=2, rounds=2, k_stages=3, v_stages=3),
     "fp8 c2 p2": _fp8(consumers=2, rounds=2, producers=2),
     "fp8 n2": _fp8(rounds=2),
-    "fp8 q in registers": _fp8(q_in_registers=True),
     "fp8 n4": _fp8(rounds=4),
     "fp8 k3": _fp8(k_stages=3),
     "fp8 tc sums": _fp8(row_sums_on_tensor_cores=True),

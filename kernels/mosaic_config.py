@@ -52,11 +52,7 @@ class MosaicConfig:
     The weights then reach 2^threshold: with FP8 operands their e4m3 scale drops from 2^P_EXPONENT by as much (2^6
     at 2: 1.2-1.5% more error than at 0 on random inputs, at most 0.1% on the structured ones, in that emulation);
     0 by default (the FP8 kernel at 2 ran 0.96-0.99x the speed of the kernel without the conditional rescale on an
-    H100); q_in_registers: each consumer loads its q tile into registers once a round (32 more registers a thread
-    with head_dim 128) and gives the q tile back to the producer at once, so that q k^T reads only K from shared
-    memory (a 64 x 64 product with both operands there uses shared memory's bandwidth at the tensor cores' rate);
-    e4m3 q loads straight into the 8-bit A-operand layout (16 registers);
-    interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
+    H100); interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots; the
     pipeline, barriers, index gathering and softmax are the GPU's.
     """
@@ -70,7 +66,6 @@ class MosaicConfig:
     row_sums_on_tensor_cores: bool = True
     conditional_rescale: bool = False
     rescale_threshold: float = 0.0
-    q_in_registers: bool = False
     interpret: bool = False
 
     def __post_init__(self):
@@ -93,8 +88,6 @@ class MosaicConfig:
                 f"MosaicConfig(rescale_threshold={threshold}) holds stale maxima to skip rescales, which only "
                 "conditional_rescale=True skips: set it too, or leave rescale_threshold at 0"
             )
-        if not isinstance(self.q_in_registers, bool):
-            raise BSAConfigError(f"MosaicConfig.q_in_registers must be True or False, got {self.q_in_registers!r}")
         if self.consumers not in (2, 3):
             raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")
         if self.consumers == 3 and (self.schedule_barrier or self.producers != 1):

@@ -45,7 +45,6 @@ from kernels.mosaic_common import (
     dot_f32,
     e4m3_weights_operand,
     interpret_params,
-    load_whole,
     rescaled_rows,
     tile_transforms,
 )
@@ -215,12 +214,6 @@ def mosaic_forward(
                     own_block = query_block(r, wg)
                     first = starts_ref[bi, hi, own_block]
                 plgpu.barrier_wait(q_barriers.at[wg])
-                # q k^T's A operand: the q tile, or (q_in_registers) [64, D] registers (e4m3: the 8-bit operand
-                # layout), its tile then free for the next round's q at once
-                q_operand = q_smem
-                if config.q_in_registers and not config.interpret:
-                    q_operand = load_whole(q_smem, plgpu.Layout.WGMMA_8BIT if fp8 else plgpu.Layout.WGMMA)
-                    plgpu.barrier_arrive(q_consumed.at[wg])
                 row_max = fragment(jnp.full((BLOCK,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
                 if tc_sums:  # [64, 8]: column 0 holds the row sums, the other columns 0
                     row_sum = fragment(jnp.full((BLOCK, ONES_ROWS), 0, jnp.float32), plgpu.Layout.WGMMA)
@@ -269,7 +262,7 @@ def mosaic_forward(
                         schedule_sync()
                     else:
                         def logits_scope(acc_ref):
-                            plgpu.wgmma(acc_ref, q_operand, k_smem.at[k_slot].transpose((1, 0)))
+                            plgpu.wgmma(acc_ref, q_smem, k_smem.at[k_slot].transpose((1, 0)))
                             schedule_sync()
                             return acc_ref[...]
 
@@ -344,8 +337,7 @@ def mosaic_forward(
 
                 acc, row_max, row_sum, *_ = lax.fori_loop(
                     0, count, visit_key_block, (acc, row_max, row_sum, *(entry_scales(0) if fp8 else ())))
-                if not (config.q_in_registers and not config.interpret):
-                    plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
+                plgpu.barrier_arrive(q_consumed.at[wg])  # the producer may load the next round's q
 
                 def idle_step(_, carry):
                     # keeps the turn-taking in step when the other consumer has more key blocks

@@ -54,10 +54,6 @@ class MosaicBackwardConfig:
     one_gather_barrier: the producer's gathers of one list entry (q, do, lse and delta rows; or k and v) all arrive
     on one barrier, which the consumer waits for once a step, rather than one barrier per gathered buffer (0.6-1.3%
     faster on an H200, BENCHMARKS.md);
-    dq_own_in_registers / dkdv_key_in_registers: the consumer keeps its own block's tiles that are A operands of a
-    product in registers, loaded once (dq kernel: q for q k^T and do for do v^T; dk/dv kernel: k for k q^T, 32 more
-    registers a thread, which leaves v's in shared memory): the step's first products then read only their B operand
-    from shared memory, whose bandwidth a 64 x 64 product with both operands there uses at the tensor cores' rate;
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots;
     the pipeline, barriers, gathers and the elementwise work are the GPU's.
@@ -67,15 +63,12 @@ class MosaicBackwardConfig:
     longest_first: bool = True
     deferred_accumulate: bool = True
     one_gather_barrier: bool = True
-    dq_own_in_registers: bool = False
-    dkdv_key_in_registers: bool = False
     interpret: bool = False
 
     def __post_init__(self):
         if not isinstance(self.stages, int) or self.stages < 2:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
-        for name in ("longest_first", "deferred_accumulate", "one_gather_barrier", "dq_own_in_registers",
-                     "dkdv_key_in_registers"):
+        for name in ("longest_first", "deferred_accumulate", "one_gather_barrier"):
             if not isinstance(getattr(self, name), bool):
                 raise BSAConfigError(f"MosaicBackwardConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -139,8 +132,6 @@ class _Kernel:
 
     def __init__(self, head_dim, dtype, config, key_padding):
         self.d, self.dtype, self.interpret, self.key_padding = head_dim, dtype, config.interpret, key_padding
-        registers = config.dkdv_key_in_registers if self.keys_are_own else config.dq_own_in_registers
-        self.own_in_registers = registers and not config.interpret
         self.scale = head_dim**-0.5
         self.logit_scale = self.scale * LOG2E  # logits in base-2 units
 
@@ -149,11 +140,6 @@ class _Kernel:
 
     def zeros(self, shape):
         return self.fragment(jnp.full(shape, 0, jnp.float32), plgpu.Layout.WGMMA)
-
-    def load_operands(self, *smem):
-        """Own tiles that are A operands, in registers ([64, D] each) for the loop's carry; none unless
-        `own_in_registers`."""
-        return tuple(load_whole(ref, plgpu.Layout.WGMMA) for ref in smem) if self.own_in_registers else ()
 
     def load_rows(self, ref, reduced_axis):
         """[64] float32 rows from shared memory, laid out to broadcast along `reduced_axis` of a wgmma tile."""
@@ -185,23 +171,21 @@ class _DqKernel(_Kernel):
     keys_are_own = False
 
     def init(self, own):
-        q_smem, do_smem, lse_smem, delta_smem = own
-        return self.load_rows(lse_smem, 1), self.load_rows(delta_smem, 1), *self.load_operands(q_smem, do_smem)
+        _, _, lse_smem, delta_smem = own
+        return self.load_rows(lse_smem, 1), self.load_rows(delta_smem, 1)
 
     def step(self, carry, own, gathered, key_block, after_first_wait):
-        lse, delta = carry[:2]
+        lse, delta = carry
         q_smem, do_smem = own[:2]
         k_smem, v_smem = gathered
         if self.interpret:
             logits = dot_f32(q_smem[...], k_smem[...], transpose_b=True)  # [cq, ck]
             dprobs = dot_f32(do_smem[...], v_smem[...], transpose_b=True)
         else:
-            q, do = carry[2:] or (q_smem, do_smem)  # registers or shared memory
-
             def products(refs):  # both in one wgmma group: one wait
                 logits_ref, dprobs_ref = refs
-                plgpu.wgmma(logits_ref, q, k_smem.transpose((1, 0)))
-                plgpu.wgmma(dprobs_ref, do, v_smem.transpose((1, 0)))
+                plgpu.wgmma(logits_ref, q_smem, k_smem.transpose((1, 0)))
+                plgpu.wgmma(dprobs_ref, do_smem, v_smem.transpose((1, 0)))
 
             zeros = self.zeros((BLOCK, BLOCK))
             logits, dprobs = pl.run_state(products)((plgpu.ACC.init(zeros), plgpu.ACC.init(zeros)))
@@ -226,10 +210,10 @@ class _DkDvKernel(_Kernel):
     keys_are_own = True
 
     def init(self, own):
-        return (self.zeros((BLOCK, self.d)), *self.load_operands(own[0]))  # dv, and k in registers if so
+        return (self.zeros((BLOCK, self.d)),)  # dv
 
     def step(self, carry, own, gathered, key_block, after_first_wait):
-        dv = carry[0]
+        (dv,) = carry
         k_smem, v_smem = own
         q_smem, do_smem, lse_smem, delta_smem = gathered
         lse = self.load_rows(lse_smem, 0)
@@ -238,7 +222,7 @@ class _DkDvKernel(_Kernel):
             logits_t = dot_f32(k_smem[...], q_smem[...], transpose_b=True)  # [ck, cq]
         else:
             def logits_scope(acc_ref):
-                plgpu.wgmma(acc_ref, carry[1] if len(carry) > 1 else k_smem, q_smem.transpose((1, 0)))
+                plgpu.wgmma(acc_ref, k_smem, q_smem.transpose((1, 0)))
                 return acc_ref[...]
 
             logits_t = pl.run_scoped(logits_scope, plgpu.ACC((BLOCK, BLOCK), jnp.float32))
@@ -258,7 +242,7 @@ class _DkDvKernel(_Kernel):
 
             dv, dprobs_t = pl.run_state(products)((plgpu.ACC.init(dv), plgpu.ACC.init(self.zeros((BLOCK, BLOCK)))))
         dlogits_t = (probs_t * (dprobs_t - lax.broadcast_in_dim(delta, logits_t.shape, [1]))).astype(self.dtype)
-        return (dv, *carry[1:]), (dlogits_t, q_smem)  # dk += dlogits_t q
+        return (dv,), (dlogits_t, q_smem)  # dk += dlogits_t q
 
     def finish(self, acc, carry, own):
         """Writes dk and dv into the k and v tiles (free once the last product is done)."""

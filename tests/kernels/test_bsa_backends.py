@@ -166,10 +166,6 @@ class TestMosaicGpu(BSABackendTests):
                    mosaic=MosaicConfig(conditional_rescale=True)),
         KernelCase("rescale_threshold_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80,
                    mosaic=MosaicConfig(conditional_rescale=True, rescale_threshold=4.0)),
-        # two rounds a CTA: the q tile goes back to the producer as soon as it is in registers
-        KernelCase("q_in_registers", b=2, h=3, d=128, mq=9, mk=12, width=7, mosaic=MosaicConfig(q_in_registers=True)),
-        KernelCase("q_in_registers_d64_long_lists", b=1, h=2, d=64, mq=6, mk=96, width=80,
-                   mosaic=MosaicConfig(q_in_registers=True)),
         *_gpu_key_range_cases(),
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)
@@ -261,12 +257,6 @@ class TestMosaicFp8Gpu(BSABackendTests):
         KernelCase("rescale_threshold_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, conditional_rescale=True,
                                               rescale_threshold=2.0)),
-        # e4m3 q loaded into the 8-bit A-operand layout: three consumers (the default), and two over two rounds
-        KernelCase("q_in_registers_long_lists", b=2, h=3, d=128, mq=9, mk=24, width=10, tolerance=FP8_TOLERANCE,
-                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, q_in_registers=True)),
-        KernelCase("q_in_registers_two_consumers_two_rounds", b=2, h=3, d=128, mq=10, mk=24, width=10,
-                   tolerance=FP8_TOLERANCE,
-                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2, q_in_registers=True)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

@@ -39,8 +39,6 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         MosaicConfig(producers=3)
     with pytest.raises(BSAConfigError, match="rounds must be an int >= 1"):
         MosaicConfig(rounds=0)
-    with pytest.raises(BSAConfigError, match="q_in_registers must be True or False, got 1"):
-        MosaicConfig(q_in_registers=1)
     with pytest.raises(BSAConfigError, match="consumers must be 2 or 3, got 4"):
         MosaicConfig(consumers=4)
     for threshold in (-1.0, 4.5, "2", True):

@@ -138,8 +138,6 @@ def test_mosaic_backward_refuses_what_it_cannot_run():
         MosaicBackwardConfig(deferred_accumulate=1)
     with pytest.raises(BSAConfigError, match="one_gather_barrier must be True or False, got 'yes'"):
         MosaicBackwardConfig(one_gather_barrier="yes")
-    with pytest.raises(BSAConfigError, match="dq_own_in_registers must be True or False, got None"):
-        MosaicBackwardConfig(dq_own_in_registers=None)
     with pytest.raises(BSAConfigError, match="KernelConfig.mosaic_backward must be a kernels.MosaicBackwardConfig"):
         KernelConfig(mosaic_backward=MosaicConfig())
     mosaic = KernelConfig(forward="triton", backward="mosaic")
@@ -167,20 +165,15 @@ def test_auto_backward_takes_mosaic_only_on_hopper_for_inputs_it_supports():
     assert not KernelConfig(backward="triton").uses_mosaic_backward(q, q, q, BLOCK, BLOCK)
 
 
-@pytest.mark.parametrize(
-    "head_dim, stages, padded, registers",
-    [(128, 2, False, False), (64, 5, True, False), (128, 2, True, True)],
-    ids=["d128", "d64_5_stages_padded", "d128_padded_own_in_registers"],
-)
-def test_gpu_kernels_lower_for_hopper(head_dim, stages, padded, registers):
+@pytest.mark.parametrize("head_dim, stages, padded", [(128, 2, False), (64, 5, True)], ids=["d128", "d64_5_stages_padded"])
+def test_gpu_kernels_lower_for_hopper(head_dim, stages, padded):
     """The GPU path (wgmma, register layouts, shared memory within a CTA's), which the interpreter replaces, lowers
     to Mosaic GPU for CUDA on this CPU, through `sparse_attention`'s custom_vjp: what the lowering checks (layouts,
     operand shapes, shared memory, barrier counts) holds before a GPU sees it."""
     latent = (6, 6, 7)  # keys padded to 8x8x8: 8 key blocks
     padding = GridPadding.of(latent, (4, 4, 4)) if padded else None
     blocks = padding.num_blocks if padded else 8
-    backward = MosaicBackwardConfig(stages=stages, dq_own_in_registers=registers, dkdv_key_in_registers=registers)
-    config = KernelConfig(forward="mosaic", backward="mosaic", mosaic_backward=backward)
+    config = KernelConfig(forward="mosaic", backward="mosaic", mosaic_backward=MosaicBackwardConfig(stages=stages))
     shape = jax.ShapeDtypeStruct((1, blocks * BLOCK, 2, head_dim), jnp.bfloat16)  # [B, S, H, D]
     indices, counts = jax.ShapeDtypeStruct((1, 2, blocks, 3), jnp.int32), jax.ShapeDtypeStruct((1, 2, blocks), jnp.int32)
 
@@ -214,10 +207,6 @@ class TestMosaicBackwardGpu(_BackwardTests):
                            mosaic_backward=MosaicBackwardConfig(longest_first=False, deferred_accumulate=False)),
         _gpu_gradient_case("d128_barrier_per_gathered_buffer", b=2, h=3, d=128, mq=12, mk=20, width=11,
                            mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
-        _gpu_gradient_case("d128_own_in_registers", b=2, h=3, d=128, mq=12, mk=20, width=11,
-                           mosaic_backward=MosaicBackwardConfig(dq_own_in_registers=True, dkdv_key_in_registers=True)),
-        _gpu_gradient_case("d64_own_in_registers_lists_up_to_32", b=1, h=2, d=64, mq=32, mk=32, width=32,
-                           mosaic_backward=MosaicBackwardConfig(dq_own_in_registers=True, dkdv_key_in_registers=True)),
     )
     whole_call_cases = RASTER_CASES
     # all of 64-token chunks: padded key grids, gradients included. Besides the shared ones, two that take the CDF

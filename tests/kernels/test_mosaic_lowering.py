@@ -29,7 +29,6 @@ FORWARD_CONFIGS = {
     # the per-thread branch inlined in Mosaic GPU, and the held maximum
     "conditional_rescale_threshold": MosaicConfig(conditional_rescale=True, rescale_threshold=2.0),
     "kernel_config_bf16_default": KernelConfig().mosaic,
-    "q_in_registers": MosaicConfig(q_in_registers=True),
 }
 
 
@@ -46,7 +45,6 @@ THREE_CONSUMERS = {
     "three_consumers": MosaicConfig(consumers=3, schedule_barrier=False, row_sums_on_tensor_cores=False),
     "three_consumers_tensor_core_sums": MosaicConfig(consumers=3, schedule_barrier=False),
     "three_consumers_conditional_rescale": MosaicConfig(consumers=3, schedule_barrier=False, conditional_rescale=True),
-    "three_consumers_q_in_registers": MosaicConfig(consumers=3, schedule_barrier=False, q_in_registers=True),
 }
 
 
@@ -74,16 +72,12 @@ def test_forward_lowers_for_cuda(name, fp8):
     assert "custom_call @mosaic_gpu" in text
 
 
-@pytest.mark.parametrize(("deferred", "one_barrier", "registers"),
-                         [(True, True, False), (False, True, False), (True, False, False), (True, True, True),
-                          (False, True, True)],
-                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer",
-                              "own_in_registers", "own_in_registers_waited"])
-def test_backward_lowers_for_cuda(deferred, one_barrier, registers):
+@pytest.mark.parametrize(("deferred", "one_barrier"), [(True, True), (False, True), (True, False)],
+                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer"])
+def test_backward_lowers_for_cuda(deferred, one_barrier):
     q, k, v, indices, _, counts = _inputs()
     lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
-    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier,
-                                  dq_own_in_registers=registers, dkdv_key_in_registers=registers)
+    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier)
 
     def backward(q, k, v, indices, counts, lse):
         return mosaic_backward(q, k, v, indices, counts, lse, lse, q, config, key_padding=PADDED)
