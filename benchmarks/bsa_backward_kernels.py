@@ -8,8 +8,7 @@ L2 of the three) before it is timed. Variant names: triton, mosaic (the default 
 handed to the CTAs longest list first, each step's accumulating product deferred, a list entry's gathers on one
 barrier), mosaic block order
 (`longest_first=False`), mosaic waited (`deferred_accumulate=False`: each step ends waiting for its product),
-mosaic barrier per buffer (`one_gather_barrier=False`: one barrier per gathered buffer, each waited for), mosaic
-phased (`phased_walks` = the GPU's SM count: each CTA starts its lists at its phase's entry).
+mosaic barrier per buffer (`one_gather_barrier=False`: one barrier per gathered buffer, each waited for).
 
     python3 benchmarks/bsa_backward_kernels.py [--sizes 24x44x80,48x44x80] [--sparsities 0.875,0.9375,0.96875]
 """
@@ -36,15 +35,11 @@ VARIANTS = {
     "mosaic waited": KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(deferred_accumulate=False)),
     "mosaic barrier per buffer": KernelConfig(backward="mosaic",
                                               mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
-    "mosaic phased": None,  # `phased_walks` of the GPU's SM count, set in main
 }
 
 
 def main() -> None:
     args, names = parse_variant_args(__doc__, VARIANTS)
-    phases = getattr(jax.devices()[0], "core_count", None) or 132  # the SMs: CTAs that run at once
-    VARIANTS["mosaic phased"] = KernelConfig(backward="mosaic", mosaic_backward=MosaicBackwardConfig(phased_walks=phases))
-    print(f"device: {jax.devices()[0].device_kind}, phased walks: {phases} phases")
     print("| grid | sparsity | backward | ms | effective TFLOP/s | rel. L2 vs first (max of dq, dk, dv) |")
     print("|---|---|---|---|---|---|")
     forward_config = KernelConfig()

@@ -54,13 +54,6 @@ class MosaicBackwardConfig:
     one_gather_barrier: the producer's gathers of one list entry (q, do, lse and delta rows; or k and v) all arrive
     on one barrier, which the consumer waits for once a step, rather than one barrier per gathered buffer (0.6-1.3%
     faster on an H200, BENCHMARKS.md);
-    phased_walks: 0, or n > 0: each consumer starts its list at entry floor(count * (c mod n) / n), c its CTA's place
-    in the launch order, and walks it round to the start. In steady state the CTAs running at once started at
-    staggered times, and walking each list from its start they read blocks from all over the head (at 168,960 tokens
-    one head's gathered tiles, 86 MB, outgrow the L2); with n the number of CTAs that run at once (the SM count) and
-    lists of the same length, each of them is about as far along its list as its start time puts the others, so they
-    gather from about the same part of the head at once. The dq and dk sums then run in another order (float32, the
-    same up to rounding);
     interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots;
     the pipeline, barriers, gathers and the elementwise work are the GPU's.
@@ -70,17 +63,11 @@ class MosaicBackwardConfig:
     longest_first: bool = True
     deferred_accumulate: bool = True
     one_gather_barrier: bool = True
-    phased_walks: int = 0
     interpret: bool = False
 
     def __post_init__(self):
         if not isinstance(self.stages, int) or self.stages < 2:
             raise BSAConfigError(f"MosaicBackwardConfig.stages must be an int >= 2, got {self.stages!r}")
-        if not isinstance(self.phased_walks, int) or isinstance(self.phased_walks, bool) or self.phased_walks < 0:
-            raise BSAConfigError(
-                f"MosaicBackwardConfig.phased_walks must be an int >= 0 (0: off; else the CTAs that run at once, the "
-                f"GPU's SM count), got {self.phased_walks!r}"
-            )
         for name in ("longest_first", "deferred_accumulate", "one_gather_barrier"):
             if not isinstance(getattr(self, name), bool):
                 raise BSAConfigError(f"MosaicBackwardConfig.{name} must be True or False, got {getattr(self, name)!r}")
@@ -306,15 +293,6 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
         def count_of(w):
             return jnp.where(valid(w), counts_ref[bi, hi, block_of(w)], 0)
 
-        def entry_of(w, step):
-            """The list entry consumer w visits at `step` (`phased_walks`: from its phase's entry, round to the start)."""
-            if not config.phased_walks:
-                return step
-            count = count_of(w)
-            place = lax.rem((bi * h + hi) * num_ctas + cta, jnp.int32(config.phased_walks))
-            entry = step + place * count // config.phased_walks
-            return jnp.where(entry >= count, entry - count, entry)
-
         @pl.when(wg < _CONSUMERS)
         def _consumer():
             plgpu.set_max_registers(232, action="increase")
@@ -343,7 +321,7 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
                 elif spec.keys_are_own:
                     key_block = own_block
                 else:
-                    key_block = idx_ref[bi, hi, own_block, entry_of(wg, j)]
+                    key_block = idx_ref[bi, hi, own_block, j]
                 gathered = [smem.at[wg, slot] for smem in gathered_smem2]
 
                 def after_first_wait():
@@ -392,7 +370,7 @@ def _launch(spec: _Kernel, indices, counts, inputs, out_type, config: MosaicBack
                     @pl.when(step < counts[w])
                     def _fetch(w=w):
                         barrier = w * stages + slot
-                        block = idx_ref[bi, hi, block_of(w), entry_of(w, step)]
+                        block = idx_ref[bi, hi, block_of(w), step]
                         pl.when(step >= stages)(lambda: plgpu.barrier_wait(consumed.at[barrier]))
                         for i, ((ref, kind), smem) in enumerate(zip(spec.gathered, gathered_smem2, strict=True)):
                             plgpu.copy_gmem_to_smem(

@@ -69,9 +69,6 @@ class TestMosaicBackwardInterpret(_BackwardTests):
         # one barrier per gathered buffer (the default: a list entry's gathers all arrive on one)
         KernelCase("uneven_counts_barrier_per_gathered_buffer", b=1, h=2, d=64, mq=3, mk=5, width=3,
                    mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
-        # every other CTA starts its lists half way (two phases) and walks them round to the start
-        KernelCase("uneven_counts_phased_walks", b=1, h=2, d=64, mq=3, mk=5, width=3, sentinel_padded=True,
-                   mosaic_backward=MosaicBackwardConfig(phased_walks=2)),
         # blocks handed out in block order, each step's accumulating product waited for and its tiles released at
         # its end (the other case: longest list first, deferred products, the defaults)
         KernelCase("head_dim_128_two_batches_sentinel_padded_block_order_waited", b=2, h=1, d=128, mq=2, mk=3,
@@ -141,9 +138,6 @@ def test_mosaic_backward_refuses_what_it_cannot_run():
         MosaicBackwardConfig(deferred_accumulate=1)
     with pytest.raises(BSAConfigError, match="one_gather_barrier must be True or False, got 'yes'"):
         MosaicBackwardConfig(one_gather_barrier="yes")
-    for phases in (-1, 1.5, True):
-        with pytest.raises(BSAConfigError, match=r"phased_walks must be an int >= 0 \(0: off; else the CTAs that run"):
-            MosaicBackwardConfig(phased_walks=phases)
     with pytest.raises(BSAConfigError, match="KernelConfig.mosaic_backward must be a kernels.MosaicBackwardConfig"):
         KernelConfig(mosaic_backward=MosaicConfig())
     mosaic = KernelConfig(forward="triton", backward="mosaic")
@@ -213,11 +207,6 @@ class TestMosaicBackwardGpu(_BackwardTests):
                            mosaic_backward=MosaicBackwardConfig(longest_first=False, deferred_accumulate=False)),
         _gpu_gradient_case("d128_barrier_per_gathered_buffer", b=2, h=3, d=128, mq=12, mk=20, width=11,
                            mosaic_backward=MosaicBackwardConfig(one_gather_barrier=False)),
-        # the CTAs' walks in 132 phases (an H100's SMs) over lists of 16 of 128, and in 3 over short uneven ones
-        _gpu_gradient_case("8192_tokens_24_heads_phased_walks", b=1, h=24, d=128, mq=128, mk=128, width=16,
-                           mosaic_backward=MosaicBackwardConfig(phased_walks=132)),
-        _gpu_gradient_case("d128_three_phases", b=2, h=3, d=128, mq=12, mk=20, width=11,
-                           mosaic_backward=MosaicBackwardConfig(phased_walks=3)),
     )
     whole_call_cases = RASTER_CASES
     # all of 64-token chunks: padded key grids, gradients included. Besides the shared ones, two that take the CDF

@@ -72,13 +72,12 @@ def test_forward_lowers_for_cuda(name, fp8):
     assert "custom_call @mosaic_gpu" in text
 
 
-@pytest.mark.parametrize(("deferred", "one_barrier", "phases"), [(True, True, 0), (False, True, 0), (True, False, 0),
-                                                                 (True, True, 132)],
-                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer", "phased_walks"])
-def test_backward_lowers_for_cuda(deferred, one_barrier, phases):
+@pytest.mark.parametrize(("deferred", "one_barrier"), [(True, True), (False, True), (True, False)],
+                         ids=["deferred_accumulate", "waited_accumulate", "barrier_per_gathered_buffer"])
+def test_backward_lowers_for_cuda(deferred, one_barrier):
     q, k, v, indices, _, counts = _inputs()
     lse = jnp.zeros((B, H, q.shape[1]), jnp.float32)
-    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier, phased_walks=phases)
+    config = MosaicBackwardConfig(deferred_accumulate=deferred, one_gather_barrier=one_barrier)
 
     def backward(q, k, v, indices, counts, lse):
         return mosaic_backward(q, k, v, indices, counts, lse, lse, q, config, key_padding=PADDED)
