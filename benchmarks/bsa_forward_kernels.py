@@ -9,7 +9,8 @@ nN = N rounds (`MosaicConfig.rounds`) of `MosaicConfig()`'s other settings, p2 =
 cN = N consumer warpgroups (`MosaicConfig.consumers`), kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums
 by a reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
 accumulator's rescale where none of its rows' maxima moved (`MosaicConfig.conditional_rescale`), tN = the maxima held
-until exceeded by N (`MosaicConfig.rescale_threshold`), fp8 = the FP8 forward
+until exceeded by N (`MosaicConfig.rescale_threshold`), phased = `MosaicConfig.phased_walks` of the GPU's SM count
+(each CTA starts its lists at its phase's entry), fp8 = the FP8 forward
 (`KernelConfig(fp8=True)`, its default launch settings and key ranges but the named ones) on e4m3 operands
 quantized before the timed call (its rel. L2 against the first variant is FP8's own error too).
 
@@ -55,6 +56,10 @@ VARIANTS = {
     "mosaic r3": _bf16(3),
     "mosaic 2 rounds": _bf16(1, rounds=2),  # KernelConfig()'s bf16 settings before one round became its default
     "mosaic 2 rounds r3": _bf16(3, rounds=2),
+    "mosaic phased": None,  # these: `phased_walks` of the GPU's SM count, set in main
+    "mosaic r2 phased": None,
+    "mosaic r3 phased": None,
+    "fp8 phased": None,
     "triton": KernelConfig(forward="triton", key_ranges=1),
     "triton r2": KernelConfig(forward="triton", key_ranges=2),
     "mosaic n1": _mosaic(1, rounds=1),
@@ -112,6 +117,10 @@ def parse_variant_args(description: str, variants: dict) -> tuple[argparse.Names
 
 def main() -> None:
     args, names = parse_variant_args(__doc__, VARIANTS)
+    phases = getattr(jax.devices()[0], "core_count", None) or 132  # the SMs: CTAs that run at once
+    VARIANTS.update({f"mosaic{r} phased": _bf16(n, phased_walks=phases) for r, n in (("", 1), (" r2", 2), (" r3", 3))})
+    VARIANTS["fp8 phased"] = _fp8(phased_walks=phases)
+    print(f"device: {jax.devices()[0].device_kind}, phased walks: {phases} phases")
     print("| grid | sparsity | kernel | ms | effective TFLOP/s | rel. L2 vs first |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes.split(","):

@@ -52,7 +52,13 @@ class MosaicConfig:
     The weights then reach 2^threshold: with FP8 operands their e4m3 scale drops from 2^P_EXPONENT by as much (2^6
     at 2: 1.2-1.5% more error than at 0 on random inputs, at most 0.1% on the structured ones, in that emulation);
     0 by default (the FP8 kernel at 2 ran 0.96-0.99x the speed of the kernel without the conditional rescale on an
-    H100); interpret: run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a
+    H100); phased_walks: 0, or n > 0: each consumer starts its list at entry floor(count * (c mod n) / n), c its CTA's
+    place in the launch order, and walks it round to the start. Where CTAs finish at uneven times their successors
+    start at staggered times, and walking each list from its start they gather from all over the head (at 168,960
+    tokens one head's K and V, 86.5 MB, outgrow the L2: one launch's gathers hit 38-48%); with n the CTAs that run at
+    once (the SM count) each is about as far along its list as its start puts the others. The softmax then visits the
+    blocks in another order (the same up to rounding); interpret: run through the Mosaic GPU interpreter on the CPU
+    (tests). The interpreter has no wgmma on a
     transposed operand, no in-place accumulator and no register layouts, so there the products are plain dots; the
     pipeline, barriers, index gathering and softmax are the GPU's.
     """
@@ -66,6 +72,7 @@ class MosaicConfig:
     row_sums_on_tensor_cores: bool = True
     conditional_rescale: bool = False
     rescale_threshold: float = 0.0
+    phased_walks: int = 0
     interpret: bool = False
 
     def __post_init__(self):
@@ -87,6 +94,11 @@ class MosaicConfig:
             raise BSAConfigError(
                 f"MosaicConfig(rescale_threshold={threshold}) holds stale maxima to skip rescales, which only "
                 "conditional_rescale=True skips: set it too, or leave rescale_threshold at 0"
+            )
+        if not isinstance(self.phased_walks, int) or isinstance(self.phased_walks, bool) or self.phased_walks < 0:
+            raise BSAConfigError(
+                f"MosaicConfig.phased_walks must be an int >= 0 (0: off; else the CTAs that run at once, the GPU's SM "
+                f"count), got {self.phased_walks!r}"
             )
         if self.consumers not in (2, 3):
             raise BSAConfigError(f"MosaicConfig.consumers must be 2 or 3, got {self.consumers!r}")

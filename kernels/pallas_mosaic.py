@@ -127,6 +127,15 @@ def mosaic_forward(
         def count_of(r, w):
             return jnp.where(valid(r, w), counts_ref[bi, hi, query_block(r, w)], 0)
 
+        def entry_of(step, count):
+            """The list entry (from the list's start) visited at `step` of a walk over `count` entries: `step`, or with
+            `phased_walks` from its phase's entry, round to the start."""
+            if not config.phased_walks:
+                return step
+            place = lax.rem((bi * h + hi) * num_ctas + cta, jnp.int32(config.phased_walks))
+            entry = step + place * count // config.phased_walks
+            return jnp.where(entry >= count, entry - count, entry)
+
         def fetch_blocks(w, step, block):
             """Gathers key block `block` into consumer w's K and V slots of its `step`-th block overall."""
             k_slot = lax.rem(step, jnp.int32(k_stages))
@@ -175,7 +184,7 @@ def mosaic_forward(
                     for i, w in enumerate(served):
                         @pl.when(step < counts[i])
                         def _fetch(i=i, w=w):
-                            fetch_blocks(w, done[i] + step, idx_smem2[w, firsts[i] + step])
+                            fetch_blocks(w, done[i] + step, idx_smem2[w, firsts[i] + entry_of(step, counts[i])])
 
                 return tuple(n + c for n, c in zip(done, counts, strict=True))
 
@@ -235,7 +244,8 @@ def mosaic_forward(
                     """FP8: entry j's logit scale (its query and key blocks' scales) and V fold exponent, read from
                     global memory (j clamped to the list; an empty list that starts past the last entry, as a key
                     range's may, reads the last)."""
-                    at = jnp.minimum(first + jnp.maximum(jnp.minimum(j, count - 1), 0), fp8_scales[0].shape[-1] - 1)
+                    at = jnp.minimum(first + entry_of(jnp.maximum(jnp.minimum(j, count - 1), 0), count),
+                                     fp8_scales[0].shape[-1] - 1)
                     return scales_refs[0][bi, hi, own_block, at], scales_refs[1][bi, hi, own_block, at]
 
                 def visit_key_block(j, carry):
@@ -249,7 +259,7 @@ def mosaic_forward(
                     v_barrier = wg * v_stages + v_slot
                     # the key block's index, for masking padded keys: read from global memory (the shared-memory
                     # list may already hold the next round's), issued before the product to hide its latency
-                    block = None if key_padding is None else idx_ref[bi, hi, own_block, first + j]
+                    block = None if key_padding is None else idx_ref[bi, hi, own_block, first + entry_of(j, count)]
                     # the base-2 logit scale, with FP8 operands times the entry's query and key block scales
                     scale = logit_scale
                     if fp8:

@@ -127,8 +127,9 @@ class TestMosaicInterpret(_InMosaicInterpreter):
         # 7 query blocks over 2 rounds of 3 consumers: the second round's last two consumers have none
         KernelCase("three_consumers_rounds", b=1, h=2, d=64, mq=7, mk=5, width=4,
                    mosaic=MosaicConfig(consumers=3, schedule_barrier=False)),
-        KernelCase("rescale_threshold_2", b=1, h=2, d=64, mq=3, mk=8, width=7,
-                   mosaic=MosaicConfig(conditional_rescale=True, rescale_threshold=2.0)),
+        # the second head's CTA starts its lists half way (two phases) and walks them round to the start
+        KernelCase("rescale_threshold_2_phased_walks_2", b=1, h=2, d=64, mq=3, mk=8, width=7,
+                   mosaic=MosaicConfig(conditional_rescale=True, rescale_threshold=2.0, phased_walks=2)),
     )
     gradient_cases = (KernelCase("through_the_triton_backward", b=1, h=1, d=64, mq=2, mk=3, width=2),)
     whole_call_cases = RASTER_CASES
@@ -166,6 +167,8 @@ class TestMosaicGpu(BSABackendTests):
                    mosaic=MosaicConfig(conditional_rescale=True)),
         KernelCase("rescale_threshold_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80,
                    mosaic=MosaicConfig(conditional_rescale=True, rescale_threshold=4.0)),
+        KernelCase("phased_walks_132_long_lists", b=2, h=8, d=128, mq=40, mk=96, width=80,
+                   mosaic=MosaicConfig(phased_walks=132)),
         *_gpu_key_range_cases(),
     )
     gradient_cases = (_gpu_gradient_case(128, 64, 64),)
@@ -214,9 +217,10 @@ class TestMosaicFp8Interpret(_InMosaicInterpreter):
                    tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, consumers=2, rounds=2)),
         KernelCase("key_ranges_2", b=1, h=2, d=64, mq=3, mk=6, width=4, tolerance=FP8_TOLERANCE, key_ranges=2),
-        KernelCase("rescale_threshold_4", b=1, h=2, d=64, mq=3, mk=8, width=7, tolerance=FP8_TOLERANCE,
+        # with phased walks: each entry's FP8 scales read at the entry the walk visits
+        KernelCase("rescale_threshold_4_phased_walks_2", b=1, h=2, d=64, mq=3, mk=8, width=7, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, conditional_rescale=True,
-                                              rescale_threshold=4.0)),
+                                              rescale_threshold=4.0, phased_walks=2)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = (WholeCallCase("4x8x12_chunk_4x4x4", (4, 8, 12), (4, 4, 4), tolerance=FP8_TOLERANCE),)
@@ -257,6 +261,8 @@ class TestMosaicFp8Gpu(BSABackendTests):
         KernelCase("rescale_threshold_long_lists", b=1, h=2, d=128, mq=6, mk=96, width=80, tolerance=FP8_TOLERANCE,
                    mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, conditional_rescale=True,
                                               rescale_threshold=2.0)),
+        KernelCase("phased_walks_132_long_lists", b=2, h=8, d=128, mq=40, mk=96, width=80, tolerance=FP8_TOLERANCE,
+                   mosaic=dataclasses.replace(KernelConfig().mosaic_fp8, phased_walks=132)),
     )
     gradient_cases = forward_cases[:1]
     whole_call_cases = tuple(dataclasses.replace(case, tolerance=FP8_TOLERANCE) for case in RASTER_CASES)

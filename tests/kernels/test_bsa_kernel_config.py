@@ -39,6 +39,9 @@ def test_mosaic_forward_refuses_what_it_cannot_run():
         MosaicConfig(producers=3)
     with pytest.raises(BSAConfigError, match="rounds must be an int >= 1"):
         MosaicConfig(rounds=0)
+    for phases in (-1, 1.5, True):
+        with pytest.raises(BSAConfigError, match=r"phased_walks must be an int >= 0 \(0: off; else the CTAs that run"):
+            MosaicConfig(phased_walks=phases)
     with pytest.raises(BSAConfigError, match="consumers must be 2 or 3, got 4"):
         MosaicConfig(consumers=4)
     for threshold in (-1.0, 4.5, "2", True):

@@ -29,6 +29,7 @@ FORWARD_CONFIGS = {
     # the per-thread branch inlined in Mosaic GPU, and the held maximum
     "conditional_rescale_threshold": MosaicConfig(conditional_rescale=True, rescale_threshold=2.0),
     "kernel_config_bf16_default": KernelConfig().mosaic,
+    "phased_walks": MosaicConfig(phased_walks=132),
 }
 
 
