@@ -4,7 +4,8 @@ Kernel alone (with its key-range split and merge where a variant asks for one), 
 bf16 q, k, v [1, S, 32, 128] with the top-k selection of the given sparsities; effective TFLOP/s count
 the selected blocks only (4*D*64*64 per pair). Every variant is checked against the first one
 (relative L2) before it is timed. Variant names: mosaic = the bf16 Mosaic GPU kernel with `KernelConfig()`'s launch
-settings, rN = N key ranges (`KernelConfig.key_ranges`), 2 rounds = those settings with two rounds a CTA,
+settings in one launch, mosaic auto = `KernelConfig()` as it is (its rule for phased walks), rN = N key ranges
+(`KernelConfig.key_ranges`), 2 rounds = those settings with two rounds a CTA,
 nN = N rounds (`MosaicConfig.rounds`) of `MosaicConfig()`'s other settings, p2 = two producer warpgroups,
 cN = N consumer warpgroups (`MosaicConfig.consumers`), kN / vN = N K / V stages, reduced sums / tc sums = the softmax row sums
 by a reduction / on the tensor cores (`MosaicConfig.row_sums_on_tensor_cores`), conditional = a thread skips its
@@ -30,7 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from bsa_attention import Timer, rel_l2  # noqa: E402  (this script's sibling)
 
-from kernels import BSAConfigError, BSAParams, KernelConfig, MosaicConfig, select_blocks  # noqa: E402
+from kernels import BSAConfigError, BSAParams, KernelConfig, MosaicConfig, key_ranges, select_blocks  # noqa: E402
 from kernels.fp8_operands import quantize_operands  # noqa: E402
 from kernels.sparse_attention import fp8_sparse_attention_with_lse, sparse_attention_with_lse  # noqa: E402
 
@@ -52,6 +53,7 @@ def _fp8(**settings) -> KernelConfig:
 
 VARIANTS = {
     "mosaic": _bf16(1),  # bf16, its default launch settings
+    "mosaic auto": _bf16(None),
     "mosaic r2": _bf16(2),
     "mosaic r3": _bf16(3),
     "mosaic 2 rounds": _bf16(1, rounds=2),  # KernelConfig()'s bf16 settings before one round became its default
@@ -60,6 +62,7 @@ VARIANTS = {
     "mosaic r2 phased": None,
     "mosaic r3 phased": None,
     "fp8 phased": None,
+    "fp8 r1 phased": None,
     "triton": KernelConfig(forward="triton", key_ranges=1),
     "triton r2": KernelConfig(forward="triton", key_ranges=2),
     "mosaic n1": _mosaic(1, rounds=1),
@@ -117,9 +120,10 @@ def parse_variant_args(description: str, variants: dict) -> tuple[argparse.Names
 
 def main() -> None:
     args, names = parse_variant_args(__doc__, VARIANTS)
-    phases = getattr(jax.devices()[0], "core_count", None) or 132  # the SMs: CTAs that run at once
+    phases = key_ranges.sm_count()
     VARIANTS.update({f"mosaic{r} phased": _bf16(n, phased_walks=phases) for r, n in (("", 1), (" r2", 2), (" r3", 3))})
     VARIANTS["fp8 phased"] = _fp8(phased_walks=phases)
+    VARIANTS["fp8 r1 phased"] = dataclasses.replace(_fp8(phased_walks=phases), key_ranges=1)
     print(f"device: {jax.devices()[0].device_kind}, phased walks: {phases} phases")
     print("| grid | sparsity | kernel | ms | effective TFLOP/s | rel. L2 vs first |")
     print("|---|---|---|---|---|---|")

@@ -1,11 +1,14 @@
-"""Running the forward kernel once per range of key blocks, and merging the partial attentions.
+"""Keeping the forward's gathers in the L2 cache: one launch per range of key blocks, merging the partial
+attentions, or (the bf16 Mosaic kernel) one launch whose CTAs walk their lists from staggered entries.
 
 Why: the kernels gather each query block's selected K/V blocks from anywhere in its head, so the CTAs
 running together touch the whole head's K and V. Where that is larger than the L2 cache (one head at
 168,960 tokens: 86 MB against the H100's 50 MB), more gathers miss L2. One launch per key range keeps the
 working set to that range (at 168,960 tokens on an H100 the Triton kernel ran 1.10x faster with two; the bf16 Mosaic
 kernel at top-k 0.875 hit L2 38% in one launch and 58% in each of two, 1.17-1.19x faster, and three were 1.10x two);
-the partial outputs are merged by their log-sum-exps (flash-decoding).
+the partial outputs are merged by their log-sum-exps (flash-decoding). The bf16 Mosaic kernel does better in one
+launch with phased walks (`MosaicConfig.phased_walks`, `auto_phased_walks`): the CTAs running together then gather
+from places spread over the head, so that each block's K and V are fetched from memory about once a round.
 """
 
 from __future__ import annotations
@@ -16,10 +19,7 @@ import jax
 import jax.numpy as jnp
 
 L2_WORKING_SET_BYTES = 48 * 2**20  # K+V bytes of one head that still gather from the H100's L2
-# the bf16 Mosaic forward: where one head's K+V outgrow `L2_WORKING_SET_BYTES`, lists at least this long are split
-# into ranges of at most this many K+V bytes of one head
-MOSAIC_SPLIT_MIN_ENTRIES = 256
-MOSAIC_RANGE_BYTES = 32 * 2**20
+HOPPER_SM_COUNT = 132  # the H100's and H200's SMs, where the device does not report its own
 # the FP8 forward (e4m3 K and V): above these bytes of one head's K+V, and with lists at least this long, two launches
 FP8_SPLIT_BYTES = 32 * 2**20
 FP8_SPLIT_MIN_ENTRIES = 128
@@ -30,22 +30,23 @@ def auto_key_ranges(num_k_tokens: int, head_dim: int, itemsize: int) -> int:
     return max(1, math.ceil(2 * num_k_tokens * head_dim * itemsize / L2_WORKING_SET_BYTES))
 
 
-def auto_mosaic_key_ranges(num_k_tokens: int, head_dim: int, itemsize: int, k_max: int) -> int:
-    """Launches of the bf16 Mosaic forward: where one head's K+V outgrow `L2_WORKING_SET_BYTES` and the lists hold at
-    least `MOSAIC_SPLIT_MIN_ENTRIES` key blocks, as many as keep each range's K+V within `MOSAIC_RANGE_BYTES`; else one.
+def sm_count() -> int:
+    """The SMs of the default device (the CTAs that run at once, one each), `HOPPER_SM_COUNT` where it reports none."""
+    return getattr(jax.devices()[0], "core_count", None) or HOPPER_SM_COUNT
 
-    Measured on an H100 (BENCHMARKS.md, thirty-second session), kernel with split and merge: at 168,960 tokens (86 MB
-    of K+V a head; L2 hits 38% in one launch, 58% in two) with lists of 330 key blocks (top-k 0.875) two ranges
-    1.17-1.19x one, three 1.10x two; with lists of 165 (0.9375) two 1.00-1.01x one; at 84,480 tokens (43 MB) two
-    0.97x one. The list threshold lies between the measured lengths. The merge adds about 3e-3 relative L2 (the partial
-    outputs are bf16). Those figures are with two rounds a CTA; with one (`KernelConfig`'s default since the
-    thirty-third session) three ranges took 126.8-127.2 ms at 168,960 / 0.875 where one launch of `MosaicConfig(rounds=1)`
-    took 146.4 (BENCHMARKS.md).
+
+def auto_phased_walks(num_k_tokens: int, head_dim: int, itemsize: int) -> int:
+    """`MosaicConfig.phased_walks` of the bf16 Mosaic forward's one launch: the SM count where one head's K+V outgrow
+    `L2_WORKING_SET_BYTES`, else 0 (off).
+
+    Measured on an H100 (BENCHMARKS.md, thirty-seventh session; 132 phases): at 168,960 tokens (86 MB of K+V a head)
+    one phased launch took 118.5-119.6 ms at top-k 0.875 where three key ranges with their merge (the rule before,
+    whose gathers hit L2 58% in each range against 38% in one plain launch) took 124.6-126.5 and one plain launch
+    151.8, and 1.06x / 1.04-1.06x one plain launch at 0.9375 / 0.96875 (where the lists were too short to split); at
+    84,480 tokens (43 MB) 1.01x at 0.875 and 1.00x at 0.9375, so the rule keeps to the heads that outgrow the L2. The
+    softmax visits each list in another order, the same up to rounding.
     """
-    kv_bytes = 2 * num_k_tokens * head_dim * itemsize
-    if k_max >= MOSAIC_SPLIT_MIN_ENTRIES and kv_bytes > L2_WORKING_SET_BYTES:
-        return math.ceil(kv_bytes / MOSAIC_RANGE_BYTES)
-    return 1
+    return sm_count() if 2 * num_k_tokens * head_dim * itemsize > L2_WORKING_SET_BYTES else 0
 
 
 def auto_fp8_key_ranges(num_k_tokens: int, head_dim: int, k_max: int) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kernels import BSAParams, KernelConfig, MosaicConfig, bsa_attention, key_ranges, pallas_mosaic
-from kernels.key_ranges import auto_fp8_key_ranges, auto_key_ranges, auto_mosaic_key_ranges, split_by_key_range
+from kernels.key_ranges import auto_fp8_key_ranges, auto_key_ranges, auto_phased_walks, split_by_key_range
 from kernels.sparse_attention import sparse_attention_with_lse
 from longcat_jax.metrics import rel_l2
 from tests.helpers.bsa_cases import dense_attention, dense_whole_call, random_case
@@ -53,27 +53,33 @@ def test_auto_key_ranges_follow_one_heads_kv_bytes():
     assert auto_key_ranges(1024, 64, 2) == 1
 
 
-def test_auto_mosaic_key_ranges_split_large_heads_with_long_lists():
-    # bf16 K+V of one head: 43 MB at 84,480 tokens (one launch), 86 MB at 168,960 (three where lists are long)
-    assert auto_mosaic_key_ranges(24 * 44 * 80, 128, 2, 330) == 1
-    assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 330) == 3
-    assert auto_mosaic_key_ranges(48 * 44 * 80, 128, 2, 165) == 1
+def test_auto_phased_walks_phase_heads_that_outgrow_the_l2(monkeypatch):
+    # bf16 K+V of one head: 43 MB at 84,480 tokens (plain walks), 86 MB at 168,960 (one phase per SM)
+    monkeypatch.setattr(key_ranges, "sm_count", lambda: 132)
+    assert auto_phased_walks(24 * 44 * 80, 128, 2) == 0
+    assert auto_phased_walks(48 * 44 * 80, 128, 2) == 132
+    assert auto_phased_walks(48 * 44 * 80, 128, 1) == 0
 
 
-@pytest.mark.parametrize("width, launches", [(4, 2), (3, 1)])
-def test_the_bf16_mosaic_forward_splits_by_the_rule_and_stays_exact(monkeypatch, width, launches):
-    # the rule's thresholds scaled to a case the interpreter runs: a head's K+V (6 blocks of 64 x 64, bf16) twice the
-    # working set and the range size, lists of at least 4 entries split
-    monkeypatch.setattr(key_ranges, "L2_WORKING_SET_BYTES", 6 * 64 * 64 * 2)
-    monkeypatch.setattr(key_ranges, "MOSAIC_RANGE_BYTES", 6 * 64 * 64 * 2)
-    monkeypatch.setattr(key_ranges, "MOSAIC_SPLIT_MIN_ENTRIES", 4)
-    calls = []
+def test_sm_count_is_the_devices_or_hoppers():
+    assert key_ranges.sm_count() == (getattr(jax.devices()[0], "core_count", None) or key_ranges.HOPPER_SM_COUNT)
+
+
+@pytest.mark.parametrize("working_set_blocks, phases", [(2, 3), (6, 0)])
+def test_the_bf16_mosaic_forward_phases_by_the_rule_in_one_launch_and_stays_exact(monkeypatch, working_set_blocks, phases):
+    # the rule's threshold scaled to a case the interpreter runs: a head's K+V (6 blocks of 64 x 64, bf16 K and V)
+    # over a working set of 2 blocks' K+V gets phased walks (3 phases here), within one of 6 plain ones
+    monkeypatch.setattr(key_ranges, "L2_WORKING_SET_BYTES", working_set_blocks * 2 * 64 * 64 * 2)
+    monkeypatch.setattr(key_ranges, "sm_count", lambda: 3)
+    launches = []
     launch = pallas_mosaic.mosaic_forward
-    monkeypatch.setattr(pallas_mosaic, "mosaic_forward", lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs))
-    q, k, v, indices, counts = random_case(2, b=1, h=2, d=64, mq=3, mk=6, width=width)
+    monkeypatch.setattr(
+        pallas_mosaic, "mosaic_forward", lambda *args, **kwargs: launches.append(args[6].phased_walks) or launch(*args, **kwargs)
+    )
+    q, k, v, indices, counts = random_case(2, b=1, h=2, d=64, mq=3, mk=6, width=4)
     config = KernelConfig(forward="mosaic", mosaic=MosaicConfig(interpret=True))
     out, _ = sparse_attention_with_lse(q, k, v, indices, counts, 64, 64, config)
-    assert len(calls) == launches
+    assert launches == [phases]
     assert rel_l2(out, dense_attention(q, k, v, indices, counts, 64, 64)) < OUTPUT_TOLERANCE
 
 
