@@ -42,7 +42,7 @@ def auto_phased_walks(num_k_tokens: int, head_dim: int, itemsize: int) -> int:
     Measured on an H100 (BENCHMARKS.md, thirty-seventh session; 132 phases): at 168,960 tokens (86 MB of K+V a head)
     one phased launch took 118.5-119.6 ms at top-k 0.875 where three key ranges with their merge (the rule before,
     whose gathers hit L2 58% in each range against 38% in one plain launch) took 124.6-126.5 and one plain launch
-    151.8, and 1.06x / 1.04-1.06x one plain launch at 0.9375 / 0.96875 (where the lists were too short to split); at
+    151.8, and 1.06-1.09x / 1.04-1.06x one plain launch at 0.9375 / 0.96875 (where the lists were too short to split); at
     84,480 tokens (43 MB) 1.01x at 0.875 and 1.00x at 0.9375, so the rule keeps to the heads that outgrow the L2. The
     softmax visits each list in another order, the same up to rounding.
     """

@@ -56,7 +56,7 @@ class KernelConfig:
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
     H100; for the bf16 Mosaic kernel one, whose CTAs walk their lists from staggered entries where one head's K and V
     outgrow the L2 cache, `key_ranges.auto_phased_walks` (unless `mosaic.phased_walks` is set): at 168,960 tokens
-    and top-k 0.875 on an H100 1.05-1.06x the three key ranges with their merge of the rule before, 1.04-1.06x one
+    and top-k 0.875 on an H100 1.05-1.06x the three key ranges with their merge of the rule before, 1.04-1.09x one
     plain launch at 0.9375 and 0.96875; an int here: that many plain launches; for the FP8 one two where a head's
     e4m3 K and V outgrow 32 MiB and the lists are long, `key_ranges.auto_fp8_key_ranges`, 1.04-1.07x at 168,960
     tokens and top-k 0.875 / 0.9375 on an H100).

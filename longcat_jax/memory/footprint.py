@@ -8,15 +8,17 @@ Activations are estimates. The DiT's counts the buffers alive at the peak of a b
 largest of the self-attention, cross-attention and FFN phases, the last two per chunk of tokens when the blocks run
 chunked) plus the attention's own temporaries (XLA's dense attention on the CPU keeps [B, H, Sq, Sk] float32 scores;
 cuDNN's fused attention and the BSA kernels keep none; BSA's block scores are [B, H, Sq/64, Sk/64] float32). Where the
-BSA forward runs in key ranges (`kernels.key_ranges`: the Triton kernel at 168,960 tokens, the bf16 Mosaic one there
-with lists of 256 key blocks or more, e.g. top-k 0.875 or CDF), each range's output lives until the merge, up to
+BSA forward runs in key ranges (`kernels.key_ranges`: the Triton kernel at 168,960 tokens, the FP8 one there with
+lists of 128 key blocks or more; the bf16 Mosaic one runs in one launch with phased walks since the thirty-seventh
+session, and ran in three ranges at top-k 0.875 before), each range's output lives until the merge, up to
 (ranges - 1) x [B, Sq, H, D] more than one launch; that is not counted on its own, and the counts covered it where it
 was measured: XLA's buffer assignment of one block at 168,960 tokens, bf16, on an H100 (jax 0.11.2,
 `benchmarks/memory_budget.py --cases refine168k_bsa,refine168k_bsa0875 --modes analyze`, 2026-12-06) held 13.86 GiB of
 temporaries in three key ranges (top-k 0.875) against 11.77 GiB in one launch (0.9375) with all tokens at once, and
 11.77 GiB in both with 32,768- or 8,192-token chunks; with the block's input and output (2.58 GiB, which XLA counts as
 arguments and output) that is 16.44 / 14.35 GiB with all tokens and 14.35 GiB chunked, against these counts' 18.67 and
-16.01 GiB (the Triton and FP8 kernels' two ranges were not measured). The whole resident step peaked 17.4 GiB above
+16.01 GiB (the Triton and FP8 kernels' two ranges were not measured; the bf16 whole BSA call at 0.875 in one phased
+launch kept 5.37 GiB beside its inputs where the three ranges had kept 7.91, H100, BENCHMARKS.md). The whole resident step peaked 17.4 GiB above
 its weights on an H200 (2026-12-03; these counts: 18.6 GiB). The GEMMs' float32 results are not kept (XLA writes the
 rounded result), except the output projections', whose bias is added in float32. A Linear with run-time LoRAs joins
 their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs a copy of its input; the earlier
