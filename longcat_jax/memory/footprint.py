@@ -20,10 +20,10 @@ arguments and output) that is 16.44 / 14.35 GiB with all tokens and 14.35 GiB ch
 16.01 GiB (the Triton and FP8 kernels' two ranges were not measured; the bf16 whole BSA call at 0.875 in one phased
 launch kept 5.37 GiB beside its inputs where the three ranges had kept 7.91, H100, BENCHMARKS.md). The whole
 resident step peaked 17.4 GiB above its weights on an H200 (2026-12-03; these counts: 18.6 GiB). The GEMMs' float32
-results are not kept (XLA writes the rounded result), except the output projections', whose bias is added in float32. A Linear with run-time LoRAs joins
-their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs a copy of its input; the earlier
-form, a second GEMM added in float32, kept two float32 results per Linear and ran the 720p refinement out of memory
-under a 24 GiB budget on an H200 (2026-12-03). A quantized Linear with run-time LoRAs
+results are not kept (XLA writes the rounded result), except the output projections', whose bias is added in float32.
+A Linear with run-time LoRAs joins their low-rank part to its own GEMM (`longcat_jax.models.dit.layers`), which costs
+a copy of its input; the earlier form, a second GEMM added in float32, kept two float32 results per Linear and ran
+the 720p refinement out of memory under a 24 GiB budget on an H200 (2026-12-03). A quantized Linear with run-time LoRAs
 (`longcat_jax.models.dit.quantized_linear`) runs over at most `LORA_CHUNK_ROWS` rows at a time and keeps one chunk's
 float32 results: its GEMM's and the LoRAs' with FP8 compute (an FP8 GEMM cannot take them), one joined GEMM's
 weight-only (`quantized_lora_bytes`; counted from what the code computes, not yet checked against XLA on a GPU).
