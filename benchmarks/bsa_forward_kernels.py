@@ -64,7 +64,6 @@ VARIANTS = {
     "fp8 phased": None,
     "fp8 r1 phased": None,
     "mosaic phased 2 rounds": None,
-    "mosaic phased k3 v3": None,
     "triton": KernelConfig(forward="triton", key_ranges=1),
     "triton r2": KernelConfig(forward="triton", key_ranges=2),
     "mosaic n1": _mosaic(1, rounds=1),
@@ -127,7 +126,6 @@ def main() -> None:
     VARIANTS["fp8 phased"] = _fp8(phased_walks=phases)
     VARIANTS["fp8 r1 phased"] = dataclasses.replace(_fp8(phased_walks=phases), key_ranges=1)
     VARIANTS["mosaic phased 2 rounds"] = _bf16(1, phased_walks=phases, rounds=2)
-    VARIANTS["mosaic phased k3 v3"] = _bf16(1, phased_walks=phases, k_stages=3, v_stages=3)
     print(f"device: {jax.devices()[0].device_kind}, phased walks: {phases} phases")
     print("| grid | sparsity | kernel | ms | effective TFLOP/s | rel. L2 vs first |")
     print("|---|---|---|---|---|---|")
