@@ -284,6 +284,12 @@ def _check_flags(request: RunRequest, task: Task) -> None:
     given = [INPUT_FLAGS[field] for field in task.one_of if getattr(request, field) is not None]
     if len(given) > 1:
         raise InputError(f"--task {task.name} takes one condition: {' or '.join(given)}, not both")
+    if task.generates and request.prompt is not None and not request.prompt.strip():
+        raise InputError("the prompt is empty (--prompt, or a prompts file item's 'prompt'): give the text of the video "
+                         "to generate, or leave it out for the built-in example prompt")
+    if any(not text.strip() for text in request.segment_prompts):
+        raise InputError("a segment prompt is empty (--segment-prompt, or a prompts file item's 'segment_prompts'): "
+                         "give each continuation segment's text, or none to continue every segment with the first clip's prompt")
     check_request_numbers(request)
     _warn_of_unread_settings(request, task)
     if request.refine_height is not None and not task.generates and (request.height or request.width):

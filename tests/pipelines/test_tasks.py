@@ -43,6 +43,21 @@ def test_the_cli_offers_the_tables_tasks_and_its_request_is_the_clis():
         generate.build_parser().parse_args(["--task", "echo"])
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"prompt": ""}, "the prompt is empty"),
+    ({"prompt": " \n "}, "the prompt is empty"),
+    ({"task": "long", "segment_prompts": ("a dog runs", " ")}, "a segment prompt is empty"),
+])
+def test_blank_prompts_are_refused_before_any_work(changes, message):
+    with pytest.raises(InputError, match=message):
+        plan_run(RunRequest(**changes))
+
+
+def test_the_refinement_alone_takes_an_empty_prompt(inputs):
+    plan = plan_run(RunRequest(task="refine", refine_from=Path(inputs["video"]), prompt=""))
+    assert plan.setup.prompt == ""
+
+
 def test_the_shared_checks_read_the_table(monkeypatch, inputs):
     echo = Task("echo", reads=("video", "image"), requires={"video": "PATH (the clip to echo)"}, one_of=("video", "image"),
                 plan=t2v.plan_task, run=t2v.run_task)
