@@ -27,8 +27,9 @@ rescale_threshold=T)` in its launch settings (T = 0: skip only where no row's ma
 gives our whole calls `KernelConfig(top_k_row_pieces=True)`, `--no-top-k-row-pieces` False (default: by the row's
 length, `pallas_topk.splits_rows`).
 
-`--key-ranges N` runs our bf16 calls (whole call and kernel) with `KernelConfig(key_ranges=N)` (default: as
-`KernelConfig` picks).
+`--key-ranges N` runs our bf16 calls (whole call and kernel) with `KernelConfig(key_ranges=N)`: N plain launches
+(default: as `KernelConfig` picks, for the bf16 Mosaic forward one launch with phased walks where a head's K and V
+outgrow the L2, `key_ranges.auto_phased_walks`).
 
 `--reference` imports `longcat_video.block_sparse_attention.bsa_interface.flash_attn_bsa_3d` from
 PATH (needs torch, triton, einops); without it the original's columns stay empty.
