@@ -58,7 +58,7 @@ class MosaicConfig:
     tokens one head's K and V, 86.5 MB, outgrow the L2: one launch's gathers hit 38-48%); with n the CTAs that run at
     once (the SM count) each is about as far along its list as its start puts the others. The softmax then visits the
     blocks in another order (the same up to rounding). 0 by default here; `KernelConfig` with `key_ranges=None` sets
-    the SM count for the bf16 forward where one head's K and V outgrow the L2 (`key_ranges.auto_phased_walks`: 1.05x
+    the SM count for the bf16 forward where one head's K and V outgrow the L2 (`key_ranges.auto_phased_walks`: 1.04-1.07x
     the three key ranges it ran before at 168,960 tokens and top-k 0.875 on an H100; FP8 gained nothing); interpret:
     run through the Mosaic GPU interpreter on the CPU (tests). The interpreter has no wgmma on a transposed operand,
     no in-place accumulator and no register layouts, so there the products are plain dots; the pipeline, barriers,

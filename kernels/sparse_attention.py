@@ -56,7 +56,7 @@ class KernelConfig:
     one head's K and V per range within the L2 cache, `key_ranges.auto_key_ranges`, 1.1x at 168,960 tokens on an
     H100; for the bf16 Mosaic kernel one, whose CTAs walk their lists from staggered entries where one head's K and V
     outgrow the L2 cache, `key_ranges.auto_phased_walks` (unless `mosaic.phased_walks` is set): at 168,960 tokens
-    and top-k 0.875 on an H100 1.05-1.06x the three key ranges with their merge of the rule before, 1.04-1.09x one
+    and top-k 0.875 on an H100 1.04-1.07x the three key ranges with their merge of the rule before, 1.04-1.09x one
     plain launch at 0.9375 and 0.96875; an int here: that many plain launches; for the FP8 one two where a head's
     e4m3 K and V outgrow 32 MiB and the lists are long, `key_ranges.auto_fp8_key_ranges`, 1.04-1.07x at 168,960
     tokens and top-k 0.875 / 0.9375 on an H100).
@@ -206,21 +206,18 @@ def sparse_attention_with_lse(
         operands = fp8_operands.quantize_operands(q, k, v, block_q, block_k)
         return fp8_sparse_attention_with_lse(operands, indices, counts, config, raster, key_padding, q.dtype, ascending)
     num_k_blocks = k.shape[1] // block_k
-    ranges = config.key_ranges
-    if mosaic and ranges is None:
-        launch = config.mosaic
+    ranges, launch = config.key_ranges, config.mosaic
+    if mosaic and ranges is None:  # one launch, its walks phased where a head's K and V outgrow the L2
+        ranges = 1
         if not launch.phased_walks:
             phases = key_ranges.auto_phased_walks(k.shape[1], k.shape[-1], k.dtype.itemsize)
             launch = dataclasses.replace(launch, phased_walks=phases)
-        return pallas_mosaic.mosaic_forward(
-            q, k, v, indices, jnp.zeros_like(counts), counts, launch, raster_out=raster, key_padding=key_padding
-        )
-    if ranges is None:
+    elif ranges is None:
         ranges = key_ranges.auto_key_ranges(k.shape[1], k.shape[-1], k.dtype.itemsize)
     ranges = min(ranges, num_k_blocks)
     if mosaic and ranges == 1:
         return pallas_mosaic.mosaic_forward(
-            q, k, v, indices, jnp.zeros_like(counts), counts, config.mosaic, raster_out=raster, key_padding=key_padding
+            q, k, v, indices, jnp.zeros_like(counts), counts, launch, raster_out=raster, key_padding=key_padding
         )
 
     def prepare(indices):

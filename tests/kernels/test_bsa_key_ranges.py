@@ -61,8 +61,14 @@ def test_auto_phased_walks_phase_heads_that_outgrow_the_l2(monkeypatch):
     assert auto_phased_walks(48 * 44 * 80, 128, 1) == 0
 
 
-def test_sm_count_is_the_devices_or_hoppers():
-    assert key_ranges.sm_count() == (getattr(jax.devices()[0], "core_count", None) or key_ranges.HOPPER_SM_COUNT)
+def test_sm_count_reads_the_device_and_falls_back_to_hoppers(monkeypatch):
+    class Device:  # an H100 PCIe reports 114 SMs
+        core_count = 114
+
+    monkeypatch.setattr(key_ranges.jax, "devices", lambda: [Device()])
+    assert key_ranges.sm_count() == 114
+    monkeypatch.setattr(key_ranges.jax, "devices", lambda: [object()])  # a device that reports none
+    assert key_ranges.sm_count() == key_ranges.HOPPER_SM_COUNT == 132
 
 
 @pytest.mark.parametrize("working_set_blocks, phases", [(2, 3), (6, 0)])
