@@ -20,6 +20,8 @@ from longcat_jax.errors import InputError
 logger = logging.getLogger(__name__)
 
 FILE_SUFFIXES = {"mp4": ".mp4", "npz": ".npz"}  # the file formats' suffixes (frames: a folder)
+# suffixes of media files: a frames folder named so is a mistaken --output-format or --output-path
+MEDIA_FILE_SUFFIXES = (".mp4", ".npz", ".mov", ".mkv", ".avi", ".webm", ".gif", ".png", ".jpg", ".jpeg")
 FRAME_FILE = re.compile(r"frame_\d+\.png")
 # H.264 at crf 18 (yuv420p), worst case: uniform random noise, which does not compress, measured 0.70 bytes per
 # pixel at 208x128 and at 832x480. The free-space check sizes an mp4 by it, so it never underestimates.
@@ -59,6 +61,10 @@ def check_output_path(path: str | Path, output_format: str) -> Path:
                              "that fits (--output-format mp4, npz or frames)")
         if path.is_dir():
             raise InputError(f"the output path {path} is a folder; give another file name")
+    elif path.suffix.lower() in MEDIA_FILE_SUFFIXES:
+        raise InputError(f"--output-format frames writes a folder of frame_*.png, but the output path {path} ends in "
+                         f"{path.suffix}, a file's name; name a folder (e.g. {path.with_suffix('')}) or pick the format "
+                         "that fits (--output-format mp4 or npz)")
     elif path.exists() and not (path.is_dir() and is_frames_folder(path)):
         what = "holds files other than frame_*.png" if path.is_dir() else "is a file"
         raise InputError(f"the output path {path} {what}, and --output-format frames writes a folder of frame_*.png "

@@ -63,7 +63,8 @@ def read_prompts_file(path: Path) -> list[PromptItem]:
     """The items of `path` (see the module docstring); refuses a missing or empty file, and every bad JSON item."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"prompts file {path} not found; --prompts takes {FORMATS}")
+        what = "not found" if not path.exists() else "is not a regular file"
+        raise ConfigError(f"prompts file {path} {what}; --prompts takes {FORMATS}")
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not prompt text
     except UnicodeDecodeError as err:

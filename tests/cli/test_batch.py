@@ -148,8 +148,10 @@ def test_batch_size_without_prompts_and_an_empty_file_are_refused(tmp_path, capl
         assert generate.main(["--batch-size", "2"]) == 2
         assert generate.main(["--prompts", str(tmp_path / "empty.txt")]) == 2
         assert generate.main(["--prompts", str(tmp_path / "missing.txt")]) == 2
+        assert generate.main(["--prompts", str(tmp_path)]) == 2
     assert "--batch-size groups the items of --prompts FILE" in caplog.text
     assert "has no prompts" in caplog.text and "missing.txt not found" in caplog.text
+    assert f"prompts file {tmp_path} is not a regular file" in caplog.text
 
 
 def test_item_requests_and_their_outputs(tmp_path):

@@ -52,6 +52,7 @@ def test_a_file_name_without_suffix_gets_the_formats(tmp_path, caplog):
         ("a_file/clip.mp4", (), "a_file is a file, not a folder"),
         ("a_file", ("--output-format", "frames"), "is a file, and --output-format frames writes a folder"),
         ("a_folder", ("--output-format", "frames"), "holds files other than frame_"),
+        ("clip.mp4", ("--output-format", "frames"), r"frames writes a folder of frame_\*\.png, but .* ends in \.mp4"),
     ],
 )
 def test_output_path_refusals_come_from_the_plan(tmp_path, monkeypatch, caplog, name, argv, message):
