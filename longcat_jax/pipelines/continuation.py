@@ -22,7 +22,7 @@ from longcat_jax.nan_guard import check_finite
 from longcat_jax.pipelines.bsa import Stage, check_bsa_grids
 from longcat_jax.pipelines.buckets import num_latent_frames, round_num_frames
 from longcat_jax.pipelines.denoise import sample
-from longcat_jax.pipelines.geometry import bucket_for, token_grid
+from longcat_jax.pipelines.geometry import bucket_for, token_grid, warn_of_upscaled_input
 from longcat_jax.pipelines.options import GeneratedVideo, GenerationOptions, PlanContext, Sampling, with_changes
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.refine import plan_refinement, run_refine
@@ -55,12 +55,15 @@ class ContinuationPlan:
 
 
 def plan_continuation(
-    frame_size: tuple[int, int], available_frames: int, options: GenerationOptions, context: PlanContext
+    frame_size: tuple[int, int], available_frames: int, options: GenerationOptions, context: PlanContext,
+    source: str = "the --video's frame",
 ) -> ContinuationPlan:
     """Checks a continuation of a video of `frame_size` and `available_frames` frames (at 15 fps) before any
-    compute; the size is the `options.resolution` bucket nearest the video's."""
+    compute; the size is the `options.resolution` bucket nearest the video's (`source` names the video's frame in
+    the warning of a much smaller one)."""
     defaults = context.defaults
     height, width = bucket_for(frame_size[0], frame_size[1], defaults, options.resolution)
+    warn_of_upscaled_input(source, frame_size, (height, width))
     num_frames = round_num_frames(options.num_frames or defaults.num_frames)
     num_cond_frames = options.num_cond_frames or defaults.num_cond_frames
     if num_cond_frames < 1 or num_cond_frames % 4 != 1:

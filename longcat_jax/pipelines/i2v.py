@@ -13,7 +13,7 @@ import numpy as np
 from longcat_jax.nan_guard import check_finite
 from longcat_jax.pipelines.bsa import Stage, check_bsa_grids
 from longcat_jax.pipelines.buckets import num_latent_frames, round_num_frames
-from longcat_jax.pipelines.geometry import bucket_for, token_grid
+from longcat_jax.pipelines.geometry import bucket_for, token_grid, warn_of_upscaled_input
 from longcat_jax.pipelines.options import GeneratedVideo, GenerationOptions, PlanContext, Sampling, with_changes
 from longcat_jax.pipelines.pipeline import LongCatPipeline
 from longcat_jax.pipelines.refine import plan_refinement, run_refine
@@ -28,6 +28,7 @@ def plan_i2v(image_size: tuple[int, int], options: GenerationOptions, context: P
     condition frame. `options.height`/`width` are not used."""
     defaults = context.defaults
     height, width = bucket_for(image_size[0], image_size[1], defaults, options.resolution)
+    warn_of_upscaled_input("the --image", image_size, (height, width))
     num_frames = round_num_frames(options.num_frames or defaults.num_frames)
     grid = token_grid(num_latent_frames(num_frames), height, width)
     bsa = context.stage_bsa(Stage.I2V, options.bsa, grid[0])

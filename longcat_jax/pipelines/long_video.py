@@ -67,7 +67,7 @@ def plan_long_video(options: GenerationOptions, num_segments: int, context: Plan
         raise InputError(f"{len(segment_prompts)} --segment-prompt for {num_segments} segments (--num-segments): give "
                          "one a segment, or leave --num-segments out to make as many segments as prompts")
     first = plan_t2v(options, context)
-    segment = plan_continuation(first.size, first.num_frames, options, context)
+    segment = plan_continuation(first.size, first.num_frames, options, context, source="the first clip's frame")
     return LongVideoPlan(first, segment, num_segments, tuple(segment_prompts))
 
 

@@ -5,6 +5,7 @@ The pipeline is built once for the module and works at 1/10 of the real bucket s
 """
 
 import dataclasses
+import logging
 
 import jax
 import numpy as np
@@ -14,10 +15,10 @@ from kernels import BSAParams
 from longcat_jax.errors import InputError
 from longcat_jax.pipelines import denoise, long_video
 from longcat_jax.pipelines.bsa import check_bsa_grids
-from longcat_jax.pipelines.continuation import generate_continuation, join_continuation
+from longcat_jax.pipelines.continuation import generate_continuation, join_continuation, plan_continuation
 from longcat_jax.pipelines.denoise import sample
 from longcat_jax.pipelines.geometry import bucket_for
-from longcat_jax.pipelines.i2v import generate_i2v
+from longcat_jax.pipelines.i2v import generate_i2v, plan_i2v
 from longcat_jax.pipelines.long_video import generate_long_video, plan_long_video
 from longcat_jax.pipelines.options import GenerationOptions, RefineOptions
 from longcat_jax.pipelines.pipeline import LongCatPipeline
@@ -103,6 +104,23 @@ def test_i2v_bucket_shape_and_seed(pipe, image):
     again = generate_i2v(pipe, image, "A cat walks", options)
     assert video.frames.shape == (5, 64, 64, 3) and video.fps == 15.0
     np.testing.assert_array_equal(video.frames, again.frames)
+
+
+def test_inputs_far_smaller_than_their_bucket_are_warned_of(pipe, caplog):
+    """A thumbnail conditions the video as a blur: warned of by name before any compute; an input near its bucket's
+    size is not."""
+    options = GenerationOptions(num_frames=5, num_cond_frames=1)
+    with caplog.at_level(logging.WARNING, logger="longcat_jax.pipelines.geometry"):
+        plan = plan_i2v((4, 4), options, pipe.plan_context)
+        plan_continuation((6, 10), 5, options, pipe.plan_context)
+    bucket = f"{plan.width}x{plan.height} bucket"
+    assert f"the --image is 4x4, upscaled {min(plan.height, plan.width) / 4:.0f}x to the {bucket}" in caplog.text
+    assert "the --video's frame is 10x6, upscaled" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="longcat_jax.pipelines.geometry"):
+        plan_i2v((plan.height // 2, plan.width // 2), options, pipe.plan_context)
+        plan_long_video(LONG, 1, pipe.plan_context)
+    assert "upscaled" not in caplog.text
 
 
 def test_continuation_and_join(pipe, t2v_frames):
