@@ -11,7 +11,12 @@ TMA, `MosaicBackwardConfig.stages` steps ahead. Two kernels, as in the Triton ba
 - dk/dv, per key block over the query blocks that selected it (the transposed lists, `transpose_selection`):
   p^T and dp^T as above on the transposed tile, dv += p^T do, dk += ds^T q;
 
-with lse the forward's base-2 log-sum-exp and delta = rowsum(out * do). Each consumer loads its own block (q, do,
+with lse the forward's base-2 log-sum-exp and delta = rowsum(out * do). Two kernels run 7 products a selected pair
+where FlashAttention-3's fused backward runs 5 (its dk/dv loop adds each pair's ds k into a float32 dq in global
+memory). With 64-token key blocks that is a [64, D] float32 tile a pair, 113 GB at 84,480 tokens and top-k 0.9375,
+and float32 TMA reduce-add ran at 1.33-1.49 TB/s on an H100 (`benchmarks/tma_reduce_add.py`, BENCHMARKS.md): about
+76 ms of adds against 41-43 ms for the whole of these two kernels, so the fused form cannot pay here.
+Each consumer loads its own block (q, do,
 lse, delta or k, v) once; the producer reads each list entry from global memory and gathers that block's tiles
 (and, for dk/dv, its lse and delta rows). On a key grid padded to whole chunks, padded keys get logit -inf
 (`padding.mask_padded_keys`), so they take no weight and get zero dk and dv. Only 64-token blocks, head_dim 64 or
