@@ -16,11 +16,10 @@ where FlashAttention-3's fused backward runs 5 (its dk/dv loop adds each pair's 
 memory). With 64-token key blocks that is a [64, D] float32 tile a pair, 113 GB at 84,480 tokens and top-k 0.9375,
 and float32 TMA reduce-add ran at 1.33-1.49 TB/s on an H100 (`benchmarks/tma_reduce_add.py`, BENCHMARKS.md): about
 76 ms of adds against 41-43 ms for the whole of these two kernels, so the fused form cannot pay here.
-Each consumer loads its own block (q, do,
-lse, delta or k, v) once; the producer reads each list entry from global memory and gathers that block's tiles
-(and, for dk/dv, its lse and delta rows). On a key grid padded to whole chunks, padded keys get logit -inf
-(`padding.mask_padded_keys`), so they take no weight and get zero dk and dv. Only 64-token blocks, head_dim 64 or
-128, bf16/f16 (`supports`); shared memory bounds the stages (`fits`).
+Each consumer loads its own block (q, do, lse, delta or k, v) once; the producer reads each list entry from global
+memory and gathers that block's tiles (and, for dk/dv, its lse and delta rows). On a key grid padded to whole
+chunks, padded keys get logit -inf (`padding.mask_padded_keys`), so they take no weight and get zero dk and dv. Only
+64-token blocks, head_dim 64 or 128, bf16/f16 (`supports`); shared memory bounds the stages (`fits`).
 """
 
 from __future__ import annotations
