@@ -93,7 +93,8 @@ def check_request_numbers(request: RunRequest) -> None:
     """Refuses, naming the flag and the fix, numbers that cannot mean anything: a guidance scale or frame rate that
     is not finite (inf guidance gives NaN latents, a black video; nan would quietly mean no guidance), zero or
     negative sizes and counts (0 would otherwise fall back to the default without a word, as None does), values
-    past `BOUNDS`, and seeds out of range. A guidance scale below 1 (no guidance) is allowed, with a warning."""
+    past `BOUNDS`, and seeds out of range. A guidance scale below 1 (no guidance) is allowed, with a warning, and so
+    is a negative prompt in an unguided run, which ignores it."""
     for field in ("guidance_scale", "fps"):
         value = getattr(request, field)
         if value is not None and not math.isfinite(value):
@@ -101,6 +102,11 @@ def check_request_numbers(request: RunRequest) -> None:
     if request.guidance_scale is not None and request.guidance_scale < 1:
         logger.warning("--guidance-scale %g is below 1, which turns guidance off (it runs above 1; the default is 4, "
                        "1 with --distill)", request.guidance_scale)
+    unguided = request.guidance_scale <= 1 if request.guidance_scale is not None else request.distill
+    if request.negative_prompt and unguided:
+        logger.warning("--negative-prompt is read only by guided runs (--guidance-scale above 1), and this one is "
+                       "unguided (%s): ignored", "--distill's default guidance 1" if request.guidance_scale is None
+                       else f"--guidance-scale {request.guidance_scale:g}")
     if request.num_segments is not None and request.num_segments < 0:
         raise InputError(f"--num-segments must be 0 or more, got {request.num_segments}")
     for field in POSITIVE_FIELDS:

@@ -94,6 +94,23 @@ def test_a_guidance_scale_below_one_runs_unguided_with_a_warning(caplog, scale):
     assert not plan.stages.generation.sampling.guided
 
 
+@pytest.mark.parametrize("argv, why", [
+    (("--guidance-scale", "1"), "--guidance-scale 1"),
+    (("--distill",), "--distill's default guidance 1"),
+])
+def test_a_negative_prompt_in_an_unguided_run_is_warned_of(caplog, argv, why):
+    with caplog.at_level(logging.WARNING):
+        plan = _plan("--negative-prompt", "blurry", *argv, *SMALL)
+    assert f"--negative-prompt is read only by guided runs (--guidance-scale above 1), and this one is unguided ({why})" \
+        in caplog.text
+    assert plan.stages.generation.sampling.negative_prompt is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _plan("--negative-prompt", "blurry", "--guidance-scale", "4", *SMALL)
+        _plan("--negative-prompt", "", "--guidance-scale", "1", *SMALL)  # '' asks for none: nothing to warn of
+    assert "--negative-prompt" not in caplog.text
+
+
 def test_a_video_too_large_for_memory_is_refused(monkeypatch, tmp_path):
     """The frames are held in memory until written: a long video past the machine's memory is refused."""
     monkeypatch.setattr(tasks.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 50}[name])
