@@ -43,7 +43,8 @@ from dit_step import run_child as run_case_process  # one way to run a case in i
 
 CASES = {  # bsa: the top-k sparsity of the self attention's BSA, None for dense
     "refine168k_bsa": dict(grid=(48, 44, 80), batch=1, bsa=0.9375),
-    # the 'quality' preset: on Hopper the bf16 forward runs in three key ranges here (`kernels.key_ranges`)
+    # the 'quality' preset: on Hopper the bf16 forward runs one launch with phased walks here (`kernels.key_ranges`;
+    # three key ranges before the thirty-seventh session, when its memory was measured)
     "refine168k_bsa0875": dict(grid=(48, 44, 80), batch=1, bsa=0.875),
     "refine84k_bsa": dict(grid=(24, 44, 80), batch=1, bsa=0.9375),
     "t2v480p_cfg": dict(grid=(24, 30, 52), batch=2, bsa=None),

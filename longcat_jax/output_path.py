@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 FILE_SUFFIXES = {"mp4": ".mp4", "npz": ".npz"}  # the file formats' suffixes (frames: a folder)
 # suffixes of media files: a frames folder named so is a mistaken --output-format or --output-path
-MEDIA_FILE_SUFFIXES = (".mp4", ".npz", ".mov", ".mkv", ".avi", ".webm", ".gif", ".png", ".jpg", ".jpeg")
+MEDIA_FILE_SUFFIXES = (*FILE_SUFFIXES.values(), ".mov", ".mkv", ".avi", ".webm", ".gif", ".png", ".jpg", ".jpeg")
 FRAME_FILE = re.compile(r"frame_\d+\.png")
 # H.264 at crf 18 (yuv420p), worst case: uniform random noise, which does not compress, measured 0.70 bytes per
 # pixel at 208x128 and at 832x480. The free-space check sizes an mp4 by it, so it never underestimates.
